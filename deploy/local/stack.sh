@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The local stack: a real single-node Apache Kafka (KRaft) from Maven Central and a real
+# PostgreSQL from the machine's installed binaries.
+#
+#   deploy/local/stack.sh up | down | status | env
+#
+# Everything lives under .stack/ (git-ignored). `up` is idempotent and waits until each
+# service answers a real client; `down` stops only what `up` started.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STACK=${SLIPGUARD_STACK_DIR:-$ROOT/.stack}
+KAFKA_DIR=$STACK/kafka
+KAFKA_PORT=${SLIPGUARD_KAFKA_PORT:-9092}
+CONTROLLER_PORT=${SLIPGUARD_KAFKA_CONTROLLER_PORT:-9093}
+PG_PORT=${SLIPGUARD_PG_PORT:-55432}
+LOCAL_DB_URL="postgresql://slipguard:slipguard@127.0.0.1:${PG_PORT}/slipguard"
+
+die() { echo "stack: $*" >&2; exit 1; }
+say() { echo "stack: $*"; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- Kafka
+kafka_pid() { [ -f "$KAFKA_DIR/kafka.pid" ] && kill -0 "$(cat "$KAFKA_DIR/kafka.pid")" 2>/dev/null && cat "$KAFKA_DIR/kafka.pid"; }
+
+kafka_fetch() {
+  if [ -f "$KAFKA_DIR/libs/.complete" ] && cmp -s "$ROOT/deploy/local/pom.xml" "$KAFKA_DIR/libs/.pom"; then
+    return
+  fi
+  command -v java >/dev/null || die "java not found: install OpenJDK 17 or newer (Kafka 4 needs it)"
+  command -v mvn >/dev/null || die "mvn not found: install Maven; it fetches Kafka from Maven Central"
+  say "fetching Apache Kafka from Maven Central (first run only; log: $KAFKA_DIR/maven.log)"
+  mkdir -p "$KAFKA_DIR"
+  rm -rf "$KAFKA_DIR/libs"
+  if ! mvn -B -q -f "$ROOT/deploy/local/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_DIR/libs" >"$KAFKA_DIR/maven.log" 2>&1; then
+    tail -n 20 "$KAFKA_DIR/maven.log" >&2
+    die "Maven could not fetch Kafka from Maven Central; see $KAFKA_DIR/maven.log"
+  fi
+  cp "$ROOT/deploy/local/pom.xml" "$KAFKA_DIR/libs/.pom"
+  touch "$KAFKA_DIR/libs/.complete"
+}
+
+kafka_java() { java -cp "$KAFKA_DIR/libs/*" -Dlog4j2.configurationFile="$ROOT/deploy/local/log4j2.properties" \
+  -Dkafka.logs.dir="$KAFKA_DIR/logs" "$@"; }
+
+kafka_up() {
+  if kafka_pid >/dev/null; then say "kafka already running (pid $(kafka_pid)) on 127.0.0.1:$KAFKA_PORT"; return; fi
+  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is busy but not by this stack's Kafka; stop that process or set SLIPGUARD_KAFKA_PORT"
+  port_open "$CONTROLLER_PORT" && die "port $CONTROLLER_PORT (Kafka controller) is busy; stop that process or set SLIPGUARD_KAFKA_CONTROLLER_PORT"
+  kafka_fetch
+  mkdir -p "$KAFKA_DIR/logs"
+  sed -e "s#@DATA@#$KAFKA_DIR/data#" -e "s#@PORT@#$KAFKA_PORT#g" -e "s#@CPORT@#$CONTROLLER_PORT#g" \
+    "$ROOT/deploy/local/server.properties" >"$KAFKA_DIR/server.properties"
+  if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
+    say "formatting Kafka storage (KRaft)"
+    local cluster_id
+    cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid)
+    kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" \
+      >"$KAFKA_DIR/logs/format.log" 2>&1 || die "Kafka storage format failed; see $KAFKA_DIR/logs/format.log"
+  fi
+  say "starting Kafka on 127.0.0.1:$KAFKA_PORT (log: $KAFKA_DIR/logs/server.log)"
+  nohup setsid java -Xms512m -Xmx1g -XX:+UseG1GC -cp "$KAFKA_DIR/libs/*" \
+    -Dlog4j2.configurationFile="$ROOT/deploy/local/log4j2.properties" -Dkafka.logs.dir="$KAFKA_DIR/logs" \
+    kafka.Kafka "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/logs/stdout.log" 2>&1 &
+  echo $! >"$KAFKA_DIR/kafka.pid"
+  local i
+  for i in $(seq 1 120); do
+    kafka_pid >/dev/null || die "Kafka exited during start; see $KAFKA_DIR/logs/server.log and $KAFKA_DIR/logs/stdout.log"
+    if port_open "$KAFKA_PORT" && kafka_java org.apache.kafka.tools.BrokerApiVersionsCommand \
+        --bootstrap-server "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1; then
+      say "kafka ready on 127.0.0.1:$KAFKA_PORT"; return
+    fi
+    sleep 1
+  done
+  die "Kafka did not answer on 127.0.0.1:$KAFKA_PORT within 120 s; see $KAFKA_DIR/logs/server.log"
+}
+
+kafka_down() {
+  local pid
+  if pid=$(kafka_pid); then
+    say "stopping kafka (pid $pid)"
+    kill "$pid"
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+  fi
+  rm -f "$KAFKA_DIR/kafka.pid"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_bin() {
+  local d
+  for d in "${SLIPGUARD_PG_BIN:-}" "$(pg_config --bindir 2>/dev/null || true)" $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [ -n "$d" ] && [ -x "$d/initdb" ] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+# PostgreSQL refuses to run as root; as root the private cluster runs as the `postgres` user.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+pg_data_dir() {
+  if [ -f "$STACK/pg.location" ]; then cat "$STACK/pg.location"; return; fi
+  local d=$STACK/pg
+  if [ "$(id -u)" = 0 ]; then
+    mkdir -p "$STACK"
+    # The postgres user must be able to reach the data directory; a checkout under /root is not.
+    if ! runuser -u postgres -- test -x "$STACK"; then d=/var/tmp/slipguard-pg-$(echo "$ROOT" | md5sum | cut -c1-8); fi
+  fi
+  mkdir -p "$STACK"; echo "$d" >"$STACK/pg.location"; echo "$d"
+}
+
+url_answers() { [ -n "${1:-}" ] && command -v psql >/dev/null && PGCONNECT_TIMEOUT=3 psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
+
+pg_up() {
+  if [ -n "${SLIPGUARD_DATABASE_URL:-}" ] && [ "$SLIPGUARD_DATABASE_URL" != "$LOCAL_DB_URL" ]; then
+    url_answers "$SLIPGUARD_DATABASE_URL" && { say "using PostgreSQL at SLIPGUARD_DATABASE_URL (already answering)"; return; }
+    die "SLIPGUARD_DATABASE_URL is set but does not answer; unset it to start a private PostgreSQL"
+  fi
+  url_answers "$LOCAL_DB_URL" && { say "postgres already running on 127.0.0.1:$PG_PORT"; return; }
+  local bin data
+  bin=$(pg_bin) || die "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql, or set SLIPGUARD_PG_BIN"
+  port_open "$PG_PORT" && die "port $PG_PORT is busy but not by this stack's PostgreSQL; stop it or set SLIPGUARD_PG_PORT"
+  data=$(pg_data_dir)
+  if [ ! -f "$data/PG_VERSION" ]; then
+    say "initialising a private PostgreSQL cluster in $data"
+    mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown postgres: "$data"
+    local pw; pw=$(mktemp); echo slipguard >"$pw"; chmod 644 "$pw"
+    as_pg "$bin/initdb" -D "$data" -U slipguard --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 \
+      -E UTF8 --locale=C >"$STACK/pg-initdb.log" 2>&1 || { rm -f "$pw"; die "initdb failed; see $STACK/pg-initdb.log"; }
+    rm -f "$pw"
+  fi
+  say "starting PostgreSQL on 127.0.0.1:$PG_PORT (log: $data/server.log)"
+  as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $data -c max_connections=200 -c fsync=on" start >/dev/null \
+    || die "PostgreSQL did not start; see $data/server.log"
+  if ! as_pg "$bin/psql" -h "$data" -p "$PG_PORT" -U slipguard -d postgres -Atqc \
+      "select 1 from pg_database where datname='slipguard'" | grep -q 1; then
+    as_pg "$bin/createdb" -h "$data" -p "$PG_PORT" -U slipguard slipguard
+  fi
+  for _ in $(seq 1 30); do url_answers "$LOCAL_DB_URL" && { say "postgres ready: $LOCAL_DB_URL"; return; }; sleep 1; done
+  die "PostgreSQL does not answer at $LOCAL_DB_URL; see $data/server.log"
+}
+
+pg_down() {
+  local bin data
+  [ -f "$STACK/pg.location" ] || return 0
+  data=$(cat "$STACK/pg.location"); bin=$(pg_bin) || return 0
+  if [ -f "$data/postmaster.pid" ]; then
+    say "stopping postgres"
+    as_pg "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
+  fi
+}
+
+# The recovery writer's test needs PostgreSQL to go away and come back; these do just that.
+pg_stop_only() { pg_down; }
+
+status() {
+  if kafka_pid >/dev/null; then echo "kafka: running (pid $(kafka_pid)) 127.0.0.1:$KAFKA_PORT"; else echo "kafka: stopped"; fi
+  if url_answers "${SLIPGUARD_DATABASE_URL:-$LOCAL_DB_URL}"; then echo "postgres: answering"; else echo "postgres: not answering"; fi
+}
+
+case "${1:-}" in
+  up) kafka_up; pg_up ;;
+  down) kafka_down; pg_down ;;
+  status) status ;;
+  kafka-up) kafka_up ;;
+  kafka-down) kafka_down ;;
+  pg-up) pg_up ;;
+  pg-down) pg_stop_only ;;
+  kafka-tool) shift; kafka_fetch; kafka_java "$@" ;;
+  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-tool CLASS ARGS" >&2; exit 2 ;;
+esac

@@ -1,0 +1,101 @@
+"""Constrained field types shared by every message model.
+
+The rules are the contract's: amounts are decimal strings (never JSON numbers), times
+carry an offset, identifiers are bounded and safe to log, currencies are ISO 4217.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Annotated, Any
+
+import pycountry
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+MAX_AMOUNT = Decimal("1000000000000")  # 10^12: far above any single stake, far below float trouble
+AMOUNT_PLACES = 4
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+
+ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies)
+
+
+def _amount_from_string(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"amount must be a decimal string such as \"10.50\", got {type(value).__name__} {value!r}")
+    return value
+
+
+def _amount_bounds(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise ValueError(f"amount must be a finite decimal, got {value}")
+    if value <= 0:
+        raise ValueError(f"amount must be greater than 0, got {value}")
+    if value >= MAX_AMOUNT:
+        raise ValueError(f"amount must be below {MAX_AMOUNT}, got {value}")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > AMOUNT_PLACES:
+        raise ValueError(f"amount has more than {AMOUNT_PLACES} decimal places: {value}")
+    return value
+
+
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_amount_from_string),
+    AfterValidator(_amount_bounds),
+    PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="always"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^[0-9]{1,12}(\.[0-9]{1,4})?$",
+            "description": "Positive decimal string, at most 4 decimal places, below 10^12. Never a JSON number.",
+        }
+    ),
+]
+
+
+def _currency(value: str) -> str:
+    if value not in ISO_4217:
+        raise ValueError(f"currency must be an ISO 4217 code such as EUR or CNY, got {value!r}")
+    return value
+
+
+Currency = Annotated[
+    str,
+    Field(min_length=3, max_length=3),
+    AfterValidator(_currency),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 currency code."}),
+]
+
+Identifier = Annotated[
+    str,
+    Field(pattern=ID_PATTERN, description="1-64 characters: letters, digits and . _ : - (not first)."),
+]
+
+
+def _to_utc_iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    PlainSerializer(_to_utc_iso, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": "RFC 3339 with an offset."}),
+]
+
+Metadata = Annotated[
+    dict[str, str | int | float | bool | None],
+    Field(max_length=32, description="Flat object of at most 32 keys: game code, round id, and so on."),
+]
+
+
+def epoch_ms(value: datetime) -> int:
+    """Integer Unix milliseconds of an aware datetime, without float rounding."""
+    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400_000) + (delta.seconds * 1000) + (delta.microseconds // 1000)
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)

@@ -1,0 +1,1 @@
+"""Everything that speaks to librdkafka: client configuration, admin, topics, lag."""

@@ -1,0 +1,91 @@
+"""`slipguard topics create`: create or verify every topic of the contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.kafka import config
+from streams.settings import Settings
+
+DAY_MS = 86_400_000
+
+
+class TopicLayoutError(Exception):
+    """Existing topics cannot be joined as they are (for example, unequal partition counts)."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+    co_partitioned: bool  # must have the same partition count as payments
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    n = settings.partitions
+    keep = {"retention.ms": str(7 * DAY_MS)}
+    return [
+        TopicSpec(settings.payments_topic, n, keep, True),
+        TopicSpec(settings.orders_topic, n, keep, True),
+        # The join's state: compacted, keyed by entry, co-partitioned with its inputs.
+        TopicSpec(
+            settings.changelog_topic,
+            n,
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3_600_000)},
+            True,
+        ),
+        TopicSpec(settings.recovery_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
+        TopicSpec(settings.late_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
+        TopicSpec(settings.anomalies_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
+        TopicSpec(settings.dlq_topic, 1, {"retention.ms": str(30 * DAY_MS)}, False),
+    ]
+
+
+def existing_partitions(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:
+    meta = admin.list_topics(timeout=timeout)
+    return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
+
+
+def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
+    """Create what is missing, verify what exists. Returns one line per topic.
+
+    Raises TopicLayoutError when payments, orders and the changelog would not be
+    co-partitioned: the join pairs partition p of each, so their counts must be equal.
+    """
+    admin = AdminClient(config.admin(settings))
+    specs = topic_specs(settings)
+    have = existing_partitions(admin, timeout)
+
+    co = {s.name: have[s.name] for s in specs if s.co_partitioned and s.name in have}
+    if len(set(co.values())) > 1:
+        found = ", ".join(f"{name}={count}" for name, count in co.items())
+        raise TopicLayoutError(
+            f"payments and orders must have the same partition count to be joined; found {found}. "
+            "Add partitions to the smaller (kafka-topics --alter --partitions) or recreate it."
+        )
+    target = next(iter(co.values()), settings.partitions)
+
+    missing = [s for s in specs if s.name not in have]
+    lines = []
+    if missing:
+        new = [
+            NewTopic(s.name, num_partitions=target if s.co_partitioned else s.partitions,
+                     replication_factor=settings.replication_factor, config=s.config)
+            for s in missing
+        ]
+        for name, future in admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout).items():
+            try:
+                future.result()
+                lines.append(f"created  {name}")
+            except KafkaException as exc:
+                if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
+                    raise
+                lines.append(f"exists   {name}")
+    for s in specs:
+        if s.name in have:
+            lines.append(f"verified {s.name} ({have[s.name]} partitions)")
+    return lines

@@ -1,0 +1,132 @@
+"""Every setting of slipguard: environment variables SLIPGUARD_*, each also a flag.
+
+Parsed and validated once, at the edge (streams.cli); the rest of the code receives
+plain values from here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_DATABASE_URL = "postgresql://slipguard:slipguard@127.0.0.1:55432/slipguard"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def parse_duration_ms(value: Any) -> int:
+    """'60s', '1h', '250ms', '5' (seconds) or a number of seconds -> whole milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 60s, 5m or 1h")
+    if isinstance(value, (int, float)):
+        return int(value * 1000)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError("expected a duration such as 60s, 5m, 1h or 250ms")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
+
+
+class Settings(BaseSettings):
+    """slipguard's configuration. Durations are held in milliseconds."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIPGUARD_", extra="ignore", validate_default=True)
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, host:port[,host:port]")
+    database_url: SecretStr = Field(SecretStr(LOCAL_DATABASE_URL), description="PostgreSQL connection URL")
+
+    payments_topic: str = "payments"
+    orders_topic: str = "orders"
+    recovery_topic: str = "orders.recovery"
+    late_topic: str = "orders.late"
+    anomalies_topic: str = "payments.anomalies"
+    dlq_topic: str = "slipguard.dlq"
+
+    order_timeout: DurationMs = Field(60_000, gt=0, description="how long a payment waits for its order")
+    grace: DurationMs = Field(5_000, ge=0, description="allowed out-of-orderness past the deadline")
+    late_horizon: DurationMs = Field(3_600_000, ge=0, description="how long recovered payments are remembered")
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+
+    join_group: str = Field("slipguard-join", min_length=1)
+    recover_group: str = Field("slipguard-recover", min_length=1)
+    payment_hmac_key: SecretStr | None = Field(None, description="unset: signatures not checked")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="9400 for join, 9401 for recover; 0 turns it off")
+
+    partitions: int = Field(6, ge=1, le=10_000, description="partitions for topics that `topics create` makes")
+    replication_factor: int = Field(-1, ge=-1, le=32, description="-1: the broker's default")
+    commit_interval: DurationMs = Field(100, gt=0, description="how often the join commits its transaction")
+
+    # Kafka security: passed through to every client the program makes.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    kafka_ssl_certificate_location: str | None = None
+    kafka_ssl_key_location: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        for part in value.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError("SASL needs SLIPGUARD_KAFKA_SASL_MECHANISM, _SASL_USERNAME and _SASL_PASSWORD")
+        return self
+
+    @property
+    def hmac_key(self) -> bytes | None:
+        return self.payment_hmac_key.get_secret_value().encode("utf-8") if self.payment_hmac_key else None
+
+    @property
+    def changelog_topic(self) -> str:
+        """The join's compacted state changelog, co-partitioned with payments and orders."""
+        return f"{self.join_group}-state-changelog"
+
+    def metrics_port_for(self, command: str) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return {"join": 9400, "recover": 9401}.get(command, 0)
+
+
+class ConfigError(Exception):
+    """Bad configuration: its message is one line naming the setting and what is wrong."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment, with command-line overrides on top."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc)) from None
+
+
+def one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        name = f"SLIPGUARD_{field.upper()}" if err["loc"] else "settings"
+        given = err.get("input")
+        secret = any(word in field for word in ("password", "key", "url"))
+        shown = "" if isinstance(given, dict) or given is None or secret else f" (got {given!r})"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}{shown}")
+    return "bad configuration: " + "; ".join(parts)
