@@ -14,8 +14,8 @@ class DeadLetter(Message):
     source_topic: str
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)
-    key_b64: str | None
-    value_b64: str | None
+    key_b64: str | None = None
+    value_b64: str | None = None
     error: str = Field(max_length=4000)
     failed_at: Timestamp
 

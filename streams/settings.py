@@ -48,9 +48,9 @@ class Settings(BaseSettings):
     anomalies_topic: str = "payments.anomalies"
     dlq_topic: str = "slipguard.dlq"
 
-    order_timeout: DurationMs = Field(60_000, gt=0, description="how long a payment waits for its order")
-    grace: DurationMs = Field(5_000, ge=0, description="allowed out-of-orderness past the deadline")
-    late_horizon: DurationMs = Field(3_600_000, ge=0, description="how long recovered payments are remembered")
+    order_timeout: DurationMs = Field("60s", gt=0, description="how long a payment waits for its order")
+    grace: DurationMs = Field("5s", ge=0, description="allowed out-of-orderness past the deadline")
+    late_horizon: DurationMs = Field("1h", ge=0, description="how long recovered payments are remembered")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
 
     join_group: str = Field("slipguard-join", min_length=1)
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
 
     partitions: int = Field(6, ge=1, le=10_000, description="partitions for topics that `topics create` makes")
     replication_factor: int = Field(-1, ge=-1, le=32, description="-1: the broker's default")
-    commit_interval: DurationMs = Field(100, gt=0, description="how often the join commits its transaction")
+    commit_interval: DurationMs = Field("100ms", gt=0, description="how often the join commits its transaction")
 
     # Kafka security: passed through to every client the program makes.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

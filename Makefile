@@ -1,0 +1,48 @@
+# slipguard: `make demo` runs the main job on the local stack; `make test` runs the tests.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv up down status topics demo test test-unit bench schemas clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+up: venv
+	bash deploy/local/stack.sh up
+
+down:
+	bash deploy/local/stack.sh down
+
+status:
+	bash deploy/local/stack.sh status
+
+topics: up
+	$(BIN)/slipguard topics create
+
+demo: up
+	$(BIN)/slipguard demo
+
+# The whole suite: unit, property and integration tests on the real local stack.
+test: up
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Pure logic only; no broker or database needed.
+test-unit: venv
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: up
+	$(BIN)/slipguard bench
+
+schemas: venv
+	$(BIN)/python -m schemas.jsonschema
+
+clean: down
+	rm -rf .stack $(VENV)

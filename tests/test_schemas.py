@@ -1,0 +1,138 @@
+"""Message models: round trips, strict validation, signatures, and committed JSON Schemas."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import timedelta, timezone
+from decimal import Decimal
+
+import jsonschema
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from schemas import MODELS, Anomaly, DeadLetter, LateOrder, Order, Payment, Recovery, recovery_id_for
+from schemas.fields import ISO_4217, epoch_ms
+from schemas.jsonschema import JSON_DIR, render
+from tests.factories import T0, order, payment
+
+ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}\Z")
+amounts = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("999999999999.9999"), places=4)
+currencies = st.sampled_from(sorted(ISO_4217))
+times = st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))]))
+
+payments = st.builds(
+    Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
+    status=st.sampled_from(["succeeded", "failed"]), paid_at=times,
+    metadata=st.none() | st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4),
+)
+orders = st.builds(Order, order_id=ids, user_id=ids, amount=amounts, currency=currencies, created_at=times)
+
+
+@given(payments)
+def test_payment_round_trips_through_bytes(p: Payment) -> None:
+    assert Payment.decode(p.encode()) == p
+
+
+@given(orders)
+def test_order_round_trips_through_bytes(o: Order) -> None:
+    assert Order.decode(o.encode()) == o
+
+
+@given(payments)
+def test_encoded_payment_satisfies_committed_json_schema(p: Payment) -> None:
+    schema = json.loads((JSON_DIR / "payment.schema.json").read_text())
+    jsonschema.validate(json.loads(p.encode()), schema)
+
+
+def test_amount_is_encoded_as_a_decimal_string_never_a_number() -> None:
+    body = json.loads(payment(amount=Decimal("10.50")).encode())
+    assert body["amount"] == "10.50"
+
+
+def test_output_messages_round_trip() -> None:
+    p = payment()
+    rec = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
+                   deadline=T0 + timedelta(seconds=60), detected_at=T0 + timedelta(seconds=66))
+    late = LateOrder(order_id="ord-1", order=order(), payment_id="pay-1", recovery_id=rec.recovery_id, lateness_seconds=3.5)
+    anomaly = Anomaly(kind="amount_mismatch", order_id="ord-1", payments=[p], order=order(), detected_at=T0)
+    dead = DeadLetter(source_topic="payments", partition=0, offset=7, key_b64=DeadLetter.b64(b"k"),
+                      value_b64=DeadLetter.b64(b"\xff"), error="bad", failed_at=T0)
+    for msg in (rec, late, anomaly, dead):
+        assert type(msg).decode(msg.encode()) == msg
+
+
+def test_recovery_id_is_deterministic_per_payment() -> None:
+    assert recovery_id_for("pay-1") == recovery_id_for("pay-1")
+    assert recovery_id_for("pay-1") != recovery_id_for("pay-2")
+
+
+def _raw(**over: object) -> bytes:
+    body = json.loads(payment().encode())
+    body.update(over)
+    return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("amount", 10.5, "decimal string"),
+        ("amount", "0", "greater than 0"),
+        ("amount", "-1", "greater than 0"),
+        ("amount", "1.23456", "more than 4 decimal places"),
+        ("amount", "1000000000000", "below"),
+        ("amount", "NaN", "finite"),
+        ("amount", "ten", "decimal"),
+        ("currency", "XXY", "ISO 4217"),
+        ("currency", "eur", "ISO 4217"),
+        ("status", "refunded", "'succeeded' or 'failed'"),
+        ("paid_at", "2026-11-25T12:00:00", "timezone"),
+        ("paid_at", "yesterday", "datetime"),
+        ("order_id", "", "pattern"),
+        ("order_id", "x" * 65, "pattern"),
+        ("order_id", "ord 1; drop table", "pattern"),
+        ("user_id", ..., "Field required"),
+        ("signature", "ABC", "pattern"),
+    ],
+)
+def test_bad_payment_field_is_rejected_with_a_useful_message(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Payment.decode(_raw(**{field: value}))
+    text = str(info.value)
+    assert field in text and message in text
+
+
+def test_unknown_fields_from_producers_are_ignored_not_fatal() -> None:
+    assert Payment.decode(_raw(new_field="x")) == payment()
+
+
+def test_invalid_json_is_rejected() -> None:
+    with pytest.raises(ValidationError):
+        Payment.decode(b"\xff{not json")
+
+
+def test_signature_follows_the_contract_string() -> None:
+    p = payment(amount=Decimal("10.50"), paid_at=T0.astimezone(timezone(timedelta(hours=8))))
+    expected_string = f"pay-1|ord-1|user-1|10.5|CNY|succeeded|{epoch_ms(T0)}"
+    assert p.signing_string() == expected_string
+    assert payment(amount=Decimal("10.00")).signing_string().split("|")[3] == "10"
+    key = b"secret"
+    sig = hmac.new(key, expected_string.encode(), hashlib.sha256).hexdigest()
+    assert payment(signature=sig).signature_valid(key)
+    assert not payment(signature=sig, amount=Decimal("10.51")).signature_valid(key)
+    assert not payment().signature_valid(key)
+
+
+def test_epoch_ms_is_exact() -> None:
+    assert epoch_ms(T0) == 1_795_608_000_000
+    assert epoch_ms(T0 + timedelta(microseconds=999)) == 1_795_608_000_000
+    assert epoch_ms(T0 - timedelta(microseconds=1)) == 1_795_607_999_999
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_committed_json_schema_matches_the_model(name: str) -> None:
+    committed = (JSON_DIR / f"{name}.schema.json").read_text(encoding="utf-8")
+    assert committed == render(name), f"schemas/json/{name}.schema.json drifted: run `make schemas`"

@@ -1,0 +1,87 @@
+"""Settings: contract defaults, environment, flags over environment, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.cli import main
+from streams.kafka import config
+from streams.settings import ConfigError, load_settings, parse_duration_ms
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SLIPGUARD_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_the_contracts() -> None:
+    s = load_settings()
+    assert s.bootstrap_servers == "127.0.0.1:9092"
+    assert (s.payments_topic, s.orders_topic) == ("payments", "orders")
+    assert (s.recovery_topic, s.late_topic) == ("orders.recovery", "orders.late")
+    assert (s.anomalies_topic, s.dlq_topic) == ("payments.anomalies", "slipguard.dlq")
+    assert (s.order_timeout, s.grace, s.late_horizon) == (60_000, 5_000, 3_600_000)
+    assert s.processing_guarantee == "exactly_once"
+    assert (s.join_group, s.recover_group) == ("slipguard-join", "slipguard-recover")
+    assert s.hmac_key is None
+    assert (s.metrics_port_for("join"), s.metrics_port_for("recover")) == (9400, 9401)
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLIPGUARD_ORDER_TIMEOUT", "2m")
+    monkeypatch.setenv("SLIPGUARD_METRICS_PORT", "0")
+    assert load_settings().order_timeout == 120_000
+    assert load_settings().metrics_port_for("join") == 0
+    assert load_settings(order_timeout="90s").order_timeout == 90_000
+
+
+@pytest.mark.parametrize(("text", "ms"), [("60s", 60_000), ("1h", 3_600_000), ("250ms", 250), ("5", 5000), ("1.5s", 1500), ("2m", 120_000)])
+def test_durations(text: str, ms: int) -> None:
+    assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("SLIPGUARD_ORDER_TIMEOUT", "soon", "SLIPGUARD_ORDER_TIMEOUT: expected a duration"),
+        ("SLIPGUARD_ORDER_TIMEOUT", "0s", "SLIPGUARD_ORDER_TIMEOUT: Input should be greater than 0"),
+        ("SLIPGUARD_PROCESSING_GUARANTEE", "maybe_once", "SLIPGUARD_PROCESSING_GUARANTEE: Input should be 'exactly_once' or 'at_least_once'"),
+        ("SLIPGUARD_BOOTSTRAP_SERVERS", "kafka", "SLIPGUARD_BOOTSTRAP_SERVERS: expected host:port"),
+        ("SLIPGUARD_METRICS_PORT", "70000", "SLIPGUARD_METRICS_PORT"),
+    ],
+)
+def test_bad_value_stops_with_one_clear_line(monkeypatch, capsys, env: str, value: str, expected: str) -> None:
+    monkeypatch.setenv(env, value)
+    assert main(["topics", "create"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+def test_bad_flag_value_stops_with_one_clear_line(capsys) -> None:
+    assert main(["topics", "create", "--grace=-1s"]) == 2
+    assert "SLIPGUARD_GRACE" in capsys.readouterr().err
+
+
+def test_secrets_are_never_echoed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLIPGUARD_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("SLIPGUARD_KAFKA_SASL_PASSWORD", "hunter2")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value) and "SASL" in str(info.value)
+
+
+def test_security_settings_reach_every_client() -> None:
+    s = load_settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                      kafka_sasl_username="u", kafka_sasl_password="p", kafka_ssl_ca_location="/ca.pem")
+    for conf in (config.admin(s), config.producer(s), config.consumer(s, "g")):
+        assert conf["security.protocol"] == "SASL_SSL"
+        assert (conf["sasl.mechanism"], conf["sasl.username"], conf["sasl.password"]) == ("SCRAM-SHA-512", "u", "p")
+        assert conf["ssl.ca.location"] == "/ca.pem"
+
+
+def test_producers_partition_like_java_clients() -> None:
+    assert config.producer(load_settings())["partitioner"] == "murmur2_random"
