@@ -1,0 +1,361 @@
+"""The join's decisions, for one co-partitioned pair of payments and orders partitions.
+
+Pure: no Kafka, no clock, no I/O. The runtime feeds it decoded records with their event
+times (Kafka timestamps, in ms) and tells it how far each partition has been read and
+what time it is; the core returns what to emit and records which state entries changed,
+so that only net changes reach the changelog.
+
+The rules are the contract's "Join semantics", in one place:
+
+* A succeeded payment at event time t matches the order with its order_id whose event
+  time lies in [t - timeout, t + timeout], whichever of the two arrives first.
+* Its deadline is t + timeout. It is recovered when no order matched and the orders
+  partition has been seen past deadline + grace: an order record with a timestamp
+  >= deadline + grace was consumed, or the partition was read to its end and the wall
+  clock is >= deadline + grace. So an order waiting unread in a backlog never causes a
+  recovery, and an idle order stream still does.
+* An order for a payment that is or will be recovered (its event time is past the
+  deadline, or it is read after the recovery) is a late order, emitted once.
+* A duplicate payment (same payment_id) is dropped; a second distinct succeeded payment
+  for an order is a `duplicate_payment` anomaly. Failed payments are ignored.
+* A matched pair whose user, amount or currency disagree is matched and reported.
+* With an HMAC key, a payment without a valid signature is reported, never recovered.
+* Unmatched orders are kept until the payments partition is past their window (+ grace),
+  matched pairs as long (to recognise duplicates), recovered payments for late_horizon.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from schemas import Order, Payment, recovery_id_for
+
+PAYMENT = 0
+ORDER = 1
+RECOVERED = 2
+
+Cmp = tuple[str, Decimal, str]  # (user_id, amount, currency): what a matched pair must agree on
+
+
+@dataclass(frozen=True, slots=True)
+class JoinParams:
+    timeout_ms: int
+    grace_ms: int
+    late_horizon_ms: int
+    hmac_key: bytes | None = None
+
+
+# ---------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    payment: Payment
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Late:
+    order: Order
+    order_ts: int
+    payment_id: str
+    recovery_id: str
+    lateness_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    kind: str
+    order_id: str
+    payments: tuple[Payment, ...]
+    order: Order | None = None
+
+
+@dataclass(slots=True)
+class Decisions:
+    recoveries: list[Recover] = field(default_factory=list)
+    late: list[Late] = field(default_factory=list)
+    anomalies: list[Flag] = field(default_factory=list)
+    matched: int = 0
+    duplicates: int = 0
+    ignored_failed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.recoveries or self.late or self.anomalies)
+
+
+# ---------------------------------------------------------------- state entries
+# Entries keep the record's original bytes (for the changelog and the outputs) and only
+# the few fields the hot path compares, so that a pending entry stays well under 1 KB.
+
+
+class PendingPayment:
+    __slots__ = ("payment_id", "t", "raw", "cmp", "late", "persisted")
+
+    def __init__(self, payment_id: str, t: int, raw: bytes, cmp: Cmp, late: bool = False, persisted: bool = False):
+        self.payment_id, self.t, self.raw, self.cmp, self.late, self.persisted = payment_id, t, raw, cmp, late, persisted
+
+
+class BufferedOrder:
+    """An order kept for a payment still to come, or a matched order kept to spot duplicates."""
+
+    __slots__ = ("ts", "raw", "cmp", "paid_id", "paid_t", "paid_raw", "persisted")
+
+    def __init__(self, ts: int, raw: bytes, cmp: Cmp, paid_id: str | None = None, paid_t: int = 0,
+                 paid_raw: bytes | None = None, persisted: bool = False):
+        self.ts, self.raw, self.cmp, self.persisted = ts, raw, cmp, persisted
+        self.paid_id, self.paid_t, self.paid_raw = paid_id, paid_t, paid_raw
+
+    def expires_at(self, window_ms: int) -> int:
+        return max(self.ts, self.paid_t) + window_ms
+
+
+class RecoveredPayment:
+    __slots__ = ("payment_id", "deadline", "raw", "late", "persisted")
+
+    def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool = False, persisted: bool = False):
+        self.payment_id, self.deadline, self.raw, self.late, self.persisted = payment_id, deadline, raw, late, persisted
+
+
+def payment_cmp(p: Payment) -> Cmp:
+    return (p.user_id, p.amount, p.currency)
+
+
+def order_cmp(o: Order) -> Cmp:
+    return (o.user_id, o.amount, o.currency)
+
+
+MISMATCH_KINDS = (("user_mismatch", 0), ("amount_mismatch", 1), ("currency_mismatch", 2))
+
+
+class PartitionJoin:
+    """Join state and decisions for partition p of payments and orders (and the changelog)."""
+
+    def __init__(self, params: JoinParams) -> None:
+        self.params = params
+        self.pending: dict[str, PendingPayment] = {}
+        self.orders: dict[str, BufferedOrder] = {}
+        self.recovered: dict[str, RecoveredPayment] = {}
+        # (deadline, order_id, payment_id); stale items are skipped and compacted away.
+        self._timers: list[tuple[int, str, str]] = []
+        self.payment_time = -1  # highest payment event time consumed
+        self.order_time = -1  # highest order event time consumed
+        # order_id -> True if the changelog may hold a value for it (a tombstone is due if the entry is gone)
+        self.dirty: tuple[dict[str, bool], dict[str, bool], dict[str, bool]] = ({}, {}, {})
+
+    # ------------------------------------------------------------ records
+
+    def on_payment(self, ts: int, p: Payment, raw: bytes, out: Decisions) -> None:
+        if p.status != "succeeded":
+            out.ignored_failed += 1
+            return
+        if ts > self.payment_time:
+            self.payment_time = ts
+        key = self.params.hmac_key
+        if key is not None and not p.signature_valid(key):
+            out.anomalies.append(Flag("bad_signature", p.order_id, (p,)))
+            return
+        oid = p.order_id
+        first = self._first_payment(oid)
+        if first is not None:
+            first_id, first_raw = first
+            if first_id == p.payment_id:
+                out.duplicates += 1
+            else:
+                out.anomalies.append(Flag("duplicate_payment", oid, (Payment.decode(first_raw), p)))
+            return
+
+        t = ts
+        deadline = t + self.params.timeout_ms
+        buffered = self.orders.get(oid)
+        if buffered is not None:
+            if t - self.params.timeout_ms <= buffered.ts <= deadline:
+                buffered.paid_id, buffered.paid_t, buffered.paid_raw = p.payment_id, t, raw
+                self._touch_order(oid, buffered)
+                out.matched += 1
+                self._check_pair(payment_cmp(p), buffered.cmp, lambda: p, lambda: Order.decode(buffered.raw), oid, out)
+                return
+            if buffered.ts > deadline:
+                # The order exists but past the window: the payment will be recovered, the order is late.
+                self._drop_order(oid, buffered)
+                out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
+                                     recovery_id_for(p.payment_id), buffered.ts - deadline))
+                self._add_pending(oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), late=True))
+                return
+        self._add_pending(oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p)))
+
+    def on_order(self, ts: int, o: Order, raw: bytes, out: Decisions) -> None:
+        if ts > self.order_time:
+            self.order_time = ts
+        oid = o.order_id
+        pending = self.pending.get(oid)
+        if pending is not None:
+            deadline = pending.t + self.params.timeout_ms
+            if pending.t - self.params.timeout_ms <= ts <= deadline:
+                self._drop_pending(oid, pending)
+                entry = BufferedOrder(ts, raw, order_cmp(o), pending.payment_id, pending.t, pending.raw)
+                self._add_order(oid, entry)
+                out.matched += 1
+                self._check_pair(pending.cmp, entry.cmp, lambda: Payment.decode(pending.raw), lambda: o, oid, out)
+                return
+            if ts > deadline:
+                if not pending.late:
+                    pending.late = True
+                    self._mark(PAYMENT, oid, pending.persisted)
+                    out.late.append(Late(o, ts, pending.payment_id, recovery_id_for(pending.payment_id), ts - deadline))
+                return
+            # An order from before the window does not match; it is kept like any unmatched order.
+        recovered = self.recovered.get(oid)
+        if recovered is not None:
+            if not recovered.late:
+                recovered.late = True
+                self._mark(RECOVERED, oid, recovered.persisted)
+                out.late.append(Late(o, ts, recovered.payment_id, recovery_id_for(recovered.payment_id),
+                                     max(0, ts - recovered.deadline)))
+            return
+        if oid in self.orders:
+            out.duplicates += 1  # a repeated order event: the first one stands
+            return
+        self._add_order(oid, BufferedOrder(ts, raw, order_cmp(o)))
+
+    # ------------------------------------------------------------ time
+
+    def advance(self, now_ms: int, payments_at_end: bool, orders_at_end: bool, out: Decisions) -> None:
+        """Time out pending payments and expire old entries, given how far each partition was read.
+
+        `*_at_end`: the partition has been read to its end (nothing unread); only then does
+        the wall clock count as progress for it.
+        """
+        p = self.params
+        orders_progress = max(self.order_time, now_ms) if orders_at_end else self.order_time
+        payments_progress = max(self.payment_time, now_ms) if payments_at_end else self.payment_time
+
+        due = orders_progress - p.grace_ms  # deadlines <= due are past
+        timers = self._timers
+        while timers and timers[0][0] <= due:
+            deadline, oid, pid = heapq.heappop(timers)
+            pending = self.pending.get(oid)
+            if pending is None or pending.payment_id != pid:
+                continue  # matched or replaced since the timer was set
+            self._drop_pending(oid, pending)
+            self._add_recovered(oid, RecoveredPayment(pid, deadline, pending.raw, pending.late))
+            out.recoveries.append(Recover(Payment.decode(pending.raw), deadline))
+        if len(timers) > 64 and len(timers) > 2 * len(self.pending):
+            self._timers = [(e.t + p.timeout_ms, oid, e.payment_id) for oid, e in self.pending.items()]
+            heapq.heapify(self._timers)
+
+        # Orders and recovered payments expire roughly in insertion order; an entry out of
+        # order only lives a little longer, never shorter.
+        window = p.timeout_ms + p.grace_ms
+        orders = self.orders
+        while orders:
+            oid = next(iter(orders))
+            entry = orders[oid]
+            if entry.expires_at(window) > payments_progress:
+                break
+            self._drop_order(oid, entry)
+        recovered = self.recovered
+        horizon_end = orders_progress - p.late_horizon_ms
+        while recovered:
+            oid = next(iter(recovered))
+            entry = recovered[oid]
+            if entry.deadline > horizon_end:
+                break
+            del recovered[oid]
+            self._mark(RECOVERED, oid, entry.persisted)
+
+    # ------------------------------------------------------------ helpers
+
+    def _first_payment(self, oid: str) -> tuple[str, bytes] | None:
+        pending = self.pending.get(oid)
+        if pending is not None:
+            return pending.payment_id, pending.raw
+        buffered = self.orders.get(oid)
+        if buffered is not None and buffered.paid_id is not None:
+            return buffered.paid_id, buffered.paid_raw  # type: ignore[return-value]
+        recovered = self.recovered.get(oid)
+        if recovered is not None:
+            return recovered.payment_id, recovered.raw
+        return None
+
+    @staticmethod
+    def _check_pair(pay: Cmp, order: Cmp, payment_of, order_of, oid: str, out: Decisions) -> None:
+        if pay == order:
+            return
+        p, o = payment_of(), order_of()
+        for kind, i in MISMATCH_KINDS:
+            if pay[i] != order[i]:
+                out.anomalies.append(Flag(kind, oid, (p,), o))
+
+    def _mark(self, kind: int, oid: str, persisted: bool) -> None:
+        dirty = self.dirty[kind]
+        dirty[oid] = persisted or dirty.get(oid, False)
+
+    def _add_pending(self, oid: str, entry: PendingPayment) -> None:
+        entry.persisted = self.dirty[PAYMENT].get(oid, False)
+        self.pending[oid] = entry
+        self._mark(PAYMENT, oid, entry.persisted)
+        heapq.heappush(self._timers, (entry.t + self.params.timeout_ms, oid, entry.payment_id))
+
+    def _drop_pending(self, oid: str, entry: PendingPayment) -> None:
+        del self.pending[oid]
+        self._mark(PAYMENT, oid, entry.persisted)
+
+    def _add_order(self, oid: str, entry: BufferedOrder) -> None:
+        entry.persisted = self.dirty[ORDER].get(oid, False)
+        self.orders[oid] = entry
+        self._mark(ORDER, oid, entry.persisted)
+
+    def _touch_order(self, oid: str, entry: BufferedOrder) -> None:
+        self._mark(ORDER, oid, entry.persisted)
+
+    def _drop_order(self, oid: str, entry: BufferedOrder) -> None:
+        del self.orders[oid]
+        self._mark(ORDER, oid, entry.persisted)
+
+    def _add_recovered(self, oid: str, entry: RecoveredPayment) -> None:
+        entry.persisted = self.dirty[RECOVERED].get(oid, False)
+        self.recovered[oid] = entry
+        self._mark(RECOVERED, oid, entry.persisted)
+
+    # ------------------------------------------------------------ changelog
+
+    def take_changes(self) -> list[tuple[int, str, object | None]]:
+        """Net state changes since the last call: (kind, order_id, entry or None for a tombstone).
+
+        An entry created and removed between two calls never appears; the caller writes
+        these to the changelog, and they count as persisted from here on.
+        """
+        changes: list[tuple[int, str, object | None]] = []
+        for kind, live in ((PAYMENT, self.pending), (ORDER, self.orders), (RECOVERED, self.recovered)):
+            dirty = self.dirty[kind]
+            if not dirty:
+                continue
+            for oid, in_log in dirty.items():
+                entry = live.get(oid)
+                if entry is not None:
+                    entry.persisted = True
+                    changes.append((kind, oid, entry))
+                elif in_log:
+                    changes.append((kind, oid, None))
+            dirty.clear()
+        return changes
+
+    def restore(self, kind: int, oid: str, entry: object) -> None:
+        """Install an entry read back from the changelog (the last value for its key)."""
+        entry.persisted = True  # type: ignore[attr-defined]
+        if kind == PAYMENT:
+            assert isinstance(entry, PendingPayment)
+            self.pending[oid] = entry
+            heapq.heappush(self._timers, (entry.t + self.params.timeout_ms, oid, entry.payment_id))
+        elif kind == ORDER:
+            assert isinstance(entry, BufferedOrder)
+            self.orders[oid] = entry
+        else:
+            assert isinstance(entry, RecoveredPayment)
+            self.recovered[oid] = entry
+
+    def sizes(self) -> tuple[int, int, int]:
+        return len(self.pending), len(self.orders), len(self.recovered)

@@ -1,0 +1,49 @@
+"""Drive a PartitionJoin with terse calls and explicit timestamps (ms)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from schemas import Order, Payment
+from streams.join.core import Decisions, JoinParams, PartitionJoin
+from tests.factories import T0, order, payment
+from schemas.fields import epoch_ms
+
+T = 60_000
+G = 5_000
+H = 3_600_000
+BASE = epoch_ms(T0)
+
+
+def at(ms: int):
+    return T0 + timedelta(milliseconds=ms - BASE)
+
+
+class Harness:
+    def __init__(self, timeout: int = T, grace: int = G, horizon: int = H, key: bytes | None = None) -> None:
+        self.join = PartitionJoin(JoinParams(timeout, grace, horizon, key))
+        self.out = Decisions()
+
+    def pay(self, ts: int, oid: str = "ord-1", pid: str | None = None, status: str = "succeeded", **over) -> Payment:
+        p = payment(payment_id=pid or f"pay-{oid}", order_id=oid, status=status, paid_at=at(ts), **over)
+        self.join.on_payment(ts, p, p.encode(), self.out)
+        return p
+
+    def order(self, ts: int, oid: str = "ord-1", **over) -> Order:
+        o = order(order_id=oid, created_at=at(ts), **over)
+        self.join.on_order(ts, o, o.encode(), self.out)
+        return o
+
+    def advance(self, now: int = 0, payments_at_end: bool = False, orders_at_end: bool = False) -> None:
+        self.join.advance(now, payments_at_end, orders_at_end, self.out)
+
+    def take(self) -> Decisions:
+        out, self.out = self.out, Decisions()
+        return out
+
+    def recovered_ids(self) -> list[str]:
+        return [r.payment.payment_id for r in self.take().recoveries]
+
+
+__all__ = ["BASE", "G", "H", "T", "Decimal", "Harness", "at"]

@@ -1,0 +1,319 @@
+"""The join core by example: exact timestamps around every edge of the contract.
+
+In the spirit of Kafka Streams' KStreamKStreamLeftJoinTest: T = 60 s timeout,
+G = 5 s grace, payment at BASE, so its deadline is BASE + T and it may be recovered
+once the orders partition is seen at BASE + T + G.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from streams.join import changelog
+from streams.join.core import JoinParams, PartitionJoin
+from tests.join_harness import BASE, G, H, T, Harness
+
+D = BASE + T  # the payment's deadline
+
+
+def test_order_after_its_payment_matches_and_is_never_recovered() -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.order(BASE + 1_000)
+    h.advance(BASE + 10 * T, payments_at_end=True, orders_at_end=True)
+    out = h.take()
+    assert out.matched == 1 and out.recoveries == [] and out.late == [] and out.anomalies == []
+
+
+def test_order_before_its_payment_matches() -> None:
+    h = Harness()
+    h.order(BASE - 1_000)
+    h.pay(BASE)
+    h.advance(BASE + 10 * T, True, True)
+    out = h.take()
+    assert out.matched == 1 and out.recoveries == []
+
+
+@pytest.mark.parametrize(("order_ts", "matches"), [
+    (D - 1, True), (D, True), (D + 1, False),
+    (BASE - T + 1, True), (BASE - T, True), (BASE - T - 1, False),
+])
+def test_window_edges_are_inclusive(order_ts: int, matches: bool) -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.order(order_ts)
+    h.advance(BASE + 10 * T, True, True)
+    out = h.take()
+    assert (out.matched == 1) is matches
+    assert [r.payment.payment_id for r in out.recoveries] == ([] if matches else ["pay-ord-1"])
+
+
+def test_order_before_the_payment_but_outside_the_window_does_not_match() -> None:
+    h = Harness()
+    h.order(BASE - T - 1)
+    h.pay(BASE)
+    h.order(D + G, oid="other")
+    h.advance()
+    assert h.recovered_ids() == ["pay-ord-1"]
+
+
+@pytest.mark.parametrize(("seen", "recovered"), [(D + G - 1, False), (D + G, True), (D + G + 1, True)])
+def test_an_order_record_past_deadline_plus_grace_times_the_payment_out(seen: int, recovered: bool) -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.order(seen, oid="someone-else")
+    h.advance(0, payments_at_end=False, orders_at_end=False)
+    assert h.recovered_ids() == (["pay-ord-1"] if recovered else [])
+
+
+@pytest.mark.parametrize(("now", "recovered"), [(D + G - 1, False), (D + G, True)])
+def test_idle_order_partition_read_to_its_end_times_out_by_the_wall_clock(now: int, recovered: bool) -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.advance(now, payments_at_end=True, orders_at_end=True)
+    assert h.recovered_ids() == (["pay-ord-1"] if recovered else [])
+
+
+def test_order_waiting_unread_in_a_backlog_never_causes_a_recovery() -> None:
+    h = Harness()
+    h.pay(BASE)
+    # Hours of wall clock pass, but the orders partition is not read to its end.
+    for now in (D + G, D + 10 * G, BASE + 100 * T):
+        h.advance(now, payments_at_end=True, orders_at_end=False)
+    assert h.recovered_ids() == []
+    h.order(BASE + 30_000)  # the backlog is read: there it was
+    h.advance(BASE + 100 * T, True, True)
+    out = h.take()
+    assert out.matched == 1 and out.recoveries == []
+
+
+def test_slow_payments_partition_still_finds_orders_read_long_before() -> None:
+    h = Harness()
+    for i in range(5):
+        h.order(BASE + i, oid=f"o{i}")
+    h.order(BASE + 100 * T, oid="far-ahead")  # orders are far ahead of payments
+    h.advance(BASE + 100 * T, payments_at_end=False, orders_at_end=True)
+    for i in range(5):
+        h.pay(BASE + i, oid=f"o{i}")
+    h.advance(BASE + 100 * T, payments_at_end=True, orders_at_end=True)
+    out = h.take()
+    assert out.matched == 5 and out.recoveries == []
+
+
+def test_late_order_whose_time_is_past_the_deadline_is_emitted_before_the_recovery() -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.order(D + 1)  # read before the payment is due: late, and the payment will still be recovered
+    out = h.take()
+    assert [(l.payment_id, l.lateness_ms) for l in out.late] == [("pay-ord-1", 1)] and out.recoveries == []
+    h.order(D + G)
+    h.advance()
+    out = h.take()
+    assert [r.payment.payment_id for r in out.recoveries] == ["pay-ord-1"]
+    assert out.late == [], "a late order is emitted once"
+
+
+def test_order_read_after_the_recovery_is_late_even_inside_the_window() -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.order(D + G, oid="other")
+    h.advance()
+    assert h.recovered_ids() == ["pay-ord-1"]
+    h.order(BASE + 1_000)  # out of order by more than the grace
+    out = h.take()
+    assert [(l.order.order_id, l.recovery_id, l.lateness_ms) for l in out.late] == [
+        ("ord-1", out.late[0].recovery_id, 0)
+    ]
+    assert out.matched == 0
+    h.order(BASE + 1_000)
+    assert h.take().late == [], "a repeated late order is not emitted twice"
+
+
+def test_late_order_after_recovery_reports_its_lateness() -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.advance(D + G, True, True)
+    assert h.recovered_ids() == ["pay-ord-1"]
+    h.order(D + 42_000)
+    assert [l.lateness_ms for l in h.take().late] == [42_000]
+
+
+def test_order_that_was_read_before_its_payment_but_is_past_the_deadline_is_late() -> None:
+    h = Harness()
+    h.order(D + 1)
+    h.pay(BASE)
+    out = h.take()
+    assert [l.lateness_ms for l in out.late] == [1] and out.matched == 0
+    h.advance(D + G, True, True)
+    assert h.recovered_ids() == ["pay-ord-1"]
+
+
+def test_recovered_payments_are_remembered_for_the_late_horizon_only() -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.advance(D + G, True, True)
+    assert h.recovered_ids() == ["pay-ord-1"]
+    h.advance(D + H - 1, True, True)
+    assert h.join.sizes()[2] == 1
+    h.advance(D + H, True, True)
+    assert h.join.sizes() == (0, 0, 0)
+    h.order(D + H + 1)
+    assert h.take().late == [], "past the horizon the order is no longer recognised"
+
+
+def test_duplicate_payment_is_dropped() -> None:
+    h = Harness()
+    h.pay(BASE, pid="pay-A")
+    h.pay(BASE, pid="pay-A")
+    h.pay(BASE + 10, pid="pay-A")
+    h.advance(D + G, True, True)
+    out = h.take()
+    assert [r.payment.payment_id for r in out.recoveries] == ["pay-A"] and out.duplicates == 2 and out.anomalies == []
+
+
+@pytest.mark.parametrize("state", ["pending", "matched", "recovered"])
+def test_second_distinct_payment_for_an_order_is_an_anomaly_not_a_recovery(state: str) -> None:
+    h = Harness()
+    h.pay(BASE, pid="pay-A")
+    if state == "matched":
+        h.order(BASE + 1)
+    if state == "recovered":
+        h.advance(D + G, True, True)
+    first = h.take()
+    h.pay(BASE + 2_000, pid="pay-B")
+    h.advance(BASE + 10 * T, True, True)
+    out = h.take()
+    assert [(a.kind, [p.payment_id for p in a.payments]) for a in out.anomalies] == [
+        ("duplicate_payment", ["pay-A", "pay-B"])
+    ]
+    recovered = [r.payment.payment_id for r in first.recoveries + out.recoveries]
+    assert recovered == ([] if state == "matched" else ["pay-A"])
+
+
+def test_failed_payments_need_no_order_and_are_not_the_first_payment() -> None:
+    h = Harness()
+    h.pay(BASE, pid="pay-F", status="failed")
+    h.pay(BASE + 1, pid="pay-S")
+    h.advance(D + G + 1, True, True)
+    out = h.take()
+    assert [r.payment.payment_id for r in out.recoveries] == ["pay-S"]
+    assert out.anomalies == [] and out.ignored_failed == 1
+
+
+@pytest.mark.parametrize(("order_over", "kinds"), [
+    ({"amount": Decimal("10.5")}, []),  # 10.50 and 10.5 are the same amount
+    ({"amount": Decimal("11")}, ["amount_mismatch"]),
+    ({"currency": "USD"}, ["currency_mismatch"]),
+    ({"user_id": "user-2"}, ["user_mismatch"]),
+    ({"user_id": "user-2", "amount": Decimal("1")}, ["user_mismatch", "amount_mismatch"]),
+])
+@pytest.mark.parametrize("order_first", [False, True])
+def test_mismatched_pair_is_matched_and_reported(order_over: dict, kinds: list[str], order_first: bool) -> None:
+    h = Harness()
+    if order_first:
+        h.order(BASE + 1, **order_over)
+        h.pay(BASE)
+    else:
+        h.pay(BASE)
+        h.order(BASE + 1, **order_over)
+    h.advance(BASE + 10 * T, True, True)
+    out = h.take()
+    assert out.matched == 1 and out.recoveries == []
+    assert [a.kind for a in out.anomalies] == kinds
+    for a in out.anomalies:
+        assert a.order is not None and a.payments[0].payment_id == "pay-ord-1"
+
+
+def test_payment_with_a_bad_signature_is_reported_and_never_recovered() -> None:
+    key = b"k3y"
+    h = Harness(key=key)
+    good = h.pay(BASE, oid="good", signature=None)  # unsigned: bad
+    signed_probe = good.model_copy(update={"order_id": "signed", "payment_id": "pay-signed"})
+    signed = signed_probe.model_copy(update={"signature": signed_probe.expected_signature(key)})
+    h.join.on_payment(BASE, signed, signed.encode(), h.out)
+    forged = signed.model_copy(update={"order_id": "forged", "payment_id": "pay-forged"})  # signature of another payment
+    h.join.on_payment(BASE, forged, forged.encode(), h.out)
+    h.advance(D + G, True, True)
+    out = h.take()
+    assert [r.payment.payment_id for r in out.recoveries] == ["pay-signed"]
+    assert sorted(a.order_id for a in out.anomalies if a.kind == "bad_signature") == ["forged", "good"]
+
+
+def test_unmatched_orders_expire_once_payments_are_past_their_window() -> None:
+    h = Harness()
+    h.order(BASE)
+    h.advance(BASE + T + G - 1, payments_at_end=True, orders_at_end=True)
+    assert h.join.sizes()[1] == 1
+    h.advance(BASE + T + G, payments_at_end=True, orders_at_end=True)
+    assert h.join.sizes()[1] == 0
+
+
+def test_state_stays_bounded_over_a_long_stream() -> None:
+    h = Harness()
+    for i in range(5_000):
+        ts = BASE + i * 100
+        h.pay(ts, oid=f"o{i}")
+        if i % 10:
+            h.order(ts + 50, oid=f"o{i}")
+        h.advance(ts, True, True)
+    pending, orders, recovered = h.join.sizes()
+    window_records = (T + G) // 100
+    assert pending <= window_records and orders <= window_records + 1
+    assert len(h.join._timers) <= 2 * pending + 64
+
+
+# ---------------------------------------------------------------- changelog
+
+
+def test_a_payment_matched_within_one_commit_interval_never_reaches_the_changelog() -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.order(BASE + 1)
+    kinds = [(k, oid, e is None) for k, oid, e in h.join.take_changes()]
+    assert kinds == [(1, "ord-1", False)], "only the matched order (kept to spot duplicates) is written"
+
+
+def test_persisted_entries_are_tombstoned_once_gone() -> None:
+    h = Harness()
+    h.pay(BASE)
+    assert [(k, e is None) for k, _, e in h.join.take_changes()] == [(0, False)]
+    h.order(BASE + 1)
+    assert sorted((k, e is None) for k, _, e in h.join.take_changes()) == [(0, True), (1, False)]
+    assert h.join.take_changes() == []
+
+
+def test_state_restored_from_the_changelog_makes_the_same_decisions() -> None:
+    live = Harness()
+    live.pay(BASE, oid="a")
+    live.pay(BASE, oid="b")
+    live.order(BASE + 5, oid="b")
+    live.order(BASE + 7, oid="c")
+    live.pay(BASE, oid="r")
+    live.order(D + G - 1, oid="x")
+    live.advance(BASE + T + G, payments_at_end=False, orders_at_end=False)
+    log: dict[bytes, bytes | None] = {}
+    for kind, oid, entry in live.join.take_changes():
+        log[changelog.encode_key(kind, oid)] = None if entry is None else changelog.encode_value(kind, entry)
+    live.take()
+
+    restored = PartitionJoin(JoinParams(T, G, H))
+    for key, value in log.items():
+        kind, oid, entry = changelog.decode(key, value)
+        if entry is not None:
+            restored.restore(kind, oid, entry)
+    assert restored.sizes() == live.join.sizes()
+
+    clone = Harness()
+    clone.join = restored
+    for h in (live, clone):
+        h.pay(BASE + 100, oid="c")  # matches the buffered order c
+        h.pay(BASE + 1, oid="b", pid="pay-other")  # b was matched: a second payment
+        h.order(BASE + 2, oid="a")  # a is pending: matches
+        h.advance(BASE + 10 * T, True, True)
+    a, b = live.take(), clone.take()
+    assert (a.matched, [x.kind for x in a.anomalies], [r.payment for r in a.recoveries]) == (
+        b.matched, [x.kind for x in b.anomalies], [r.payment for r in b.recoveries])
+    assert a.matched == 2 and [x.kind for x in a.anomalies] == ["duplicate_payment"]
+    assert [r.payment.order_id for r in a.recoveries] == ["r"]
