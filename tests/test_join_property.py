@@ -55,9 +55,15 @@ def scenarios(draw):
             orders.append((o.ts + draw(jitter), o))
             if draw(st.integers(0, 5)) == 0:
                 orders.append((o.ts + draw(jitter) + G // 2, o))  # the order event published twice
+        if draw(st.integers(0, 2)) == 0:  # another order that moves order time right onto this timeout edge
+            tick = Ev("order", f"tick{i}", t + T + G - draw(st.integers(0, 1)))
+            orders.append((tick.ts, tick))
     ps = [e for _, e in sorted(payments, key=lambda x: x[0])]
     os = [e for _, e in sorted(orders, key=lambda x: x[0])]
-    # Interleave the two partitions at random, with time advancing at random points.
+    # Interleave the two partitions at random, with time advancing at random points, often
+    # exactly on a timeout edge (one millisecond before, on).
+    edges = [e.ts + T + G + d for e in ps for d in (-1, 0)]
+    nows = st.one_of(st.integers(BASE, BASE + 8 * T), st.sampled_from(edges))
     steps: list[object] = []
     i = j = 0
     while i < len(ps) or j < len(os):
@@ -67,7 +73,7 @@ def scenarios(draw):
         else:
             steps.append(os[j]); j += 1
         if draw(st.integers(0, 3)) == 0:
-            steps.append(("advance", i == len(ps), j == len(os), BASE + draw(st.integers(0, 8 * T))))
+            steps.append(("advance", i == len(ps), j == len(os), draw(nows)))
     steps.append(("advance", True, True, BASE + 100 * T))
     return steps
 
