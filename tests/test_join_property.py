@@ -88,8 +88,11 @@ class Reference:
         self.order_time = -1
         self.recovered: list[str] = []
         self.matched = 0
+        self.steps = 0
+        self.when: list[tuple[int, str]] = []
 
     def step(self, s) -> None:
+        self.steps += 1
         if isinstance(s, tuple):
             _, payments_at_end, orders_at_end, now = s
             progress = max(self.order_time, now) if orders_at_end else self.order_time
@@ -97,6 +100,7 @@ class Reference:
                 if self.state[oid] == "pending" and t + T + G <= progress:
                     self.state[oid] = "recovered"
                     self.recovered.append(pid)
+                    self.when.append((self.steps, pid))
             return
         if s.kind == "order":
             self.order_time = max(self.order_time, s.ts)
@@ -123,8 +127,9 @@ def test_core_recovers_exactly_what_the_contract_says(steps) -> None:
     h = Harness()
     ref = Reference()
     recovered: list[str] = []
+    when: list[tuple[int, str]] = []
     matched = 0
-    for s in steps:
+    for n, s in enumerate(steps, start=1):
         ref.step(s)
         if isinstance(s, tuple):
             _, payments_at_end, orders_at_end, now = s
@@ -135,9 +140,11 @@ def test_core_recovers_exactly_what_the_contract_says(steps) -> None:
             h.order(s.ts, oid=s.oid)
         out = h.take()
         recovered += [r.payment.payment_id for r in out.recoveries]
+        when += [(n, r.payment.payment_id) for r in out.recoveries]
         matched += out.matched
 
     assert sorted(recovered) == sorted(ref.recovered)
+    assert sorted(when) == sorted(ref.when), "each recovery is decided at the same step as the contract says"
     assert max(Counter(recovered).values(), default=1) == 1, "recovered at most once"
     matched_ids = {ref.first[o][0] for o, st_ in ref.state.items() if st_ == "matched"}
     assert not matched_ids & set(recovered), "no payment both matched and recovered"
