@@ -7,6 +7,7 @@ plain values from here.
 from __future__ import annotations
 
 import re
+import socket
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -60,6 +61,11 @@ class Settings(BaseSettings):
 
     partitions: int = Field(6, ge=1, le=10_000, description="partitions for topics that `topics create` makes")
     replication_factor: int = Field(-1, ge=-1, le=32, description="-1: the broker's default")
+    instance_id: str = Field(
+        default_factory=lambda: socket.gethostname(), pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="this worker's stable name; its transactional.id is <join group>-<instance id>",
+    )
+    batch_size: int = Field(10_000, ge=1, le=1_000_000, description="records the join reads per consume() call")
     commit_interval: DurationMs = Field("100ms", gt=0, description="how often the join commits its transaction")
 
     # Kafka security: passed through to every client the program makes.

@@ -49,11 +49,12 @@ def isolated(base: Settings, **over: object) -> Settings:
     }
     fields = base.model_dump() | names | {
         "join_group": f"t{tag}-join", "recover_group": f"t{tag}-recover", "partitions": 4, "metrics_port": 0,
+        "instance_id": f"t{tag}",
     }
+    # Durations are held in ms; say so, since a bare number would be read as seconds.
+    fields |= {k: f"{fields[k]}ms" for k in ("order_timeout", "grace", "late_horizon", "commit_interval")}
     fields.update(over)
-    # model_dump() unwraps nothing: SecretStr survives, durations are already milliseconds.
-    return Settings.model_validate(fields | {k: f"{v}ms" for k, v in fields.items()
-                                              if k in ("order_timeout", "grace", "late_horizon", "commit_interval")})
+    return Settings.model_validate(fields)
 
 
 @pytest.fixture

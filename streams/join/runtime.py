@@ -1,0 +1,421 @@
+"""The join's Kafka runtime: consume, feed the core, produce its decisions, commit.
+
+One process is one member of the join consumer group. Payments and orders are
+co-partitioned (same partition count, keyed by order_id, murmur2), and the range
+assignor gives partition p of both topics to the same member; the state of pair p lives
+in a PartitionJoin and in partition p of the compacted changelog topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import ValidationError
+
+from schemas import Anomaly, DeadLetter, LateOrder, Order, Payment, Recovery, recovery_id_for
+from schemas.fields import from_epoch_ms
+from streams import metrics
+from streams.join import changelog
+from streams.join.core import ORDER, PAYMENT, Decisions, JoinParams, PartitionJoin
+from streams.kafka import config
+from streams.settings import Settings
+
+log = logging.getLogger("slipguard.join")
+
+_EOF = KafkaError._PARTITION_EOF
+
+
+class JoinFailed(Exception):
+    """The worker cannot go on (fenced by a newer instance, or a fatal client error)."""
+
+
+@dataclass
+class PairState:
+    """What the worker holds for partition p of payments and orders."""
+
+    core: PartitionJoin
+    next_offset: dict[int, int] = field(default_factory=dict)  # kind -> next offset to read
+    at_end: list[bool] = field(default_factory=lambda: [False, False])  # kind -> read to the end?
+
+
+class JoinWorker:
+    def __init__(self, settings: Settings, *, now_ms=lambda: int(time.time() * 1000)) -> None:
+        self.s = settings
+        self.now_ms = now_ms
+        self.eos = settings.processing_guarantee == "exactly_once"
+        self.params = JoinParams(settings.order_timeout, settings.grace, settings.late_horizon, settings.hmac_key)
+        self.topics = {settings.payments_topic: PAYMENT, settings.orders_topic: ORDER}
+        self.topic_of = {PAYMENT: settings.payments_topic, ORDER: settings.orders_topic}
+        self.pairs: dict[int, PairState] = {}
+        self.stopping = False
+        self.in_txn = False
+        self.uncommitted = False
+        self.last_commit = time.monotonic()
+        self.ready = False
+        self.last_loop = time.monotonic()
+
+        group = settings.join_group
+        self.consumer = Consumer(config.consumer(
+            settings, group,
+            # Range gives partition p of every subscribed topic to the same member: co-partitioning.
+            **{"partition.assignment.strategy": "range", "enable.partition.eof": True,
+               "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 4_194_304},
+        ))
+        self.restorer = Consumer(config.consumer(settings, f"{group}-restore", **{"enable.partition.eof": True}))
+        self.delivery_failures = 0
+        producer_conf = config.producer(
+            settings, transactional_id=f"{group}-{settings.instance_id}" if self.eos else None,
+            **({"transaction.timeout.ms": 10_000} if self.eos else {}),
+            **{"delivery.report.only.error": True, "on_delivery": self._on_delivery},
+        )
+        self.producer = Producer(producer_conf)
+        if self.eos:
+            # Fences an earlier incarnation with the same transactional.id and aborts its open transaction.
+            self.producer.init_transactions(30)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self, *, max_seconds: float | None = None) -> None:
+        """Consume until stop() (SIGTERM/SIGINT) or max_seconds; then commit and leave the group."""
+        s = self.s
+        self.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        started = time.monotonic()
+        try:
+            while not self.stopping:
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    break
+                self.step()
+            self.commit()
+        finally:
+            self.close()
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()  # leaves the group; on_revoke commits what is left
+        finally:
+            self.restorer.close()
+            self.producer.flush(10)
+
+    # ------------------------------------------------------------ the loop
+
+    def step(self) -> None:
+        """One batch: consume, decide, produce; commit when the interval has passed."""
+        msgs = self.consumer.consume(self.s.batch_size, timeout=0.05)
+        self.last_loop = time.monotonic()
+        self.producer.poll(0)
+        out = Decisions()
+        if msgs:
+            self._process(msgs, out)
+        now = self.now_ms()
+        for pair in self.pairs.values():
+            pair.core.advance(now, pair.at_end[PAYMENT], pair.at_end[ORDER], out)
+        if out:
+            self._emit(out, now)
+        if out.matched:
+            metrics.JOIN_MATCHED.inc(out.matched)
+        if out.duplicates:
+            metrics.JOIN_DUPLICATES.inc(out.duplicates)
+        if self.uncommitted and (time.monotonic() - self.last_commit) * 1000 >= self.s.commit_interval:
+            self.commit()
+
+    def _process(self, msgs: list[Message], out: Decisions) -> None:
+        by_pair: dict[int, list[Message]] = defaultdict(list)
+        topics = self.topics
+        counts = [0, 0]
+        for m in msgs:
+            err = m.error()
+            kind = topics.get(m.topic())
+            if err is not None:
+                if err.code() == _EOF and kind is not None:
+                    pair = self.pairs.get(m.partition())
+                    if pair is not None:
+                        pair.at_end[kind] = True
+                    continue
+                if err.fatal():
+                    raise JoinFailed(f"consumer error: {err}")
+                log.warning("consumer error: %s", err)
+                continue
+            by_pair[m.partition()].append(m)
+            counts[kind] += 1  # type: ignore[index]
+        if not by_pair:
+            return
+        if counts[PAYMENT]:
+            metrics.JOIN_RECORDS.labels(self.s.payments_topic).inc(counts[PAYMENT])
+        if counts[ORDER]:
+            metrics.JOIN_RECORDS.labels(self.s.orders_topic).inc(counts[ORDER])
+
+        self._begin()
+        for p, batch in by_pair.items():
+            pair = self.pairs.get(p)
+            if pair is None:
+                continue  # revoked meanwhile; the new owner reads these again
+            if len(batch) > 1 and batch[0].topic() != batch[-1].topic():
+                batch.sort(key=_timestamp)  # both topics present: process the pair in event-time order
+            core = pair.core
+            next_offset = pair.next_offset
+            at_end = pair.at_end
+            for m in batch:
+                kind = topics[m.topic()]
+                at_end[kind] = False
+                next_offset[kind] = m.offset() + 1
+                raw = m.value()
+                ts = m.timestamp()[1]
+                try:
+                    if kind == PAYMENT:
+                        rec = Payment.decode(raw)
+                    else:
+                        rec = Order.decode(raw)
+                    if m.key() != rec.order_id.encode():
+                        raise ValueError(f"record key {m.key()!r} is not the order_id {rec.order_id!r}: "
+                                         "producers must key by order_id")
+                    if ts < 0:
+                        raise ValueError("record has no timestamp; the join needs the Kafka timestamp as event time")
+                except (ValidationError, ValueError, TypeError, UnicodeDecodeError) as exc:
+                    self._dead_letter(m, exc)
+                    continue
+                if kind == PAYMENT:
+                    core.on_payment(ts, rec, raw, out)  # type: ignore[arg-type]
+                else:
+                    core.on_order(ts, rec, raw, out)  # type: ignore[arg-type]
+        self.uncommitted = True
+
+    # ------------------------------------------------------------ outputs
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.delivery_failures += 1
+            log.error("delivery to %s failed: %s", msg.topic(), err)
+
+    def _begin(self) -> None:
+        if self.eos and not self.in_txn:
+            self.producer.begin_transaction()
+            self.in_txn = True
+
+    def _produce(self, topic: str, key: bytes | str, value: bytes, partition: int | None = None) -> None:
+        while True:
+            try:
+                if partition is None:
+                    self.producer.produce(topic, value, key)
+                else:
+                    self.producer.produce(topic, value, key, partition)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: let deliveries drain
+
+    def _emit(self, out: Decisions, now: int) -> None:
+        self._begin()
+        s = self.s
+        detected = from_epoch_ms(now)
+        for r in out.recoveries:
+            p = r.payment
+            msg = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
+                           deadline=from_epoch_ms(r.deadline_ms), detected_at=detected)
+            self._produce(s.recovery_topic, p.order_id, msg.encode())
+            metrics.JOIN_DETECTION_LATENCY.observe(max(0.0, (now - r.deadline_ms) / 1000))
+        for late in out.late:
+            msg = LateOrder(order_id=late.order.order_id, order=late.order, payment_id=late.payment_id,
+                            recovery_id=late.recovery_id, lateness_seconds=late.lateness_ms / 1000)
+            self._produce(s.late_topic, late.order.order_id, msg.encode())
+        for a in out.anomalies:
+            msg = Anomaly(kind=a.kind, order_id=a.order_id, payments=list(a.payments), order=a.order,  # type: ignore[arg-type]
+                          detected_at=detected)
+            self._produce(s.anomalies_topic, a.order_id, msg.encode())
+            metrics.JOIN_ANOMALIES.labels(a.kind).inc()
+        if out.recoveries:
+            metrics.JOIN_RECOVERED.inc(len(out.recoveries))
+            log.info("recovered %d payment(s) without an order", len(out.recoveries))
+        if out.late:
+            metrics.JOIN_LATE.inc(len(out.late))
+        self.uncommitted = True
+
+    def _dead_letter(self, m: Message, exc: Exception) -> None:
+        error = str(exc).replace("\n", " | ")[:3900]
+        dead = DeadLetter(source_topic=m.topic(), partition=m.partition(), offset=m.offset(),
+                          key_b64=DeadLetter.b64(m.key()), value_b64=DeadLetter.b64(m.value()),
+                          error=error, failed_at=from_epoch_ms(self.now_ms()))
+        self._produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode())
+        reason = "invalid" if isinstance(exc, ValidationError) else "rejected"
+        metrics.JOIN_DLQ.labels("join", reason).inc()
+        log.warning("record sent to the DLQ: %s", error[:300],
+                    extra={"topic": m.topic(), "partition": m.partition(), "offset": m.offset()})
+
+    # ------------------------------------------------------------ commit
+
+    def commit(self, *, handing_over: bool = False) -> None:
+        """Commit one interval's work. The order of effects is the point:
+
+        1. write the net state changes of every pair to its changelog partition;
+        2. exactly_once: send the consumed offsets to the transaction and commit it, so
+           outputs, state and offsets become visible together, or not at all;
+           at_least_once: flush outputs, then state, and only then commit offsets, so a
+           crash repeats work (same recovery_id) but never loses it.
+        """
+        if not self.uncommitted and not self.in_txn:
+            return
+        offsets = self._offsets()
+        try:
+            if not self.eos:
+                self.producer.flush()
+            self._begin()
+            written = 0
+            for p, pair in self.pairs.items():
+                for kind, oid, entry in pair.core.take_changes():
+                    value = None if entry is None else changelog.encode_value(kind, entry)
+                    self._produce(self.s.changelog_topic, changelog.encode_key(kind, oid), value, p)  # type: ignore[arg-type]
+                    written += 1
+            if self.eos:
+                if offsets:
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                self.producer.commit_transaction(60)
+                self.in_txn = False
+            else:
+                remaining = self.producer.flush(60)
+                if remaining or self.delivery_failures:
+                    failed, self.delivery_failures = self.delivery_failures, 0
+                    raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT,
+                                                    f"{remaining} records undelivered, {failed} failed"))
+                if offsets:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+            metrics.JOIN_CHANGELOG_RECORDS.inc(written)
+            metrics.JOIN_COMMITS.labels("committed").inc()
+        except KafkaException as exc:
+            metrics.JOIN_COMMITS.labels("aborted").inc()
+            self._recover_from_failed_commit(exc, rewind=not handing_over)
+        finally:
+            self.uncommitted = False
+            self.last_commit = time.monotonic()
+            self._update_gauges()
+
+    def _offsets(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic_of[kind], p, off)
+                for p, pair in self.pairs.items() for kind, off in pair.next_offset.items()]
+
+    def _recover_from_failed_commit(self, exc: KafkaException, *, rewind: bool) -> None:
+        err = exc.args[0]
+        if self.eos and err.txn_requires_abort():
+            log.warning("transaction failed (%s); aborting it and reading the batch again", err)
+            self.producer.abort_transaction(30)
+            self.in_txn = False
+            if rewind:
+                self._rewind()
+            return
+        if self.eos and not err.retriable():
+            raise JoinFailed(f"transaction failed and cannot be aborted ({err}); another instance may have "
+                             "taken this transactional.id; restart the worker") from exc
+        log.warning("commit failed (%s); reading the uncommitted records again", err)
+        if rewind:
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """Forget uncommitted work: restore state from the changelog and seek to committed offsets."""
+        assigned = self.consumer.assignment()
+        parts = sorted({tp.partition for tp in assigned})
+        self._restore(parts)
+        for tp in self.consumer.committed(assigned, timeout=30):
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+
+    # ------------------------------------------------------------ rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
+        parts = sorted({tp.partition for tp in partitions})
+        log.info("assigned partitions %s; restoring their state", parts)
+        self._restore(parts)
+        self._update_gauges()
+        self.ready = True
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
+        self.commit(handing_over=True)  # hand the partitions over with everything done so far committed
+        for p in {tp.partition for tp in partitions}:
+            self.pairs.pop(p, None)
+        self._update_gauges()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.REBALANCES.labels(self.s.join_group, "lost").inc()
+        log.warning("partitions lost (session timed out?); dropping uncommitted work")
+        if self.in_txn:
+            try:
+                self.producer.abort_transaction(30)
+            except KafkaException as exc:
+                log.warning("abort after losing partitions failed: %s", exc)
+            self.in_txn = False
+        for p in {tp.partition for tp in partitions}:
+            self.pairs.pop(p, None)
+        self.uncommitted = False
+
+    def _restore(self, parts: list[int]) -> None:
+        """Rebuild the state of each pair from its changelog partition, read to its stable end."""
+        if not parts:
+            return
+        started = time.monotonic()
+        topic = self.s.changelog_topic
+        fresh = {p: PairState(PartitionJoin(self.params)) for p in parts}
+        self.restorer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        high = {p: self.restorer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        waiting = {p for p in parts if high[p] > 0}
+        latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in parts}
+        # An open transaction of a dead worker holds the stable end back; it is aborted by the
+        # broker after transaction.timeout.ms, so the wait is bounded.
+        give_up = time.monotonic() + 60
+        while waiting:
+            if time.monotonic() > give_up:
+                raise JoinFailed(f"changelog {topic} partitions {sorted(waiting)} did not reach their end in 60 s")
+            for m in self.restorer.consume(10_000, timeout=0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == _EOF and m.offset() >= high.get(m.partition(), 0):
+                        waiting.discard(m.partition())
+                    elif err.code() != _EOF:
+                        log.warning("changelog read error: %s", err)
+                    continue
+                latest[m.partition()][m.key()] = m.value()
+                if m.offset() + 1 >= high[m.partition()]:
+                    waiting.discard(m.partition())
+        self.restorer.unassign()
+        for p, entries in latest.items():
+            core = fresh[p].core
+            for key, value in entries.items():
+                kind, oid, entry = changelog.decode(key, value)
+                if entry is not None:
+                    core.restore(kind, oid, entry)
+        self.pairs.update(fresh)
+        took = time.monotonic() - started
+        metrics.JOIN_RESTORE_SECONDS.observe(took)
+        sizes = [fresh[p].core.sizes() for p in parts]
+        log.info("restored partitions %s in %.2fs: %d pending payments, %d orders, %d recovered remembered",
+                 parts, took, sum(x[0] for x in sizes), sum(x[1] for x in sizes), sum(x[2] for x in sizes))
+
+    def _update_gauges(self) -> None:
+        pending = orders = recovered = 0
+        oldest = None
+        for pair in self.pairs.values():
+            a, b, c = pair.core.sizes()
+            pending, orders, recovered = pending + a, orders + b, recovered + c
+            if pair.core.pending:
+                # Insertion order is close to event-time order: the first entry is (about) the oldest.
+                first = next(iter(pair.core.pending.values())).t
+                oldest = first if oldest is None else min(oldest, first)
+        metrics.JOIN_PENDING_PAYMENTS.set(pending)
+        metrics.JOIN_PENDING_ORDERS.set(orders)
+        metrics.JOIN_RECOVERED_REMEMBERED.set(recovered)
+        metrics.JOIN_OLDEST_PENDING.set(0 if oldest is None else max(0.0, (self.now_ms() - oldest) / 1000))
+        for topic in (self.s.payments_topic, self.s.orders_topic):
+            metrics.ASSIGNED_PARTITIONS.labels(self.s.join_group, topic).set(len(self.pairs))
+
+
+def _timestamp(m: Message) -> int:
+    return m.timestamp()[1]

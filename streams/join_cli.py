@@ -1,0 +1,36 @@
+"""`slipguard join`: one member of the join consumer group."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from streams.settings import Settings
+
+log = logging.getLogger("slipguard.join")
+
+
+def _join(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.join.runtime import JoinFailed, JoinWorker
+    from streams.observe import serve_metrics
+
+    worker = JoinWorker(settings)
+    worker.install_signal_handlers()
+    serve_metrics(settings.metrics_port_for("join"), health=worker)
+    log.info("join worker %s starting: group %s, %s, timeout %d ms, grace %d ms", settings.instance_id,
+             settings.join_group, settings.processing_guarantee, settings.order_timeout, settings.grace)
+    try:
+        worker.run(max_seconds=args.max_seconds)
+    except JoinFailed as exc:
+        print(f"slipguard join: {exc}", file=sys.stderr)
+        return 1
+    log.info("join worker stopped cleanly")
+    return 0
+
+
+def register(commands, add_settings_flags) -> None:
+    join = commands.add_parser("join", help="run one member of the join consumer group")
+    add_settings_flags(join)
+    join.add_argument("--max-seconds", type=float, default=None, help="stop after this long (for tests and demos)")
+    join.set_defaults(handler=_join)

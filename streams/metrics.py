@@ -1,0 +1,32 @@
+"""Prometheus metrics of every worker: names slipguard_*, base units, no id labels.
+
+Hot loops count locally and add to these once per batch.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# ---------------------------------------------------------------- join
+JOIN_RECORDS = Counter("slipguard_join_records_total", "Input records consumed by the join", ["topic"])
+JOIN_MATCHED = Counter("slipguard_join_matched_total", "Payments matched with their order")
+JOIN_RECOVERED = Counter("slipguard_join_recovered_total", "Payments emitted to the recovery topic")
+JOIN_LATE = Counter("slipguard_join_late_orders_total", "Late orders emitted")
+JOIN_ANOMALIES = Counter("slipguard_join_anomalies_total", "Anomalies emitted", ["kind"])
+JOIN_DUPLICATES = Counter("slipguard_join_duplicates_total", "Repeated payment or order events dropped")
+JOIN_DLQ = Counter("slipguard_dlq_records_total", "Records sent to the DLQ", ["worker", "reason"])
+JOIN_PENDING_PAYMENTS = Gauge("slipguard_join_pending_payments", "Payments waiting for their order")
+JOIN_PENDING_ORDERS = Gauge("slipguard_join_buffered_orders", "Orders kept for a payment to come or to spot duplicates")
+JOIN_RECOVERED_REMEMBERED = Gauge("slipguard_join_recovered_remembered", "Recovered payments remembered for late orders")
+JOIN_OLDEST_PENDING = Gauge("slipguard_join_oldest_pending_payment_age_seconds",
+                            "Wall clock minus event time of the oldest pending payment")
+JOIN_DETECTION_LATENCY = Histogram(
+    "slipguard_join_detection_latency_seconds", "Emit time minus the payment's deadline",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 7.5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600),
+)
+JOIN_RESTORE_SECONDS = Histogram("slipguard_join_state_restore_seconds", "Time to restore one partition's state",
+                                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
+JOIN_CHANGELOG_RECORDS = Counter("slipguard_join_changelog_records_total", "State changes written to the changelog")
+JOIN_COMMITS = Counter("slipguard_join_commits_total", "Commits (transactions or offset commits)", ["outcome"])
+ASSIGNED_PARTITIONS = Gauge("slipguard_assigned_partitions", "Partitions assigned to this worker", ["group", "topic"])
+REBALANCES = Counter("slipguard_rebalances_total", "Rebalance events seen by this worker", ["group", "kind"])
