@@ -135,14 +135,13 @@ class JoinWorker:
         by_pair: dict[int, list[Message]] = defaultdict(list)
         topics = self.topics
         counts = [0, 0]
+        reached_end: list[tuple[int, int, int]] = []  # (partition, kind, end offset) of end-of-partition events
         for m in msgs:
             err = m.error()
             kind = topics.get(m.topic())
             if err is not None:
                 if err.code() == _EOF and kind is not None:
-                    pair = self.pairs.get(m.partition())
-                    if pair is not None:
-                        pair.at_end[kind] = True
+                    reached_end.append((m.partition(), kind, m.offset()))
                     continue
                 if err.fatal():
                     raise JoinFailed(f"consumer error: {err}")
@@ -150,14 +149,22 @@ class JoinWorker:
                 continue
             by_pair[m.partition()].append(m)
             counts[kind] += 1  # type: ignore[index]
-        if not by_pair:
-            return
         if counts[PAYMENT]:
             metrics.JOIN_RECORDS.labels(self.s.payments_topic).inc(counts[PAYMENT])
         if counts[ORDER]:
             metrics.JOIN_RECORDS.labels(self.s.orders_topic).inc(counts[ORDER])
+        if by_pair:
+            self._begin()
+            self._feed(by_pair, out)
+        # Applied after the records: a partition is at its end unless a record past the
+        # end-of-partition position was read in this same batch.
+        for p, kind, end in reached_end:
+            pair = self.pairs.get(p)
+            if pair is not None and pair.next_offset.get(kind, 0) <= end:
+                pair.at_end[kind] = True
 
-        self._begin()
+    def _feed(self, by_pair: dict[int, list[Message]], out: Decisions) -> None:
+        topics = self.topics
         for p, batch in by_pair.items():
             pair = self.pairs.get(p)
             if pair is None:

@@ -1,0 +1,167 @@
+"""The join on the real broker: `slipguard join` processes, generated traffic, real faults."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import time
+from collections import Counter
+from datetime import datetime
+
+import pytest
+
+from schemas import Anomaly, DeadLetter, Recovery, recovery_id_for
+from streams.kafka.topics import create_topics
+from streams.loadgen import Shares, merged, plan, produce
+from tests.factories import payment
+from tests.integration.conftest import consume_all, isolated
+from tests.integration.workers import (
+    late_ids,
+    recovered_ids,
+    start,
+    stop,
+    wait_for_progress,
+    wait_until_done,
+)
+from tests.integration.conftest import produce as produce_raw
+
+TIMEOUT_MS = 5_000
+
+
+def _settings(base_settings, **over):
+    s = isolated(base_settings, **({"order_timeout": "5s", "grace": "1s"} | over))
+    create_topics(s)
+    return s
+
+
+def _historical(s, count: int, seed: int, shares: Shares = Shares()):
+    """A workload whose deadlines have all passed by the wall clock: a backlog."""
+    start_ms = int(time.time() * 1000) - 120_000
+    pays, ords, exp = plan(count, start_ms=start_ms, spacing_ms=60_000 / count, timeout_ms=TIMEOUT_MS,
+                           shares=shares, seed=seed)
+    produce(s, merged(pays, ords))
+    return exp
+
+
+def test_end_to_end_every_missing_order_is_recovered_once_and_late_orders_and_anomalies_reported(
+        base_settings, tmp_path) -> None:
+    s = _settings(base_settings)
+    exp = _historical(s, 4_000, seed=11)
+    worker = start(s, ["join"], tmp_path / "join.log")
+    try:
+        wait_until_done(s, exp.payments + exp.orders)
+        ids = recovered_ids(s, len(exp.recovered))
+        assert Counter(ids).most_common(1)[0][1] == 1, "each recovery appears once (exactly_once)"
+        assert set(ids) == exp.recovered
+        assert set(late_ids(s, len(exp.late))) == exp.late
+        anomalies = [Anomaly.decode(m.value()) for m in consume_all(s, s.anomalies_topic, sum(exp.anomalies.values()))]
+        assert Counter(a.kind for a in anomalies) == Counter(exp.anomalies)
+    finally:
+        assert stop(worker) == 0, (tmp_path / "join.log").read_text()[-3000:]
+    log = (tmp_path / "join.log").read_text()
+    assert "stopped cleanly" in log
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_kill_9_mid_stream_then_restart_loses_nothing(base_settings, tmp_path, guarantee: str) -> None:
+    s = _settings(base_settings, processing_guarantee=guarantee, commit_interval="200ms")
+    exp = _historical(s, 60_000, seed=12)
+    total = exp.payments + exp.orders
+    first = start(s, ["join"], tmp_path / "join-1.log")
+    wait_for_progress(s, total, 0.25)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    second = start(s, ["join"], tmp_path / "join-2.log")
+    try:
+        wait_until_done(s, total, timeout=180)
+        ids = recovered_ids(s, len(exp.recovered))
+        assert set(ids) == exp.recovered, "no recovery lost across kill -9"
+        if guarantee == "exactly_once":
+            assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+    finally:
+        assert stop(second) == 0
+
+
+def test_two_workers_share_the_load_and_one_dying_loses_nothing(base_settings, tmp_path) -> None:
+    s = _settings(base_settings, commit_interval="200ms")
+    exp = _historical(s, 60_000, seed=13)
+    total = exp.payments + exp.orders
+    a = start(s, ["join"], tmp_path / "a.log", instance_id="worker-a")
+    b = start(s, ["join"], tmp_path / "b.log", instance_id="worker-b")
+    try:
+        wait_for_progress(s, total, 0.25)
+        a.send_signal(signal.SIGKILL)
+        a.wait(10)
+        wait_until_done(s, total, timeout=180)
+        ids = recovered_ids(s, len(exp.recovered))
+        assert set(ids) == exp.recovered
+        assert len(ids) == len(set(ids))
+        assert "assigned partitions" in (tmp_path / "b.log").read_text()
+    finally:
+        assert stop(b) == 0
+
+
+def test_worker_started_after_a_backlog_makes_no_false_recovery(base_settings, tmp_path) -> None:
+    """Orders trail their payments by 4 s of event time, and all deadlines passed by the wall clock."""
+    s = _settings(base_settings)
+    now = int(time.time() * 1000)
+    pays, ords, exp = plan(20_000, start_ms=now - 300_000, spacing_ms=5, timeout_ms=TIMEOUT_MS,
+                           shares=Shares(jitter_ms=0, late=0, second_payment=0), seed=14)
+    ords = [(k, key, v, ts + 4_000) for k, key, v, ts in ords]
+    produce(s, pays)  # the whole payments backlog first, then the orders backlog
+    produce(s, ords)
+    worker = start(s, ["join"], tmp_path / "join.log")
+    try:
+        wait_until_done(s, len(pays) + len(ords))
+        ids = recovered_ids(s, len(exp.recovered))
+        assert set(ids) == exp.recovered, f"false recoveries: {len(set(ids) - exp.recovered)}"
+    finally:
+        assert stop(worker) == 0
+
+
+def test_idle_order_stream_recovers_within_grace_plus_one_second(base_settings, tmp_path) -> None:
+    s = _settings(base_settings, order_timeout="3s", grace="1s")
+    worker = start(s, ["join"], tmp_path / "join.log")
+    try:
+        time.sleep(3)  # joined the group, partitions read to their (empty) end
+        now = int(time.time() * 1000)
+        payments = [payment(payment_id=f"idle-{i}", order_id=f"idle-o{i}") for i in range(8)]
+        produce_raw(s, s.payments_topic, [(p.order_id.encode(), p.encode(), now) for p in payments])
+        got = [Recovery.decode(m.value()) for m in consume_all(s, s.recovery_topic, 8, timeout=20)]
+        assert sorted(r.payment.payment_id for r in got) == sorted(p.payment_id for p in payments)
+        for r in got:
+            late_by = (r.detected_at - r.deadline).total_seconds()
+            assert 1.0 <= late_by <= 2.0, f"emitted {late_by:.3f}s after the deadline; contract: within GRACE + 1 s"
+            assert r.deadline == datetime.fromtimestamp((now + 3_000) / 1000, tz=r.deadline.tzinfo)
+            assert r.recovery_id == recovery_id_for(r.payment.payment_id)
+    finally:
+        assert stop(worker) == 0
+
+
+def test_malformed_and_invalid_records_go_to_the_dlq_and_processing_goes_on(base_settings, tmp_path) -> None:
+    s = _settings(base_settings)
+    now = int(time.time() * 1000) - 60_000
+    good = payment(payment_id="after-bad", order_id="after-bad")
+    bad = [
+        (b"k1", b"\xff\xfe not json", now),
+        (b"k2", b'{"payment_id": "p", "order_id": "k2"}', now),  # schema-invalid
+        (b"wrong-key", payment(payment_id="x", order_id="right-key").encode(), now),
+        (b"k3", b'{"payment_id":"p3","order_id":"k3","user_id":"u","amount":1.5,"currency":"CNY",'
+                b'"status":"succeeded","paid_at":"2026-01-01T00:00:00Z"}', now),  # amount as a float
+    ]
+    produce_raw(s, s.payments_topic, [*bad, (b"after-bad", good.encode(), now + 1)])
+    produce_raw(s, s.orders_topic, [(b"o-bad", b"[]", now + 2)])
+    worker = start(s, ["join"], tmp_path / "join.log")
+    try:
+        dead = [DeadLetter.decode(m.value()) for m in consume_all(s, s.dlq_topic, 5, timeout=30)]
+        assert len(dead) == 5
+        by_value = {base64.b64decode(d.value_b64 or ""): d for d in dead}
+        for key, value, _ in bad:
+            d = by_value[value]
+            assert d.source_topic == s.payments_topic and base64.b64decode(d.key_b64 or "") == key
+            assert d.error
+        assert "order_id" in by_value[bad[2][1]].error and "amount" in by_value[bad[3][1]].error
+        assert by_value[b"[]"].source_topic == s.orders_topic
+        assert recovered_ids(s, 1, settle=1) == ["after-bad"], "the record after the bad ones is processed"
+    finally:
+        assert stop(worker) == 0

@@ -1,0 +1,89 @@
+"""Run slipguard commands as real processes with a test's settings, and read their outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from schemas import LateOrder, Recovery
+from streams.kafka import config
+from streams.settings import Settings
+from tests.integration.conftest import consume_all
+
+ROOT = Path(__file__).resolve().parents[2]
+DURATIONS = ("order_timeout", "grace", "late_horizon", "commit_interval")
+
+
+def env_for(s: Settings, **over: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPGUARD_")}
+    for name in Settings.model_fields:
+        value = getattr(s, name)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if name in DURATIONS:
+            value = f"{value}ms"
+        env[f"SLIPGUARD_{name.upper()}"] = str(value)
+    for k, v in over.items():
+        env[f"SLIPGUARD_{k.upper()}"] = str(v)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def start(s: Settings, command: list[str], log: Path, **over: object) -> subprocess.Popen:
+    out = open(log, "ab")  # noqa: SIM115 (the process owns it)
+    return subprocess.Popen([sys.executable, "-m", "streams", *command], env=env_for(s, **over), cwd=ROOT,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout)
+
+
+def committed_total(s: Settings, group: str, topics: list[str], partitions: int) -> int:
+    c = Consumer(config.consumer(s, group))
+    try:
+        tps = c.committed([TopicPartition(t, p) for t in topics for p in range(partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        c.close()
+
+
+def wait_for_progress(s: Settings, fraction_of: int, fraction: float, timeout: float = 60) -> int:
+    """Block until the join group has committed at least fraction * fraction_of input offsets."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = committed_total(s, s.join_group, [s.payments_topic, s.orders_topic], s.partitions)
+        if done >= fraction * fraction_of:
+            return done
+        time.sleep(0.1)
+    raise AssertionError(f"join made no progress to {fraction:.0%} of {fraction_of} records in {timeout}s")
+
+
+def recovered_ids(s: Settings, expected: int, timeout: float = 60, settle: float = 3.0) -> list[str]:
+    """Recovery payment ids as a read_committed subscriber sees them (waits for `expected`, then settles)."""
+    got = consume_all(s, s.recovery_topic, expected, timeout=timeout)
+    more = consume_all(s, s.recovery_topic, len(got) + 1, timeout=settle)  # anything extra, e.g. duplicates
+    return [Recovery.decode(m.value()).payment.payment_id for m in (more if len(more) > len(got) else got)]
+
+
+def late_ids(s: Settings, expected: int, timeout: float = 30) -> list[str]:
+    return [LateOrder.decode(m.value()).order_id for m in consume_all(s, s.late_topic, expected, timeout=timeout)]
+
+
+def wait_until_done(s: Settings, total_inputs: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if committed_total(s, s.join_group, [s.payments_topic, s.orders_topic], s.partitions) >= total_inputs:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"join did not commit all {total_inputs} input records within {timeout}s")
