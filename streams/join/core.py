@@ -27,6 +27,7 @@ The rules are the contract's "Join semantics", in one place:
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -138,6 +139,9 @@ class PartitionJoin:
         self.pending: dict[str, PendingPayment] = {}
         self.orders: dict[str, BufferedOrder] = {}
         self.recovered: dict[str, RecoveredPayment] = {}
+        # Insertion-ordered queues for expiry (a dict's front is slow to reach after many deletes).
+        self._order_queue: deque[tuple[str, BufferedOrder]] = deque()
+        self._recovered_queue: deque[tuple[str, RecoveredPayment]] = deque()
         # (deadline, order_id, payment_id); stale items are skipped and compacted away.
         self._timers: list[tuple[int, str, str]] = []
         self.payment_time = -1  # highest payment event time consumed
@@ -250,21 +254,29 @@ class PartitionJoin:
         # order only lives a little longer, never shorter.
         window = p.timeout_ms + p.grace_ms
         orders = self.orders
-        while orders:
-            oid = next(iter(orders))
-            entry = orders[oid]
+        queue = self._order_queue
+        while queue:
+            oid, entry = queue[0]
+            if orders.get(oid) is not entry:
+                queue.popleft()  # dropped or replaced already
+                continue
             if entry.expires_at(window) > payments_progress:
                 break
+            queue.popleft()
             self._drop_order(oid, entry)
         recovered = self.recovered
+        rqueue = self._recovered_queue
         horizon_end = orders_progress - p.late_horizon_ms
-        while recovered:
-            oid = next(iter(recovered))
-            entry = recovered[oid]
-            if entry.deadline > horizon_end:
+        while rqueue:
+            oid, rentry = rqueue[0]
+            if recovered.get(oid) is not rentry:
+                rqueue.popleft()
+                continue
+            if rentry.deadline > horizon_end:
                 break
+            rqueue.popleft()
             del recovered[oid]
-            self._mark(RECOVERED, oid, entry.persisted)
+            self._mark(RECOVERED, oid, rentry.persisted)
 
     # ------------------------------------------------------------ helpers
 
@@ -294,19 +306,23 @@ class PartitionJoin:
         dirty[oid] = persisted or dirty.get(oid, False)
 
     def _add_pending(self, oid: str, entry: PendingPayment) -> None:
-        entry.persisted = self.dirty[PAYMENT].get(oid, False)
+        dirty = self.dirty[PAYMENT]
+        entry.persisted = in_log = dirty.get(oid, False)
         self.pending[oid] = entry
-        self._mark(PAYMENT, oid, entry.persisted)
+        dirty[oid] = in_log
         heapq.heappush(self._timers, (entry.t + self.params.timeout_ms, oid, entry.payment_id))
 
     def _drop_pending(self, oid: str, entry: PendingPayment) -> None:
         del self.pending[oid]
-        self._mark(PAYMENT, oid, entry.persisted)
+        dirty = self.dirty[PAYMENT]
+        dirty[oid] = entry.persisted or dirty.get(oid, False)
 
     def _add_order(self, oid: str, entry: BufferedOrder) -> None:
-        entry.persisted = self.dirty[ORDER].get(oid, False)
+        dirty = self.dirty[ORDER]
+        entry.persisted = in_log = dirty.get(oid, False)
         self.orders[oid] = entry
-        self._mark(ORDER, oid, entry.persisted)
+        self._order_queue.append((oid, entry))
+        dirty[oid] = in_log
 
     def _touch_order(self, oid: str, entry: BufferedOrder) -> None:
         self._mark(ORDER, oid, entry.persisted)
@@ -318,6 +334,7 @@ class PartitionJoin:
     def _add_recovered(self, oid: str, entry: RecoveredPayment) -> None:
         entry.persisted = self.dirty[RECOVERED].get(oid, False)
         self.recovered[oid] = entry
+        self._recovered_queue.append((oid, entry))
         self._mark(RECOVERED, oid, entry.persisted)
 
     # ------------------------------------------------------------ changelog
@@ -353,9 +370,19 @@ class PartitionJoin:
         elif kind == ORDER:
             assert isinstance(entry, BufferedOrder)
             self.orders[oid] = entry
+            self._order_queue.append((oid, entry))
         else:
             assert isinstance(entry, RecoveredPayment)
             self.recovered[oid] = entry
+            self._recovered_queue.append((oid, entry))
+
+    def oldest_pending_time(self) -> int | None:
+        """Event time of (about) the oldest pending payment: the earliest live timer."""
+        for deadline, oid, pid in self._timers[:64]:
+            entry = self.pending.get(oid)
+            if entry is not None and entry.payment_id == pid:
+                return deadline - self.params.timeout_ms
+        return next((e.t for e in self.pending.values()), None) if self.pending else None
 
     def sizes(self) -> tuple[int, int, int]:
         return len(self.pending), len(self.orders), len(self.recovered)

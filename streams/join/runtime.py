@@ -28,6 +28,9 @@ from streams.settings import Settings
 log = logging.getLogger("slipguard.join")
 
 _EOF = KafkaError._PARTITION_EOF
+ALIGN_MS = 2_000
+# Straight to pydantic-core: the model classes' wrappers cost a visible share per record.
+_VALIDATE = {PAYMENT: Payment.__pydantic_validator__.validate_json, ORDER: Order.__pydantic_validator__.validate_json}  # how far (event time) one partition of a pair may run ahead of the other
 
 
 class JoinFailed(Exception):
@@ -52,6 +55,7 @@ class JoinWorker:
         self.topics = {settings.payments_topic: PAYMENT, settings.orders_topic: ORDER}
         self.topic_of = {PAYMENT: settings.payments_topic, ORDER: settings.orders_topic}
         self.pairs: dict[int, PairState] = {}
+        self.paused: set[tuple[int, int]] = set()  # (kind, partition) paused to keep a pair aligned
         self.stopping = False
         self.in_txn = False
         self.uncommitted = False
@@ -64,7 +68,7 @@ class JoinWorker:
             settings, group,
             # Range gives partition p of every subscribed topic to the same member: co-partitioning.
             **{"partition.assignment.strategy": "range", "enable.partition.eof": True,
-               "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 4_194_304},
+               "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576},
         ))
         self.restorer = Consumer(config.consumer(settings, f"{group}-restore", **{"enable.partition.eof": True}))
         self.delivery_failures = 0
@@ -122,6 +126,8 @@ class JoinWorker:
         now = self.now_ms()
         for pair in self.pairs.values():
             pair.core.advance(now, pair.at_end[PAYMENT], pair.at_end[ORDER], out)
+        if msgs:
+            self._align()
         if out:
             self._emit(out, now)
         if out.matched:
@@ -163,6 +169,31 @@ class JoinWorker:
             if pair is not None and pair.next_offset.get(kind, 0) <= end:
                 pair.at_end[kind] = True
 
+    def _align(self) -> None:
+        """Keep the two partitions of a pair within ALIGN_MS of event time of each other.
+
+        librdkafka fetches partitions independently, so one topic can run far ahead of the
+        other; then nearly every payment waits in state (and in the changelog) for an order
+        already sitting in the broker. Pausing the partition that is ahead, until the other
+        catches up or reaches its end, keeps state to the records truly waiting.
+        """
+        want: set[tuple[int, int]] = set()
+        for p, pair in self.pairs.items():
+            pt, ot = pair.core.payment_time, pair.core.order_time
+            if pt > ot + ALIGN_MS and not pair.at_end[ORDER]:
+                want.add((PAYMENT, p))
+            elif ot > pt + ALIGN_MS and not pair.at_end[PAYMENT]:
+                want.add((ORDER, p))
+        if want == self.paused:
+            return
+        to_pause = [TopicPartition(self.topic_of[k], p) for k, p in want - self.paused]
+        to_resume = [TopicPartition(self.topic_of[k], p) for k, p in self.paused - want]
+        if to_pause:
+            self.consumer.pause(to_pause)
+        if to_resume:
+            self.consumer.resume(to_resume)
+        self.paused = want
+
     def _feed(self, by_pair: dict[int, list[Message]], out: Decisions) -> None:
         topics = self.topics
         for p, batch in by_pair.items():
@@ -181,10 +212,7 @@ class JoinWorker:
                 raw = m.value()
                 ts = m.timestamp()[1]
                 try:
-                    if kind == PAYMENT:
-                        rec = Payment.decode(raw)
-                    else:
-                        rec = Order.decode(raw)
+                    rec = _VALIDATE[kind](raw)
                     if m.key() != rec.order_id.encode():
                         raise ValueError(f"record key {m.key()!r} is not the order_id {rec.order_id!r}: "
                                          "producers must key by order_id")
@@ -194,9 +222,9 @@ class JoinWorker:
                     self._dead_letter(m, exc)
                     continue
                 if kind == PAYMENT:
-                    core.on_payment(ts, rec, raw, out)  # type: ignore[arg-type]
+                    core.on_payment(ts, rec, raw, out)
                 else:
-                    core.on_order(ts, rec, raw, out)  # type: ignore[arg-type]
+                    core.on_order(ts, rec, raw, out)
         self.uncommitted = True
 
     # ------------------------------------------------------------ outputs
@@ -243,7 +271,7 @@ class JoinWorker:
             metrics.JOIN_ANOMALIES.labels(a.kind).inc()
         if out.recoveries:
             metrics.JOIN_RECOVERED.inc(len(out.recoveries))
-            log.info("recovered %d payment(s) without an order", len(out.recoveries))
+            log.debug("recovered %d payment(s) without an order", len(out.recoveries))
         if out.late:
             metrics.JOIN_LATE.inc(len(out.late))
         self.uncommitted = True
@@ -339,6 +367,7 @@ class JoinWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
         parts = sorted({tp.partition for tp in partitions})
+        self.paused = set()
         log.info("assigned partitions %s; restoring their state", parts)
         self._restore(parts)
         self._update_gauges()
@@ -347,6 +376,9 @@ class JoinWorker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
         self.commit(handing_over=True)  # hand the partitions over with everything done so far committed
+        if self.paused:
+            self.consumer.resume([TopicPartition(self.topic_of[k], p) for k, p in self.paused])
+            self.paused = set()
         for p in {tp.partition for tp in partitions}:
             self.pairs.pop(p, None)
         self._update_gauges()
@@ -412,9 +444,8 @@ class JoinWorker:
         for pair in self.pairs.values():
             a, b, c = pair.core.sizes()
             pending, orders, recovered = pending + a, orders + b, recovered + c
-            if pair.core.pending:
-                # Insertion order is close to event-time order: the first entry is (about) the oldest.
-                first = next(iter(pair.core.pending.values())).t
+            first = pair.core.oldest_pending_time()
+            if first is not None:
                 oldest = first if oldest is None else min(oldest, first)
         metrics.JOIN_PENDING_PAYMENTS.set(pending)
         metrics.JOIN_PENDING_ORDERS.set(orders)

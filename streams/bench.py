@@ -1,0 +1,217 @@
+"""`slipguard bench`: the join's figures on the real local broker, printed, not asserted.
+
+In one run:
+1. pre-produce a workload of at least 1 M events (payments and orders) into fresh topics;
+2. the ceiling: a confluent-kafka consumer that only reads and decodes the same records;
+3. the join (one in-process worker, the configured guarantee, durable state on) drains it;
+4. memory per pending entry, measured on the core alone with tracemalloc;
+5. detection latency at a steady live rate: emit time minus deadline, p50 and p99.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import statistics
+import threading
+import time
+import tracemalloc
+import uuid
+from dataclasses import asdict, dataclass
+
+from confluent_kafka import Consumer, KafkaError
+
+from schemas import Order, Payment, Recovery
+from streams.join.core import Decisions, JoinParams, PartitionJoin
+from streams.join.runtime import JoinWorker
+from streams.kafka import config
+from streams.kafka.topics import create_topics
+from streams.loadgen import Shares, merged, plan, produce
+from streams.settings import Settings
+
+
+@dataclass
+class Figures:
+    events: int
+    partitions: int
+    guarantee: str
+    ceiling_events_per_s: float
+    join_events_per_s: float
+    ratio: float
+    join_cpu_s_per_million: float
+    join_peak_rss_mb: float
+    pending_entries_peak: int
+    bytes_per_pending_entry: float
+    live_rate_per_s: float
+    detection_latency_p50_s: float
+    detection_latency_p99_s: float
+    recoveries_expected: int
+    recoveries_seen: int
+
+
+def _bench_settings(s: Settings, partitions: int, **over: object) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    fields = s.model_dump() | {
+        f"{t}_topic": f"bench-{tag}.{getattr(s, f'{t}_topic')}"
+        for t in ("payments", "orders", "recovery", "late", "anomalies", "dlq")
+    } | {"join_group": f"bench-{tag}-join", "partitions": partitions, "instance_id": f"bench-{tag}"}
+    fields |= {k: f"{fields[k]}ms" for k in ("order_timeout", "grace", "late_horizon", "commit_interval")}
+    return Settings.model_validate(fields | over)
+
+
+def ceiling(s: Settings, total: int) -> float:
+    """Read and decode every input record, nothing else: the most a Python consumer can do here."""
+    c = Consumer(config.consumer(s, f"{s.join_group}-ceiling", **{"enable.partition.eof": False,
+                                                                   "fetch.max.bytes": 52_428_800}))
+    c.subscribe([s.payments_topic, s.orders_topic])
+    payments = s.payments_topic
+    n = 0
+    started = None
+    while n < total:
+        for m in c.consume(10_000, timeout=1.0):
+            if m.error():
+                continue
+            if started is None:
+                started = time.perf_counter()
+            (Payment if m.topic() == payments else Order).decode(m.value())
+            n += 1
+    took = time.perf_counter() - (started or time.perf_counter())
+    c.close()
+    return n / took
+
+
+def drain(s: Settings, total: int) -> tuple[float, float, int]:
+    """Run the join until it has consumed and committed every input record."""
+    worker = JoinWorker(s)
+    worker.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=worker._on_assign,
+                              on_revoke=worker._on_revoke, on_lost=worker._on_lost)
+    peak_pending = 0
+    started = None
+    cpu0 = time.process_time()
+    while True:
+        worker.step()
+        done = sum(off for pair in worker.pairs.values() for off in pair.next_offset.values())
+        if started is None and done:
+            started, cpu0 = time.perf_counter(), time.process_time()
+        peak_pending = max(peak_pending, sum(len(p.core.pending) for p in worker.pairs.values()))
+        if done >= total:
+            break
+    worker.commit()
+    took = time.perf_counter() - (started or time.perf_counter())
+    cpu = time.process_time() - cpu0
+    worker.close()
+    return total / took, cpu / total * 1e6, peak_pending
+
+
+def bytes_per_pending(n: int = 100_000) -> float:
+    """Memory of n pending payments in the core, over the empty core."""
+    pays, _, _ = plan(n, start_ms=1_800_000_000_000, spacing_ms=1, timeout_ms=3_600_000,
+                      shares=Shares(missing=1.0, late=0, duplicates=0, second_payment=0, failed=0, mismatch=0))
+    decoded = [(ts, Payment.decode(raw), raw) for _, _, raw, ts in pays]
+    gc.collect()
+    core = PartitionJoin(JoinParams(3_600_000, 5_000, 3_600_000))
+    out = Decisions()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for ts, p, raw in decoded:
+        core.on_payment(ts, p, raw, out)
+    del decoded  # the models were parsed anyway; what stays is what the core keeps
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    # `raw` bytes are shared with the input list; count them as the core keeps them.
+    raw_bytes = sum(len(e.raw) + 33 for e in core.pending.values())
+    return (after - before) / n + raw_bytes / n
+
+
+def live_latency(s: Settings, rate: float, seconds: float) -> tuple[list[float], int, int]:
+    """Steady live traffic with real timestamps; returns emit-minus-deadline of each recovery."""
+    live = _bench_settings(s, s.partitions, order_timeout="2s", grace="1s", processing_guarantee=s.processing_guarantee)
+    create_topics(live)
+    worker = JoinWorker(live)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: _run_until(worker, stop), daemon=True)
+    thread.start()
+    time.sleep(3)  # join the group, restore, read to the (empty) end
+    count = int(rate * seconds / 2.1)
+    pays, ords, exp = plan(count, start_ms=int(time.time() * 1000) + 500, spacing_ms=1000 / (rate / 2.1),
+                           timeout_ms=2_000, shares=Shares(jitter_ms=200), seed=99)
+    produce(live, merged(pays, ords), realtime=True)
+    time.sleep(5)
+    stop.set()
+    thread.join(30)
+    c = Consumer(config.consumer(live, f"{live.join_group}-reader", **{"enable.partition.eof": True}))
+    c.subscribe([live.recovery_topic])
+    lat: list[float] = []
+    ends = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and ends < live.partitions:
+        for m in c.consume(1000, timeout=0.5):
+            if m.error():
+                ends += m.error().code() == KafkaError._PARTITION_EOF
+                continue
+            r = Recovery.decode(m.value())
+            lat.append((r.detected_at - r.deadline).total_seconds())
+    c.close()
+    return lat, len(exp.recovered), len(lat)
+
+
+def _run_until(worker: JoinWorker, stop: threading.Event) -> None:
+    s = worker.s
+    worker.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=worker._on_assign,
+                              on_revoke=worker._on_revoke, on_lost=worker._on_lost)
+    while not stop.is_set():
+        worker.step()
+    worker.commit()
+    worker.close()
+
+
+def run(s: Settings, events: int, partitions: int, live_rate: float, live_seconds: float) -> Figures:
+    b = _bench_settings(s, partitions)
+    create_topics(b)
+    orders = int(events / 1.94) + 1  # about 1.95 records per order id
+    now = int(time.time() * 1000)
+    print(f"bench: planning {events:,} events over {partitions} partitions ...", flush=True)
+    pays, ords, exp = plan(orders, start_ms=now - 3_600_000, spacing_ms=3_000_000 / orders, timeout_ms=b.order_timeout)
+    total = len(pays) + len(ords)
+    print(f"bench: producing {total:,} records ...", flush=True)
+    produce(b, merged(pays, ords))
+    del pays, ords
+    gc.collect()
+    print("bench: ceiling (read + decode only) ...", flush=True)
+    ceil = ceiling(b, total)
+    print(f"bench: join ({b.processing_guarantee}, durable state) ...", flush=True)
+    rate, cpu_per_m, peak = drain(b, total)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("bench: memory per pending entry ...", flush=True)
+    per_entry = bytes_per_pending()
+    print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", flush=True)
+    lat, want, seen = live_latency(b, live_rate, live_seconds)
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+    return Figures(events=total, partitions=partitions, guarantee=b.processing_guarantee,
+                   ceiling_events_per_s=round(ceil), join_events_per_s=round(rate), ratio=round(rate / ceil, 3),
+                   join_cpu_s_per_million=round(cpu_per_m, 2), join_peak_rss_mb=round(rss_mb, 1),
+                   pending_entries_peak=peak, bytes_per_pending_entry=round(per_entry),
+                   live_rate_per_s=live_rate, detection_latency_p50_s=round(q[49], 3),
+                   detection_latency_p99_s=round(q[98], 3), recoveries_expected=want, recoveries_seen=seen)
+
+
+def report(f: Figures) -> str:
+    rows = [
+        ("input events", f"{f.events:,}"),
+        ("partitions / guarantee", f"{f.partitions} / {f.guarantee}"),
+        ("ceiling: read + decode only", f"{f.ceiling_events_per_s:,.0f} events/s"),
+        ("join (durable state, one process)", f"{f.join_events_per_s:,.0f} events/s"),
+        ("join / ceiling", f"{f.ratio:.2f}"),
+        ("join CPU", f"{f.join_cpu_s_per_million:.2f} s per million events"),
+        ("peak RSS of the process", f"{f.join_peak_rss_mb:.0f} MB"),
+        ("pending payments at peak", f"{f.pending_entries_peak:,}"),
+        ("memory per pending entry", f"{f.bytes_per_pending_entry:,.0f} B"),
+        ("live rate", f"{f.live_rate_per_s:,.0f} events/s"),
+        ("detection latency p50 / p99 (emit - deadline, grace 1 s)",
+         f"{f.detection_latency_p50_s:.3f} s / {f.detection_latency_p99_s:.3f} s"),
+        ("live recoveries seen / expected", f"{f.recoveries_seen} / {f.recoveries_expected}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows) + "\n" + json.dumps(asdict(f))

@@ -1,0 +1,64 @@
+"""Operator and tooling commands: loadgen, bench."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from streams.settings import Settings
+
+
+def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.loadgen import Shares, merged, plan, produce
+
+    shares = Shares(missing=args.missing, late=args.late, duplicates=args.duplicates, second_payment=args.second_payment,
+                    mismatch=args.mismatch, failed=args.failed, jitter_ms=int(args.jitter * 1000))
+    now = int(time.time() * 1000)
+    spacing = 1000 / (args.rate / 2) if args.rate else 1.0
+    start = now if args.rate else now - int(args.count * spacing) - settings.order_timeout
+    pays, ords, exp = plan(args.count, start_ms=start, spacing_ms=spacing, timeout_ms=settings.order_timeout,
+                           shares=shares, seed=args.seed)
+    print(f"loadgen: {args.count:,} orders -> {len(pays):,} payments, {len(ords):,} orders "
+          f"({'at ~%d events/s, live timestamps' % args.rate if args.rate else 'as fast as possible, past timestamps'})")
+    n = produce(settings, merged(pays, ords), realtime=bool(args.rate))
+    print(f"loadgen: produced {n:,} records; the join should recover {len(exp.recovered):,} payments, "
+          f"report {len(exp.late):,} late orders and {sum(exp.anomalies.values()):,} anomalies")
+    return 0
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.bench import report, run
+
+    figures = run(settings, args.events, args.bench_partitions, args.live_rate, args.live_seconds)
+    print(report(figures))
+    return 0
+
+
+def register(commands, add_settings_flags) -> None:
+    lg = commands.add_parser("loadgen", help="produce realistic payment and order traffic")
+    add_settings_flags(lg)
+    lg.add_argument("--count", type=int, default=10_000, help="orders (each with a payment, most with an order)")
+    lg.add_argument("--rate", type=float, default=0, help="events/s with live timestamps; 0: as fast as possible")
+    lg.add_argument("--missing", type=float, default=_share("missing"))
+    lg.add_argument("--late", type=float, default=_share("late"))
+    lg.add_argument("--duplicates", type=float, default=_share("duplicates"))
+    lg.add_argument("--second-payment", type=float, default=_share("second_payment"))
+    lg.add_argument("--mismatch", type=float, default=_share("mismatch"))
+    lg.add_argument("--failed", type=float, default=_share("failed"))
+    lg.add_argument("--jitter", type=float, default=2.0, help="out-of-order jitter of orders, seconds")
+    lg.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    lg.set_defaults(handler=_loadgen)
+
+    b = commands.add_parser("bench", help="measure the join on the local broker and print figures")
+    add_settings_flags(b)
+    b.add_argument("--events", type=int, default=1_000_000)
+    b.add_argument("--bench-partitions", type=int, default=6)
+    b.add_argument("--live-rate", type=float, default=2_000)
+    b.add_argument("--live-seconds", type=float, default=20)
+    b.set_defaults(handler=_bench)
+
+
+def _share(name: str) -> float:
+    from streams.loadgen import Shares
+
+    return getattr(Shares(), name)
