@@ -14,7 +14,7 @@ JOIN_RECOVERED = Counter("slipguard_join_recovered_total", "Payments emitted to 
 JOIN_LATE = Counter("slipguard_join_late_orders_total", "Late orders emitted")
 JOIN_ANOMALIES = Counter("slipguard_join_anomalies_total", "Anomalies emitted", ["kind"])
 JOIN_DUPLICATES = Counter("slipguard_join_duplicates_total", "Repeated payment or order events dropped")
-JOIN_DLQ = Counter("slipguard_dlq_records_total", "Records sent to the DLQ", ["worker", "reason"])
+DLQ_RECORDS = Counter("slipguard_dlq_records_total", "Records sent to the DLQ", ["worker", "reason"])
 JOIN_PENDING_PAYMENTS = Gauge("slipguard_join_pending_payments", "Payments waiting for their order")
 JOIN_PENDING_ORDERS = Gauge("slipguard_join_buffered_orders", "Orders kept for a payment to come or to spot duplicates")
 JOIN_RECOVERED_REMEMBERED = Gauge("slipguard_join_recovered_remembered", "Recovered payments remembered for late orders")
@@ -30,3 +30,10 @@ JOIN_CHANGELOG_RECORDS = Counter("slipguard_join_changelog_records_total", "Stat
 JOIN_COMMITS = Counter("slipguard_join_commits_total", "Commits (transactions or offset commits)", ["outcome"])
 ASSIGNED_PARTITIONS = Gauge("slipguard_assigned_partitions", "Partitions assigned to this worker", ["group", "topic"])
 REBALANCES = Counter("slipguard_rebalances_total", "Rebalance events seen by this worker", ["group", "kind"])
+
+# ---------------------------------------------------------------- recovery writer
+WRITER_ROWS = Counter("slipguard_writer_rows_total", "Recovery records written, by outcome", ["outcome"])
+WRITER_BATCH_SECONDS = Histogram("slipguard_writer_batch_seconds", "Time to write and acknowledge one batch",
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+WRITER_DB_ERRORS = Counter("slipguard_writer_db_errors_total", "Database errors seen by the writer")
+WRITER_RETRIES = Counter("slipguard_writer_retries_total", "Batch writes retried after a database error")

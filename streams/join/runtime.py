@@ -283,7 +283,7 @@ class JoinWorker:
                           error=error, failed_at=from_epoch_ms(self.now_ms()))
         self._produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode())
         reason = "invalid" if isinstance(exc, ValidationError) else "rejected"
-        metrics.JOIN_DLQ.labels("join", reason).inc()
+        metrics.DLQ_RECORDS.labels("join", reason).inc()
         log.warning("record sent to the DLQ: %s", error[:300],
                     extra={"topic": m.topic(), "partition": m.partition(), "offset": m.offset()})
 

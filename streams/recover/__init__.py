@@ -1,0 +1,1 @@
+"""The recovery writer: a faust-streaming agent writing missing orders into PostgreSQL."""

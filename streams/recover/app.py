@@ -1,0 +1,218 @@
+"""`slipguard recover`: the faust-streaming app that writes recovered orders to PostgreSQL.
+
+Reads `orders.recovery` and `orders.late` as a read_committed consumer group, with one
+agent (concurrency 1). Records are gathered into batches (up to BATCH_MAX, or
+BATCH_WITHIN seconds) and each batch is written in one database transaction. Acks are
+manual: a record is acknowledged only after its batch is committed (or, if it cannot be
+decoded, after it is in the DLQ), so faust never commits an offset past a record whose
+rows are not in PostgreSQL. If PostgreSQL is down the batch is retried with backoff;
+nothing is acknowledged meanwhile and the group's lag grows until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Any
+
+import faust
+import psycopg
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from pydantic import ValidationError
+
+from schemas import DeadLetter, LateOrder, Recovery
+from schemas.fields import from_epoch_ms
+from streams import metrics
+from streams.recover.store import Item, write_batch
+from streams.settings import Settings
+
+log = logging.getLogger("slipguard.recover")
+
+BATCH_MAX = 1000
+BATCH_WITHIN = 0.2  # seconds
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0
+
+
+# ---------------------------------------------------------------- read_committed consumer
+# faust asks aiokafka for read_committed only under its own exactly_once mode; the writer
+# acks after the database commit instead, but must still never see aborted or open
+# transactions of the join.
+
+
+class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"  # aiokafka builds its Fetcher from this in start()
+        return consumer
+
+
+class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _ReadCommittedConsumer
+
+
+class RecoverApp(faust.App):
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+
+def _credentials(s: Settings) -> Any:
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return None
+    context = None
+    if s.kafka_security_protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=s.kafka_ssl_ca_location)
+        if s.kafka_ssl_certificate_location:
+            password = s.kafka_ssl_key_password.get_secret_value() if s.kafka_ssl_key_password else None
+            context.load_cert_chain(s.kafka_ssl_certificate_location, s.kafka_ssl_key_location, password)
+    if s.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=s.kafka_sasl_username, password=s.kafka_sasl_password.get_secret_value(),  # type: ignore[union-attr]
+            mechanism=s.kafka_sasl_mechanism, ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+# ---------------------------------------------------------------- the writer
+
+
+class Writer:
+    """Batches, writes and acks; shared by the agent and its flush timer."""
+
+    def __init__(self, s: Settings, app: faust.App) -> None:
+        self.s = s
+        self.app = app
+        self.dlq = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
+        self.events: list[Any] = []
+        self.first_at = 0.0
+        self.lock = asyncio.Lock()
+        self.conn: psycopg.AsyncConnection | None = None
+        self.last_loop = time.monotonic()
+        self.ready = False
+
+    async def connection(self) -> psycopg.AsyncConnection:
+        if self.conn is None or self.conn.closed:
+            self.conn = await psycopg.AsyncConnection.connect(self.s.database_url.get_secret_value(), connect_timeout=5)
+        return self.conn
+
+    async def add(self, stream: Any, event: Any) -> None:
+        if not self.events:
+            self.first_at = time.monotonic()
+        self.events.append(event)
+        if len(self.events) >= BATCH_MAX:
+            await self.flush(stream)
+
+    async def flush_if_due(self, stream: Any) -> None:
+        self.last_loop = time.monotonic()
+        if self.events and time.monotonic() - self.first_at >= BATCH_WITHIN:
+            await self.flush(stream)
+
+    async def flush(self, stream: Any) -> None:
+        async with self.lock:
+            events, self.events = self.events, []
+            if not events:
+                return
+            started = time.monotonic()
+            items, poison = self._decode(events)
+            for event, error in poison:
+                await self._dead_letter(event, error)
+            if items:
+                await self._write(items)
+            for event in events:
+                await stream.ack(event)
+            metrics.WRITER_BATCH_SECONDS.observe(time.monotonic() - started)
+
+    def _decode(self, events: list[Any]) -> tuple[list[Item], list[tuple[Any, str]]]:
+        items, poison = [], []
+        for event in events:
+            msg = event.message
+            model = Recovery if msg.topic == self.s.recovery_topic else LateOrder
+            try:
+                items.append(Item(msg.topic, msg.partition, msg.offset, model.decode(event.value)))
+            except (ValidationError, ValueError, TypeError) as exc:
+                poison.append((event, str(exc).replace("\n", " | ")[:3900]))
+        return items, poison
+
+    async def _write(self, items: list[Item]) -> None:
+        delay = RETRY_FIRST
+        while True:
+            try:
+                conn = await self.connection()
+                outcomes = await write_batch(conn, items, self.s.hmac_key)
+                for outcome, n in outcomes.items():
+                    metrics.WRITER_ROWS.labels(outcome).inc(n)
+                return
+            except (psycopg.OperationalError, psycopg.errors.AdminShutdown, OSError) as exc:
+                metrics.WRITER_DB_ERRORS.inc()
+                metrics.WRITER_RETRIES.inc()
+                log.warning("PostgreSQL unavailable (%s); retrying the batch of %d in %.1fs, nothing acknowledged",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                            len(items), delay)
+                if self.conn is not None:
+                    await self.conn.close()
+                    self.conn = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                self.last_loop = time.monotonic()
+
+    async def _dead_letter(self, event: Any, error: str) -> None:
+        msg = event.message
+        dead = DeadLetter(source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                          key_b64=DeadLetter.b64(msg.key), value_b64=DeadLetter.b64(msg.value), error=error,
+                          failed_at=from_epoch_ms(int(time.time() * 1000)))
+        fut = await self.dlq.send(key=f"{msg.topic}:{msg.partition}:{msg.offset}".encode(), value=dead.encode())
+        await fut  # delivered before the record is acknowledged
+        metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
+        log.warning("record sent to the DLQ: %s", error[:300],
+                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
+
+
+def build_app(s: Settings) -> tuple[faust.App, Writer]:
+    brokers = ";".join(f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(","))
+    app = RecoverApp(
+        s.recover_group,
+        broker=brokers,
+        broker_credentials=_credentials(s),
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=False,
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,  # unacked records stay unacked at shutdown: they are read again
+        producer_acks=-1,
+    )
+    writer = Writer(s, app)
+    topics = app.topic(s.recovery_topic, s.late_topic, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topics, concurrency=1, name="slipguard-recovery-writer")
+    async def write(stream: Any) -> None:
+        stream.enable_acks = False  # acked by the writer after the database commit
+        app._writer_stream = stream  # type: ignore[attr-defined]
+        async for event in stream.events():
+            await writer.add(stream, event)
+
+    @app.timer(0.05)
+    async def flush_due() -> None:
+        stream = getattr(app, "_writer_stream", None)
+        if stream is not None:
+            await writer.flush_if_due(stream)
+
+    @app.timer(1.0)
+    async def readiness() -> None:
+        writer.last_loop = max(writer.last_loop, time.monotonic()) if not writer.lock.locked() else writer.last_loop
+        try:
+            writer.ready = bool(app.consumer.assignment())
+        except Exception:  # noqa: BLE001 (consumer not started yet)
+            writer.ready = False
+
+    return app, writer

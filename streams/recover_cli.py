@@ -1,0 +1,57 @@
+"""`slipguard recover` (the recovery writer) and `slipguard db migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from streams.settings import Settings
+
+log = logging.getLogger("slipguard.recover")
+
+
+def _recover(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.observe import serve_metrics
+    from streams.recover.app import build_app
+
+    app, writer = build_app(settings)
+    serve_metrics(settings.metrics_port_for("recover"), health=writer)
+    log.info("recovery writer starting: group %s reading %s and %s", settings.recover_group,
+             settings.recovery_topic, settings.late_topic)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+        log.info("recovery writer stopped (exit %d)", code)
+        return code
+    return 0
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+
+    from streams.db import MigrationError, migrate
+
+    try:
+        applied = migrate(settings.database_url.get_secret_value())
+    except (MigrationError, psycopg.OperationalError) as exc:
+        print(f"slipguard db migrate: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    print("applied: " + ", ".join(applied) if applied else "database schema is up to date")
+    return 0
+
+
+def register(commands, add_settings_flags) -> None:
+    rec = commands.add_parser("recover", help="run one member of the recovery-writer group (faust-streaming)")
+    add_settings_flags(rec)
+    rec.set_defaults(handler=_recover)
+
+    db = commands.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mig = db_sub.add_parser("migrate", help="create or upgrade the schema; idempotent")
+    add_settings_flags(mig)
+    mig.set_defaults(handler=_migrate)
