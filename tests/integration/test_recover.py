@@ -1,0 +1,222 @@
+"""The recovery writer on the real broker and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from schemas import DeadLetter, LateOrder, Recovery, recovery_id_for
+from streams.db import migrate
+from streams.kafka.topics import create_topics
+from streams.loadgen import merged, plan, produce
+from tests.factories import T0, order, payment
+from tests.integration.conftest import consume_all, isolated
+from tests.integration.conftest import produce as produce_raw
+from tests.integration.workers import ROOT, start, stop
+
+STACK = ROOT / "deploy" / "local" / "stack.sh"
+
+
+@pytest.fixture
+def s(base_settings):
+    """Isolated topics, and an isolated schema (search_path) in the real PostgreSQL."""
+    tag = f"t{int(time.time() * 1000) % 10**10}"
+    url = base_settings.database_url.get_secret_value()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {tag}")  # tag is ours: digits after a letter
+    sep = "&" if "?" in url else "?"
+    settings = isolated(base_settings, order_timeout="5s", grace="1s",
+                        database_url=f"{url}{sep}options=-csearch_path%3D{tag}")
+    create_topics(settings)
+    migrate(settings.database_url.get_secret_value())
+    return settings
+
+
+def _db(s):
+    return psycopg.connect(s.database_url.get_secret_value(), autocommit=True)
+
+
+def _recovery(i: int, **over) -> Recovery:
+    p = payment(payment_id=f"pay-{i}", order_id=f"ord-{i}", amount=Decimal("12.34"), **over)
+    return Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
+                    deadline=T0 + timedelta(seconds=60), detected_at=T0 + timedelta(seconds=66))
+
+
+def _produce_recoveries(s, items: list[Recovery]) -> None:
+    produce_raw(s, s.recovery_topic, [(r.order_id.encode(), r.encode(), None) for r in items])
+
+
+def _wait_rows(s, expected: int, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    n = -1
+    while time.monotonic() < deadline:
+        try:
+            with _db(s) as conn:
+                n = conn.execute("SELECT count(*) FROM recovery_audit").fetchone()[0]
+        except psycopg.OperationalError:
+            n = -1
+        if n >= expected:
+            return n
+        time.sleep(0.3)
+    raise AssertionError(f"{n} audit rows after {timeout}s, expected {expected}")
+
+
+def _assert_each_once(s, order_ids: set[str]) -> None:
+    with _db(s) as conn:
+        rows = conn.execute("SELECT order_id, count(*) FROM orders WHERE source = 'recovery' GROUP BY 1").fetchall()
+        audit = conn.execute("SELECT count(*), count(DISTINCT recovery_id) FROM recovery_audit").fetchone()
+    assert {r[0] for r in rows} == order_ids, "every missing order written"
+    assert all(r[1] == 1 for r in rows)
+    assert audit == (len(order_ids), len(order_ids)), "one audit row per recovery record"
+
+
+def test_payments_to_rows_end_to_end_each_missing_order_exactly_once(s, tmp_path) -> None:
+    now = int(time.time() * 1000)
+    pays, ords, exp = plan(3_000, start_ms=now - 60_000, spacing_ms=15, timeout_ms=5_000, seed=21)
+    produce(s, merged(pays, ords))
+    join = start(s, ["join"], tmp_path / "join.log")
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        _wait_rows(s, len(exp.recovered))
+        time.sleep(2)
+        missing_orders = {pid.replace("p", "o", 1) for pid in exp.recovered}
+        _assert_each_once(s, missing_orders)
+        with _db(s) as conn:
+            reconciled = {r[0] for r in conn.execute(
+                "SELECT order_id FROM orders WHERE reconciled_at IS NOT NULL AND reconciled_order IS NOT NULL")}
+            outcomes = dict(conn.execute("SELECT outcome, count(*) FROM recovery_audit GROUP BY 1").fetchall())
+        assert reconciled == exp.late, "every late order reconciles its recovered row"
+        assert outcomes == {"inserted": len(exp.recovered)}
+    finally:
+        assert stop(writer) == 0, (tmp_path / "recover.log").read_text()[-2000:]
+        assert stop(join) == 0
+
+
+def test_postgres_down_for_20s_mid_stream_then_every_row_exactly_once(s, tmp_path, base_settings) -> None:
+    if s.database_url.get_secret_value().split("?")[0] != base_settings.database_url.get_secret_value().split("?")[0]:
+        pytest.fail("this test stops the local stack's PostgreSQL")
+    first = [_recovery(i) for i in range(0, 2_000)]
+    second = [_recovery(i) for i in range(2_000, 4_000)]
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        _produce_recoveries(s, first)
+        _wait_rows(s, 1)
+        subprocess.run(["bash", str(STACK), "pg-down"], check=True, capture_output=True)
+        try:
+            _produce_recoveries(s, second)
+            time.sleep(20)
+            assert writer.poll() is None, "the writer waits for the database; it does not exit"
+        finally:
+            subprocess.run(["bash", str(STACK), "pg-up"], check=True, capture_output=True)
+        _wait_rows(s, 4_000, timeout=120)
+        time.sleep(2)
+        _assert_each_once(s, {r.order_id for r in first + second})
+        log = (tmp_path / "recover.log").read_text()
+        assert "PostgreSQL unavailable" in log and "nothing acknowledged" in log
+    finally:
+        assert stop(writer) == 0
+
+
+def test_kill_9_mid_batch_then_restart_loses_and_doubles_nothing(s, tmp_path) -> None:
+    items = [_recovery(i) for i in range(20_000)]
+    _produce_recoveries(s, items)
+    first = start(s, ["recover"], tmp_path / "recover-1.log")
+    _wait_rows(s, 2_000)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    with _db(s) as conn:
+        at_kill = conn.execute("SELECT count(*) FROM recovery_audit").fetchone()[0]
+    assert at_kill < 20_000, "killed mid-stream"
+    second = start(s, ["recover"], tmp_path / "recover-2.log")
+    try:
+        _wait_rows(s, 20_000, timeout=120)
+        time.sleep(2)
+        _assert_each_once(s, {r.order_id for r in items})
+    finally:
+        assert stop(second) == 0
+
+
+def test_order_already_present_is_left_unchanged_and_the_outcome_recorded(s, tmp_path) -> None:
+    with _db(s) as conn:
+        conn.execute("INSERT INTO orders (order_id, user_id, amount, currency, created_at) "
+                     "VALUES ('ord-7', 'user-9', 99.5, 'USD', now())")
+    _produce_recoveries(s, [_recovery(7), _recovery(8)])
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        _wait_rows(s, 2)
+        with _db(s) as conn:
+            row = conn.execute("SELECT user_id, amount, currency, source, recovery_id FROM orders "
+                               "WHERE order_id = 'ord-7'").fetchone()
+            outcomes = dict(conn.execute("SELECT order_id, outcome FROM recovery_audit").fetchall())
+        assert row == ("user-9", Decimal("99.5000"), "USD", "order_service", None)
+        assert outcomes == {"ord-7": "already_present", "ord-8": "inserted"}
+    finally:
+        assert stop(writer) == 0
+
+
+@pytest.mark.parametrize("late_first", [False, True])
+def test_late_order_reconciles_the_recovered_row(s, tmp_path, late_first: bool) -> None:
+    rec = _recovery(5)
+    real = order(order_id="ord-5", amount=Decimal("12.34"))
+    late = LateOrder(order_id="ord-5", order=real, payment_id=rec.payment.payment_id, recovery_id=rec.recovery_id,
+                     lateness_seconds=4.5)
+    if late_first:
+        produce_raw(s, s.late_topic, [(b"ord-5", late.encode(), None)])
+    _produce_recoveries(s, [rec])
+    if not late_first:
+        produce_raw(s, s.late_topic, [(b"ord-5", late.encode(), None)])
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        _wait_rows(s, 1)
+        deadline = time.monotonic() + 30
+        row = None
+        while time.monotonic() < deadline:
+            with _db(s) as conn:
+                row = conn.execute("SELECT reconciled_at, reconciled_order->>'order_id', recovery_id::text "
+                                   "FROM orders WHERE order_id = 'ord-5'").fetchone()
+            if row and row[0] is not None:
+                break
+            time.sleep(0.3)
+        assert row is not None and row[0] is not None, "reconciled"
+        assert row[1:] == ("ord-5", rec.recovery_id)
+    finally:
+        assert stop(writer) == 0
+
+
+def test_poison_record_goes_to_the_dlq_and_the_records_after_it_are_written(s, tmp_path) -> None:
+    produce_raw(s, s.recovery_topic, [(b"ord-1", b"{not json", None), (b"ord-1", b'{"recovery_id": 1}', None)])
+    _produce_recoveries(s, [_recovery(1), _recovery(2)])
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        _wait_rows(s, 2)
+        dead = [DeadLetter.decode(m.value()) for m in consume_all(s, s.dlq_topic, 2, timeout=30)]
+        assert sorted(d.offset for d in dead) == [0, 1] and {d.source_topic for d in dead} == {s.recovery_topic}
+        _assert_each_once(s, {"ord-1", "ord-2"})
+    finally:
+        assert stop(writer) == 0
+
+
+def test_db_migrate_is_idempotent(s, capsys) -> None:
+    from streams.cli import main
+
+    url = s.database_url.get_secret_value()
+    assert main(["db", "migrate", f"--database-url={url}"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    with _db(s) as conn:
+        assert conn.execute("SELECT count(*) FROM slipguard_schema_migrations").fetchone()[0] == 1
+
+
+def test_db_migrate_reports_an_unreachable_database_in_one_line(capsys) -> None:
+    from streams.cli import main
+
+    assert main(["db", "migrate", "--database-url=postgresql://x:y@127.0.0.1:1/none"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "slipguard db migrate" in err
+
+
