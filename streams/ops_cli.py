@@ -34,7 +34,19 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.demo import run
+
+    return run(settings, rate=args.rate, seconds=args.seconds)
+
+
 def register(commands, add_settings_flags) -> None:
+    d = commands.add_parser("demo", help="the main job end to end on the local stack, with a checked summary")
+    add_settings_flags(d)
+    d.add_argument("--rate", type=float, default=1_000, help="events/s of live traffic")
+    d.add_argument("--seconds", type=float, default=30, help="how long traffic is produced")
+    d.set_defaults(handler=_demo)
+
     lg = commands.add_parser("loadgen", help="produce realistic payment and order traffic")
     add_settings_flags(lg)
     lg.add_argument("--count", type=int, default=10_000, help="orders (each with a payment, most with an order)")

@@ -1,0 +1,188 @@
+"""`slipguard demo`: the main job end to end on the local stack, with a checked summary.
+
+Creates topics for this run, migrates the database, starts one join worker and one
+recovery writer (real processes), produces live traffic with a visible share of missing
+orders, late orders, anomalies and a few undecodable records, shows progress, and ends
+with a summary checked against what it produced. The stack stays up; the workers stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.db import migrate
+from streams.kafka import config
+from streams.kafka.topics import create_topics
+from streams.loadgen import Shares, merged, plan, produce
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARES = Shares(missing=0.03, late=0.015, duplicates=0.02, second_payment=0.005, mismatch=0.01, failed=0.02,
+                jitter_ms=1_000)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(s: Settings, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in Settings.model_fields:
+        value = getattr(s, name)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if name in ("order_timeout", "grace", "late_horizon", "commit_interval"):
+            value = f"{value}ms"
+        env[f"SLIPGUARD_{name.upper()}"] = str(value)
+    env["SLIPGUARD_METRICS_PORT"] = str(port)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _scrape(port: int, name: str) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return float("nan")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _committed_records(s: Settings, topic: str) -> int:
+    """Records a read_committed reader sees (transaction markers take offsets too)."""
+    c = Consumer(config.consumer(s, f"{s.join_group}-demo-read", **{"enable.partition.eof": True}))
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    n, ends = 0, 0
+    deadline = time.monotonic() + 30
+    while ends < len(parts) and time.monotonic() < deadline:
+        for m in c.consume(10_000, timeout=0.5):
+            if m.error():
+                ends += 1
+            else:
+                n += 1
+    c.close()
+    return n
+
+
+def run(s: Settings, *, rate: float, seconds: float) -> int:
+    run_id = time.strftime("%H%M%S")
+    demo = Settings.model_validate(s.model_dump() | {
+        f"{t}_topic": f"demo.{run_id}.{getattr(s, f'{t}_topic')}"
+        for t in ("payments", "orders", "recovery", "late", "anomalies", "dlq")
+    } | {
+        "join_group": f"slipguard-demo-{run_id}-join", "recover_group": f"slipguard-demo-{run_id}-recover",
+        "order_timeout": "5s", "grace": "1s", "late_horizon": "10m", "commit_interval": "100ms",
+    })
+    print(f"demo {run_id}: ORDER_TIMEOUT=5s, GRACE=1s (shortened so the demo takes a minute; the default is 60s/5s)")
+    for line in create_topics(demo):
+        print("  topics:", line)
+    applied = migrate(demo.database_url.get_secret_value())
+    print("  database:", ", ".join(applied) if applied else "schema up to date")
+
+    logs = ROOT / ".stack" / "demo"
+    logs.mkdir(parents=True, exist_ok=True)
+    jport, wport = _free_port(), _free_port()
+    procs = {
+        "join": subprocess.Popen([sys.executable, "-m", "streams", "join"], env=_env(demo, jport),
+                                 stdout=open(logs / f"{run_id}-join.log", "wb"), stderr=subprocess.STDOUT),
+        "recover": subprocess.Popen([sys.executable, "-m", "streams", "recover"], env=_env(demo, wport),
+                                    stdout=open(logs / f"{run_id}-recover.log", "wb"), stderr=subprocess.STDOUT),
+    }
+    print(f"  started join (metrics :{jport}) and recovery writer (metrics :{wport}); logs in {logs}")
+    try:
+        return _drive(demo, run_id, rate, seconds, jport, wport, procs)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            code = proc.wait(60)
+            print(f"  {name} worker stopped (exit {code})")
+        print("The local stack (Kafka, PostgreSQL) is still running: `make down` stops it.")
+
+
+def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int, wport: int,
+           procs: dict[str, subprocess.Popen]) -> int:
+    time.sleep(4)  # both workers join their groups
+    count = int(rate * seconds / 2)
+    pays, ords, exp = plan(count, start_ms=int(time.time() * 1000) + 500, spacing_ms=1000 * seconds / count,
+                           timeout_ms=demo.order_timeout, shares=SHARES, seed=int(run_id), prefix=f"d{run_id}-")
+    poison = [(0, b"bad-1", b"{not json", int(time.time() * 1000)),
+              (1, b"bad-2", b'{"order_id": "bad-2", "amount": 10.5}', int(time.time() * 1000))]
+    print(f"producing {len(pays):,} payments and {len(ords):,} orders over {seconds:.0f}s at ~{rate:.0f} events/s, "
+          f"plus 2 undecodable records")
+    producer = threading.Thread(target=produce, args=(demo, merged(pays, ords)), kwargs={"realtime": True}, daemon=True)
+    producer.start()
+    produce(demo, poison)
+    db_url = demo.database_url.get_secret_value()
+    started = time.monotonic()
+    like = f"d{run_id}-%"
+    written = reconciled = 0
+    while True:
+        time.sleep(2)
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                print(f"the {name} worker exited with {proc.returncode}; see .stack/demo/{run_id}-{name}.log")
+                return 1
+        with psycopg.connect(db_url) as conn:
+            written, reconciled = conn.execute(
+                "SELECT count(*), count(reconciled_at) FROM orders WHERE source = 'recovery' AND order_id LIKE %s",
+                (like,)).fetchone()
+        print(f"  t+{time.monotonic() - started:4.0f}s  matched {int(_scrape(jport, 'slipguard_join_matched_total')):6,}"
+              f"  recovered {int(_scrape(jport, 'slipguard_join_recovered_total')):5,}"
+              f"  late {int(_scrape(jport, 'slipguard_join_late_orders_total')):4,}"
+              f"  rows written {written:5,}  reconciled {reconciled:4,}", flush=True)
+        done = not producer.is_alive() and written >= len(exp.recovered) and reconciled >= len(exp.late)
+        if done or time.monotonic() - started > seconds + 90:
+            break
+    time.sleep(2)
+    return _summary(demo, exp, like, jport)
+
+
+def _summary(demo: Settings, exp, like: str, jport: int) -> int:
+    with psycopg.connect(demo.database_url.get_secret_value()) as conn:
+        outcomes = dict(conn.execute("SELECT outcome, count(*) FROM recovery_audit WHERE order_id LIKE %s GROUP BY 1",
+                                     (like,)).fetchall())
+        reconciled = conn.execute("SELECT count(*) FROM orders WHERE order_id LIKE %s AND reconciled_at IS NOT NULL",
+                                  (like,)).fetchone()[0]
+    rows = [
+        # Each input topic also holds one undecodable record of the demo's.
+        ("payments in the topic", _committed_records(demo, demo.payments_topic) - 1, exp.payments),
+        ("orders in the topic", _committed_records(demo, demo.orders_topic) - 1, exp.orders),
+        ("matched", int(_scrape(jport, "slipguard_join_matched_total")), exp.matched),
+        ("recovered (orders.recovery)", _committed_records(demo, demo.recovery_topic), len(exp.recovered)),
+        ("rows written: inserted", outcomes.get("inserted", 0), len(exp.recovered)),
+        ("rows written: already_present", outcomes.get("already_present", 0), 0),
+        ("rows written: rejected", outcomes.get("rejected", 0), 0),
+        ("late orders reconciled", reconciled, len(exp.late)),
+        ("anomalies", _committed_records(demo, demo.anomalies_topic), sum(exp.anomalies.values())),
+        ("DLQ", _committed_records(demo, demo.dlq_topic), 2),
+    ]
+    print("\nsummary                          seen   expected")
+    bad = 0
+    for name, seen, want in rows:
+        ok = seen == want
+        bad += not ok
+        print(f"  {name:30} {seen:6,} {want:10,}  {'ok' if ok else 'DIFFERS'}")
+    print("\nAll figures match what was produced." if not bad else f"\n{bad} figure(s) differ from what was produced.")
+    return 0 if not bad else 1
+
