@@ -215,3 +215,126 @@ def report(f: Figures) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows) + "\n" + json.dumps(asdict(f))
+
+
+# ---------------------------------------------------------------- the recovery writer
+
+
+@dataclass
+class WriterFigures:
+    rows: int
+    rows_per_s: float
+    steady_rate_per_s: float
+    latency_p50_s: float
+    latency_p99_s: float
+
+
+def _writer_settings(s: Settings) -> Settings:
+    import psycopg
+
+    from streams.db import migrate
+
+    b = _bench_settings(s, s.partitions)
+    schema = f"bench_{b.instance_id.replace('-', '_')}"
+    url = s.database_url.get_secret_value()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")  # our own name: letters, digits, underscores
+    sep = "&" if "?" in url else "?"
+    b = Settings.model_validate(b.model_dump() | {"database_url": f"{url}{sep}options=-csearch_path%3D{schema}"}
+                                | {k: f"{getattr(b, k)}ms" for k in ("order_timeout", "grace", "late_horizon",
+                                                                     "commit_interval")})
+    create_topics(b)
+    migrate(b.database_url.get_secret_value())
+    return b
+
+
+def _recoveries(n: int, start: int, detected_ms: int | None = None) -> list[tuple[bytes, bytes]]:
+    from datetime import timedelta
+
+    from schemas import Payment, recovery_id_for
+    from schemas.fields import from_epoch_ms
+
+    base = from_epoch_ms(detected_ms or int(time.time() * 1000))
+    out = []
+    for i in range(start, start + n):
+        oid = f"wb-{i}"
+        p = Payment(payment_id=f"wbp-{i}", order_id=oid, user_id=f"u{i % 977}", amount="25.50", currency="CNY",
+                    status="succeeded", paid_at=base - timedelta(seconds=70), metadata={"game": "baccarat"})
+        r = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=oid, payment=p,
+                     deadline=base - timedelta(seconds=10), detected_at=base)
+        out.append((oid.encode(), r.encode()))
+    return out
+
+
+def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterFigures:
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+    from confluent_kafka import Producer
+
+    b = _writer_settings(s)
+    url = b.database_url.get_secret_value()
+    producer = Producer(config.producer(b))
+    for key, value in _recoveries(rows, 0):
+        producer.produce(b.recovery_topic, value, key)
+        producer.poll(0)
+    producer.flush(60)
+
+    env = dict(os.environ)
+    for name in Settings.model_fields:
+        value = getattr(b, name)
+        if value is None:
+            continue
+        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        if name in ("order_timeout", "grace", "late_horizon", "commit_interval"):
+            value = f"{value}ms"
+        env[f"SLIPGUARD_{name.upper()}"] = str(value)
+    env["SLIPGUARD_METRICS_PORT"] = "0"
+    env["SLIPGUARD_LOG_LEVEL"] = "WARNING"
+    proc = subprocess.Popen([sys.executable, "-m", "streams", "recover"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def count() -> int:
+        with psycopg.connect(url) as conn:
+            return conn.execute("SELECT count(*) FROM recovery_audit").fetchone()[0]
+
+    try:
+        while count() == 0:
+            time.sleep(0.05)
+        started = time.perf_counter()
+        while count() < rows:
+            time.sleep(0.05)
+        rows_per_s = rows / (time.perf_counter() - started)
+
+        # Steady rate: each record carries detected_at = the moment it is produced.
+        n = int(rate * seconds)
+        steady_start = time.perf_counter()
+        for i in range(n):
+            key, value = _recoveries(1, rows + i)[0]
+            producer.produce(b.recovery_topic, value, key)
+            producer.poll(0)
+            wait = i / rate - (time.perf_counter() - steady_start)
+            if wait > 0:
+                time.sleep(wait)
+        producer.flush(30)
+        while count() < rows + n:
+            time.sleep(0.1)
+        with psycopg.connect(url) as conn:
+            p50, p99 = conn.execute(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d) "
+                "FROM (SELECT extract(epoch FROM written_at - detected_at) AS d FROM recovery_audit "
+                "      WHERE order_id NOT IN (SELECT 'wb-' || g FROM generate_series(0, %s - 1) g)) t",
+                (rows,)).fetchone()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return WriterFigures(rows=rows, rows_per_s=round(rows_per_s), steady_rate_per_s=rate,
+                         latency_p50_s=round(p50, 3), latency_p99_s=round(p99, 3))
+
+
+def writer_report(f: WriterFigures) -> str:
+    return (f"recovery writer: {f.rows:,} pre-produced recoveries written at {f.rows_per_s:,.0f} rows/s (one process)\n"
+            f"steady {f.steady_rate_per_s:,.0f} records/s: record-to-row latency p50 {f.latency_p50_s:.3f} s, "
+            f"p99 {f.latency_p99_s:.3f} s\n" + json.dumps(asdict(f)))

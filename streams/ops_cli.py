@@ -34,6 +34,13 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_writer(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.bench import writer_bench, writer_report
+
+    print(writer_report(writer_bench(settings, args.rows, args.steady_rate, args.steady_seconds)))
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streams.demo import run
 
@@ -68,6 +75,13 @@ def register(commands, add_settings_flags) -> None:
     b.add_argument("--live-rate", type=float, default=2_000)
     b.add_argument("--live-seconds", type=float, default=20)
     b.set_defaults(handler=_bench)
+
+    w = commands.add_parser("bench-writer", help="measure the recovery writer into PostgreSQL and print figures")
+    add_settings_flags(w)
+    w.add_argument("--rows", type=int, default=50_000)
+    w.add_argument("--steady-rate", type=float, default=1_000)
+    w.add_argument("--steady-seconds", type=float, default=15)
+    w.set_defaults(handler=_bench_writer)
 
 
 def _share(name: str) -> float:
