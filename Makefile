@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv up down status topics demo test test-unit bench schemas clean
+.PHONY: venv tools up down status topics demo test test-unit bench schemas clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# promtool, for the alert-rule tests (Debian's prometheus package; binaries only).
+tools:
+	bash deploy/local/tools.sh
 
 up: venv
 	bash deploy/local/stack.sh up
@@ -31,11 +35,11 @@ demo: up
 	$(BIN)/slipguard demo
 
 # The whole suite: unit, property and integration tests on the real local stack.
-test: up
+test: up tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Pure logic only; no broker or database needed.
-test-unit: venv
+test-unit: venv tools
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 bench: up

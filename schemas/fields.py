@@ -27,11 +27,12 @@ _AMOUNT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,4})?")
 def _amount(value: Any) -> Decimal:
     """A positive decimal string, at most 4 places, below 10^12 -> Decimal.
 
-    The common case is one regex match and one Decimal(); the error path says what is wrong.
+    The common case is one regex match and one Decimal(); the error path says what is
+    wrong, without the value (errors reach logs; payment data must not).
     """
     text = format(value, "f") if isinstance(value, Decimal) else value
     if not isinstance(text, str):
-        raise ValueError(f"amount must be a decimal string such as \"10.50\", got {type(value).__name__} {value!r}")
+        raise ValueError(f"amount must be a decimal string such as \"10.50\", not a JSON {type(value).__name__}")
     if _AMOUNT.fullmatch(text):
         amount = Decimal(text)
         if amount:
@@ -43,17 +44,17 @@ def _amount_problem(text: str) -> str:
     try:
         amount = Decimal(text)
     except InvalidOperation:
-        return f"amount must be a decimal string such as \"10.50\", got {text!r}"
+        return "amount must be a decimal string such as \"10.50\""
     if not amount.is_finite():
-        return f"amount must be a finite decimal, got {text!r}"
+        return "amount must be a finite decimal"
     if amount <= 0:
-        return f"amount must be greater than 0, got {text!r}"
+        return "amount must be greater than 0"
     if amount >= MAX_AMOUNT:
-        return f"amount must be less than {MAX_AMOUNT}, got {text!r}"
+        return f"amount must be less than {MAX_AMOUNT}"
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > AMOUNT_PLACES:
-        return f"amount has more than {AMOUNT_PLACES} decimal places: {text!r}"
-    return f"amount must be plain digits with an optional decimal point, such as \"10.50\", got {text!r}"
+        return f"amount has more than {AMOUNT_PLACES} decimal places"
+    return "amount must be plain digits with an optional decimal point, such as \"10.50\""
 
 
 # One validator for the whole rule: it is on the join's hot path (two per event).
@@ -73,7 +74,7 @@ Amount = Annotated[
 
 def _currency(value: str) -> str:
     if value not in ISO_4217:
-        raise ValueError(f"currency must be an ISO 4217 code such as EUR or CNY, got {value!r}")
+        raise ValueError("currency must be an ISO 4217 code such as EUR or CNY")
     return value
 
 

@@ -13,11 +13,12 @@ log = logging.getLogger("slipguard.join")
 
 def _join(settings: Settings, args: argparse.Namespace) -> int:
     from streams.join.runtime import JoinFailed, JoinWorker
-    from streams.observe import serve_metrics
+    from streams.observe import LagCollector, serve_metrics
 
     worker = JoinWorker(settings)
     worker.install_signal_handlers()
-    serve_metrics(settings.metrics_port_for("join"), health=worker)
+    if serve_metrics(settings.metrics_port_for("join"), health=worker):
+        LagCollector(settings, [settings.join_group]).start()
     log.info("join worker %s starting: group %s, %s, timeout %d ms, grace %d ms", settings.instance_id,
              settings.join_group, settings.processing_guarantee, settings.order_timeout, settings.grace)
     try:

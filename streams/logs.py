@@ -44,3 +44,12 @@ def setup_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+
+
+def safe_error(exc: Exception) -> str:
+    """An error for a log line: which fields failed and why, never the values (no payment data)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors())[:500]
+    return f"{type(exc).__name__}: {str(exc)[:300]}"

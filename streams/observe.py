@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -52,3 +52,59 @@ def serve_metrics(port: int, health: Health | None = None, host: str = "0.0.0.0"
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics, /healthz and /readyz on port %d", port)
     return server
+
+
+class LagCollector:
+    """Exports consumer lag of some groups, refreshed in the background every `interval` s.
+
+    Registered in each worker for its own group, and by `slipguard lag --serve` for any
+    groups (including groups with no active member).
+    """
+
+    def __init__(self, settings: Any, groups: list[str], interval: float = 10.0) -> None:
+        self.settings, self.groups, self.interval = settings, groups, interval
+        self.rows: list[Any] = []
+        self.errors = 0
+        self._stop = threading.Event()
+
+    def start(self) -> LagCollector:
+        from prometheus_client import REGISTRY
+
+        REGISTRY.register(self)
+        threading.Thread(target=self._loop, name="lag", daemon=True).start()
+        return self
+
+    def refresh(self) -> None:
+        from streams.kafka.lag import LagError, group_lag
+
+        try:
+            self.rows = group_lag(self.settings, self.groups, timeout=5)
+        except (LagError, Exception) as exc:  # noqa: BLE001 (a broker hiccup must not kill the worker)
+            self.errors += 1
+            log.warning("lag refresh failed: %s", exc)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            self._stop.wait(self.interval)
+
+    def collect(self):  # noqa: ANN201 (prometheus_client's collector protocol)
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["group", "topic", "partition"]
+        msgs = GaugeMetricFamily("slipguard_consumer_lag_messages", "Log end offset minus committed offset", labels=labels)
+        secs = GaugeMetricFamily("slipguard_consumer_lag_seconds", "Age of the next unread record", labels=labels)
+        cur = GaugeMetricFamily("slipguard_consumer_committed_offset", "Committed offset of the group", labels=labels)
+        end = GaugeMetricFamily("slipguard_log_end_offset", "Log end offset (high watermark)", labels=labels)
+        for r in self.rows:
+            key = [r.group, r.topic, str(r.partition)]
+            end.add_metric(key, r.log_end_offset)
+            if r.current_offset is not None:
+                cur.add_metric(key, r.current_offset)
+            if r.lag is not None:
+                msgs.add_metric(key, r.lag)
+            if r.lag_seconds is not None:
+                secs.add_metric(key, r.lag_seconds)
+        errors = CounterMetricFamily("slipguard_lag_refresh_errors", "Failed lag refreshes")
+        errors.add_metric([], self.errors)
+        return [msgs, secs, cur, end, errors]

@@ -1,8 +1,9 @@
-"""Operator and tooling commands: loadgen, bench."""
+"""Operator and tooling commands: lag, loadgen, bench, bench-writer, demo."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from streams.settings import Settings
@@ -41,6 +42,34 @@ def _bench_writer(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _lag(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    import signal
+    import threading
+
+    from streams.kafka.lag import LagError, as_dicts, as_table, group_lag
+    from streams.observe import LagCollector, serve_metrics
+
+    groups = args.group or [settings.join_group, settings.recover_group]
+    if args.serve:
+        port = settings.metrics_port if settings.metrics_port is not None else 9402
+        LagCollector(settings, groups, interval=args.interval).start()
+        serve_metrics(port)
+        print(f"lag exporter for {', '.join(groups)} on :{port}/metrics (every {args.interval:.0f}s)", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        stop.wait()
+        return 0
+    try:
+        rows = group_lag(settings, groups, with_seconds=not args.no_seconds)
+    except LagError as exc:
+        print(f"slipguard lag: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(as_dicts(rows), indent=2) if args.json else as_table(rows))
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streams.demo import run
 
@@ -48,6 +77,16 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(commands, add_settings_flags) -> None:
+    lag = commands.add_parser("lag", help="consumer lag per group, topic and partition")
+    add_settings_flags(lag)
+    lag.add_argument("--group", action="append", help="a consumer group (repeatable); default: join and recover groups")
+    lag.add_argument("--json", action="store_true", help="print JSON")
+    lag.add_argument("--no-seconds", action="store_true", help="skip lag in seconds (reads no records)")
+    lag.add_argument("--serve", action="store_true", help="run a Prometheus exporter (port: SLIPGUARD_METRICS_PORT, "
+                                                          "else 9402)")
+    lag.add_argument("--interval", type=float, default=10.0, help="exporter refresh interval, seconds")
+    lag.set_defaults(handler=_lag)
+
     d = commands.add_parser("demo", help="the main job end to end on the local stack, with a checked summary")
     add_settings_flags(d)
     d.add_argument("--rate", type=float, default=1_000, help="events/s of live traffic")

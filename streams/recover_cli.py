@@ -14,11 +14,12 @@ log = logging.getLogger("slipguard.recover")
 def _recover(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
-    from streams.observe import serve_metrics
+    from streams.observe import LagCollector, serve_metrics
     from streams.recover.app import build_app
 
     app, writer = build_app(settings)
-    serve_metrics(settings.metrics_port_for("recover"), health=writer)
+    if serve_metrics(settings.metrics_port_for("recover"), health=writer):
+        LagCollector(settings, [settings.recover_group]).start()
     log.info("recovery writer starting: group %s reading %s and %s", settings.recover_group,
              settings.recovery_topic, settings.late_topic)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)

@@ -23,6 +23,7 @@ from streams import metrics
 from streams.join import changelog
 from streams.join.core import ORDER, PAYMENT, Decisions, JoinParams, PartitionJoin
 from streams.kafka import config
+from streams.logs import safe_error
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
@@ -284,7 +285,7 @@ class JoinWorker:
         self._produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode())
         reason = "invalid" if isinstance(exc, ValidationError) else "rejected"
         metrics.DLQ_RECORDS.labels("join", reason).inc()
-        log.warning("record sent to the DLQ: %s", error[:300],
+        log.warning("record sent to the DLQ: %s", safe_error(exc),
                     extra={"topic": m.topic(), "partition": m.partition(), "offset": m.offset()})
 
     # ------------------------------------------------------------ commit

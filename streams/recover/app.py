@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from schemas import DeadLetter, LateOrder, Recovery
 from schemas.fields import from_epoch_ms
 from streams import metrics
+from streams.logs import safe_error
 from streams.recover.store import Item, write_batch
 from streams.settings import Settings
 
@@ -120,15 +121,15 @@ class Writer:
                 return
             started = time.monotonic()
             items, poison = self._decode(events)
-            for event, error in poison:
-                await self._dead_letter(event, error)
+            for event, error, summary in poison:
+                await self._dead_letter(event, error, summary)
             if items:
                 await self._write(items)
             for event in events:
                 await stream.ack(event)
             metrics.WRITER_BATCH_SECONDS.observe(time.monotonic() - started)
 
-    def _decode(self, events: list[Any]) -> tuple[list[Item], list[tuple[Any, str]]]:
+    def _decode(self, events: list[Any]) -> tuple[list[Item], list[tuple[Any, str, str]]]:
         items, poison = [], []
         for event in events:
             msg = event.message
@@ -136,7 +137,7 @@ class Writer:
             try:
                 items.append(Item(msg.topic, msg.partition, msg.offset, model.decode(event.value)))
             except (ValidationError, ValueError, TypeError) as exc:
-                poison.append((event, str(exc).replace("\n", " | ")[:3900]))
+                poison.append((event, str(exc).replace("\n", " | ")[:3900], safe_error(exc)))
         return items, poison
 
     async def _write(self, items: list[Item]) -> None:
@@ -161,7 +162,7 @@ class Writer:
                 delay = min(delay * 2, RETRY_MAX)
                 self.last_loop = time.monotonic()
 
-    async def _dead_letter(self, event: Any, error: str) -> None:
+    async def _dead_letter(self, event: Any, error: str, summary: str) -> None:
         msg = event.message
         dead = DeadLetter(source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
                           key_b64=DeadLetter.b64(msg.key), value_b64=DeadLetter.b64(msg.value), error=error,
@@ -169,7 +170,7 @@ class Writer:
         fut = await self.dlq.send(key=f"{msg.topic}:{msg.partition}:{msg.offset}".encode(), value=dead.encode())
         await fut  # delivered before the record is acknowledged
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
-        log.warning("record sent to the DLQ: %s", error[:300],
+        log.warning("record sent to the DLQ: %s", summary,
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
 
 

@@ -1,0 +1,72 @@
+"""deploy/: the alert rules pass promtool, and dashboard and rules only name metrics slipguard exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+import streams.metrics  # noqa: F401  (registers every metric)
+from streams.observe import LagCollector
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+RULES = DEPLOY / "prometheus" / "slipguard-alerts.yml"
+RULE_TESTS = DEPLOY / "prometheus" / "slipguard-alerts.test.yml"
+DASHBOARD = DEPLOY / "grafana" / "slipguard-dashboard.json"
+
+
+def _promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.fail("promtool is missing: `make tools` (deploy/local/tools.sh) installs it")
+    return tool
+
+
+def test_alert_rules_are_valid() -> None:
+    out = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_alert_rules_fire_on_their_series_and_not_on_quiet_ones() -> None:
+    out = subprocess.run([_promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True,
+                         cwd=RULE_TESTS.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _exported_names() -> set[str]:
+    names = set()
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            names.add(sample.name)
+        names.add(metric.name)
+        names |= {metric.name + suffix for suffix in ("_total", "_bucket", "_sum", "_count")}
+    for family in LagCollector(None, []).collect():
+        names.add(family.name)
+    return names
+
+
+def _metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b(slipguard_[a-z0-9_]+)", expr))
+
+
+def test_dashboard_and_rules_name_only_metrics_that_exist() -> None:
+    exported = _exported_names()
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {n for p in dashboard["panels"] for t in p["targets"] for n in _metric_names(t["expr"])}
+    used |= _metric_names(RULES.read_text())
+    assert used, "the dashboard and rules query slipguard metrics"
+    assert used <= exported, f"not exported by any worker: {sorted(used - exported)}"
+
+
+def test_dashboard_covers_what_operators_watch() -> None:
+    text = DASHBOARD.read_text()
+    for needed in ("slipguard_consumer_lag_messages", "slipguard_consumer_lag_seconds", "slipguard_join_records_total",
+                   "slipguard_join_pending_payments", "slipguard_join_recovered_total",
+                   "slipguard_join_detection_latency_seconds_bucket", "slipguard_join_anomalies_total",
+                   "slipguard_dlq_records_total", "slipguard_writer_rows_total"):
+        assert needed in text, needed
