@@ -51,13 +51,7 @@ class Figures:
 
 
 def _bench_settings(s: Settings, partitions: int, **over: object) -> Settings:
-    tag = uuid.uuid4().hex[:6]
-    fields = s.model_dump() | {
-        f"{t}_topic": f"bench-{tag}.{getattr(s, f'{t}_topic')}"
-        for t in ("payments", "orders", "recovery", "late", "anomalies", "dlq")
-    } | {"join_group": f"bench-{tag}-join", "partitions": partitions, "instance_id": f"bench-{tag}"}
-    fields |= {k: f"{fields[k]}ms" for k in ("order_timeout", "grace", "late_horizon", "commit_interval")}
-    return Settings.model_validate(fields | over)
+    return s.with_prefix(f"bench-{uuid.uuid4().hex[:6]}", partitions=partitions, **over)
 
 
 def ceiling(s: Settings, total: int) -> float:
@@ -235,14 +229,12 @@ def _writer_settings(s: Settings) -> Settings:
     from streams.db import migrate
 
     b = _bench_settings(s, s.partitions)
-    schema = f"bench_{b.instance_id.replace('-', '_')}"
+    schema = f"bench_{b.instance_id.replace('-', '_')}"  # our own name: letters, digits, underscores
     url = s.database_url.get_secret_value()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")  # our own name: letters, digits, underscores
     sep = "&" if "?" in url else "?"
-    b = Settings.model_validate(b.model_dump() | {"database_url": f"{url}{sep}options=-csearch_path%3D{schema}"}
-                                | {k: f"{getattr(b, k)}ms" for k in ("order_timeout", "grace", "late_horizon",
-                                                                     "commit_interval")})
+    b = b.derive(database_url=f"{url}{sep}options=-csearch_path%3D{schema}")
     create_topics(b)
     migrate(b.database_url.get_secret_value())
     return b
@@ -282,15 +274,7 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
         producer.poll(0)
     producer.flush(60)
 
-    env = dict(os.environ)
-    for name in Settings.model_fields:
-        value = getattr(b, name)
-        if value is None:
-            continue
-        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        if name in ("order_timeout", "grace", "late_horizon", "commit_interval"):
-            value = f"{value}ms"
-        env[f"SLIPGUARD_{name.upper()}"] = str(value)
+    env = dict(os.environ) | b.to_env()
     env["SLIPGUARD_METRICS_PORT"] = "0"
     env["SLIPGUARD_LOG_LEVEL"] = "WARNING"
     proc = subprocess.Popen([sys.executable, "-m", "streams", "recover"], env=env, stdout=subprocess.DEVNULL,

@@ -39,16 +39,7 @@ def _free_port() -> int:
 
 
 def _env(s: Settings, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in Settings.model_fields:
-        value = getattr(s, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if name in ("order_timeout", "grace", "late_horizon", "commit_interval"):
-            value = f"{value}ms"
-        env[f"SLIPGUARD_{name.upper()}"] = str(value)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPGUARD_")} | s.to_env()
     env["SLIPGUARD_METRICS_PORT"] = str(port)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
@@ -85,13 +76,9 @@ def _committed_records(s: Settings, topic: str) -> int:
 
 def run(s: Settings, *, rate: float, seconds: float) -> int:
     run_id = time.strftime("%H%M%S")
-    demo = Settings.model_validate(s.model_dump() | {
-        f"{t}_topic": f"demo.{run_id}.{getattr(s, f'{t}_topic')}"
-        for t in ("payments", "orders", "recovery", "late", "anomalies", "dlq")
-    } | {
-        "join_group": f"slipguard-demo-{run_id}-join", "recover_group": f"slipguard-demo-{run_id}-recover",
-        "order_timeout": "5s", "grace": "1s", "late_horizon": "10m", "commit_interval": "100ms",
-    })
+    demo = s.with_prefix(f"demo.{run_id}", join_group=f"slipguard-demo-{run_id}-join",
+                         recover_group=f"slipguard-demo-{run_id}-recover", instance_id=f"demo-{run_id}",
+                         order_timeout="5s", grace="1s", late_horizon="10m", commit_interval="100ms")
     print(f"demo {run_id}: ORDER_TIMEOUT=5s, GRACE=1s (shortened so the demo takes a minute; the default is 60s/5s)")
     for line in create_topics(demo):
         print("  topics:", line)

@@ -34,6 +34,10 @@ def parse_duration_ms(value: Any) -> int:
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
 
 
+DURATION_FIELDS = ("order_timeout", "grace", "late_horizon", "commit_interval")
+TOPIC_SETTINGS = ("payments", "orders", "recovery", "late", "anomalies", "dlq")
+
+
 class Settings(BaseSettings):
     """slipguard's configuration. Durations are held in milliseconds."""
 
@@ -106,6 +110,29 @@ class Settings(BaseSettings):
     def changelog_topic(self) -> str:
         """The join's compacted state changelog, co-partitioned with payments and orders."""
         return f"{self.join_group}-state-changelog"
+
+    def derive(self, **over: Any) -> Settings:
+        """A copy with some settings changed; values as a user writes them ("5s", "payments")."""
+        fields = self.model_dump() | {k: f"{getattr(self, k)}ms" for k in DURATION_FIELDS}
+        return Settings.model_validate(fields | over)
+
+    def with_prefix(self, prefix: str, **over: Any) -> Settings:
+        """A copy whose topics and groups carry a prefix: a run that sees no one else's records."""
+        names = {f"{t}_topic": f"{prefix}.{getattr(self, f'{t}_topic')}" for t in TOPIC_SETTINGS}
+        groups = {"join_group": f"{prefix}-join", "recover_group": f"{prefix}-recover", "instance_id": prefix}
+        return self.derive(**(names | groups | over))
+
+    def to_env(self) -> dict[str, str]:
+        """SLIPGUARD_* variables that give a child process exactly these settings."""
+        env = {}
+        for name in Settings.model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            env[f"SLIPGUARD_{name.upper()}"] = f"{value}ms" if name in DURATION_FIELDS else str(value)
+        return env
 
     def metrics_port_for(self, command: str) -> int:
         if self.metrics_port is not None:

@@ -30,6 +30,7 @@ log = logging.getLogger("slipguard.join")
 
 _EOF = KafkaError._PARTITION_EOF
 ALIGN_MS = 2_000
+BACKLOG_COMMIT_FACTOR = 5  # commit interval multiplier while batches come back full
 # Straight to pydantic-core: the model classes' wrappers cost a visible share per record.
 _VALIDATE = {PAYMENT: Payment.__pydantic_validator__.validate_json, ORDER: Order.__pydantic_validator__.validate_json}  # how far (event time) one partition of a pair may run ahead of the other
 
@@ -135,8 +136,14 @@ class JoinWorker:
             metrics.JOIN_MATCHED.inc(out.matched)
         if out.duplicates:
             metrics.JOIN_DUPLICATES.inc(out.duplicates)
-        if self.uncommitted and (time.monotonic() - self.last_commit) * 1000 >= self.s.commit_interval:
-            self.commit()
+        if self.uncommitted:
+            elapsed_ms = (time.monotonic() - self.last_commit) * 1000
+            # Caught up, commit every interval: outputs become visible quickly. Working
+            # through a backlog (full batches), commit less often: each commit is a few
+            # broker round trips in which nothing is processed.
+            backlog = len(msgs) >= self.s.batch_size
+            if elapsed_ms >= self.s.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1):
+                self.commit()
 
     def _process(self, msgs: list[Message], out: Decisions) -> None:
         by_pair: dict[int, list[Message]] = defaultdict(list)

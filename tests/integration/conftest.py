@@ -42,19 +42,7 @@ def base_settings() -> Settings:
 
 
 def isolated(base: Settings, **over: object) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    names = {
-        f"{t}_topic": f"t{tag}.{getattr(base, f'{t}_topic')}"
-        for t in ("payments", "orders", "recovery", "late", "anomalies", "dlq")
-    }
-    fields = base.model_dump() | names | {
-        "join_group": f"t{tag}-join", "recover_group": f"t{tag}-recover", "partitions": 4, "metrics_port": 0,
-        "instance_id": f"t{tag}",
-    }
-    # Durations are held in ms; say so, since a bare number would be read as seconds.
-    fields |= {k: f"{fields[k]}ms" for k in ("order_timeout", "grace", "late_horizon", "commit_interval")}
-    fields.update(over)
-    return Settings.model_validate(fields)
+    return base.with_prefix(f"t{uuid.uuid4().hex[:8]}", partitions=4, metrics_port=0, **over)
 
 
 @pytest.fixture

@@ -103,6 +103,33 @@ def test_join_worker_serves_metrics_health_and_readiness(settings, tmp_path) -> 
         while f'slipguard_consumer_lag_messages{{group="{group}"' not in metrics and time.monotonic() < deadline:
             time.sleep(1)
             metrics = _get(port, "/metrics")[1]
-        assert f'slipguard_consumer_lag_messages{{group="{group}",topic=' in metrics
+        lag_lines = [line for line in metrics.splitlines()
+                     if line.startswith("slipguard_consumer_lag_messages{") and f'group="{group}"' in line]
+        assert lag_lines and all(f'topic="{settings.payments_topic}"' in line or f'topic="{settings.orders_topic}"'
+                                 in line for line in lag_lines), lag_lines
     finally:
         assert stop(worker) == 0
+
+
+def test_lag_exporter_serves_groups_with_no_active_member(settings, tmp_path) -> None:
+    produce(settings, settings.payments_topic,
+            [(f"x{i}".encode(), payment(payment_id=f"xp{i}", order_id=f"x{i}").encode(), None) for i in range(40)])
+    group = f"{settings.join_group}-idle"
+    _commit(settings, group, {0: 0, 1: 0, 2: 0, 3: 0})
+    port = _free_port()
+    exporter = start(settings, ["lag", "--serve", "--group", group, "--interval", "1"], tmp_path / "lag.log",
+                     metrics_port=port)
+    try:
+        total = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and total != 40:
+            time.sleep(0.5)
+            try:
+                text = _get(port, "/metrics")[1]
+            except OSError:
+                continue
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("slipguard_consumer_lag_messages{") and f'group="{group}"' in line)
+        assert total == 40, "every unread record of the idle group is counted"
+    finally:
+        assert stop(exporter) == 0

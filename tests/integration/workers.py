@@ -17,22 +17,11 @@ from streams.settings import Settings
 from tests.integration.conftest import consume_all
 
 ROOT = Path(__file__).resolve().parents[2]
-DURATIONS = ("order_timeout", "grace", "late_horizon", "commit_interval")
 
 
 def env_for(s: Settings, **over: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPGUARD_")}
-    for name in Settings.model_fields:
-        value = getattr(s, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if name in DURATIONS:
-            value = f"{value}ms"
-        env[f"SLIPGUARD_{name.upper()}"] = str(value)
-    for k, v in over.items():
-        env[f"SLIPGUARD_{k.upper()}"] = str(v)
+    env |= s.to_env() | {f"SLIPGUARD_{k.upper()}": str(v) for k, v in over.items()}
     env["PYTHONPATH"] = str(ROOT)
     return env
 
