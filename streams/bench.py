@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError
 
 from schemas import Order, Payment, Recovery
 from streams.join.core import Decisions, JoinParams, PartitionJoin
-from streams.join.runtime import JoinWorker
+from streams.join.runtime import JoinWorker, tune_gc
 from streams.kafka import config
 from streams.kafka.topics import create_topics
 from streams.loadgen import Shares, merged, plan, produce
@@ -176,6 +176,7 @@ def run(s: Settings, events: int, partitions: int, live_rate: float, live_second
     print("bench: ceiling (read + decode only) ...", flush=True)
     ceil = ceiling(b, total)
     print(f"bench: join ({b.processing_guarantee}, durable state) ...", flush=True)
+    tune_gc()  # as `slipguard join` does
     rate, cpu_per_m, peak = drain(b, total)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("bench: memory per pending entry ...", flush=True)

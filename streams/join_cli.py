@@ -12,9 +12,10 @@ log = logging.getLogger("slipguard.join")
 
 
 def _join(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.join.runtime import JoinFailed, JoinWorker
+    from streams.join.runtime import JoinFailed, JoinWorker, tune_gc
     from streams.observe import LagCollector, serve_metrics
 
+    tune_gc()
     worker = JoinWorker(settings)
     worker.install_signal_handlers()
     if serve_metrics(settings.metrics_port_for("join"), health=worker):
