@@ -220,3 +220,53 @@ def test_db_migrate_reports_an_unreachable_database_in_one_line(capsys) -> None:
     assert err.count("\n") == 1 and "slipguard db migrate" in err
 
 
+
+
+def test_writer_reads_committed_only_so_aborted_recoveries_are_never_written(s, tmp_path) -> None:
+    from confluent_kafka import Producer
+
+    from streams.kafka import config
+
+    p = Producer(config.producer(s, transactional_id=f"{s.join_group}-aborting"))
+    p.init_transactions(30)
+    p.begin_transaction()
+    aborted = _recovery(1)
+    p.produce(s.recovery_topic, aborted.encode(), aborted.order_id)
+    p.flush(30)
+    p.abort_transaction(30)
+    _produce_recoveries(s, [_recovery(2)])
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        _wait_rows(s, 1)
+        time.sleep(2)
+        _assert_each_once(s, {"ord-2"})
+    finally:
+        assert stop(writer) == 0
+
+
+def test_writer_serves_metrics_health_and_readiness(s, tmp_path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _produce_recoveries(s, [_recovery(i) for i in range(3)])
+    writer = start(s, ["recover"], tmp_path / "recover.log", metrics_port=port)
+    try:
+        _wait_rows(s, 3)
+        deadline = time.monotonic() + 20
+        ready = 0
+        while time.monotonic() < deadline and ready != 200:
+            time.sleep(0.5)
+            try:
+                ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status
+            except OSError:
+                ready = 0
+        assert ready == 200
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        assert 'slipguard_writer_rows_total{outcome="inserted"} 3.0' in text
+        assert "slipguard_writer_batch_seconds_count" in text
+    finally:
+        assert stop(writer) == 0
