@@ -78,8 +78,7 @@ def ceiling(s: Settings, total: int) -> float:
 def drain(s: Settings, total: int) -> tuple[float, float, int]:
     """Run the join until it has consumed and committed every input record."""
     worker = JoinWorker(s)
-    worker.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=worker._on_assign,
-                              on_revoke=worker._on_revoke, on_lost=worker._on_lost)
+    worker.subscribe()
     peak_pending = 0
     started = None
     cpu0 = time.process_time()
@@ -152,9 +151,7 @@ def live_latency(s: Settings, rate: float, seconds: float) -> tuple[list[float],
 
 
 def _run_until(worker: JoinWorker, stop: threading.Event) -> None:
-    s = worker.s
-    worker.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=worker._on_assign,
-                              on_revoke=worker._on_revoke, on_lost=worker._on_lost)
+    worker.subscribe()
     while not stop.is_set():
         worker.step()
     worker.commit()

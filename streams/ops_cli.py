@@ -97,12 +97,9 @@ def register(commands, add_settings_flags) -> None:
     add_settings_flags(lg)
     lg.add_argument("--count", type=int, default=10_000, help="orders (each with a payment, most with an order)")
     lg.add_argument("--rate", type=float, default=0, help="events/s with live timestamps; 0: as fast as possible")
-    lg.add_argument("--missing", type=float, default=_share("missing"))
-    lg.add_argument("--late", type=float, default=_share("late"))
-    lg.add_argument("--duplicates", type=float, default=_share("duplicates"))
-    lg.add_argument("--second-payment", type=float, default=_share("second_payment"))
-    lg.add_argument("--mismatch", type=float, default=_share("mismatch"))
-    lg.add_argument("--failed", type=float, default=_share("failed"))
+    for share in ("missing", "late", "duplicates", "second_payment", "mismatch", "failed"):
+        lg.add_argument(f"--{share.replace('_', '-')}", type=float, default=_share(share),
+                        help=f"share of orders: {share.replace('_', ' ')}")
     lg.add_argument("--jitter", type=float, default=2.0, help="out-of-order jitter of orders, seconds")
     lg.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     lg.set_defaults(handler=_loadgen)

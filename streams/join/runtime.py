@@ -95,9 +95,7 @@ class JoinWorker:
 
     def run(self, *, max_seconds: float | None = None) -> None:
         """Consume until stop() (SIGTERM/SIGINT) or max_seconds; then commit and leave the group."""
-        s = self.s
-        self.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.subscribe()
         started = time.monotonic()
         try:
             while not self.stopping:
@@ -107,6 +105,11 @@ class JoinWorker:
             self.commit()
         finally:
             self.close()
+
+    def subscribe(self) -> None:
+        s = self.s
+        self.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -383,6 +386,7 @@ class JoinWorker:
         metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
         parts = sorted({tp.partition for tp in partitions})
         self.paused = set()
+        self.ready = False
         log.info("assigned partitions %s; restoring their state", parts)
         self._restore(parts)
         self._update_gauges()
@@ -390,6 +394,7 @@ class JoinWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
+        self.ready = False
         self.commit(handing_over=True)  # hand the partitions over with everything done so far committed
         if self.paused:
             self.consumer.resume([TopicPartition(self.topic_of[k], p) for k, p in self.paused])
