@@ -189,6 +189,9 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
         key_serializer="raw",
         value_serializer="raw",
         broker_commit_interval=1.0,
+        # A killed member's partitions move within ~10 s rather than faust's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         stream_wait_empty=False,  # unacked records stay unacked at shutdown: they are read again
         producer_acks=-1,
     )

@@ -270,3 +270,36 @@ def test_writer_serves_metrics_health_and_readiness(s, tmp_path) -> None:
         assert "slipguard_writer_batch_seconds_count" in text
     finally:
         assert stop(writer) == 0
+
+
+def test_nothing_is_acknowledged_while_postgres_is_down_even_across_kill_9(s, tmp_path, base_settings) -> None:
+    """Records read during an outage stay unacknowledged: the group's committed offsets do not
+    move, and a writer killed meanwhile loses none of them."""
+    from streams.kafka.lag import group_lag
+
+    _produce_recoveries(s, [_recovery(i) for i in range(100)])
+    first = start(s, ["recover"], tmp_path / "recover-1.log")
+    _wait_rows(s, 100)
+    time.sleep(2.5)  # let faust commit the offsets of what was written
+    before = {(r.topic, r.partition): r.current_offset for r in group_lag(s, [s.recover_group], with_seconds=False)}
+    subprocess.run(["bash", str(STACK), "pg-down"], check=True, capture_output=True)
+    try:
+        _produce_recoveries(s, [_recovery(i) for i in range(100, 600)])
+        deadline = time.monotonic() + 30
+        while "PostgreSQL unavailable" not in (tmp_path / "recover-1.log").read_text():
+            assert time.monotonic() < deadline, "the writer read the records and tried to write them"
+            time.sleep(0.2)
+        time.sleep(3)  # three commit intervals: anything acknowledged would now be committed
+        during = {(r.topic, r.partition): r.current_offset for r in group_lag(s, [s.recover_group], with_seconds=False)}
+        assert during == before, "no offset moves while the rows cannot be written"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        subprocess.run(["bash", str(STACK), "pg-up"], check=True, capture_output=True)
+    second = start(s, ["recover"], tmp_path / "recover-2.log")
+    try:
+        _wait_rows(s, 600, timeout=120)
+        time.sleep(1)
+        _assert_each_once(s, {f"ord-{i}" for i in range(600)})
+    finally:
+        assert stop(second) == 0
