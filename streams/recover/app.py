@@ -215,8 +215,19 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
     async def readiness() -> None:
         writer.last_loop = max(writer.last_loop, time.monotonic()) if not writer.lock.locked() else writer.last_loop
         try:
-            writer.ready = bool(app.consumer.assignment())
+            assigned = app.consumer.assignment()
         except Exception:  # noqa: BLE001 (consumer not started yet)
-            writer.ready = False
+            assigned = set()
+        writer.ready = bool(assigned)
+        for topic in (s.recovery_topic, s.late_topic):
+            metrics.ASSIGNED_PARTITIONS.labels(s.recover_group, topic).set(sum(1 for tp in assigned if tp.topic == topic))
+
+    @app.on_partitions_assigned.connect
+    async def assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        metrics.REBALANCES.labels(s.recover_group, "assign").inc()
+
+    @app.on_partitions_revoked.connect
+    async def revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        metrics.REBALANCES.labels(s.recover_group, "revoke").inc()
 
     return app, writer

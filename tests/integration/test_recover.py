@@ -268,6 +268,8 @@ def test_writer_serves_metrics_health_and_readiness(s, tmp_path) -> None:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
         assert 'slipguard_writer_rows_total{outcome="inserted"} 3.0' in text
         assert "slipguard_writer_batch_seconds_count" in text
+        assert f'slipguard_rebalances_total{{group="{s.recover_group}",kind="assign"}}' in text
+        assert f'slipguard_assigned_partitions{{group="{s.recover_group}",topic="{s.recovery_topic}"}} 4.0' in text
     finally:
         assert stop(writer) == 0
 
