@@ -30,10 +30,9 @@ from streams.settings import Settings
 log = logging.getLogger("slipguard.join")
 
 _EOF = KafkaError._PARTITION_EOF
-ALIGN_MS = 2_000
 BACKLOG_COMMIT_FACTOR = 5  # commit interval multiplier while batches come back full
 # Straight to pydantic-core: the model classes' wrappers cost a visible share per record.
-_VALIDATE = {PAYMENT: Payment.__pydantic_validator__.validate_json, ORDER: Order.__pydantic_validator__.validate_json}  # how far (event time) one partition of a pair may run ahead of the other
+_VALIDATE = {PAYMENT: Payment.__pydantic_validator__.validate_json, ORDER: Order.__pydantic_validator__.validate_json}
 
 
 def tune_gc() -> None:
@@ -64,7 +63,6 @@ class JoinWorker:
         self.topics = {settings.payments_topic: PAYMENT, settings.orders_topic: ORDER}
         self.topic_of = {PAYMENT: settings.payments_topic, ORDER: settings.orders_topic}
         self.pairs: dict[int, PairState] = {}
-        self.paused: set[tuple[int, int]] = set()  # (kind, partition) paused to keep a pair aligned
         self.stopping = False
         self.in_txn = False
         self.uncommitted = False
@@ -84,7 +82,7 @@ class JoinWorker:
         producer_conf = config.producer(
             settings, transactional_id=f"{group}-{settings.instance_id}" if self.eos else None,
             **({"transaction.timeout.ms": 10_000} if self.eos else {}),
-            **{"delivery.report.only.error": True, "on_delivery": self._on_delivery},
+            **{"delivery.report.only.error": True, "on_delivery": self._on_delivery, "linger.ms": 50},
         )
         self.producer = Producer(producer_conf)
         if self.eos:
@@ -138,8 +136,6 @@ class JoinWorker:
         now = self.now_ms()
         for pair in self.pairs.values():
             pair.core.advance(now, pair.at_end[PAYMENT], pair.at_end[ORDER], out)
-        if msgs:
-            self._align()
         if out:
             self._emit(out, now)
         if out.matched:
@@ -186,31 +182,6 @@ class JoinWorker:
             pair = self.pairs.get(p)
             if pair is not None and pair.next_offset.get(kind, 0) <= end:
                 pair.at_end[kind] = True
-
-    def _align(self) -> None:
-        """Keep the two partitions of a pair within ALIGN_MS of event time of each other.
-
-        librdkafka fetches partitions independently, so one topic can run far ahead of the
-        other; then nearly every payment waits in state (and in the changelog) for an order
-        already sitting in the broker. Pausing the partition that is ahead, until the other
-        catches up or reaches its end, keeps state to the records truly waiting.
-        """
-        want: set[tuple[int, int]] = set()
-        for p, pair in self.pairs.items():
-            pt, ot = pair.core.payment_time, pair.core.order_time
-            if pt > ot + ALIGN_MS and not pair.at_end[ORDER]:
-                want.add((PAYMENT, p))
-            elif ot > pt + ALIGN_MS and not pair.at_end[PAYMENT]:
-                want.add((ORDER, p))
-        if want == self.paused:
-            return
-        to_pause = [TopicPartition(self.topic_of[k], p) for k, p in want - self.paused]
-        to_resume = [TopicPartition(self.topic_of[k], p) for k, p in self.paused - want]
-        if to_pause:
-            self.consumer.pause(to_pause)
-        if to_resume:
-            self.consumer.resume(to_resume)
-        self.paused = want
 
     def _feed(self, by_pair: dict[int, list[Message]], out: Decisions) -> None:
         topics = self.topics
@@ -385,7 +356,6 @@ class JoinWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
         parts = sorted({tp.partition for tp in partitions})
-        self.paused = set()
         self.ready = False
         log.info("assigned partitions %s; restoring their state", parts)
         self._restore(parts)
@@ -396,9 +366,6 @@ class JoinWorker:
         metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
         self.ready = False
         self.commit(handing_over=True)  # hand the partitions over with everything done so far committed
-        if self.paused:
-            self.consumer.resume([TopicPartition(self.topic_of[k], p) for k, p in self.paused])
-            self.paused = set()
         for p in {tp.partition for tp in partitions}:
             self.pairs.pop(p, None)
         self._update_gauges()
