@@ -162,7 +162,18 @@ class PartitionJoin:
             out.anomalies.append(Flag("bad_signature", p.order_id, (p,)))
             return
         oid = p.order_id
-        first = self._first_payment(oid)
+        # One lookup per map; the common case (a new payment, or the order already here) is cheap.
+        pending = self.pending.get(oid)
+        buffered = self.orders.get(oid)
+        first = None
+        if pending is not None:
+            first = pending.payment_id, pending.raw
+        elif buffered is not None and buffered.paid_id is not None:
+            first = buffered.paid_id, buffered.paid_raw
+        elif self.recovered:
+            recovered = self.recovered.get(oid)
+            if recovered is not None:
+                first = recovered.payment_id, recovered.raw
         if first is not None:
             first_id, first_raw = first
             if first_id == p.payment_id:
@@ -172,23 +183,25 @@ class PartitionJoin:
             return
 
         t = ts
-        deadline = t + self.params.timeout_ms
-        buffered = self.orders.get(oid)
+        timeout = self.params.timeout_ms
+        deadline = t + timeout
+        cmp = (p.user_id, p.amount, p.currency)
         if buffered is not None:
-            if t - self.params.timeout_ms <= buffered.ts <= deadline:
+            if t - timeout <= buffered.ts <= deadline:
                 buffered.paid_id, buffered.paid_t, buffered.paid_raw = p.payment_id, t, raw
                 self._touch_order(oid, buffered)
                 out.matched += 1
-                self._check_pair(payment_cmp(p), buffered.cmp, lambda: p, lambda: Order.decode(buffered.raw), oid, out)
+                if cmp != buffered.cmp:
+                    self._report_mismatch(cmp, buffered.cmp, p, Order.decode(buffered.raw), oid, out)
                 return
             if buffered.ts > deadline:
                 # The order exists but past the window: the payment will be recovered, the order is late.
                 self._drop_order(oid, buffered)
                 out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
                                      recovery_id_for(p.payment_id), buffered.ts - deadline))
-                self._add_pending(oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), late=True))
+                self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp, late=True))
                 return
-        self._add_pending(oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p)))
+        self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp))
 
     def on_order(self, ts: int, o: Order, raw: bytes, out: Decisions) -> None:
         if ts > self.order_time:
@@ -199,10 +212,12 @@ class PartitionJoin:
             deadline = pending.t + self.params.timeout_ms
             if pending.t - self.params.timeout_ms <= ts <= deadline:
                 self._drop_pending(oid, pending)
-                entry = BufferedOrder(ts, raw, order_cmp(o), pending.payment_id, pending.t, pending.raw)
+                entry = BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), pending.payment_id, pending.t,
+                                      pending.raw)
                 self._add_order(oid, entry)
                 out.matched += 1
-                self._check_pair(pending.cmp, entry.cmp, lambda: Payment.decode(pending.raw), lambda: o, oid, out)
+                if pending.cmp != entry.cmp:
+                    self._report_mismatch(pending.cmp, entry.cmp, Payment.decode(pending.raw), o, oid, out)
                 return
             if ts > deadline:
                 if not pending.late:
@@ -222,7 +237,7 @@ class PartitionJoin:
         if oid in self.orders:
             out.duplicates += 1  # a repeated order event: the first one stands
             return
-        self._add_order(oid, BufferedOrder(ts, raw, order_cmp(o)))
+        self._add_order(oid, BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency)))
 
     # ------------------------------------------------------------ time
 
@@ -280,23 +295,8 @@ class PartitionJoin:
 
     # ------------------------------------------------------------ helpers
 
-    def _first_payment(self, oid: str) -> tuple[str, bytes] | None:
-        pending = self.pending.get(oid)
-        if pending is not None:
-            return pending.payment_id, pending.raw
-        buffered = self.orders.get(oid)
-        if buffered is not None and buffered.paid_id is not None:
-            return buffered.paid_id, buffered.paid_raw  # type: ignore[return-value]
-        recovered = self.recovered.get(oid)
-        if recovered is not None:
-            return recovered.payment_id, recovered.raw
-        return None
-
     @staticmethod
-    def _check_pair(pay: Cmp, order: Cmp, payment_of, order_of, oid: str, out: Decisions) -> None:
-        if pay == order:
-            return
-        p, o = payment_of(), order_of()
+    def _report_mismatch(pay: Cmp, order: Cmp, p: Payment, o: Order, oid: str, out: Decisions) -> None:
         for kind, i in MISMATCH_KINDS:
             if pay[i] != order[i]:
                 out.anomalies.append(Flag(kind, oid, (p,), o))
