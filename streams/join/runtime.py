@@ -295,10 +295,17 @@ class JoinWorker:
                 self.producer.flush()
             self._begin()
             written = 0
+            topic = self.s.changelog_topic
+            produce = self.producer.produce
+            encode_key, encode_value = changelog.encode_key, changelog.encode_value
             for p, pair in self.pairs.items():
                 for kind, oid, entry in pair.core.take_changes():
-                    value = None if entry is None else changelog.encode_value(kind, entry)
-                    self._produce(self.s.changelog_topic, changelog.encode_key(kind, oid), value, p)  # type: ignore[arg-type]
+                    key = encode_key(kind, oid)
+                    value = None if entry is None else encode_value(kind, entry)
+                    try:
+                        produce(topic, value, key, p)
+                    except BufferError:
+                        self._produce(topic, key, value, p)  # type: ignore[arg-type]  (waits for room)
                     written += 1
             if self.eos:
                 if offsets:
