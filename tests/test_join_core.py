@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from streams.join import changelog
-from streams.join.core import JoinParams, PartitionJoin
+from streams.join.core import MATCHED, ORDER, PAYMENT, JoinParams, PartitionJoin
 from tests.join_harness import BASE, G, H, T, Harness
 
 D = BASE + T  # the payment's deadline
@@ -267,21 +267,58 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
 # ---------------------------------------------------------------- changelog
 
 
+def _changes(h: Harness) -> list[tuple[int, object, object]]:
+    """take_changes() as (kind, key, order ids of a bundle | "value" | None)."""
+    out = []
+    for kind, key, value in h.join.take_changes():
+        shown = [oid for oid, _ in value] if kind == MATCHED and value is not None else (None if value is None else "value")
+        out.append((kind, key, shown))
+    return out
+
+
 def test_a_payment_matched_within_one_commit_interval_never_reaches_the_changelog() -> None:
     h = Harness()
-    h.pay(BASE)
-    h.order(BASE + 1)
-    kinds = [(k, oid, e is None) for k, oid, e in h.join.take_changes()]
-    assert kinds == [(1, "ord-1", False)], "only the matched order (kept to spot duplicates) is written"
+    h.pay(BASE, oid="a")
+    h.order(BASE + 1, oid="a")
+    h.order(BASE + 2, oid="b")
+    h.pay(BASE + 3, oid="b")
+    assert _changes(h) == [(MATCHED, 0, ["a", "b"])], "only one bundle of the matched pairs is written"
 
 
 def test_persisted_entries_are_tombstoned_once_gone() -> None:
     h = Harness()
     h.pay(BASE)
-    assert [(k, e is None) for k, _, e in h.join.take_changes()] == [(0, False)]
-    h.order(BASE + 1)
-    assert sorted((k, e is None) for k, _, e in h.join.take_changes()) == [(0, True), (1, False)]
+    h.order(BASE - 1, oid="early")
+    assert _changes(h) == [(PAYMENT, "ord-1", "value"), (ORDER, "early", "value")]
+    h.order(BASE + 1)  # the persisted pending payment is matched
+    h.pay(BASE, oid="early")  # the persisted unmatched order is matched
+    assert sorted(_changes(h), key=str) == sorted(
+        [(PAYMENT, "ord-1", None), (ORDER, "early", None), (MATCHED, 0, ["ord-1", "early"])], key=str)
     assert h.join.take_changes() == []
+
+
+def test_a_bundle_is_deleted_once_all_its_pairs_have_expired() -> None:
+    h = Harness()
+    h.pay(BASE, oid="a")
+    h.order(BASE, oid="a")
+    h.pay(BASE + 10_000, oid="b")
+    h.order(BASE + 10_000, oid="b")
+    assert _changes(h) == [(MATCHED, 0, ["a", "b"])]
+    h.advance(BASE + T + G + 9_999, payments_at_end=True, orders_at_end=True)
+    assert _changes(h) == [] and h.join.sizes()[1] == 1, "b still needs the bundle"
+    h.advance(BASE + T + G + 10_000, payments_at_end=True, orders_at_end=True)
+    assert _changes(h) == [(MATCHED, 0, None)] and h.join.sizes()[1] == 0
+
+
+def test_large_commits_are_split_into_bounded_bundles() -> None:
+    from streams.join.core import BUNDLE_MAX
+
+    h = Harness()
+    for i in range(BUNDLE_MAX + 5):
+        h.pay(BASE + i, oid=f"o{i}")
+        h.order(BASE + i, oid=f"o{i}")
+    sizes = [len(v) for k, _, v in h.join.take_changes() if k == MATCHED]
+    assert sizes == [BUNDLE_MAX, 5]
 
 
 def test_state_restored_from_the_changelog_makes_the_same_decisions() -> None:
@@ -294,15 +331,12 @@ def test_state_restored_from_the_changelog_makes_the_same_decisions() -> None:
     live.order(D + G - 1, oid="x")
     live.advance(BASE + T + G, payments_at_end=False, orders_at_end=False)
     log: dict[bytes, bytes | None] = {}
-    for kind, oid, entry in live.join.take_changes():
-        log[changelog.encode_key(kind, oid)] = None if entry is None else changelog.encode_value(kind, entry)
+    for kind, key, entry in live.join.take_changes():
+        log[changelog.encode_key(kind, key)] = None if entry is None else changelog.encode_value(kind, entry)
     live.take()
 
     restored = PartitionJoin(JoinParams(T, G, H))
-    for key, value in log.items():
-        kind, oid, entry = changelog.decode(key, value)
-        if entry is not None:
-            restored.restore(kind, oid, entry)
+    changelog.restore_into(restored, log)
     assert restored.sizes() == live.join.sizes()
 
     clone = Harness()

@@ -1,8 +1,10 @@
-"""Changelog records for the join's state: one compacted key per entry.
+"""Changelog records for the join's state, in a compacted topic.
 
-Key: b"p:" / b"o:" / b"r:" + order_id (pending payment, buffered order, recovered
-payment). Value: a small fixed header and the record's original bytes; None deletes.
-The original bytes are kept as they came so that nothing is re-encoded on the hot path.
+Key: b"p:" / b"o:" / b"r:" + order_id (pending payment, unmatched order, recovered
+payment), value: a small fixed header and the record's original bytes. Key b"m:" +
+number: a bundle of matched pairs (order_id, payment_id, times, the first payment's
+bytes). A None value deletes. Original bytes are kept as they came, so nothing is
+re-encoded on the hot path.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import struct
 
 from schemas import Order, Payment
 from streams.join.core import (
+    MATCHED,
     ORDER,
     PAYMENT,
     RECOVERED,
@@ -21,21 +24,30 @@ from streams.join.core import (
     payment_cmp,
 )
 
-PREFIX = {PAYMENT: b"p:", ORDER: b"o:", RECOVERED: b"r:"}
+PREFIX = {PAYMENT: b"p:", ORDER: b"o:", RECOVERED: b"r:", MATCHED: b"m:"}
 KIND = {v: k for k, v in PREFIX.items()}
 _TS_FLAG = struct.Struct(">qB")
 _ORDER = struct.Struct(">qqI")  # order ts, paid_t, length of the order's bytes
+_PAIR = struct.Struct(">HHIqq")  # lengths of order_id, payment_id, payment bytes; order ts, paid_t
 
 
 class ChangelogFormatError(ValueError):
     """A changelog record that this version cannot read (written by something else?)."""
 
 
-def encode_key(kind: int, oid: str) -> bytes:
-    return PREFIX[kind] + oid.encode()
+def encode_key(kind: int, key: str | int) -> bytes:
+    if kind == MATCHED:
+        return b"m:%012d" % key  # type: ignore[str-format]
+    return PREFIX[kind] + key.encode()  # type: ignore[union-attr]
 
 
 def encode_value(kind: int, entry: object) -> bytes:
+    if kind == MATCHED:
+        parts = []
+        for oid, pair in entry:  # type: ignore[attr-defined]
+            o, pid, raw = oid.encode(), pair.paid_id.encode(), pair.paid_raw
+            parts.append(_PAIR.pack(len(o), len(pid), len(raw), pair.ts, pair.paid_t) + o + pid + raw)
+        return b"".join(parts)
     if kind == PAYMENT:
         assert isinstance(entry, PendingPayment)
         return _TS_FLAG.pack(entry.t, entry.late) + entry.raw
@@ -46,11 +58,14 @@ def encode_value(kind: int, entry: object) -> bytes:
     return _TS_FLAG.pack(entry.deadline, entry.late) + entry.raw
 
 
-def decode(key: bytes, value: bytes | None) -> tuple[int, str, object | None]:
-    """(kind, order_id, entry or None for a tombstone)."""
+def decode(key: bytes, value: bytes | None) -> tuple[int, str | int, object | None]:
+    """(kind, order_id or bundle number, entry or None for a tombstone)."""
     kind = KIND.get(key[:2])
     if kind is None:
         raise ChangelogFormatError(f"unknown changelog key prefix {key[:2]!r}")
+    if kind == MATCHED:
+        number = int(key[2:])
+        return kind, number, None if value is None else _decode_pairs(value)
     oid = key[2:].decode()
     if value is None:
         return kind, oid, None
@@ -66,3 +81,38 @@ def decode(key: bytes, value: bytes | None) -> tuple[int, str, object | None]:
     if kind == PAYMENT:
         return kind, oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), bool(late))
     return kind, oid, RecoveredPayment(p.payment_id, t, raw, bool(late))
+
+
+def _decode_pairs(value: bytes) -> list[tuple[str, BufferedOrder]]:
+    pairs = []
+    at, end = 0, len(value)
+    while at < end:
+        n_oid, n_pid, n_raw, ts, paid_t = _PAIR.unpack_from(value, at)
+        at += _PAIR.size
+        oid = value[at : at + n_oid].decode()
+        at += n_oid
+        pid = value[at : at + n_pid].decode()
+        at += n_pid
+        raw = value[at : at + n_raw]
+        at += n_raw
+        # A matched pair never matches again: the order's own bytes and fields are not needed.
+        pairs.append((oid, BufferedOrder(ts, b"", None, pid, paid_t, raw)))  # type: ignore[arg-type]
+    return pairs
+
+
+def restore_into(core: object, latest: dict[bytes, bytes | None]) -> None:
+    """Rebuild a PartitionJoin from the last value of each changelog key of its partition.
+
+    Bundles of matched pairs go first, oldest first; entries under their own keys override them.
+    """
+    bundle_prefix = PREFIX[MATCHED]
+    for key in sorted(k for k in latest if k.startswith(bundle_prefix)):
+        kind, number, pairs = decode(key, latest[key])
+        if pairs is not None:
+            core.restore(kind, number, pairs)  # type: ignore[attr-defined]
+    for key, value in latest.items():
+        if key.startswith(bundle_prefix):
+            continue
+        kind, oid, entry = decode(key, value)
+        if entry is not None:
+            core.restore(kind, oid, entry)  # type: ignore[attr-defined]

@@ -36,6 +36,8 @@ from schemas import Order, Payment, recovery_id_for
 PAYMENT = 0
 ORDER = 1
 RECOVERED = 2
+MATCHED = 3  # a bundle of matched pairs, written as one changelog record per commit
+BUNDLE_MAX = 2_000  # matched pairs per bundle record (keeps each record well under 1 MB)
 
 Cmp = tuple[str, Decimal, str]  # (user_id, amount, currency): what a matched pair must agree on
 
@@ -148,6 +150,14 @@ class PartitionJoin:
         self.order_time = -1  # highest order event time consumed
         # order_id -> True if the changelog may hold a value for it (a tombstone is due if the entry is gone)
         self.dirty: tuple[dict[str, bool], dict[str, bool], dict[str, bool]] = ({}, {}, {})
+        # Matched pairs are kept (to recognise duplicate payments) until their window closes.
+        # They are persisted in bundles, one record per commit, and each bundle is deleted
+        # once all its pairs have expired: two changelog records per commit instead of two
+        # per order.
+        self._new_matched: list[tuple[str, BufferedOrder]] = []
+        self._bundles: deque[tuple[int, int]] = deque()  # (bundle number, expiry) of bundles in the log
+        self._expired_bundles: list[int] = []
+        self._next_bundle = 0
 
     # ------------------------------------------------------------ records
 
@@ -189,7 +199,9 @@ class PartitionJoin:
         if buffered is not None:
             if t - timeout <= buffered.ts <= deadline:
                 buffered.paid_id, buffered.paid_t, buffered.paid_raw = p.payment_id, t, raw
-                self._touch_order(oid, buffered)
+                if buffered.persisted:
+                    self.dirty[ORDER][oid] = True  # its unmatched record gives way to the bundle
+                self._new_matched.append((oid, buffered))
                 out.matched += 1
                 if cmp != buffered.cmp:
                     self._report_mismatch(cmp, buffered.cmp, p, Order.decode(buffered.raw), oid, out)
@@ -215,6 +227,7 @@ class PartitionJoin:
                 entry = BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), pending.payment_id, pending.t,
                                       pending.raw)
                 self._add_order(oid, entry)
+                self._new_matched.append((oid, entry))
                 out.matched += 1
                 if pending.cmp != entry.cmp:
                     self._report_mismatch(pending.cmp, entry.cmp, Payment.decode(pending.raw), o, oid, out)
@@ -279,6 +292,9 @@ class PartitionJoin:
                 break
             queue.popleft()
             self._drop_order(oid, entry)
+        bundles = self._bundles
+        while bundles and bundles[0][1] <= payments_progress:
+            self._expired_bundles.append(bundles.popleft()[0])
         recovered = self.recovered
         rqueue = self._recovered_queue
         horizon_end = orders_progress - p.late_horizon_ms
@@ -324,9 +340,6 @@ class PartitionJoin:
         self._order_queue.append((oid, entry))
         dirty[oid] = in_log
 
-    def _touch_order(self, oid: str, entry: BufferedOrder) -> None:
-        self._mark(ORDER, oid, entry.persisted)
-
     def _drop_order(self, oid: str, entry: BufferedOrder) -> None:
         del self.orders[oid]
         self._mark(ORDER, oid, entry.persisted)
@@ -339,29 +352,64 @@ class PartitionJoin:
 
     # ------------------------------------------------------------ changelog
 
-    def take_changes(self) -> list[tuple[int, str, object | None]]:
-        """Net state changes since the last call: (kind, order_id, entry or None for a tombstone).
+    def take_changes(self) -> list[tuple[int, str | int, object | None]]:
+        """Net state changes since the last call: (kind, key, value or None for a tombstone).
 
-        An entry created and removed between two calls never appears; the caller writes
-        these to the changelog, and they count as persisted from here on.
+        For pending payments, unmatched orders and recovered payments the key is the
+        order_id and the value the entry; an entry created and removed between two calls
+        never appears. Matched pairs come as one MATCHED bundle (key: its number, value:
+        [(order_id, entry)]), and a bundle whose pairs have all expired as its tombstone.
+        The caller writes these to the changelog; they count as persisted from here on.
         """
-        changes: list[tuple[int, str, object | None]] = []
+        changes: list[tuple[int, str | int, object | None]] = []
         for kind, live in ((PAYMENT, self.pending), (ORDER, self.orders), (RECOVERED, self.recovered)):
             dirty = self.dirty[kind]
             if not dirty:
                 continue
             for oid, in_log in dirty.items():
                 entry = live.get(oid)
-                if entry is not None:
-                    entry.persisted = True
+                if kind == ORDER and entry is not None and entry.paid_id is not None:  # type: ignore[union-attr]
+                    if in_log or entry.persisted:  # type: ignore[union-attr]
+                        changes.append((ORDER, oid, None))  # matched: its bundle holds it now
+                    entry.persisted = False  # type: ignore[union-attr]
+                elif entry is not None:
+                    entry.persisted = True  # type: ignore[union-attr]
                     changes.append((kind, oid, entry))
                 elif in_log:
                     changes.append((kind, oid, None))
             dirty.clear()
+        for number in self._expired_bundles:
+            changes.append((MATCHED, number, None))
+        self._expired_bundles.clear()
+        if self._new_matched:
+            orders = self.orders
+            live_pairs = [(oid, e) for oid, e in self._new_matched if orders.get(oid) is e]
+            self._new_matched = []
+            window = self.params.timeout_ms + self.params.grace_ms
+            for start in range(0, len(live_pairs), BUNDLE_MAX):
+                bundle = live_pairs[start : start + BUNDLE_MAX]
+                number = self._next_bundle
+                self._next_bundle += 1
+                self._bundles.append((number, max(e.expires_at(window) for _, e in bundle)))
+                changes.append((MATCHED, number, bundle))
         return changes
 
-    def restore(self, kind: int, oid: str, entry: object) -> None:
-        """Install an entry read back from the changelog (the last value for its key)."""
+    def restore(self, kind: int, key: str | int, entry: object) -> None:
+        """Install what the changelog holds for a key (its last value).
+
+        Bundles first (in number order), then the other entries, which take precedence.
+        """
+        if kind == MATCHED:
+            assert isinstance(key, int) and isinstance(entry, list)
+            window = self.params.timeout_ms + self.params.grace_ms
+            for oid, pair in entry:
+                self.orders[oid] = pair
+                self._order_queue.append((oid, pair))
+            self._bundles.append((key, max((e.expires_at(window) for _, e in entry), default=0)))
+            self._next_bundle = max(self._next_bundle, key + 1)
+            return
+        assert isinstance(key, str)
+        oid = key
         entry.persisted = True  # type: ignore[attr-defined]
         if kind == PAYMENT:
             assert isinstance(entry, PendingPayment)

@@ -420,11 +420,7 @@ class JoinWorker:
                     waiting.discard(m.partition())
         self.restorer.unassign()
         for p, entries in latest.items():
-            core = fresh[p].core
-            for key, value in entries.items():
-                kind, oid, entry = changelog.decode(key, value)
-                if entry is not None:
-                    core.restore(kind, oid, entry)
+            changelog.restore_into(fresh[p].core, entries)
         self.pairs.update(fresh)
         took = time.monotonic() - started
         metrics.JOIN_RESTORE_SECONDS.observe(took)
