@@ -12,7 +12,7 @@ import gc
 import logging
 import signal
 import time
-from collections import defaultdict
+from collections import deque
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -31,6 +31,8 @@ log = logging.getLogger("slipguard.join")
 
 _EOF = KafkaError._PARTITION_EOF
 BACKLOG_COMMIT_FACTOR = 5  # commit interval multiplier while batches come back full
+HOLD_MAX_RECORDS = 20_000  # records one partition of a pair may hold back waiting for the other
+HOLD_MAX_SECONDS = 1.0  # how long they may wait
 # Straight to pydantic-core: the model classes' wrappers cost a visible share per record.
 _VALIDATE = {PAYMENT: Payment.__pydantic_validator__.validate_json, ORDER: Order.__pydantic_validator__.validate_json}
 
@@ -47,11 +49,21 @@ class JoinFailed(Exception):
 
 @dataclass
 class PairState:
-    """What the worker holds for partition p of payments and orders."""
+    """What the worker holds for partition p of payments and orders.
+
+    Records are fed to the core in event-time order across the two partitions: each
+    partition's fetched records wait in `held` until the other partition has a record
+    at least as late (or has been read to its end, or the wait is too long or too big).
+    Held records are not processed, so their offsets are not committed: nothing to persist.
+    """
 
     core: PartitionJoin
-    next_offset: dict[int, int] = field(default_factory=dict)  # kind -> next offset to read
-    at_end: list[bool] = field(default_factory=lambda: [False, False])  # kind -> read to the end?
+    next_offset: dict[int, int] = field(default_factory=dict)  # kind -> next offset to commit (processed)
+    at_end: list[bool] = field(default_factory=lambda: [False, False])  # kind -> nothing unread or unprocessed
+    held: tuple[deque, deque] = field(default_factory=lambda: (deque(), deque()))  # kind -> fetched, not fed
+    fetched_to: list[int] = field(default_factory=lambda: [0, 0])  # kind -> next offset fetched
+    fetch_end: list[bool] = field(default_factory=lambda: [False, False])  # kind -> fetched to the partition's end
+    holding_since: float | None = None
 
 
 class JoinWorker:
@@ -133,6 +145,7 @@ class JoinWorker:
         out = Decisions()
         if msgs:
             self._process(msgs, out)
+        self._feed_pairs(out)
         now = self.now_ms()
         for pair in self.pairs.values():
             pair.core.advance(now, pair.at_end[PAYMENT], pair.at_end[ORDER], out)
@@ -152,69 +165,86 @@ class JoinWorker:
                 self.commit()
 
     def _process(self, msgs: list[Message], out: Decisions) -> None:
-        by_pair: dict[int, list[Message]] = defaultdict(list)
         topics = self.topics
+        pairs = self.pairs
         counts = [0, 0]
-        reached_end: list[tuple[int, int, int]] = []  # (partition, kind, end offset) of end-of-partition events
         for m in msgs:
             err = m.error()
             kind = topics.get(m.topic())
+            pair = pairs.get(m.partition())
             if err is not None:
                 if err.code() == _EOF and kind is not None:
-                    reached_end.append((m.partition(), kind, m.offset()))
+                    # The end-of-partition event follows the partition's records in the batch.
+                    if pair is not None and pair.fetched_to[kind] <= m.offset():
+                        pair.fetch_end[kind] = True
                     continue
                 if err.fatal():
                     raise JoinFailed(f"consumer error: {err}")
                 log.warning("consumer error: %s", err)
                 continue
-            by_pair[m.partition()].append(m)
+            if pair is None:
+                continue  # revoked meanwhile; the new owner reads it again
+            pair.held[kind].append(m)  # type: ignore[index]
+            pair.fetched_to[kind] = m.offset() + 1  # type: ignore[index]
+            pair.fetch_end[kind] = False  # type: ignore[index]
             counts[kind] += 1  # type: ignore[index]
         if counts[PAYMENT]:
             metrics.JOIN_RECORDS.labels(self.s.payments_topic).inc(counts[PAYMENT])
         if counts[ORDER]:
             metrics.JOIN_RECORDS.labels(self.s.orders_topic).inc(counts[ORDER])
-        if by_pair:
-            self._begin()
-            self._feed(by_pair, out)
-        # Applied after the records: a partition is at its end unless a record past the
-        # end-of-partition position was read in this same batch.
-        for p, kind, end in reached_end:
-            pair = self.pairs.get(p)
-            if pair is not None and pair.next_offset.get(kind, 0) <= end:
-                pair.at_end[kind] = True
 
-    def _feed(self, by_pair: dict[int, list[Message]], out: Decisions) -> None:
-        topics = self.topics
-        for p, batch in by_pair.items():
-            pair = self.pairs.get(p)
-            if pair is None:
-                continue  # revoked meanwhile; the new owner reads these again
-            if len(batch) > 1 and batch[0].topic() != batch[-1].topic():
-                batch.sort(key=_timestamp)  # both topics present: process the pair in event-time order
-            core = pair.core
-            next_offset = pair.next_offset
-            at_end = pair.at_end
-            for m in batch:
-                kind = topics[m.topic()]
-                at_end[kind] = False
-                next_offset[kind] = m.offset() + 1
-                raw = m.value()
-                ts = m.timestamp()[1]
-                try:
-                    rec = _VALIDATE[kind](raw)
-                    if m.key() != rec.order_id.encode():
-                        raise ValueError(f"record key {m.key()!r} is not the order_id {rec.order_id!r}: "
-                                         "producers must key by order_id")
-                    if ts < 0:
-                        raise ValueError("record has no timestamp; the join needs the Kafka timestamp as event time")
-                except (ValidationError, ValueError, TypeError, UnicodeDecodeError) as exc:
-                    self._dead_letter(m, exc)
-                    continue
-                if kind == PAYMENT:
-                    core.on_payment(ts, rec, raw, out)
-                else:
-                    core.on_order(ts, rec, raw, out)
-        self.uncommitted = True
+    def _feed_pairs(self, out: Decisions) -> None:
+        """Feed each pair's held records to its core, merging the two partitions by event time."""
+        now = time.monotonic()
+        for pair in self.pairs.values():
+            held_p, held_o = pair.held
+            if held_p or held_o:
+                self._begin()
+                self._merge(pair, out, now)
+                self.uncommitted = True
+            pair.at_end[PAYMENT] = pair.fetch_end[PAYMENT] and not held_p
+            pair.at_end[ORDER] = pair.fetch_end[ORDER] and not held_o
+
+    def _merge(self, pair: PairState, out: Decisions, now: float) -> None:
+        held_p, held_o = pair.held
+        feed = self._feed_one
+        while held_p and held_o:
+            if held_o[0].timestamp()[1] < held_p[0].timestamp()[1]:
+                feed(pair, ORDER, held_o.popleft(), out)
+            else:
+                feed(pair, PAYMENT, held_p.popleft(), out)
+        kind, rest = (PAYMENT, held_p) if held_p else (ORDER, held_o)
+        if not rest:
+            pair.holding_since = None
+            return
+        # Only one partition has records: wait for the other, unless it has nothing more to
+        # give now (read to its end), or the wait grows too long or too big.
+        if pair.holding_since is None:
+            pair.holding_since = now
+        if (pair.fetch_end[1 - kind] or len(rest) > HOLD_MAX_RECORDS
+                or now - pair.holding_since > HOLD_MAX_SECONDS):
+            while rest:
+                feed(pair, kind, rest.popleft(), out)
+            pair.holding_since = None
+
+    def _feed_one(self, pair: PairState, kind: int, m: Message, out: Decisions) -> None:
+        pair.next_offset[kind] = m.offset() + 1
+        raw = m.value()
+        ts = m.timestamp()[1]
+        try:
+            rec = _VALIDATE[kind](raw)
+            if m.key() != rec.order_id.encode():
+                raise ValueError(f"record key {m.key()!r} is not the order_id {rec.order_id!r}: "
+                                 "producers must key by order_id")
+            if ts < 0:
+                raise ValueError("record has no timestamp; the join needs the Kafka timestamp as event time")
+        except (ValidationError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            self._dead_letter(m, exc)
+            return
+        if kind == PAYMENT:
+            pair.core.on_payment(ts, rec, raw, out)
+        else:
+            pair.core.on_order(ts, rec, raw, out)
 
     # ------------------------------------------------------------ outputs
 
@@ -444,6 +474,3 @@ class JoinWorker:
         for topic in (self.s.payments_topic, self.s.orders_topic):
             metrics.ASSIGNED_PARTITIONS.labels(self.s.join_group, topic).set(len(self.pairs))
 
-
-def _timestamp(m: Message) -> int:
-    return m.timestamp()[1]
