@@ -31,8 +31,8 @@ log = logging.getLogger("slipguard.join")
 
 _EOF = KafkaError._PARTITION_EOF
 BACKLOG_COMMIT_FACTOR = 5  # commit interval multiplier while batches come back full
-HOLD_MAX_RECORDS = 20_000  # records one partition of a pair may hold back waiting for the other
-HOLD_MAX_SECONDS = 1.0  # how long they may wait
+HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
+HOLD_MAX_SECONDS = 5.0  # how long they may wait
 # Straight to pydantic-core: the model classes' wrappers cost a visible share per record.
 _VALIDATE = {PAYMENT: Payment.__pydantic_validator__.validate_json, ORDER: Order.__pydantic_validator__.validate_json}
 
