@@ -121,6 +121,17 @@ class Reference:
             self.matched += 1
 
 
+def _apply(h: Harness, s) -> None:
+    """One scenario step on the core: an advance of time, a payment or an order."""
+    if isinstance(s, tuple):
+        _, payments_at_end, orders_at_end, now = s
+        h.advance(now, payments_at_end, orders_at_end)
+    elif s.kind == "pay":
+        h.pay(s.ts, oid=s.oid, pid=s.pid, status=s.status)
+    else:
+        h.order(s.ts, oid=s.oid)
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_core_recovers_exactly_what_the_contract_says(steps) -> None:
@@ -131,13 +142,7 @@ def test_core_recovers_exactly_what_the_contract_says(steps) -> None:
     matched = 0
     for n, s in enumerate(steps, start=1):
         ref.step(s)
-        if isinstance(s, tuple):
-            _, payments_at_end, orders_at_end, now = s
-            h.advance(now, payments_at_end, orders_at_end)
-        elif s.kind == "pay":
-            h.pay(s.ts, oid=s.oid, pid=s.pid, status=s.status)
-        else:
-            h.order(s.ts, oid=s.oid)
+        _apply(h, s)
         out = h.take()
         recovered += [r.payment.payment_id for r in out.recoveries]
         when += [(n, r.payment.payment_id) for r in out.recoveries]
@@ -174,13 +179,7 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
     h = Harness()
     log: dict[bytes, bytes | None] = {}
     for s in steps:
-        if isinstance(s, tuple):
-            _, payments_at_end, orders_at_end, now = s
-            h.advance(now, payments_at_end, orders_at_end)
-        elif s.kind == "pay":
-            h.pay(s.ts, oid=s.oid, pid=s.pid, status=s.status)
-        else:
-            h.order(s.ts, oid=s.oid)
+        _apply(h, s)
         h.take()
         if data.draw(st.integers(0, 3)) == 0:
             for kind, key, value in h.join.take_changes():
