@@ -101,8 +101,12 @@ Timestamp = Annotated[
     WithJsonSchema({"type": "string", "format": "date-time", "description": "RFC 3339 with an offset."}),
 ]
 
+# Metadata travels into PostgreSQL (jsonb): no NUL characters, no NaN or infinities.
+MetaKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
+MetaValue = (Annotated[str, Field(max_length=1024, pattern=r"^[^\x00]*$")] | int
+             | Annotated[float, Field(allow_inf_nan=False)] | bool | None)
 Metadata = Annotated[
-    dict[str, str | int | float | bool | None],
+    dict[MetaKey, MetaValue],
     Field(max_length=32, description="Flat object of at most 32 keys: game code, round id, and so on."),
 ]
 

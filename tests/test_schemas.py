@@ -27,7 +27,9 @@ times = st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta
 payments = st.builds(
     Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
     status=st.sampled_from(["succeeded", "failed"]), paid_at=times,
-    metadata=st.none() | st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4),
+    metadata=st.none() | st.dictionaries(st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=8),
+                                          st.integers() | st.text(st.characters(blacklist_characters="\x00"),
+                                                                  max_size=8), max_size=4),
 )
 orders = st.builds(Order, order_id=ids, user_id=ids, amount=amounts, currency=currencies, created_at=times)
 
@@ -98,6 +100,9 @@ def _raw(**over: object) -> bytes:
         ("order_id", "ord 1; drop table", "pattern"),
         ("user_id", ..., "Field required"),
         ("signature", "ABC", "pattern"),
+        ("metadata", {"round": float("nan")}, "finite"),
+        ("metadata", {"note": "a\u0000b"}, "pattern"),
+        ("metadata", {"": 1}, "at least 1 character"),
     ],
 )
 def test_bad_payment_field_is_rejected_with_a_useful_message(field: str, value: object, message: str) -> None:

@@ -129,25 +129,34 @@ class Writer:
                 await stream.ack(event)
             metrics.WRITER_BATCH_SECONDS.observe(time.monotonic() - started)
 
-    def _decode(self, events: list[Any]) -> tuple[list[Item], list[tuple[Any, str, str]]]:
+    def _decode(self, events: list[Any]) -> tuple[list[tuple[Item, Any]], list[tuple[Any, str, str]]]:
         items, poison = [], []
         for event in events:
             msg = event.message
             model = Recovery if msg.topic == self.s.recovery_topic else LateOrder
             try:
-                items.append(Item(msg.topic, msg.partition, msg.offset, model.decode(event.value)))
+                items.append((Item(msg.topic, msg.partition, msg.offset, model.decode(event.value)), event))
             except (ValidationError, ValueError, TypeError) as exc:
                 poison.append((event, str(exc).replace("\n", " | ")[:3900], safe_error(exc)))
         return items, poison
 
-    async def _write(self, items: list[Item]) -> None:
+    async def _write(self, items: list[tuple[Item, Any]]) -> None:
+        """Write a batch; retry while PostgreSQL is unavailable. If PostgreSQL rejects the
+        batch itself (a row it cannot store), write its records one by one and send the
+        one it rejects to the DLQ: one bad record neither stalls nor loses the others."""
         delay = RETRY_FIRST
         while True:
             try:
                 conn = await self.connection()
-                outcomes = await write_batch(conn, items, self.s.hmac_key)
+                outcomes = await write_batch(conn, [item for item, _ in items], self.s.hmac_key)
                 for outcome, n in outcomes.items():
                     metrics.WRITER_ROWS.labels(outcome).inc(n)
+                return
+            except psycopg.errors.DataError as exc:  # and other errors of the data, below
+                await self._isolate(items, exc)
+                return
+            except psycopg.errors.IntegrityError as exc:
+                await self._isolate(items, exc)
                 return
             except (psycopg.OperationalError, psycopg.errors.AdminShutdown, OSError) as exc:
                 metrics.WRITER_DB_ERRORS.inc()
@@ -161,6 +170,18 @@ class Writer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 self.last_loop = time.monotonic()
+
+    async def _isolate(self, items: list[tuple[Item, Any]], exc: Exception) -> None:
+        metrics.WRITER_DB_ERRORS.inc()
+        if len(items) > 1:
+            log.warning("PostgreSQL rejected a batch of %d (%s); writing its records one by one",
+                        len(items), type(exc).__name__)
+            for one in items:
+                await self._write([one])
+            return
+        item, event = items[0]
+        error = f"PostgreSQL rejected the record: {str(exc).strip()}"[:3900]
+        await self._dead_letter(event, error, f"PostgreSQL rejected the record: {type(exc).__name__}")
 
     async def _dead_letter(self, event: Any, error: str, summary: str) -> None:
         msg = event.message

@@ -305,3 +305,27 @@ def test_nothing_is_acknowledged_while_postgres_is_down_even_across_kill_9(s, tm
         _assert_each_once(s, {f"ord-{i}" for i in range(600)})
     finally:
         assert stop(second) == 0
+
+
+def test_a_record_postgres_rejects_goes_to_the_dlq_and_the_rest_of_its_batch_is_written(s, tmp_path) -> None:
+    with _db(s) as conn:  # stands in for any row the database refuses (a constraint, a bad value)
+        conn.execute("""
+            CREATE FUNCTION refuse_ord_13() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.order_id = 'ord-13' THEN
+                    RAISE EXCEPTION 'refused by test' USING ERRCODE = 'data_exception';
+                END IF;
+                RETURN NEW;
+            END $$""")
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_ord_13()")
+    _produce_recoveries(s, [_recovery(i) for i in range(10, 20)])
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        _wait_rows(s, 9)
+        dead = [DeadLetter.decode(m.value()) for m in consume_all(s, s.dlq_topic, 1, timeout=30)]
+        assert len(dead) == 1 and "refused by test" in dead[0].error
+        assert Recovery.decode(__import__("base64").b64decode(dead[0].value_b64 or "")).order_id == "ord-13"
+        _assert_each_once(s, {f"ord-{i}" for i in range(10, 20)} - {"ord-13"})
+        assert writer.poll() is None, "the writer goes on"
+    finally:
+        assert stop(writer) == 0
