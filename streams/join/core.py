@@ -148,6 +148,7 @@ class PartitionJoin:
         self._timers: list[tuple[int, str, str]] = []
         self.payment_time = -1  # highest payment event time consumed
         self.order_time = -1  # highest order event time consumed
+        self.payments_progress = -1  # how far payments were seen at the last advance (expiry of orders)
         # order_id -> True if the changelog may hold a value for it (a tombstone is due if the entry is gone)
         self.dirty: tuple[dict[str, bool], dict[str, bool], dict[str, bool]] = ({}, {}, {})
         # Matched pairs are kept (to recognise duplicate payments) until their window closes.
@@ -263,6 +264,7 @@ class PartitionJoin:
         p = self.params
         orders_progress = max(self.order_time, now_ms) if orders_at_end else self.order_time
         payments_progress = max(self.payment_time, now_ms) if payments_at_end else self.payment_time
+        self.payments_progress = max(self.payments_progress, payments_progress)
 
         due = orders_progress - p.grace_ms  # deadlines <= due are past
         timers = self._timers
