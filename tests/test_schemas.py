@@ -27,8 +27,8 @@ times = st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta
 payments = st.builds(
     Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
     status=st.sampled_from(["succeeded", "failed"]), paid_at=times,
-    metadata=st.none() | st.dictionaries(st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=8),
-                                          st.integers() | st.text(st.characters(blacklist_characters="\x00"),
+    metadata=st.none() | st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8),
+                                          st.integers() | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                                                                   max_size=8), max_size=4),
 )
 orders = st.builds(Order, order_id=ids, user_id=ids, amount=amounts, currency=currencies, created_at=times)
