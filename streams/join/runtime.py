@@ -60,7 +60,7 @@ class PairState:
     core: PartitionJoin
     next_offset: dict[int, int] = field(default_factory=dict)  # kind -> next offset to commit (processed)
     at_end: list[bool] = field(default_factory=lambda: [False, False])  # kind -> nothing unread or unprocessed
-    held: tuple[deque, deque] = field(default_factory=lambda: (deque(), deque()))  # kind -> fetched, not fed
+    held: tuple[deque, deque] = field(default_factory=lambda: (deque(), deque()))  # kind -> (ts, record) fetched, not fed
     fetched_to: list[int] = field(default_factory=lambda: [0, 0])  # kind -> next offset fetched
     fetch_end: list[bool] = field(default_factory=lambda: [False, False])  # kind -> fetched to the partition's end
     holding_since: float | None = None
@@ -184,7 +184,7 @@ class JoinWorker:
                 continue
             if pair is None:
                 continue  # revoked meanwhile; the new owner reads it again
-            pair.held[kind].append(m)  # type: ignore[index]
+            pair.held[kind].append((m.timestamp()[1], m))  # type: ignore[index]  (read the timestamp once)
             pair.fetched_to[kind] = m.offset() + 1  # type: ignore[index]
             pair.fetch_end[kind] = False  # type: ignore[index]
             counts[kind] += 1  # type: ignore[index]
@@ -209,10 +209,10 @@ class JoinWorker:
         held_p, held_o = pair.held
         feed = self._feed_one
         while held_p and held_o:
-            if held_o[0].timestamp()[1] < held_p[0].timestamp()[1]:
-                feed(pair, ORDER, held_o.popleft(), out)
+            if held_o[0][0] < held_p[0][0]:
+                feed(pair, ORDER, *held_o.popleft(), out)
             else:
-                feed(pair, PAYMENT, held_p.popleft(), out)
+                feed(pair, PAYMENT, *held_p.popleft(), out)
         kind, rest = (PAYMENT, held_p) if held_p else (ORDER, held_o)
         if not rest:
             pair.holding_since = None
@@ -224,13 +224,12 @@ class JoinWorker:
         if (pair.fetch_end[1 - kind] or len(rest) > HOLD_MAX_RECORDS
                 or now - pair.holding_since > HOLD_MAX_SECONDS):
             while rest:
-                feed(pair, kind, rest.popleft(), out)
+                feed(pair, kind, *rest.popleft(), out)
             pair.holding_since = None
 
-    def _feed_one(self, pair: PairState, kind: int, m: Message, out: Decisions) -> None:
+    def _feed_one(self, pair: PairState, kind: int, ts: int, m: Message, out: Decisions) -> None:
         pair.next_offset[kind] = m.offset() + 1
         raw = m.value()
-        ts = m.timestamp()[1]
         try:
             rec = _VALIDATE[kind](raw)
             if m.key() != rec.order_id.encode():

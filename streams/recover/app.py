@@ -234,7 +234,8 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
 
     @app.timer(1.0)
     async def readiness() -> None:
-        writer.last_loop = max(writer.last_loop, time.monotonic()) if not writer.lock.locked() else writer.last_loop
+        if not writer.lock.locked():  # a batch being retried updates it itself
+            writer.last_loop = time.monotonic()
         try:
             assigned = app.consumer.assignment()
         except Exception:  # noqa: BLE001 (consumer not started yet)
