@@ -15,7 +15,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from pydantic import ValidationError
 
 from schemas import Anomaly, DeadLetter, LateOrder, Order, Payment, Recovery, recovery_id_for
@@ -66,6 +76,32 @@ class PairState:
     holding_since: float | None = None
 
 
+def merge(pair: PairState, feed, out: Decisions, now: float) -> None:
+    """Feed a pair's held records to `feed` in event-time order across its two partitions.
+
+    Records of one partition wait while the other has none held, unless the other has
+    nothing more to give now (read to its end), or the wait grows too long or too big. The
+    wait is counted from the other partition's last delivery, not from the first hold.
+    """
+    held_p, held_o = pair.held
+    merged = bool(held_p and held_o)
+    while held_p and held_o:
+        if held_o[0][0] < held_p[0][0]:
+            feed(pair, ORDER, *held_o.popleft(), out)
+        else:
+            feed(pair, PAYMENT, *held_p.popleft(), out)
+    kind, rest = (PAYMENT, held_p) if held_p else (ORDER, held_o)
+    if not rest:
+        pair.holding_since = None
+        return
+    if merged or pair.holding_since is None:
+        pair.holding_since = now
+    if pair.fetch_end[1 - kind] or len(rest) > HOLD_MAX_RECORDS or now - pair.holding_since > HOLD_MAX_SECONDS:
+        while rest:
+            feed(pair, kind, *rest.popleft(), out)
+        pair.holding_since = None
+
+
 class JoinWorker:
     def __init__(self, settings: Settings, *, now_ms=lambda: int(time.time() * 1000)) -> None:
         self.s = settings
@@ -90,6 +126,7 @@ class JoinWorker:
                "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576},
         ))
         self.restorer = Consumer(config.consumer(settings, f"{group}-restore", **{"enable.partition.eof": True}))
+        self.admin = AdminClient(config.admin(settings))
         self.delivery_failures = 0
         producer_conf = config.producer(
             settings, transactional_id=f"{group}-{settings.instance_id}" if self.eos else None,
@@ -200,32 +237,10 @@ class JoinWorker:
             held_p, held_o = pair.held
             if held_p or held_o:
                 self._begin()
-                self._merge(pair, out, now)
+                merge(pair, self._feed_one, out, now)
                 self.uncommitted = True
             pair.at_end[PAYMENT] = pair.fetch_end[PAYMENT] and not held_p
             pair.at_end[ORDER] = pair.fetch_end[ORDER] and not held_o
-
-    def _merge(self, pair: PairState, out: Decisions, now: float) -> None:
-        held_p, held_o = pair.held
-        feed = self._feed_one
-        while held_p and held_o:
-            if held_o[0][0] < held_p[0][0]:
-                feed(pair, ORDER, *held_o.popleft(), out)
-            else:
-                feed(pair, PAYMENT, *held_p.popleft(), out)
-        kind, rest = (PAYMENT, held_p) if held_p else (ORDER, held_o)
-        if not rest:
-            pair.holding_since = None
-            return
-        # Only one partition has records: wait for the other, unless it has nothing more to
-        # give now (read to its end), or the wait grows too long or too big.
-        if pair.holding_since is None:
-            pair.holding_since = now
-        if (pair.fetch_end[1 - kind] or len(rest) > HOLD_MAX_RECORDS
-                or now - pair.holding_since > HOLD_MAX_SECONDS):
-            while rest:
-                feed(pair, kind, *rest.popleft(), out)
-            pair.holding_since = None
 
     def _feed_one(self, pair: PairState, kind: int, ts: int, m: Message, out: Decisions) -> None:
         pair.next_offset[kind] = m.offset() + 1
@@ -427,11 +442,14 @@ class JoinWorker:
         topic = self.s.changelog_topic
         fresh = {p: PairState(PartitionJoin(self.params)) for p in parts}
         self.restorer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        high = {p: self.restorer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        high = self._log_ends(topic, parts)
         waiting = {p for p in parts if high[p] > 0}
         latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in parts}
-        # An open transaction of a dead worker holds the stable end back; it is aborted by the
-        # broker after transaction.timeout.ms, so the wait is bounded.
+        # Read (read_committed) to the log end as it is now, not to the last stable offset:
+        # the previous owner's last transaction may still be completing, its state committed
+        # but its markers not yet written. An open transaction of a dead worker holds the
+        # stable end back until the broker aborts it (transaction.timeout.ms, checked every
+        # 10 s by default), so the wait is bounded.
         give_up = time.monotonic() + 60
         while waiting:
             if time.monotonic() > give_up:
@@ -456,6 +474,13 @@ class JoinWorker:
         sizes = [fresh[p].core.sizes() for p in parts]
         log.info("restored partitions %s in %.2fs: %d pending payments, %d orders, %d recovered remembered",
                  parts, took, sum(x[0] for x in sizes), sum(x[1] for x in sizes), sum(x[2] for x in sizes))
+
+    def _log_ends(self, topic: str, parts: list[int]) -> dict[int, int]:
+        """Each partition's high watermark. Not the restorer's get_watermark_offsets: for a
+        read_committed client librdkafka answers with the last stable offset instead."""
+        futures = self.admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in parts},
+                                          isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
+        return {tp.partition: f.result().offset for tp, f in futures.items()}
 
     def _update_gauges(self) -> None:
         pending = orders = recovered = 0

@@ -1,0 +1,58 @@
+"""State restore on the real broker: a new owner must see all the state the old owner committed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from confluent_kafka import Producer
+
+from schemas import Payment
+from streams.join.changelog import encode_key, encode_value
+from streams.join.core import PAYMENT, PendingPayment, payment_cmp
+from streams.join.runtime import JoinWorker
+from streams.kafka import config
+from streams.kafka.topics import create_topics
+from tests.factories import payment
+from tests.integration.conftest import isolated
+
+
+def _pending(p: Payment) -> tuple[bytes, bytes]:
+    raw = p.encode()
+    return encode_key(PAYMENT, p.order_id), encode_value(PAYMENT, PendingPayment(p.payment_id, 1_000, raw,
+                                                                                   payment_cmp(p)))
+
+
+def test_restore_reads_past_a_transaction_still_completing(base_settings) -> None:
+    """The changelog's last stable offset can stand behind committed state: the previous
+    owner's transaction is still being completed (its commit markers not yet written) when
+    the new owner restores. Restoring only to the last stable offset would lose that state
+    (and recover payments whose orders were already matched). The restore must read to the
+    log end as it was when the restore began, waiting for open transactions to resolve."""
+    s = isolated(base_settings)
+    create_topics(s)
+    first, second = payment(payment_id="pay-1", order_id="ord-1"), payment(payment_id="pay-2", order_id="ord-2")
+    slow = Producer(config.producer(s, transactional_id=f"{s.join_group}-slow"))
+    other = Producer(config.producer(s, transactional_id=f"{s.join_group}-other"))
+    slow.init_transactions(30)
+    other.init_transactions(30)
+    slow.begin_transaction()
+    slow.produce(s.changelog_topic, _pending(first)[1], _pending(first)[0], 0)
+    slow.flush(10)  # written, its transaction open: the stable end stays at its first record
+    other.begin_transaction()
+    other.produce(s.changelog_topic, _pending(second)[1], _pending(second)[0], 0)
+    other.commit_transaction(30)  # committed, but behind the open transaction
+
+    worker = JoinWorker(s)
+    committer = threading.Timer(2.0, lambda: slow.commit_transaction(30))
+    committer.start()
+    try:
+        started = time.monotonic()
+        worker._restore([0])
+        took = time.monotonic() - started
+    finally:
+        committer.join()
+        worker.close()
+    pending = worker.pairs[0].core.pending
+    assert sorted(pending) == ["ord-1", "ord-2"], f"restored {sorted(pending)} in {took:.1f}s"
+    assert pending["ord-1"].payment_id == "pay-1" and pending["ord-2"].payment_id == "pay-2"

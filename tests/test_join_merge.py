@@ -1,0 +1,48 @@
+"""The runtime's event-time merge of a pair's two partitions (pure: no broker)."""
+
+from __future__ import annotations
+
+from streams.join.core import ORDER, PAYMENT, Decisions, JoinParams, PartitionJoin
+from streams.join.runtime import HOLD_MAX_SECONDS, PairState, merge
+
+
+def _pair() -> PairState:
+    return PairState(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))
+
+
+def _hold(pair: PairState, kind: int, *times: int) -> None:
+    pair.held[kind].extend((t, f"{'po'[kind]}{t}") for t in times)
+
+
+def _run(pair: PairState, now: float) -> list[str]:
+    fed: list[str] = []
+    merge(pair, lambda _pair, _kind, _ts, m, _out: fed.append(m), Decisions(), now)
+    return fed
+
+
+def test_records_of_both_partitions_are_fed_in_event_time_order() -> None:
+    pair = _pair()
+    _hold(pair, PAYMENT, 1, 4, 6)
+    _hold(pair, ORDER, 2, 3, 5)
+    assert _run(pair, 0.0) == ["p1", "o2", "o3", "p4", "o5"]  # p6 waits for an order at least as late
+    assert list(pair.held[PAYMENT]) == [(6, "p6")]
+
+
+def test_a_partition_ahead_waits_for_the_other_and_the_wait_restarts_with_each_delivery() -> None:
+    pair = _pair()
+    _hold(pair, PAYMENT, *range(10, 100, 10))
+    assert _run(pair, 0.0) == []
+    _hold(pair, ORDER, 15)
+    assert _run(pair, 4.0) == ["p10", "o15"]  # the orders partition delivered at 4 s
+    # 6 s after the first hold but only 2 s after the last delivery: still waiting.
+    assert _run(pair, 6.0) == []
+    assert _run(pair, 4.0 + HOLD_MAX_SECONDS + 0.1) == [f"p{t}" for t in range(20, 100, 10)]
+    assert pair.holding_since is None
+
+
+def test_a_partition_read_to_its_end_does_not_hold_the_other_back() -> None:
+    pair = _pair()
+    _hold(pair, ORDER, 1, 2)
+    assert _run(pair, 0.0) == []
+    pair.fetch_end[PAYMENT] = True
+    assert _run(pair, 0.1) == ["o1", "o2"]
