@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import re
 import signal
+import threading
 import time
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -62,20 +65,61 @@ def test_end_to_end_every_missing_order_is_recovered_once_and_late_orders_and_an
     assert "stopped cleanly" in log
 
 
+class _LiveTraffic:
+    """Payments and orders produced at their timestamps (from now on), in a background thread."""
+
+    def __init__(self, s, count: int, seed: int, seconds: float) -> None:
+        start_ms = int(time.time() * 1000) + 500
+        pays, ords, self.exp = plan(count, start_ms=start_ms, spacing_ms=seconds * 1000 / count,
+                                    timeout_ms=TIMEOUT_MS, seed=seed)
+        self.total = self.exp.payments + self.exp.orders
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(s, merged(pays, ords)), daemon=True)
+        self.thread.start()
+
+    def _run(self, s, records) -> None:
+        try:
+            produce(s, records, realtime=True)
+        except BaseException as exc:  # noqa: BLE001 (reported by join())
+            self.error = exc
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self) -> None:
+        self.thread.join(120)
+        assert self.error is None, f"producing the traffic failed: {self.error}"
+
+
+def _owned(log: Path) -> list[int] | None:
+    """The partitions a worker restored last, from its log (None: none yet)."""
+    found = re.findall(r"restored partitions \[([\d, ]*)\]", log.read_text() if log.exists() else "")
+    return [int(x) for x in found[-1].split(",") if x.strip()] if found else None
+
+
+def _wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_kill_9_mid_stream_then_restart_loses_nothing(base_settings, tmp_path, guarantee: str) -> None:
     s = _settings(base_settings, processing_guarantee=guarantee, commit_interval="200ms")
-    exp = _historical(s, 60_000, seed=12)
-    total = exp.payments + exp.orders
     first = start(s, ["join"], tmp_path / "join-1.log")
-    wait_for_progress(s, total, 0.25)
+    _wait_for(lambda: _owned(tmp_path / "join-1.log") == [0, 1, 2, 3], "the worker owns every partition")
+    traffic = _LiveTraffic(s, 30_000, seed=12, seconds=6)
+    wait_for_progress(s, traffic.total, 0.25)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
+    assert traffic.running(), "killed mid-stream, with work in flight"
     second = start(s, ["join"], tmp_path / "join-2.log")
     try:
-        wait_until_done(s, total, timeout=180)
-        ids = recovered_ids(s, len(exp.recovered))
-        assert set(ids) == exp.recovered, "no recovery lost across kill -9"
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        ids = recovered_ids(s, len(traffic.exp.recovered))
+        assert set(ids) == traffic.exp.recovered, "no recovery lost or invented across kill -9"
         if guarantee == "exactly_once":
             assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
     finally:
@@ -84,19 +128,24 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(base_settings, tmp_path, g
 
 def test_two_workers_share_the_load_and_one_dying_loses_nothing(base_settings, tmp_path) -> None:
     s = _settings(base_settings, commit_interval="200ms")
-    exp = _historical(s, 60_000, seed=13)
-    total = exp.payments + exp.orders
-    a = start(s, ["join"], tmp_path / "a.log", instance_id="worker-a")
-    b = start(s, ["join"], tmp_path / "b.log", instance_id="worker-b")
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    a = start(s, ["join"], a_log, instance_id="worker-a")
+    b = start(s, ["join"], b_log, instance_id="worker-b")
     try:
-        wait_for_progress(s, total, 0.25)
+        _wait_for(lambda: _owned(a_log) and _owned(b_log) and sorted(_owned(a_log) + _owned(b_log)) == [0, 1, 2, 3],
+                  "the two workers share the partitions")
+        traffic = _LiveTraffic(s, 30_000, seed=13, seconds=6)
+        wait_for_progress(s, traffic.total, 0.25)
         a.send_signal(signal.SIGKILL)
         a.wait(10)
-        wait_until_done(s, total, timeout=180)
-        ids = recovered_ids(s, len(exp.recovered))
-        assert set(ids) == exp.recovered
+        assert traffic.running(), "killed mid-stream, with work in flight"
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        ids = recovered_ids(s, len(traffic.exp.recovered))
+        assert set(ids) == traffic.exp.recovered, (f"{len(set(ids) - traffic.exp.recovered)} invented, "
+                                                   f"{len(traffic.exp.recovered - set(ids))} lost")
         assert len(ids) == len(set(ids))
-        assert "assigned partitions" in (tmp_path / "b.log").read_text()
+        assert _owned(b_log) == [0, 1, 2, 3], "the survivor took over the dead worker's partitions"
     finally:
         assert stop(b) == 0
 
