@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from confluent_kafka import KafkaException
+
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
@@ -16,8 +18,12 @@ def _join(settings: Settings, args: argparse.Namespace) -> int:
     from streams.observe import LagCollector, serve_metrics
 
     tune_gc()
-    worker = JoinWorker(settings)
-    worker.install_signal_handlers()
+    try:
+        worker = JoinWorker(settings)
+    except KafkaException as exc:  # a client configuration librdkafka refuses
+        print(f"slipguard join: cannot create the Kafka clients: {exc.args[0]}", file=sys.stderr)
+        return 1
+    worker.install_signal_handlers()  # before anything that may wait on the broker
     if serve_metrics(settings.metrics_port_for("join"), health=worker):
         LagCollector(settings, [settings.join_group]).start()
     log.info("join worker %s starting: group %s, %s, timeout %d ms, grace %d ms", settings.instance_id,

@@ -134,9 +134,6 @@ class JoinWorker:
             **{"delivery.report.only.error": True, "on_delivery": self._on_delivery, "linger.ms": 50},
         )
         self.producer = Producer(producer_conf)
-        if self.eos:
-            # Fences an earlier incarnation with the same transactional.id and aborts its open transaction.
-            self.producer.init_transactions(30)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -154,9 +151,27 @@ class JoinWorker:
             self.close()
 
     def subscribe(self) -> None:
+        """Start: initialise transactions (exactly_once), then join the group."""
+        if self.eos and not self._init_transactions():
+            return
         s = self.s
         self.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _init_transactions(self, timeout: float = 60.0) -> bool:
+        """Fence an earlier incarnation with the same transactional.id and abort its open
+        transaction. Waits (a coordinator may still be loading) in short steps, so a stop
+        request is seen; False if stopped first."""
+        give_up = time.monotonic() + timeout
+        while not self.stopping:
+            try:
+                self.producer.init_transactions(1)
+                return True
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or time.monotonic() > give_up:
+                    raise JoinFailed(f"cannot initialise transactions: {err}") from exc
+        return False
 
     def stop(self, *_: object) -> None:
         self.stopping = True

@@ -214,3 +214,16 @@ def test_malformed_and_invalid_records_go_to_the_dlq_and_processing_goes_on(base
         assert recovered_ids(s, 1, settle=1) == ["after-bad"], "the record after the bad ones is processed"
     finally:
         assert stop(worker) == 0
+
+
+def test_sigterm_while_waiting_for_the_broker_stops_cleanly_and_promptly(base_settings, tmp_path) -> None:
+    """A worker still starting (here: no broker answers, so transactions cannot be
+    initialised) treats SIGTERM as a request to stop, not as a crash."""
+    s = isolated(base_settings, bootstrap_servers="127.0.0.1:1")
+    worker = start(s, ["join"], tmp_path / "join.log")
+    _wait_for(lambda: "starting" in (tmp_path / "join.log").read_text(), "the worker starts", timeout=30)
+    time.sleep(1)
+    sent = time.monotonic()
+    assert stop(worker, timeout=30) == 0, (tmp_path / "join.log").read_text()[-2000:]
+    assert time.monotonic() - sent < 10
+    assert "stopped cleanly" in (tmp_path / "join.log").read_text()

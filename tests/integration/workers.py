@@ -38,20 +38,25 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60)
     return proc.wait(timeout)
 
 
+_NOT_YET = {KafkaError._TIMED_OUT, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+            KafkaError.COORDINATOR_NOT_AVAILABLE}
+
+
 def committed_total(s: Settings, group: str, topics: list[str], partitions: int) -> int | None:
     """Sum of the group's stable committed offsets; None while they are not stable yet.
 
     A read_committed consumer asks for stable offsets (KIP-447): while a killed worker's
     transaction holds uncommitted offsets, the broker answers UNSTABLE_OFFSET_COMMIT until
     the transaction is aborted (transaction.timeout.ms), and librdkafka retries until its
-    timeout. That is "not known yet", not a failure.
+    timeout. That is "not known yet", not a failure; so is a group coordinator still
+    loading on a freshly started broker.
     """
     c = Consumer(config.consumer(s, group))
     try:
         tps = c.committed([TopicPartition(t, p) for t in topics for p in range(partitions)], timeout=5)
         return sum(max(tp.offset, 0) for tp in tps)
     except KafkaException as exc:
-        if exc.args[0].code() == KafkaError._TIMED_OUT:
+        if exc.args[0].code() in _NOT_YET:
             return None
         raise
     finally:
