@@ -40,6 +40,8 @@ from streams.settings import Settings
 log = logging.getLogger("slipguard.join")
 
 _EOF = KafkaError._PARTITION_EOF
+_LEADER_UNKNOWN = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                   KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._NOENT}
 BACKLOG_COMMIT_FACTOR = 5  # commit interval multiplier while batches come back full
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
 HOLD_MAX_SECONDS = 5.0  # how long they may wait
@@ -493,9 +495,23 @@ class JoinWorker:
     def _log_ends(self, topic: str, parts: list[int]) -> dict[int, int]:
         """Each partition's high watermark. Not the restorer's get_watermark_offsets: for a
         read_committed client librdkafka answers with the last stable offset instead."""
-        futures = self.admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in parts},
-                                          isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
-        return {tp.partition: f.result().offset for tp, f in futures.items()}
+        ends: dict[int, int] = {}
+        give_up = time.monotonic() + 30
+        while len(ends) < len(parts):
+            futures = self.admin.list_offsets(
+                {TopicPartition(topic, p): OffsetSpec.latest() for p in parts if p not in ends},
+                isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
+            for tp, f in futures.items():
+                try:
+                    ends[tp.partition] = f.result().offset
+                except KafkaException as exc:
+                    # A topic just created, or a leader moving: its leader is not known yet.
+                    err = exc.args[0]
+                    if time.monotonic() > give_up or not (err.retriable() or err.code() in _LEADER_UNKNOWN):
+                        raise JoinFailed(f"cannot read the end of {topic} [{tp.partition}]: {err}") from exc
+            if len(ends) < len(parts):
+                time.sleep(0.2)
+        return ends
 
     def _update_gauges(self) -> None:
         pending = orders = recovered = 0

@@ -56,3 +56,17 @@ def test_restore_reads_past_a_transaction_still_completing(base_settings) -> Non
     pending = worker.pairs[0].core.pending
     assert sorted(pending) == ["ord-1", "ord-2"], f"restored {sorted(pending)} in {took:.1f}s"
     assert pending["ord-1"].payment_id == "pay-1" and pending["ord-2"].payment_id == "pay-2"
+
+
+def test_the_changelog_end_is_waited_for_while_its_leader_is_not_known_yet(base_settings) -> None:
+    """Right after the topics are created the partitions' leaders may not be known yet
+    (CI's benchmark hit NOT_LEADER_FOR_PARTITION); that is a wait, not a crashed worker."""
+    s = isolated(base_settings)
+    worker = JoinWorker(s)
+    creator = threading.Timer(1.0, lambda: create_topics(s))
+    creator.start()
+    try:
+        assert worker._log_ends(s.changelog_topic, [0, 1, 2, 3]) == {0: 0, 1: 0, 2: 0, 3: 0}
+    finally:
+        creator.join()
+        worker.close()
