@@ -157,6 +157,15 @@ pg_down() {
 # The recovery writer's test needs PostgreSQL to go away and come back; these do just that.
 pg_stop_only() { pg_down; }
 
+# A broker that stops answering (a long GC pause, a network partition) without a restart:
+# its connections stay open and nothing comes back until it is thawed.
+kafka_signal() {
+  local pid
+  pid=$(kafka_pid) || die "kafka is not running"
+  kill "-$1" "$pid"
+  say "kafka (pid $pid): $2"
+}
+
 status() {
   if kafka_pid >/dev/null; then echo "kafka: running (pid $(kafka_pid)) 127.0.0.1:$KAFKA_PORT"; else echo "kafka: stopped"; fi
   if url_answers "${SLIPGUARD_DATABASE_URL:-$LOCAL_DB_URL}"; then echo "postgres: answering"; else echo "postgres: not answering"; fi
@@ -168,8 +177,10 @@ case "${1:-}" in
   status) status ;;
   kafka-up) kafka_up ;;
   kafka-down) kafka_down ;;
+  kafka-freeze) kafka_signal STOP "frozen (SIGSTOP)" ;;
+  kafka-thaw) kafka_signal CONT "thawed (SIGCONT)" ;;
   pg-up) pg_up ;;
   pg-down) pg_stop_only ;;
   kafka-tool) shift; kafka_fetch; kafka_java "$@" ;;
-  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-tool CLASS ARGS" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-tool CLASS ARGS" >&2; exit 2 ;;
 esac

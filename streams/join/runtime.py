@@ -40,8 +40,8 @@ from streams.settings import Settings
 log = logging.getLogger("slipguard.join")
 
 _EOF = KafkaError._PARTITION_EOF
-_LEADER_UNKNOWN = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                   KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._NOENT}
+_NOT_ALLOWED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION}
 BACKLOG_COMMIT_FACTOR = 5  # commit interval multiplier while batches come back full
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
 HOLD_MAX_SECONDS = 5.0  # how long they may wait
@@ -370,8 +370,10 @@ class JoinWorker:
                     written += 1
             if self.eos:
                 if offsets:
-                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-                self.producer.commit_transaction(60)
+                    meta = self.consumer.consumer_group_metadata()
+                    self._retrying(lambda: self.producer.send_offsets_to_transaction(offsets, meta, 30),
+                                   "sending offsets to the transaction")
+                self._retrying(lambda: self.producer.commit_transaction(60), "committing the transaction")
                 self.in_txn = False
             else:
                 remaining = self.producer.flush(60)
@@ -391,6 +393,24 @@ class JoinWorker:
             self.last_commit = time.monotonic()
             self._update_gauges()
 
+    def _retrying(self, call, what: str) -> None:
+        """A transactional call whose retriable errors (broker unreachable, coordinator
+        moving) are retried: it resumes where it was, and the transaction stays intact.
+        Rewinding instead would leave the open transaction to be committed later with the
+        batch's outputs in it twice. Abortable and fatal errors go to the caller."""
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort() or err.fatal():
+                    raise
+                if self.stopping:
+                    raise JoinFailed(f"stopped while {what} kept failing ({err}); the broker aborts the "
+                                     "open transaction and the next owner reads its records again") from exc
+                log.warning("%s failed (%s); retrying", what, err)
+
     def _offsets(self) -> list[TopicPartition]:
         return [TopicPartition(self.topic_of[kind], p, off)
                 for p, pair in self.pairs.items() for kind, off in pair.next_offset.items()]
@@ -404,7 +424,7 @@ class JoinWorker:
             if rewind:
                 self._rewind()
             return
-        if self.eos and not err.retriable():
+        if self.eos:  # neither retriable (retried in place) nor abortable: fatal, e.g. fenced
             raise JoinFailed(f"transaction failed and cannot be aborted ({err}); another instance may have "
                              "taken this transactional.id; restart the worker") from exc
         log.warning("commit failed (%s); reading the uncommitted records again", err)
@@ -496,7 +516,7 @@ class JoinWorker:
         """Each partition's high watermark. Not the restorer's get_watermark_offsets: for a
         read_committed client librdkafka answers with the last stable offset instead."""
         ends: dict[int, int] = {}
-        give_up = time.monotonic() + 30
+        give_up = time.monotonic() + 60
         while len(ends) < len(parts):
             futures = self.admin.list_offsets(
                 {TopicPartition(topic, p): OffsetSpec.latest() for p in parts if p not in ends},
@@ -505,11 +525,15 @@ class JoinWorker:
                 try:
                     ends[tp.partition] = f.result().offset
                 except KafkaException as exc:
-                    # A topic just created, or a leader moving: its leader is not known yet.
+                    # A topic just created, a leader moving, a broker coming back: the errors
+                    # here are transient (but for authorization), so they are waited out.
                     err = exc.args[0]
-                    if time.monotonic() > give_up or not (err.retriable() or err.code() in _LEADER_UNKNOWN):
+                    if time.monotonic() > give_up or err.code() in _NOT_ALLOWED:
                         raise JoinFailed(f"cannot read the end of {topic} [{tp.partition}]: {err}") from exc
             if len(ends) < len(parts):
+                # A fresh client: the admin client does not refresh its metadata on
+                # FENCED_LEADER_EPOCH (seen after the broker was frozen and came back).
+                self.admin = AdminClient(config.admin(self.s))
                 time.sleep(0.2)
         return ends
 

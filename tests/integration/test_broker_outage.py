@@ -1,0 +1,87 @@
+"""The broker stops answering mid-stream and comes back: the join loses and doubles nothing.
+
+The stack's one broker is frozen (SIGSTOP: connections stay open, nothing answers, as in
+a long GC pause or a network partition) and thawed (SIGCONT), with deploy/local/stack.sh.
+The test thaws it whatever happens, so the tests after it find the stack as they expect.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from streams.kafka import config
+from streams.kafka.topics import create_topics
+from streams.loadgen import merged, plan, produce
+from tests.integration.conftest import isolated
+from tests.integration.workers import ROOT, recovered_ids, start, stop, wait_until_done
+
+STACK = ROOT / "deploy" / "local" / "stack.sh"
+TIMEOUT_MS = 5_000
+
+
+def _stack(command: str) -> None:
+    subprocess.run(["bash", str(STACK), command], check=True, capture_output=True, timeout=180)
+
+
+def _broker_answers(s, timeout: float = 120) -> None:
+    admin = AdminClient(config.admin(s))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=5)
+            return
+        except Exception:  # noqa: BLE001 (not answering yet)
+            assert time.monotonic() < deadline, "the broker did not come back"
+            time.sleep(0.5)
+
+
+def _wave(s, count: int, seed: int):
+    """Live traffic; every record is in the log when this returns."""
+    pays, ords, exp = plan(count, start_ms=int(time.time() * 1000) + 500, spacing_ms=0.5, timeout_ms=TIMEOUT_MS,
+                           seed=seed, prefix=f"w{seed}-")
+    produce(s, merged(pays, ords), realtime=True)
+    return exp
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing(base_settings, tmp_path,
+                                                                                guarantee: str) -> None:
+    """The broker freezes while the worker holds pending payments whose deadlines pass
+    during the freeze (longer than the session and transaction timeouts): their recoveries
+    go into a transaction that cannot commit. After the thaw every recovery of the first
+    wave appears once, and the worker goes on to process a second wave."""
+    s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms")
+    create_topics(s)
+    log = tmp_path / "join.log"
+    worker = start(s, ["join"], log)
+    frozen = False
+    try:
+        deadline = time.monotonic() + 60
+        while "restored partitions" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        first = _wave(s, 6_000, seed=21)
+        _stack("kafka-freeze")  # the last payments' deadlines (+ grace) are 2-6 s ahead
+        frozen = True
+        time.sleep(15)
+        _stack("kafka-thaw")
+        frozen = False
+        _broker_answers(s)
+        second = _wave(s, 2_000, seed=22)
+        total = first.payments + first.orders + second.payments + second.orders
+        wait_until_done(s, total, timeout=180)
+        expected = first.recovered | second.recovered
+        ids = recovered_ids(s, len(expected), timeout=120)
+        assert set(ids) == expected, f"{len(set(ids) - expected)} invented, {len(expected - set(ids))} lost"
+        if guarantee == "exactly_once":
+            assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+        assert worker.poll() is None, "the worker rode out the outage: " + log.read_text()[-3000:]
+    finally:
+        if frozen:
+            _stack("kafka-thaw")
+        _broker_answers(s)
+        stop(worker)
