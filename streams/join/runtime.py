@@ -436,8 +436,23 @@ class JoinWorker:
         assigned = self.consumer.assignment()
         parts = sorted({tp.partition for tp in assigned})
         self._restore(parts)
-        for tp in self.consumer.committed(assigned, timeout=30):
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+        give_up = time.monotonic() + 60
+        while True:
+            try:
+                committed = self.consumer.committed(assigned, timeout=10)
+                break
+            except KafkaException as exc:  # a coordinator moving or coming back: wait it out
+                err = exc.args[0]
+                if time.monotonic() > give_up or err.code() in _NOT_ALLOWED:
+                    raise JoinFailed(f"cannot read the group's committed offsets: {err}") from exc
+                log.warning("reading committed offsets failed (%s); retrying", err)
+                time.sleep(0.5)
+        for tp in committed:
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition,
+                                                  tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+            except KafkaException as exc:  # revoked meanwhile: its next owner starts from the committed offset
+                log.warning("cannot rewind %s [%d]: %s", tp.topic, tp.partition, exc.args[0])
 
     # ------------------------------------------------------------ rebalance
 

@@ -52,9 +52,11 @@ def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing
                                                                                 guarantee: str) -> None:
     """The broker freezes while the worker holds pending payments whose deadlines pass
     during the freeze (longer than the session and transaction timeouts): their recoveries
-    go into a transaction that cannot commit. After the thaw every recovery of the first
-    wave appears once, and the worker goes on to process a second wave."""
-    s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms")
+    go into a transaction (at_least_once: a flush) that cannot complete. After the thaw
+    every recovery of the first wave appears (once, with exactly_once), and the worker
+    goes on to process a second wave."""
+    s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
+                 processing_guarantee=guarantee)
     create_topics(s)
     log = tmp_path / "join.log"
     worker = start(s, ["join"], log)
