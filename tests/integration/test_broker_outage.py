@@ -17,6 +17,13 @@ from streams.kafka import config
 from streams.kafka.topics import create_topics
 from streams.loadgen import merged, plan, produce
 from tests.integration.conftest import isolated
+from tests.integration.test_recover import (
+    _assert_each_once,
+    _produce_recoveries,
+    _recovery,
+    _wait_rows,
+    writer_settings,
+)
 from tests.integration.workers import ROOT, recovered_ids, start, stop, wait_until_done
 
 STACK = ROOT / "deploy" / "local" / "stack.sh"
@@ -87,3 +94,35 @@ def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing
             _stack("kafka-thaw")
         _broker_answers(s)
         stop(worker)
+
+
+def test_writer_rides_out_a_frozen_broker_and_writes_every_row_once(base_settings, tmp_path) -> None:
+    """The recovery writer mid-stream when the broker freezes for 15 s (past its session
+    timeout): it must not exit or wedge, and every recovery, before and after, ends up
+    as exactly one row."""
+    s = writer_settings(base_settings)
+    first = [_recovery(i) for i in range(0, 20_000)]
+    second = [_recovery(i) for i in range(20_000, 22_000)]
+    log = tmp_path / "recover.log"
+    _produce_recoveries(s, first)
+    writer = start(s, ["recover"], log)
+    frozen = False
+    try:
+        _wait_rows(s, 2_000)
+        _stack("kafka-freeze")
+        frozen = True
+        assert _wait_rows(s, 0) < len(first), "frozen mid-stream"
+        time.sleep(15)
+        _stack("kafka-thaw")
+        frozen = False
+        _broker_answers(s)
+        _produce_recoveries(s, second)
+        _wait_rows(s, 22_000, timeout=180)
+        time.sleep(2)
+        _assert_each_once(s, {r.order_id for r in first + second})
+        assert writer.poll() is None, "the writer rode out the outage: " + log.read_text()[-3000:]
+    finally:
+        if frozen:
+            _stack("kafka-thaw")
+        _broker_answers(s)
+        assert stop(writer) == 0, log.read_text()[-3000:]

@@ -25,6 +25,10 @@ STACK = ROOT / "deploy" / "local" / "stack.sh"
 
 @pytest.fixture
 def s(base_settings):
+    return writer_settings(base_settings)
+
+
+def writer_settings(base_settings):
     """Isolated topics, and an isolated schema (search_path) in the real PostgreSQL."""
     tag = f"t{int(time.time() * 1000) % 10**10}"
     url = base_settings.database_url.get_secret_value()
