@@ -45,6 +45,8 @@ _NOT_ALLOWED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHOR
 BACKLOG_COMMIT_FACTOR = 5  # commit interval multiplier while batches come back full
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
 HOLD_MAX_SECONDS = 5.0  # how long they may wait
+TXN_RETRY_SECONDS = 60.0  # how long a commit is retried before the transaction is given up
+ABORT_RETRY_SECONDS = 30.0  # how long an abort is retried before the producer is replaced
 # Straight to pydantic-core: the model classes' wrappers cost a visible share per record.
 _VALIDATE = {PAYMENT: Payment.__pydantic_validator__.validate_json, ORDER: Order.__pydantic_validator__.validate_json}
 
@@ -130,12 +132,12 @@ class JoinWorker:
         self.restorer = Consumer(config.consumer(settings, f"{group}-restore", **{"enable.partition.eof": True}))
         self.admin = AdminClient(config.admin(settings))
         self.delivery_failures = 0
-        producer_conf = config.producer(
+        self.producer_conf = config.producer(
             settings, transactional_id=f"{group}-{settings.instance_id}" if self.eos else None,
             **({"transaction.timeout.ms": 10_000} if self.eos else {}),
             **{"delivery.report.only.error": True, "on_delivery": self._on_delivery, "linger.ms": 50},
         )
-        self.producer = Producer(producer_conf)
+        self.producer = Producer(self.producer_conf)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -160,18 +162,18 @@ class JoinWorker:
         self.consumer.subscribe([s.payments_topic, s.orders_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 
-    def _init_transactions(self, timeout: float = 60.0) -> bool:
+    def _init_transactions(self, timeout: float | None = 60.0) -> bool:
         """Fence an earlier incarnation with the same transactional.id and abort its open
-        transaction. Waits (a coordinator may still be loading) in short steps, so a stop
-        request is seen; False if stopped first."""
-        give_up = time.monotonic() + timeout
+        transaction. Waits (a coordinator may still be loading; None: as long as it takes)
+        in short steps, so a stop request is seen; False if stopped first."""
+        give_up = None if timeout is None else time.monotonic() + timeout
         while not self.stopping:
             try:
                 self.producer.init_transactions(1)
                 return True
             except KafkaException as exc:
                 err = exc.args[0]
-                if not err.retriable() or time.monotonic() > give_up:
+                if not err.retriable() or (give_up is not None and time.monotonic() > give_up):
                     raise JoinFailed(f"cannot initialise transactions: {err}") from exc
         return False
 
@@ -372,8 +374,9 @@ class JoinWorker:
                 if offsets:
                     meta = self.consumer.consumer_group_metadata()
                     self._retrying(lambda: self.producer.send_offsets_to_transaction(offsets, meta, 30),
-                                   "sending offsets to the transaction")
-                self._retrying(lambda: self.producer.commit_transaction(60), "committing the transaction")
+                                   "sending offsets to the transaction", limit=TXN_RETRY_SECONDS)
+                self._retrying(lambda: self.producer.commit_transaction(60), "committing the transaction",
+                               limit=TXN_RETRY_SECONDS)
                 self.in_txn = False
             else:
                 remaining = self.producer.flush(60)
@@ -393,11 +396,13 @@ class JoinWorker:
             self.last_commit = time.monotonic()
             self._update_gauges()
 
-    def _retrying(self, call, what: str) -> None:
+    def _retrying(self, call, what: str, *, limit: float) -> None:
         """A transactional call whose retriable errors (broker unreachable, coordinator
-        moving) are retried: it resumes where it was, and the transaction stays intact.
-        Rewinding instead would leave the open transaction to be committed later with the
-        batch's outputs in it twice. Abortable and fatal errors go to the caller."""
+        moving) are retried for up to `limit` seconds: it resumes where it was, and the
+        transaction stays intact. Rewinding instead would leave the open transaction to be
+        committed later with the batch's outputs in it twice. Abortable and fatal errors,
+        and retriable ones past the limit, go to the caller."""
+        give_up = time.monotonic() + limit
         while True:
             try:
                 call()
@@ -409,7 +414,24 @@ class JoinWorker:
                 if self.stopping:
                     raise JoinFailed(f"stopped while {what} kept failing ({err}); the broker aborts the "
                                      "open transaction and the next owner reads its records again") from exc
+                if time.monotonic() > give_up:
+                    raise
                 log.warning("%s failed (%s); retrying", what, err)
+
+    def _abort(self) -> None:
+        """Abort the open transaction. A producer that cannot (the broker away for long, a
+        coordinator it never finds again) is replaced: the new one's init_transactions
+        fences it and aborts its transaction."""
+        try:
+            self._retrying(lambda: self.producer.abort_transaction(10), "aborting the transaction",
+                           limit=ABORT_RETRY_SECONDS)
+        except KafkaException as exc:
+            log.warning("cannot abort the transaction (%s); starting over with a new producer", exc.args[0])
+            self.producer.purge()
+            self.producer = Producer(self.producer_conf)
+            if not self._init_transactions(timeout=None):
+                raise JoinFailed("stopped while waiting for the broker to start a new producer") from exc
+        self.in_txn = False
 
     def _offsets(self) -> list[TopicPartition]:
         return [TopicPartition(self.topic_of[kind], p, off)
@@ -417,14 +439,13 @@ class JoinWorker:
 
     def _recover_from_failed_commit(self, exc: KafkaException, *, rewind: bool) -> None:
         err = exc.args[0]
-        if self.eos and err.txn_requires_abort():
+        if self.eos and not err.fatal():  # abortable, or retriable for too long
             log.warning("transaction failed (%s); aborting it and reading the batch again", err)
-            self.producer.abort_transaction(30)
-            self.in_txn = False
+            self._abort()
             if rewind:
                 self._rewind()
             return
-        if self.eos:  # neither retriable (retried in place) nor abortable: fatal, e.g. fenced
+        if self.eos:  # fatal, e.g. fenced by another instance with this transactional.id
             raise JoinFailed(f"transaction failed and cannot be aborted ({err}); another instance may have "
                              "taken this transactional.id; restart the worker") from exc
         log.warning("commit failed (%s); reading the uncommitted records again", err)
@@ -477,11 +498,7 @@ class JoinWorker:
         metrics.REBALANCES.labels(self.s.join_group, "lost").inc()
         log.warning("partitions lost (session timed out?); dropping uncommitted work")
         if self.in_txn:
-            try:
-                self.producer.abort_transaction(30)
-            except KafkaException as exc:
-                log.warning("abort after losing partitions failed: %s", exc)
-            self.in_txn = False
+            self._abort()
         for p in {tp.partition for tp in partitions}:
             self.pairs.pop(p, None)
         self.uncommitted = False
