@@ -17,6 +17,13 @@ def _recover(settings: Settings, args: argparse.Namespace) -> int:
     from streams.observe import LagCollector, serve_metrics
     from streams.recover.app import build_app
 
+    from streams.kafka.topics import wait_for_topics
+
+    missing = wait_for_topics(settings, [settings.recovery_topic, settings.late_topic])
+    if missing:
+        print(f"slipguard recover: topic(s) {', '.join(missing)} not found on {settings.bootstrap_servers}; "
+              "create them with `slipguard topics create`", file=sys.stderr)
+        return 1
     app, writer = build_app(settings)
     if serve_metrics(settings.metrics_port_for("recover"), health=writer):
         LagCollector(settings, [settings.recover_group]).start()

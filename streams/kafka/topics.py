@@ -89,3 +89,24 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
         if s.name in have:
             lines.append(f"verified {s.name} ({have[s.name]} partitions)")
     return lines
+
+
+def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60.0) -> list[str]:
+    """Wait until the broker's metadata lists every topic in `names`; return those still missing.
+
+    A topic created a moment ago (or a broker just started) may not be in the metadata
+    yet. A consumer that subscribes then may join its group with nothing assigned; faust's
+    consumer (aiokafka) then sees the topic only at its next metadata refresh.
+    """
+    import time
+
+    admin = AdminClient(config.admin(settings))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            missing = [n for n in names if n not in existing_partitions(admin, timeout=5)]
+        except KafkaException:
+            missing = list(names)  # the broker does not answer yet
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.5)

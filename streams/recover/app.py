@@ -213,6 +213,9 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
         # A killed member's partitions move within ~10 s rather than faust's default 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        # A subscribed topic missing from the metadata at the group join is picked up at the
+        # next refresh: every 30 s, not aiokafka's default 5 min.
+        consumer_metadata_max_age_ms=30_000,
         stream_wait_empty=False,  # unacked records stay unacked at shutdown: they are read again
         producer_acks=-1,
     )

@@ -28,7 +28,7 @@ def s(base_settings):
     return writer_settings(base_settings)
 
 
-def writer_settings(base_settings):
+def writer_settings(base_settings, *, with_topics: bool = True):
     """Isolated topics, and an isolated schema (search_path) in the real PostgreSQL."""
     tag = f"t{int(time.time() * 1000) % 10**10}"
     url = base_settings.database_url.get_secret_value()
@@ -37,7 +37,8 @@ def writer_settings(base_settings):
     sep = "&" if "?" in url else "?"
     settings = isolated(base_settings, order_timeout="5s", grace="1s",
                         database_url=f"{url}{sep}options=-csearch_path%3D{tag}")
-    create_topics(settings)
+    if with_topics:
+        create_topics(settings)
     migrate(settings.database_url.get_secret_value())
     return settings
 
@@ -333,3 +334,21 @@ def test_a_record_postgres_rejects_goes_to_the_dlq_and_the_rest_of_its_batch_is_
         assert writer.poll() is None, "the writer goes on"
     finally:
         assert stop(writer) == 0
+
+
+def test_writer_started_before_its_topics_exist_picks_them_up(base_settings, tmp_path) -> None:
+    """Topics created after the writer started (or not yet in a just-started broker's
+    metadata): the writer waits for them rather than joining its group with nothing
+    assigned (the demo once sat idle for minutes that way)."""
+    s = writer_settings(base_settings, with_topics=False)
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        time.sleep(3)
+        assert writer.poll() is None
+        create_topics(s)
+        items = [_recovery(i) for i in range(50)]
+        _produce_recoveries(s, items)
+        _wait_rows(s, 50, timeout=45)
+        _assert_each_once(s, {r.order_id for r in items})
+    finally:
+        assert stop(writer) == 0, (tmp_path / "recover.log").read_text()[-2000:]
