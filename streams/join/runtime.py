@@ -457,17 +457,8 @@ class JoinWorker:
         assigned = self.consumer.assignment()
         parts = sorted({tp.partition for tp in assigned})
         self._restore(parts)
-        give_up = time.monotonic() + 60
-        while True:
-            try:
-                committed = self.consumer.committed(assigned, timeout=10)
-                break
-            except KafkaException as exc:  # a coordinator moving or coming back: wait it out
-                err = exc.args[0]
-                if time.monotonic() > give_up or err.code() in _NOT_ALLOWED:
-                    raise JoinFailed(f"cannot read the group's committed offsets: {err}") from exc
-                log.warning("reading committed offsets failed (%s); retrying", err)
-                time.sleep(0.5)
+        committed = self._patiently(lambda: self.consumer.committed(assigned, timeout=10),
+                                    "read the group's committed offsets")
         for tp in committed:
             try:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition,
@@ -547,27 +538,33 @@ class JoinWorker:
     def _log_ends(self, topic: str, parts: list[int]) -> dict[int, int]:
         """Each partition's high watermark. Not the restorer's get_watermark_offsets: for a
         read_committed client librdkafka answers with the last stable offset instead."""
-        ends: dict[int, int] = {}
-        give_up = time.monotonic() + 60
-        while len(ends) < len(parts):
-            futures = self.admin.list_offsets(
-                {TopicPartition(topic, p): OffsetSpec.latest() for p in parts if p not in ends},
-                isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
-            for tp, f in futures.items():
-                try:
-                    ends[tp.partition] = f.result().offset
-                except KafkaException as exc:
-                    # A topic just created, a leader moving, a broker coming back: the errors
-                    # here are transient (but for authorization), so they are waited out.
-                    err = exc.args[0]
-                    if time.monotonic() > give_up or err.code() in _NOT_ALLOWED:
-                        raise JoinFailed(f"cannot read the end of {topic} [{tp.partition}]: {err}") from exc
-            if len(ends) < len(parts):
-                # A fresh client: the admin client does not refresh its metadata on
+        def query() -> dict[int, int]:
+            futures = self.admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in parts},
+                                              isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
+            try:
+                return {tp.partition: f.result().offset for tp, f in futures.items()}
+            except KafkaException:
+                # Next time a fresh client: this one does not refresh its metadata on
                 # FENCED_LEADER_EPOCH (seen after the broker was frozen and came back).
                 self.admin = AdminClient(config.admin(self.s))
-                time.sleep(0.2)
-        return ends
+                raise
+
+        return self._patiently(query, f"read the end of {topic}")
+
+    def _patiently(self, call, what: str, timeout: float = 60.0):
+        """A read from the broker whose errors are transient but for authorization (a topic
+        just created, a leader or coordinator moving, a broker coming back): retried for
+        up to `timeout` seconds."""
+        give_up = time.monotonic() + timeout
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                err = exc.args[0]
+                if time.monotonic() > give_up or err.code() in _NOT_ALLOWED or self.stopping:
+                    raise JoinFailed(f"cannot {what}: {err}") from exc
+                log.warning("cannot %s yet (%s); retrying", what, err)
+                time.sleep(0.5)
 
     def _update_gauges(self) -> None:
         pending = orders = recovered = 0
