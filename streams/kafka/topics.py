@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -98,13 +99,12 @@ def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60
     yet. A consumer that subscribes then may join its group with nothing assigned; faust's
     consumer (aiokafka) then sees the topic only at its next metadata refresh.
     """
-    import time
-
     admin = AdminClient(config.admin(settings))
     deadline = time.monotonic() + timeout
     while True:
         try:
-            missing = [n for n in names if n not in existing_partitions(admin, timeout=5)]
+            present = existing_partitions(admin, timeout=5)
+            missing = [n for n in names if n not in present]
         except KafkaException:
             missing = list(names)  # the broker does not answer yet
         if not missing or time.monotonic() > deadline:
