@@ -15,7 +15,7 @@ log = logging.getLogger("slipguard.join")
 
 def _join(settings: Settings, args: argparse.Namespace) -> int:
     from streams.join.runtime import JoinFailed, JoinWorker, tune_gc
-    from streams.observe import LagCollector, serve_metrics
+    from streams.observe import serve_metrics
 
     tune_gc()
     try:
@@ -24,8 +24,7 @@ def _join(settings: Settings, args: argparse.Namespace) -> int:
         print(f"slipguard join: cannot create the Kafka clients: {exc.args[0]}", file=sys.stderr)
         return 1
     worker.install_signal_handlers()  # before anything that may wait on the broker
-    if serve_metrics(settings.metrics_port_for("join"), health=worker):
-        LagCollector(settings, [settings.join_group]).start()
+    serve_metrics(settings.metrics_port_for("join"), health=worker)
     log.info("join worker %s starting: group %s, %s, timeout %d ms, grace %d ms", settings.instance_id,
              settings.join_group, settings.processing_guarantee, settings.order_timeout, settings.grace)
     try:

@@ -27,6 +27,8 @@ JOIN_DETECTION_LATENCY = Histogram(
 JOIN_RESTORE_SECONDS = Histogram("slipguard_join_state_restore_seconds", "Time to restore one partition's state",
                                  buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
 JOIN_CHANGELOG_RECORDS = Counter("slipguard_join_changelog_records_total", "State changes written to the changelog")
+JOIN_ORDER_TIMEOUT = Gauge("slipguard_join_order_timeout_seconds",
+                           "The join's ORDER_TIMEOUT (alert rules compare lag in seconds with it)", ["group"])
 JOIN_COMMITS = Counter("slipguard_join_commits_total", "Commits (transactions or offset commits)", ["outcome"])
 ASSIGNED_PARTITIONS = Gauge("slipguard_assigned_partitions", "Partitions assigned to this worker", ["group", "topic"])
 REBALANCES = Counter("slipguard_rebalances_total", "Rebalance events seen by this worker", ["group", "kind"])

@@ -57,14 +57,19 @@ def serve_metrics(port: int, health: Health | None = None, host: str = "0.0.0.0"
 class LagCollector:
     """Exports consumer lag of some groups, refreshed in the background every `interval` s.
 
-    Registered in each worker for its own group, and by `slipguard lag --serve` for any
-    groups (including groups with no active member).
+    Only `slipguard lag --serve` runs one: it is the single exporter of group lag, so each
+    partition's lag is exported by exactly one process (workers export none; summing over
+    workers and an exporter would count it several times), and it keeps working for groups
+    with no active member. A refresh that fails keeps the last rows and counts the error;
+    `slipguard_lag_refresh_age_seconds` says how old they are.
     """
 
-    def __init__(self, settings: Any, groups: list[str], interval: float = 10.0) -> None:
-        self.settings, self.groups, self.interval = settings, groups, interval
+    def __init__(self, settings: Any, groups: list[str], interval: float = 10.0,
+                 topics: list[str] | None = None) -> None:
+        self.settings, self.groups, self.interval, self.topics = settings, groups, interval, topics
         self.rows: list[Any] = []
         self.errors = 0
+        self.refreshed_at: float | None = None
         self._stop = threading.Event()
 
     def start(self) -> LagCollector:
@@ -74,12 +79,16 @@ class LagCollector:
         threading.Thread(target=self._loop, name="lag", daemon=True).start()
         return self
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def refresh(self) -> None:
-        from streams.kafka.lag import LagError, group_lag
+        from streams.kafka.lag import group_lag
 
         try:
-            self.rows = group_lag(self.settings, self.groups, timeout=5)
-        except (LagError, Exception) as exc:  # noqa: BLE001 (a broker hiccup must not kill the worker)
+            self.rows = group_lag(self.settings, self.groups, topics=self.topics, timeout=5)
+            self.refreshed_at = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 (a broker hiccup must not stop the exporter)
             self.errors += 1
             log.warning("lag refresh failed: %s", exc)
 
@@ -92,7 +101,8 @@ class LagCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         labels = ["group", "topic", "partition"]
-        msgs = GaugeMetricFamily("slipguard_consumer_lag_messages", "Log end offset minus committed offset", labels=labels)
+        msgs = GaugeMetricFamily("slipguard_consumer_lag_messages", "Log end offset minus committed offset "
+                                 "(0 when only transaction markers are left)", labels=labels)
         secs = GaugeMetricFamily("slipguard_consumer_lag_seconds", "Age of the next unread record", labels=labels)
         cur = GaugeMetricFamily("slipguard_consumer_committed_offset", "Committed offset of the group", labels=labels)
         end = GaugeMetricFamily("slipguard_log_end_offset", "Log end offset (high watermark)", labels=labels)
@@ -107,4 +117,6 @@ class LagCollector:
                 secs.add_metric(key, r.lag_seconds)
         errors = CounterMetricFamily("slipguard_lag_refresh_errors", "Failed lag refreshes")
         errors.add_metric([], self.errors)
-        return [msgs, secs, cur, end, errors]
+        age = GaugeMetricFamily("slipguard_lag_refresh_age_seconds", "Seconds since lag was last read successfully")
+        age.add_metric([], -1 if self.refreshed_at is None else time.monotonic() - self.refreshed_at)
+        return [msgs, secs, cur, end, errors, age]

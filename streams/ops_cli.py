@@ -53,7 +53,7 @@ def _lag(settings: Settings, args: argparse.Namespace) -> int:
     groups = args.group or [settings.join_group, settings.recover_group]
     if args.serve:
         port = settings.metrics_port if settings.metrics_port is not None else 9402
-        LagCollector(settings, groups, interval=args.interval).start()
+        LagCollector(settings, groups, interval=args.interval, topics=args.topic).start()
         serve_metrics(port)
         print(f"lag exporter for {', '.join(groups)} on :{port}/metrics (every {args.interval:.0f}s)", flush=True)
         stop = threading.Event()
@@ -62,7 +62,7 @@ def _lag(settings: Settings, args: argparse.Namespace) -> int:
         stop.wait()
         return 0
     try:
-        rows = group_lag(settings, groups, with_seconds=not args.no_seconds)
+        rows = group_lag(settings, groups, topics=args.topic, with_seconds=not args.no_seconds)
     except LagError as exc:
         print(f"slipguard lag: {exc}", file=sys.stderr)
         return 1
@@ -80,6 +80,8 @@ def register(commands, add_settings_flags) -> None:
     lag = commands.add_parser("lag", help="consumer lag per group, topic and partition")
     add_settings_flags(lag)
     lag.add_argument("--group", action="append", help="a consumer group (repeatable); default: join and recover groups")
+    lag.add_argument("--topic", action="append", help="a topic the groups read (repeatable); default: slipguard's "
+                                                      "own topics for its groups, every topic for other groups")
     lag.add_argument("--json", action="store_true", help="print JSON")
     lag.add_argument("--no-seconds", action="store_true", help="skip lag in seconds (reads no records)")
     lag.add_argument("--serve", action="store_true", help="run a Prometheus exporter (port: SLIPGUARD_METRICS_PORT, "

@@ -14,7 +14,7 @@ log = logging.getLogger("slipguard.recover")
 def _recover(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
-    from streams.observe import LagCollector, serve_metrics
+    from streams.observe import serve_metrics
     from streams.recover.app import build_app
 
     from streams.kafka.topics import wait_for_topics
@@ -25,8 +25,7 @@ def _recover(settings: Settings, args: argparse.Namespace) -> int:
               "create them with `slipguard topics create`", file=sys.stderr)
         return 1
     app, writer = build_app(settings)
-    if serve_metrics(settings.metrics_port_for("recover"), health=writer):
-        LagCollector(settings, [settings.recover_group]).start()
+    serve_metrics(settings.metrics_port_for("recover"), health=writer)
     log.info("recovery writer starting: group %s reading %s and %s", settings.recover_group,
              settings.recovery_topic, settings.late_topic)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)

@@ -2,7 +2,7 @@
 # The local stack: a real single-node Apache Kafka (KRaft) from Maven Central and a real
 # PostgreSQL from the machine's installed binaries.
 #
-#   deploy/local/stack.sh up | down | status | env
+#   deploy/local/stack.sh up | down | status | kafka-restart clean|hard|fresh | kafka-freeze | kafka-thaw | ...
 #
 # Everything lives under .stack/ (git-ignored). `up` is idempotent and waits until each
 # service answers a real client; `down` stops only what `up` started.
@@ -86,6 +86,28 @@ kafka_down() {
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
   fi
   rm -f "$KAFKA_DIR/kafka.pid"
+}
+
+# A broker restart as a rolling upgrade does it (clean: SIGTERM, controlled shutdown,
+# start) or as a crash does (hard: SIGKILL, start; the log is recovered at start). With
+# `fresh`, the data directory is wiped and formatted anew: a brand-new cluster, whose
+# group coordinators answer COORDINATOR_NOT_AVAILABLE / NOT_COORDINATOR for a while.
+kafka_restart() {
+  local pid
+  case "$1" in
+    clean) kafka_down ;;
+    hard)
+      pid=$(kafka_pid) || die "kafka is not running"
+      kill -9 "$pid"
+      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      rm -f "$KAFKA_DIR/kafka.pid"
+      say "kafka (pid $pid) killed (SIGKILL)" ;;
+    fresh) kafka_down; rm -rf "$KAFKA_DIR/data"; say "kafka data wiped; formatting a new cluster" ;;
+    *) die "kafka-restart takes clean, hard or fresh" ;;
+  esac
+  # The port may linger in TIME_WAIT/close for a moment after a kill.
+  for _ in $(seq 1 50); do port_open "$KAFKA_PORT" || break; sleep 0.2; done
+  kafka_up
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -179,8 +201,9 @@ case "${1:-}" in
   kafka-down) kafka_down ;;
   kafka-freeze) kafka_signal STOP "frozen (SIGSTOP)" ;;
   kafka-thaw) kafka_signal CONT "thawed (SIGCONT)" ;;
+  kafka-restart) kafka_restart "${2:-clean}" ;;
   pg-up) pg_up ;;
   pg-down) pg_stop_only ;;
   kafka-tool) shift; kafka_fetch; kafka_java "$@" ;;
-  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-tool CLASS ARGS" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS" >&2; exit 2 ;;
 esac

@@ -123,6 +123,7 @@ class JoinWorker:
         self.last_loop = time.monotonic()
 
         group = settings.join_group
+        metrics.JOIN_ORDER_TIMEOUT.labels(group).set(settings.order_timeout / 1000)
         self.consumer = Consumer(config.consumer(
             settings, group,
             # Range gives partition p of every subscribed topic to the same member: co-partitioning.
