@@ -6,13 +6,16 @@ plain values from here.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+_PROCESS_ID = f"{socket.gethostname()[:60]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 LOCAL_DATABASE_URL = "postgresql://slipguard:slipguard@127.0.0.1:55432/slipguard"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -65,9 +68,10 @@ class Settings(BaseSettings):
 
     partitions: int = Field(6, ge=1, le=10_000, description="partitions for topics that `topics create` makes")
     replication_factor: int = Field(-1, ge=-1, le=32, description="-1: the broker's default")
-    instance_id: str = Field(
-        default_factory=lambda: socket.gethostname(), pattern=r"^[A-Za-z0-9._-]{1,100}$",
-        description="this worker's stable name; its transactional.id is <join group>-<instance id>",
+    instance_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="optional stable name of this worker (a StatefulSet pod name): its transactional.id and "
+                    "static group membership; unset: unique per process",
     )
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="records the join reads per consume() call")
     commit_interval: DurationMs = Field("100ms", gt=0, description="how often the join commits its transaction")
@@ -105,6 +109,12 @@ class Settings(BaseSettings):
     @property
     def hmac_key(self) -> bytes | None:
         return self.payment_hmac_key.get_secret_value().encode("utf-8") if self.payment_hmac_key else None
+
+    def worker_id(self) -> str:
+        """This process's name in the group: the configured instance id, else one unique
+        per process (host, pid and a random part), so that workers need no per-process
+        configuration to coexist and never share a transactional.id."""
+        return self.instance_id or _PROCESS_ID
 
     @property
     def changelog_topic(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,14 +19,12 @@ from dataclasses import dataclass, field
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec
 from pydantic import ValidationError
 
 from schemas import Anomaly, DeadLetter, LateOrder, Order, Payment, Recovery, recovery_id_for
@@ -35,6 +34,7 @@ from streams.join import changelog
 from streams.join.core import ORDER, PAYMENT, Decisions, JoinParams, PartitionJoin
 from streams.kafka import config
 from streams.logs import safe_error
+from streams.retry import Retry, Stopped
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
@@ -47,6 +47,12 @@ HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back wait
 HOLD_MAX_SECONDS = 5.0  # how long they may wait
 TXN_RETRY_SECONDS = 60.0  # how long a commit is retried before the transaction is given up
 ABORT_RETRY_SECONDS = 30.0  # how long an abort is retried before the producer is replaced
+CALL_SLACK = 15.0  # a transactional call's hard deadline beyond its own timeout (which librdkafka may ignore)
+STOP_GRACE = 5.0  # how long a hanging call may hold up a requested stop
+RESTORE_STALL_SECONDS = 120.0  # a restore without progress for this long gives up
+# Errors that mean another producer (or member) took this worker's identity.
+FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                    KafkaError.FENCED_INSTANCE_ID})
 # Straight to pydantic-core: the model classes' wrappers cost a visible share per record.
 _VALIDATE = {PAYMENT: Payment.__pydantic_validator__.validate_json, ORDER: Order.__pydantic_validator__.validate_json}
 
@@ -58,7 +64,16 @@ def tune_gc() -> None:
 
 
 class JoinFailed(Exception):
-    """The worker cannot go on (fenced by a newer instance, or a fatal client error)."""
+    """The worker cannot go on (another worker with its instance id, a broken topic layout)."""
+
+
+class Wedged(Exception):
+    """A client call did not return within its hard deadline."""
+
+
+def duplicate_instance(s: Settings) -> str:
+    return (f"another worker of group {s.join_group} runs with SLIPGUARD_INSTANCE_ID={s.instance_id} and took "
+            "over its identity; give each worker its own instance id, or leave it unset")
 
 
 @dataclass
@@ -124,17 +139,30 @@ class JoinWorker:
 
         group = settings.join_group
         metrics.JOIN_ORDER_TIMEOUT.labels(group).set(settings.order_timeout / 1000)
-        self.consumer = Consumer(config.consumer(
-            settings, group,
+        self.abandoned = False  # stopped mid-commit: nothing more may be committed by this process
+        consumer_conf = {
             # Range gives partition p of every subscribed topic to the same member: co-partitioning.
-            **{"partition.assignment.strategy": "range", "enable.partition.eof": True,
-               "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576},
-        ))
+            "partition.assignment.strategy": "range", "enable.partition.eof": True,
+            "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
+        }
+        if settings.instance_id:
+            # Static membership: a restarted worker with the same id gets its partitions
+            # back without a rebalance of the others (within the session timeout).
+            consumer_conf["group.instance.id"] = settings.instance_id
+        self.consumer = Consumer(config.consumer(settings, group, **consumer_conf))
         self.restorer = Consumer(config.consumer(settings, f"{group}-restore", **{"enable.partition.eof": True}))
-        self.admin = AdminClient(config.admin(settings))
+        # Log ends of the changelog for restore. A consumer's watermark query, not the admin
+        # client's list_offsets: admin requests that time out while the broker is away can
+        # abort the process inside librdkafka (enq_once assertion, librdkafka issue 4605).
+        self.watermarks = Consumer(config.consumer(settings, f"{group}-watermarks",
+                                                   **{"isolation.level": "read_uncommitted"}))
         self.delivery_failures = 0
+        # Unique per process unless SLIPGUARD_INSTANCE_ID is set: zombie fencing comes from
+        # the consumer group (KIP-447), and a stable id lets a restarted worker fence its
+        # own predecessor at once instead of waiting for the broker to abort its transaction.
+        self.transactional_id = f"{group}-{settings.worker_id()}"
         self.producer_conf = config.producer(
-            settings, transactional_id=f"{group}-{settings.instance_id}" if self.eos else None,
+            settings, transactional_id=self.transactional_id if self.eos else None,
             **({"transaction.timeout.ms": 10_000} if self.eos else {}),
             **{"delivery.report.only.error": True, "on_delivery": self._on_delivery, "linger.ms": 50},
         )
@@ -150,7 +178,12 @@ class JoinWorker:
             while not self.stopping:
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
-                self.step()
+                try:
+                    self.step()
+                except KafkaException as exc:
+                    self._on_client_error(exc)
+                except Stopped as exc:
+                    self._abandon(exc)
             self.commit()
         finally:
             self.close()
@@ -190,7 +223,29 @@ class JoinWorker:
             self.consumer.close()  # leaves the group; on_revoke commits what is left
         finally:
             self.restorer.close()
-            self.producer.flush(10)
+            self.watermarks.close()
+            if not self.abandoned:
+                self.producer.flush(10)
+
+    def _on_client_error(self, exc: KafkaException) -> None:
+        """A client error outside the commit (a produce or begin_transaction refused).
+
+        Fencing with a configured instance id means another live worker has that id: one
+        clear line, no fencing loop. Any other fatal producer error: a new producer, and
+        the uncommitted work is read again. Anything else: the open transaction, if any,
+        is aborted and the work read again.
+        """
+        err = exc.args[0]
+        if err.code() in FENCED and self.s.instance_id:
+            raise JoinFailed(duplicate_instance(self.s)) from exc
+        log.warning("Kafka client error outside a commit (%s); reading the uncommitted work again", err)
+        metrics.JOIN_COMMITS.labels("aborted").inc()
+        if self.eos and (err.fatal() or err.code() in FENCED):
+            self._replace_producer(exc)
+        elif self.in_txn:
+            self._abort()
+        self.uncommitted = False
+        self._rewind()
 
     # ------------------------------------------------------------ the loop
 
@@ -235,6 +290,8 @@ class JoinWorker:
                     if pair is not None and pair.fetched_to[kind] <= m.offset():
                         pair.fetch_end[kind] = True
                     continue
+                if err.code() == KafkaError.FENCED_INSTANCE_ID:
+                    raise JoinFailed(duplicate_instance(self.s))
                 if err.fatal():
                     raise JoinFailed(f"consumer error: {err}")
                 log.warning("consumer error: %s", err)
@@ -350,89 +407,151 @@ class JoinWorker:
            outputs, state and offsets become visible together, or not at all;
            at_least_once: flush outputs, then state, and only then commit offsets, so a
            crash repeats work (same recovery_id) but never loses it.
+
+        A failed commit is aborted and its work read again (abortable error, or retriable
+        for too long); a producer that is fenced, fatally failed, or hangs in a call past
+        its hard deadline is replaced. A stop request while a commit cannot complete
+        abandons it: the broker completes or aborts the open transaction, and whoever owns
+        the partitions next reads from the last committed offsets.
         """
-        if not self.uncommitted and not self.in_txn:
+        if self.abandoned or (not self.uncommitted and not self.in_txn):
             return
-        offsets = self._offsets()
         try:
-            if not self.eos:
-                self.producer.flush()
-            self._begin()
-            written = 0
-            topic = self.s.changelog_topic
-            produce = self.producer.produce
-            encode_key, encode_value = changelog.encode_key, changelog.encode_value
-            for p, pair in self.pairs.items():
-                for kind, oid, entry in pair.core.take_changes():
-                    key = encode_key(kind, oid)
-                    value = None if entry is None else encode_value(kind, entry)
-                    try:
-                        produce(topic, value, key, p)
-                    except BufferError:
-                        self._produce(topic, key, value, p)  # type: ignore[arg-type]  (waits for room)
-                    written += 1
-            if self.eos:
-                if offsets:
-                    meta = self.consumer.consumer_group_metadata()
-                    self._retrying(lambda: self.producer.send_offsets_to_transaction(offsets, meta, 30),
-                                   "sending offsets to the transaction", limit=TXN_RETRY_SECONDS)
-                self._retrying(lambda: self.producer.commit_transaction(60), "committing the transaction",
-                               limit=TXN_RETRY_SECONDS)
-                self.in_txn = False
-            else:
-                remaining = self.producer.flush(60)
-                if remaining or self.delivery_failures:
-                    failed, self.delivery_failures = self.delivery_failures, 0
-                    raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT,
-                                                    f"{remaining} records undelivered, {failed} failed"))
-                if offsets:
-                    self.consumer.commit(offsets=offsets, asynchronous=False)
+            written = self._write_and_commit()
             metrics.JOIN_CHANGELOG_RECORDS.inc(written)
             metrics.JOIN_COMMITS.labels("committed").inc()
         except KafkaException as exc:
             metrics.JOIN_COMMITS.labels("aborted").inc()
             self._recover_from_failed_commit(exc, rewind=not handing_over)
+        except Wedged as exc:
+            metrics.JOIN_COMMITS.labels("aborted").inc()
+            self._replace_producer(exc, wedged=True)
+            if not handing_over:
+                self._rewind()
+        except Stopped as exc:
+            self._abandon(exc)
         finally:
             self.uncommitted = False
             self.last_commit = time.monotonic()
             self._update_gauges()
 
-    def _retrying(self, call, what: str, *, limit: float) -> None:
+    def _write_and_commit(self) -> int:
+        offsets = self._offsets()
+        if not self.eos:
+            self.producer.flush()
+        self._begin()
+        written = 0
+        topic = self.s.changelog_topic
+        produce = self.producer.produce
+        encode_key, encode_value = changelog.encode_key, changelog.encode_value
+        for p, pair in self.pairs.items():
+            for kind, oid, entry in pair.core.take_changes():
+                key = encode_key(kind, oid)
+                value = None if entry is None else encode_value(kind, entry)
+                try:
+                    produce(topic, value, key, p)
+                except BufferError:
+                    self._produce(topic, key, value, p)  # type: ignore[arg-type]  (waits for room)
+                written += 1
+        if self.eos:
+            if offsets:
+                meta = self.consumer.consumer_group_metadata()
+                self._retrying(lambda: self.producer.send_offsets_to_transaction(offsets, meta, 30),
+                               "send offsets to the transaction", limit=TXN_RETRY_SECONDS, hard=30 + CALL_SLACK)
+            self._retrying(lambda: self.producer.commit_transaction(60), "commit the transaction",
+                           limit=TXN_RETRY_SECONDS, hard=60 + CALL_SLACK)
+            self.in_txn = False
+        else:
+            remaining = self.producer.flush(60)
+            if remaining or self.delivery_failures:
+                failed, self.delivery_failures = self.delivery_failures, 0
+                raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT,
+                                                f"{remaining} records undelivered, {failed} failed"))
+            if offsets:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        return written
+
+    def _retrying(self, call, what: str, *, limit: float, hard: float) -> None:
         """A transactional call whose retriable errors (broker unreachable, coordinator
         moving) are retried for up to `limit` seconds: it resumes where it was, and the
         transaction stays intact. Rewinding instead would leave the open transaction to be
         committed later with the batch's outputs in it twice. Abortable and fatal errors,
-        and retriable ones past the limit, go to the caller."""
-        give_up = time.monotonic() + limit
-        while True:
+        and retriable ones past the limit, go to the caller.
+
+        Each attempt has a hard deadline (`hard` seconds): librdkafka's
+        send_offsets_to_transaction ignores its own timeout when the group coordinator is
+        down (librdkafka issues 5456 and 5511), and blocked there a worker never processed
+        again after a broker was killed and ignored SIGTERM."""
+        def retriable(exc: BaseException) -> bool:
+            if not isinstance(exc, KafkaException):
+                return False
+            err = exc.args[0]
+            return err.retriable() and not err.txn_requires_abort() and not err.fatal()
+
+        Retry(what, deadline=limit, retriable=retriable, first_delay=0.1, max_delay=1.0,
+              stopping=lambda: self.stopping).call(lambda: self._bounded(call, what, hard))
+
+    def _bounded(self, call, what: str, seconds: float):
+        """Run a blocking client call with a hard deadline (and at most STOP_GRACE seconds
+        once a stop is requested); past it, raise Wedged and leave the call to its thread."""
+        box: dict[str, object] = {}
+
+        def target() -> None:
             try:
-                call()
-                return
-            except KafkaException as exc:
-                err = exc.args[0]
-                if not err.retriable() or err.txn_requires_abort() or err.fatal():
-                    raise
-                if self.stopping:
-                    raise JoinFailed(f"stopped while {what} kept failing ({err}); the broker aborts the "
-                                     "open transaction and the next owner reads its records again") from exc
-                if time.monotonic() > give_up:
-                    raise
-                log.warning("%s failed (%s); retrying", what, err)
+                box["result"] = call()
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller below)
+                box["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"kafka-call: {what}", daemon=True)
+        thread.start()
+        give_up = time.monotonic() + seconds
+        stop_by = None
+        while True:
+            thread.join(0.2)
+            if not thread.is_alive():
+                break
+            now = time.monotonic()
+            if self.stopping and stop_by is None:
+                stop_by = now + STOP_GRACE
+            if now > give_up or (stop_by is not None and now > stop_by):
+                raise Wedged(f"{what} did not return within {min(seconds, now - give_up + seconds):.0f}s")
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box.get("result")
 
     def _abort(self) -> None:
         """Abort the open transaction. A producer that cannot (the broker away for long, a
-        coordinator it never finds again) is replaced: the new one's init_transactions
-        fences it and aborts its transaction."""
+        coordinator it never finds again, a call that hangs) is replaced: the new one's
+        init_transactions fences it and aborts its transaction."""
         try:
-            self._retrying(lambda: self.producer.abort_transaction(10), "aborting the transaction",
-                           limit=ABORT_RETRY_SECONDS)
-        except KafkaException as exc:
-            log.warning("cannot abort the transaction (%s); starting over with a new producer", exc.args[0])
-            self.producer.purge()
-            self.producer = Producer(self.producer_conf)
-            if not self._init_transactions(timeout=None):
-                raise JoinFailed("stopped while waiting for the broker to start a new producer") from exc
+            self._retrying(lambda: self.producer.abort_transaction(10), "abort the transaction",
+                           limit=ABORT_RETRY_SECONDS, hard=10 + CALL_SLACK)
+        except (KafkaException, Wedged) as exc:
+            self._replace_producer(exc, wedged=isinstance(exc, Wedged))
+            return
         self.in_txn = False
+
+    def _replace_producer(self, cause: BaseException, *, wedged: bool = False) -> None:
+        """Start over with a new producer of the same transactional.id; its
+        init_transactions fences the old one and aborts the old one's open transaction. A
+        wedged old producer is left alone (a call may still be inside it)."""
+        log.warning("starting over with a new producer (%s)", cause.args[0] if cause.args else cause)
+        if not wedged:
+            try:
+                self.producer.purge()
+            except KafkaException:
+                pass  # a fatally failed producer may refuse; it is dropped either way
+        self.producer = Producer(self.producer_conf)
+        self.in_txn = False
+        if self.eos and not self._init_transactions(timeout=None):
+            self._abandon(cause)
+
+    def _abandon(self, cause: BaseException) -> None:
+        log.warning("stopping with a commit that could not complete (%s); the broker completes or aborts "
+                    "its transaction, and the partitions' next owner reads from the last committed offsets",
+                    cause.args[0] if cause.args else cause)
+        self.abandoned = True
+        self.stopping = True
 
     def _offsets(self) -> list[TopicPartition]:
         return [TopicPartition(self.topic_of[kind], p, off)
@@ -440,17 +559,16 @@ class JoinWorker:
 
     def _recover_from_failed_commit(self, exc: KafkaException, *, rewind: bool) -> None:
         err = exc.args[0]
+        if self.eos and err.code() in FENCED and self.s.instance_id:
+            raise JoinFailed(duplicate_instance(self.s)) from exc
         if self.eos and not err.fatal():  # abortable, or retriable for too long
             log.warning("transaction failed (%s); aborting it and reading the batch again", err)
             self._abort()
-            if rewind:
-                self._rewind()
-            return
-        if self.eos:  # fatal, e.g. fenced by another instance with this transactional.id
-            raise JoinFailed(f"transaction failed and cannot be aborted ({err}); another instance may have "
-                             "taken this transactional.id; restart the worker") from exc
-        log.warning("commit failed (%s); reading the uncommitted records again", err)
-        if rewind:
+        elif self.eos:  # fatal: this producer cannot be used again
+            self._replace_producer(exc)
+        else:
+            log.warning("commit failed (%s); reading the uncommitted records again", err)
+        if rewind and not self.abandoned:
             self._rewind()
 
     def _rewind(self) -> None:
@@ -473,10 +591,24 @@ class JoinWorker:
         metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
         parts = sorted({tp.partition for tp in partitions})
         self.ready = False
+        self._check_co_partitioned()
         log.info("assigned partitions %s; restoring their state", parts)
         self._restore(parts)
         self._update_gauges()
-        self.ready = True
+        self.ready = not self.stopping
+
+    def _check_co_partitioned(self) -> None:
+        """Payments, orders and the changelog must have equal partition counts: the join
+        pairs partition p of each. Checked on every assignment (partitions may be added)."""
+        topics = [self.s.payments_topic, self.s.orders_topic, self.s.changelog_topic]
+        meta = self._patiently(lambda: self.watermarks.list_topics(timeout=10), "read topic metadata")
+        counts = {t: len(meta.topics[t].partitions) if t in meta.topics and meta.topics[t].error is None else 0
+                  for t in topics}
+        if len(set(counts.values())) != 1:
+            found = ", ".join(f"{t}={n}" for t, n in counts.items())
+            raise JoinFailed(f"payments, orders and the changelog must have the same partition count to be "
+                             f"joined; found {found}. Stop every join worker, make the counts equal "
+                             "(see README: adding partitions), then start them again")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
@@ -496,37 +628,28 @@ class JoinWorker:
         self.uncommitted = False
 
     def _restore(self, parts: list[int]) -> None:
-        """Rebuild the state of each pair from its changelog partition, read to its stable end."""
+        """Rebuild the state of each pair from its changelog partition, read to its end.
+
+        Read (read_committed) to the log end as it is now, not to the last stable offset:
+        the previous owner's last transaction may still be completing, its state committed
+        but its markers not yet written. An open transaction of a dead worker holds the
+        stable end back until the broker aborts it (transaction.timeout.ms, checked every
+        10 s by default). So the restore waits as long as it makes progress or is waiting
+        for that, gives up after RESTORE_STALL_SECONDS without any, and stops at once on a
+        stop request (installing nothing: the partitions' next owner restores them).
+        """
         if not parts:
             return
         started = time.monotonic()
         topic = self.s.changelog_topic
         fresh = {p: PairState(PartitionJoin(self.params)) for p in parts}
         self.restorer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        high = self._log_ends(topic, parts)
-        waiting = {p for p in parts if high[p] > 0}
-        latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in parts}
-        # Read (read_committed) to the log end as it is now, not to the last stable offset:
-        # the previous owner's last transaction may still be completing, its state committed
-        # but its markers not yet written. An open transaction of a dead worker holds the
-        # stable end back until the broker aborts it (transaction.timeout.ms, checked every
-        # 10 s by default), so the wait is bounded.
-        give_up = time.monotonic() + 60
-        while waiting:
-            if time.monotonic() > give_up:
-                raise JoinFailed(f"changelog {topic} partitions {sorted(waiting)} did not reach their end in 60 s")
-            for m in self.restorer.consume(10_000, timeout=0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == _EOF and m.offset() >= high.get(m.partition(), 0):
-                        waiting.discard(m.partition())
-                    elif err.code() != _EOF:
-                        log.warning("changelog read error: %s", err)
-                    continue
-                latest[m.partition()][m.key()] = m.value()
-                if m.offset() + 1 >= high[m.partition()]:
-                    waiting.discard(m.partition())
-        self.restorer.unassign()
+        try:
+            latest = self._read_changelog(topic, parts)
+        finally:
+            self.restorer.unassign()
+        if latest is None:
+            return  # stopped
         for p, entries in latest.items():
             changelog.restore_into(fresh[p].core, entries)
         self.pairs.update(fresh)
@@ -536,18 +659,46 @@ class JoinWorker:
         log.info("restored partitions %s in %.2fs: %d pending payments, %d orders, %d recovered remembered",
                  parts, took, sum(x[0] for x in sizes), sum(x[1] for x in sizes), sum(x[2] for x in sizes))
 
+    def _read_changelog(self, topic: str, parts: list[int]) -> dict[int, dict[bytes, bytes | None]] | None:
+        high = self._log_ends(topic, parts)
+        waiting = {p for p in parts if high[p] > 0}
+        latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in parts}
+        last_progress = time.monotonic()
+        while waiting:
+            if self.stopping:
+                return None
+            now = time.monotonic()
+            self.last_loop = now  # restoring is the loop's work: /healthz stays 200 while it progresses
+            if now - last_progress > RESTORE_STALL_SECONDS:
+                raise JoinFailed(f"restoring {topic} partitions {sorted(waiting)} made no progress for "
+                                 f"{RESTORE_STALL_SECONDS:.0f}s; is the broker reachable and the topic readable?")
+            for m in self.restorer.consume(10_000, timeout=0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == _EOF and m.offset() >= high.get(m.partition(), 0):
+                        waiting.discard(m.partition())
+                    elif err.code() != _EOF:
+                        log.warning("changelog read error: %s", err)
+                    continue
+                last_progress = now
+                latest[m.partition()][m.key()] = m.value()
+                if m.offset() + 1 >= high[m.partition()]:
+                    waiting.discard(m.partition())
+        return latest
+
     def _log_ends(self, topic: str, parts: list[int]) -> dict[int, int]:
-        """Each partition's high watermark. Not the restorer's get_watermark_offsets: for a
+        """Each partition's high watermark, from a read_uncommitted consumer: for a
         read_committed client librdkafka answers with the last stable offset instead."""
         def query() -> dict[int, int]:
-            futures = self.admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in parts},
-                                              isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
             try:
-                return {tp.partition: f.result().offset for tp, f in futures.items()}
+                return {p: self.watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                        for p in parts}
             except KafkaException:
-                # Next time a fresh client: this one does not refresh its metadata on
-                # FENCED_LEADER_EPOCH (seen after the broker was frozen and came back).
-                self.admin = AdminClient(config.admin(self.s))
+                # Next time a fresh client, in case this one's metadata is stale (seen as
+                # FENCED_LEADER_EPOCH after the broker was frozen and came back).
+                self.watermarks.close()
+                self.watermarks = Consumer(config.consumer(self.s, f"{self.s.join_group}-watermarks",
+                                                           **{"isolation.level": "read_uncommitted"}))
                 raise
 
         return self._patiently(query, f"read the end of {topic}")
@@ -555,17 +706,15 @@ class JoinWorker:
     def _patiently(self, call, what: str, timeout: float = 60.0):
         """A read from the broker whose errors are transient but for authorization (a topic
         just created, a leader or coordinator moving, a broker coming back): retried for
-        up to `timeout` seconds."""
-        give_up = time.monotonic() + timeout
-        while True:
-            try:
-                return call()
-            except KafkaException as exc:
-                err = exc.args[0]
-                if time.monotonic() > give_up or err.code() in _NOT_ALLOWED or self.stopping:
-                    raise JoinFailed(f"cannot {what}: {err}") from exc
-                log.warning("cannot %s yet (%s); retrying", what, err)
-                time.sleep(0.5)
+        up to `timeout` seconds; a stop request ends it (Stopped)."""
+        def retriable(exc: BaseException) -> bool:
+            return isinstance(exc, KafkaException) and exc.args[0].code() not in _NOT_ALLOWED
+
+        try:
+            return Retry(what, deadline=timeout, retriable=retriable, first_delay=0.2, max_delay=1.0,
+                         stopping=lambda: self.stopping).call(call)
+        except KafkaException as exc:
+            raise JoinFailed(f"cannot {what}: {exc.args[0]}") from exc
 
     def _update_gauges(self) -> None:
         pending = orders = recovered = 0

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def env_for(s: Settings, **over: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPGUARD_")}
-    env |= s.to_env() | {f"SLIPGUARD_{k.upper()}": str(v) for k, v in over.items()}
+    env |= s.to_env() | {f"SLIPGUARD_{k.upper()}": str(v) for k, v in over.items() if v is not None}
+    for k in [k for k, v in over.items() if v is None]:  # None: the setting left unset
+        env.pop(f"SLIPGUARD_{k.upper()}", None)
     env["PYTHONPATH"] = str(ROOT)
     return env
 
