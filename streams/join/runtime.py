@@ -9,6 +9,7 @@ in a PartitionJoin and in partition p of the compacted changelog topic.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import signal
 import threading
@@ -47,7 +48,7 @@ HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back wait
 HOLD_MAX_SECONDS = 5.0  # how long they may wait
 TXN_RETRY_SECONDS = 60.0  # how long a commit is retried before the transaction is given up
 ABORT_RETRY_SECONDS = 30.0  # how long an abort is retried before the producer is replaced
-CALL_SLACK = 15.0  # a transactional call's hard deadline beyond its own timeout (which librdkafka may ignore)
+CALL_SLACK = 10.0  # a transactional call's hard deadline beyond its own timeout (which librdkafka may ignore)
 STOP_GRACE = 5.0  # how long a hanging call may hold up a requested stop
 RESTORE_STALL_SECONDS = 120.0  # a restore without progress for this long gives up
 # Errors that mean another producer (or member) took this worker's identity.
@@ -69,6 +70,11 @@ class JoinFailed(Exception):
 
 class Wedged(Exception):
     """A client call did not return within its hard deadline."""
+
+
+def is_fenced(err: KafkaError) -> bool:
+    """Another producer (or member) took this worker's identity."""
+    return err.code() in FENCED or (err.code() == KafkaError._FATAL and "fenced" in err.str().lower())
 
 
 def duplicate_instance(s: Settings) -> str:
@@ -134,7 +140,8 @@ class JoinWorker:
         self.in_txn = False
         self.uncommitted = False
         self.last_commit = time.monotonic()
-        self.ready = False
+        self.restored = False  # assigned partitions restored
+        self.broker_up = True  # from librdkafka's statistics: a broker connection is up
         self.last_loop = time.monotonic()
 
         group = settings.join_group
@@ -144,11 +151,14 @@ class JoinWorker:
             # Range gives partition p of every subscribed topic to the same member: co-partitioning.
             "partition.assignment.strategy": "range", "enable.partition.eof": True,
             "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
+            # Readiness follows the broker connections (see _on_stats).
+            "statistics.interval.ms": 1_000, "stats_cb": self._on_stats,
         }
-        if settings.instance_id:
-            # Static membership: a restarted worker with the same id gets its partitions
-            # back without a rebalance of the others (within the session timeout).
-            consumer_conf["group.instance.id"] = settings.instance_id
+        # No static membership (group.instance.id) with the classic protocol: after a broker
+        # outage longer than the session timeout, librdkafka rejoins and is then fenced by
+        # its own new membership ("Static consumer fenced by other consumer with same
+        # group.instance.id", a fatal error; librdkafka issue 3437), seen here on a broker
+        # killed and restarted under load.
         self.consumer = Consumer(config.consumer(settings, group, **consumer_conf))
         self.restorer = Consumer(config.consumer(settings, f"{group}-restore", **{"enable.partition.eof": True}))
         # Log ends of the changelog for restore. A consumer's watermark query, not the admin
@@ -185,6 +195,9 @@ class JoinWorker:
                 except Stopped as exc:
                     self._abandon(exc)
             self.commit()
+        except JoinFailed:
+            self.abandoned = True  # nothing more is committed or flushed by this process
+            raise
         finally:
             self.close()
 
@@ -211,6 +224,19 @@ class JoinWorker:
                     raise JoinFailed(f"cannot initialise transactions: {err}") from exc
         return False
 
+    @property
+    def ready(self) -> bool:
+        """/readyz: assigned partitions restored, and the broker reachable."""
+        return self.restored and self.broker_up
+
+    def _on_stats(self, stats_json: str) -> None:
+        # Served from consume(), once a second: which brokers (not bootstrap stand-ins) are up.
+        try:
+            brokers = json.loads(stats_json).get("brokers", {}).values()
+        except ValueError:
+            return
+        self.broker_up = any(b.get("state") == "UP" for b in brokers if b.get("nodeid", -1) >= 0)
+
     def stop(self, *_: object) -> None:
         self.stopping = True
 
@@ -236,11 +262,11 @@ class JoinWorker:
         is aborted and the work read again.
         """
         err = exc.args[0]
-        if err.code() in FENCED and self.s.instance_id:
+        if is_fenced(err) and self.s.instance_id:
             raise JoinFailed(duplicate_instance(self.s)) from exc
         log.warning("Kafka client error outside a commit (%s); reading the uncommitted work again", err)
         metrics.JOIN_COMMITS.labels("aborted").inc()
-        if self.eos and (err.fatal() or err.code() in FENCED):
+        if self.eos and (err.fatal() or is_fenced(err)):
             self._replace_producer(exc)
         elif self.in_txn:
             self._abort()
@@ -292,8 +318,11 @@ class JoinWorker:
                     continue
                 if err.code() == KafkaError.FENCED_INSTANCE_ID:
                     raise JoinFailed(duplicate_instance(self.s))
-                if err.fatal():
-                    raise JoinFailed(f"consumer error: {err}")
+                if err.fatal() or err.code() == KafkaError._FATAL:
+                    # The consumer cannot be used again; its partitions go to the other
+                    # members, and a supervisor starts this worker anew.
+                    raise JoinFailed(f"the Kafka consumer failed fatally ({err.str()}); exiting so that the "
+                                     "worker is started again")
                 log.warning("consumer error: %s", err)
                 continue
             if pair is None:
@@ -342,7 +371,8 @@ class JoinWorker:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.delivery_failures += 1
-            log.error("delivery to %s failed: %s", msg.topic(), err)
+            if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):  # purged on purpose
+                log.error("delivery to %s failed: %s", msg.topic(), err)
 
     def _begin(self) -> None:
         if self.eos and not self.in_txn:
@@ -456,10 +486,10 @@ class JoinWorker:
         if self.eos:
             if offsets:
                 meta = self.consumer.consumer_group_metadata()
-                self._retrying(lambda: self.producer.send_offsets_to_transaction(offsets, meta, 30),
-                               "send offsets to the transaction", limit=TXN_RETRY_SECONDS, hard=30 + CALL_SLACK)
-            self._retrying(lambda: self.producer.commit_transaction(60), "commit the transaction",
-                           limit=TXN_RETRY_SECONDS, hard=60 + CALL_SLACK)
+                self._retrying(lambda: self.producer.send_offsets_to_transaction(offsets, meta, 10),
+                               "send offsets to the transaction", limit=TXN_RETRY_SECONDS, hard=10 + CALL_SLACK)
+            self._retrying(lambda: self.producer.commit_transaction(30), "commit the transaction",
+                           limit=TXN_RETRY_SECONDS, hard=30 + CALL_SLACK)
             self.in_txn = False
         else:
             remaining = self.producer.flush(60)
@@ -559,7 +589,7 @@ class JoinWorker:
 
     def _recover_from_failed_commit(self, exc: KafkaException, *, rewind: bool) -> None:
         err = exc.args[0]
-        if self.eos and err.code() in FENCED and self.s.instance_id:
+        if self.eos and is_fenced(err) and self.s.instance_id:
             raise JoinFailed(duplicate_instance(self.s)) from exc
         if self.eos and not err.fatal():  # abortable, or retriable for too long
             log.warning("transaction failed (%s); aborting it and reading the batch again", err)
@@ -590,12 +620,12 @@ class JoinWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
         parts = sorted({tp.partition for tp in partitions})
-        self.ready = False
+        self.restored = False
         self._check_co_partitioned()
         log.info("assigned partitions %s; restoring their state", parts)
         self._restore(parts)
         self._update_gauges()
-        self.ready = not self.stopping
+        self.restored = not self.stopping
 
     def _check_co_partitioned(self) -> None:
         """Payments, orders and the changelog must have equal partition counts: the join
@@ -612,7 +642,7 @@ class JoinWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
-        self.ready = False
+        self.restored = False
         self.commit(handing_over=True)  # hand the partitions over with everything done so far committed
         for p in {tp.partition for tp in partitions}:
             self.pairs.pop(p, None)

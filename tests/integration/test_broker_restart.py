@@ -14,14 +14,17 @@ import subprocess
 import threading
 import time
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.kafka import config
 from streams.kafka.lag import LagError, group_lag
+from streams.kafka.topics import create_topics
 from tests.factories import payment
-from tests.integration.conftest import produce
+from tests.integration.conftest import isolated, produce
+from tests.integration.test_join import _LiveTraffic
 from tests.integration.test_lag import _free_port, _get
-from tests.integration.workers import ROOT, start, stop
+from tests.integration.workers import ROOT, recovered_ids, start, stop, wait_for_progress, wait_until_done
 
 STACK = ROOT / "deploy" / "local" / "stack.sh"
 
@@ -34,6 +37,13 @@ def _commit(s, group: str, offsets: dict[int, int]) -> None:
     c = Consumer(config.consumer(s, group))
     c.commit(offsets=[TopicPartition(s.payments_topic, p, off) for p, off in offsets.items()], asynchronous=False)
     c.close()
+
+
+def _wait_for(condition, what: str, log, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}: " + log.read_text()[-3000:]
+        time.sleep(0.2)
 
 
 def _exported_total(port: int, group: str) -> float | None:
@@ -88,3 +98,90 @@ def test_lag_reading_survives_broker_restarts_in_process_and_in_the_exporter(set
         poller.join(30)
         assert stop(exporter) == 0
     assert polls["ok"] > 3
+
+
+def _readiness(port: int) -> int | None:
+    try:
+        return _get(port, "/readyz")[0]
+    except OSError:
+        return None
+
+
+class _Readiness:
+    """Polls a worker's /readyz in the background and remembers what it answered."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.seen, self._done = port, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.seen.append(_readiness(self.port))
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_join_rides_out_a_killed_and_restarted_broker_under_live_traffic(base_settings, tmp_path, guarantee) -> None:
+    """kill -9 of the broker mid-stream, started again (~15 s away): the worker stays up,
+    says it is not ready while the broker is away and ready after, and every recovery
+    appears (once, with exactly_once)."""
+    s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
+                 processing_guarantee=guarantee)
+    create_topics(s)
+    port = _free_port()
+    log = tmp_path / "join.log"
+    worker = start(s, ["join"], log, metrics_port=port)
+    try:
+        _wait_for(lambda: _readiness(port) == 200, "the worker is ready", log)
+        traffic = _LiveTraffic(s, 24_000, seed=31, seconds=20)
+        wait_for_progress(s, traffic.total, 0.15)
+        readiness = _Readiness(port)
+        restart_broker("hard")
+        assert traffic.running(), "the broker was killed mid-stream"
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        readiness.stop()
+        ids = recovered_ids(s, len(traffic.exp.recovered), timeout=120)
+        assert set(ids) == traffic.exp.recovered, (f"{len(set(ids) - traffic.exp.recovered)} invented, "
+                                                   f"{len(traffic.exp.recovered - set(ids))} lost")
+        if guarantee == "exactly_once":
+            assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+        assert worker.poll() is None, "the worker stayed up: " + log.read_text()[-3000:]
+        assert 503 in readiness.seen, "not ready while the broker was away"
+        _wait_for(lambda: _readiness(port) == 200, "ready again after the restart", log)
+    finally:
+        assert stop(worker) == 0, log.read_text()[-3000:]
+
+
+def test_workers_on_a_freshly_formatted_broker_recover_every_payment_once(base_settings, tmp_path) -> None:
+    """A brand-new cluster (its coordinators still loading when the workers start): the
+    case that crashed `make demo` in 3 of 6 runs. Two join workers with default settings
+    and a lag exporter start at once, right after the broker is formatted."""
+    restart_broker("fresh")
+    s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms")
+    create_topics(s)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    workers = [start(s, ["join"], path, instance_id=None) for path in logs]
+    port = _free_port()
+    exporter = start(s, ["lag", "--serve", "--interval", "0.5"], tmp_path / "lag.log", metrics_port=port)
+    try:
+        traffic = _LiveTraffic(s, 12_000, seed=32, seconds=8)
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        ids = recovered_ids(s, len(traffic.exp.recovered), timeout=120)
+        assert set(ids) == traffic.exp.recovered
+        assert len(ids) == len(set(ids))
+        for w, path in zip(workers, logs):
+            assert w.poll() is None, path.read_text()[-3000:]
+        assert exporter.poll() is None, (tmp_path / "lag.log").read_text()[-3000:]
+        _wait_for(lambda: _exported_total(port, s.join_group) == 0, "the exporter shows the group caught up",
+                  tmp_path / "lag.log")
+    finally:
+        for w, path in zip(workers, logs):
+            assert stop(w) == 0, path.read_text()[-3000:]
+        assert stop(exporter) == 0

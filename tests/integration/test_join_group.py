@@ -1,0 +1,62 @@
+"""Many join workers in one group: default settings coexist, a duplicate instance id is named."""
+
+from __future__ import annotations
+
+import time
+
+from tests.integration.test_join import _LiveTraffic, _owned, _settings, _wait_for
+from tests.integration.workers import recovered_ids, start, stop, wait_for_progress, wait_until_done
+
+
+def test_three_workers_with_default_settings_on_one_host_recover_every_payment_once(base_settings, tmp_path) -> None:
+    """No SLIPGUARD_INSTANCE_ID: each process gets its own transactional.id, so three
+    workers on one host never fence each other, and a fourth joining and one leaving
+    under load lose and double nothing."""
+    s = _settings(base_settings, commit_interval="200ms")
+    logs = [tmp_path / f"w{i}.log" for i in range(4)]
+    workers = [start(s, ["join"], logs[i], instance_id=None) for i in range(3)]
+    try:
+        _wait_for(lambda: all(_owned(p) is not None for p in logs[:3])
+                  and sorted(sum((_owned(p) for p in logs[:3]), [])) == [0, 1, 2, 3],
+                  "three workers share the partitions", timeout=90)
+        traffic = _LiveTraffic(s, 30_000, seed=41, seconds=10)
+        wait_for_progress(s, traffic.total, 0.2)
+        assert stop(workers[0]) == 0, logs[0].read_text()[-3000:]  # one leaves cleanly mid-stream
+        workers.append(start(s, ["join"], logs[3], instance_id=None))  # another joins
+        assert traffic.running(), "membership changed under live traffic"
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        ids = recovered_ids(s, len(traffic.exp.recovered))
+        assert set(ids) == traffic.exp.recovered, (f"{len(set(ids) - traffic.exp.recovered)} invented, "
+                                                   f"{len(traffic.exp.recovered - set(ids))} lost")
+        assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+        for w, log in zip(workers[1:], logs[1:]):
+            assert w.poll() is None, log.read_text()[-3000:]
+            assert "Traceback" not in log.read_text()
+    finally:
+        for w, log in zip(workers[1:], logs[1:]):
+            assert stop(w) == 0, log.read_text()[-3000:]
+
+
+def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_settings, tmp_path) -> None:
+    s = _settings(base_settings, commit_interval="200ms")
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    a = start(s, ["join"], a_log, instance_id="same")
+    _wait_for(lambda: _owned(a_log) == [0, 1, 2, 3], "the first worker owns the partitions")
+    b = start(s, ["join"], b_log, instance_id="same")
+    try:
+        traffic = _LiveTraffic(s, 4_000, seed=42, seconds=4)
+        traffic.join()
+        deadline = time.monotonic() + 90
+        while a.poll() is None and b.poll() is None:
+            assert time.monotonic() < deadline, "neither worker noticed the duplicate id"
+            time.sleep(0.2)
+        loser, log = (a, a_log) if a.poll() is not None else (b, b_log)
+        text = log.read_text()
+        assert loser.returncode == 1
+        assert "runs with SLIPGUARD_INSTANCE_ID=same" in text, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+    finally:
+        for w in (a, b):
+            if w.poll() is None:
+                stop(w)
