@@ -68,6 +68,8 @@ class Settings(BaseSettings):
 
     partitions: int = Field(6, ge=1, le=10_000, description="partitions for topics that `topics create` makes")
     replication_factor: int = Field(-1, ge=-1, le=32, description="-1: the broker's default")
+    min_insync_replicas: int | None = Field(None, ge=1, le=32, description="for the changelog the join creates; "
+                                                                            "unset: the broker's default")
     instance_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9._-]{1,100}$",
         description="optional stable name of this worker (a StatefulSet pod name): its transactional.id and "

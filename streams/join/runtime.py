@@ -34,6 +34,7 @@ from streams import metrics
 from streams.join import changelog
 from streams.join.core import ORDER, PAYMENT, Decisions, JoinParams, PartitionJoin
 from streams.kafka import config
+from streams.kafka.topics import TopicLayoutError, ensure_join_topics
 from streams.logs import safe_error
 from streams.retry import Retry, Stopped
 from streams.settings import Settings
@@ -202,7 +203,12 @@ class JoinWorker:
             self.close()
 
     def subscribe(self) -> None:
-        """Start: initialise transactions (exactly_once), then join the group."""
+        """Start: check the topics (creating the changelog if missing), initialise
+        transactions (exactly_once), then join the group."""
+        try:
+            log.info("%s", ensure_join_topics(self.s))
+        except TopicLayoutError as exc:
+            raise JoinFailed(str(exc)) from None
         if self.eos and not self._init_transactions():
             return
         s = self.s

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.kafka import config
 from streams.settings import Settings
@@ -16,6 +16,19 @@ DAY_MS = 86_400_000
 
 class TopicLayoutError(Exception):
     """Existing topics cannot be joined as they are (for example, unequal partition counts)."""
+
+
+# The changelog's record size limit, consistent with the producer's message.max.bytes
+# (librdkafka's default, 1,000,000) and the join's own caps on what it writes.
+CHANGELOG_MAX_MESSAGE_BYTES = 1_048_588
+
+
+def changelog_config(settings: Settings) -> dict[str, str]:
+    conf = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3_600_000),
+            "max.message.bytes": str(CHANGELOG_MAX_MESSAGE_BYTES)}
+    if settings.min_insync_replicas is not None:
+        conf["min.insync.replicas"] = str(settings.min_insync_replicas)
+    return conf
 
 
 @dataclass(frozen=True)
@@ -33,12 +46,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.payments_topic, n, keep, True),
         TopicSpec(settings.orders_topic, n, keep, True),
         # The join's state: compacted, keyed by entry, co-partitioned with its inputs.
-        TopicSpec(
-            settings.changelog_topic,
-            n,
-            {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3_600_000)},
-            True,
-        ),
+        TopicSpec(settings.changelog_topic, n, changelog_config(settings), True),
         TopicSpec(settings.recovery_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
         TopicSpec(settings.late_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
         TopicSpec(settings.anomalies_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
@@ -110,3 +118,55 @@ def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60
         if not missing or time.monotonic() > deadline:
             return missing
         time.sleep(0.5)
+
+
+def ensure_join_topics(settings: Settings, *, timeout: float = 30.0) -> str:
+    """What the join does at start, as Kafka Streams does with its internal topics: the
+    inputs must exist and be co-partitioned; the changelog is created when missing
+    (compacted, as many partitions as the inputs) and verified when present. Returns a
+    line saying which; raises TopicLayoutError with one line that names the topic and
+    what to do."""
+    admin = AdminClient(config.admin(settings))
+    inputs = [settings.payments_topic, settings.orders_topic]
+    missing = wait_for_topics(settings, inputs, timeout=min(timeout, 15.0))  # just created: not listed yet
+    try:
+        have = existing_partitions(admin, timeout)
+    except KafkaException as exc:
+        raise TopicLayoutError(f"cannot read topic metadata from {settings.bootstrap_servers}: {exc.args[0]}") from None
+    if missing:
+        raise TopicLayoutError(f"input topic(s) {', '.join(missing)} not found (or not readable with this "
+                               "principal's ACLs); create them with `slipguard topics create`")
+    counts = {t: have[t] for t in inputs}
+    changelog = settings.changelog_topic
+    if changelog in have:
+        counts[changelog] = have[changelog]
+    if len(set(counts.values())) > 1:
+        found = ", ".join(f"{name}={count}" for name, count in counts.items())
+        raise TopicLayoutError(f"payments, orders and the changelog must have the same partition count to be "
+                               f"joined; found {found}. Stop every join worker and make them equal")
+    if changelog in have:
+        _verify_compacted(admin, changelog, timeout)
+        return f"changelog {changelog} verified ({have[changelog]} partitions, compacted)"
+    spec = NewTopic(changelog, num_partitions=counts[settings.payments_topic],
+                    replication_factor=settings.replication_factor, config=changelog_config(settings))
+    try:
+        admin.create_topics([spec], operation_timeout=timeout, request_timeout=timeout)[changelog].result()
+    except KafkaException as exc:
+        err = exc.args[0]
+        if err.code() != err.TOPIC_ALREADY_EXISTS:  # another worker created it meanwhile
+            raise TopicLayoutError(f"cannot create the changelog topic {changelog}: {err.str()}; create it "
+                                   "with `slipguard topics create` as a principal allowed to") from None
+    return f"changelog {changelog} created ({counts[settings.payments_topic]} partitions, compacted)"
+
+
+def _verify_compacted(admin: AdminClient, topic: str, timeout: float) -> None:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result()
+    except KafkaException:
+        return  # not allowed to describe (DescribeConfigs ACL): the partition check stands alone
+    policy = entries["cleanup.policy"].value if "cleanup.policy" in entries else ""
+    if "compact" not in (policy or ""):
+        raise TopicLayoutError(f"the changelog topic {topic} has cleanup.policy={policy}; it must be compacted "
+                               f"(kafka-configs --alter --entity-type topics --entity-name {topic} "
+                               "--add-config cleanup.policy=compact)")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from confluent_kafka.admin import AdminClient, NewTopic
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.cli import main
 from streams.kafka import config
-from streams.kafka.topics import existing_partitions, topic_specs
+from streams.kafka.topics import (
+    CHANGELOG_MAX_MESSAGE_BYTES,
+    TopicLayoutError,
+    ensure_join_topics,
+    existing_partitions,
+    topic_specs,
+)
 from tests.integration.conftest import isolated
+from tests.integration.workers import start
 
 
 def _flags(s) -> list[str]:
@@ -49,3 +57,44 @@ def test_missing_orders_topic_is_created_with_payments_partition_count(base_sett
         f.result()
     assert main(["topics", "create", "--partitions=2", *_flags(s)]) == 0
     assert existing_partitions(admin)[s.orders_topic] == 5
+
+
+def _create(admin: AdminClient, *topics: NewTopic) -> None:
+    for f in admin.create_topics(list(topics)).values():
+        f.result()
+
+
+def test_join_creates_its_missing_changelog_compacted_and_co_partitioned(base_settings) -> None:
+    s = isolated(base_settings)
+    admin = AdminClient(config.admin(s))
+    _create(admin, NewTopic(s.payments_topic, 3, 1), NewTopic(s.orders_topic, 3, 1))
+    assert ensure_join_topics(s) == f"changelog {s.changelog_topic} created (3 partitions, compacted)"
+    assert existing_partitions(admin)[s.changelog_topic] == 3
+    res = ConfigResource(ConfigResource.Type.TOPIC, s.changelog_topic)
+    conf = admin.describe_configs([res])[res].result()
+    assert conf["cleanup.policy"].value == "compact"
+    assert int(conf["max.message.bytes"].value) == CHANGELOG_MAX_MESSAGE_BYTES
+    assert ensure_join_topics(s).endswith("verified (3 partitions, compacted)")
+
+
+def test_join_refuses_a_changelog_that_is_not_co_partitioned_or_not_compacted(base_settings) -> None:
+    s = isolated(base_settings)
+    admin = AdminClient(config.admin(s))
+    _create(admin, NewTopic(s.payments_topic, 3, 1), NewTopic(s.orders_topic, 3, 1), NewTopic(s.changelog_topic, 2, 1))
+    with pytest.raises(TopicLayoutError, match=f"{s.changelog_topic}=2"):
+        ensure_join_topics(s)
+    t = isolated(base_settings)
+    _create(admin, NewTopic(t.payments_topic, 2, 1), NewTopic(t.orders_topic, 2, 1), NewTopic(t.changelog_topic, 2, 1))
+    with pytest.raises(TopicLayoutError, match="cleanup.policy=delete; it must be compacted"):
+        ensure_join_topics(t)
+
+
+def test_join_worker_with_a_missing_input_topic_exits_with_one_line_naming_it(base_settings, tmp_path) -> None:
+    s = isolated(base_settings)
+    _create(AdminClient(config.admin(s)), NewTopic(s.payments_topic, 2, 1))
+    log = tmp_path / "join.log"
+    worker = start(s, ["join"], log)
+    assert worker.wait(60) == 1
+    text = log.read_text()
+    assert f"slipguard join: input topic(s) {s.orders_topic} not found" in text, text
+    assert "Traceback" not in text
