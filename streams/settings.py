@@ -37,7 +37,7 @@ def parse_duration_ms(value: Any) -> int:
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
 
 
-DURATION_FIELDS = ("order_timeout", "grace", "late_horizon", "commit_interval")
+DURATION_FIELDS = ("order_timeout", "grace", "late_horizon", "max_future", "commit_interval")
 TOPIC_SETTINGS = ("payments", "orders", "recovery", "late", "anomalies", "dlq")
 
 
@@ -58,7 +58,10 @@ class Settings(BaseSettings):
 
     order_timeout: DurationMs = Field("60s", gt=0, description="how long a payment waits for its order")
     grace: DurationMs = Field("5s", ge=0, description="allowed out-of-orderness past the deadline")
-    late_horizon: DurationMs = Field("1h", ge=0, description="how long recovered payments are remembered")
+    late_horizon: DurationMs = Field("1h", ge=0, description="how long recovered payments are remembered "
+                                                             "after their recovery")
+    max_future: DurationMs = Field("1h", gt=0, description="how far ahead of the worker's clock a record's "
+                                                           "timestamp may be; further goes to the DLQ")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
 
     join_group: str = Field("slipguard-join", min_length=1)

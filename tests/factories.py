@@ -26,3 +26,10 @@ def order(**over: Any) -> Order:
     )
     fields.update(over)
     return Order(**fields)
+
+
+def payment_signed(key: bytes, **over: Any) -> Payment:
+    """A payment with a valid signature for `key` (the payment_id defaults to pay-<order_id>)."""
+    over.setdefault("payment_id", f"pay-{over.get('order_id', 'ord-1')}")
+    unsigned = payment(**over)
+    return unsigned.model_copy(update={"signature": unsigned.expected_signature(key)})

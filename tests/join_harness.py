@@ -14,6 +14,7 @@ T = 60_000
 G = 5_000
 H = 3_600_000
 BASE = epoch_ms(T0)
+FAR = BASE + 1_000 * T  # a wall clock far ahead of every record
 
 
 def at(ms: int):
@@ -23,10 +24,17 @@ def at(ms: int):
 class Harness:
     def __init__(self, timeout: int = T, grace: int = G, horizon: int = H, key: bytes | None = None) -> None:
         self.join = PartitionJoin(JoinParams(timeout, grace, horizon, key))
+        self.key = key
         self.out = Decisions()
 
-    def pay(self, ts: int, oid: str = "ord-1", pid: str | None = None, status: str = "succeeded", **over) -> Payment:
+    def pay(self, ts: int, oid: str = "ord-1", pid: str | None = None, status: str = "succeeded",
+            forged: bool = False, **over) -> Payment:
+        """With a key, payments are signed unless `forged` (then the signature is wrong)."""
         p = payment(payment_id=pid or f"pay-{oid}", order_id=oid, status=status, paid_at=at(ts), **over)
+        if forged:
+            p = p.model_copy(update={"signature": "0" * 64})
+        elif self.key is not None and "signature" not in over:
+            p = p.model_copy(update={"signature": p.expected_signature(self.key)})
         self.join.on_payment(ts, p, p.encode(), self.out)
         return p
 
@@ -35,7 +43,8 @@ class Harness:
         self.join.on_order(ts, o, o.encode(), self.out)
         return o
 
-    def advance(self, now: int = 0, payments_at_end: bool = False, orders_at_end: bool = False) -> None:
+    def advance(self, now: int = FAR, payments_at_end: bool = False, orders_at_end: bool = False) -> None:
+        """now: the wall clock; by default far ahead of every record, so that records alone move progress."""
         self.join.advance(now, payments_at_end, orders_at_end, self.out)
 
     def take(self) -> Decisions:

@@ -13,7 +13,8 @@ import pytest
 
 from streams.join import changelog
 from streams.join.core import MATCHED, ORDER, PAYMENT, JoinParams, PartitionJoin
-from tests.join_harness import BASE, G, H, T, Harness
+from tests.factories import payment_signed
+from tests.join_harness import BASE, G, H, T, Harness, at
 
 D = BASE + T  # the payment's deadline
 
@@ -64,7 +65,7 @@ def test_an_order_record_past_deadline_plus_grace_times_the_payment_out(seen: in
     h = Harness()
     h.pay(BASE)
     h.order(seen, oid="someone-else")
-    h.advance(0, payments_at_end=False, orders_at_end=False)
+    h.advance(payments_at_end=False, orders_at_end=False)  # the wall clock well past the records
     assert h.recovered_ids() == (["pay-ord-1"] if recovered else [])
 
 
@@ -150,17 +151,88 @@ def test_order_that_was_read_before_its_payment_but_is_past_the_deadline_is_late
     assert h.recovered_ids() == ["pay-ord-1"]
 
 
-def test_recovered_payments_are_remembered_for_the_late_horizon_only() -> None:
+def test_recovered_payments_are_remembered_for_the_late_horizon_after_the_recovery_only() -> None:
     h = Harness()
     h.pay(BASE)
-    h.advance(D + G, True, True)
+    h.advance(D + G, True, True)  # recovered when the wall clock is at D + G
     assert h.recovered_ids() == ["pay-ord-1"]
-    h.advance(D + H - 1, True, True)
+    h.advance(D + G + H - 1, True, True)
     assert h.join.sizes()[2] == 1
-    h.advance(D + H, True, True)
+    h.advance(D + G + H, True, True)
     assert h.join.sizes() == (0, 0, 0)
-    h.order(D + H + 1)
+    h.order(D + G + H + 1)
     assert h.take().late == [], "past the horizon the order is no longer recognised"
+
+
+def test_a_payment_hours_old_recovered_in_a_catch_up_still_recognises_its_late_order() -> None:
+    """The horizon runs from the recovery by the wall clock, not from the deadline: a
+    backlog two hours old is recovered now, and its order, read seconds later, is late."""
+    h = Harness()
+    now = BASE + 2 * H
+    h.pay(BASE)
+    h.order(BASE + 2 * H - 10_000, oid="someone-else")  # the backlog: orders read far past the deadline
+    h.advance(now, payments_at_end=False, orders_at_end=False)
+    assert h.recovered_ids() == ["pay-ord-1"]
+    h.order(BASE + 2 * H - 5_000)  # its order, stamped late, read 5 s later
+    h.advance(now + 5_000, payments_at_end=False, orders_at_end=False)
+    late = h.take().late
+    assert [x.payment_id for x in late] == ["pay-ord-1"]
+
+
+# ---------------------------------------------------------------- bad clocks and forged records
+
+
+def test_an_order_stamped_30_minutes_ahead_times_out_nothing_before_the_wall_clock_does() -> None:
+    h = Harness()
+    for i in range(20):
+        h.pay(BASE + i, oid=f"o{i}")
+    h.order(BASE + 30 * 60_000, oid="wrong-clock")  # a producer whose clock is 30 min fast
+    h.advance(BASE + 1_000, payments_at_end=False, orders_at_end=False)
+    assert h.recovered_ids() == [], "progress never runs ahead of the wall clock"
+    h.advance(D + G - 1, payments_at_end=False, orders_at_end=False)
+    assert h.recovered_ids() == []
+    h.advance(D + G, payments_at_end=False, orders_at_end=False)
+    assert h.recovered_ids() == ["pay-o0"], "once the wall clock passes deadline + grace, in order"
+
+
+def test_a_record_stamped_ahead_still_matches_by_its_own_timestamp() -> None:
+    h = Harness()
+    h.pay(BASE + 10 * 60_000)  # stamped 10 min ahead of the wall clock
+    h.order(BASE + 10 * 60_000 + 1_000)
+    h.advance(BASE, True, True)
+    out = h.take()
+    assert out.matched == 1 and out.recoveries == []
+
+
+def test_a_forged_payment_stamped_ahead_moves_no_progress_and_evicts_no_order() -> None:
+    key = b"k" * 32
+    h = Harness(key=key)
+    h.order(BASE, oid="real")
+    forged = h.pay(BASE + 30 * 60_000, oid="forged", signature="0" * 64)
+    assert [a.kind for a in h.take().anomalies] == ["bad_signature"]
+    assert forged.status == "succeeded"
+    h.advance(BASE + 2_000, payments_at_end=False, orders_at_end=False)
+    assert "real" in h.join.orders, "the buffered order is still there for its payment"
+    assert h.join.payment_time < BASE + 30 * 60_000
+    signed = payment_signed(key, order_id="real", paid_at=at(BASE + 2_000))
+    h.join.on_payment(BASE + 2_000, signed, signed.encode(), h.out)
+    assert h.take().matched == 1
+
+
+def test_a_forged_failed_payment_moves_no_progress_either() -> None:
+    h = Harness(key=b"k" * 32)
+    h.pay(BASE + 30 * 60_000, oid="x", status="failed", signature="0" * 64)
+    assert h.join.payment_time == -1
+
+
+def test_one_far_future_order_does_not_hold_up_the_expiry_of_those_behind_it() -> None:
+    h = Harness()
+    h.order(BASE + 50 * 60_000, oid="far")  # first in, expires last
+    for i in range(1_000):
+        h.order(BASE + i, oid=f"o{i}")
+    h.pay(BASE + T + G + 2_000, oid="late-payment")
+    h.advance(BASE + T + G + 2_000, payments_at_end=False, orders_at_end=False)
+    assert set(h.join.orders) == {"far"}, "everything past its window expired, whatever was inserted first"
 
 
 def test_duplicate_payment_is_dropped() -> None:

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from tests.join_harness import BASE, G, T, Harness
 
+KEY = b"property-test-hmac-key-32-bytes!"
+
 
 @dataclass(frozen=True)
 class Ev:
@@ -25,6 +27,7 @@ class Ev:
     ts: int
     pid: str = ""
     status: str = "succeeded"
+    forged: bool = False  # a payment whose signature does not verify
 
 
 @st.composite
@@ -55,9 +58,18 @@ def scenarios(draw):
             orders.append((o.ts + draw(jitter), o))
             if draw(st.integers(0, 5)) == 0:
                 orders.append((o.ts + draw(jitter) + G // 2, o))  # the order event published twice
+        if draw(st.integers(0, 5)) == 0:  # a producer with a wrong clock: an order stamped far ahead
+            skew = Ev("order", f"skew{i}", t + draw(st.integers(10 * T, 30 * T)))
+            orders.append((t + draw(jitter), skew))
+        if draw(st.integers(0, 5)) == 0:  # a forged payment (for this order or another), perhaps stamped ahead
+            forged_ts = t + draw(st.sampled_from([0, T, 20 * T]))
+            forged = Ev("pay", draw(st.sampled_from([oid, f"forged{i}"])), forged_ts, f"f{i}", forged=True)
+            payments.append((t + draw(jitter), forged))
         if draw(st.integers(0, 2)) == 0:  # another order that moves order time right onto this timeout edge
             tick = Ev("order", f"tick{i}", t + T + G - draw(st.integers(0, 1)))
             orders.append((tick.ts, tick))
+    # Records are appended to their partitions in production order (the sort key), which
+    # for wrong clocks and forgeries is far from their timestamps.
     ps = [e for _, e in sorted(payments, key=lambda x: x[0])]
     os = [e for _, e in sorted(orders, key=lambda x: x[0])]
     # Interleave the two partitions at random, with time advancing at random points, often
@@ -95,7 +107,9 @@ class Reference:
         self.steps += 1
         if isinstance(s, tuple):
             _, payments_at_end, orders_at_end, now = s
-            progress = max(self.order_time, now) if orders_at_end else self.order_time
+            # Progress of the orders partition: the wall clock once read to its end, else the
+            # latest order read, but never past the wall clock.
+            progress = now if orders_at_end else min(self.order_time, now)
             for oid, (pid, t) in self.first.items():
                 if self.state[oid] == "pending" and t + T + G <= progress:
                     self.state[oid] = "recovered"
@@ -108,7 +122,7 @@ class Reference:
             if self.state.get(s.oid) == "pending":
                 self._try_match(s.oid)
             return
-        if s.status != "succeeded" or s.oid in self.first:
+        if s.forged or s.status != "succeeded" or s.oid in self.first:  # forgeries count for nothing
             return
         self.first[s.oid] = (s.pid, s.ts)
         self.state[s.oid] = "pending"
@@ -127,7 +141,7 @@ def _apply(h: Harness, s) -> None:
         _, payments_at_end, orders_at_end, now = s
         h.advance(now, payments_at_end, orders_at_end)
     elif s.kind == "pay":
-        h.pay(s.ts, oid=s.oid, pid=s.pid, status=s.status)
+        h.pay(s.ts, oid=s.oid, pid=s.pid, status=s.status, forged=s.forged)
     else:
         h.order(s.ts, oid=s.oid)
 
@@ -135,7 +149,7 @@ def _apply(h: Harness, s) -> None:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_core_recovers_exactly_what_the_contract_says(steps) -> None:
-    h = Harness()
+    h = Harness(key=KEY)
     ref = Reference()
     recovered: list[str] = []
     when: list[tuple[int, str]] = []
@@ -176,7 +190,7 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
     from streams.join import changelog
     from streams.join.core import JoinParams, PartitionJoin
 
-    h = Harness()
+    h = Harness(key=KEY)
     log: dict[bytes, bytes | None] = {}
     for s in steps:
         _apply(h, s)
@@ -185,7 +199,7 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
             for kind, key, value in h.join.take_changes():
                 log[changelog.encode_key(kind, key)] = None if value is None else changelog.encode_value(kind, value)
             compacted = {k: v for k, v in log.items() if v is not None}
-            restored = PartitionJoin(JoinParams(T, G, 3_600_000))
+            restored = PartitionJoin(JoinParams(T, G, 3_600_000, KEY))
             changelog.restore_into(restored, compacted)
             # Orders are compared while within their window: past it, an entry may linger in
             # memory behind an older one (expiry goes in insertion order) or in a bundle that

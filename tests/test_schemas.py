@@ -143,3 +143,38 @@ def test_epoch_ms_is_exact() -> None:
 def test_committed_json_schema_matches_the_model(name: str) -> None:
     committed = (JSON_DIR / f"{name}.schema.json").read_text(encoding="utf-8")
     assert committed == render(name), f"schemas/json/{name}.schema.json drifted: run `make schemas`"
+
+
+def test_a_dead_letter_of_a_huge_record_is_bounded_and_says_what_it_dropped() -> None:
+    import base64
+    import hashlib
+    from datetime import datetime, timezone
+
+    from schemas.dlq import VALUE_PREFIX, DeadLetter
+
+    value = bytes(range(256)) * 3_200  # 800 KiB
+    key = b"k" * 10_000
+    headers = [(f"h{i}", b"v" * 5_000) for i in range(100)]
+    dead = DeadLetter.of(topic="payments", partition=3, offset=42, timestamp_ms=1_700_000_000_000, headers=headers,
+                         key=key, value=value, error="bad\nrecord", failed_at=datetime.now(timezone.utc))
+    encoded = dead.encode()
+    assert len(encoded) < 200_000, "fits any broker's 1 MB limit with room to spare"
+    back = DeadLetter.decode(encoded)
+    assert back.value_truncated and back.value_size == len(value)
+    assert back.value_sha256 == hashlib.sha256(value).hexdigest()
+    assert base64.b64decode(back.value_b64) == value[:VALUE_PREFIX]
+    assert back.key_truncated and back.key_size == len(key)
+    assert len(back.headers) == 64 and all(h.truncated for h in back.headers)
+    assert back.timestamp_ms == 1_700_000_000_000 and back.error == "bad | record"
+
+
+def test_a_dead_letter_of_a_small_record_keeps_it_whole() -> None:
+    import base64
+    from datetime import datetime, timezone
+
+    from schemas.dlq import DeadLetter
+
+    dead = DeadLetter.of(topic="orders", partition=0, offset=1, timestamp_ms=-1, headers=[("traceparent", b"00-ab")],
+                         key=b"o1", value=b"{not json", error="x", failed_at=datetime.now(timezone.utc))
+    assert base64.b64decode(dead.value_b64) == b"{not json" and not dead.value_truncated and dead.value_size is None
+    assert dead.timestamp_ms is None and dead.headers[0].key == "traceparent"

@@ -29,6 +29,12 @@ KIND = {v: k for k, v in PREFIX.items()}
 _TS_FLAG = struct.Struct(">qB")
 _ORDER = struct.Struct(">qqI")  # order ts, paid_t, length of the order's bytes
 _PAIR = struct.Struct(">HHIqq")  # lengths of order_id, payment_id, payment bytes; order ts, paid_t
+_RECOVERED_AT = struct.Struct(">q")
+# Flag byte of payment and recovered entries: bit 0 late; bit 1 a recovered_at follows
+# (wall-clock ms of the recovery). Records written before it existed have bit 1 clear
+# and still decode: their recovery time is taken as the restore's wall clock (they are
+# remembered a little longer, never shorter).
+_LATE, _HAS_RECOVERED_AT = 1, 2
 
 
 class ChangelogFormatError(ValueError):
@@ -55,11 +61,13 @@ def encode_value(kind: int, entry: object) -> bytes:
         assert isinstance(entry, BufferedOrder)
         return _ORDER.pack(entry.ts, entry.paid_t, len(entry.raw)) + entry.raw + (entry.paid_raw or b"")
     assert isinstance(entry, RecoveredPayment)
-    return _TS_FLAG.pack(entry.deadline, entry.late) + entry.raw
+    return (_TS_FLAG.pack(entry.deadline, entry.late | _HAS_RECOVERED_AT) + _RECOVERED_AT.pack(entry.recovered_at)
+            + entry.raw)
 
 
-def decode(key: bytes, value: bytes | None) -> tuple[int, str | int, object | None]:
-    """(kind, order_id or bundle number, entry or None for a tombstone)."""
+def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> tuple[int, str | int, object | None]:
+    """(kind, order_id or bundle number, entry or None for a tombstone). `now_ms`: the
+    recovery time given to recovered entries written before it was recorded."""
     kind = KIND.get(key[:2])
     if kind is None:
         raise ChangelogFormatError(f"unknown changelog key prefix {key[:2]!r}")
@@ -75,12 +83,18 @@ def decode(key: bytes, value: bytes | None) -> tuple[int, str | int, object | No
         raw, paid_raw = value[start : start + n], value[start + n :] or None
         paid_id = Payment.decode(paid_raw).payment_id if paid_raw else None
         return kind, oid, BufferedOrder(ts, raw, order_cmp(Order.decode(raw)), paid_id, paid_t, paid_raw)
-    t, late = _TS_FLAG.unpack_from(value)
-    raw = value[_TS_FLAG.size :]
+    t, flags = _TS_FLAG.unpack_from(value)
+    at = _TS_FLAG.size
+    recovered_at = now_ms
+    if flags & _HAS_RECOVERED_AT:
+        (recovered_at,) = _RECOVERED_AT.unpack_from(value, at)
+        at += _RECOVERED_AT.size
+    raw = value[at:]
     p = Payment.decode(raw)
+    late = bool(flags & _LATE)
     if kind == PAYMENT:
-        return kind, oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), bool(late))
-    return kind, oid, RecoveredPayment(p.payment_id, t, raw, bool(late))
+        return kind, oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), late)
+    return kind, oid, RecoveredPayment(p.payment_id, t, raw, late, recovered_at=recovered_at)
 
 
 def _decode_pairs(value: bytes) -> list[tuple[str, BufferedOrder]]:
@@ -100,7 +114,7 @@ def _decode_pairs(value: bytes) -> list[tuple[str, BufferedOrder]]:
     return pairs
 
 
-def restore_into(core: object, latest: dict[bytes, bytes | None]) -> None:
+def restore_into(core: object, latest: dict[bytes, bytes | None], now_ms: int = 0) -> None:
     """Rebuild a PartitionJoin from the last value of each changelog key of its partition.
 
     Bundles of matched pairs go first, oldest first; entries under their own keys override them.
@@ -113,6 +127,6 @@ def restore_into(core: object, latest: dict[bytes, bytes | None]) -> None:
     for key, value in latest.items():
         if key.startswith(bundle_prefix):
             continue
-        kind, oid, entry = decode(key, value)
+        kind, oid, entry = decode(key, value, now_ms)
         if entry is not None:
             core.restore(kind, oid, entry)  # type: ignore[attr-defined]

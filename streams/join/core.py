@@ -21,13 +21,21 @@ The rules are the contract's "Join semantics", in one place:
 * A matched pair whose user, amount or currency disagree is matched and reported.
 * With an HMAC key, a payment without a valid signature is reported, never recovered.
 * Unmatched orders are kept until the payments partition is past their window (+ grace),
-  matched pairs as long (to recognise duplicates), recovered payments for late_horizon.
+  matched pairs as long (to recognise duplicates), recovered payments for late_horizon
+  after the recovery was emitted, by the worker's clock (so a payment recovered hours
+  after its deadline, catching up a backlog, still recognises its late order).
+* Time is safe against bad clocks and forged records: a partition's progress never runs
+  ahead of the wall clock (a record stamped in the future matches by its own timestamp
+  but moves progress only up to `now`), and only records that pass validation, the
+  signature included, move progress. (Records stamped absurdly far ahead or before 2000
+  never reach the core: the runtime sends them to the DLQ.)
+* Expiry goes by expiry time (heaps), so one out-of-order entry holds up nothing else.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
+import itertools
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -116,10 +124,12 @@ class BufferedOrder:
 
 
 class RecoveredPayment:
-    __slots__ = ("payment_id", "deadline", "raw", "late", "persisted")
+    __slots__ = ("payment_id", "deadline", "raw", "late", "persisted", "recovered_at")
 
-    def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool = False, persisted: bool = False):
+    def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool = False, persisted: bool = False,
+                 recovered_at: int = 0):
         self.payment_id, self.deadline, self.raw, self.late, self.persisted = payment_id, deadline, raw, late, persisted
+        self.recovered_at = recovered_at  # wall clock (ms) when the recovery was emitted
 
 
 def payment_cmp(p: Payment) -> Cmp:
@@ -141,9 +151,11 @@ class PartitionJoin:
         self.pending: dict[str, PendingPayment] = {}
         self.orders: dict[str, BufferedOrder] = {}
         self.recovered: dict[str, RecoveredPayment] = {}
-        # Insertion-ordered queues for expiry (a dict's front is slow to reach after many deletes).
-        self._order_queue: deque[tuple[str, BufferedOrder]] = deque()
-        self._recovered_queue: deque[tuple[str, RecoveredPayment]] = deque()
+        # Expiry heaps: (expiry, sequence, order_id, entry); stale items are skipped when they
+        # come up, an order whose expiry moved later (it was matched) is pushed again.
+        self._seq = itertools.count()
+        self._order_queue: list[tuple[int, int, str, BufferedOrder]] = []
+        self._recovered_queue: list[tuple[int, int, str, RecoveredPayment]] = []
         # (deadline, order_id, payment_id); stale items are skipped and compacted away.
         self._timers: list[tuple[int, str, str]] = []
         self.payment_time = -1  # highest payment event time consumed
@@ -156,21 +168,25 @@ class PartitionJoin:
         # once all its pairs have expired: two changelog records per commit instead of two
         # per order.
         self._new_matched: list[tuple[str, BufferedOrder]] = []
-        self._bundles: deque[tuple[int, int]] = deque()  # (bundle number, expiry) of bundles in the log
+        self._bundles: list[tuple[int, int]] = []  # heap of (expiry, bundle number) of bundles in the log
         self._expired_bundles: list[int] = []
         self._next_bundle = 0
 
     # ------------------------------------------------------------ records
 
     def on_payment(self, ts: int, p: Payment, raw: bytes, out: Decisions) -> None:
-        if p.status != "succeeded":
-            out.ignored_failed += 1
+        key = self.params.hmac_key
+        if key is not None and not p.signature_valid(key):
+            # A forged or corrupted payment moves no progress and expires nothing.
+            if p.status == "succeeded":
+                out.anomalies.append(Flag("bad_signature", p.order_id, (p,)))
+            else:
+                out.ignored_failed += 1
             return
         if ts > self.payment_time:
             self.payment_time = ts
-        key = self.params.hmac_key
-        if key is not None and not p.signature_valid(key):
-            out.anomalies.append(Flag("bad_signature", p.order_id, (p,)))
+        if p.status != "succeeded":
+            out.ignored_failed += 1
             return
         oid = p.order_id
         # One lookup per map; the common case (a new payment, or the order already here) is cheap.
@@ -262,8 +278,10 @@ class PartitionJoin:
         the wall clock count as progress for it.
         """
         p = self.params
-        orders_progress = max(self.order_time, now_ms) if orders_at_end else self.order_time
-        payments_progress = max(self.payment_time, now_ms) if payments_at_end else self.payment_time
+        # Never past the wall clock: a record stamped ahead (a producer's wrong clock, a
+        # forged record) must not time out every pending payment at once.
+        orders_progress = now_ms if orders_at_end else min(self.order_time, now_ms)
+        payments_progress = now_ms if payments_at_end else min(self.payment_time, now_ms)
         self.payments_progress = max(self.payments_progress, payments_progress)
 
         due = orders_progress - p.grace_ms  # deadlines <= due are past
@@ -274,40 +292,39 @@ class PartitionJoin:
             if pending is None or pending.payment_id != pid:
                 continue  # matched or replaced since the timer was set
             self._drop_pending(oid, pending)
-            self._add_recovered(oid, RecoveredPayment(pid, deadline, pending.raw, pending.late))
+            self._add_recovered(oid, RecoveredPayment(pid, deadline, pending.raw, pending.late, recovered_at=now_ms))
             out.recoveries.append(Recover(Payment.decode(pending.raw), deadline))
         if len(timers) > 64 and len(timers) > 2 * len(self.pending):
             self._timers = [(e.t + p.timeout_ms, oid, e.payment_id) for oid, e in self.pending.items()]
             heapq.heapify(self._timers)
 
-        # Orders and recovered payments expire roughly in insertion order; an entry out of
-        # order only lives a little longer, never shorter.
-        window = p.timeout_ms + p.grace_ms
+        self._expire(payments_progress, now_ms)
+
+    def _expire(self, payments_progress: int, now_ms: int) -> None:
+        """Orders and matched pairs once the payments partition is past their window;
+        recovered payments late_horizon after their recovery, by the wall clock."""
+        window = self.params.timeout_ms + self.params.grace_ms
         orders = self.orders
         queue = self._order_queue
-        while queue:
-            oid, entry = queue[0]
+        while queue and queue[0][0] <= payments_progress:
+            _, _, oid, entry = heapq.heappop(queue)
             if orders.get(oid) is not entry:
-                queue.popleft()  # dropped or replaced already
+                continue  # dropped or replaced already
+            expiry = entry.expires_at(window)
+            if expiry > payments_progress:
+                heapq.heappush(queue, (expiry, next(self._seq), oid, entry))  # matched since: lives longer
                 continue
-            if entry.expires_at(window) > payments_progress:
-                break
-            queue.popleft()
             self._drop_order(oid, entry)
         bundles = self._bundles
-        while bundles and bundles[0][1] <= payments_progress:
-            self._expired_bundles.append(bundles.popleft()[0])
+        while bundles and bundles[0][0] <= payments_progress:
+            self._expired_bundles.append(heapq.heappop(bundles)[1])
         recovered = self.recovered
         rqueue = self._recovered_queue
-        horizon_end = orders_progress - p.late_horizon_ms
-        while rqueue:
-            oid, rentry = rqueue[0]
+        forget_before = now_ms - self.params.late_horizon_ms
+        while rqueue and rqueue[0][0] <= forget_before:
+            _, _, oid, rentry = heapq.heappop(rqueue)
             if recovered.get(oid) is not rentry:
-                rqueue.popleft()
                 continue
-            if rentry.deadline > horizon_end:
-                break
-            rqueue.popleft()
             del recovered[oid]
             self._mark(RECOVERED, oid, rentry.persisted)
 
@@ -339,8 +356,15 @@ class PartitionJoin:
         dirty = self.dirty[ORDER]
         entry.persisted = in_log = dirty.get(oid, False)
         self.orders[oid] = entry
-        self._order_queue.append((oid, entry))
+        self._queue_order(oid, entry)
         dirty[oid] = in_log
+
+    def _queue_order(self, oid: str, entry: BufferedOrder) -> None:
+        window = self.params.timeout_ms + self.params.grace_ms
+        heapq.heappush(self._order_queue, (entry.expires_at(window), next(self._seq), oid, entry))
+
+    def _queue_recovered(self, oid: str, entry: RecoveredPayment) -> None:
+        heapq.heappush(self._recovered_queue, (entry.recovered_at, next(self._seq), oid, entry))
 
     def _drop_order(self, oid: str, entry: BufferedOrder) -> None:
         del self.orders[oid]
@@ -349,7 +373,7 @@ class PartitionJoin:
     def _add_recovered(self, oid: str, entry: RecoveredPayment) -> None:
         entry.persisted = self.dirty[RECOVERED].get(oid, False)
         self.recovered[oid] = entry
-        self._recovered_queue.append((oid, entry))
+        self._queue_recovered(oid, entry)
         self._mark(RECOVERED, oid, entry.persisted)
 
     # ------------------------------------------------------------ changelog
@@ -392,7 +416,7 @@ class PartitionJoin:
                 bundle = live_pairs[start : start + BUNDLE_MAX]
                 number = self._next_bundle
                 self._next_bundle += 1
-                self._bundles.append((number, max(e.expires_at(window) for _, e in bundle)))
+                heapq.heappush(self._bundles, (max(e.expires_at(window) for _, e in bundle), number))
                 changes.append((MATCHED, number, bundle))
         return changes
 
@@ -406,8 +430,8 @@ class PartitionJoin:
             window = self.params.timeout_ms + self.params.grace_ms
             for oid, pair in entry:
                 self.orders[oid] = pair
-                self._order_queue.append((oid, pair))
-            self._bundles.append((key, max((e.expires_at(window) for _, e in entry), default=0)))
+                self._queue_order(oid, pair)
+            heapq.heappush(self._bundles, (max((e.expires_at(window) for _, e in entry), default=0), key))
             self._next_bundle = max(self._next_bundle, key + 1)
             return
         assert isinstance(key, str)
@@ -420,11 +444,11 @@ class PartitionJoin:
         elif kind == ORDER:
             assert isinstance(entry, BufferedOrder)
             self.orders[oid] = entry
-            self._order_queue.append((oid, entry))
+            self._queue_order(oid, entry)
         else:
             assert isinstance(entry, RecoveredPayment)
             self.recovered[oid] = entry
-            self._recovered_queue.append((oid, entry))
+            self._queue_recovered(oid, entry)
 
     def oldest_pending_time(self) -> int | None:
         """Event time of (about) the oldest pending payment: the earliest live timer."""

@@ -51,6 +51,7 @@ TXN_RETRY_SECONDS = 60.0  # how long a commit is retried before the transaction 
 ABORT_RETRY_SECONDS = 30.0  # how long an abort is retried before the producer is replaced
 CALL_SLACK = 10.0  # a transactional call's hard deadline beyond its own timeout (which librdkafka may ignore)
 STOP_GRACE = 5.0  # how long a hanging call may hold up a requested stop
+MIN_EVENT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything older is a wrong clock or unit
 RESTORE_STALL_SECONDS = 120.0  # a restore without progress for this long gives up
 # Errors that mean another producer (or member) took this worker's identity.
 FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
@@ -63,6 +64,16 @@ def tune_gc() -> None:
     """Fewer cyclic-GC passes: the join allocates per record but makes no cycles, and each
     pass walks the (large) state. Measured: about 5-10 % less CPU per event."""
     gc.set_threshold(100_000, 50, 1_000)
+
+
+def _bad_time(ts: int, now_ms: int, max_future_ms: int) -> str:
+    if ts < 0:
+        return "record has no timestamp; the join needs the Kafka timestamp as event time"
+    if ts < MIN_EVENT_MS:
+        return f"record timestamp {ts} ms is before 2000-01-01; a wrong clock or unit at the producer"
+    return (f"record timestamp {ts} ms is {(ts - now_ms) / 1000:.0f} s ahead of this worker's clock, more than "
+            f"SLIPGUARD_MAX_FUTURE ({max_future_ms / 1000:.0f} s); a wrong clock or unit (microseconds?) "
+            "at the producer")
 
 
 class JoinFailed(Exception):
@@ -143,6 +154,7 @@ class JoinWorker:
         self.last_commit = time.monotonic()
         self.restored = False  # assigned partitions restored
         self.broker_up = True  # from librdkafka's statistics: a broker connection is up
+        self.latest_ok_ms = now_ms() + settings.max_future  # records stamped later go to the DLQ
         self.last_loop = time.monotonic()
 
         group = settings.join_group
@@ -206,9 +218,12 @@ class JoinWorker:
         """Start: check the topics (creating the changelog if missing), initialise
         transactions (exactly_once), then join the group."""
         try:
-            log.info("%s", ensure_join_topics(self.s))
+            said = ensure_join_topics(self.s, stopping=lambda: self.stopping)
         except TopicLayoutError as exc:
             raise JoinFailed(str(exc)) from None
+        if said is None:
+            return  # stopped
+        log.info("%s", said)
         if self.eos and not self._init_transactions():
             return
         s = self.s
@@ -285,6 +300,7 @@ class JoinWorker:
         """One batch: consume, decide, produce; commit when the interval has passed."""
         msgs = self.consumer.consume(self.s.batch_size, timeout=0.05)
         self.last_loop = time.monotonic()
+        self.latest_ok_ms = self.now_ms() + self.s.max_future
         self.producer.poll(0)
         out = Decisions()
         if msgs:
@@ -311,6 +327,7 @@ class JoinWorker:
     def _process(self, msgs: list[Message], out: Decisions) -> None:
         topics = self.topics
         pairs = self.pairs
+        limit = self.latest_ok_ms
         counts = [0, 0]
         for m in msgs:
             err = m.error()
@@ -333,7 +350,10 @@ class JoinWorker:
                 continue
             if pair is None:
                 continue  # revoked meanwhile; the new owner reads it again
-            pair.held[kind].append((m.timestamp()[1], m))  # type: ignore[index]  (read the timestamp once)
+            ts = m.timestamp()[1]
+            if ts > limit or ts < MIN_EVENT_MS:
+                ts = -1  # bound for the DLQ: merged first, so it holds up nothing behind it
+            pair.held[kind].append((ts, m))  # type: ignore[index]  (read the timestamp once)
             pair.fetched_to[kind] = m.offset() + 1  # type: ignore[index]
             pair.fetch_end[kind] = False  # type: ignore[index]
             counts[kind] += 1  # type: ignore[index]
@@ -362,8 +382,9 @@ class JoinWorker:
             if m.key() != rec.order_id.encode():
                 raise ValueError(f"record key {m.key()!r} is not the order_id {rec.order_id!r}: "
                                  "producers must key by order_id")
-            if ts < 0:
-                raise ValueError("record has no timestamp; the join needs the Kafka timestamp as event time")
+            if ts < MIN_EVENT_MS or ts > self.latest_ok_ms:
+                ts = m.timestamp()[1]
+                raise ValueError(_bad_time(ts, self.latest_ok_ms - self.s.max_future, self.s.max_future))
         except (ValidationError, ValueError, TypeError, UnicodeDecodeError) as exc:
             self._dead_letter(m, exc)
             return
@@ -423,10 +444,9 @@ class JoinWorker:
         self.uncommitted = True
 
     def _dead_letter(self, m: Message, exc: Exception) -> None:
-        error = str(exc).replace("\n", " | ")[:3900]
-        dead = DeadLetter(source_topic=m.topic(), partition=m.partition(), offset=m.offset(),
-                          key_b64=DeadLetter.b64(m.key()), value_b64=DeadLetter.b64(m.value()),
-                          error=error, failed_at=from_epoch_ms(self.now_ms()))
+        dead = DeadLetter.of(topic=m.topic(), partition=m.partition(), offset=m.offset(), timestamp_ms=m.timestamp()[1],
+                             headers=m.headers(), key=m.key(), value=m.value(), error=str(exc),
+                             failed_at=from_epoch_ms(self.now_ms()))
         self._produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode())
         reason = "invalid" if isinstance(exc, ValidationError) else "rejected"
         metrics.DLQ_RECORDS.labels("join", reason).inc()
@@ -686,8 +706,9 @@ class JoinWorker:
             self.restorer.unassign()
         if latest is None:
             return  # stopped
+        now = self.now_ms()
         for p, entries in latest.items():
-            changelog.restore_into(fresh[p].core, entries)
+            changelog.restore_into(fresh[p].core, entries, now)
         self.pairs.update(fresh)
         took = time.monotonic() - started
         metrics.JOIN_RESTORE_SECONDS.observe(took)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -100,7 +101,8 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     return lines
 
 
-def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60.0) -> list[str]:
+def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60.0,
+                    stopping: Callable[[], bool] = lambda: False) -> list[str]:
     """Wait until the broker's metadata lists every topic in `names`; return those still missing.
 
     A topic created a moment ago (or a broker just started) may not be in the metadata
@@ -111,28 +113,34 @@ def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60
     deadline = time.monotonic() + timeout
     while True:
         try:
-            present = existing_partitions(admin, timeout=5)
+            present = existing_partitions(admin, timeout=1)
             missing = [n for n in names if n not in present]
         except KafkaException:
             missing = list(names)  # the broker does not answer yet
-        if not missing or time.monotonic() > deadline:
+        if not missing or time.monotonic() > deadline or stopping():
             return missing
         time.sleep(0.5)
 
 
-def ensure_join_topics(settings: Settings, *, timeout: float = 30.0) -> str:
+def ensure_join_topics(settings: Settings, *, timeout: float = 30.0,
+                       stopping: Callable[[], bool] = lambda: False) -> str | None:
     """What the join does at start, as Kafka Streams does with its internal topics: the
     inputs must exist and be co-partitioned; the changelog is created when missing
     (compacted, as many partitions as the inputs) and verified when present. Returns a
     line saying which; raises TopicLayoutError with one line that names the topic and
-    what to do."""
+    what to do. None if a stop was requested meanwhile."""
     admin = AdminClient(config.admin(settings))
     inputs = [settings.payments_topic, settings.orders_topic]
-    missing = wait_for_topics(settings, inputs, timeout=min(timeout, 15.0))  # just created: not listed yet
+    # Waits while the broker does not answer yet, and a moment for topics just created.
+    wait_for_topics(settings, inputs, timeout=timeout, stopping=stopping)
+    if stopping():
+        return None
     try:
-        have = existing_partitions(admin, timeout)
+        have = existing_partitions(admin, 5)
     except KafkaException as exc:
-        raise TopicLayoutError(f"cannot read topic metadata from {settings.bootstrap_servers}: {exc.args[0]}") from None
+        raise TopicLayoutError(f"cannot read topic metadata from {settings.bootstrap_servers}: {exc.args[0]}; "
+                               "is the broker reachable?") from None
+    missing = [t for t in inputs if t not in have]
     if missing:
         raise TopicLayoutError(f"input topic(s) {', '.join(missing)} not found (or not readable with this "
                                "principal's ACLs); create them with `slipguard topics create`")

@@ -185,9 +185,9 @@ class Writer:
 
     async def _dead_letter(self, event: Any, error: str, summary: str) -> None:
         msg = event.message
-        dead = DeadLetter(source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                          key_b64=DeadLetter.b64(msg.key), value_b64=DeadLetter.b64(msg.value), error=error,
-                          failed_at=from_epoch_ms(int(time.time() * 1000)))
+        dead = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, timestamp_ms=msg.timestamp,
+                             headers=list(msg.headers.items() if isinstance(msg.headers, dict) else msg.headers or []), key=msg.key, value=msg.value, error=error,
+                             failed_at=from_epoch_ms(int(time.time() * 1000)))
         fut = await self.dlq.send(key=f"{msg.topic}:{msg.partition}:{msg.offset}".encode(), value=dead.encode())
         await fut  # delivered before the record is acknowledged
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
