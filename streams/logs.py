@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 
@@ -38,8 +39,52 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{extra}]" if extra else line
 
 
+_SECRETS: list[str] = []
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret a message could carry: the database URL and its password, the SASL and
+    TLS key passwords, the HMAC key. Longest first, so a URL is hidden before its parts."""
+    from urllib.parse import unquote, urlsplit
+
+    found = []
+    url = settings.database_url.get_secret_value()
+    found.append(url)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        found += [password, unquote(password)]
+    for name in ("kafka_sasl_password", "kafka_ssl_key_password", "payment_hmac_key"):
+        value = getattr(settings, name)
+        if value is not None and value.get_secret_value():
+            found.append(value.get_secret_value())
+    found += [m.group(1) for m in re.finditer(r"password=([^\s&]+)", url)]
+    return sorted({v for v in found if len(v) >= 3}, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """Text with every known secret replaced by ***."""
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
 def setup_logging(settings: Settings) -> None:
+    _SECRETS[:] = secret_values(settings)
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -45,8 +45,10 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         applied = migrate(settings.database_url.get_secret_value())
-    except (MigrationError, psycopg.OperationalError) as exc:
-        print(f"slipguard db migrate: {exc}".splitlines()[0], file=sys.stderr)
+    except (MigrationError, psycopg.Error) as exc:
+        from streams.logs import redact
+
+        print(redact(f"slipguard db migrate: {exc}".splitlines()[0]), file=sys.stderr)
         return 1
     print("applied: " + ", ".join(applied) if applied else "database schema is up to date")
     return 0

@@ -103,6 +103,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port], got {value!r}")
         return value
 
+    @field_validator("payment_hmac_key")
+    @classmethod
+    def _key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty or short key is a mistake (an empty secret mounted, a placeholder), not
+        # "signatures off": unset the variable for that.
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("the HMAC key must be at least 16 bytes; unset the variable to turn signature checks off")
+        return value
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not (

@@ -382,15 +382,20 @@ def test_a_bundle_is_deleted_once_all_its_pairs_have_expired() -> None:
     assert _changes(h) == [(MATCHED, 0, None)] and h.join.sizes()[1] == 0
 
 
-def test_large_commits_are_split_into_bounded_bundles() -> None:
-    from streams.join.core import BUNDLE_MAX
+def test_bundles_are_capped_by_encoded_bytes_whatever_the_payments_weigh() -> None:
+    """2,000 pairs of ~700-byte payments made a 1.4 MB record before; now no bundle's
+    encoded value exceeds BUNDLE_MAX_BYTES, and every pair is in exactly one bundle."""
+    from streams.join.core import BUNDLE_MAX_BYTES
 
     h = Harness()
-    for i in range(BUNDLE_MAX + 5):
-        h.pay(BASE + i, oid=f"o{i}")
+    heavy = {f"k{i:02d}": "x" * 48 for i in range(12)}  # 12 metadata values of 48 characters
+    for i in range(3_000):
+        h.pay(BASE + i, oid=f"o{i}", metadata=heavy)
         h.order(BASE + i, oid=f"o{i}")
-    sizes = [len(v) for k, _, v in h.join.take_changes() if k == MATCHED]
-    assert sizes == [BUNDLE_MAX, 5]
+    bundles = [(key, v) for k, key, v in h.join.take_changes() if k == MATCHED]
+    sizes = [len(changelog.encode_value(MATCHED, v)) for _, v in bundles]
+    assert len(bundles) >= 3 and max(sizes) <= BUNDLE_MAX_BYTES
+    assert sorted(oid for _, v in bundles for oid, _ in v) == sorted(f"o{i}" for i in range(3_000))
 
 
 def test_state_restored_from_the_changelog_makes_the_same_decisions() -> None:

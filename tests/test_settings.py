@@ -85,3 +85,32 @@ def test_security_settings_reach_every_client() -> None:
 
 def test_producers_partition_like_java_clients() -> None:
     assert config.producer(load_settings())["partitioner"] == "murmur2_random"
+
+
+@pytest.mark.parametrize("key", ["", "short", "x" * 15])
+def test_an_empty_or_short_hmac_key_is_a_configuration_error_not_signatures_off(key: str) -> None:
+    with pytest.raises(ConfigError, match="SLIPGUARD_PAYMENT_HMAC_KEY: the HMAC key must be at least 16 bytes") as err:
+        load_settings(payment_hmac_key=key)
+    assert "(got" not in str(err.value), "the key itself is never shown"
+
+
+def test_a_malformed_database_url_never_prints_its_password(capsys) -> None:
+    from streams.cli import main
+
+    url = "postgres://writer:s3cr3t-pa55@[::1:5432/db"  # psycopg quotes the whole URI in its error
+    assert main(["db", "migrate", f"--database-url={url}"]) == 1
+    err = capsys.readouterr().err
+    assert "slipguard db migrate:" in err and "s3cr3t-pa55" not in err
+
+
+def test_log_lines_never_carry_a_secret(capsys) -> None:
+    import logging
+
+    from streams.logs import setup_logging
+
+    s = load_settings(database_url="postgresql://u:hunter2-secret@h/db", payment_hmac_key="k" * 20 + "-hmac")
+    setup_logging(s)
+    logging.getLogger("slipguard.test").warning("connect to %s failed; key %s", s.database_url.get_secret_value(),
+                                                "k" * 20 + "-hmac")
+    err = capsys.readouterr().err
+    assert "hunter2-secret" not in err and "-hmac" not in err and "***" in err

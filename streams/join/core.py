@@ -45,7 +45,11 @@ PAYMENT = 0
 ORDER = 1
 RECOVERED = 2
 MATCHED = 3  # a bundle of matched pairs, written as one changelog record per commit
-BUNDLE_MAX = 2_000  # matched pairs per bundle record (keeps each record well under 1 MB)
+# A bundle record holds matched pairs up to this many bytes (encoded), so that it fits the
+# changelog's max.message.bytes whatever the payments weigh: counted in bytes, not pairs,
+# because 2,000 pairs of 700-byte payments were already over 1 MB.
+BUNDLE_MAX_BYTES = 512 * 1024
+PAIR_OVERHEAD = 28  # the fixed part of one encoded pair (changelog._PAIR)
 
 Cmp = tuple[str, Decimal, str]  # (user_id, amount, currency): what a matched pair must agree on
 
@@ -412,8 +416,7 @@ class PartitionJoin:
             live_pairs = [(oid, e) for oid, e in self._new_matched if orders.get(oid) is e]
             self._new_matched = []
             window = self.params.timeout_ms + self.params.grace_ms
-            for start in range(0, len(live_pairs), BUNDLE_MAX):
-                bundle = live_pairs[start : start + BUNDLE_MAX]
+            for bundle in _by_size(live_pairs):
                 number = self._next_bundle
                 self._next_bundle += 1
                 heapq.heappush(self._bundles, (max(e.expires_at(window) for _, e in bundle), number))
@@ -460,3 +463,21 @@ class PartitionJoin:
 
     def sizes(self) -> tuple[int, int, int]:
         return len(self.pending), len(self.orders), len(self.recovered)
+
+
+def _by_size(pairs: list[tuple[str, BufferedOrder]]) -> list[list[tuple[str, BufferedOrder]]]:
+    """Split matched pairs into bundles of at most BUNDLE_MAX_BYTES encoded (a pair larger
+    than that alone, which input size limits keep well under the record limit)."""
+    bundles: list[list[tuple[str, BufferedOrder]]] = []
+    current: list[tuple[str, BufferedOrder]] = []
+    size = 0
+    for oid, e in pairs:
+        n = PAIR_OVERHEAD + len(oid) * 4 + len(e.paid_id or "") * 4 + len(e.paid_raw or b"")
+        if current and size + n > BUNDLE_MAX_BYTES:
+            bundles.append(current)
+            current, size = [], 0
+        current.append((oid, e))
+        size += n
+    if current:
+        bundles.append(current)
+    return bundles

@@ -51,8 +51,16 @@ TXN_RETRY_SECONDS = 60.0  # how long a commit is retried before the transaction 
 ABORT_RETRY_SECONDS = 30.0  # how long an abort is retried before the producer is replaced
 CALL_SLACK = 10.0  # a transactional call's hard deadline beyond its own timeout (which librdkafka may ignore)
 STOP_GRACE = 5.0  # how long a hanging call may hold up a requested stop
+# Payments and orders are a few hundred bytes; a valid one can carry ignored extra fields,
+# so the raw record is capped: every state entry and output then fits a 1 MB record.
+MAX_INPUT_BYTES = 64 * 1024
 MIN_EVENT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything older is a wrong clock or unit
 RESTORE_STALL_SECONDS = 120.0  # a restore without progress for this long gives up
+# Delivery errors that reading the batch again cannot fix: stop with one line, not a loop.
+UNFIXABLE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE,
+                       KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                       KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.RECORD_LIST_TOO_LARGE,
+                       KafkaError.INVALID_RECORD, KafkaError.UNKNOWN_TOPIC_OR_PART})
 # Errors that mean another producer (or member) took this worker's identity.
 FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
                     KafkaError.FENCED_INSTANCE_ID})
@@ -180,6 +188,9 @@ class JoinWorker:
         self.watermarks = Consumer(config.consumer(settings, f"{group}-watermarks",
                                                    **{"isolation.level": "read_uncommitted"}))
         self.delivery_failures = 0
+        self.unfixable: tuple[str, KafkaError] | None = None  # a delivery error that retrying cannot fix
+        self.staged: dict[object, int] = {}  # counter -> outputs produced but not committed yet
+        self.staged_latencies: list[float] = []
         # Unique per process unless SLIPGUARD_INSTANCE_ID is set: zombie fencing comes from
         # the consumer group (KIP-447), and a stable id lets a restarted worker fence its
         # own predecessor at once instead of waiting for the broker to abort its transaction.
@@ -312,9 +323,9 @@ class JoinWorker:
         if out:
             self._emit(out, now)
         if out.matched:
-            metrics.JOIN_MATCHED.inc(out.matched)
+            self._stage(metrics.JOIN_MATCHED, out.matched)
         if out.duplicates:
-            metrics.JOIN_DUPLICATES.inc(out.duplicates)
+            self._stage(metrics.JOIN_DUPLICATES, out.duplicates)
         if self.uncommitted:
             elapsed_ms = (time.monotonic() - self.last_commit) * 1000
             # Caught up, commit every interval: outputs become visible quickly. Working
@@ -378,6 +389,9 @@ class JoinWorker:
         pair.next_offset[kind] = m.offset() + 1
         raw = m.value()
         try:
+            if raw is not None and len(raw) > MAX_INPUT_BYTES:
+                raise ValueError(f"record value of {len(raw)} bytes is over the join's limit of {MAX_INPUT_BYTES} "
+                                 "bytes for one payment or order")
             rec = _VALIDATE[kind](raw)
             if m.key() != rec.order_id.encode():
                 raise ValueError(f"record key {m.key()!r} is not the order_id {rec.order_id!r}: "
@@ -398,6 +412,8 @@ class JoinWorker:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.delivery_failures += 1
+            if err.code() in UNFIXABLE and self.unfixable is None:
+                self.unfixable = (msg.topic(), err)
             if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):  # purged on purpose
                 log.error("delivery to %s failed: %s", msg.topic(), err)
 
@@ -426,7 +442,7 @@ class JoinWorker:
             msg = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
                            deadline=from_epoch_ms(r.deadline_ms), detected_at=detected)
             self._produce(s.recovery_topic, p.order_id, msg.encode())
-            metrics.JOIN_DETECTION_LATENCY.observe(max(0.0, (now - r.deadline_ms) / 1000))
+            self.staged_latencies.append(max(0.0, (now - r.deadline_ms) / 1000))
         for late in out.late:
             msg = LateOrder(order_id=late.order.order_id, order=late.order, payment_id=late.payment_id,
                             recovery_id=late.recovery_id, lateness_seconds=late.lateness_ms / 1000)
@@ -435,12 +451,12 @@ class JoinWorker:
             msg = Anomaly(kind=a.kind, order_id=a.order_id, payments=list(a.payments), order=a.order,  # type: ignore[arg-type]
                           detected_at=detected)
             self._produce(s.anomalies_topic, a.order_id, msg.encode())
-            metrics.JOIN_ANOMALIES.labels(a.kind).inc()
+            self._stage(metrics.JOIN_ANOMALIES.labels(a.kind), 1)
         if out.recoveries:
-            metrics.JOIN_RECOVERED.inc(len(out.recoveries))
+            self._stage(metrics.JOIN_RECOVERED, len(out.recoveries))
             log.debug("recovered %d payment(s) without an order", len(out.recoveries))
         if out.late:
-            metrics.JOIN_LATE.inc(len(out.late))
+            self._stage(metrics.JOIN_LATE, len(out.late))
         self.uncommitted = True
 
     def _dead_letter(self, m: Message, exc: Exception) -> None:
@@ -449,7 +465,7 @@ class JoinWorker:
                              failed_at=from_epoch_ms(self.now_ms()))
         self._produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode())
         reason = "invalid" if isinstance(exc, ValidationError) else "rejected"
-        metrics.DLQ_RECORDS.labels("join", reason).inc()
+        self._stage(metrics.DLQ_RECORDS.labels("join", reason), 1)
         log.warning("record sent to the DLQ: %s", safe_error(exc),
                     extra={"topic": m.topic(), "partition": m.partition(), "offset": m.offset()})
 
@@ -476,6 +492,7 @@ class JoinWorker:
             written = self._write_and_commit()
             metrics.JOIN_CHANGELOG_RECORDS.inc(written)
             metrics.JOIN_COMMITS.labels("committed").inc()
+            self._count_committed()
         except KafkaException as exc:
             metrics.JOIN_COMMITS.labels("aborted").inc()
             self._recover_from_failed_commit(exc, rewind=not handing_over)
@@ -487,9 +504,21 @@ class JoinWorker:
         except Stopped as exc:
             self._abandon(exc)
         finally:
+            self.staged.clear()  # committed and counted above, or dropped with the work
+            self.staged_latencies.clear()
             self.uncommitted = False
             self.last_commit = time.monotonic()
             self._update_gauges()
+
+    def _stage(self, counter, amount: int) -> None:
+        """Counters of outputs count what was committed: staged here until the commit."""
+        self.staged[counter] = self.staged.get(counter, 0) + amount
+
+    def _count_committed(self) -> None:
+        for counter, amount in self.staged.items():
+            counter.inc(amount)
+        for seconds in self.staged_latencies:
+            metrics.JOIN_DETECTION_LATENCY.observe(seconds)
 
     def _write_and_commit(self) -> int:
         offsets = self._offsets()
@@ -615,6 +644,10 @@ class JoinWorker:
 
     def _recover_from_failed_commit(self, exc: KafkaException, *, rewind: bool) -> None:
         err = exc.args[0]
+        if self.unfixable is not None:
+            topic, cause = self.unfixable
+            raise JoinFailed(f"cannot write to {topic}: {cause.str()}; reading the batch again would fail the same "
+                             "way. Check the topic's max.message.bytes and this principal's ACLs") from exc
         if self.eos and is_fenced(err) and self.s.instance_id:
             raise JoinFailed(duplicate_instance(self.s)) from exc
         if self.eos and not err.fatal():  # abortable, or retriable for too long
@@ -629,6 +662,8 @@ class JoinWorker:
 
     def _rewind(self) -> None:
         """Forget uncommitted work: restore state from the changelog and seek to committed offsets."""
+        self.staged.clear()
+        self.staged_latencies.clear()
         assigned = self.consumer.assignment()
         parts = sorted({tp.partition for tp in assigned})
         self._restore(parts)

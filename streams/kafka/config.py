@@ -46,6 +46,9 @@ def producer(settings: Settings, *, transactional_id: str | None = None, **overr
         "compression.type": "lz4",
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 1_000_000,
+        # Explicit, and below every topic's max.message.bytes (Kafka's default 1,048,588,
+        # the changelog's too): a record the broker would refuse is refused here first.
+        "message.max.bytes": 1_000_000,
     }
     if transactional_id:
         conf["transactional.id"] = transactional_id
