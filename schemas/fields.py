@@ -12,13 +12,24 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import pycountry
-from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+)
 
 MAX_AMOUNT = Decimal("1000000000000")  # 10^12: far above any single stake, far below float trouble
 AMOUNT_PLACES = 4
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
 
-ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies)
+# Codes that are not money a customer pays with: testing and "no currency" codes, precious
+# metals, bond-market units, and the IMF/ADB accounting units.
+NOT_MONEY = frozenset({"XXX", "XTS", "XAU", "XAG", "XPT", "XPD", "XBA", "XBB", "XBC", "XBD", "XDR", "XSU", "XUA"})
+ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies) - NOT_MONEY
 
 
 _AMOUNT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,4})?")
@@ -65,7 +76,7 @@ Amount = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": r"^[0-9]{1,12}(\.[0-9]{1,4})?$",
+            "pattern": r"^(?=[0-9.]*[1-9])[0-9]{1,12}(\.[0-9]{1,4})?$",
             "description": "Positive decimal string, at most 4 decimal places, below 10^12. Never a JSON number.",
         }
     ),
@@ -74,7 +85,7 @@ Amount = Annotated[
 
 def _currency(value: str) -> str:
     if value not in ISO_4217:
-        raise ValueError("currency must be an ISO 4217 code such as EUR or CNY")
+        raise ValueError("currency must be an ISO 4217 code of a real currency, such as EUR or CNY")
     return value
 
 
@@ -82,7 +93,8 @@ Currency = Annotated[
     str,
     Field(min_length=3, max_length=3),
     AfterValidator(_currency),
-    WithJsonSchema({"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 currency code."}),
+    WithJsonSchema({"type": "string", "enum": sorted(ISO_4217),
+                    "description": "ISO 4217 code of a real currency (not XXX, XTS, metals or units of account)."}),
 ]
 
 Identifier = Annotated[
@@ -95,16 +107,36 @@ def _to_utc_iso(value: datetime) -> str:
     return value.isoformat()
 
 
+# RFC 3339 date-time with an offset, as text only: pydantic would also take Unix numbers
+# and digit strings, which JSON Schema's date-time does not, and which hide unit mistakes.
+RFC3339 = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+           r"(\.[0-9]{1,6})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+_RFC3339 = re.compile(RFC3339)
+
+
+def _rfc3339_text(value: Any) -> Any:
+    if isinstance(value, datetime):  # built in Python, not parsed from a record
+        return value
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("time must be an RFC 3339 string with an offset, such as 2026-11-25T12:00:00Z")
+    return value
+
+
 Timestamp = Annotated[
     AwareDatetime,
+    BeforeValidator(_rfc3339_text),
     PlainSerializer(_to_utc_iso, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "format": "date-time", "description": "RFC 3339 with an offset."}),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339,
+                    "description": "RFC 3339 with an offset (a string; never a number)."}),
 ]
 
 # Metadata travels into PostgreSQL (jsonb): no NUL characters, no NaN or infinities.
 MetaKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
-MetaValue = (Annotated[str, Field(max_length=1024, pattern=r"^[^\x00]*$")] | int
-             | Annotated[float, Field(allow_inf_nan=False)] | bool | None)
+# Numbers within what every JSON reader holds exactly (IEEE doubles: +-(2^53 - 1)).
+SAFE_INT = 2**53 - 1
+MetaValue = (Annotated[str, Field(max_length=1024, pattern=r"^[^\x00]*$")]
+             | Annotated[int, Field(ge=-SAFE_INT, le=SAFE_INT)]
+             | Annotated[float, Field(allow_inf_nan=False, ge=-SAFE_INT, le=SAFE_INT)] | bool | None)
 Metadata = Annotated[
     dict[MetaKey, MetaValue],
     Field(max_length=32, description="Flat object of at most 32 keys: game code, round id, and so on."),

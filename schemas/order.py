@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from schemas.base import Message
 from schemas.fields import Amount, Currency, Identifier, Metadata, Timestamp
 
 
 class Order(Message):
+    flat_but_metadata: ClassVar[bool] = True
+
     order_id: Identifier
     user_id: Identifier
     amount: Amount

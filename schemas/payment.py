@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,8 @@ PaymentStatus = Literal["succeeded", "failed"]
 
 
 class Payment(Message):
+    flat_but_metadata: ClassVar[bool] = True
+
     payment_id: Identifier
     order_id: Identifier
     user_id: Identifier

@@ -28,7 +28,7 @@ payments = st.builds(
     Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
     status=st.sampled_from(["succeeded", "failed"]), paid_at=times,
     metadata=st.none() | st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8),
-                                          st.integers() | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                                          st.integers(-(2**53 - 1), 2**53 - 1) | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                                                                   max_size=8), max_size=4),
 )
 orders = st.builds(Order, order_id=ids, user_id=ids, amount=amounts, currency=currencies, created_at=times)
@@ -93,8 +93,13 @@ def _raw(**over: object) -> bytes:
         ("currency", "XXY", "ISO 4217"),
         ("currency", "eur", "ISO 4217"),
         ("status", "refunded", "'succeeded' or 'failed'"),
-        ("paid_at", "2026-11-25T12:00:00", "timezone"),
-        ("paid_at", "yesterday", "datetime"),
+        ("paid_at", "2026-11-25T12:00:00", "RFC 3339"),
+        ("paid_at", "yesterday", "RFC 3339"),
+        ("paid_at", 1_764_072_000, "RFC 3339"),
+        ("paid_at", "1764072000", "RFC 3339"),
+        ("currency", "XXX", "real currency"),
+        ("currency", "XAU", "real currency"),
+        ("metadata", {"n": 2**53}, "less than or equal to 9007199254740991"),
         ("order_id", "", "pattern"),
         ("order_id", "x" * 65, "pattern"),
         ("order_id", "ord 1; drop table", "pattern"),
@@ -178,3 +183,74 @@ def test_a_dead_letter_of_a_small_record_keeps_it_whole() -> None:
                          key=b"o1", value=b"{not json", error="x", failed_at=datetime.now(timezone.utc))
     assert base64.b64decode(dead.value_b64) == b"{not json" and not dead.value_truncated and dead.value_size is None
     assert dead.timestamp_ms is None and dead.headers[0].key == "traceparent"
+
+
+# ---------------------------------------------------------------- models and JSON Schemas agree
+
+_ADVERSARIAL: dict[str, list[object]] = {
+    "payment_id": ["p-1", "", "x" * 64, "x" * 65, "-p", "p 1", "p\u00e9", 7, None, ["p"]],
+    "order_id": ["o-1", "o:1.2_3", "", "o/1", 1.5, True],
+    "user_id": ["u-1", "U", "u" * 65, {}],
+    "amount": ["10.50", "0.0001", "999999999999.9999", "1000000000000", "0", "0.0000", "-1", "10.12345", "1e3",
+               "10.", ".5", " 10", 10.5, 10, None, "NaN"],
+    "currency": ["CNY", "EUR", "XXX", "XTS", "XAU", "XAG", "cny", "ZZZ", "EU", "EURO", 978],
+    "status": ["succeeded", "failed", "refunded", "", None],
+    "paid_at": ["2026-11-25T12:00:00Z", "2026-11-25T12:00:00+08:00", "2026-11-25T12:00:00.123456-05:00",
+                "2026-11-25t12:00:00z", "2026-11-25T12:00:00", "2026-11-25 12:00:00Z", "2026-13-01T00:00:00Z",
+                "2026-11-25T24:00:00Z", "2026-11-25T12:00:00+0800", "1764072000", 1764072000, 1764072000.5,
+                "yesterday", "2026-02-30T00:00:00Z", None],
+    "created_at": ["2026-11-25T12:00:01Z", "2026-11-25T12:00:01", 0, "0"],
+    "signature": ["a" * 64, "A" * 64, "a" * 63, "g" * 64, None, 5],
+    "metadata": [{"game": "baccarat"}, {}, {"n": 2**53 - 1}, {"n": 2**53}, {"n": -(2**53)}, {"f": 1.5},
+                 {"f": 1e300}, {"s": "x" * 1024}, {"s": "x" * 1025}, {"k" * 65: 1}, {"": 1}, {"nested": {"a": 1}},
+                 {"list": [1]}, {"b": True, "z": None}, {f"k{i}": i for i in range(33)}, "flat", None],
+    "extra_field": ["ignored", 1, {"deep": [1, 2]}],
+}
+
+
+def _corpus(base: dict) -> list[dict]:
+    docs = [dict(base)]
+    for name in base:
+        without = dict(base)
+        del without[name]
+        docs.append(without)
+    for name, values in _ADVERSARIAL.items():
+        if name not in base and name not in ("metadata", "signature", "extra_field"):
+            continue
+        for value in values:
+            docs.append(base | {name: value})
+    return docs
+
+
+@pytest.mark.parametrize("name", ["payment", "order"])
+def test_models_and_committed_json_schemas_accept_and_reject_the_same_records(name: str) -> None:
+    """The JSON Schemas subscribers validate with are as strict as the models, field by
+    field, on valid and adversarial records (format date-time checked too)."""
+    model = MODELS[name]
+    schema = json.loads((JSON_DIR / f"{name}.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    assert "date-time" in validator.format_checker.checkers, "rfc3339-validator is installed: date-time is checked"
+    base = json.loads((payment() if name == "payment" else order()).encode())
+    disagree = []
+    for doc in _corpus(base):
+        raw = json.dumps(doc).encode()
+        try:
+            model.decode(raw)
+            by_model = True
+        except (ValidationError, ValueError):
+            by_model = False
+        by_schema = validator.is_valid(doc)
+        if by_model != by_schema:
+            disagree.append((doc, by_model, by_schema))
+    assert not disagree, "\n".join(f"model {m}, schema {s}: {d}" for d, m, s in disagree[:10])
+
+
+def test_a_record_that_repeats_a_key_is_rejected_wherever_the_key_is() -> None:
+    from schemas.base import DuplicateKeyError
+
+    raw = payment().encode()
+    for bad in (raw[:-1] + b',"amount":"99"}', raw.replace(b'"game":"baccarat"', b'"game":"a","game":"b"'),
+                raw[:-1] + b',"x":1,"x":2}', raw[:-1] + b',"amount" :"99"}'):
+        with pytest.raises(DuplicateKeyError):
+            Payment.decode(bad)
+    assert Payment.decode(raw.replace(b'"amount":', b'"amount" :')) == payment(), "whitespace alone is fine"

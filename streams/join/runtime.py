@@ -29,6 +29,7 @@ from confluent_kafka import (
 from pydantic import ValidationError
 
 from schemas import Anomaly, DeadLetter, LateOrder, Order, Payment, Recovery, recovery_id_for
+from schemas.base import check_no_duplicate_keys
 from schemas.fields import from_epoch_ms
 from streams import metrics
 from streams.join import changelog
@@ -393,6 +394,7 @@ class JoinWorker:
                 raise ValueError(f"record value of {len(raw)} bytes is over the join's limit of {MAX_INPUT_BYTES} "
                                  "bytes for one payment or order")
             rec = _VALIDATE[kind](raw)
+            check_no_duplicate_keys(raw, rec)
             if m.key() != rec.order_id.encode():
                 raise ValueError(f"record key {m.key()!r} is not the order_id {rec.order_id!r}: "
                                  "producers must key by order_id")
