@@ -42,6 +42,13 @@ def _bench_writer(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_failover(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.bench_failover import report, run
+
+    print(report(run(settings, args.logs)))
+    return 0
+
+
 def _lag(settings: Settings, args: argparse.Namespace) -> int:
     import json
     import signal
@@ -113,6 +120,11 @@ def register(commands, add_settings_flags) -> None:
     b.add_argument("--live-rate", type=float, default=2_000)
     b.add_argument("--live-seconds", type=float, default=20)
     b.set_defaults(handler=_bench)
+
+    f = commands.add_parser("bench-failover", help="measure how long partitions stop when a join worker goes away")
+    add_settings_flags(f)
+    f.add_argument("--logs", default=".stack/bench-failover", help="where the workers' logs go")
+    f.set_defaults(handler=_bench_failover)
 
     w = commands.add_parser("bench-writer", help="measure the recovery writer into PostgreSQL and print figures")
     add_settings_flags(w)

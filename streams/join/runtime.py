@@ -93,6 +93,19 @@ class Wedged(Exception):
     """A client call did not return within its hard deadline."""
 
 
+def group_protocol_conf(protocol: str) -> dict[str, object]:
+    """Both give partition p of payments and orders to the same member (co-partitioning):
+    classic with the client-side range assignor (eager: every member revokes everything on
+    every change); consumer (KIP-848) with the broker's range assignor, which moves only
+    the partitions that change owner. Under KIP-848 the session timeout is the broker's
+    (group.consumer.session.timeout.ms, 45 s by default), so a crashed member's partitions
+    move later than with classic's 10 s."""
+    if protocol == "consumer":
+        return {"group.protocol": "consumer", "group.remote.assignor": "range",
+                "session.timeout.ms": None, "heartbeat.interval.ms": None, "partition.assignment.strategy": None}
+    return {"partition.assignment.strategy": "range"}
+
+
 def is_fenced(err: KafkaError) -> bool:
     """Another producer (or member) took this worker's identity."""
     return err.code() in FENCED or (err.code() == KafkaError._FATAL and "fenced" in err.str().lower())
@@ -170,18 +183,19 @@ class JoinWorker:
         metrics.JOIN_ORDER_TIMEOUT.labels(group).set(settings.order_timeout / 1000)
         self.abandoned = False  # stopped mid-commit: nothing more may be committed by this process
         consumer_conf = {
-            # Range gives partition p of every subscribed topic to the same member: co-partitioning.
-            "partition.assignment.strategy": "range", "enable.partition.eof": True,
+            "enable.partition.eof": True,
             "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
             # Readiness follows the broker connections (see _on_stats).
             "statistics.interval.ms": 1_000, "stats_cb": self._on_stats,
         }
+        consumer_conf |= group_protocol_conf(settings.group_protocol)
         # No static membership (group.instance.id) with the classic protocol: after a broker
         # outage longer than the session timeout, librdkafka rejoins and is then fenced by
         # its own new membership ("Static consumer fenced by other consumer with same
         # group.instance.id", a fatal error; librdkafka issue 3437), seen here on a broker
         # killed and restarted under load.
-        self.consumer = Consumer(config.consumer(settings, group, **consumer_conf))
+        self.consumer = Consumer({k: v for k, v in config.consumer(settings, group, **consumer_conf).items()
+                                  if v is not None})
         self.restorer = Consumer(config.consumer(settings, f"{group}-restore", **{"enable.partition.eof": True}))
         # Log ends of the changelog for restore. A consumer's watermark query, not the admin
         # client's list_offsets: admin requests that time out while the broker is away can
@@ -682,7 +696,8 @@ class JoinWorker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
-        parts = sorted({tp.partition for tp in partitions})
+        # Incremental (KIP-848): only the partitions added; a pair already held is not restored again.
+        parts = sorted({tp.partition for tp in partitions} - set(self.pairs))
         self.restored = False
         self._check_co_partitioned()
         log.info("assigned partitions %s; restoring their state", parts)
@@ -705,7 +720,6 @@ class JoinWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
-        self.restored = False
         self.commit(handing_over=True)  # hand the partitions over with everything done so far committed
         for p in {tp.partition for tp in partitions}:
             self.pairs.pop(p, None)

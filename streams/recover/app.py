@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import ssl
 import time
 from typing import Any
@@ -30,6 +32,18 @@ from streams.recover.store import Item, write_batch
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.recover")
+
+# Errors a later attempt can get past: the server away, restarting, failing over (a
+# read-only standby answers until the new primary is promoted), a connection cut, a
+# statement cancelled by its timeout, a serialization failure.
+RETRIABLE_DB_ERRORS = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction,
+                       psycopg.errors.IdleInTransactionSessionTimeout, psycopg.InterfaceError, OSError)
+STATEMENT_TIMEOUT_MS = 30_000
+CONNECT = {
+    "connect_timeout": 5,
+    "target_session_attrs": "read-write",  # with several hosts in the URL, the primary
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+}
 
 BATCH_MAX = 1000
 BATCH_WITHIN = 0.2  # seconds
@@ -99,7 +113,10 @@ class Writer:
 
     async def connection(self) -> psycopg.AsyncConnection:
         if self.conn is None or self.conn.closed:
-            self.conn = await psycopg.AsyncConnection.connect(self.s.database_url.get_secret_value(), connect_timeout=5)
+            self.conn = await psycopg.AsyncConnection.connect(self.s.database_url.get_secret_value(), **CONNECT)
+            # A statement that hangs (a failover, a lock) is cancelled and retried, not waited on forever.
+            await self.conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            await self.conn.commit()
         return self.conn
 
     async def add(self, stream: Any, event: Any) -> None:
@@ -158,7 +175,11 @@ class Writer:
             except psycopg.errors.IntegrityError as exc:
                 await self._isolate(items, exc)
                 return
-            except (psycopg.OperationalError, psycopg.errors.AdminShutdown, OSError) as exc:
+            except psycopg.errors.ProgrammingError as exc:  # no table, no permission: retrying cannot fix it
+                _fatal(f"PostgreSQL refused the writer's statements ({type(exc).__name__}: "
+                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); run `slipguard db migrate` "
+                       "and check the writer role's grants (README: the database); nothing was acknowledged")
+            except RETRIABLE_DB_ERRORS as exc:
                 metrics.WRITER_DB_ERRORS.inc()
                 metrics.WRITER_RETRIES.inc()
                 log.warning("PostgreSQL unavailable (%s); retrying the batch of %d in %.1fs, nothing acknowledged",
@@ -185,7 +206,7 @@ class Writer:
 
     async def _dead_letter(self, event: Any, error: str, summary: str) -> None:
         msg = event.message
-        dead = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, timestamp_ms=msg.timestamp,
+        dead = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, timestamp_ms=_ms(msg.timestamp),
                              headers=list(msg.headers.items() if isinstance(msg.headers, dict) else msg.headers or []), key=msg.key, value=msg.value, error=error,
                              failed_at=from_epoch_ms(int(time.time() * 1000)))
         fut = await self.dlq.send(key=f"{msg.topic}:{msg.partition}:{msg.offset}".encode(), value=dead.encode())
@@ -193,6 +214,24 @@ class Writer:
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
         log.warning("record sent to the DLQ: %s", summary,
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
+
+
+def _ms(seconds: float | None) -> int | None:
+    """faust gives a record's timestamp in (float) seconds."""
+    return None if seconds is None else round(seconds * 1000)
+
+
+def _fatal(message: str) -> None:
+    """Stop the writer with one clear line. Nothing of the current batch was acknowledged,
+    so its records are read again by whoever runs next; exiting at once keeps faust from
+    going on with a dead agent."""
+    from streams.logs import redact
+
+    log.critical("%s", message)
+    print(f"slipguard recover: {redact(message)}", file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
 
 
 def build_app(s: Settings) -> tuple[faust.App, Writer]:

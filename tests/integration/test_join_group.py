@@ -60,3 +60,28 @@ def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_se
         for w in (a, b):
             if w.poll() is None:
                 stop(w)
+
+
+def test_kip_848_consumer_protocol_keeps_pairs_together_and_recovers_every_payment_once(base_settings,
+                                                                                      tmp_path) -> None:
+    """group.protocol=consumer with the broker's range assignor: incremental rebalances,
+    still co-partitioned (a worker checks it and stops if not), transactions intact."""
+    s = _settings(base_settings, commit_interval="200ms", group_protocol="consumer")
+    logs = [tmp_path / f"w{i}.log" for i in range(3)]
+    workers = [start(s, ["join"], logs[i], instance_id=None) for i in range(2)]
+    try:
+        _wait_for(lambda: all(_owned(p) is not None for p in logs[:2]), "both workers restored partitions", timeout=90)
+        traffic = _LiveTraffic(s, 20_000, seed=43, seconds=8)
+        wait_for_progress(s, traffic.total, 0.2)
+        workers.append(start(s, ["join"], logs[2], instance_id=None))  # a third joins mid-stream
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        ids = recovered_ids(s, len(traffic.exp.recovered))
+        assert set(ids) == traffic.exp.recovered
+        assert len(ids) == len(set(ids))
+        assert _owned(logs[2]), "the third worker got partitions"
+        for w, log in zip(workers, logs):
+            assert w.poll() is None and "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    finally:
+        for w, log in zip(workers, logs):
+            assert stop(w) == 0, log.read_text()[-3000:]

@@ -128,3 +128,25 @@ def test_lag_exporter_serves_groups_with_no_active_member(settings, tmp_path) ->
         assert total == 40, "every unread record of the idle group is counted"
     finally:
         assert stop(exporter) == 0
+
+
+def test_a_partition_with_only_transaction_markers_left_has_no_lag(settings) -> None:
+    """A committed transaction ends with a marker: a group that read every record has
+    committed the offset of the marker, one below the log end. That is no lag."""
+    from confluent_kafka import Producer
+
+    from streams.kafka.lag import group_lag
+
+    p = Producer(config.producer(settings, transactional_id=f"{settings.join_group}-markers"))
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(5):
+        p.produce(settings.recovery_topic, payment(payment_id=f"tp{i}", order_id="m").encode(), b"m", partition=0)
+    p.commit_transaction(30)
+    group = f"{settings.recover_group}-markers"
+    c = Consumer(config.consumer(settings, group))
+    c.commit(offsets=[TopicPartition(settings.recovery_topic, 0, 5)], asynchronous=False)
+    c.close()
+    rows = {r.partition: r for r in group_lag(settings, [group], topics=[settings.recovery_topic])}
+    assert rows[0].log_end_offset == 6, "five records and the commit marker"
+    assert (rows[0].lag, rows[0].lag_seconds) == (0, 0.0)

@@ -352,3 +352,76 @@ def test_writer_started_before_its_topics_exist_picks_them_up(base_settings, tmp
         _assert_each_once(s, {r.order_id for r in items})
     finally:
         assert stop(writer) == 0, (tmp_path / "recover.log").read_text()[-2000:]
+
+
+def _admin(base_settings):
+    return psycopg.connect(base_settings.database_url.get_secret_value(), autocommit=True)
+
+
+def _set_read_only(base_settings, on: bool) -> None:
+    """What a failover looks like to a client still connected to the old primary, now a
+    standby: every write fails with ReadOnlySqlTransaction."""
+    with _admin(base_settings) as conn:
+        conn.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def test_writer_rides_out_a_read_only_database_for_20s(s, tmp_path, base_settings) -> None:
+    first = [_recovery(i) for i in range(0, 1_000)]
+    second = [_recovery(i) for i in range(1_000, 3_000)]
+    log = tmp_path / "recover.log"
+    writer = start(s, ["recover"], log)
+    try:
+        _produce_recoveries(s, first)
+        _wait_rows(s, 1_000)
+        _set_read_only(base_settings, True)
+        try:
+            _produce_recoveries(s, second)
+            time.sleep(20)
+            assert writer.poll() is None, "the writer waits for a writable primary; it does not exit: " + \
+                log.read_text()[-2000:]
+            assert _wait_rows(s, 0) == 1_000, "nothing is written while the database is read-only"
+        finally:
+            _set_read_only(base_settings, False)
+        _wait_rows(s, 3_000, timeout=120)
+        time.sleep(2)
+        _assert_each_once(s, {r.order_id for r in first + second})
+        assert "ReadOnlySqlTransaction" in log.read_text() or "read-only" in log.read_text()
+    finally:
+        assert stop(writer) == 0, log.read_text()[-3000:]
+
+
+def test_writer_connections_cut_mid_batch_lose_and_double_nothing(s, tmp_path, base_settings) -> None:
+    items = [_recovery(i) for i in range(0, 20_000)]
+    log = tmp_path / "recover.log"
+    _produce_recoveries(s, items)
+    writer = start(s, ["recover"], log)
+    cuts = 0
+    try:
+        _wait_rows(s, 1)
+        with _admin(base_settings) as conn:
+            for _ in range(8):  # cut every connection of the writer's (its schema's) sessions, repeatedly
+                rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                                    "AND backend_type = 'client backend'").fetchall()
+                cuts += sum(1 for (ok,) in rows if ok)
+                time.sleep(0.7)
+        _wait_rows(s, 20_000, timeout=120)
+        time.sleep(2)
+        _assert_each_once(s, {r.order_id for r in items})
+        assert cuts >= 1 and writer.poll() is None, log.read_text()[-3000:]
+    finally:
+        assert stop(writer) == 0, log.read_text()[-3000:]
+
+
+def test_writer_without_its_tables_stops_with_one_line(base_settings, tmp_path) -> None:
+    s = writer_settings(base_settings)
+    with _db(s) as conn:
+        conn.execute("DROP TABLE late_orders, recovery_audit, orders CASCADE")
+    _produce_recoveries(s, [_recovery(1)])
+    log = tmp_path / "recover.log"
+    writer = start(s, ["recover"], log)
+    assert writer.wait(90) == 1
+    text = log.read_text()
+    assert "slipguard recover: PostgreSQL refused the writer's statements (UndefinedTable" in text, text[-3000:]
+    assert "run `slipguard db migrate`" in text
