@@ -54,7 +54,8 @@ def settings(base_settings: Settings) -> Settings:
 
 def produce(s: Settings, topic: str, records: list[tuple[bytes | None, bytes, int | None]]) -> None:
     """Produce (key, value, timestamp_ms) records with the project's producer config."""
-    p = Producer(config.producer(s))
+    failed: list[str] = []
+    p = Producer(config.producer(s, on_delivery=lambda err, _msg: err is not None and failed.append(str(err))))
     for key, value, ts in records:
         if ts is None:
             p.produce(topic, value=value, key=key)
@@ -62,6 +63,7 @@ def produce(s: Settings, topic: str, records: list[tuple[bytes | None, bytes, in
             p.produce(topic, value=value, key=key, timestamp=ts)
         p.poll(0)
     assert p.flush(30) == 0
+    assert not failed, f"{len(failed)} records refused by the broker, e.g. {failed[0]}"
 
 
 def consume_all(s: Settings, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
