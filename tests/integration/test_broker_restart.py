@@ -20,11 +20,17 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.kafka import config
 from streams.kafka.lag import LagError, group_lag
 from streams.kafka.topics import create_topics
-from tests.factories import payment
-from tests.integration.conftest import isolated, produce
+from tests.integration.conftest import isolated
 from tests.integration.test_join import _LiveTraffic
-from tests.integration.test_lag import _free_port, _get
-from tests.integration.workers import ROOT, recovered_ids, start, stop, wait_for_progress, wait_until_done
+from tests.integration.test_lag import _free_port, _get, idle_group_with_unread
+from tests.integration.workers import (
+    ROOT,
+    assert_recovered_once,
+    start,
+    stop,
+    wait_for_progress,
+    wait_until_done,
+)
 
 STACK = ROOT / "deploy" / "local" / "stack.sh"
 
@@ -57,10 +63,7 @@ def _exported_total(port: int, group: str) -> float | None:
 
 
 def test_lag_reading_survives_broker_restarts_in_process_and_in_the_exporter(settings, tmp_path) -> None:
-    produce(settings, settings.payments_topic,
-            [(f"r{i}".encode(), payment(payment_id=f"rp{i}", order_id=f"r{i}").encode(), None) for i in range(60)])
-    group = f"{settings.join_group}-restarts"
-    _commit(settings, group, {0: 0, 1: 0, 2: 0, 3: 0})
+    group = idle_group_with_unread(settings, "restarts", 60)
     port = _free_port()
     exporter = start(settings, ["lag", "--serve", "--group", group, "--topic", settings.payments_topic,
                                 "--interval", "0.2"], tmp_path / "lag.log", metrics_port=port)
@@ -146,11 +149,7 @@ def test_join_rides_out_a_killed_and_restarted_broker_under_live_traffic(base_se
         traffic.join()
         wait_until_done(s, traffic.total, timeout=180)
         readiness.stop()
-        ids = recovered_ids(s, len(traffic.exp.recovered), timeout=120)
-        assert set(ids) == traffic.exp.recovered, (f"{len(set(ids) - traffic.exp.recovered)} invented, "
-                                                   f"{len(traffic.exp.recovered - set(ids))} lost")
-        if guarantee == "exactly_once":
-            assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+        assert_recovered_once(s, traffic.exp.recovered, once=guarantee == "exactly_once", timeout=120)
         assert worker.poll() is None, "the worker stayed up: " + log.read_text()[-3000:]
         assert 503 in readiness.seen, "not ready while the broker was away"
         _wait_for(lambda: _readiness(port) == 200, "ready again after the restart", log)
@@ -173,9 +172,7 @@ def test_workers_on_a_freshly_formatted_broker_recover_every_payment_once(base_s
         traffic = _LiveTraffic(s, 12_000, seed=32, seconds=8)
         traffic.join()
         wait_until_done(s, traffic.total, timeout=180)
-        ids = recovered_ids(s, len(traffic.exp.recovered), timeout=120)
-        assert set(ids) == traffic.exp.recovered
-        assert len(ids) == len(set(ids))
+        assert_recovered_once(s, traffic.exp.recovered, timeout=120)
         for w, path in zip(workers, logs):
             assert w.poll() is None, path.read_text()[-3000:]
         assert exporter.poll() is None, (tmp_path / "lag.log").read_text()[-3000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tests.integration.test_join import _LiveTraffic, _owned, _settings, _wait_for
-from tests.integration.workers import recovered_ids, start, stop, wait_for_progress, wait_until_done
+from tests.integration.workers import assert_recovered_once, start, stop, wait_for_progress, wait_until_done
 
 
 def test_three_workers_with_default_settings_on_one_host_recover_every_payment_once(base_settings, tmp_path) -> None:
@@ -26,10 +26,7 @@ def test_three_workers_with_default_settings_on_one_host_recover_every_payment_o
         assert traffic.running(), "membership changed under live traffic"
         traffic.join()
         wait_until_done(s, traffic.total, timeout=180)
-        ids = recovered_ids(s, len(traffic.exp.recovered))
-        assert set(ids) == traffic.exp.recovered, (f"{len(set(ids) - traffic.exp.recovered)} invented, "
-                                                   f"{len(traffic.exp.recovered - set(ids))} lost")
-        assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+        assert_recovered_once(s, traffic.exp.recovered)
         for w, log in zip(workers[1:], logs[1:]):
             assert w.poll() is None, log.read_text()[-3000:]
             assert "Traceback" not in log.read_text()
@@ -76,9 +73,7 @@ def test_kip_848_consumer_protocol_keeps_pairs_together_and_recovers_every_payme
         workers.append(start(s, ["join"], logs[2], instance_id=None))  # a third joins mid-stream
         traffic.join()
         wait_until_done(s, traffic.total, timeout=180)
-        ids = recovered_ids(s, len(traffic.exp.recovered))
-        assert set(ids) == traffic.exp.recovered
-        assert len(ids) == len(set(ids))
+        assert_recovered_once(s, traffic.exp.recovered)
         assert _owned(logs[2]), "the third worker got partitions"
         for w, log in zip(workers, logs):
             assert w.poll() is None and "Traceback" not in log.read_text(), log.read_text()[-3000:]

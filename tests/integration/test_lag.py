@@ -106,11 +106,19 @@ def test_join_worker_serves_metrics_health_and_readiness(settings, tmp_path) -> 
         assert stop(worker) == 0
 
 
-def test_lag_exporter_serves_groups_with_no_active_member(settings, tmp_path) -> None:
+def idle_group_with_unread(settings, name: str, unread: int) -> str:
+    """A group that committed offset 0 on every payments partition and has no member,
+    with `unread` payments in the topic."""
     produce(settings, settings.payments_topic,
-            [(f"x{i}".encode(), payment(payment_id=f"xp{i}", order_id=f"x{i}").encode(), None) for i in range(40)])
-    group = f"{settings.join_group}-idle"
+            [(f"{name}{i}".encode(), payment(payment_id=f"{name}p{i}", order_id=f"{name}{i}").encode(), None)
+             for i in range(unread)])
+    group = f"{settings.join_group}-{name}"
     _commit(settings, group, {0: 0, 1: 0, 2: 0, 3: 0})
+    return group
+
+
+def test_lag_exporter_serves_groups_with_no_active_member(settings, tmp_path) -> None:
+    group = idle_group_with_unread(settings, "idle", 40)
     port = _free_port()
     exporter = start(settings, ["lag", "--serve", "--group", group, "--interval", "1"], tmp_path / "lag.log",
                      metrics_port=port)

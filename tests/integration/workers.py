@@ -83,6 +83,16 @@ def recovered_ids(s: Settings, expected: int, timeout: float = 60, settle: float
     return [Recovery.decode(m.value()).payment.payment_id for m in (more if len(more) > len(got) else got)]
 
 
+def assert_recovered_once(s: Settings, expected: set[str], *, once: bool = True, timeout: float = 60) -> list[str]:
+    """Every expected payment is on the recovery topic, none invented; with `once` (the
+    exactly_once guarantee) each appears once for read_committed readers."""
+    ids = recovered_ids(s, len(expected), timeout=timeout)
+    assert set(ids) == expected, f"{len(set(ids) - expected)} invented, {len(expected - set(ids))} lost"
+    if once:
+        assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+    return ids
+
+
 def late_ids(s: Settings, expected: int, timeout: float = 30) -> list[str]:
     return [LateOrder.decode(m.value()).order_id for m in consume_all(s, s.late_topic, expected, timeout=timeout)]
 
