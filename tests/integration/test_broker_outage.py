@@ -96,10 +96,12 @@ def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing
         stop(worker)
 
 
-def test_writer_rides_out_a_frozen_broker_and_writes_every_row_once(base_settings, tmp_path) -> None:
+@pytest.mark.parametrize("fault", ["freeze", "kill-and-restart"])
+def test_writer_rides_out_a_frozen_or_restarted_broker_and_writes_every_row_once(base_settings, tmp_path,
+                                                                                fault: str) -> None:
     """The recovery writer mid-stream when the broker freezes for 15 s (past its session
-    timeout): it must not exit or wedge, and every recovery, before and after, ends up
-    as exactly one row."""
+    timeout), or is killed -9 and started again: it must not exit or wedge, and every
+    recovery, before and after, ends up as exactly one row."""
     s = writer_settings(base_settings)
     first = [_recovery(i) for i in range(0, 20_000)]
     second = [_recovery(i) for i in range(20_000, 22_000)]
@@ -109,12 +111,16 @@ def test_writer_rides_out_a_frozen_broker_and_writes_every_row_once(base_setting
     frozen = False
     try:
         _wait_rows(s, 2_000)
-        _stack("kafka-freeze")
-        frozen = True
-        assert _wait_rows(s, 0) < len(first), "frozen mid-stream"
-        time.sleep(15)
-        _stack("kafka-thaw")
-        frozen = False
+        if fault == "freeze":
+            _stack("kafka-freeze")
+            frozen = True
+            assert _wait_rows(s, 0) < len(first), "frozen mid-stream"
+            time.sleep(15)
+            _stack("kafka-thaw")
+            frozen = False
+        else:
+            subprocess.run(["bash", str(STACK), "kafka-restart", "hard"], check=True, capture_output=True, timeout=240)
+            assert _wait_rows(s, 0) < len(first), "killed mid-stream"
         _broker_answers(s)
         _produce_recoveries(s, second)
         _wait_rows(s, 22_000, timeout=180)

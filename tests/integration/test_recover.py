@@ -425,3 +425,31 @@ def test_writer_without_its_tables_stops_with_one_line(base_settings, tmp_path) 
     text = log.read_text()
     assert "slipguard recover: PostgreSQL refused the writer's statements (UndefinedTable" in text, text[-3000:]
     assert "run `slipguard db migrate`" in text
+
+
+def test_a_payment_two_hours_old_recovered_in_a_catch_up_still_reconciles_its_late_order(s, tmp_path) -> None:
+    """LATE_HORIZON (1 h) runs from the recovery, by the worker's clock. A payment two hours
+    old, in a backlog the join catches up, is recovered now; its order, produced seconds
+    later (stamped long past the deadline), goes to orders.late and reconciles the row."""
+    two_hours_ago = int(time.time() * 1000) - 2 * 3_600_000
+    p = payment(payment_id="old-pay", order_id="old-ord", amount=Decimal("12.34"))
+    produce_raw(s, s.payments_topic, [(b"old-ord", p.encode(), two_hours_ago)])
+    join = start(s, ["join"], tmp_path / "join.log", late_horizon="1h")
+    writer = start(s, ["recover"], tmp_path / "recover.log")
+    try:
+        _wait_rows(s, 1)  # recovered and written
+        time.sleep(5)
+        real = order(order_id="old-ord", amount=Decimal("12.34"))
+        produce_raw(s, s.orders_topic, [(b"old-ord", real.encode(), int(time.time() * 1000))])
+        lates = consume_all(s, s.late_topic, 1, timeout=30)
+        assert [LateOrder.decode(m.value()).payment_id for m in lates] == ["old-pay"]
+        deadline = time.monotonic() + 30
+        row = None
+        while time.monotonic() < deadline and not (row and row[0]):
+            with _db(s) as conn:
+                row = conn.execute("SELECT reconciled_at FROM orders WHERE order_id = 'old-ord'").fetchone()
+            time.sleep(0.3)
+        assert row is not None and row[0] is not None, "the recovered row is reconciled with the real order"
+    finally:
+        assert stop(join) == 0, (tmp_path / "join.log").read_text()[-3000:]
+        assert stop(writer) == 0
