@@ -62,6 +62,7 @@ UNFIXABLE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE,
                        KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
                        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.RECORD_LIST_TOO_LARGE,
                        KafkaError.INVALID_RECORD, KafkaError.UNKNOWN_TOPIC_OR_PART})
+FENCED_LIMIT, FENCED_WINDOW = 3, 60.0  # fenced this often this fast: another worker has our instance id
 # Errors that mean another producer (or member) took this worker's identity.
 FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
                     KafkaError.FENCED_INSTANCE_ID})
@@ -203,6 +204,7 @@ class JoinWorker:
         self.watermarks = Consumer(config.consumer(settings, f"{group}-watermarks",
                                                    **{"isolation.level": "read_uncommitted"}))
         self.delivery_failures = 0
+        self.fenced_at: list[float] = []  # when this worker's producer was last fenced
         self.unfixable: tuple[str, KafkaError] | None = None  # a delivery error that retrying cannot fix
         self.staged: dict[object, int] = {}  # counter -> outputs produced but not committed yet
         self.staged_latencies: list[float] = []
@@ -303,14 +305,11 @@ class JoinWorker:
     def _on_client_error(self, exc: KafkaException) -> None:
         """A client error outside the commit (a produce or begin_transaction refused).
 
-        Fencing with a configured instance id means another live worker has that id: one
-        clear line, no fencing loop. Any other fatal producer error: a new producer, and
-        the uncommitted work is read again. Anything else: the open transaction, if any,
-        is aborted and the work read again.
+        A fatal producer error (fenced included): a new producer, and the uncommitted work
+        is read again (see _replace_producer for a duplicate instance id). Anything else:
+        the open transaction, if any, is aborted and the work read again.
         """
         err = exc.args[0]
-        if is_fenced(err) and self.s.instance_id:
-            raise JoinFailed(duplicate_instance(self.s)) from exc
         log.warning("Kafka client error outside a commit (%s); reading the uncommitted work again", err)
         metrics.JOIN_COMMITS.labels("aborted").inc()
         if self.eos and (err.fatal() or is_fenced(err)):
@@ -635,7 +634,18 @@ class JoinWorker:
     def _replace_producer(self, cause: BaseException, *, wedged: bool = False) -> None:
         """Start over with a new producer of the same transactional.id; its
         init_transactions fences the old one and aborts the old one's open transaction. A
-        wedged old producer is left alone (a call may still be inside it)."""
+        wedged old producer is left alone (a call may still be inside it).
+
+        Fencing alone does not prove another worker has this transactional.id: the
+        transaction coordinator also bumps the epoch when it aborts a transaction that
+        outlived transaction.timeout.ms (a broker outage), and librdkafka reports that as
+        fenced. Fenced again and again within a minute, with an instance id configured,
+        it does: then one clear line, not a fencing loop."""
+        if cause.args and isinstance(cause.args[0], KafkaError) and is_fenced(cause.args[0]):
+            now = time.monotonic()
+            self.fenced_at = [t for t in self.fenced_at if now - t < FENCED_WINDOW] + [now]
+            if self.s.instance_id and len(self.fenced_at) >= FENCED_LIMIT:
+                raise JoinFailed(duplicate_instance(self.s)) from cause
         log.warning("starting over with a new producer (%s)", cause.args[0] if cause.args else cause)
         if not wedged:
             try:
@@ -664,9 +674,7 @@ class JoinWorker:
             topic, cause = self.unfixable
             raise JoinFailed(f"cannot write to {topic}: {cause.str()}; reading the batch again would fail the same "
                              "way. Check the topic's max.message.bytes and this principal's ACLs") from exc
-        if self.eos and is_fenced(err) and self.s.instance_id:
-            raise JoinFailed(duplicate_instance(self.s)) from exc
-        if self.eos and not err.fatal():  # abortable, or retriable for too long
+        if self.eos and not err.fatal() and not is_fenced(err):  # abortable, or retriable for too long
             log.warning("transaction failed (%s); aborting it and reading the batch again", err)
             self._abort()
         elif self.eos:  # fatal: this producer cannot be used again

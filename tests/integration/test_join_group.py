@@ -36,14 +36,18 @@ def test_three_workers_with_default_settings_on_one_host_recover_every_payment_o
 
 
 def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_settings, tmp_path) -> None:
+    """Being fenced once proves nothing (the coordinator also fences a producer whose
+    transaction outlived a broker outage); fenced three times in a minute, with an
+    instance id configured, is another live worker with that id."""
     s = _settings(base_settings, commit_interval="200ms")
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     a = start(s, ["join"], a_log, instance_id="same")
     _wait_for(lambda: _owned(a_log) == [0, 1, 2, 3], "the first worker owns the partitions")
     b = start(s, ["join"], b_log, instance_id="same")
     try:
-        traffic = _LiveTraffic(s, 4_000, seed=42, seconds=4)
-        traffic.join()
+        # Steady traffic, so both keep committing: each commit of one fences the other,
+        # until one of them sees it happen again and again and stops.
+        traffic = _LiveTraffic(s, 40_000, seed=42, seconds=40)
         deadline = time.monotonic() + 90
         while a.poll() is None and b.poll() is None:
             assert time.monotonic() < deadline, "neither worker noticed the duplicate id"
@@ -53,6 +57,10 @@ def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_se
         assert loser.returncode == 1
         assert "runs with SLIPGUARD_INSTANCE_ID=same" in text, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
+        survivor = b if loser is a else a
+        time.sleep(3)
+        assert survivor.poll() is None, "the other one goes on"
+        traffic.join()
     finally:
         for w in (a, b):
             if w.poll() is None:
