@@ -24,7 +24,7 @@ def _keys(value: Any) -> int:
     """How many object keys the JSON text of `value` (as parsed, extras dropped) has."""
     if getattr(value.__class__, "flat_but_metadata", False):  # payments and orders: the hot path
         metadata = value.metadata
-        return len(value.model_fields_set) + (len(metadata) if metadata else 0)
+        return len(value.__pydantic_fields_set__) + (len(metadata) if metadata else 0)
     if isinstance(value, BaseModel):
         fields = value.__dict__
         n = 0

@@ -10,6 +10,11 @@ when every partition processes again:
 * kill -9 of one of two workers with their own ids (the default): the survivor waits
   for the session timeout, then for the broker to abort the dead transaction;
 * SIGTERM of one of two workers: a clean leave that commits and hands over.
+
+And with the KIP-848 protocol (`SLIPGUARD_GROUP_PROTOCOL=consumer`), a third worker
+joining two, then one of the three leaving: the longest stop of the partitions that kept
+their owner, and of those that moved (from the workers' logs), while committed offsets
+are sampled every 0.1 s.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class FailoverFigures:
     restart_same_id_s: float
     kill_one_of_two_s: float
     clean_leave_one_of_two_s: float
+    kip848_join_kept_max_pause_s: float = float("nan")
+    kip848_join_moved_max_pause_s: float = float("nan")
+    kip848_leave_kept_max_pause_s: float = float("nan")
+    kip848_leave_moved_max_pause_s: float = float("nan")
 
 
 def _start(s: Settings, instance_id: str | None, log: str) -> subprocess.Popen:
@@ -94,6 +103,96 @@ def _case(s: Settings, name: str, logs: str) -> float:
         reader.close()
 
 
+def _owned(log: str) -> set[int]:
+    """The partitions a worker holds now, replaying its log's restored/revoked lines."""
+    import re
+
+    text = open(log, encoding="utf-8", errors="replace").read() if os.path.exists(log) else ""
+    held: set[int] = set()
+    for verb, found in re.findall(r"(restored|revoked) partitions \[([\d, ]*)\]", text):
+        parts = {int(x) for x in found.split(",") if x.strip()}
+        held = held | parts if verb == "restored" else held - parts
+    return held
+
+
+class _Sampler:
+    """Committed offsets of every partition, sampled every 0.1 s: the longest time each
+    partition's offsets did not move within a window."""
+
+    def __init__(self, reader: LagReader, s: Settings, tps: list[tuple[str, int]]) -> None:
+        self.reader, self.s, self.tps = reader, s, tps
+        self.samples: list[tuple[float, dict[tuple[str, int], int]]] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            got = _committed(self.reader, self.s, self.tps)
+            if got:
+                self.samples.append((time.monotonic(), got))
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def longest_pause(self, partitions: set[int], start: float, end: float) -> float:
+        longest = 0.0
+        for tp in self.tps:
+            if tp[1] not in partitions:
+                continue
+            last_change, last = start, None
+            for t, got in self.samples:
+                if t < start - 1 or t > end:
+                    continue
+                value = got.get(tp)
+                if value != last:
+                    if last is not None and t >= start:
+                        longest = max(longest, t - last_change)
+                    last_change, last = max(t, start), value
+        return longest
+
+
+def _kip848(s: Settings, logs: str) -> tuple[float, float, float, float]:
+    c = s.with_prefix(f"fo-848-{uuid.uuid4().hex[:6]}", partitions=6, order_timeout="5s", grace="1s",
+                      commit_interval="200ms", metrics_port=0, group_protocol="consumer")
+    create_topics(c)
+    tps = [(t, p) for t in (c.payments_topic, c.orders_topic) for p in range(6)]
+    reader = LagReader(c, timeout=5)
+    pays, ords, _ = plan(150_000, start_ms=int(time.time() * 1000) + 3_000, spacing_ms=0.5, timeout_ms=5_000, seed=8)
+    threading.Thread(target=produce, args=(c, merged(pays, ords)), kwargs={"realtime": True}, daemon=True).start()
+    names = [f"{logs}/848-{x}.log" for x in "abc"]
+    procs = [_start(c, None, names[0]), _start(c, None, names[1])]
+    sampler = _Sampler(reader, c, tps)
+    try:
+        time.sleep(15)
+        joined = time.monotonic()
+        procs.append(_start(c, None, names[2]))
+        time.sleep(20)
+        moved = _owned(names[2])  # what the newcomer took
+        kept = set(range(6)) - moved
+        join_kept = sampler.longest_pause(kept, joined, joined + 20)
+        join_moved = sampler.longest_pause(moved, joined, joined + 20)
+        # One of the three leaves cleanly: its partitions move, the others' stay.
+        leaving = procs[0]
+        leaver_owned = _owned(names[0])
+        left = time.monotonic()
+        leaving.send_signal(signal.SIGTERM)
+        time.sleep(15)
+        moved_leave = leaver_owned
+        leave_kept = sampler.longest_pause(set(range(6)) - moved_leave, left, left + 15)
+        leave_moved = sampler.longest_pause(moved_leave, left, left + 15)
+        return join_kept, join_moved, leave_kept, leave_moved
+    finally:
+        sampler.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(60)
+        reader.close()
+
+
 def run(s: Settings, logs: str) -> FailoverFigures:
     os.makedirs(logs, exist_ok=True)
     print("bench-failover: kill -9, restarted with the same instance id ...", flush=True)
@@ -102,7 +201,10 @@ def run(s: Settings, logs: str) -> FailoverFigures:
     kill = _case(s, "kill", logs)
     print("bench-failover: SIGTERM of one of two workers ...", flush=True)
     leave = _case(s, "leave", logs)
-    return FailoverFigures(round(same, 1), round(kill, 1), round(leave, 1))
+    print("bench-failover: KIP-848, a third worker joins two, then one of three leaves ...", flush=True)
+    jk, jm, lk, lm = _kip848(s, logs)
+    return FailoverFigures(round(same, 1), round(kill, 1), round(leave, 1), round(jk, 2), round(jm, 2), round(lk, 2),
+                           round(lm, 2))
 
 
 def report(f: FailoverFigures) -> str:
@@ -111,4 +213,9 @@ def report(f: FailoverFigures) -> str:
         f"  kill -9, restarted at once with the same SLIPGUARD_INSTANCE_ID  {f.restart_same_id_s:.1f} s",
         f"  kill -9 of one of two workers (ids unset)                        {f.kill_one_of_two_s:.1f} s",
         f"  SIGTERM of one of two workers (clean leave)                     {f.clean_leave_one_of_two_s:.1f} s",
+        "KIP-848 (group.protocol=consumer), longest stop of committed offsets:",
+        f"  a third joins: partitions that kept their owner {f.kip848_join_kept_max_pause_s:.2f} s, "
+        f"that moved {f.kip848_join_moved_max_pause_s:.2f} s",
+        f"  one of three leaves (SIGTERM): kept {f.kip848_leave_kept_max_pause_s:.2f} s, "
+        f"moved {f.kip848_leave_moved_max_pause_s:.2f} s",
     ])

@@ -728,6 +728,7 @@ class JoinWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
+        log.info("revoked partitions %s; committing and handing them over", sorted({tp.partition for tp in partitions}))
         self.commit(handing_over=True)  # hand the partitions over with everything done so far committed
         for p in {tp.partition for tp in partitions}:
             self.pairs.pop(p, None)
