@@ -200,8 +200,7 @@ class JoinWorker:
         # Log ends of the changelog for restore. A consumer's watermark query, not the admin
         # client's list_offsets: admin requests that time out while the broker is away can
         # abort the process inside librdkafka (enq_once assertion, librdkafka issue 4605).
-        self.watermarks = Consumer(config.consumer(settings, f"{group}-watermarks",
-                                                   **{"isolation.level": "read_uncommitted"}))
+        self.watermarks = self._new_watermarks()
         self.delivery_failures = 0
         self.fenced_at: list[float] = []  # when this worker's producer was last fenced
         self.unfixable: tuple[str, KafkaError] | None = None  # a delivery error that retrying cannot fix
@@ -800,19 +799,30 @@ class JoinWorker:
                     waiting.discard(m.partition())
         return latest
 
+    def _new_watermarks(self) -> Consumer:
+        return Consumer(config.consumer(self.s, f"{self.s.join_group}-watermarks",
+                                        **{"isolation.level": "read_uncommitted"}))
+
     def _log_ends(self, topic: str, parts: list[int]) -> dict[int, int]:
         """Each partition's high watermark, from a read_uncommitted consumer: for a
-        read_committed client librdkafka answers with the last stable offset instead."""
+        read_committed client librdkafka answers with the last stable offset instead. The
+        query can ignore its timeout while a partition's leader is away (librdkafka issue
+        2588, confluent-kafka-python issue 413), so it has a hard deadline too."""
+        def ends() -> dict[int, int]:
+            return {p: self.watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+
         def query() -> dict[int, int]:
             try:
-                return {p: self.watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                        for p in parts}
-            except KafkaException:
+                return self._bounded(ends, f"read the end of {topic}", 10 + CALL_SLACK)
+            except (KafkaException, Wedged) as exc:
                 # Next time a fresh client, in case this one's metadata is stale (seen as
-                # FENCED_LEADER_EPOCH after the broker was frozen and came back).
-                self.watermarks.close()
-                self.watermarks = Consumer(config.consumer(self.s, f"{self.s.join_group}-watermarks",
-                                                           **{"isolation.level": "read_uncommitted"}))
+                # FENCED_LEADER_EPOCH after the broker was frozen and came back). A wedged
+                # one is left to its thread, not closed under it.
+                if not isinstance(exc, Wedged):
+                    self.watermarks.close()
+                self.watermarks = self._new_watermarks()
+                if isinstance(exc, Wedged):
+                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, str(exc))) from exc
                 raise
 
         return self._patiently(query, f"read the end of {topic}")
