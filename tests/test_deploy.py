@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-import streams.metrics  # noqa: F401  (registers every metric)
-from streams.observe import LagCollector
+import streams.ops.metrics  # noqa: F401  (registers every metric)
+from streams.ops.exporter import LagCollector
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 RULES = DEPLOY / "prometheus" / "slipguard-alerts.yml"

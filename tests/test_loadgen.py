@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas import Order, Payment
 from streams.join.core import ORDER, Decisions, JoinParams, PartitionJoin
-from streams.loadgen import Shares, merged, plan
+from streams.tools.loadgen import Shares, merged, plan
 
 
 def test_every_planned_record_is_a_valid_message_keyed_by_its_order_id() -> None:

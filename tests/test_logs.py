@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from streams.logs import JsonFormatter, TextFormatter
+from streams.ops.logs import JsonFormatter, TextFormatter
 
 
 def _record(**extra) -> logging.LogRecord:
@@ -33,7 +33,7 @@ def test_logged_validation_errors_name_fields_never_values() -> None:
     from pydantic import ValidationError
 
     from schemas import Payment
-    from streams.logs import safe_error
+    from streams.ops.logs import safe_error
 
     with pytest.raises(ValidationError) as info:
         Payment.decode(b'{"payment_id":"p","order_id":"o","user_id":"u","amount":"123456.789012","currency":"CNY",'

@@ -106,7 +106,7 @@ def test_a_malformed_database_url_never_prints_its_password(capsys) -> None:
 def test_log_lines_never_carry_a_secret(capsys) -> None:
     import logging
 
-    from streams.logs import setup_logging
+    from streams.ops.logs import setup_logging
 
     s = load_settings(database_url="postgresql://u:hunter2-secret@h/db", payment_hmac_key="k" * 20 + "-hmac")
     setup_logging(s)

@@ -31,12 +31,12 @@ from pydantic import ValidationError
 from schemas import Anomaly, DeadLetter, LateOrder, Order, Payment, Recovery, recovery_id_for
 from schemas.base import check_no_duplicate_keys
 from schemas.fields import from_epoch_ms
-from streams import metrics
+from streams.ops import metrics
 from streams.join import changelog
 from streams.join.core import ORDER, PAYMENT, Decisions, JoinParams, PartitionJoin
 from streams.kafka import config
 from streams.kafka.topics import TopicLayoutError, ensure_join_topics
-from streams.logs import safe_error
+from streams.ops.logs import safe_error
 from streams.retry import Retry, Stopped
 from streams.settings import Settings
 

@@ -26,8 +26,8 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter, LateOrder, Recovery
 from schemas.fields import from_epoch_ms
-from streams import metrics
-from streams.logs import safe_error
+from streams.ops import metrics
+from streams.ops.logs import safe_error
 from streams.recover.store import Item, write_batch
 from streams.settings import Settings
 
@@ -225,7 +225,7 @@ def _fatal(message: str) -> None:
     """Stop the writer with one clear line. Nothing of the current batch was acknowledged,
     so its records are read again by whoever runs next; exiting at once keeps faust from
     going on with a dead agent."""
-    from streams.logs import redact
+    from streams.ops.logs import redact
 
     log.critical("%s", message)
     print(f"slipguard recover: {redact(message)}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.kafka import config
 from streams.kafka.topics import create_topics
-from streams.loadgen import merged, plan, produce
+from streams.tools.loadgen import merged, plan, produce
 from tests.integration.conftest import isolated
 from tests.integration.test_recover import (
     _assert_each_once,

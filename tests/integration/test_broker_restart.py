@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.kafka import config
-from streams.kafka.lag import LagError, group_lag
+from streams.ops.lag import LagError, group_lag
 from streams.kafka.topics import create_topics
 from tests.integration.conftest import isolated
 from tests.integration.test_join import _LiveTraffic

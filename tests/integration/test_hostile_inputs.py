@@ -14,8 +14,8 @@ import time
 
 from schemas import DeadLetter
 from schemas.dlq import VALUE_PREFIX
-from streams.loadgen import Shares, merged, plan
-from streams.loadgen import produce as produce_plan
+from streams.tools.loadgen import Shares, merged, plan
+from streams.tools.loadgen import produce as produce_plan
 from tests.factories import order, payment
 from tests.integration.conftest import consume_all, produce
 from tests.integration.test_join import _settings

@@ -15,7 +15,7 @@ import pytest
 
 from schemas import Anomaly, DeadLetter, Recovery, recovery_id_for
 from streams.kafka.topics import create_topics
-from streams.loadgen import Shares, merged, plan, produce
+from streams.tools.loadgen import Shares, merged, plan, produce
 from tests.factories import payment
 from tests.integration.conftest import consume_all, isolated
 from tests.integration.workers import (

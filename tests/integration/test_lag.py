@@ -143,7 +143,7 @@ def test_a_partition_with_only_transaction_markers_left_has_no_lag(settings) -> 
     committed the offset of the marker, one below the log end. That is no lag."""
     from confluent_kafka import Producer
 
-    from streams.kafka.lag import group_lag
+    from streams.ops.lag import group_lag
 
     p = Producer(config.producer(settings, transactional_id=f"{settings.join_group}-markers"))
     p.init_transactions(30)

@@ -14,7 +14,7 @@ import pytest
 from schemas import DeadLetter, LateOrder, Recovery, recovery_id_for
 from streams.db import migrate
 from streams.kafka.topics import create_topics
-from streams.loadgen import merged, plan, produce
+from streams.tools.loadgen import merged, plan, produce
 from tests.factories import T0, order, payment
 from tests.integration.conftest import consume_all, isolated
 from tests.integration.conftest import produce as produce_raw
@@ -282,7 +282,7 @@ def test_writer_serves_metrics_health_and_readiness(s, tmp_path) -> None:
 def test_nothing_is_acknowledged_while_postgres_is_down_even_across_kill_9(s, tmp_path, base_settings) -> None:
     """Records read during an outage stay unacknowledged: the group's committed offsets do not
     move, and a writer killed meanwhile loses none of them."""
-    from streams.kafka.lag import group_lag
+    from streams.ops.lag import group_lag
 
     _produce_recoveries(s, [_recovery(i) for i in range(100)])
     first = start(s, ["recover"], tmp_path / "recover-1.log")

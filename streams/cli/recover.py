@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from streams.cli.flags import add_settings_flags
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.recover")
@@ -14,7 +15,7 @@ log = logging.getLogger("slipguard.recover")
 def _recover(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
-    from streams.observe import serve_metrics
+    from streams.ops.health import serve_metrics
     from streams.recover.app import build_app
 
     from streams.kafka.topics import wait_for_topics
@@ -46,7 +47,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     try:
         applied = migrate(settings.database_url.get_secret_value())
     except (MigrationError, psycopg.Error) as exc:
-        from streams.logs import redact
+        from streams.ops.logs import redact
 
         print(redact(f"slipguard db migrate: {exc}".splitlines()[0]), file=sys.stderr)
         return 1
@@ -54,7 +55,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands, add_settings_flags) -> None:
+def register(commands) -> None:
     rec = commands.add_parser("recover", help="run one member of the recovery-writer group (faust-streaming)")
     add_settings_flags(rec)
     rec.set_defaults(handler=_recover)

@@ -1,16 +1,16 @@
-"""Operator and tooling commands: lag, loadgen, bench, bench-writer, demo."""
+"""Tooling commands, not run in production: `demo`, `loadgen`, `bench`, `bench-failover`, `bench-writer`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
+from streams.cli.flags import add_settings_flags
 from streams.settings import Settings
 
 
 def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.loadgen import Shares, merged, plan, produce
+    from streams.tools.loadgen import Shares, merged, plan, produce
 
     shares = Shares(missing=args.missing, late=args.late, duplicates=args.duplicates, second_payment=args.second_payment,
                     mismatch=args.mismatch, failed=args.failed, jitter_ms=int(args.jitter * 1000))
@@ -28,7 +28,7 @@ def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.bench import report, run
+    from streams.tools.bench import report, run
 
     figures = run(settings, args.events, args.bench_partitions, args.live_rate, args.live_seconds)
     print(report(figures))
@@ -36,66 +36,26 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench_writer(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.bench import writer_bench, writer_report
+    from streams.tools.bench import writer_bench, writer_report
 
     print(writer_report(writer_bench(settings, args.rows, args.steady_rate, args.steady_seconds)))
     return 0
 
 
 def _bench_failover(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.bench_failover import report, run
+    from streams.tools.bench_failover import report, run
 
     print(report(run(settings, args.logs)))
     return 0
 
 
-def _lag(settings: Settings, args: argparse.Namespace) -> int:
-    import json
-    import signal
-    import threading
-
-    from streams.kafka.lag import LagError, as_dicts, as_table, group_lag
-    from streams.observe import LagCollector, serve_metrics
-
-    groups = args.group or [settings.join_group, settings.recover_group]
-    if args.serve:
-        port = settings.metrics_port if settings.metrics_port is not None else 9402
-        LagCollector(settings, groups, interval=args.interval, topics=args.topic).start()
-        serve_metrics(port)
-        print(f"lag exporter for {', '.join(groups)} on :{port}/metrics (every {args.interval:.0f}s)", flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        stop.wait()
-        return 0
-    try:
-        rows = group_lag(settings, groups, topics=args.topic, with_seconds=not args.no_seconds)
-    except LagError as exc:
-        print(f"slipguard lag: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(as_dicts(rows), indent=2) if args.json else as_table(rows))
-    return 0
-
-
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.demo import run
+    from streams.tools.demo import run
 
     return run(settings, rate=args.rate, seconds=args.seconds)
 
 
-def register(commands, add_settings_flags) -> None:
-    lag = commands.add_parser("lag", help="consumer lag per group, topic and partition")
-    add_settings_flags(lag)
-    lag.add_argument("--group", action="append", help="a consumer group (repeatable); default: join and recover groups")
-    lag.add_argument("--topic", action="append", help="a topic the groups read (repeatable); default: slipguard's "
-                                                      "own topics for its groups, every topic for other groups")
-    lag.add_argument("--json", action="store_true", help="print JSON")
-    lag.add_argument("--no-seconds", action="store_true", help="skip lag in seconds (reads no records)")
-    lag.add_argument("--serve", action="store_true", help="run a Prometheus exporter (port: SLIPGUARD_METRICS_PORT, "
-                                                          "else 9402)")
-    lag.add_argument("--interval", type=float, default=10.0, help="exporter refresh interval, seconds")
-    lag.set_defaults(handler=_lag)
-
+def register(commands) -> None:
     d = commands.add_parser("demo", help="the main job end to end on the local stack, with a checked summary")
     add_settings_flags(d)
     d.add_argument("--rate", type=float, default=1_000, help="events/s of live traffic")
@@ -135,6 +95,6 @@ def register(commands, add_settings_flags) -> None:
 
 
 def _share(name: str) -> float:
-    from streams.loadgen import Shares
+    from streams.tools.loadgen import Shares
 
     return getattr(Shares(), name)

@@ -27,7 +27,7 @@ from streams.join.core import Decisions, JoinParams, PartitionJoin
 from streams.join.runtime import JoinWorker, tune_gc
 from streams.kafka import config
 from streams.kafka.topics import create_topics
-from streams.loadgen import Shares, merged, plan, produce
+from streams.tools.loadgen import Shares, merged, plan, produce
 from streams.settings import Settings
 
 

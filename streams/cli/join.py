@@ -8,6 +8,7 @@ import sys
 
 from confluent_kafka import KafkaException
 
+from streams.cli.flags import add_settings_flags
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
@@ -15,7 +16,7 @@ log = logging.getLogger("slipguard.join")
 
 def _join(settings: Settings, args: argparse.Namespace) -> int:
     from streams.join.runtime import JoinFailed, JoinWorker, tune_gc
-    from streams.observe import serve_metrics
+    from streams.ops.health import serve_metrics
 
     tune_gc()
     try:
@@ -36,7 +37,7 @@ def _join(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands, add_settings_flags) -> None:
+def register(commands) -> None:
     join = commands.add_parser("join", help="run one member of the join consumer group")
     add_settings_flags(join)
     join.add_argument("--max-seconds", type=float, default=None, help="stop after this long (for tests and demos)")

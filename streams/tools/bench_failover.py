@@ -28,9 +28,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from streams.kafka.lag import LagReader
+from streams.ops.lag import LagReader
 from streams.kafka.topics import create_topics
-from streams.loadgen import merged, plan, produce
+from streams.tools.loadgen import merged, plan, produce
 from streams.settings import Settings
 
 

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.db import migrate
 from streams.kafka import config
 from streams.kafka.topics import create_topics
-from streams.loadgen import Shares, merged, plan, produce
+from streams.tools.loadgen import Shares, merged, plan, produce
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

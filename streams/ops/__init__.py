@@ -1,0 +1,1 @@
+"""Operator plumbing: metrics, /healthz and /readyz, logs, consumer lag."""

@@ -1,0 +1,1 @@
+"""Tooling, not run in production: load generation, benchmarks, the demo."""
