@@ -15,7 +15,8 @@ log = logging.getLogger("slipguard.join")
 
 
 def _join(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.join.runtime import JoinFailed, JoinWorker, tune_gc
+    from streams.join import JoinFailed
+    from streams.join.worker import JoinWorker, tune_gc
     from streams.ops.health import serve_metrics
 
     tune_gc()

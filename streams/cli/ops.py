@@ -27,7 +27,8 @@ def _lag(settings: Settings, args: argparse.Namespace) -> int:
     import threading
 
     from streams.ops.lag import LagError, as_dicts, as_table, group_lag
-    from streams.ops.health import LagCollector, serve_metrics
+    from streams.ops.exporter import LagCollector
+    from streams.ops.health import serve_metrics
 
     groups = args.group or [settings.join_group, settings.recover_group]
     if args.serve:

@@ -73,25 +73,19 @@ def register(commands) -> None:
     lg.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     lg.set_defaults(handler=_loadgen)
 
-    b = commands.add_parser("bench", help="measure the join on the local broker and print figures")
-    add_settings_flags(b)
-    b.add_argument("--events", type=int, default=1_000_000)
-    b.add_argument("--bench-partitions", type=int, default=6)
-    b.add_argument("--live-rate", type=float, default=2_000)
-    b.add_argument("--live-seconds", type=float, default=20)
-    b.set_defaults(handler=_bench)
-
-    f = commands.add_parser("bench-failover", help="measure how long partitions stop when a join worker goes away")
-    add_settings_flags(f)
-    f.add_argument("--logs", default=".stack/bench-failover", help="where the workers' logs go")
-    f.set_defaults(handler=_bench_failover)
-
-    w = commands.add_parser("bench-writer", help="measure the recovery writer into PostgreSQL and print figures")
-    add_settings_flags(w)
-    w.add_argument("--rows", type=int, default=50_000)
-    w.add_argument("--steady-rate", type=float, default=1_000)
-    w.add_argument("--steady-seconds", type=float, default=15)
-    w.set_defaults(handler=_bench_writer)
+    for name, about, handler, flags in (
+        ("bench", "measure the join on the local broker and print figures", _bench,
+         {"events": 1_000_000, "bench-partitions": 6, "live-rate": 2_000.0, "live-seconds": 20.0}),
+        ("bench-failover", "measure how long partitions stop when a join worker goes away", _bench_failover,
+         {"logs": ".stack/bench-failover"}),
+        ("bench-writer", "measure the recovery writer into PostgreSQL and print figures", _bench_writer,
+         {"rows": 50_000, "steady-rate": 1_000.0, "steady-seconds": 15.0}),
+    ):
+        cmd = commands.add_parser(name, help=about)
+        add_settings_flags(cmd)
+        for flag, default in flags.items():
+            cmd.add_argument(f"--{flag}", type=type(default), default=default, help=f"default {default}")
+        cmd.set_defaults(handler=handler)
 
 
 def _share(name: str) -> float:

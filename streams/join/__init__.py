@@ -1,1 +1,13 @@
-"""The payment-order join: a pure core (core.py), its changelog codec, and the Kafka runtime."""
+"""The payment-order join.
+
+core.py (the rules, pure) and state.py (what they remember, and what the changelog must
+be told); changelog.py (the state's records); merge.py (a pair's two partitions in
+event-time order); intake.py (what is accepted); outputs.py (what is produced);
+checkpoint.py (the commit: transaction, changelog, offsets); restore.py (state back
+from the changelog); worker.py (the loop that wires them).
+"""
+
+
+class JoinFailed(Exception):
+    """The worker cannot go on (another worker with its instance id, a broken topic layout,
+    a fatal client error): it exits with one line saying why."""

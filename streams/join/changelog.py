@@ -10,21 +10,25 @@ re-encoded on the hot path.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from schemas import Order, Payment
-from streams.join.core import (
-    MATCHED,
-    ORDER,
-    PAYMENT,
-    RECOVERED,
+from streams.join.state import (
+    Bundle,
     BufferedOrder,
+    Change,
+    Entry,
     PendingPayment,
     RecoveredPayment,
+    Store,
     order_cmp,
     payment_cmp,
 )
 
-PREFIX = {PAYMENT: b"p:", ORDER: b"o:", RECOVERED: b"r:", MATCHED: b"m:"}
+if TYPE_CHECKING:
+    from streams.join.core import PartitionJoin
+
+PREFIX = {Store.PENDING: b"p:", Store.ORDERS: b"o:", Store.RECOVERED: b"r:", Store.MATCHED: b"m:"}
 KIND = {v: k for k, v in PREFIX.items()}
 _TS_FLAG = struct.Struct(">qB")
 _ORDER = struct.Struct(">qqI")  # order ts, paid_t, length of the order's bytes
@@ -41,23 +45,23 @@ class ChangelogFormatError(ValueError):
     """A changelog record that this version cannot read (written by something else?)."""
 
 
-def encode_key(kind: int, key: str | int) -> bytes:
-    if kind == MATCHED:
-        return b"m:%012d" % key  # type: ignore[str-format]
-    return PREFIX[kind] + key.encode()  # type: ignore[union-attr]
+def encode_key(store: Store, key: str | int) -> bytes:
+    if isinstance(key, int):
+        return b"m:%012d" % key
+    return PREFIX[store] + key.encode()
 
 
-def encode_value(kind: int, entry: object) -> bytes:
-    if kind == MATCHED:
+def encode_value(store: Store, entry: Entry | Bundle) -> bytes:
+    if isinstance(entry, list):
         parts = []
-        for oid, pair in entry:  # type: ignore[attr-defined]
-            o, pid, raw = oid.encode(), pair.paid_id.encode(), pair.paid_raw
+        for oid, pair in entry:
+            o, pid, raw = oid.encode(), (pair.paid_id or "").encode(), pair.paid_raw or b""
             parts.append(_PAIR.pack(len(o), len(pid), len(raw), pair.ts, pair.paid_t) + o + pid + raw)
         return b"".join(parts)
-    if kind == PAYMENT:
+    if store == Store.PENDING:
         assert isinstance(entry, PendingPayment)
         return _TS_FLAG.pack(entry.t, entry.late) + entry.raw
-    if kind == ORDER:
+    if store == Store.ORDERS:
         assert isinstance(entry, BufferedOrder)
         return _ORDER.pack(entry.ts, entry.paid_t, len(entry.raw)) + entry.raw + (entry.paid_raw or b"")
     assert isinstance(entry, RecoveredPayment)
@@ -65,24 +69,30 @@ def encode_value(kind: int, entry: object) -> bytes:
             + entry.raw)
 
 
-def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> tuple[int, str | int, object | None]:
-    """(kind, order_id or bundle number, entry or None for a tombstone). `now_ms`: the
-    recovery time given to recovered entries written before it was recorded."""
+def encode(change: Change) -> tuple[bytes, bytes | None]:
+    """A change as a changelog record's key and value (None: a tombstone)."""
+    value = None if change.value is None else encode_value(change.store, change.value)
+    return encode_key(change.store, change.key), value
+
+
+def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
+    """A changelog record as a Change (value None: a tombstone). `now_ms`: the recovery
+    time given to recovered entries written before it was recorded."""
     kind = KIND.get(key[:2])
     if kind is None:
         raise ChangelogFormatError(f"unknown changelog key prefix {key[:2]!r}")
-    if kind == MATCHED:
+    if kind == Store.MATCHED:
         number = int(key[2:])
-        return kind, number, None if value is None else _decode_pairs(value)
+        return Change(kind, number, None if value is None else _decode_pairs(value))
     oid = key[2:].decode()
     if value is None:
-        return kind, oid, None
-    if kind == ORDER:
+        return Change(kind, oid, None)
+    if kind == Store.ORDERS:
         ts, paid_t, n = _ORDER.unpack_from(value)
         start = _ORDER.size
         raw, paid_raw = value[start : start + n], value[start + n :] or None
         paid_id = Payment.decode(paid_raw).payment_id if paid_raw else None
-        return kind, oid, BufferedOrder(ts, raw, order_cmp(Order.decode(raw)), paid_id, paid_t, paid_raw)
+        return Change(kind, oid, BufferedOrder(ts, raw, order_cmp(Order.decode(raw)), paid_id, paid_t, paid_raw))
     t, flags = _TS_FLAG.unpack_from(value)
     at = _TS_FLAG.size
     recovered_at = now_ms
@@ -92,13 +102,13 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> tuple[int, str |
     raw = value[at:]
     p = Payment.decode(raw)
     late = bool(flags & _LATE)
-    if kind == PAYMENT:
-        return kind, oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), late)
-    return kind, oid, RecoveredPayment(p.payment_id, t, raw, late, recovered_at=recovered_at)
+    if kind == Store.PENDING:
+        return Change(kind, oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), late))
+    return Change(kind, oid, RecoveredPayment(p.payment_id, t, raw, late, recovered_at=recovered_at))
 
 
-def _decode_pairs(value: bytes) -> list[tuple[str, BufferedOrder]]:
-    pairs = []
+def _decode_pairs(value: bytes) -> Bundle:
+    pairs: Bundle = []
     at, end = 0, len(value)
     while at < end:
         n_oid, n_pid, n_raw, ts, paid_t = _PAIR.unpack_from(value, at)
@@ -110,23 +120,18 @@ def _decode_pairs(value: bytes) -> list[tuple[str, BufferedOrder]]:
         raw = value[at : at + n_raw]
         at += n_raw
         # A matched pair never matches again: the order's own bytes and fields are not needed.
-        pairs.append((oid, BufferedOrder(ts, b"", None, pid, paid_t, raw)))  # type: ignore[arg-type]
+        pairs.append((oid, BufferedOrder(ts, b"", None, pid, paid_t, raw)))
     return pairs
 
 
-def restore_into(core: object, latest: dict[bytes, bytes | None], now_ms: int = 0) -> None:
+def restore_into(core: PartitionJoin, latest: dict[bytes, bytes | None], now_ms: int = 0) -> None:
     """Rebuild a PartitionJoin from the last value of each changelog key of its partition.
 
     Bundles of matched pairs go first, oldest first; entries under their own keys override them.
     """
-    bundle_prefix = PREFIX[MATCHED]
+    bundle_prefix = PREFIX[Store.MATCHED]
     for key in sorted(k for k in latest if k.startswith(bundle_prefix)):
-        kind, number, pairs = decode(key, latest[key])
-        if pairs is not None:
-            core.restore(kind, number, pairs)  # type: ignore[attr-defined]
+        core.restore(decode(key, latest[key]))
     for key, value in latest.items():
-        if key.startswith(bundle_prefix):
-            continue
-        kind, oid, entry = decode(key, value, now_ms)
-        if entry is not None:
-            core.restore(kind, oid, entry)  # type: ignore[attr-defined]
+        if not key.startswith(bundle_prefix) and value is not None:
+            core.restore(decode(key, value, now_ms))

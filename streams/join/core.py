@@ -1,9 +1,9 @@
 """The join's decisions, for one co-partitioned pair of payments and orders partitions.
 
-Pure: no Kafka, no clock, no I/O. The runtime feeds it decoded records with their event
+Pure: no Kafka, no clock, no I/O. The worker feeds it decoded records with their event
 times (Kafka timestamps, in ms) and tells it how far each partition has been read and
-what time it is; the core returns what to emit and records which state entries changed,
-so that only net changes reach the changelog.
+what time it is; the core returns what to emit. What it remembers lives in a JoinState
+(state.py), which also keeps what the changelog must be told.
 
 The rules are the contract's "Join semantics", in one place:
 
@@ -28,7 +28,7 @@ The rules are the contract's "Join semantics", in one place:
   ahead of the wall clock (a record stamped in the future matches by its own timestamp
   but moves progress only up to `now`), and only records that pass validation, the
   signature included, move progress. (Records stamped absurdly far ahead or before 2000
-  never reach the core: the runtime sends them to the DLQ.)
+  never reach the core: the worker sends them to the DLQ.)
 * Expiry goes by expiry time (heaps), so one out-of-order entry holds up nothing else.
 """
 
@@ -37,21 +37,25 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from decimal import Decimal
+from enum import IntEnum
 
 from schemas import Order, Payment, recovery_id_for
+from streams.join.state import (
+    BufferedOrder,
+    Change,
+    Cmp,
+    JoinState,
+    PendingPayment,
+    RecoveredPayment,
+    Store,
+)
 
-PAYMENT = 0
-ORDER = 1
-RECOVERED = 2
-MATCHED = 3  # a bundle of matched pairs, written as one changelog record per commit
-# A bundle record holds matched pairs up to this many bytes (encoded), so that it fits the
-# changelog's max.message.bytes whatever the payments weigh: counted in bytes, not pairs,
-# because 2,000 pairs of 700-byte payments were already over 1 MB.
-BUNDLE_MAX_BYTES = 512 * 1024
-PAIR_OVERHEAD = 28  # the fixed part of one encoded pair (changelog._PAIR)
 
-Cmp = tuple[str, Decimal, str]  # (user_id, amount, currency): what a matched pair must agree on
+class Side(IntEnum):
+    """The two inputs of the join (and the index of each in per-side pairs)."""
+
+    PAYMENT = 0
+    ORDER = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,60 +105,19 @@ class Decisions:
         return bool(self.recoveries or self.late or self.anomalies)
 
 
-# ---------------------------------------------------------------- state entries
-# Entries keep the record's original bytes (for the changelog and the outputs) and only
-# the few fields the hot path compares, so that a pending entry stays well under 1 KB.
-
-
-class PendingPayment:
-    __slots__ = ("payment_id", "t", "raw", "cmp", "late", "persisted")
-
-    def __init__(self, payment_id: str, t: int, raw: bytes, cmp: Cmp, late: bool = False, persisted: bool = False):
-        self.payment_id, self.t, self.raw, self.cmp, self.late, self.persisted = payment_id, t, raw, cmp, late, persisted
-
-
-class BufferedOrder:
-    """An order kept for a payment still to come, or a matched order kept to spot duplicates."""
-
-    __slots__ = ("ts", "raw", "cmp", "paid_id", "paid_t", "paid_raw", "persisted")
-
-    def __init__(self, ts: int, raw: bytes, cmp: Cmp, paid_id: str | None = None, paid_t: int = 0,
-                 paid_raw: bytes | None = None, persisted: bool = False):
-        self.ts, self.raw, self.cmp, self.persisted = ts, raw, cmp, persisted
-        self.paid_id, self.paid_t, self.paid_raw = paid_id, paid_t, paid_raw
-
-    def expires_at(self, window_ms: int) -> int:
-        return max(self.ts, self.paid_t) + window_ms
-
-
-class RecoveredPayment:
-    __slots__ = ("payment_id", "deadline", "raw", "late", "persisted", "recovered_at")
-
-    def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool = False, persisted: bool = False,
-                 recovered_at: int = 0):
-        self.payment_id, self.deadline, self.raw, self.late, self.persisted = payment_id, deadline, raw, late, persisted
-        self.recovered_at = recovered_at  # wall clock (ms) when the recovery was emitted
-
-
-def payment_cmp(p: Payment) -> Cmp:
-    return (p.user_id, p.amount, p.currency)
-
-
-def order_cmp(o: Order) -> Cmp:
-    return (o.user_id, o.amount, o.currency)
-
-
 MISMATCH_KINDS = (("user_mismatch", 0), ("amount_mismatch", 1), ("currency_mismatch", 2))
 
 
 class PartitionJoin:
-    """Join state and decisions for partition p of payments and orders (and the changelog)."""
+    """The rules for partition p of payments and orders; its state in `self.state`."""
 
     def __init__(self, params: JoinParams) -> None:
         self.params = params
-        self.pending: dict[str, PendingPayment] = {}
-        self.orders: dict[str, BufferedOrder] = {}
-        self.recovered: dict[str, RecoveredPayment] = {}
+        self.state = JoinState(params.timeout_ms + params.grace_ms)
+        # The maps themselves, read on the hot path; changed only through self.state.
+        self.pending = self.state.pending
+        self.orders = self.state.orders
+        self.recovered = self.state.recovered
         # Expiry heaps: (expiry, sequence, order_id, entry); stale items are skipped when they
         # come up, an order whose expiry moved later (it was matched) is pushed again.
         self._seq = itertools.count()
@@ -165,16 +128,6 @@ class PartitionJoin:
         self.payment_time = -1  # highest payment event time consumed
         self.order_time = -1  # highest order event time consumed
         self.payments_progress = -1  # how far payments were seen at the last advance (expiry of orders)
-        # order_id -> True if the changelog may hold a value for it (a tombstone is due if the entry is gone)
-        self.dirty: tuple[dict[str, bool], dict[str, bool], dict[str, bool]] = ({}, {}, {})
-        # Matched pairs are kept (to recognise duplicate payments) until their window closes.
-        # They are persisted in bundles, one record per commit, and each bundle is deleted
-        # once all its pairs have expired: two changelog records per commit instead of two
-        # per order.
-        self._new_matched: list[tuple[str, BufferedOrder]] = []
-        self._bundles: list[tuple[int, int]] = []  # heap of (expiry, bundle number) of bundles in the log
-        self._expired_bundles: list[int] = []
-        self._next_bundle = 0
 
     # ------------------------------------------------------------ records
 
@@ -220,16 +173,14 @@ class PartitionJoin:
         if buffered is not None:
             if t - timeout <= buffered.ts <= deadline:
                 buffered.paid_id, buffered.paid_t, buffered.paid_raw = p.payment_id, t, raw
-                if buffered.persisted:
-                    self.dirty[ORDER][oid] = True  # its unmatched record gives way to the bundle
-                self._new_matched.append((oid, buffered))
+                self.state.matched(oid, buffered)
                 out.matched += 1
                 if cmp != buffered.cmp:
                     self._report_mismatch(cmp, buffered.cmp, p, Order.decode(buffered.raw), oid, out)
                 return
             if buffered.ts > deadline:
                 # The order exists but past the window: the payment will be recovered, the order is late.
-                self._drop_order(oid, buffered)
+                self.state.drop_order(oid, buffered)
                 out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
                                      recovery_id_for(p.payment_id), buffered.ts - deadline))
                 self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp, late=True))
@@ -244,11 +195,11 @@ class PartitionJoin:
         if pending is not None:
             deadline = pending.t + self.params.timeout_ms
             if pending.t - self.params.timeout_ms <= ts <= deadline:
-                self._drop_pending(oid, pending)
+                self.state.drop_pending(oid, pending)
                 entry = BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), pending.payment_id, pending.t,
                                       pending.raw)
                 self._add_order(oid, entry)
-                self._new_matched.append((oid, entry))
+                self.state.matched(oid, entry)
                 out.matched += 1
                 if pending.cmp != entry.cmp:
                     self._report_mismatch(pending.cmp, entry.cmp, Payment.decode(pending.raw), o, oid, out)
@@ -256,7 +207,7 @@ class PartitionJoin:
             if ts > deadline:
                 if not pending.late:
                     pending.late = True
-                    self._mark(PAYMENT, oid, pending.persisted)
+                    self.state.touch(Store.PENDING, oid, pending.persisted)
                     out.late.append(Late(o, ts, pending.payment_id, recovery_id_for(pending.payment_id), ts - deadline))
                 return
             # An order from before the window does not match; it is kept like any unmatched order.
@@ -264,7 +215,7 @@ class PartitionJoin:
         if recovered is not None:
             if not recovered.late:
                 recovered.late = True
-                self._mark(RECOVERED, oid, recovered.persisted)
+                self.state.touch(Store.RECOVERED, oid, recovered.persisted)
                 out.late.append(Late(o, ts, recovered.payment_id, recovery_id_for(recovered.payment_id),
                                      max(0, ts - recovered.deadline)))
             return
@@ -295,7 +246,7 @@ class PartitionJoin:
             pending = self.pending.get(oid)
             if pending is None or pending.payment_id != pid:
                 continue  # matched or replaced since the timer was set
-            self._drop_pending(oid, pending)
+            self.state.drop_pending(oid, pending)
             self._add_recovered(oid, RecoveredPayment(pid, deadline, pending.raw, pending.late, recovered_at=now_ms))
             out.recoveries.append(Recover(Payment.decode(pending.raw), deadline))
         if len(timers) > 64 and len(timers) > 2 * len(self.pending):
@@ -318,19 +269,15 @@ class PartitionJoin:
             if expiry > payments_progress:
                 heapq.heappush(queue, (expiry, next(self._seq), oid, entry))  # matched since: lives longer
                 continue
-            self._drop_order(oid, entry)
-        bundles = self._bundles
-        while bundles and bundles[0][0] <= payments_progress:
-            self._expired_bundles.append(heapq.heappop(bundles)[1])
+            self.state.drop_order(oid, entry)
+        self.state.expire_bundles(payments_progress)
         recovered = self.recovered
         rqueue = self._recovered_queue
         forget_before = now_ms - self.params.late_horizon_ms
         while rqueue and rqueue[0][0] <= forget_before:
             _, _, oid, rentry = heapq.heappop(rqueue)
-            if recovered.get(oid) is not rentry:
-                continue
-            del recovered[oid]
-            self._mark(RECOVERED, oid, rentry.persisted)
+            if recovered.get(oid) is rentry:
+                self.state.drop_recovered(oid, rentry)
 
     # ------------------------------------------------------------ helpers
 
@@ -340,118 +287,42 @@ class PartitionJoin:
             if pay[i] != order[i]:
                 out.anomalies.append(Flag(kind, oid, (p,), o))
 
-    def _mark(self, kind: int, oid: str, persisted: bool) -> None:
-        dirty = self.dirty[kind]
-        dirty[oid] = persisted or dirty.get(oid, False)
-
     def _add_pending(self, oid: str, entry: PendingPayment) -> None:
-        dirty = self.dirty[PAYMENT]
-        entry.persisted = in_log = dirty.get(oid, False)
-        self.pending[oid] = entry
-        dirty[oid] = in_log
+        self.state.add_pending(oid, entry)
         heapq.heappush(self._timers, (entry.t + self.params.timeout_ms, oid, entry.payment_id))
 
-    def _drop_pending(self, oid: str, entry: PendingPayment) -> None:
-        del self.pending[oid]
-        dirty = self.dirty[PAYMENT]
-        dirty[oid] = entry.persisted or dirty.get(oid, False)
-
     def _add_order(self, oid: str, entry: BufferedOrder) -> None:
-        dirty = self.dirty[ORDER]
-        entry.persisted = in_log = dirty.get(oid, False)
-        self.orders[oid] = entry
+        self.state.add_order(oid, entry)
         self._queue_order(oid, entry)
-        dirty[oid] = in_log
+
+    def _add_recovered(self, oid: str, entry: RecoveredPayment) -> None:
+        self.state.add_recovered(oid, entry)
+        heapq.heappush(self._recovered_queue, (entry.recovered_at, next(self._seq), oid, entry))
 
     def _queue_order(self, oid: str, entry: BufferedOrder) -> None:
         window = self.params.timeout_ms + self.params.grace_ms
         heapq.heappush(self._order_queue, (entry.expires_at(window), next(self._seq), oid, entry))
 
-    def _queue_recovered(self, oid: str, entry: RecoveredPayment) -> None:
-        heapq.heappush(self._recovered_queue, (entry.recovered_at, next(self._seq), oid, entry))
+    # ------------------------------------------------------------ restore and gauges
 
-    def _drop_order(self, oid: str, entry: BufferedOrder) -> None:
-        del self.orders[oid]
-        self._mark(ORDER, oid, entry.persisted)
-
-    def _add_recovered(self, oid: str, entry: RecoveredPayment) -> None:
-        entry.persisted = self.dirty[RECOVERED].get(oid, False)
-        self.recovered[oid] = entry
-        self._queue_recovered(oid, entry)
-        self._mark(RECOVERED, oid, entry.persisted)
-
-    # ------------------------------------------------------------ changelog
-
-    def take_changes(self) -> list[tuple[int, str | int, object | None]]:
-        """Net state changes since the last call: (kind, key, value or None for a tombstone).
-
-        For pending payments, unmatched orders and recovered payments the key is the
-        order_id and the value the entry; an entry created and removed between two calls
-        never appears. Matched pairs come as one MATCHED bundle (key: its number, value:
-        [(order_id, entry)]), and a bundle whose pairs have all expired as its tombstone.
-        The caller writes these to the changelog; they count as persisted from here on.
-        """
-        changes: list[tuple[int, str | int, object | None]] = []
-        for kind, live in ((PAYMENT, self.pending), (ORDER, self.orders), (RECOVERED, self.recovered)):
-            dirty = self.dirty[kind]
-            if not dirty:
-                continue
-            for oid, in_log in dirty.items():
-                entry = live.get(oid)
-                if kind == ORDER and entry is not None and entry.paid_id is not None:  # type: ignore[union-attr]
-                    if in_log or entry.persisted:  # type: ignore[union-attr]
-                        changes.append((ORDER, oid, None))  # matched: its bundle holds it now
-                    entry.persisted = False  # type: ignore[union-attr]
-                elif entry is not None:
-                    entry.persisted = True  # type: ignore[union-attr]
-                    changes.append((kind, oid, entry))
-                elif in_log:
-                    changes.append((kind, oid, None))
-            dirty.clear()
-        for number in self._expired_bundles:
-            changes.append((MATCHED, number, None))
-        self._expired_bundles.clear()
-        if self._new_matched:
-            orders = self.orders
-            live_pairs = [(oid, e) for oid, e in self._new_matched if orders.get(oid) is e]
-            self._new_matched = []
-            window = self.params.timeout_ms + self.params.grace_ms
-            for bundle in _by_size(live_pairs):
-                number = self._next_bundle
-                self._next_bundle += 1
-                heapq.heappush(self._bundles, (max(e.expires_at(window) for _, e in bundle), number))
-                changes.append((MATCHED, number, bundle))
-        return changes
-
-    def restore(self, kind: int, key: str | int, entry: object) -> None:
-        """Install what the changelog holds for a key (its last value).
-
-        Bundles first (in number order), then the other entries, which take precedence.
-        """
-        if kind == MATCHED:
-            assert isinstance(key, int) and isinstance(entry, list)
-            window = self.params.timeout_ms + self.params.grace_ms
-            for oid, pair in entry:
-                self.orders[oid] = pair
-                self._queue_order(oid, pair)
-            heapq.heappush(self._bundles, (max((e.expires_at(window) for _, e in entry), default=0), key))
-            self._next_bundle = max(self._next_bundle, key + 1)
+    def restore(self, change: Change) -> None:
+        """Install a changelog value (see JoinState.install) and schedule its expiry."""
+        self.state.install(change)
+        value = change.value
+        if value is None:
             return
-        assert isinstance(key, str)
-        oid = key
-        entry.persisted = True  # type: ignore[attr-defined]
-        if kind == PAYMENT:
-            assert isinstance(entry, PendingPayment)
-            self.pending[oid] = entry
-            heapq.heappush(self._timers, (entry.t + self.params.timeout_ms, oid, entry.payment_id))
-        elif kind == ORDER:
-            assert isinstance(entry, BufferedOrder)
-            self.orders[oid] = entry
-            self._queue_order(oid, entry)
+        if isinstance(value, list):  # a bundle of matched pairs
+            for oid, pair in value:
+                self._queue_order(oid, pair)
+            return
+        oid = change.key
+        assert isinstance(oid, str)
+        if isinstance(value, PendingPayment):
+            heapq.heappush(self._timers, (value.t + self.params.timeout_ms, oid, value.payment_id))
+        elif isinstance(value, BufferedOrder):
+            self._queue_order(oid, value)
         else:
-            assert isinstance(entry, RecoveredPayment)
-            self.recovered[oid] = entry
-            self._queue_recovered(oid, entry)
+            heapq.heappush(self._recovered_queue, (value.recovered_at, next(self._seq), oid, value))
 
     def oldest_pending_time(self) -> int | None:
         """Event time of (about) the oldest pending payment: the earliest live timer."""
@@ -462,22 +333,4 @@ class PartitionJoin:
         return next((e.t for e in self.pending.values()), None) if self.pending else None
 
     def sizes(self) -> tuple[int, int, int]:
-        return len(self.pending), len(self.orders), len(self.recovered)
-
-
-def _by_size(pairs: list[tuple[str, BufferedOrder]]) -> list[list[tuple[str, BufferedOrder]]]:
-    """Split matched pairs into bundles of at most BUNDLE_MAX_BYTES encoded (a pair larger
-    than that alone, which input size limits keep well under the record limit)."""
-    bundles: list[list[tuple[str, BufferedOrder]]] = []
-    current: list[tuple[str, BufferedOrder]] = []
-    size = 0
-    for oid, e in pairs:
-        n = PAIR_OVERHEAD + len(oid) * 4 + len(e.paid_id or "") * 4 + len(e.paid_raw or b"")
-        if current and size + n > BUNDLE_MAX_BYTES:
-            bundles.append(current)
-            current, size = [], 0
-        current.append((oid, e))
-        size += n
-    if current:
-        bundles.append(current)
-    return bundles
+        return self.state.sizes()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.kafka import config
+from streams.retry import Retry, Stopped
 from streams.settings import Settings
 
 DAY_MS = 86_400_000
@@ -58,6 +59,20 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 def existing_partitions(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:
     meta = admin.list_topics(timeout=timeout)
     return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
+
+
+def check_co_partitioned(client: Any, settings: Settings) -> None:
+    """Payments, orders and the changelog must have equal partition counts: the join pairs
+    partition p of each. `client`: any confluent-kafka client (its list_topics)."""
+    topics = [settings.payments_topic, settings.orders_topic, settings.changelog_topic]
+    meta = client.list_topics(timeout=10)
+    counts = {t: len(meta.topics[t].partitions) if t in meta.topics and meta.topics[t].error is None else 0
+              for t in topics}
+    if len(set(counts.values())) != 1:
+        found = ", ".join(f"{t}={n}" for t, n in counts.items())
+        raise TopicLayoutError(f"payments, orders and the changelog must have the same partition count to be "
+                               f"joined; found {found}. Stop every join worker, make the counts equal "
+                               "(see README: adding partitions), then start them again")
 
 
 def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
@@ -110,16 +125,26 @@ def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60
     consumer (aiokafka) then sees the topic only at its next metadata refresh.
     """
     admin = AdminClient(config.admin(settings))
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            present = existing_partitions(admin, timeout=1)
-            missing = [n for n in names if n not in present]
-        except KafkaException:
-            missing = list(names)  # the broker does not answer yet
-        if not missing or time.monotonic() > deadline or stopping():
-            return missing
-        time.sleep(0.5)
+
+    def all_there() -> None:
+        missing = [n for n in names if n not in existing_partitions(admin, timeout=1)]
+        if missing:
+            raise _Missing(missing)
+
+    try:
+        Retry(f"find topics {', '.join(names)}", deadline=timeout, first_delay=0.5, max_delay=0.5,
+              retriable=lambda e: isinstance(e, (_Missing, KafkaException)), stopping=stopping,
+              quiet_for=timeout + 1).call(all_there)
+    except (_Missing, KafkaException, Stopped) as exc:
+        last = exc.__cause__ if isinstance(exc, Stopped) else exc
+        return last.missing if isinstance(last, _Missing) else list(names)  # KafkaException: the broker does not answer yet
+    return []
+
+
+class _Missing(Exception):
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"missing: {', '.join(missing)}")
+        self.missing = missing
 
 
 def ensure_join_topics(settings: Settings, *, timeout: float = 30.0,

@@ -16,8 +16,11 @@ STUCK_AFTER_SECONDS = 60.0
 
 
 class Health(Protocol):
-    last_loop: float  # time.monotonic() of the last loop iteration
-    ready: bool  # assigned partitions restored and being consumed
+    @property
+    def last_loop(self) -> float: ...  # time.monotonic() of the last loop iteration
+
+    @property
+    def ready(self) -> bool: ...  # assigned partitions restored and being consumed
 
 
 def serve_metrics(port: int, health: Health | None = None, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import config
+from streams.kafka.calls import transient
 from streams.retry import Retry
 from streams.settings import Settings
 
@@ -53,23 +54,8 @@ class LagError(Exception):
     """Lag could not be read (broker unreachable, unknown topic, ...)."""
 
 
-# Errors that a later attempt can get past: the coordinator is moving or loading, the
-# broker is away or restarting, a leader is being elected.
-RETRIABLE = frozenset({
-    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._WAIT_COORD,
-    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError.REQUEST_TIMED_OUT, KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
-    KafkaError._NOENT, KafkaError._RESOLVE, KafkaError.UNSTABLE_OFFSET_COMMIT,
-})
-
-
-def _is_retriable(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaException) and (exc.args[0].code() in RETRIABLE or exc.args[0].retriable())
-
-
 def _retry(what: str, timeout: float) -> Retry:
-    return Retry(what, deadline=timeout, retriable=_is_retriable, first_delay=0.2, max_delay=1.0)
+    return Retry(what, deadline=timeout, retriable=transient, first_delay=0.2, max_delay=1.0)
 
 
 def group_topics(s: Settings, group: str) -> list[str]:

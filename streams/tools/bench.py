@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError
 
 from schemas import Order, Payment, Recovery
 from streams.join.core import Decisions, JoinParams, PartitionJoin
-from streams.join.runtime import JoinWorker, tune_gc
+from streams.join.worker import JoinWorker, tune_gc
 from streams.kafka import config
 from streams.kafka.topics import create_topics
 from streams.tools.loadgen import Shares, merged, plan, produce

@@ -9,8 +9,9 @@ from confluent_kafka import Producer
 
 from schemas import Payment
 from streams.join.changelog import encode_key, encode_value
-from streams.join.core import PAYMENT, PendingPayment, payment_cmp
-from streams.join.runtime import JoinWorker
+from streams.join.state import PendingPayment, Store, payment_cmp
+from streams.join.core import JoinParams
+from streams.join.restore import Restorer
 from streams.kafka import config
 from streams.kafka.topics import create_topics
 from tests.factories import payment
@@ -19,8 +20,13 @@ from tests.integration.conftest import isolated
 
 def _pending(p: Payment) -> tuple[bytes, bytes]:
     raw = p.encode()
-    return encode_key(PAYMENT, p.order_id), encode_value(PAYMENT, PendingPayment(p.payment_id, 1_000, raw,
+    return encode_key(Store.PENDING, p.order_id), encode_value(Store.PENDING, PendingPayment(p.payment_id, 1_000, raw,
                                                                                    payment_cmp(p)))
+
+
+def _restorer(s) -> Restorer:
+    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_key)
+    return Restorer(s, params, lambda: int(time.time() * 1000), lambda: False)
 
 
 def test_restore_reads_past_a_transaction_still_completing(base_settings) -> None:
@@ -43,17 +49,18 @@ def test_restore_reads_past_a_transaction_still_completing(base_settings) -> Non
     other.produce(s.changelog_topic, _pending(second)[1], _pending(second)[0], 0)
     other.commit_transaction(30)  # committed, but behind the open transaction
 
-    worker = JoinWorker(s)
+    restorer = _restorer(s)
     committer = threading.Timer(2.0, lambda: slow.commit_transaction(30))
     committer.start()
     try:
         started = time.monotonic()
-        worker._restore([0])
+        restored = restorer.restore_now([0])
         took = time.monotonic() - started
     finally:
         committer.join()
-        worker.close()
-    pending = worker.pairs[0].core.pending
+        restorer.close()
+    assert restored is not None
+    pending = restored[0].pending
     assert sorted(pending) == ["ord-1", "ord-2"], f"restored {sorted(pending)} in {took:.1f}s"
     assert pending["ord-1"].payment_id == "pay-1" and pending["ord-2"].payment_id == "pay-2"
 
@@ -62,11 +69,11 @@ def test_the_changelog_end_is_waited_for_while_its_leader_is_not_known_yet(base_
     """Right after the topics are created the partitions' leaders may not be known yet
     (CI's benchmark hit NOT_LEADER_FOR_PARTITION); that is a wait, not a crashed worker."""
     s = isolated(base_settings)
-    worker = JoinWorker(s)
+    restorer = _restorer(s)
     creator = threading.Timer(1.0, lambda: create_topics(s))
     creator.start()
     try:
-        assert worker._log_ends(s.changelog_topic, [0, 1, 2, 3]) == {0: 0, 1: 0, 2: 0, 3: 0}
+        assert restorer._log_ends([0, 1, 2, 3]) == {0: 0, 1: 0, 2: 0, 3: 0}
     finally:
         creator.join()
-        worker.close()
+        restorer.close()

@@ -12,9 +12,10 @@ from decimal import Decimal
 import pytest
 
 from streams.join import changelog
-from streams.join.core import MATCHED, ORDER, PAYMENT, JoinParams, PartitionJoin
+from streams.join.core import JoinParams, PartitionJoin
+from streams.join.state import Store
 from tests.factories import payment_signed
-from tests.join_harness import BASE, G, H, T, Harness, at
+from tests.join.harness import BASE, G, H, T, Harness, at
 
 D = BASE + T  # the payment's deadline
 
@@ -340,11 +341,12 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
 
 
 def _changes(h: Harness) -> list[tuple[int, object, object]]:
-    """take_changes() as (kind, key, order ids of a bundle | "value" | None)."""
+    """take_changes() as (store, key, order ids of a bundle | "value" | None)."""
     out = []
-    for kind, key, value in h.join.take_changes():
-        shown = [oid for oid, _ in value] if kind == MATCHED and value is not None else (None if value is None else "value")
-        out.append((kind, key, shown))
+    for c in h.join.state.take_changes():
+        value = c.value
+        shown = [oid for oid, _ in value] if isinstance(value, list) else (None if value is None else "value")
+        out.append((c.store, c.key, shown))
     return out
 
 
@@ -354,19 +356,19 @@ def test_a_payment_matched_within_one_commit_interval_never_reaches_the_changelo
     h.order(BASE + 1, oid="a")
     h.order(BASE + 2, oid="b")
     h.pay(BASE + 3, oid="b")
-    assert _changes(h) == [(MATCHED, 0, ["a", "b"])], "only one bundle of the matched pairs is written"
+    assert _changes(h) == [(Store.MATCHED, 0, ["a", "b"])], "only one bundle of the matched pairs is written"
 
 
 def test_persisted_entries_are_tombstoned_once_gone() -> None:
     h = Harness()
     h.pay(BASE)
     h.order(BASE - 1, oid="early")
-    assert _changes(h) == [(PAYMENT, "ord-1", "value"), (ORDER, "early", "value")]
+    assert _changes(h) == [(Store.PENDING, "ord-1", "value"), (Store.ORDERS, "early", "value")]
     h.order(BASE + 1)  # the persisted pending payment is matched
     h.pay(BASE, oid="early")  # the persisted unmatched order is matched
     assert sorted(_changes(h), key=str) == sorted(
-        [(PAYMENT, "ord-1", None), (ORDER, "early", None), (MATCHED, 0, ["ord-1", "early"])], key=str)
-    assert h.join.take_changes() == []
+        [(Store.PENDING, "ord-1", None), (Store.ORDERS, "early", None), (Store.MATCHED, 0, ["ord-1", "early"])], key=str)
+    assert h.join.state.take_changes() == []
 
 
 def test_a_bundle_is_deleted_once_all_its_pairs_have_expired() -> None:
@@ -375,25 +377,25 @@ def test_a_bundle_is_deleted_once_all_its_pairs_have_expired() -> None:
     h.order(BASE, oid="a")
     h.pay(BASE + 10_000, oid="b")
     h.order(BASE + 10_000, oid="b")
-    assert _changes(h) == [(MATCHED, 0, ["a", "b"])]
+    assert _changes(h) == [(Store.MATCHED, 0, ["a", "b"])]
     h.advance(BASE + T + G + 9_999, payments_at_end=True, orders_at_end=True)
     assert _changes(h) == [] and h.join.sizes()[1] == 1, "b still needs the bundle"
     h.advance(BASE + T + G + 10_000, payments_at_end=True, orders_at_end=True)
-    assert _changes(h) == [(MATCHED, 0, None)] and h.join.sizes()[1] == 0
+    assert _changes(h) == [(Store.MATCHED, 0, None)] and h.join.sizes()[1] == 0
 
 
 def test_bundles_are_capped_by_encoded_bytes_whatever_the_payments_weigh() -> None:
     """2,000 pairs of ~700-byte payments made a 1.4 MB record before; now no bundle's
     encoded value exceeds BUNDLE_MAX_BYTES, and every pair is in exactly one bundle."""
-    from streams.join.core import BUNDLE_MAX_BYTES
+    from streams.join.state import BUNDLE_MAX_BYTES
 
     h = Harness()
     heavy = {f"k{i:02d}": "x" * 48 for i in range(12)}  # 12 metadata values of 48 characters
     for i in range(3_000):
         h.pay(BASE + i, oid=f"o{i}", metadata=heavy)
         h.order(BASE + i, oid=f"o{i}")
-    bundles = [(key, v) for k, key, v in h.join.take_changes() if k == MATCHED]
-    sizes = [len(changelog.encode_value(MATCHED, v)) for _, v in bundles]
+    bundles = [(c.key, c.value) for c in h.join.state.take_changes() if c.store == Store.MATCHED]
+    sizes = [len(changelog.encode_value(Store.MATCHED, v)) for _, v in bundles]
     assert len(bundles) >= 3 and max(sizes) <= BUNDLE_MAX_BYTES
     assert sorted(oid for _, v in bundles for oid, _ in v) == sorted(f"o{i}" for i in range(3_000))
 
@@ -408,8 +410,9 @@ def test_state_restored_from_the_changelog_makes_the_same_decisions() -> None:
     live.order(D + G - 1, oid="x")
     live.advance(BASE + T + G, payments_at_end=False, orders_at_end=False)
     log: dict[bytes, bytes | None] = {}
-    for kind, key, entry in live.join.take_changes():
-        log[changelog.encode_key(kind, key)] = None if entry is None else changelog.encode_value(kind, entry)
+    for change in live.join.state.take_changes():
+        key, value = changelog.encode(change)
+        log[key] = value
     live.take()
 
     restored = PartitionJoin(JoinParams(T, G, H))

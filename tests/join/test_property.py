@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.join_harness import BASE, G, T, Harness
+from tests.join.harness import BASE, G, T, Harness
 
 KEY = b"property-test-hmac-key-32-bytes!"
 
@@ -196,8 +196,9 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
         _apply(h, s)
         h.take()
         if data.draw(st.integers(0, 3)) == 0:
-            for kind, key, value in h.join.take_changes():
-                log[changelog.encode_key(kind, key)] = None if value is None else changelog.encode_value(kind, value)
+            for change in h.join.state.take_changes():
+                key, value = changelog.encode(change)
+                log[key] = value
             compacted = {k: v for k, v in log.items() if v is not None}
             restored = PartitionJoin(JoinParams(T, G, 3_600_000, KEY))
             changelog.restore_into(restored, compacted)

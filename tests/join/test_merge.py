@@ -1,20 +1,22 @@
-"""The runtime's event-time merge of a pair's two partitions (pure: no broker)."""
+"""The worker's event-time merge of a pair's two partitions (pure: no broker)."""
 
 from __future__ import annotations
 
-from streams.join.core import ORDER, PAYMENT, Decisions, JoinParams, PartitionJoin
-from streams.join.runtime import HOLD_MAX_SECONDS, PairState, merge
+from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
+from streams.join.merge import HOLD_MAX_SECONDS, Pair, merge
+
+PAYMENT, ORDER = Side.PAYMENT, Side.ORDER
 
 
-def _pair() -> PairState:
-    return PairState(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))
+def _pair() -> Pair:
+    return Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))
 
 
-def _hold(pair: PairState, kind: int, *times: int) -> None:
+def _hold(pair: Pair, kind: Side, *times: int) -> None:
     pair.held[kind].extend((t, f"{'po'[kind]}{t}") for t in times)
 
 
-def _run(pair: PairState, now: float) -> list[str]:
+def _run(pair: Pair, now: float) -> list[str]:
     fed: list[str] = []
     merge(pair, lambda _pair, _kind, _ts, m, _out: fed.append(m), Decisions(), now)
     return fed

@@ -1,0 +1,172 @@
+"""The commit: one interval's outputs, state changes and consumed offsets made durable as a unit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streams.join import JoinFailed, changelog
+from streams.join.producer import JoinProducer, is_fenced
+from streams.join.state import Change
+from streams.kafka.calls import Wedged
+from streams.ops import metrics
+from streams.retry import Stopped
+from streams.settings import Settings
+
+log = logging.getLogger("slipguard.join")
+
+class Checkpoint:
+    """The commit of the worker's work since the last one. `commit()` takes these steps in order:
+
+    1. at_least_once: flush the outputs produced since the last commit;
+    2. write the net state changes of every pair to its changelog partition;
+    3. exactly_once: send the consumed offsets to the open transaction and commit it, so
+       outputs, state and offsets become visible together, or not at all;
+       at_least_once: flush the state, and only then commit the offsets, so a crash
+       repeats work (same recovery_id) but never loses it;
+    4. count the committed outputs in the metrics (staged until here).
+
+    A step that fails is retried while its error is retriable (for TXN_RETRY_SECONDS: the
+    transaction resumes where it was). Past that, or on an abortable error, the
+    transaction is aborted; a producer that is fenced, fatally failed, or hangs in a call
+    past its hard deadline is replaced (the new one's init_transactions fences it and
+    aborts its transaction). Either way `commit()` returns False and the caller reads the
+    uncommitted work again. A stop request while a commit cannot complete abandons it
+    (`abandoned`): the broker completes or aborts the open transaction, and whoever owns
+    the partitions next reads from the last committed offsets.
+    """
+
+    def __init__(self, settings: Settings, consumer: Consumer, stopping: Callable[[], bool]) -> None:
+        self.s, self.consumer, self.stopping = settings, consumer, stopping
+        self.eos = settings.processing_guarantee == "exactly_once"
+        self.out = JoinProducer(settings, stopping)
+        self.has_work = False  # processed or produced something since the last commit
+        self.abandoned = False  # nothing more may be committed or flushed by this process
+        self.last_commit = time.monotonic()
+        self.staged: dict[object, int] = {}  # counter -> outputs produced but not committed yet
+        self.staged_latencies: list[float] = []
+
+    def begin(self) -> None:
+        """Work is under way: with exactly_once, inside a transaction."""
+        self.out.begin()
+        self.has_work = True
+
+    def stage(self, counter: object, amount: int = 1) -> None:
+        """Counters of outputs count what was committed: staged here until the commit."""
+        self.staged[counter] = self.staged.get(counter, 0) + amount
+
+    def due(self, interval_ms: float) -> bool:
+        return self.has_work and (time.monotonic() - self.last_commit) * 1000 >= interval_ms
+
+    def commit(self, offsets: list[TopicPartition], changes: Callable[[], list[tuple[int, Change]]]) -> bool:
+        """Commit one interval's work (see the class docstring); False if it was dropped
+        and must be read again. `changes`: called once, inside the transaction."""
+        if self.abandoned or (not self.has_work and not self.out.in_txn):
+            return True
+        try:
+            written = self._write_and_commit(offsets, changes)
+        except (KafkaException, Wedged, Stopped) as exc:
+            self._failed(exc)
+            return False
+        finally:
+            self.has_work = False
+            self.last_commit = time.monotonic()
+        metrics.JOIN_CHANGELOG_RECORDS.inc(written)
+        metrics.JOIN_COMMITS.labels("committed").inc()
+        for counter, amount in self.staged.items():
+            counter.inc(amount)  # type: ignore[attr-defined]
+        for seconds in self.staged_latencies:
+            metrics.JOIN_DETECTION_LATENCY.observe(seconds)
+        self.forget()
+        return True
+
+    def _write_and_commit(self, offsets: list[TopicPartition], changes: Callable[[], list[tuple[int, Change]]]) -> int:
+        if not self.eos:
+            self.out.producer.flush()  # the outputs first
+        self.begin()
+        topic = self.s.changelog_topic
+        pending = changes()
+        for partition, change in pending:
+            key, value = changelog.encode(change)
+            self.out.produce(topic, key, value, partition)
+        if self.eos:
+            self.out.commit_transaction(offsets, self.consumer.consumer_group_metadata())
+        else:
+            self.out.flush_all()
+            if offsets:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        return len(pending)
+
+    # ------------------------------------------------------------ when something fails
+
+    def _failed(self, exc: BaseException) -> None:
+        self.forget()
+        if isinstance(exc, Stopped):
+            self.abandon(exc)
+            return
+        metrics.JOIN_COMMITS.labels("aborted").inc()
+        if isinstance(exc, Wedged):
+            self._replace(exc, wedged=True)
+            return
+        err = exc.args[0]
+        if self.out.unfixable is not None:
+            topic, cause = self.out.unfixable
+            raise JoinFailed(f"cannot write to {topic}: {cause.str()}; reading the batch again would fail the same "
+                             "way. Check the topic's max.message.bytes and this principal's ACLs") from exc
+        if self.eos and not err.fatal() and not is_fenced(err):  # abortable, or retriable for too long
+            log.warning("transaction failed (%s); aborting it and reading the batch again", err)
+            self._abort()
+        elif self.eos:  # fatal: this producer cannot be used again
+            self._replace(exc)
+        else:
+            log.warning("commit failed (%s); reading the uncommitted records again", err)
+
+    def on_client_error(self, exc: KafkaException) -> None:
+        """A client error outside the commit (a produce or begin_transaction refused): a
+        fatal producer error (fenced included) gets a new producer, anything else aborts
+        the open transaction. The caller reads the uncommitted work again."""
+        err = exc.args[0]
+        log.warning("Kafka client error outside a commit (%s); reading the uncommitted work again", err)
+        metrics.JOIN_COMMITS.labels("aborted").inc()
+        if self.eos and (err.fatal() or is_fenced(err)):
+            self._replace(exc)
+        elif self.out.in_txn:
+            self._abort()
+        self.forget()
+
+    def _abort(self) -> None:
+        try:
+            self.out.abort()
+        except Stopped as exc:
+            self.abandon(exc)
+
+    def _replace(self, cause: BaseException, *, wedged: bool = False) -> None:
+        try:
+            self.out.replace(cause, wedged=wedged)
+        except Stopped as exc:
+            self.abandon(exc)
+
+    def drop(self) -> None:
+        """Partitions were lost: abort the open transaction, forget what was staged."""
+        if self.out.in_txn:
+            self._abort()
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop what was staged for the commit (committed and counted, or read again)."""
+        self.staged.clear()
+        self.staged_latencies.clear()
+        self.has_work = False
+
+    def abandon(self, cause: BaseException) -> None:
+        log.warning("stopping with a commit that could not complete (%s); the broker completes or aborts "
+                    "its transaction, and the partitions' next owner reads from the last committed offsets",
+                    cause.args[0] if cause.args else cause)
+        self.abandoned = True
+
+    def close(self) -> None:
+        if not self.abandoned:
+            self.out.close()

@@ -1,0 +1,104 @@
+"""The event-time merge of a pair: partition p of payments and of orders, fed to the core
+in event-time order across the two.
+
+Each partition's fetched records wait in `held` until the other partition has a record
+at least as late (or has been read to its end, or the wait is too long or too big).
+Held records are not processed, so their offsets are not committed: nothing to persist.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, Message
+
+from streams.join import JoinFailed
+from streams.join.core import Decisions, PartitionJoin, Side
+
+HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
+HOLD_MAX_SECONDS = 5.0  # how long they may wait
+MIN_EVENT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything older is a wrong clock or unit
+_EOF = KafkaError._PARTITION_EOF
+log = logging.getLogger("slipguard.join")
+
+Feed = Callable[["Pair", Side, int, Message, Decisions], None]
+
+
+@dataclass
+class Pair:
+    """What the worker holds for partition p of payments and orders (index: Side)."""
+
+    core: PartitionJoin
+    next_offset: dict[Side, int] = field(default_factory=dict)  # next offset to commit (processed)
+    at_end: list[bool] = field(default_factory=lambda: [False, False])  # nothing unread or unprocessed
+    held: tuple[deque, deque] = field(default_factory=lambda: (deque(), deque()))  # (ts, record) fetched, not fed
+    fetched_to: list[int] = field(default_factory=lambda: [0, 0])  # next offset fetched
+    fetch_end: list[bool] = field(default_factory=lambda: [False, False])  # fetched to the partition's end
+    holding_since: float | None = None
+
+
+def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], latest_ok_ms: int) -> list[int]:
+    """Put a consumed batch into its pairs' `held` queues; returns how many records per side.
+
+    A record stamped after `latest_ok_ms` or before 2000 gets time -1: bound for the DLQ,
+    merged first, so it holds up nothing behind it. A record of a partition not held
+    (revoked meanwhile) is dropped: its next owner reads it again.
+    """
+    counts = [0, 0]
+    for m in msgs:
+        err = m.error()
+        side = sides.get(m.topic())  # type: ignore[arg-type]
+        pair = pairs.get(m.partition())  # type: ignore[arg-type]
+        if err is not None:
+            if err.code() == _EOF and side is not None:
+                # The end-of-partition event follows the partition's records in the batch.
+                if pair is not None and pair.fetched_to[side] <= m.offset():  # type: ignore[operator]
+                    pair.fetch_end[side] = True
+                continue
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                # The consumer cannot be used again; its partitions go to the other members,
+                # and a supervisor starts this worker anew.
+                raise JoinFailed(f"the Kafka consumer failed fatally ({err.str()}); exiting so that the worker "
+                                 "is started again")
+            log.warning("consumer error: %s", err)
+            continue
+        if pair is None or side is None:
+            continue
+        ts = m.timestamp()[1]
+        if ts > latest_ok_ms or ts < MIN_EVENT_MS:
+            ts = -1
+        pair.held[side].append((ts, m))
+        pair.fetched_to[side] = m.offset() + 1  # type: ignore[operator]
+        pair.fetch_end[side] = False
+        counts[side] += 1
+    return counts
+
+
+def merge(pair: Pair, feed: Feed, out: Decisions, now: float) -> None:
+    """Feed a pair's held records to `feed` in event-time order across its two partitions.
+
+    Records of one partition wait while the other has none held, unless the other has
+    nothing more to give now (read to its end), or the wait grows too long or too big. The
+    wait is counted from the other partition's last delivery, not from the first hold.
+    """
+    held_p, held_o = pair.held
+    merged = bool(held_p and held_o)
+    while held_p and held_o:
+        if held_o[0][0] < held_p[0][0]:
+            feed(pair, Side.ORDER, *held_o.popleft(), out)
+        else:
+            feed(pair, Side.PAYMENT, *held_p.popleft(), out)
+    side, rest = (Side.PAYMENT, held_p) if held_p else (Side.ORDER, held_o)
+    if not rest:
+        pair.holding_since = None
+        return
+    if merged or pair.holding_since is None:
+        pair.holding_since = now
+    other = Side.ORDER if side == Side.PAYMENT else Side.PAYMENT
+    if pair.fetch_end[other] or len(rest) > HOLD_MAX_RECORDS or now - pair.holding_since > HOLD_MAX_SECONDS:
+        while rest:
+            feed(pair, side, *rest.popleft(), out)
+        pair.holding_since = None

@@ -1,0 +1,193 @@
+"""State back from the changelog: each assigned pair's partition of the changelog read to
+its end, beside the worker's loop, a little at each step.
+
+The worker pauses a pair's input partitions while it is restored, and keeps processing
+the pairs it already has: a rebalance that moves some partitions stops none of the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from streams.join import JoinFailed, changelog
+from streams.join.core import JoinParams, PartitionJoin
+from streams.kafka import config
+from streams.kafka.calls import Wedged, bounded, patiently
+from streams.ops import metrics
+from streams.settings import Settings
+
+log = logging.getLogger("slipguard.join")
+
+RESTORE_STALL_SECONDS = 120.0  # a restore without progress for this long gives up
+_EOF = KafkaError._PARTITION_EOF
+
+
+@dataclass
+class _Job:
+    started: float
+    high: int | None = None  # the changelog partition's end when the restore started
+    position: int = OFFSET_BEGINNING  # next offset to read
+    latest: dict[bytes, bytes | None] = field(default_factory=dict)  # key -> last value read
+    done: bool = False
+
+
+class Restorer:
+    """Restores pairs from the changelog: `start()` them, call `step()` from the loop,
+    which gives back each pair whose state is complete.
+
+    Read (read_committed) to the log end as it is at the start, not to the last stable
+    offset: the previous owner's last transaction may still be completing, its state
+    committed but its markers not yet written. An open transaction of a dead worker holds
+    the stable end back until the broker aborts it (transaction.timeout.ms, checked every
+    10 s by default). So a restore waits as long as it makes progress or is waiting for
+    that, and gives up after RESTORE_STALL_SECONDS without any.
+    """
+
+    def __init__(self, settings: Settings, params: JoinParams, now_ms: Callable[[], int],
+                 stopping: Callable[[], bool]) -> None:
+        self.s, self.params, self.now_ms, self.stopping = settings, params, now_ms, stopping
+        self.topic = settings.changelog_topic
+        self.consumer = Consumer(config.consumer(settings, f"{settings.join_group}-restore",
+                                                 **{"enable.partition.eof": True}))
+        self.watermarks = self._new_watermarks()
+        self.jobs: dict[int, _Job] = {}
+        self.last_progress = time.monotonic()
+        self.last_step = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
+
+    def start(self, parts: list[int]) -> None:
+        new = [p for p in parts if p not in self.jobs]
+        if not new:
+            return
+        now = time.monotonic()
+        if not self.jobs:
+            self.last_progress = now
+        for p in new:
+            self.jobs[p] = _Job(started=now)
+        self._assign()
+
+    def cancel(self, parts: set[int]) -> None:
+        """Stop restoring these (revoked or lost meanwhile)."""
+        dropped = [p for p in parts if self.jobs.pop(p, None) is not None]
+        if dropped:
+            self._assign()
+
+    def step(self, seconds: float) -> dict[int, PartitionJoin]:
+        """Read for up to `seconds`; once every pair under way is complete, return them."""
+        now = self.last_step = time.monotonic()
+        unknown = [p for p, job in self.jobs.items() if job.high is None]
+        if unknown:
+            for p, high in self._log_ends(unknown).items():
+                job = self.jobs[p]
+                job.high, job.done = high, high == 0
+        give_up = now + seconds
+        jobs = self.jobs
+        while not all(job.done for job in jobs.values()):
+            left = give_up - time.monotonic()
+            if left <= 0 or self.stopping():
+                break
+            for m in self.consumer.consume(10_000, timeout=min(left, 0.1)):
+                job = jobs.get(m.partition())  # type: ignore[arg-type]
+                if job is None or job.done:
+                    continue
+                err = m.error()
+                if err is not None:
+                    if err.code() == _EOF and m.offset() >= (job.high or 0):  # type: ignore[operator]
+                        job.done = True
+                    elif err.code() != _EOF:
+                        log.warning("changelog read error: %s", err)
+                    continue
+                self.last_progress = time.monotonic()
+                offset: int = m.offset()  # type: ignore[assignment]
+                job.latest[m.key()] = m.value()  # type: ignore[index]
+                job.position = offset + 1
+                if offset + 1 >= (job.high or 0):
+                    job.done = True
+        self.last_step = time.monotonic()
+        if self.last_step - self.last_progress > RESTORE_STALL_SECONDS and not all(j.done for j in jobs.values()):
+            waiting = sorted(p for p, j in jobs.items() if not j.done)
+            raise JoinFailed(f"restoring {self.topic} partitions {waiting} made no progress for "
+                             f"{RESTORE_STALL_SECONDS:.0f}s; is the broker reachable and the topic readable?")
+        if not all(job.done for job in jobs.values()):
+            return {}
+        return self._finish(list(jobs))  # together: one restore, one log line, as they were assigned
+
+    def restore_now(self, parts: list[int]) -> dict[int, PartitionJoin] | None:
+        """Restore these (and whatever else is under way) before returning; None if a stop came first."""
+        self.start(parts)
+        restored: dict[int, PartitionJoin] = {}
+        while self.busy:
+            if self.stopping():
+                return None
+            restored.update(self.step(0.5))
+        return restored
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.watermarks.close()
+
+    # ------------------------------------------------------------ helpers
+
+    def _assign(self) -> None:
+        self.consumer.assign([TopicPartition(self.topic, p, job.position) for p, job in self.jobs.items()])
+
+    def _finish(self, parts: list[int]) -> dict[int, PartitionJoin]:
+        if not parts:
+            return {}
+        now_ms, now = self.now_ms(), time.monotonic()
+        cores = {}
+        took = 0.0
+        for p in sorted(parts):
+            job = self.jobs.pop(p)
+            core = cores[p] = PartitionJoin(self.params)
+            changelog.restore_into(core, job.latest, now_ms)
+            took = max(took, now - job.started)
+            metrics.JOIN_RESTORE_SECONDS.observe(now - job.started)
+        self._assign()
+        sizes = [core.sizes() for core in cores.values()]
+        log.info("restored partitions %s in %.2fs: %d pending payments, %d orders, %d recovered remembered",
+                 sorted(cores), took, sum(x[0] for x in sizes), sum(x[1] for x in sizes), sum(x[2] for x in sizes))
+        return cores
+
+    def _new_watermarks(self) -> Consumer:
+        # Log ends of the changelog. A consumer's watermark query, not the admin client's
+        # list_offsets: admin requests that time out while the broker is away can abort
+        # the process inside librdkafka (enq_once assertion, librdkafka issue 4605).
+        return Consumer(config.consumer(self.s, f"{self.s.join_group}-watermarks",
+                                        **{"isolation.level": "read_uncommitted"}))
+
+    def _log_ends(self, parts: list[int]) -> dict[int, int]:
+        """Each partition's high watermark, from a read_uncommitted consumer: for a
+        read_committed client librdkafka answers with the last stable offset instead. The
+        query can ignore its timeout while a partition's leader is away (librdkafka issue
+        2588, confluent-kafka-python issue 413), so it has a hard deadline too."""
+        def ends() -> dict[int, int]:
+            return {p: self.watermarks.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+                    for p in parts}
+
+        def query() -> dict[int, int]:
+            try:
+                return bounded(ends, f"read the end of {self.topic}", 20, stopping=self.stopping)
+            except (KafkaException, Wedged) as exc:
+                # Next time a fresh client, in case this one's metadata is stale (seen as
+                # FENCED_LEADER_EPOCH after the broker was frozen and came back). A wedged
+                # one is left to its thread, not closed under it.
+                if not isinstance(exc, Wedged):
+                    self.watermarks.close()
+                self.watermarks = self._new_watermarks()
+                if isinstance(exc, Wedged):
+                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, str(exc))) from exc
+                raise
+
+        try:
+            return patiently(query, f"read the end of {self.topic}", stopping=self.stopping)
+        except KafkaException as exc:
+            raise JoinFailed(f"cannot read the end of {self.topic}: {exc.args[0]}") from exc

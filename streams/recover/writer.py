@@ -1,0 +1,199 @@
+"""The recovery writer's logic, free of faust: batches, PostgreSQL, dead letters, acks.
+
+Records are gathered into batches (up to BATCH_MAX, or BATCH_WITHIN seconds) and each
+batch is written in one database transaction. A record is acknowledged only after its
+batch is committed (or, if it cannot be decoded or stored, after it is in the DLQ), so
+no offset is ever committed past a record whose rows are not in PostgreSQL. If
+PostgreSQL is down the batch is retried with backoff; nothing is acknowledged meanwhile
+and the group's lag grows until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from pydantic import ValidationError
+
+from schemas import DeadLetter, LateOrder, Recovery
+from schemas.fields import from_epoch_ms
+from streams.ops import metrics
+from streams.ops.logs import redact, safe_error
+from streams.recover.store import Item, write_batch
+from streams.retry import Retry
+from streams.settings import Settings
+
+log = logging.getLogger("slipguard.recover")
+
+# Errors a later attempt can get past: the server away, restarting, failing over (a
+# read-only standby answers until the new primary is promoted), a connection cut, a
+# statement cancelled by its timeout, a serialization failure.
+RETRIABLE_DB_ERRORS = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction,
+                       psycopg.errors.IdleInTransactionSessionTimeout, psycopg.InterfaceError, OSError)
+# Errors of the data: PostgreSQL refuses this batch, and would refuse it again.
+DATA_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+STATEMENT_TIMEOUT_MS = 30_000
+CONNECT = {
+    "connect_timeout": 5,
+    "target_session_attrs": "read-write",  # with several hosts in the URL, the primary
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+}
+
+BATCH_MAX = 1000
+BATCH_WITHIN = 0.2  # seconds
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed record, as the writer needs it; `token` is what `ack` is given."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    headers: list[tuple[str, bytes]]
+    key: bytes | None
+    value: bytes | None
+    token: Any = None
+
+
+Ack = Callable[[Any], Awaitable[None]]
+SendDeadLetter = Callable[[bytes, bytes], Awaitable[None]]  # key, value; returns once delivered
+
+
+class Writer:
+    """Batches, writes and acks; shared by the consumer's loop and its flush timer."""
+
+    def __init__(self, s: Settings, send_dead_letter: SendDeadLetter) -> None:
+        self.s = s
+        self.send_dead_letter = send_dead_letter
+        self.records: list[Record] = []
+        self.first_at = 0.0
+        self.lock = asyncio.Lock()
+        self.conn: psycopg.AsyncConnection | None = None
+        self.last_loop = time.monotonic()
+        self.ready = False
+
+    async def connection(self) -> psycopg.AsyncConnection:
+        if self.conn is None or self.conn.closed:
+            self.conn = await psycopg.AsyncConnection.connect(self.s.database_url.get_secret_value(), **CONNECT)
+            # A statement that hangs (a failover, a lock) is cancelled and retried, not waited on forever.
+            await self.conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            await self.conn.commit()
+        return self.conn
+
+    async def add(self, record: Record, ack: Ack) -> None:
+        if not self.records:
+            self.first_at = time.monotonic()
+        self.records.append(record)
+        if len(self.records) >= BATCH_MAX:
+            await self.flush(ack)
+
+    async def flush_if_due(self, ack: Ack) -> None:
+        self.last_loop = time.monotonic()
+        if self.records and time.monotonic() - self.first_at >= BATCH_WITHIN:
+            await self.flush(ack)
+
+    async def flush(self, ack: Ack) -> None:
+        async with self.lock:
+            records, self.records = self.records, []
+            if not records:
+                return
+            started = time.monotonic()
+            items, poison = self._decode(records)
+            for record, error, summary in poison:
+                await self._dead_letter(record, error, summary)
+            if items:
+                await self._write(items)
+            for record in records:
+                await ack(record.token)
+            metrics.WRITER_BATCH_SECONDS.observe(time.monotonic() - started)
+
+    def _decode(self, records: list[Record]) -> tuple[list[tuple[Item, Record]], list[tuple[Record, str, str]]]:
+        items, poison = [], []
+        for record in records:
+            model = Recovery if record.topic == self.s.recovery_topic else LateOrder
+            try:
+                items.append((Item(record.topic, record.partition, record.offset, model.decode(record.value)), record))
+            except (ValidationError, ValueError, TypeError) as exc:
+                poison.append((record, str(exc).replace("\n", " | ")[:3900], safe_error(exc)))
+        return items, poison
+
+    async def _write(self, items: list[tuple[Item, Record]]) -> None:
+        """Write a batch; retry while PostgreSQL is unavailable. If PostgreSQL rejects the
+        batch itself (a row it cannot store), write its records one by one and send the
+        one it rejects to the DLQ: one bad record neither stalls nor loses the others."""
+        async def attempt() -> None:
+            self.last_loop = time.monotonic()
+            try:
+                conn = await self.connection()
+                outcomes = await write_batch(conn, [item for item, _ in items], self.s.hmac_key)
+            except RETRIABLE_DB_ERRORS:
+                if self.conn is not None:
+                    await self.conn.close()
+                    self.conn = None
+                raise
+            for outcome, n in outcomes.items():
+                metrics.WRITER_ROWS.labels(outcome).inc(n)
+
+        def unavailable(exc: BaseException, delay: float) -> None:
+            metrics.WRITER_DB_ERRORS.inc()
+            metrics.WRITER_RETRIES.inc()
+            log.warning("PostgreSQL unavailable (%s); retrying the batch of %d in %.1fs, nothing acknowledged",
+                        _first_line(exc), len(items), delay)
+
+        try:
+            await Retry("write a batch to PostgreSQL", deadline=None, first_delay=RETRY_FIRST, max_delay=RETRY_MAX,
+                        retriable=lambda exc: isinstance(exc, RETRIABLE_DB_ERRORS), on_retry=unavailable).acall(attempt)
+        except DATA_ERRORS as exc:
+            await self._isolate(items, exc)
+        except psycopg.errors.ProgrammingError as exc:  # no table, no permission: retrying cannot fix it
+            _fatal(f"PostgreSQL refused the writer's statements ({type(exc).__name__}: {_first_line(exc)}); run "
+                   "`slipguard db migrate` and check the writer role's grants (README: the database); nothing was "
+                   "acknowledged")
+
+    async def _isolate(self, items: list[tuple[Item, Record]], exc: Exception) -> None:
+        metrics.WRITER_DB_ERRORS.inc()
+        if len(items) > 1:
+            log.warning("PostgreSQL rejected a batch of %d (%s); writing its records one by one",
+                        len(items), type(exc).__name__)
+            for one in items:
+                await self._write([one])
+            return
+        _, record = items[0]
+        error = f"PostgreSQL rejected the record: {str(exc).strip()}"[:3900]
+        await self._dead_letter(record, error, f"PostgreSQL rejected the record: {type(exc).__name__}")
+
+    async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
+        dead = DeadLetter.of(topic=record.topic, partition=record.partition, offset=record.offset,
+                             timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
+                             value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)))
+        key = f"{record.topic}:{record.partition}:{record.offset}".encode()
+        await self.send_dead_letter(key, dead.encode())  # delivered before the record is acknowledged
+        metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
+        log.warning("record sent to the DLQ: %s", summary,
+                    extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fatal(message: str) -> None:
+    """Stop the writer with one clear line. Nothing of the current batch was acknowledged,
+    so its records are read again by whoever runs next; exiting at once keeps the
+    consumer from going on with a dead writer."""
+    log.critical("%s", message)
+    print(f"slipguard recover: {redact(message)}", file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
