@@ -43,6 +43,7 @@ class FailoverFigures:
     kip848_join_moved_max_pause_s: float = float("nan")
     kip848_leave_kept_max_pause_s: float = float("nan")
     kip848_leave_moved_max_pause_s: float = float("nan")
+    kip848_calm_max_pause_s: float = float("nan")  # the same, over 10 s before anyone joins: the baseline
 
 
 def _start(s: Settings, instance_id: str | None, log: str) -> subprocess.Popen:
@@ -154,7 +155,7 @@ class _Sampler:
         return longest
 
 
-def _kip848(s: Settings, logs: str) -> tuple[float, float, float, float]:
+def _kip848(s: Settings, logs: str) -> tuple[float, float, float, float, float]:
     c = s.with_prefix(f"fo-848-{uuid.uuid4().hex[:6]}", partitions=6, order_timeout="5s", grace="1s",
                       commit_interval="200ms", metrics_port=0, group_protocol="consumer")
     create_topics(c)
@@ -168,6 +169,7 @@ def _kip848(s: Settings, logs: str) -> tuple[float, float, float, float]:
     try:
         time.sleep(15)
         joined = time.monotonic()
+        calm = sampler.longest_pause(set(range(6)), joined - 10, joined)
         procs.append(_start(c, None, names[2]))
         time.sleep(20)
         moved = _owned(names[2])  # what the newcomer took
@@ -183,7 +185,7 @@ def _kip848(s: Settings, logs: str) -> tuple[float, float, float, float]:
         moved_leave = leaver_owned
         leave_kept = sampler.longest_pause(set(range(6)) - moved_leave, left, left + 15)
         leave_moved = sampler.longest_pause(moved_leave, left, left + 15)
-        return join_kept, join_moved, leave_kept, leave_moved
+        return join_kept, join_moved, leave_kept, leave_moved, calm
     finally:
         sampler.stop()
         for p in procs:
@@ -202,9 +204,9 @@ def run(s: Settings, logs: str) -> FailoverFigures:
     print("bench-failover: SIGTERM of one of two workers ...", flush=True)
     leave = _case(s, "leave", logs)
     print("bench-failover: KIP-848, a third worker joins two, then one of three leaves ...", flush=True)
-    jk, jm, lk, lm = _kip848(s, logs)
+    jk, jm, lk, lm, calm = _kip848(s, logs)
     return FailoverFigures(round(same, 1), round(kill, 1), round(leave, 1), round(jk, 2), round(jm, 2), round(lk, 2),
-                           round(lm, 2))
+                           round(lm, 2), round(calm, 2))
 
 
 def report(f: FailoverFigures) -> str:
@@ -218,4 +220,5 @@ def report(f: FailoverFigures) -> str:
         f"that moved {f.kip848_join_moved_max_pause_s:.2f} s",
         f"  one of three leaves (SIGTERM): kept {f.kip848_leave_kept_max_pause_s:.2f} s, "
         f"moved {f.kip848_leave_moved_max_pause_s:.2f} s",
+        f"  baseline, 10 s before anyone joins (commits every 200 ms, same traffic): {f.kip848_calm_max_pause_s:.2f} s",
     ])
