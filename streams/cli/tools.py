@@ -45,7 +45,7 @@ def _bench_writer(settings: Settings, args: argparse.Namespace) -> int:
 def _bench_failover(settings: Settings, args: argparse.Namespace) -> int:
     from streams.tools.bench_failover import report, run
 
-    print(report(run(settings, args.logs)))
+    print(report(run(settings, args.logs, args.cases)))
     return 0
 
 
@@ -77,7 +77,7 @@ def register(commands) -> None:
         ("bench", "measure the join on the local broker and print figures", _bench,
          {"events": 1_000_000, "bench-partitions": 6, "live-rate": 2_000.0, "live-seconds": 20.0}),
         ("bench-failover", "measure how long partitions stop when a join worker goes away", _bench_failover,
-         {"logs": ".stack/bench-failover"}),
+         {"logs": ".stack/bench-failover", "cases": "all"}),
         ("bench-writer", "measure the recovery writer into PostgreSQL and print figures", _bench_writer,
          {"rows": 50_000, "steady-rate": 1_000.0, "steady-seconds": 15.0}),
     ):
