@@ -49,10 +49,13 @@ def group_protocol_conf(protocol: str) -> dict[str, object]:
     (group.consumer.session.timeout.ms, 45 s by default), so a crashed member's partitions
     move later than with classic's 10 s.
 
-    No static membership (group.instance.id) with the classic protocol: after a broker
-    outage longer than the session timeout, librdkafka rejoins and is then fenced by its
-    own new membership (a fatal error; librdkafka issue 3437), seen here on a broker
-    killed and restarted under load."""
+    No static membership (group.instance.id) with either. Classic: after a broker outage
+    longer than the session timeout, librdkafka rejoins and is then fenced by its own new
+    membership (a fatal error; librdkafka issue 3437), seen here on a broker killed and
+    restarted under load. KIP-848: a member restarted after kill -9 with the same
+    group.instance.id is refused ("The instance ID is still used by another member",
+    UNRELEASED_INSTANCE_ID, fatal in librdkafka) until the broker's session timeout (45 s)
+    expires the dead one; tried here with bench_failover's restart case."""
     if protocol == "consumer":
         return {"group.protocol": "consumer", "group.remote.assignor": "range",
                 "session.timeout.ms": None, "heartbeat.interval.ms": None, "partition.assignment.strategy": None}

@@ -74,9 +74,9 @@ def _until_all_move(reader: LagReader, s: Settings, tps: list[tuple[str, int]], 
     return float("nan")
 
 
-def _case(s: Settings, name: str, logs: str) -> float:
+def _case(s: Settings, name: str, logs: str, protocol: str = "classic") -> float:
     c = s.with_prefix(f"fo-{name}-{uuid.uuid4().hex[:6]}", partitions=4, order_timeout="5s", grace="1s",
-                      commit_interval="200ms", metrics_port=0)
+                      commit_interval="200ms", metrics_port=0, group_protocol=protocol)
     create_topics(c)
     tps = [(t, p) for t in (c.payments_topic, c.orders_topic) for p in range(4)]
     reader = LagReader(c, timeout=5)
