@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# Tools the test suite needs beyond Python: promtool (Debian's prometheus package), to
-# check the alert rules in deploy/prometheus. Idempotent; installs only what is missing.
+# Tools the test suite needs beyond Python, idempotent (installs only what is missing):
+# promtool (Debian's prometheus package), to check the alert rules in deploy/prometheus;
+# kafkajs and Ajv from npm (tests/js), to read the subscriber topics as a Node service does.
 set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+js_modules() {
+  command -v npm >/dev/null || { echo "tools: node and npm are needed for tests/js (Debian: nodejs npm)" >&2; exit 1; }
+  local lock=tests/js/package-lock.json installed=tests/js/node_modules/.package-lock.json
+  if [ ! -f "$installed" ] || [ "$lock" -nt "$installed" ]; then
+    echo "tools: installing tests/js (kafkajs, ajv) from $lock"
+    (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+js_modules
 
 if command -v promtool >/dev/null; then exit 0; fi
 if ! command -v apt-get >/dev/null; then

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from streams.kafka import config
 from streams.retry import Retry, Stopped
@@ -33,26 +33,35 @@ def changelog_config(settings: Settings) -> dict[str, str]:
     return conf
 
 
+# Topics that other teams' services read are stored gzip-compressed (the broker
+# recompresses what the join's lz4 producer sends): every mainstream client reads gzip
+# with its defaults, and kafkajs, Node's most used client, crashes on lz4
+# ("KafkaJSNotImplemented: LZ4 compression not implemented"). Their volume is small.
+SUBSCRIBER_COMPRESSION = "gzip"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str]
     co_partitioned: bool  # must have the same partition count as payments
+    for_subscribers: bool = False  # read by other teams' services: a compression all clients read
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     n = settings.partitions
     keep = {"retention.ms": str(7 * DAY_MS)}
+    subscribed = {"retention.ms": str(30 * DAY_MS), "compression.type": SUBSCRIBER_COMPRESSION}
     return [
         TopicSpec(settings.payments_topic, n, keep, True),
         TopicSpec(settings.orders_topic, n, keep, True),
         # The join's state: compacted, keyed by entry, co-partitioned with its inputs.
         TopicSpec(settings.changelog_topic, n, changelog_config(settings), True),
-        TopicSpec(settings.recovery_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
-        TopicSpec(settings.late_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
-        TopicSpec(settings.anomalies_topic, n, {"retention.ms": str(30 * DAY_MS)}, False),
-        TopicSpec(settings.dlq_topic, 1, {"retention.ms": str(30 * DAY_MS)}, False),
+        TopicSpec(settings.recovery_topic, n, subscribed, False, True),
+        TopicSpec(settings.late_topic, n, subscribed, False, True),
+        TopicSpec(settings.anomalies_topic, n, subscribed, False, True),
+        TopicSpec(settings.dlq_topic, 1, subscribed, False, True),
     ]
 
 
@@ -110,9 +119,27 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
                 if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
                     raise
                 lines.append(f"exists   {name}")
-    for s in specs:
-        if s.name in have:
-            lines.append(f"verified {s.name} ({have[s.name]} partitions)")
+    existing = [s for s in specs if s.name in have]
+    for s in existing:
+        lines.append(f"verified {s.name} ({have[s.name]} partitions)")
+    lines += _set_subscriber_compression(admin, [s.name for s in existing if s.for_subscribers], timeout)
+    return lines
+
+
+def _set_subscriber_compression(admin: AdminClient, topics: list[str], timeout: float) -> list[str]:
+    """Topics created before SUBSCRIBER_COMPRESSION was set get it (idempotent)."""
+    if not topics:
+        return []
+    entry = ConfigEntry("compression.type", SUBSCRIBER_COMPRESSION,
+                        incremental_operation=AlterConfigOpType.SET)
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=[entry]) for t in topics]
+    lines = []
+    for resource, future in admin.incremental_alter_configs(resources, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            lines.append(f"warning  {resource.name}: cannot set compression.type={SUBSCRIBER_COMPRESSION} "
+                         f"({exc.args[0].str()}); clients without lz4 support (kafkajs) cannot read it")
     return lines
 
 

@@ -98,3 +98,20 @@ def test_join_worker_with_a_missing_input_topic_exits_with_one_line_naming_it(ba
     text = log.read_text()
     assert f"slipguard join: input topic(s) {s.orders_topic} not found" in text, text
     assert "Traceback" not in text
+
+
+def _compression(admin: AdminClient, topic: str) -> str:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    return admin.describe_configs([resource])[resource].result()["compression.type"].value
+
+
+def test_subscriber_topics_are_stored_with_a_compression_every_client_reads(base_settings, capsys) -> None:
+    """gzip on the topics other teams read, also on ones created before (kafkajs cannot read lz4)."""
+    s = isolated(base_settings)
+    admin = AdminClient(config.admin(s))
+    _create(admin, NewTopic(s.recovery_topic, 3, 1))  # an older deployment's topic: the broker's default
+    assert _compression(admin, s.recovery_topic) == "producer"
+    assert main(["topics", "create", "--partitions=3", *_flags(s)]) == 0
+    for topic in (s.recovery_topic, s.late_topic, s.anomalies_topic, s.dlq_topic):
+        assert _compression(admin, topic) == "gzip", topic
+    assert _compression(admin, s.changelog_topic) == "producer", "internal topics keep the producer's lz4"
