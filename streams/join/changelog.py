@@ -35,10 +35,15 @@ _ORDER = struct.Struct(">qqI")  # order ts, paid_t, length of the order's bytes
 _PAIR = struct.Struct(">HHIqq")  # lengths of order_id, payment_id, payment bytes; order ts, paid_t
 _RECOVERED_AT = struct.Struct(">q")
 # Flag byte of payment and recovered entries: bit 0 late; bit 1 a recovered_at follows
-# (wall-clock ms of the recovery). Records written before it existed have bit 1 clear
-# and still decode: their recovery time is taken as the restore's wall clock (they are
-# remembered a little longer, never shorter).
-_LATE, _HAS_RECOVERED_AT = 1, 2
+# (wall-clock ms of the recovery); bit 2 a traceparent follows (one length byte, then
+# its bytes). Records written before a bit existed have it clear and still decode: their
+# recovery time is taken as the restore's wall clock (they are remembered a little
+# longer, never shorter), their trace as absent.
+_LATE, _HAS_RECOVERED_AT, _HAS_TRACE = 1, 2, 4
+# An unmatched order's length field: its top bit says the order's traceparent follows
+# (one length byte, then its bytes); clear in older records.
+_ORDER_TRACES = 0x8000_0000
+MAX_TRACE = 255  # a W3C traceparent is 55 bytes; anything longer is not kept
 
 
 class ChangelogFormatError(ValueError):
@@ -60,13 +65,31 @@ def encode_value(store: Store, entry: Entry | Bundle) -> bytes:
         return b"".join(parts)
     if store == Store.PENDING:
         assert isinstance(entry, PendingPayment)
-        return _TS_FLAG.pack(entry.t, entry.late) + entry.raw
+        trace = _trace_field(entry.trace)
+        return _TS_FLAG.pack(entry.t, entry.late | (_HAS_TRACE if trace else 0)) + trace + entry.raw
     if store == Store.ORDERS:
         assert isinstance(entry, BufferedOrder)
-        return _ORDER.pack(entry.ts, entry.paid_t, len(entry.raw)) + entry.raw + (entry.paid_raw or b"")
+        trace = _trace_field(entry.trace)
+        if not trace:
+            return _ORDER.pack(entry.ts, entry.paid_t, len(entry.raw)) + entry.raw + (entry.paid_raw or b"")
+        return (_ORDER.pack(entry.ts, entry.paid_t, len(entry.raw) | _ORDER_TRACES) + trace + entry.raw
+                + (entry.paid_raw or b""))
     assert isinstance(entry, RecoveredPayment)
-    return (_TS_FLAG.pack(entry.deadline, entry.late | _HAS_RECOVERED_AT) + _RECOVERED_AT.pack(entry.recovered_at)
-            + entry.raw)
+    trace = _trace_field(entry.trace)
+    return (_TS_FLAG.pack(entry.deadline, entry.late | _HAS_RECOVERED_AT | (_HAS_TRACE if trace else 0))
+            + _RECOVERED_AT.pack(entry.recovered_at) + trace + entry.raw)
+
+
+def _trace_field(trace: bytes | None) -> bytes:
+    """A length byte and the traceparent; empty for none (or one too long to be real)."""
+    if not trace or len(trace) > MAX_TRACE:
+        return b""
+    return bytes((len(trace),)) + trace
+
+
+def _read_trace(value: bytes, at: int) -> tuple[bytes | None, int]:
+    n = value[at]
+    return (value[at + 1 : at + 1 + n] or None), at + 1 + n
 
 
 def encode(change: Change) -> tuple[bytes, bytes | None]:
@@ -90,21 +113,29 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
     if kind == Store.ORDERS:
         ts, paid_t, n = _ORDER.unpack_from(value)
         start = _ORDER.size
+        trace = None
+        if n & _ORDER_TRACES:
+            n &= ~_ORDER_TRACES
+            trace, start = _read_trace(value, start)
         raw, paid_raw = value[start : start + n], value[start + n :] or None
         paid_id = Payment.decode(paid_raw).payment_id if paid_raw else None
-        return Change(kind, oid, BufferedOrder(ts, raw, order_cmp(Order.decode(raw)), paid_id, paid_t, paid_raw))
+        return Change(kind, oid, BufferedOrder(ts, raw, order_cmp(Order.decode(raw)), paid_id, paid_t, paid_raw,
+                                               trace=trace))
     t, flags = _TS_FLAG.unpack_from(value)
     at = _TS_FLAG.size
     recovered_at = now_ms
     if flags & _HAS_RECOVERED_AT:
         (recovered_at,) = _RECOVERED_AT.unpack_from(value, at)
         at += _RECOVERED_AT.size
+    trace = None
+    if flags & _HAS_TRACE:
+        trace, at = _read_trace(value, at)
     raw = value[at:]
     p = Payment.decode(raw)
     late = bool(flags & _LATE)
     if kind == Store.PENDING:
-        return Change(kind, oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), late))
-    return Change(kind, oid, RecoveredPayment(p.payment_id, t, raw, late, recovered_at=recovered_at))
+        return Change(kind, oid, PendingPayment(p.payment_id, t, raw, payment_cmp(p), late, trace=trace))
+    return Change(kind, oid, RecoveredPayment(p.payment_id, t, raw, late, recovered_at=recovered_at, trace=trace))
 
 
 def _decode_pairs(value: bytes) -> Bundle:

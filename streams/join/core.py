@@ -69,10 +69,14 @@ class JoinParams:
 # ---------------------------------------------------------------- decisions
 
 
+Traces = tuple[bytes, ...]  # W3C traceparents of the inputs a decision came from, the deciding one first
+
+
 @dataclass(frozen=True, slots=True)
 class Recover:
     payment: Payment
     deadline_ms: int
+    traces: Traces = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ class Late:
     payment_id: str
     recovery_id: str
     lateness_ms: int
+    traces: Traces = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,7 @@ class Flag:
     order_id: str
     payments: tuple[Payment, ...]
     order: Order | None = None
+    traces: Traces = ()
 
 
 @dataclass(slots=True)
@@ -106,6 +112,10 @@ class Decisions:
 
 
 MISMATCH_KINDS = (("user_mismatch", 0), ("amount_mismatch", 1), ("currency_mismatch", 2))
+
+
+def _traces(*traces: bytes | None) -> Traces:
+    return tuple(t for t in traces if t)
 
 
 class PartitionJoin:
@@ -131,12 +141,13 @@ class PartitionJoin:
 
     # ------------------------------------------------------------ records
 
-    def on_payment(self, ts: int, p: Payment, raw: bytes, out: Decisions) -> None:
+    def on_payment(self, ts: int, p: Payment, raw: bytes, out: Decisions, trace: bytes | None = None) -> None:
+        """`trace`: the record's traceparent header, carried by what it leads to."""
         key = self.params.hmac_key
         if key is not None and not p.signature_valid(key):
             # A forged or corrupted payment moves no progress and expires nothing.
             if p.status == "succeeded":
-                out.anomalies.append(Flag("bad_signature", p.order_id, (p,)))
+                out.anomalies.append(Flag("bad_signature", p.order_id, (p,), None, _traces(trace)))
             else:
                 out.ignored_failed += 1
             return
@@ -163,7 +174,8 @@ class PartitionJoin:
             if first_id == p.payment_id:
                 out.duplicates += 1
             else:
-                out.anomalies.append(Flag("duplicate_payment", oid, (Payment.decode(first_raw), p)))
+                out.anomalies.append(Flag("duplicate_payment", oid, (Payment.decode(first_raw), p), None,
+                                          _traces(trace)))
             return
 
         t = ts
@@ -176,18 +188,21 @@ class PartitionJoin:
                 self.state.matched(oid, buffered)
                 out.matched += 1
                 if cmp != buffered.cmp:
-                    self._report_mismatch(cmp, buffered.cmp, p, Order.decode(buffered.raw), oid, out)
+                    self._report_mismatch(cmp, buffered.cmp, p, Order.decode(buffered.raw), oid, out,
+                                          _traces(trace, buffered.trace))
+                buffered.trace = None  # a matched pair emits nothing more that needs it
                 return
             if buffered.ts > deadline:
                 # The order exists but past the window: the payment will be recovered, the order is late.
                 self.state.drop_order(oid, buffered)
                 out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
-                                     recovery_id_for(p.payment_id), buffered.ts - deadline))
-                self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp, late=True))
+                                     recovery_id_for(p.payment_id), buffered.ts - deadline,
+                                     _traces(buffered.trace, trace)))
+                self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp, late=True, trace=trace))
                 return
-        self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp))
+        self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp, trace=trace))
 
-    def on_order(self, ts: int, o: Order, raw: bytes, out: Decisions) -> None:
+    def on_order(self, ts: int, o: Order, raw: bytes, out: Decisions, trace: bytes | None = None) -> None:
         if ts > self.order_time:
             self.order_time = ts
         oid = o.order_id
@@ -202,13 +217,15 @@ class PartitionJoin:
                 self.state.matched(oid, entry)
                 out.matched += 1
                 if pending.cmp != entry.cmp:
-                    self._report_mismatch(pending.cmp, entry.cmp, Payment.decode(pending.raw), o, oid, out)
+                    self._report_mismatch(pending.cmp, entry.cmp, Payment.decode(pending.raw), o, oid, out,
+                                          _traces(trace, pending.trace))
                 return
             if ts > deadline:
                 if not pending.late:
                     pending.late = True
                     self.state.touch(Store.PENDING, oid, pending.persisted)
-                    out.late.append(Late(o, ts, pending.payment_id, recovery_id_for(pending.payment_id), ts - deadline))
+                    out.late.append(Late(o, ts, pending.payment_id, recovery_id_for(pending.payment_id), ts - deadline,
+                                         _traces(trace, pending.trace)))
                 return
             # An order from before the window does not match; it is kept like any unmatched order.
         recovered = self.recovered.get(oid)
@@ -217,12 +234,12 @@ class PartitionJoin:
                 recovered.late = True
                 self.state.touch(Store.RECOVERED, oid, recovered.persisted)
                 out.late.append(Late(o, ts, recovered.payment_id, recovery_id_for(recovered.payment_id),
-                                     max(0, ts - recovered.deadline)))
+                                     max(0, ts - recovered.deadline), _traces(trace, recovered.trace)))
             return
         if oid in self.orders:
             out.duplicates += 1  # a repeated order event: the first one stands
             return
-        self._add_order(oid, BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency)))
+        self._add_order(oid, BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), trace=trace))
 
     # ------------------------------------------------------------ time
 
@@ -247,8 +264,9 @@ class PartitionJoin:
             if pending is None or pending.payment_id != pid:
                 continue  # matched or replaced since the timer was set
             self.state.drop_pending(oid, pending)
-            self._add_recovered(oid, RecoveredPayment(pid, deadline, pending.raw, pending.late, recovered_at=now_ms))
-            out.recoveries.append(Recover(Payment.decode(pending.raw), deadline))
+            self._add_recovered(oid, RecoveredPayment(pid, deadline, pending.raw, pending.late, recovered_at=now_ms,
+                                                      trace=pending.trace))
+            out.recoveries.append(Recover(Payment.decode(pending.raw), deadline, _traces(pending.trace)))
         if len(timers) > 64 and len(timers) > 2 * len(self.pending):
             self._timers = [(e.t + p.timeout_ms, oid, e.payment_id) for oid, e in self.pending.items()]
             heapq.heapify(self._timers)
@@ -282,10 +300,11 @@ class PartitionJoin:
     # ------------------------------------------------------------ helpers
 
     @staticmethod
-    def _report_mismatch(pay: Cmp, order: Cmp, p: Payment, o: Order, oid: str, out: Decisions) -> None:
+    def _report_mismatch(pay: Cmp, order: Cmp, p: Payment, o: Order, oid: str, out: Decisions,
+                         traces: Traces) -> None:
         for kind, i in MISMATCH_KINDS:
             if pay[i] != order[i]:
-                out.anomalies.append(Flag(kind, oid, (p,), o))
+                out.anomalies.append(Flag(kind, oid, (p,), o, traces))
 
     def _add_pending(self, oid: str, entry: PendingPayment) -> None:
         self.state.add_pending(oid, entry)

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from schemas import Anomaly, DeadLetter, LateOrder, Recovery, recovery_id_for
 from schemas.fields import from_epoch_ms
+from schemas.headers import headers_for, traceparent
 from streams.join.checkpoint import Checkpoint
 from streams.join.core import Decisions
 from streams.ops import metrics
@@ -38,16 +39,17 @@ class Outputs:
             p = r.payment
             msg = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
                            deadline=from_epoch_ms(r.deadline_ms), detected_at=detected)
-            ck.out.produce(s.recovery_topic, p.order_id, msg.encode())
+            ck.out.produce(s.recovery_topic, p.order_id, msg.encode(), headers=headers_for(Recovery, r.traces))
             ck.staged_latencies.append(max(0.0, (now_ms - r.deadline_ms) / 1000))
         for late in out.late:
             lmsg = LateOrder(order_id=late.order.order_id, order=late.order, payment_id=late.payment_id,
                              recovery_id=late.recovery_id, lateness_seconds=late.lateness_ms / 1000)
-            ck.out.produce(s.late_topic, late.order.order_id, lmsg.encode())
+            ck.out.produce(s.late_topic, late.order.order_id, lmsg.encode(),
+                           headers=headers_for(LateOrder, late.traces))
         for a in out.anomalies:
             amsg = Anomaly(kind=a.kind, order_id=a.order_id, payments=list(a.payments), order=a.order,  # type: ignore[arg-type]
                            detected_at=detected)
-            ck.out.produce(s.anomalies_topic, a.order_id, amsg.encode())
+            ck.out.produce(s.anomalies_topic, a.order_id, amsg.encode(), headers=headers_for(Anomaly, a.traces))
             ck.stage(metrics.JOIN_ANOMALIES.labels(a.kind))
         if out.recoveries:
             ck.stage(metrics.JOIN_RECOVERED, len(out.recoveries))
@@ -61,7 +63,8 @@ class Outputs:
         dead = DeadLetter.of(topic=m.topic(), partition=m.partition(), offset=m.offset(), timestamp_ms=m.timestamp()[1],
                              headers=m.headers(), key=m.key(), value=m.value(), error=str(exc),
                              failed_at=from_epoch_ms(now_ms))
-        ck.out.produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode())
+        ck.out.produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode(),
+                       headers=headers_for(DeadLetter, [traceparent(m.headers())] if m.headers() else ()))
         reason = "invalid" if isinstance(exc, ValidationError) else "rejected"
         ck.stage(metrics.DLQ_RECORDS.labels("join", reason))
         log.warning("record sent to the DLQ: %s", safe_error(exc),

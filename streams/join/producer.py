@@ -83,13 +83,20 @@ class JoinProducer:
             self.producer.begin_transaction()
             self.in_txn = True
 
-    def produce(self, topic: str, key: bytes | str, value: bytes | None, partition: int = -1) -> None:
+    def produce(self, topic: str, key: bytes | str, value: bytes | None, partition: int = -1,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        def once() -> None:
+            if headers:
+                self.producer.produce(topic, value, key, partition, headers=headers)
+            else:
+                self.producer.produce(topic, value, key, partition)
+
         try:
-            self.producer.produce(topic, value, key, partition)
+            once()
         except BufferError:  # the local queue is full: let deliveries drain, as long as it takes
             Retry(f"produce to {topic}", deadline=None, retriable=lambda e: isinstance(e, BufferError),
                   first_delay=0.05, max_delay=0.05, sleep=self.producer.poll, quiet_for=60.0,
-                  stopping=self.stopping).call(lambda: self.producer.produce(topic, value, key, partition))
+                  stopping=self.stopping).call(once)
 
     def poll(self) -> None:
         self.producer.poll(0)

@@ -45,33 +45,37 @@ class Store(IntEnum):
 
 
 class PendingPayment:
-    __slots__ = ("payment_id", "t", "raw", "cmp", "late", "persisted")
+    __slots__ = ("payment_id", "t", "raw", "cmp", "late", "persisted", "trace")
 
-    def __init__(self, payment_id: str, t: int, raw: bytes, cmp: Cmp, late: bool = False, persisted: bool = False):
+    def __init__(self, payment_id: str, t: int, raw: bytes, cmp: Cmp, late: bool = False, persisted: bool = False,
+                 trace: bytes | None = None):
         self.payment_id, self.t, self.raw, self.cmp, self.late, self.persisted = payment_id, t, raw, cmp, late, persisted
+        self.trace = trace  # the payment record's W3C traceparent header, if it had one
 
 
 class BufferedOrder:
     """An order kept for a payment still to come, or a matched order kept to spot duplicates."""
 
-    __slots__ = ("ts", "raw", "cmp", "paid_id", "paid_t", "paid_raw", "persisted")
+    __slots__ = ("ts", "raw", "cmp", "paid_id", "paid_t", "paid_raw", "persisted", "trace")
 
     def __init__(self, ts: int, raw: bytes, cmp: Cmp | None, paid_id: str | None = None, paid_t: int = 0,
-                 paid_raw: bytes | None = None, persisted: bool = False):
+                 paid_raw: bytes | None = None, persisted: bool = False, trace: bytes | None = None):
         self.ts, self.raw, self.cmp, self.persisted = ts, raw, cmp, persisted
         self.paid_id, self.paid_t, self.paid_raw = paid_id, paid_t, paid_raw
+        self.trace = trace  # the order record's traceparent, while it waits for its payment
 
     def expires_at(self, window_ms: int) -> int:
         return max(self.ts, self.paid_t) + window_ms
 
 
 class RecoveredPayment:
-    __slots__ = ("payment_id", "deadline", "raw", "late", "persisted", "recovered_at")
+    __slots__ = ("payment_id", "deadline", "raw", "late", "persisted", "recovered_at", "trace")
 
     def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool = False, persisted: bool = False,
-                 recovered_at: int = 0):
+                 recovered_at: int = 0, trace: bytes | None = None):
         self.payment_id, self.deadline, self.raw, self.late, self.persisted = payment_id, deadline, raw, late, persisted
         self.recovered_at = recovered_at  # wall clock (ms) when the recovery was emitted
+        self.trace = trace  # the payment's traceparent
 
 
 Entry = PendingPayment | BufferedOrder | RecoveredPayment

@@ -16,6 +16,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
+from schemas.headers import traceparent
 from streams.join import JoinFailed, intake
 from streams.join.checkpoint import Checkpoint
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
@@ -196,10 +197,12 @@ class JoinWorker:
         except intake.REJECTED as exc:
             self.outputs.dead_letter(m, exc, self.now_ms())
             return
+        headers = m.headers()
+        trace = traceparent(headers) if headers else None
         if side == Side.PAYMENT:
-            pair.core.on_payment(ts, rec, m.value(), out)  # type: ignore[arg-type]
+            pair.core.on_payment(ts, rec, m.value(), out, trace)  # type: ignore[arg-type]
         else:
-            pair.core.on_order(ts, rec, m.value(), out)  # type: ignore[arg-type]
+            pair.core.on_order(ts, rec, m.value(), out, trace)  # type: ignore[arg-type]
 
     def commit(self, *, handing_over: bool = False) -> None:
         """Commit (checkpoint.Checkpoint); work that could not be committed is read again,

@@ -74,8 +74,8 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
     )
     dlq = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
 
-    async def send_dead_letter(key: bytes, value: bytes) -> None:
-        await (await dlq.send(key=key, value=value))  # delivered before the record is acknowledged
+    async def send_dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        await (await dlq.send(key=key, value=value, headers=headers))  # delivered before the record is acknowledged
 
     writer = Writer(s, send_dead_letter)
     topics = app.topic(s.recovery_topic, s.late_topic, key_serializer="raw", value_serializer="raw")

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter, LateOrder, Recovery
 from schemas.fields import from_epoch_ms
+from schemas.headers import headers_for, traceparent
 from streams.ops import metrics
 from streams.ops.logs import redact, safe_error
 from streams.recover.store import Item, write_batch
@@ -66,7 +67,7 @@ class Record:
 
 
 Ack = Callable[[Any], Awaitable[None]]
-SendDeadLetter = Callable[[bytes, bytes], Awaitable[None]]  # key, value; returns once delivered
+SendDeadLetter = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]  # key, value, headers; once delivered
 
 
 class Writer:
@@ -177,7 +178,8 @@ class Writer:
                              timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
                              value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)))
         key = f"{record.topic}:{record.partition}:{record.offset}".encode()
-        await self.send_dead_letter(key, dead.encode())  # delivered before the record is acknowledged
+        headers = headers_for(DeadLetter, [traceparent(record.headers)] if record.headers else ())
+        await self.send_dead_letter(key, dead.encode(), headers)  # delivered before the record is acknowledged
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
         log.warning("record sent to the DLQ: %s", summary,
                     extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})

@@ -26,8 +26,8 @@ def test_a_batch_is_written_once_and_acknowledged_only_after_its_commit(base_set
     producer = Producer(config.producer(s))
     acked: list[tuple[int, int]] = []  # (offset, rows in the database when it was acknowledged)
 
-    async def send_dead_letter(key: bytes, value: bytes) -> None:
-        producer.produce(s.dlq_topic, value, key)
+    async def send_dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        producer.produce(s.dlq_topic, value, key, headers=headers)
         assert producer.flush(30) == 0
 
     async def ack(token: int) -> None:
@@ -51,5 +51,8 @@ def test_a_batch_is_written_once_and_acknowledged_only_after_its_commit(base_set
     assert [r[0] for r in rows] == ["ord-0", "ord-1", "ord-2"] and audits == 3
     assert [offset for offset, _ in acked] == [0, 1, 2, 3, 4]
     assert all(n == 3 for _, n in acked), "every record acknowledged after its batch was committed"
-    dead = [DeadLetter.decode(m.value()) for m in consume_all(s, s.dlq_topic, 1)]
+    got = consume_all(s, s.dlq_topic, 1)
+    dead = [DeadLetter.decode(m.value()) for m in got]
     assert len(dead) == 1 and dead[0].offset == 3 and dead[0].timestamp_ms == 1_800_000_000_000
+    headers = dict(got[0].headers())
+    assert headers["slipguard-type"] == b"dead_letter" and headers["traceparent"] == b"00-abc"

@@ -28,19 +28,19 @@ class Harness:
         self.out = Decisions()
 
     def pay(self, ts: int, oid: str = "ord-1", pid: str | None = None, status: str = "succeeded",
-            forged: bool = False, **over) -> Payment:
+            forged: bool = False, trace: bytes | None = None, **over) -> Payment:
         """With a key, payments are signed unless `forged` (then the signature is wrong)."""
         p = payment(payment_id=pid or f"pay-{oid}", order_id=oid, status=status, paid_at=at(ts), **over)
         if forged:
             p = p.model_copy(update={"signature": "0" * 64})
         elif self.key is not None and "signature" not in over:
             p = p.model_copy(update={"signature": p.expected_signature(self.key)})
-        self.join.on_payment(ts, p, p.encode(), self.out)
+        self.join.on_payment(ts, p, p.encode(), self.out, trace)
         return p
 
-    def order(self, ts: int, oid: str = "ord-1", **over) -> Order:
+    def order(self, ts: int, oid: str = "ord-1", trace: bytes | None = None, **over) -> Order:
         o = order(order_id=oid, created_at=at(ts), **over)
-        self.join.on_order(ts, o, o.encode(), self.out)
+        self.join.on_order(ts, o, o.encode(), self.out, trace)
         return o
 
     def advance(self, now: int = FAR, payments_at_end: bool = False, orders_at_end: bool = False) -> None:

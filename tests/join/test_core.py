@@ -431,3 +431,46 @@ def test_state_restored_from_the_changelog_makes_the_same_decisions() -> None:
         b.matched, [x.kind for x in b.anomalies], [r.payment for r in b.recoveries])
     assert a.matched == 2 and [x.kind for x in a.anomalies] == ["duplicate_payment"]
     assert [r.payment.order_id for r in a.recoveries] == ["r"]
+
+
+# ---------------------------------------------------------------- trace context
+
+TP = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TO = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_a_recovery_carries_its_payments_trace_also_after_a_restore() -> None:
+    live = Harness()
+    live.pay(BASE, oid="a", trace=TP)
+    log: dict[bytes, bytes | None] = {}
+    for change in live.join.state.take_changes():
+        key, value = changelog.encode(change)
+        log[key] = value
+    restored = Harness()
+    changelog.restore_into(restored.join, log)
+    restored.advance(BASE + T + G, payments_at_end=True, orders_at_end=True)
+    assert [r.traces for r in restored.take().recoveries] == [(TP,)]
+
+
+def test_a_late_order_and_a_mismatch_reference_both_inputs_the_deciding_one_first() -> None:
+    h = Harness()
+    h.pay(BASE, oid="late", trace=TP)
+    h.advance(BASE + T + G, payments_at_end=True, orders_at_end=True)
+    h.order(BASE + T + G + 1, oid="late", trace=TO)
+    assert [x.traces for x in h.take().late] == [(TO, TP)]
+    h.order(BASE, oid="m", trace=TO, amount=Decimal("1.00"))
+    h.pay(BASE, oid="m", trace=TP, amount=Decimal("2.00"))
+    assert [(a.kind, a.traces) for a in h.take().anomalies] == [("amount_mismatch", (TP, TO))]
+
+
+def test_entries_without_a_trace_and_with_one_round_trip_through_the_changelog() -> None:
+    h = Harness()
+    h.pay(BASE, oid="p1", trace=TP)
+    h.pay(BASE, oid="p2")
+    h.order(BASE - T - 1, oid="o1", trace=TO)
+    h.order(BASE - T - 1, oid="o2")
+    restored = PartitionJoin(JoinParams(T, G, H))
+    for change in h.join.state.take_changes():
+        restored.restore(changelog.decode(*changelog.encode(change)))
+    assert {k: e.trace for k, e in restored.pending.items()} == {"p1": TP, "p2": None}
+    assert {k: e.trace for k, e in restored.orders.items()} == {"o1": TO, "o2": None}

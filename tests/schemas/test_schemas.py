@@ -254,3 +254,30 @@ def test_a_record_that_repeats_a_key_is_rejected_wherever_the_key_is() -> None:
         with pytest.raises(DuplicateKeyError):
             Payment.decode(bad)
     assert Payment.decode(raw.replace(b'"amount":', b'"amount" :')) == payment(), "whitespace alone is fine"
+
+
+def test_a_subscriber_built_from_todays_schemas_accepts_a_record_with_a_new_optional_field() -> None:
+    """The compatibility policy (README): adding an optional field is not a new schema
+    version, so today's JSON Schemas and today's models must accept tomorrow's records."""
+    p = payment()
+    r = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
+                 deadline=T0 + timedelta(seconds=60), detected_at=T0 + timedelta(seconds=61))
+    tomorrow = json.loads(r.encode()) | {"region": "eu-west-1"}
+    tomorrow["payment"] = tomorrow["payment"] | {"risk_score": 0.2}
+    schema = json.loads((JSON_DIR / "recovery.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    assert list(validator.iter_errors(tomorrow)) == []
+    assert Recovery.decode(json.dumps(tomorrow).encode()) == r
+
+
+def test_every_output_record_names_its_type_and_schema_version_and_carries_the_trace() -> None:
+    from schemas.headers import SCHEMA_VERSIONS, headers_for, traceparent
+
+    tp, other = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01", b"00-" + b"c" * 32 + b"-" + b"d" * 16 + b"-01"
+    for name, model in MODELS.items():
+        h = dict(headers_for(model, [tp, other]))
+        assert h["content-type"] == b"application/json" and h["slipguard-type"] == name.encode()
+        assert h["slipguard-schema-version"] == str(SCHEMA_VERSIONS[name]).encode()
+        assert h["traceparent"] == tp and h["slipguard-links"] == other
+    assert "traceparent" not in dict(headers_for(Recovery, [None]))  # type: ignore[list-item]
+    assert traceparent([("x", b"1"), ("traceparent", tp)]) == tp and traceparent(None) is None
