@@ -26,7 +26,7 @@ def _join(settings: Settings, args: argparse.Namespace) -> int:
         print(f"slipguard join: cannot create the Kafka clients: {exc.args[0]}", file=sys.stderr)
         return 1
     worker.install_signal_handlers()  # before anything that may wait on the broker
-    serve_metrics(settings.metrics_port_for("join"), health=worker)
+    serve_metrics(settings.metrics_port_for("join"), health=worker, host=settings.metrics_host)
     log.info("join worker %s starting: group %s, %s, timeout %d ms, grace %d ms", settings.instance_id,
              settings.join_group, settings.processing_guarantee, settings.order_timeout, settings.grace)
     try:

@@ -34,7 +34,7 @@ def _lag(settings: Settings, args: argparse.Namespace) -> int:
     if args.serve:
         port = settings.metrics_port if settings.metrics_port is not None else 9402
         LagCollector(settings, groups, interval=args.interval, topics=args.topic).start()
-        serve_metrics(port)
+        serve_metrics(port, host=settings.metrics_host)
         print(f"lag exporter for {', '.join(groups)} on :{port}/metrics (every {args.interval:.0f}s)", flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

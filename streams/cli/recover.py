@@ -26,7 +26,7 @@ def _recover(settings: Settings, args: argparse.Namespace) -> int:
               "create them with `slipguard topics create`", file=sys.stderr)
         return 1
     app, writer = build_app(settings)
-    serve_metrics(settings.metrics_port_for("recover"), health=writer)
+    serve_metrics(settings.metrics_port_for("recover"), health=writer, host=settings.metrics_host)
     log.info("recovery writer starting: group %s reading %s and %s", settings.recover_group,
              settings.recovery_topic, settings.late_topic)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
