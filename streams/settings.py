@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -174,10 +175,37 @@ class ConfigError(Exception):
     """Bad configuration: its message is one line naming the setting and what is wrong."""
 
 
+SECRET_FIELDS = ("database_url", "payment_hmac_key", "kafka_sasl_password", "kafka_ssl_key_password")
+
+
+def secrets_from_files(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Secrets given as files, as Kubernetes and Docker mount them: SLIPGUARD_<NAME>_FILE
+    names a file whose content (one trailing newline dropped) is the value. Setting both
+    the variable and its _FILE is a configuration error (which one was meant?)."""
+    found = {}
+    for name in SECRET_FIELDS:
+        var = f"SLIPGUARD_{name.upper()}"
+        path = environ.get(f"{var}_FILE")
+        if not path:
+            continue
+        if environ.get(var):
+            raise ConfigError(f"bad configuration: {var} and {var}_FILE are both set; set one")
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read()
+        except OSError as exc:
+            raise ConfigError(f"bad configuration: {var}_FILE: cannot read {path} ({exc.strerror})") from None
+        value = value[:-1] if value.endswith("\n") else value
+        found[name] = value[:-1] if value.endswith("\r") else value
+    return found
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment, with command-line overrides on top."""
+    """Build Settings from the environment (secrets also from files, see
+    secrets_from_files), with command-line overrides on top."""
+    given = secrets_from_files() | {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         raise ConfigError(one_line(exc)) from None
 

@@ -114,3 +114,30 @@ def test_log_lines_never_carry_a_secret(capsys) -> None:
                                                 "k" * 20 + "-hmac")
     err = capsys.readouterr().err
     assert "hunter2-secret" not in err and "-hmac" not in err and "***" in err
+
+
+def test_every_secret_can_be_given_as_a_file_as_kubernetes_mounts_them(tmp_path, monkeypatch) -> None:
+    values = {"database_url": "postgresql://w:s3cr3t-from-file@db:5432/slipguard",
+              "payment_hmac_key": "k" * 32, "kafka_sasl_password": "sasl-from-file",
+              "kafka_ssl_key_password": "tls-from-file"}
+    for name, value in values.items():
+        (tmp_path / name).write_text(value + "\n")
+        monkeypatch.setenv(f"SLIPGUARD_{name.upper()}_FILE", str(tmp_path / name))
+    s = load_settings()
+    assert s.database_url.get_secret_value() == values["database_url"]
+    assert s.hmac_key == values["payment_hmac_key"].encode()
+    assert s.kafka_sasl_password.get_secret_value() == "sasl-from-file"
+    assert s.kafka_ssl_key_password.get_secret_value() == "tls-from-file"
+    assert "from-file" not in repr(s) and "from-file" not in str(s.model_dump())
+
+
+def test_a_secret_given_twice_or_an_unreadable_file_is_one_clear_error(tmp_path, monkeypatch) -> None:
+    (tmp_path / "url").write_text("postgresql://a:b@c/d")
+    monkeypatch.setenv("SLIPGUARD_DATABASE_URL_FILE", str(tmp_path / "url"))
+    monkeypatch.setenv("SLIPGUARD_DATABASE_URL", "postgresql://x:y@z/w")
+    with pytest.raises(ConfigError, match="SLIPGUARD_DATABASE_URL and SLIPGUARD_DATABASE_URL_FILE are both set"):
+        load_settings()
+    monkeypatch.delenv("SLIPGUARD_DATABASE_URL")
+    monkeypatch.setenv("SLIPGUARD_DATABASE_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="SLIPGUARD_DATABASE_URL_FILE: cannot read .*missing"):
+        load_settings()
