@@ -1,11 +1,19 @@
 """`slipguard bench`: the join's figures on the real local broker, printed, not asserted.
 
-In one run:
-1. pre-produce a workload of at least 1 M events (payments and orders) into fresh topics;
+In one run, for each of two workloads (WORKLOADS):
+1. pre-produce it (about 1 M events, payments and orders) into fresh topics;
 2. the ceiling: a confluent-kafka consumer that only reads and decodes the same records;
-3. the join (one in-process worker, the configured guarantee, durable state on) drains it;
+3. the join (one in-process worker, the configured guarantee, durable state on) drains
+   it: events/s, CPU per million events, changelog records per input event, peak pending;
+then:
 4. memory per pending entry, measured on the core alone with tracemalloc;
-5. detection latency at a steady live rate: emit time minus deadline, p50 and p99.
+5. restore: a changelog of 1 M pending payments read back by the restorer (records/s);
+6. detection latency at a steady live rate: emit time minus deadline, p50 and p99.
+
+Workloads: "spread" (orders within +-2 s of their payment, one order id every 3 ms of
+event time: most pairs match within one commit) and "delayed" (orders 0-3 s after their
+payment at 20 payments per event-time millisecond, 1 % missing: pending payments live
+across commits, as real order services answer in seconds).
 """
 
 from __future__ import annotations
@@ -20,34 +28,57 @@ import tracemalloc
 import uuid
 from dataclasses import asdict, dataclass
 
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, Producer
 
 from schemas import Order, Payment, Recovery
+from streams.join import changelog
 from streams.join.core import Decisions, JoinParams, PartitionJoin
+from streams.join.restore import Restorer
+from streams.join.state import Change, PendingPayment, Store
 from streams.join.worker import JoinWorker, tune_gc
 from streams.kafka import config
 from streams.kafka.topics import create_topics
+from streams.ops import metrics
 from streams.tools.loadgen import Shares, merged, plan, produce
 from streams.settings import Settings
 
 
 @dataclass
-class Figures:
+class WorkloadFigures:
+    workload: str
     events: int
-    partitions: int
-    guarantee: str
     ceiling_events_per_s: float
     join_events_per_s: float
     ratio: float
     join_cpu_s_per_million: float
-    join_peak_rss_mb: float
+    changelog_records_per_event: float
     pending_entries_peak: int
+
+
+@dataclass
+class Figures:
+    partitions: int
+    guarantee: str
+    workloads: list[WorkloadFigures]
+    join_peak_rss_mb: float
     bytes_per_pending_entry: float
+    restore_entries: int
+    restore_records_per_s: float
+    restore_seconds: float
     live_rate_per_s: float
     detection_latency_p50_s: float
     detection_latency_p99_s: float
     recoveries_expected: int
     recoveries_seen: int
+
+
+ALL_MISSING = Shares(missing=1.0, late=0, duplicates=0, second_payment=0, failed=0, mismatch=0)
+WORKLOADS = {
+    # name: (orders per event, plan arguments but count and start)
+    "spread": (1.94, {"spacing_ms": None, "shares": Shares()}),
+    "delayed": (1.99, {"spacing_ms": 0.05, "shares": Shares(missing=0.01, late=0, duplicates=0, second_payment=0,
+                                                            failed=0, mismatch=0, delay_ms=(0, 3_000))}),
+}
 
 
 def _bench_settings(s: Settings, partitions: int, **over: object) -> Settings:
@@ -75,8 +106,10 @@ def ceiling(s: Settings, total: int) -> float:
     return n / took
 
 
-def drain(s: Settings, total: int) -> tuple[float, float, int]:
-    """Run the join until it has consumed and committed every input record."""
+def drain(s: Settings, total: int) -> tuple[float, float, int, int]:
+    """Run the join until it has consumed and committed every input record: events/s,
+    CPU seconds per million, peak pending payments, changelog records written."""
+    written0 = metrics.JOIN_CHANGELOG_RECORDS._value.get()
     worker = JoinWorker(s)
     worker.subscribe()
     peak_pending = 0
@@ -94,7 +127,7 @@ def drain(s: Settings, total: int) -> tuple[float, float, int]:
     took = time.perf_counter() - (started or time.perf_counter())
     cpu = time.process_time() - cpu0
     worker.close()
-    return total / took, cpu / total * 1e6, peak_pending
+    return total / took, cpu / total * 1e6, peak_pending, int(metrics.JOIN_CHANGELOG_RECORDS._value.get() - written0)
 
 
 def bytes_per_pending(n: int = 100_000) -> float:
@@ -116,6 +149,35 @@ def bytes_per_pending(n: int = 100_000) -> float:
     # `raw` bytes are shared with the input list; count them as the core keeps them.
     raw_bytes = sum(len(e.raw) + 33 for e in core.pending.values())
     return (after - before) / n + raw_bytes / n
+
+
+def restore_rate(s: Settings, entries: int = 1_000_000) -> tuple[float, float]:
+    """Restore a changelog of `entries` pending payments over every partition: records/s, seconds."""
+    r = _bench_settings(s, s.partitions)
+    create_topics(r)
+    pays, _, _ = plan(entries, start_ms=1_800_000_000_000, spacing_ms=1, timeout_ms=3_600_000, shares=ALL_MISSING,
+                      seed=5)
+    producer = Producer(config.producer(r))
+    for i, (_, key, raw, ts) in enumerate(pays):
+        k, v = changelog.encode(Change(Store.PENDING, key.decode(), PendingPayment("", ts, raw, None)))  # type: ignore[arg-type]
+        while True:
+            try:
+                producer.produce(r.changelog_topic, v, k, i % r.partitions)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+    del pays
+    gc.collect()
+    params = JoinParams(r.order_timeout, r.grace, r.late_horizon, r.hmac_key)
+    restorer = Restorer(r, params, lambda: int(time.time() * 1000), lambda: False)
+    started = time.perf_counter()
+    restored = restorer.restore_now(list(range(r.partitions)))
+    took = time.perf_counter() - started
+    restorer.close()
+    got = sum(core.sizes()[0] for core in (restored or {}).values())
+    assert got == entries, f"restored {got} of {entries} entries"
+    return entries / took, took
 
 
 def live_latency(s: Settings, rate: float, seconds: float) -> tuple[list[float], int, int]:
@@ -158,48 +220,66 @@ def _run_until(worker: JoinWorker, stop: threading.Event) -> None:
     worker.close()
 
 
-def run(s: Settings, events: int, partitions: int, live_rate: float, live_seconds: float) -> Figures:
+def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFigures:
     b = _bench_settings(s, partitions)
     create_topics(b)
-    orders = int(events / 1.94) + 1  # about 1.95 records per order id
-    now = int(time.time() * 1000)
-    print(f"bench: planning {events:,} events over {partitions} partitions ...", flush=True)
-    pays, ords, exp = plan(orders, start_ms=now - 3_600_000, spacing_ms=3_000_000 / orders, timeout_ms=b.order_timeout)
+    per_order, args = WORKLOADS[name]
+    orders = int(events / per_order) + 1
+    spacing = args["spacing_ms"] or 3_000_000 / orders
+    print(f"bench [{name}]: planning {events:,} events over {partitions} partitions ...", flush=True)
+    pays, ords, _ = plan(orders, start_ms=int(time.time() * 1000) - 3_600_000, spacing_ms=spacing,
+                         timeout_ms=b.order_timeout, shares=args["shares"])
     total = len(pays) + len(ords)
-    print(f"bench: producing {total:,} records ...", flush=True)
+    print(f"bench [{name}]: producing {total:,} records ...", flush=True)
     produce(b, merged(pays, ords))
     del pays, ords
     gc.collect()
-    print("bench: ceiling (read + decode only) ...", flush=True)
+    print(f"bench [{name}]: ceiling (read + decode only) ...", flush=True)
     ceil = ceiling(b, total)
-    print(f"bench: join ({b.processing_guarantee}, durable state) ...", flush=True)
+    print(f"bench [{name}]: join ({b.processing_guarantee}, durable state) ...", flush=True)
+    rate, cpu_per_m, peak, written = drain(b, total)
+    return WorkloadFigures(workload=name, events=total, ceiling_events_per_s=round(ceil), join_events_per_s=round(rate),
+                           ratio=round(rate / ceil, 3), join_cpu_s_per_million=round(cpu_per_m, 2),
+                           changelog_records_per_event=round(written / total, 3), pending_entries_peak=peak)
+
+
+def run(s: Settings, events: int, partitions: int, live_rate: float, live_seconds: float,
+        restore_entries: int = 1_000_000) -> Figures:
     tune_gc()  # as `slipguard join` does
-    rate, cpu_per_m, peak = drain(b, total)
+    figures = [workload(s, name, events, partitions) for name in WORKLOADS]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("bench: memory per pending entry ...", flush=True)
     per_entry = bytes_per_pending()
+    print(f"bench: restoring a changelog of {restore_entries:,} entries ...", flush=True)
+    restore_per_s, restore_s = restore_rate(_bench_settings(s, partitions), restore_entries)
     print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", flush=True)
-    lat, want, seen = live_latency(b, live_rate, live_seconds)
+    lat, want, seen = live_latency(_bench_settings(s, partitions), live_rate, live_seconds)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
-    return Figures(events=total, partitions=partitions, guarantee=b.processing_guarantee,
-                   ceiling_events_per_s=round(ceil), join_events_per_s=round(rate), ratio=round(rate / ceil, 3),
-                   join_cpu_s_per_million=round(cpu_per_m, 2), join_peak_rss_mb=round(rss_mb, 1),
-                   pending_entries_peak=peak, bytes_per_pending_entry=round(per_entry),
-                   live_rate_per_s=live_rate, detection_latency_p50_s=round(q[49], 3),
-                   detection_latency_p99_s=round(q[98], 3), recoveries_expected=want, recoveries_seen=seen)
+    return Figures(partitions=partitions, guarantee=s.processing_guarantee, workloads=figures,
+                   join_peak_rss_mb=round(rss_mb, 1), bytes_per_pending_entry=round(per_entry),
+                   restore_entries=restore_entries, restore_records_per_s=round(restore_per_s),
+                   restore_seconds=round(restore_s, 2), live_rate_per_s=live_rate,
+                   detection_latency_p50_s=round(q[49], 3), detection_latency_p99_s=round(q[98], 3),
+                   recoveries_expected=want, recoveries_seen=seen)
 
 
 def report(f: Figures) -> str:
-    rows = [
-        ("input events", f"{f.events:,}"),
-        ("partitions / guarantee", f"{f.partitions} / {f.guarantee}"),
-        ("ceiling: read + decode only", f"{f.ceiling_events_per_s:,.0f} events/s"),
-        ("join (durable state, one process)", f"{f.join_events_per_s:,.0f} events/s"),
-        ("join / ceiling", f"{f.ratio:.2f}"),
-        ("join CPU", f"{f.join_cpu_s_per_million:.2f} s per million events"),
+    rows = [("partitions / guarantee", f"{f.partitions} / {f.guarantee}")]
+    for w in f.workloads:
+        rows += [
+            (f"[{w.workload}] input events", f"{w.events:,}"),
+            (f"[{w.workload}] ceiling: read + decode only", f"{w.ceiling_events_per_s:,.0f} events/s"),
+            (f"[{w.workload}] join (durable state, one process)", f"{w.join_events_per_s:,.0f} events/s"),
+            (f"[{w.workload}] join / ceiling", f"{w.ratio:.2f}"),
+            (f"[{w.workload}] join CPU", f"{w.join_cpu_s_per_million:.2f} s per million events"),
+            (f"[{w.workload}] changelog records per input event", f"{w.changelog_records_per_event:.3f}"),
+            (f"[{w.workload}] pending payments at peak", f"{w.pending_entries_peak:,}"),
+        ]
+    rows += [
         ("peak RSS of the process", f"{f.join_peak_rss_mb:.0f} MB"),
-        ("pending payments at peak", f"{f.pending_entries_peak:,}"),
         ("memory per pending entry", f"{f.bytes_per_pending_entry:,.0f} B"),
+        (f"restore of {f.restore_entries:,} changelog entries", f"{f.restore_records_per_s:,.0f} records/s, "
+                                                                 f"{f.restore_seconds:.1f} s"),
         ("live rate", f"{f.live_rate_per_s:,.0f} events/s"),
         ("detection latency p50 / p99 (emit - deadline, grace 1 s)",
          f"{f.detection_latency_p50_s:.3f} s / {f.detection_latency_p99_s:.3f} s"),

@@ -31,6 +31,9 @@ class Shares:
     mismatch: float = 0.005  # order disagrees with the payment (amount)
     failed: float = 0.02  # failed payment, no order needed
     jitter_ms: int = 2_000  # orders published up to this much before or after their payment
+    # Set: orders come this many ms (low, high) after their payment instead, as real order
+    # services answer (the pending state then lives across commits).
+    delay_ms: tuple[int, int] | None = None
 
 
 @dataclass
@@ -112,7 +115,7 @@ def plan(count: int, *, start_ms: int, spacing_ms: float, timeout_ms: int, share
             exp.recovered.add(pid)
             exp.late.add(oid)
         else:
-            ts = t + rnd.randint(-jitter, jitter)
+            ts = t + (rnd.randint(*shares.delay_ms) if shares.delay_ms else rnd.randint(-jitter, jitter))
             exp.matched += 1
             if rnd.random() < shares.mismatch:
                 amount = f"{float(amount) + 1:.2f}"

@@ -100,9 +100,18 @@ def test_join_worker_with_a_missing_input_topic_exits_with_one_line_naming_it(ba
     assert "Traceback" not in text
 
 
-def _compression(admin: AdminClient, topic: str) -> str:
+def _compression(admin: AdminClient, topic: str, expect: str | None = None) -> str:
+    """The topic's compression.type; with `expect`, waited for (a change takes a moment to
+    reach the broker's config as describe_configs reads it)."""
+    import time
+
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-    return admin.describe_configs([resource])[resource].result()["compression.type"].value
+    deadline = time.monotonic() + 10
+    while True:
+        value = admin.describe_configs([resource])[resource].result()["compression.type"].value
+        if expect is None or value == expect or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
 
 
 def test_subscriber_topics_are_stored_with_a_compression_every_client_reads(base_settings, capsys) -> None:
@@ -113,5 +122,5 @@ def test_subscriber_topics_are_stored_with_a_compression_every_client_reads(base
     assert _compression(admin, s.recovery_topic) == "producer"
     assert main(["topics", "create", "--partitions=3", *_flags(s)]) == 0
     for topic in (s.recovery_topic, s.late_topic, s.anomalies_topic, s.dlq_topic):
-        assert _compression(admin, topic) == "gzip", topic
+        assert _compression(admin, topic, expect="gzip") == "gzip", topic
     assert _compression(admin, s.changelog_topic) == "producer", "internal topics keep the producer's lz4"
