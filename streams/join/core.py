@@ -51,6 +51,9 @@ from streams.join.state import (
 )
 
 
+PENDING, ORDERS, RECOVERED = Store.PENDING, Store.ORDERS, Store.RECOVERED  # module globals: cheap on the hot path
+
+
 class Side(IntEnum):
     """The two inputs of the join (and the index of each in per-side pairs)."""
 
@@ -74,6 +77,8 @@ Traces = tuple[bytes, ...]  # W3C traceparents of the inputs a decision came fro
 
 @dataclass(frozen=True, slots=True)
 class Recover:
+    """A payment whose order did not come in time: to orders.recovery."""
+
     payment: Payment
     deadline_ms: int
     traces: Traces = ()
@@ -81,6 +86,8 @@ class Recover:
 
 @dataclass(frozen=True, slots=True)
 class Late:
+    """An order for a payment that is, or will be, recovered: to orders.late."""
+
     order: Order
     order_ts: int
     payment_id: str
@@ -91,6 +98,8 @@ class Late:
 
 @dataclass(frozen=True, slots=True)
 class Flag:
+    """An anomaly (duplicate payment, mismatched pair, bad signature): to payments.anomalies."""
+
     kind: str
     order_id: str
     payments: tuple[Payment, ...]
@@ -194,7 +203,7 @@ class PartitionJoin:
                 return
             if buffered.ts > deadline:
                 # The order exists but past the window: the payment will be recovered, the order is late.
-                self.state.drop_order(oid, buffered)
+                self.state.drop(ORDERS, oid, buffered)
                 out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
                                      recovery_id_for(p.payment_id), buffered.ts - deadline,
                                      _traces(buffered.trace, trace)))
@@ -210,7 +219,7 @@ class PartitionJoin:
         if pending is not None:
             deadline = pending.t + self.params.timeout_ms
             if pending.t - self.params.timeout_ms <= ts <= deadline:
-                self.state.drop_pending(oid, pending)
+                self.state.drop(PENDING, oid, pending)
                 entry = BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), pending.payment_id, pending.t,
                                       pending.raw)
                 self._add_order(oid, entry)
@@ -223,7 +232,7 @@ class PartitionJoin:
             if ts > deadline:
                 if not pending.late:
                     pending.late = True
-                    self.state.touch(Store.PENDING, oid, pending.persisted)
+                    self.state.touch(PENDING, oid, pending.persisted)
                     out.late.append(Late(o, ts, pending.payment_id, recovery_id_for(pending.payment_id), ts - deadline,
                                          _traces(trace, pending.trace)))
                 return
@@ -232,7 +241,7 @@ class PartitionJoin:
         if recovered is not None:
             if not recovered.late:
                 recovered.late = True
-                self.state.touch(Store.RECOVERED, oid, recovered.persisted)
+                self.state.touch(RECOVERED, oid, recovered.persisted)
                 out.late.append(Late(o, ts, recovered.payment_id, recovery_id_for(recovered.payment_id),
                                      max(0, ts - recovered.deadline), _traces(trace, recovered.trace)))
             return
@@ -263,7 +272,7 @@ class PartitionJoin:
             pending = self.pending.get(oid)
             if pending is None or pending.payment_id != pid:
                 continue  # matched or replaced since the timer was set
-            self.state.drop_pending(oid, pending)
+            self.state.drop(PENDING, oid, pending)
             self._add_recovered(oid, RecoveredPayment(pid, deadline, pending.raw, pending.late, recovered_at=now_ms,
                                                       trace=pending.trace))
             out.recoveries.append(Recover(Payment.decode(pending.raw), deadline, _traces(pending.trace)))
@@ -287,7 +296,7 @@ class PartitionJoin:
             if expiry > payments_progress:
                 heapq.heappush(queue, (expiry, next(self._seq), oid, entry))  # matched since: lives longer
                 continue
-            self.state.drop_order(oid, entry)
+            self.state.drop(ORDERS, oid, entry)
         self.state.expire_bundles(payments_progress)
         recovered = self.recovered
         rqueue = self._recovered_queue
@@ -295,7 +304,7 @@ class PartitionJoin:
         while rqueue and rqueue[0][0] <= forget_before:
             _, _, oid, rentry = heapq.heappop(rqueue)
             if recovered.get(oid) is rentry:
-                self.state.drop_recovered(oid, rentry)
+                self.state.drop(RECOVERED, oid, rentry)
 
     # ------------------------------------------------------------ helpers
 
@@ -307,15 +316,15 @@ class PartitionJoin:
                 out.anomalies.append(Flag(kind, oid, (p,), o, traces))
 
     def _add_pending(self, oid: str, entry: PendingPayment) -> None:
-        self.state.add_pending(oid, entry)
+        self.state.add(PENDING, oid, entry)
         heapq.heappush(self._timers, (entry.t + self.params.timeout_ms, oid, entry.payment_id))
 
     def _add_order(self, oid: str, entry: BufferedOrder) -> None:
-        self.state.add_order(oid, entry)
+        self.state.add(ORDERS, oid, entry)
         self._queue_order(oid, entry)
 
     def _add_recovered(self, oid: str, entry: RecoveredPayment) -> None:
-        self.state.add_recovered(oid, entry)
+        self.state.add(RECOVERED, oid, entry)
         heapq.heappush(self._recovered_queue, (entry.recovered_at, next(self._seq), oid, entry))
 
     def _queue_order(self, oid: str, entry: BufferedOrder) -> None:

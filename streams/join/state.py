@@ -112,6 +112,7 @@ class JoinState:
         self.pending: dict[str, PendingPayment] = {}
         self.orders: dict[str, BufferedOrder] = {}
         self.recovered: dict[str, RecoveredPayment] = {}
+        self._live: tuple[dict, dict, dict] = (self.pending, self.orders, self.recovered)  # by Store
         # per store: order_id -> True if the changelog may hold a value for it (a tombstone
         # is due if the entry is gone by the commit)
         self._dirty: tuple[dict[str, bool], dict[str, bool], dict[str, bool]] = ({}, {}, {})
@@ -122,29 +123,14 @@ class JoinState:
 
     # ------------------------------------------------------------ changes the rules make
 
-    def add_pending(self, oid: str, entry: PendingPayment) -> None:
-        entry.persisted = self._settle(Store.PENDING, oid)
-        self.pending[oid] = entry
+    def add(self, store: Store, oid: str, entry: Entry) -> None:
+        """A new entry under `oid` (PENDING, ORDERS or RECOVERED)."""
+        entry.persisted = self._settle(store, oid)
+        self._live[store][oid] = entry
 
-    def drop_pending(self, oid: str, entry: PendingPayment) -> None:
-        del self.pending[oid]
-        self.touch(Store.PENDING, oid, entry.persisted)
-
-    def add_order(self, oid: str, entry: BufferedOrder) -> None:
-        entry.persisted = self._settle(Store.ORDERS, oid)
-        self.orders[oid] = entry
-
-    def drop_order(self, oid: str, entry: BufferedOrder) -> None:
-        del self.orders[oid]
-        self.touch(Store.ORDERS, oid, entry.persisted)
-
-    def add_recovered(self, oid: str, entry: RecoveredPayment) -> None:
-        entry.persisted = self._settle(Store.RECOVERED, oid)
-        self.recovered[oid] = entry
-
-    def drop_recovered(self, oid: str, entry: RecoveredPayment) -> None:
-        del self.recovered[oid]
-        self.touch(Store.RECOVERED, oid, entry.persisted)
+    def drop(self, store: Store, oid: str, entry: Entry) -> None:
+        del self._live[store][oid]
+        self.touch(store, oid, entry.persisted)
 
     def _settle(self, store: Store, oid: str) -> bool:
         """A new entry under `oid`: whether the changelog may hold a value for the key (a
@@ -180,9 +166,8 @@ class JoinState:
         pairs), and a bundle whose pairs have all expired as its tombstone.
         """
         changes: list[Change] = []
-        live_maps: tuple[dict, dict, dict] = (self.pending, self.orders, self.recovered)
         for store in (Store.PENDING, Store.ORDERS, Store.RECOVERED):
-            dirty, live = self._dirty[store], live_maps[store]
+            dirty, live = self._dirty[store], self._live[store]
             if not dirty:
                 continue
             for oid, in_log in dirty.items():
