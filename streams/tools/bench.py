@@ -27,6 +27,7 @@ import time
 import tracemalloc
 import uuid
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
@@ -159,7 +160,9 @@ def restore_rate(s: Settings, entries: int = 1_000_000) -> tuple[float, float]:
                       seed=5)
     producer = Producer(config.producer(r))
     for i, (_, key, raw, ts) in enumerate(pays):
-        k, v = changelog.encode(Change(Store.PENDING, key.decode(), PendingPayment("", ts, raw, None)))  # type: ignore[arg-type]
+        d = json.loads(raw)  # what the join keeps beside the raw record (cheaper than the model here)
+        entry = PendingPayment(d["payment_id"], ts, raw, (d["user_id"], Decimal(d["amount"]), d["currency"]))
+        k, v = changelog.encode(Change(Store.PENDING, key.decode(), entry))
         while True:
             try:
                 producer.produce(r.changelog_topic, v, k, i % r.partitions)

@@ -474,3 +474,22 @@ def test_entries_without_a_trace_and_with_one_round_trip_through_the_changelog()
         restored.restore(changelog.decode(*changelog.encode(change)))
     assert {k: e.trace for k, e in restored.pending.items()} == {"p1": TP, "p2": None}
     assert {k: e.trace for k, e in restored.orders.items()} == {"o1": TO, "o2": None}
+
+
+def test_restore_reads_the_fields_it_needs_without_parsing_json_and_still_reads_older_records() -> None:
+    """Entries carry payment_id, user, amount and currency beside the raw record, so a
+    restore does not parse each payment (most of its time); records written before that
+    (no fields flag) still decode, by parsing."""
+    import struct
+
+    h = Harness()
+    p = h.pay(BASE, oid="a", amount=Decimal("12.30"))
+    h.order(BASE - T - 1, oid="o", amount=Decimal("7"))
+    changes = {c.key: c for c in h.join.state.take_changes()}
+    for key in ("a", "o"):
+        decoded = changelog.decode(*changelog.encode(changes[key])).value
+        assert decoded.cmp == changes[key].value.cmp and decoded.raw == changes[key].value.raw
+    assert changelog.decode(*changelog.encode(changes["a"])).value.payment_id == p.payment_id
+    older = struct.pack(">qB", BASE, 0) + p.encode()  # the format before fields (and traces)
+    entry = changelog.decode(b"p:a", older).value
+    assert (entry.payment_id, entry.cmp, entry.t) == (p.payment_id, (p.user_id, p.amount, p.currency), BASE)
