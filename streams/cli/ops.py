@@ -1,4 +1,4 @@
-"""Operator commands: `slipguard topics create` and `slipguard lag`."""
+"""Operator commands: `slipguard topics create`, `slipguard lag` and `slipguard dlq list|replay`."""
 
 from __future__ import annotations
 
@@ -50,7 +50,79 @@ def _lag(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from streams.ops.dlq import letters, replayable
+
+    found = letters(settings, since=args.since, reason=args.reason)
+    if args.json:
+        print(json.dumps([{"dlq": x.ref, "source": x.dead and f"{x.dead.source_topic}:{x.dead.partition}:{x.dead.offset}",
+                           "failed_at": x.dead and x.dead.failed_at.isoformat(), "error": x.dead and x.dead.error,
+                           "replayable": replayable(x) is None, "problem": replayable(x)} for x in found], indent=2))
+        return 0
+    for x in found:
+        if x.dead is None:
+            print(f"{x.ref:>10}  {x.problem}")
+            continue
+        flag = "" if replayable(x) is None else "  [not replayable as is]"
+        print(f"{x.ref:>10}  {x.dead.failed_at:%Y-%m-%d %H:%M:%S}  {x.dead.source_topic}:{x.dead.partition}:"
+              f"{x.dead.offset}  {x.dead.error[:100]}{flag}")
+    print(f"{len(found)} dead letter(s) in {settings.dlq_topic}")
+    return 0
+
+
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.ops.dlq import ReplayError, corrections, letters, replay
+
+    if args.offsets is None and args.reason is None and args.file is None:
+        print("slipguard dlq replay: choose what to replay: --offsets A-B, --reason TEXT or --file FILE",
+              file=sys.stderr)
+        return 2
+    first = last = None
+    if args.offsets:
+        low, _, high = args.offsets.partition("-")
+        first, last = int(low), int(high or low)
+    try:
+        fixed = corrections(args.file) if args.file else {}
+        chosen = letters(settings, reason=args.reason, first=first, last=last)
+        if args.file and args.offsets is None and args.reason is None:
+            chosen = [x for x in chosen if x.ref in fixed]
+        for line in replay(settings, chosen, fixed, dry_run=args.dry_run):
+            print(line)
+    except ReplayError as exc:
+        print(f"slipguard dlq replay: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _since(text: str):  # noqa: ANN202
+    from datetime import datetime
+
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time with its offset, e.g. 2026-11-26T10:00:00+00:00")
+    return when
+
+
 def register(commands) -> None:
+    dlq = commands.add_parser("dlq", help="list or replay the dead-letter queue")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = dlq_sub.add_parser("list", help="what is in the DLQ: offset, time, source record, error")
+    add_settings_flags(ls)
+    ls.add_argument("--since", type=_since, help="failed at or after this time (RFC 3339)")
+    ls.add_argument("--reason", help="the error contains this text")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(handler=_dlq_list)
+    rp = dlq_sub.add_parser("replay", help="re-publish dead letters to their source topic, once each")
+    add_settings_flags(rp)
+    rp.add_argument("--offsets", help="DLQ offsets A-B (inclusive) or one offset")
+    rp.add_argument("--reason", help="only those whose error contains this text")
+    rp.add_argument("--file", help='corrected values: JSON lines {"dlq": "P:O", "value": {...}}')
+    rp.add_argument("--dry-run", action="store_true", help="say what would be replayed, publish nothing")
+    rp.set_defaults(handler=_dlq_replay)
+
+
     topics = commands.add_parser("topics", help="create or verify topics")
     topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = topics_sub.add_parser("create", help="create or verify every topic; payments and orders co-partitioned")

@@ -1,0 +1,183 @@
+"""`slipguard dlq list` and `slipguard dlq replay`: what is in the DLQ, and putting it back.
+
+A replay re-publishes chosen dead letters to their source topic with their original key,
+timestamp and headers (or a corrected value), once: each record is published in one
+transaction with a marker in the compacted topic `<dlq>.replayed`, keyed by the dead
+letter's partition and offset. A replay reads the markers first and skips what was
+already published, so one that is interrupted and run again publishes nothing twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas import DeadLetter
+from streams.kafka import config
+from streams.settings import Settings
+
+
+class ReplayError(Exception):
+    """A replay that cannot be done as asked (one line)."""
+
+
+@dataclass(frozen=True)
+class Letter:
+    partition: int
+    offset: int
+    dead: DeadLetter | None  # None: the DLQ record itself could not be read
+    problem: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+def replayed_topic(s: Settings) -> str:
+    return f"{s.dlq_topic}.replayed"
+
+
+def read_topic(s: Settings, topic: str) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
+    """Every record of `topic` now, read_committed: (partition, offset, key, value)."""
+    c = Consumer(config.consumer(s, f"slipguard-dlq-reader-{uuid.uuid4().hex[:8]}",
+                                 **{"enable.partition.eof": True, "enable.auto.commit": False}))
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return
+        parts = sorted(meta.partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        todo = {p for p in parts if ends[p] > 0}
+        if not todo:
+            return
+        c.assign([TopicPartition(topic, p, 0) for p in todo])
+        while todo:
+            for m in c.consume(1000, timeout=1.0):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(m.partition())
+                    continue
+                yield m.partition(), m.offset(), m.key(), m.value()  # type: ignore[misc]
+                if m.offset() + 1 >= ends[m.partition()]:  # type: ignore[operator]
+                    todo.discard(m.partition())
+    finally:
+        c.close()
+
+
+def letters(s: Settings, *, since: datetime | None = None, reason: str | None = None,
+            first: int | None = None, last: int | None = None) -> list[Letter]:
+    found = []
+    for partition, offset, _key, value in read_topic(s, s.dlq_topic):
+        if (first is not None and offset < first) or (last is not None and offset > last):
+            continue
+        try:
+            dead = DeadLetter.decode(value or b"")
+        except ValueError as exc:
+            found.append(Letter(partition, offset, None, f"not a dead letter: {str(exc).splitlines()[0]}"))
+            continue
+        if since is not None and dead.failed_at < since:
+            continue
+        if reason is not None and reason.lower() not in dead.error.lower():
+            continue
+        found.append(Letter(partition, offset, dead))
+    return found
+
+
+def replayable(letter: Letter) -> str | None:
+    """Why a dead letter cannot be put back as it is (None: it can)."""
+    d = letter.dead
+    if d is None:
+        return letter.problem
+    if d.value_truncated:
+        return f"its value was {d.value_size} bytes, only a prefix was kept: give a corrected value (--file)"
+    if d.key_truncated:
+        return "its key was truncated"
+    if any(h.truncated for h in d.headers or []):
+        return "a header was truncated"
+    return None
+
+
+def corrections(path: str) -> dict[str, bytes]:
+    """A corrected-values file: one JSON object per line, {"dlq": "<partition>:<offset>",
+    "value": <the corrected message as JSON>} -> ref -> bytes."""
+    fixed = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                fixed[str(item["dlq"])] = json.dumps(item["value"], separators=(",", ":"), ensure_ascii=False).encode()
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ReplayError(f"{path} line {n}: expected {{\"dlq\": \"P:O\", \"value\": {{...}}}} ({exc})") from None
+    return fixed
+
+
+def _done(s: Settings) -> set[str]:
+    return {key.decode() for _p, _o, key, value in read_topic(s, replayed_topic(s)) if key and value}
+
+
+def _ensure_marker_topic(s: Settings) -> None:
+    admin = AdminClient(config.admin(s))
+    name = replayed_topic(s)
+    if name in admin.list_topics(timeout=10).topics:
+        return
+    future = admin.create_topics([NewTopic(name, 1, s.replication_factor, config={"cleanup.policy": "compact"})])[name]
+    try:
+        future.result()
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise ReplayError(f"cannot create {name}: {exc.args[0].str()}") from None
+
+
+def replay(s: Settings, chosen: list[Letter], fixed: dict[str, bytes], *, dry_run: bool = False) -> list[str]:
+    """Re-publish `chosen` once each; returns one line per dead letter saying what happened."""
+    _ensure_marker_topic(s)
+    done = _done(s)
+    lines: list[str] = []
+    todo = []
+    for letter in chosen:
+        if letter.ref in done:
+            lines.append(f"skipped  {letter.ref}: replayed before")
+            continue
+        why = None if letter.ref in fixed else replayable(letter)
+        if why is not None:
+            lines.append(f"skipped  {letter.ref}: {why}")
+            continue
+        todo.append(letter)
+    if dry_run:
+        return lines + [f"would replay {x.ref} to {x.dead.source_topic}" for x in todo if x.dead]
+    if not todo:
+        return lines
+    producer = Producer(config.producer(s, transactional_id=f"{s.dlq_topic}-replay"))
+    producer.init_transactions(30)
+    for letter in todo:
+        d = letter.dead
+        assert d is not None
+        value = fixed.get(letter.ref) or (base64.b64decode(d.value_b64) if d.value_b64 is not None else None)
+        key = base64.b64decode(d.key_b64) if d.key_b64 is not None else None
+        headers = [(h.key, base64.b64decode(h.value_b64) if h.value_b64 is not None else None) for h in d.headers or []]
+        headers.append(("slipguard-replay-of", f"{s.dlq_topic}:{letter.ref}".encode()))
+        producer.begin_transaction()
+        kwargs: dict[str, object] = {"headers": headers}
+        if d.timestamp_ms is not None:
+            kwargs["timestamp"] = d.timestamp_ms
+        producer.produce(d.source_topic, value, key, **kwargs)
+        producer.produce(replayed_topic(s), b"1", letter.ref.encode())
+        try:
+            producer.commit_transaction(30)
+        except KafkaException as exc:
+            producer.abort_transaction(30)
+            raise ReplayError(f"replaying {letter.ref} failed ({exc.args[0].str()}); nothing of it was published; "
+                              "run the same replay again") from None
+        lines.append(f"replayed {letter.ref} to {d.source_topic} (key {key!r}, "
+                     f"{'corrected value' if letter.ref in fixed else 'original value'})")
+    return lines
