@@ -8,7 +8,7 @@ import sys
 
 from confluent_kafka import KafkaException
 
-from streams.cli.flags import add_settings_flags
+from streams.cli.flags import command
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
@@ -39,7 +39,5 @@ def _join(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    join = commands.add_parser("join", help="run one member of the join consumer group")
-    add_settings_flags(join)
+    join = command(commands, "join", "run one member of the join consumer group", _join)
     join.add_argument("--max-seconds", type=float, default=None, help="stop after this long (for tests and demos)")
-    join.set_defaults(handler=_join)

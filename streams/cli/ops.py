@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streams.cli.flags import add_settings_flags
+from streams.cli.flags import command, group
 from streams.settings import Settings
 
 
@@ -106,31 +106,10 @@ def _since(text: str):  # noqa: ANN202
 
 
 def register(commands) -> None:
-    dlq = commands.add_parser("dlq", help="list or replay the dead-letter queue")
-    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ls = dlq_sub.add_parser("list", help="what is in the DLQ: offset, time, source record, error")
-    add_settings_flags(ls)
-    ls.add_argument("--since", type=_since, help="failed at or after this time (RFC 3339)")
-    ls.add_argument("--reason", help="the error contains this text")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(handler=_dlq_list)
-    rp = dlq_sub.add_parser("replay", help="re-publish dead letters to their source topic, once each")
-    add_settings_flags(rp)
-    rp.add_argument("--offsets", help="DLQ offsets A-B (inclusive) or one offset")
-    rp.add_argument("--reason", help="only those whose error contains this text")
-    rp.add_argument("--file", help='corrected values: JSON lines {"dlq": "P:O", "value": {...}}')
-    rp.add_argument("--dry-run", action="store_true", help="say what would be replayed, publish nothing")
-    rp.set_defaults(handler=_dlq_replay)
+    topics = group(commands, "topics", "create or verify topics")
+    command(topics, "create", "create or verify every topic; payments and orders co-partitioned", _topics_create)
 
-
-    topics = commands.add_parser("topics", help="create or verify topics")
-    topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = topics_sub.add_parser("create", help="create or verify every topic; payments and orders co-partitioned")
-    add_settings_flags(create)
-    create.set_defaults(handler=_topics_create)
-
-    lag = commands.add_parser("lag", help="consumer lag per group, topic and partition")
-    add_settings_flags(lag)
+    lag = command(commands, "lag", "consumer lag per group, topic and partition", _lag)
     lag.add_argument("--group", action="append", help="a consumer group (repeatable); default: join and recover groups")
     lag.add_argument("--topic", action="append", help="a topic the groups read (repeatable); default: slipguard's "
                                                       "own topics for its groups, every topic for other groups")
@@ -139,4 +118,14 @@ def register(commands) -> None:
     lag.add_argument("--serve", action="store_true", help="run a Prometheus exporter (port: SLIPGUARD_METRICS_PORT, "
                                                           "else 9402)")
     lag.add_argument("--interval", type=float, default=10.0, help="exporter refresh interval, seconds")
-    lag.set_defaults(handler=_lag)
+
+    dlq = group(commands, "dlq", "list or replay the dead-letter queue")
+    ls = command(dlq, "list", "what is in the DLQ: offset, time, source record, error", _dlq_list)
+    ls.add_argument("--since", type=_since, help="failed at or after this time (RFC 3339)")
+    ls.add_argument("--reason", help="the error contains this text")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    rp = command(dlq, "replay", "re-publish dead letters to their source topic, once each", _dlq_replay)
+    rp.add_argument("--offsets", help="DLQ offsets A-B (inclusive) or one offset")
+    rp.add_argument("--reason", help="only those whose error contains this text")
+    rp.add_argument("--file", help='corrected values: JSON lines {"dlq": "P:O", "value": {...}}')
+    rp.add_argument("--dry-run", action="store_true", help="say what would be replayed, publish nothing")

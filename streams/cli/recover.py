@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from streams.cli.flags import add_settings_flags
+from streams.cli.flags import command, group
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.recover")
@@ -15,10 +15,9 @@ log = logging.getLogger("slipguard.recover")
 def _recover(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
+    from streams.kafka.topics import wait_for_topics
     from streams.ops.health import serve_metrics
     from streams.recover.app import build_app
-
-    from streams.kafka.topics import wait_for_topics
 
     missing = wait_for_topics(settings, [settings.recovery_topic, settings.late_topic])
     if missing:
@@ -56,12 +55,6 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    rec = commands.add_parser("recover", help="run one member of the recovery-writer group (faust-streaming)")
-    add_settings_flags(rec)
-    rec.set_defaults(handler=_recover)
-
-    db = commands.add_parser("db", help="database schema")
-    db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
-    mig = db_sub.add_parser("migrate", help="create or upgrade the schema; idempotent")
-    add_settings_flags(mig)
-    mig.set_defaults(handler=_migrate)
+    command(commands, "recover", "run one member of the recovery-writer group (faust-streaming)", _recover)
+    db = group(commands, "db", "database schema")
+    command(db, "migrate", "create or upgrade the schema; idempotent", _migrate)

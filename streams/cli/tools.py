@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from streams.cli.flags import add_settings_flags
+from streams.cli.flags import command
 from streams.settings import Settings
 
 
@@ -56,14 +56,11 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    d = commands.add_parser("demo", help="the main job end to end on the local stack, with a checked summary")
-    add_settings_flags(d)
+    d = command(commands, "demo", "the main job end to end on the local stack, with a checked summary", _demo)
     d.add_argument("--rate", type=float, default=1_000, help="events/s of live traffic")
     d.add_argument("--seconds", type=float, default=30, help="how long traffic is produced")
-    d.set_defaults(handler=_demo)
 
-    lg = commands.add_parser("loadgen", help="produce realistic payment and order traffic")
-    add_settings_flags(lg)
+    lg = command(commands, "loadgen", "produce realistic payment and order traffic", _loadgen)
     lg.add_argument("--count", type=int, default=10_000, help="orders (each with a payment, most with an order)")
     lg.add_argument("--rate", type=float, default=0, help="events/s with live timestamps; 0: as fast as possible")
     for share in ("missing", "late", "duplicates", "second_payment", "mismatch", "failed"):
@@ -71,7 +68,6 @@ def register(commands) -> None:
                         help=f"share of orders: {share.replace('_', ' ')}")
     lg.add_argument("--jitter", type=float, default=2.0, help="out-of-order jitter of orders, seconds")
     lg.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
-    lg.set_defaults(handler=_loadgen)
 
     for name, about, handler, flags in (
         ("bench", "measure the join on the local broker and print figures", _bench,
@@ -81,11 +77,9 @@ def register(commands) -> None:
         ("bench-writer", "measure the recovery writer into PostgreSQL and print figures", _bench_writer,
          {"rows": 50_000, "steady-rate": 1_000.0, "steady-seconds": 15.0}),
     ):
-        cmd = commands.add_parser(name, help=about)
-        add_settings_flags(cmd)
+        cmd = command(commands, name, about, handler)
         for flag, default in flags.items():
             cmd.add_argument(f"--{flag}", type=type(default), default=default, help=f"default {default}")
-        cmd.set_defaults(handler=handler)
 
 
 def _share(name: str) -> float:
