@@ -28,14 +28,14 @@ _BASE = {model: [("content-type", CONTENT_TYPE), ("slipguard-type", name.encode(
          for model, name in _NAME.items()}
 
 
-def headers_for(model: type, traces: Iterable[bytes] = ()) -> list[tuple[str, bytes]]:
+def headers_for(model: type, traces: Iterable[bytes | None] = ()) -> list[tuple[str, bytes]]:
     """The headers of a record of `model` derived from inputs with these traceparents."""
     headers = list(_BASE[model])
-    traces = [t for t in traces if t]
-    if traces:
-        headers.append((TRACEPARENT, traces[0]))
-    if len(traces) > 1:
-        headers.append((LINKS, b",".join(traces[1:])))
+    found = [t for t in traces if t]
+    if found:
+        headers.append((TRACEPARENT, found[0]))
+    if len(found) > 1:
+        headers.append((LINKS, b",".join(found[1:])))
     return headers
 
 

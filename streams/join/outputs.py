@@ -60,11 +60,12 @@ class Outputs:
     def dead_letter(self, m: Message, exc: Exception, now_ms: int) -> None:
         ck = self.checkpoint
         ck.begin()
+        headers = m.headers()
         dead = DeadLetter.of(topic=m.topic(), partition=m.partition(), offset=m.offset(), timestamp_ms=m.timestamp()[1],
-                             headers=m.headers(), key=m.key(), value=m.value(), error=str(exc),
+                             headers=headers, key=m.key(), value=m.value(), error=str(exc),
                              failed_at=from_epoch_ms(now_ms))
         ck.out.produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode(),
-                       headers=headers_for(DeadLetter, [traceparent(m.headers())] if m.headers() else ()))
+                       headers=headers_for(DeadLetter, [traceparent(headers)]))
         reason = "invalid" if isinstance(exc, ValidationError) else "rejected"
         ck.stage(metrics.DLQ_RECORDS.labels("join", reason))
         log.warning("record sent to the DLQ: %s", safe_error(exc),

@@ -178,7 +178,7 @@ class Writer:
                              timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
                              value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)))
         key = f"{record.topic}:{record.partition}:{record.offset}".encode()
-        headers = headers_for(DeadLetter, [traceparent(record.headers)] if record.headers else ())
+        headers = headers_for(DeadLetter, [traceparent(record.headers)])
         await self.send_dead_letter(key, dead.encode(), headers)  # delivered before the record is acknowledged
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
         log.warning("record sent to the DLQ: %s", summary,
