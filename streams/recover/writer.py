@@ -78,7 +78,9 @@ class Writer:
         self.send_dead_letter = send_dead_letter
         self.records: list[Record] = []
         self.first_at = 0.0
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # held while a batch is written
+        self.gate = asyncio.Lock()  # one batch handed over at a time
+        self.in_flight: asyncio.Future[None] | None = None
         self.conn: psycopg.AsyncConnection | None = None
         self.last_loop = time.monotonic()
         self.ready = False
@@ -96,18 +98,35 @@ class Writer:
             self.first_at = time.monotonic()
         self.records.append(record)
         if len(self.records) >= BATCH_MAX:
-            await self.flush(ack)
+            await self._start(ack)
 
     async def flush_if_due(self, ack: Ack) -> None:
         self.last_loop = time.monotonic()
         if self.records and time.monotonic() - self.first_at >= BATCH_WITHIN:
-            await self.flush(ack)
+            await self._start(ack)
 
     async def flush(self, ack: Ack) -> None:
-        async with self.lock:
+        """Write and acknowledge everything gathered so far; returns when it is done."""
+        await self._start(ack)
+        await self._drain()
+
+    async def _start(self, ack: Ack) -> None:
+        """Hand the gathered records to the database and go on gathering the next batch
+        while they are written: at most one batch is in flight, and the previous one is
+        committed and acknowledged before the next starts, so acks stay in order."""
+        async with self.gate:
+            await self._drain()
             records, self.records = self.records, []
-            if not records:
-                return
+            if records:
+                self.in_flight = asyncio.ensure_future(self._commit(records, ack))
+
+    async def _drain(self) -> None:
+        if self.in_flight is not None:
+            task, self.in_flight = self.in_flight, None
+            await task  # a batch that failed raises here, with none of its records acknowledged
+
+    async def _commit(self, records: list[Record], ack: Ack) -> None:
+        async with self.lock:
             started = time.monotonic()
             items, poison = self._decode(records)
             for record, error, summary in poison:

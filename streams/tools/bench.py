@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import resource
 import statistics
 import threading
@@ -299,6 +300,7 @@ def report(f: Figures) -> str:
 class WriterFigures:
     rows: int
     rows_per_s: float
+    ceiling_rows_per_s: float  # the same app reading, decoding and acking, writing nothing
     steady_rate_per_s: float
     latency_p50_s: float
     latency_p99_s: float
@@ -372,6 +374,11 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
         while count() < rows:
             time.sleep(0.05)
         rows_per_s = rows / (time.perf_counter() - started)
+        # The ceiling: the same records, read again by a group of its own with nothing written.
+        ceiling_env = env | {"SLIPGUARD_RECOVER_GROUP": f"{b.recover_group}-ceiling"}
+        done = subprocess.run([sys.executable, "-m", "streams.tools.writer_ceiling", str(rows)], env=ceiling_env,
+                              capture_output=True, text=True, timeout=600)
+        ceiling_rows_per_s = float(re.findall(r"\d+", done.stdout)[-1])  # (after faust's terminal escapes)
 
         # Steady rate: each record carries detected_at = the moment it is produced.
         n = int(rate * seconds)
@@ -395,11 +402,14 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
     finally:
         proc.terminate()
         proc.wait(60)
-    return WriterFigures(rows=rows, rows_per_s=round(rows_per_s), steady_rate_per_s=rate,
+    return WriterFigures(rows=rows, rows_per_s=round(rows_per_s), ceiling_rows_per_s=round(ceiling_rows_per_s),
+                         steady_rate_per_s=rate,
                          latency_p50_s=round(p50, 3), latency_p99_s=round(p99, 3))
 
 
 def writer_report(f: WriterFigures) -> str:
     return (f"recovery writer: {f.rows:,} pre-produced recoveries written at {f.rows_per_s:,.0f} rows/s (one process)\n"
+            f"ceiling (the same app reading, decoding and acknowledging them, writing nothing): "
+            f"{f.ceiling_rows_per_s:,.0f} records/s; ratio {f.rows_per_s / f.ceiling_rows_per_s:.2f}\n"
             f"steady {f.steady_rate_per_s:,.0f} records/s: record-to-row latency p50 {f.latency_p50_s:.3f} s, "
             f"p99 {f.latency_p99_s:.3f} s\n" + json.dumps(asdict(f)))

@@ -56,3 +56,46 @@ def test_a_batch_is_written_once_and_acknowledged_only_after_its_commit(base_set
     assert len(dead) == 1 and dead[0].offset == 3 and dead[0].timestamp_ms == 1_800_000_000_000
     headers = dict(got[0].headers())
     assert headers["slipguard-type"] == b"dead_letter" and headers["traceparent"] == b"00-abc"
+
+
+def test_one_batch_gives_the_outcomes_of_writing_its_records_one_by_one(base_settings) -> None:
+    """The batch goes to PostgreSQL as one statement (arrays, unnest); its outcomes must be
+    those of writing the records in order: of two payments for one order the first is
+    inserted and the second already present; a recovery seen twice is counted once; a
+    failed payment is rejected; amounts, times and metadata arrive exactly."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from schemas import Recovery, recovery_id_for
+    from streams.recover.store import Item, write_batch
+    from tests.integration.test_recover import T0, payment
+
+    s = writer_settings(base_settings)
+    url = s.database_url.get_secret_value()
+
+    def rec(pid: str, oid: str, **over) -> Recovery:
+        p = payment(payment_id=pid, order_id=oid, **over)
+        return Recovery(recovery_id=recovery_id_for(pid), order_id=oid, payment=p,
+                        deadline=T0 + timedelta(seconds=60), detected_at=T0 + timedelta(seconds=66))
+
+    first, second = rec("pay-a", "ord-x", amount=Decimal("1.2345")), rec("pay-b", "ord-x")
+    failed = rec("pay-c", "ord-y", status="failed")
+    odd = rec("pay-d", "ord-z", amount=Decimal("9999.5"), metadata={"game": "百家乐", "n": 2.5, "none": None})
+    batch = [first, second, first, failed, odd]
+    items = [Item(s.recovery_topic, 2, 100 + n, r) for n, r in enumerate(batch)]
+
+    async def run():
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            return await write_batch(conn, items, None), await write_batch(conn, items, None)
+
+    outcomes, again = asyncio.run(run())
+    assert dict(outcomes) == {"inserted": 2, "already_present": 1, "rejected": 1, "reconciled": 0}
+    assert sum(again.values()) == 0, "a redelivered batch records nothing new"
+    with psycopg.connect(url) as conn:
+        audit = dict(conn.execute("SELECT payment_id, outcome || ':' || source_offset FROM recovery_audit").fetchall())
+        rows = {r[0]: r[1:] for r in conn.execute("SELECT order_id, payment_id, amount, metadata, created_at FROM orders")}
+    assert audit == {"pay-a": "inserted:100", "pay-b": "already_present:101", "pay-c": "rejected:103",
+                     "pay-d": "inserted:104"}
+    assert rows["ord-x"][:2] == ("pay-a", Decimal("1.2345"))
+    assert rows["ord-z"][1:] == (Decimal("9999.5"), {"game": "百家乐", "n": 2.5, "none": None}, odd.payment.paid_at)
+    assert "ord-y" not in rows
