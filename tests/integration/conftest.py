@@ -42,7 +42,7 @@ def base_settings() -> Settings:
 
 
 def isolated(base: Settings, **over: object) -> Settings:
-    return base.with_prefix(f"t{uuid.uuid4().hex[:8]}", partitions=4, metrics_port=0, **over)
+    return base.with_prefix(f"t{uuid.uuid4().hex[:8]}", **({"partitions": 4, "metrics_port": 0} | over))
 
 
 @pytest.fixture

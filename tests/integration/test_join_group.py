@@ -8,22 +8,24 @@ from tests.integration.test_join import _LiveTraffic, _owned, _settings, _wait_f
 from tests.integration.workers import assert_recovered_once, start, stop, wait_for_progress, wait_until_done
 
 
-def test_three_workers_with_default_settings_on_one_host_recover_every_payment_once(base_settings, tmp_path) -> None:
-    """No SLIPGUARD_INSTANCE_ID: each process gets its own transactional.id, so three
-    workers on one host never fence each other, and a fourth joining and one leaving
-    under load lose and double nothing."""
-    s = _settings(base_settings, commit_interval="200ms")
+def test_three_workers_on_twelve_partitions_scale_out_and_recover_every_payment_once(base_settings, tmp_path) -> None:
+    """Scale-out as users run it: three workers with default settings (no
+    SLIPGUARD_INSTANCE_ID, so each process gets its own transactional.id and none fences
+    another) share 12 partitions; under load one leaves and another joins, and every
+    recovery appears once."""
+    s = _settings(base_settings, commit_interval="200ms", partitions=12)
     logs = [tmp_path / f"w{i}.log" for i in range(4)]
     workers = [start(s, ["join"], logs[i], instance_id=None) for i in range(3)]
     try:
         _wait_for(lambda: all(_owned(p) is not None for p in logs[:3])
-                  and sorted(sum((_owned(p) for p in logs[:3]), [])) == [0, 1, 2, 3],
+                  and sorted(sum((_owned(p) for p in logs[:3]), [])) == list(range(12)),
                   "three workers share the partitions", timeout=90)
         traffic = _LiveTraffic(s, 30_000, seed=41, seconds=10)
         wait_for_progress(s, traffic.total, 0.2)
         assert stop(workers[0]) == 0, logs[0].read_text()[-3000:]  # one leaves cleanly mid-stream
         workers.append(start(s, ["join"], logs[3], instance_id=None))  # another joins
         assert traffic.running(), "membership changed under live traffic"
+        _wait_for(lambda: _owned(logs[3]), "the worker that joined got partitions", timeout=60)
         traffic.join()
         wait_until_done(s, traffic.total, timeout=180)
         assert_recovered_once(s, traffic.exp.recovered)
