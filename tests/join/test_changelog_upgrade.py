@@ -1,0 +1,93 @@
+"""State that survives upgrades: a changelog written by an earlier release is restored by
+this one and gives the same decisions.
+
+`fixtures/changelog-2026-11.json` holds changelog records as the join wrote them in
+November 2026 (the format with fields and traces), produced by `scenario()` below with
+that release, and what a join restored from them decided next. A change to the changelog
+format must keep this test passing unchanged (add a new fixture beside it, never edit it):
+a rolling upgrade restores what the previous release wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streams.join import changelog
+from streams.join.core import JoinParams, PartitionJoin
+from tests.join.harness import BASE, FAR, G, H, T, Decimal, Harness
+
+FIXTURE = Path(__file__).parent / "fixtures" / "changelog-2026-11.json"
+TP = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TO = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def scenario() -> dict[bytes, bytes | None]:
+    """The state a join had written: pending payments (with and without a trace), a matched
+    pair, an order waiting for its payment, a recovered payment marked for late orders."""
+    h = Harness()
+    h.pay(BASE, oid="a", trace=TP, amount=Decimal("12.30"))
+    h.pay(BASE + 10, oid="b")
+    h.pay(BASE + 20, oid="c")
+    h.order(BASE + 30, oid="c")
+    h.order(BASE + 40, oid="o", trace=TO)
+    h.pay(BASE - T - G - 10_000, oid="d", trace=TP)
+    h.advance(BASE + 50)  # d is past its deadline by the wall clock and the payments' progress
+    assert [r.payment.order_id for r in h.take().recoveries] == ["d"]
+    latest: dict[bytes, bytes | None] = {}
+    for change in h.join.state.take_changes():
+        key, value = changelog.encode(change)
+        latest[key] = value
+    return latest
+
+
+def after_restore(latest: dict[bytes, bytes | None]) -> dict:
+    """What a join restored from `latest` decides when its inputs go on."""
+    restored = PartitionJoin(JoinParams(T, G, H))
+    changelog.restore_into(restored, latest, now_ms=BASE + 60)
+    h = Harness()
+    h.join = restored
+    h.pay(BASE + 100, oid="o")  # the waiting order's payment: a match, no recovery
+    h.order(BASE + 200, oid="d")  # the recovered payment's order: late
+    h.order(BASE + 210, oid="c")  # the matched pair's order again: nothing new
+    h.pay(BASE + T + G + 1_000, oid="z")  # both inputs move on: a and b are past their deadlines
+    h.order(BASE + T + G + 1_000, oid="z")
+    h.advance(FAR)
+    out = h.take()
+    return {
+        "recovered": sorted((r.payment.order_id, r.payment.payment_id, str(r.payment.amount),
+                             [t.decode() for t in r.traces]) for r in out.recoveries),
+        "late": sorted((x.order.order_id, x.payment_id, x.recovery_id, [t.decode() for t in x.traces])
+                       for x in out.late),
+        "anomalies": sorted((f.kind, f.order_id) for f in out.anomalies),
+    }
+
+
+def _load() -> tuple[dict[bytes, bytes | None], dict]:
+    data = json.loads(FIXTURE.read_text())
+    latest = {bytes.fromhex(k): (None if v is None else bytes.fromhex(v)) for k, v in data["records"].items()}
+    return latest, data["decided"]
+
+
+def test_a_changelog_written_by_the_november_2026_release_restores_to_the_same_decisions() -> None:
+    latest, decided = _load()
+    got = after_restore(latest)
+    assert json.loads(json.dumps(got)) == decided
+    assert [r[0] for r in decided["recovered"]] == ["a", "b"] and [x[0] for x in decided["late"]] == ["d"]
+
+
+def test_this_release_still_writes_what_the_fixture_holds() -> None:
+    """While the format is unchanged, today's writer produces the fixture's bytes; when it
+    changes on purpose, this test names it (and the test above keeps the old records read)."""
+    latest, _ = _load()
+    assert scenario() == latest, "the changelog format changed: version it (changelog.py) and add a fixture"
+
+
+if __name__ == "__main__":  # writes the fixture; run once per format, never over an existing one
+    assert not FIXTURE.exists(), f"{FIXTURE} exists; a fixture is never rewritten"
+    records = scenario()
+    FIXTURE.write_text(json.dumps({
+        "written_by": "slipguard join, changelog format of November 2026 (fields and traces)",
+        "records": {k.hex(): (None if v is None else v.hex()) for k, v in records.items()},
+        "decided": after_restore(records),
+    }, indent=1, sort_keys=True) + "\n")
