@@ -13,6 +13,10 @@ STACK=${SLIPGUARD_STACK_DIR:-$ROOT/.stack}
 KAFKA_DIR=$STACK/kafka
 KAFKA_PORT=${SLIPGUARD_KAFKA_PORT:-9092}
 CONTROLLER_PORT=${SLIPGUARD_KAFKA_CONTROLLER_PORT:-9093}
+SECURE_PORT=${SLIPGUARD_KAFKA_SECURE_PORT:-9094}
+TLS_DIR=$STACK/tls
+SECRETS=$STACK/secrets
+SCRAM_USERS="admin slipguard-join slipguard-writer slipguard-lag slipguard-admin"
 PG_PORT=${SLIPGUARD_PG_PORT:-55432}
 LOCAL_DB_URL="postgresql://slipguard:slipguard@127.0.0.1:${PG_PORT}/slipguard"
 
@@ -20,6 +24,29 @@ die() { echo "stack: $*" >&2; exit 1; }
 say() { echo "stack: $*"; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- TLS
+# A CA of the stack's own and a certificate for each server (127.0.0.1 and localhost),
+# made once under .stack/tls (never committed). Clients trust tls/ca.pem.
+tls_make() {
+  [ -f "$TLS_DIR/.complete" ] && return
+  command -v openssl >/dev/null || die "openssl not found: apt-get install openssl (it makes the local CA)"
+  rm -rf "$TLS_DIR"; mkdir -p "$TLS_DIR"; chmod 755 "$TLS_DIR"
+  local log=$TLS_DIR/openssl.log name
+  openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=slipguard local CA" \
+    -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" >"$log" 2>&1 || die "openssl failed; see $log"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    >"$TLS_DIR/server.ext"
+  for name in kafka postgres; do
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$TLS_DIR/$name.key" \
+      -out "$TLS_DIR/$name.csr" >>"$log" 2>&1 || die "openssl failed; see $log"
+    openssl x509 -req -in "$TLS_DIR/$name.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" -CAcreateserial \
+      -days 825 -extfile "$TLS_DIR/server.ext" -out "$TLS_DIR/$name.pem" >>"$log" 2>&1 || die "openssl failed; see $log"
+  done
+  cat "$TLS_DIR/kafka.key" "$TLS_DIR/kafka.pem" >"$TLS_DIR/kafka-keystore.pem"  # PKCS#8 key, then its chain
+  chmod 600 "$TLS_DIR"/*.key "$TLS_DIR/kafka-keystore.pem"
+  touch "$TLS_DIR/.complete"
+}
 
 # ---------------------------------------------------------------- Kafka
 kafka_pid() { [ -f "$KAFKA_DIR/kafka.pid" ] && kill -0 "$(cat "$KAFKA_DIR/kafka.pid")" 2>/dev/null && cat "$KAFKA_DIR/kafka.pid"; }
@@ -49,9 +76,12 @@ kafka_up() {
   if kafka_pid >/dev/null; then say "kafka already running (pid $(kafka_pid)) on 127.0.0.1:$KAFKA_PORT"; return; fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is busy but not by this stack's Kafka; stop that process or set SLIPGUARD_KAFKA_PORT"
   port_open "$CONTROLLER_PORT" && die "port $CONTROLLER_PORT (Kafka controller) is busy; stop that process or set SLIPGUARD_KAFKA_CONTROLLER_PORT"
+  port_open "$SECURE_PORT" && die "port $SECURE_PORT (Kafka SASL_SSL) is busy; stop that process or set SLIPGUARD_KAFKA_SECURE_PORT"
   kafka_fetch
+  tls_make
   mkdir -p "$KAFKA_DIR/logs"
   sed -e "s#@DATA@#$KAFKA_DIR/data#" -e "s#@PORT@#$KAFKA_PORT#g" -e "s#@CPORT@#$CONTROLLER_PORT#g" \
+    -e "s#@SPORT@#$SECURE_PORT#g" -e "s#@TLS@#$TLS_DIR#g" \
     "$ROOT/deploy/local/server.properties" >"$KAFKA_DIR/server.properties"
   if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
     say "formatting Kafka storage (KRaft)"
@@ -70,7 +100,9 @@ kafka_up() {
     kafka_pid >/dev/null || die "Kafka exited during start; see $KAFKA_DIR/logs/server.log and $KAFKA_DIR/logs/stdout.log"
     if port_open "$KAFKA_PORT" && kafka_java org.apache.kafka.tools.BrokerApiVersionsCommand \
         --bootstrap-server "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1; then
-      say "kafka ready on 127.0.0.1:$KAFKA_PORT"; return
+      say "kafka ready on 127.0.0.1:$KAFKA_PORT (SASL_SSL on 127.0.0.1:$SECURE_PORT)"
+      scram_users
+      return
     fi
     sleep 1
   done
@@ -86,6 +118,25 @@ kafka_down() {
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
   fi
   rm -f "$KAFKA_DIR/kafka.pid"
+}
+
+# SCRAM-SHA-512 users for the SASL_SSL listener, once per cluster (a fresh format loses
+# them): the super user `admin` and one principal per role (README: security). Passwords
+# are generated and kept as files under .stack/secrets, as Kubernetes mounts secrets.
+scram_users() {
+  [ -f "$KAFKA_DIR/data/.slipguard-scram" ] && return
+  mkdir -p "$SECRETS"; chmod 700 "$SECRETS"
+  local user file
+  for user in $SCRAM_USERS; do
+    file=$SECRETS/kafka-$user.password
+    [ -s "$file" ] || { openssl rand -hex 16 | tr -d '\n' >"$file"; chmod 600 "$file"; }
+    # (On the command line of a local tool for a moment: these are the local stack's own users.)
+    kafka_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter --entity-type users \
+      --entity-name "$user" --add-config "SCRAM-SHA-512=[iterations=8192,password=$(cat "$file")]" \
+      >>"$KAFKA_DIR/logs/scram.log" 2>&1 || die "could not create SCRAM user $user; see $KAFKA_DIR/logs/scram.log"
+  done
+  touch "$KAFKA_DIR/data/.slipguard-scram"
+  say "SCRAM users: $SCRAM_USERS (passwords in $SECRETS)"
 }
 
 # A broker restart as a rolling upgrade does it (clean: SIGTERM, controlled shutdown,
@@ -154,9 +205,13 @@ pg_up() {
       -E UTF8 --locale=C >"$STACK/pg-initdb.log" 2>&1 || { rm -f "$pw"; die "initdb failed; see $STACK/pg-initdb.log"; }
     rm -f "$pw"
   fi
+  # TLS with the stack's CA (clients: sslmode=verify-full, sslrootcert=.stack/tls/ca.pem); plain stays allowed.
+  tls_make
+  install -m 600 "$TLS_DIR/postgres.key" "$data/server.key"; install -m 644 "$TLS_DIR/postgres.pem" "$data/server.crt"
+  [ "$(id -u)" = 0 ] && chown postgres: "$data/server.key" "$data/server.crt"
   say "starting PostgreSQL on 127.0.0.1:$PG_PORT (log: $data/server.log)"
   as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $data -c max_connections=200 -c fsync=on" start >/dev/null \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $data -c max_connections=200 -c fsync=on -c ssl=on" start >/dev/null \
     || die "PostgreSQL did not start; see $data/server.log"
   if ! as_pg "$bin/psql" -h "$data" -p "$PG_PORT" -U slipguard -d postgres -Atqc \
       "select 1 from pg_database where datname='slipguard'" | grep -q 1; then

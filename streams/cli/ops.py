@@ -96,6 +96,40 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _acls(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from streams.kafka import acls
+
+    roles = args.role or list(acls.ROLES)
+    principals = {role: (args.principal or f"User:slipguard-{role}") for role in roles}
+    if args.apply:
+        from confluent_kafka.admin import AdminClient
+
+        from streams.kafka import config
+
+        admin = AdminClient(config.admin(settings))
+        for role in roles:
+            wanted = acls.bindings(settings, role, principals[role])
+            for binding, future in admin.create_acls(wanted, request_timeout=30).items():
+                try:
+                    future.result()
+                except Exception as exc:  # noqa: BLE001 (reported per ACL; the others still go on)
+                    print(f"slipguard acls: could not add {binding}: {exc}", file=sys.stderr)
+                    return 1
+            print(f"{principals[role]}: {len(wanted)} ACLs for the {role} role added")
+        return 0
+    if args.format == "strimzi":
+        for role in roles:
+            print(json.dumps({"role": role, "acls": acls.strimzi_acls(settings, role)}))
+        return 0
+    for role in roles:
+        print(f"# {role}: {principals[role]}")
+        for line in acls.kafka_acls_commands(settings, role, principals[role]):
+            print(line)
+    return 0
+
+
 def _since(text: str):  # noqa: ANN202
     from datetime import datetime
 
@@ -118,6 +152,16 @@ def register(commands) -> None:
     lag.add_argument("--serve", action="store_true", help="run a Prometheus exporter (port: SLIPGUARD_METRICS_PORT, "
                                                           "else 9402)")
     lag.add_argument("--interval", type=float, default=10.0, help="exporter refresh interval, seconds")
+
+    acl = command(commands, "acls", "the Kafka ACLs each role needs (join, writer, lag, admin), from the settings' "
+                                    "topic and group names: as kafka-acls.sh commands, Strimzi entries, or applied",
+                  _acls)
+    acl.add_argument("--role", action="append", choices=("join", "writer", "lag", "admin"),
+                     help="a role (repeatable); default: all four")
+    acl.add_argument("--principal", help="the principal to grant to; default User:slipguard-<role>")
+    acl.add_argument("--format", choices=("kafka-acls", "strimzi"), default="kafka-acls",
+                     help="kafka-acls.sh commands, or Strimzi KafkaUser spec.authorization.acls entries (JSON lines)")
+    acl.add_argument("--apply", action="store_true", help="add them on the cluster (needs Alter on the cluster)")
 
     dlq = group(commands, "dlq", "list or replay the dead-letter queue")
     ls = command(dlq, "list", "what is in the DLQ: offset, time, source record, error", _dlq_list)

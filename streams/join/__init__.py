@@ -11,3 +11,12 @@ from the changelog); worker.py (the loop that wires them).
 class JoinFailed(Exception):
     """The worker cannot go on (another worker with its instance id, a broken topic layout,
     a fatal client error): it exits with one line saying why."""
+
+
+class Denied(JoinFailed):
+    """The broker's authorizer refused this principal: `resource` (TOPIC, GROUP,
+    TRANSACTIONAL_ID) named `name`, or the group's / transactional id's own when None."""
+
+    def __init__(self, resource: str, name: str | None, detail: str) -> None:
+        super().__init__(f"not authorized: {resource} {name or ''} ({detail})")
+        self.resource, self.name = resource, name

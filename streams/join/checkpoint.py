@@ -6,9 +6,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.join import JoinFailed, changelog
+from streams.join import Denied, JoinFailed, changelog
 from streams.join.producer import JoinProducer, is_fenced
 from streams.join.state import Change
 from streams.kafka.calls import Wedged
@@ -114,6 +114,8 @@ class Checkpoint:
         err = exc.args[0]
         if self.out.unfixable is not None:
             topic, cause = self.out.unfixable
+            if cause.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise Denied("TOPIC", topic, cause.str()) from None
             raise JoinFailed(f"cannot write to {topic}: {cause.str()}; reading the batch again would fail the same "
                              "way. Check the topic's max.message.bytes and this principal's ACLs") from exc
         if self.eos and not err.fatal() and not is_fenced(err):  # abortable, or retriable for too long

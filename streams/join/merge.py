@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
 
-from streams.join import JoinFailed
+from streams.join import Denied, JoinFailed
 from streams.join.core import Decisions, PartitionJoin, Side
 
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
@@ -63,6 +63,10 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
                 # and a supervisor starts this worker anew.
                 raise JoinFailed(f"the Kafka consumer failed fatally ({err.str()}); exiting so that the worker "
                                  "is started again")
+            if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise Denied("TOPIC", m.topic(), err.str())
+            if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                raise Denied("GROUP", None, err.str())
             log.warning("consumer error: %s", err)
             continue
         if pair is None or side is None:

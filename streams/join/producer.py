@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streams.join import JoinFailed
+from streams.join import Denied, JoinFailed
 from streams.kafka import config
 from streams.kafka.calls import Wedged, bounded
 from streams.retry import Retry, Stopped
@@ -75,6 +75,8 @@ class JoinProducer:
         except Stopped:
             return False
         except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                raise Denied("TRANSACTIONAL_ID", self.transactional_id, exc.args[0].str()) from None
             raise JoinFailed(f"cannot initialise transactions: {exc.args[0]}") from exc
         return True
 

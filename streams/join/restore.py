@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.join import JoinFailed, changelog
+from streams.join import Denied, JoinFailed, changelog
 from streams.join.core import JoinParams, PartitionJoin
 from streams.kafka import config
 from streams.kafka.calls import Wedged, bounded, patiently
@@ -106,6 +106,8 @@ class Restorer:
                 if err is not None:
                     if err.code() == _EOF and m.offset() >= (job.high or 0):  # type: ignore[operator]
                         job.done = True
+                    elif err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                        raise Denied("TOPIC", self.topic, err.str())
                     elif err.code() != _EOF:
                         log.warning("changelog read error: %s", err)
                     continue

@@ -17,7 +17,8 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from schemas.headers import traceparent
-from streams.join import JoinFailed, intake
+from streams.join import Denied, JoinFailed, intake
+from streams.kafka.acls import denied
 from streams.join.checkpoint import Checkpoint
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
 from streams.join.merge import Pair, hold, merge
@@ -90,9 +91,9 @@ class JoinWorker:
 
     def run(self, *, max_seconds: float | None = None) -> None:
         """Consume until stop() (SIGTERM/SIGINT) or max_seconds; then commit and leave the group."""
-        self.subscribe()
         started = time.monotonic()
         try:
+            self.subscribe()
             while not self.stopping and not self.checkpoint.abandoned:
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
@@ -104,6 +105,10 @@ class JoinWorker:
                 except Stopped as exc:
                     self.checkpoint.abandon(exc)
             self.commit()
+        except Denied as exc:
+            self.checkpoint.abandoned = True
+            name = exc.name or {"GROUP": self.s.join_group}.get(exc.resource, "")
+            raise JoinFailed(denied(self.s, "join", exc.resource, name)) from None
         except JoinFailed:
             self.checkpoint.abandoned = True  # nothing more is committed or flushed by this process
             raise

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from streams.kafka import config
 from streams.retry import Retry, Stopped
 from streams.settings import Settings
+
+log = logging.getLogger("slipguard.topics")
 
 DAY_MS = 86_400_000
 
@@ -168,6 +172,70 @@ def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60
     return []
 
 
+def check_access(admin: AdminClient, settings: Settings, role: str, topics: list[str], *,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+    """Ask for each topic's metadata on its own: a topic this principal may not use answers
+    TOPIC_AUTHORIZATION_FAILED (whether or not it exists), which becomes one line naming the
+    permission, the topic and the role, at start rather than at the first record."""
+    from streams.kafka.acls import denied
+
+    for topic in topics:
+        if stopping():
+            return
+        try:
+            meta = admin.list_topics(topic=topic, timeout=5)
+        except KafkaException:
+            return  # the broker is away: the waits that follow say so
+        err = meta.topics[topic].error if topic in meta.topics else None
+        if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise TopicLayoutError(denied(settings, role, "TOPIC", topic))
+
+
+def check_readable(settings: Settings, role: str, topic: str) -> None:
+    """Fetch once from partition 0 of `topic`: Read is checked on every fetch, even of an
+    empty partition (which answers end-of-partition at once), and the metadata checked
+    above cannot tell Read from Write. The join's restore must not mistake a changelog
+    it may not read for an empty one."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from streams.kafka.acls import denied
+
+    c = Consumer(config.consumer(settings, settings.join_group, **{
+        "enable.partition.eof": True, "enable.auto.commit": False, "fetch.wait.max.ms": 50}))
+    try:
+        c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for m in c.consume(1, timeout=0.5):
+                err = m.error()
+                if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    raise TopicLayoutError(denied(settings, role, "TOPIC", topic))
+                return  # a record or the partition's end: readable
+    finally:
+        c.close()
+
+
+WRITE_CHECK_KEY = b"slipguard:write-check"  # a changelog key no state store uses (p:, o:, r:, m:)
+
+
+def check_writable(settings: Settings, role: str, topic: str) -> None:
+    """Write a tombstone under a key no state uses to partition 0 of the changelog (a
+    restore skips tombstones; compaction removes it): Write is checked on every produce,
+    and a transaction refused later fails with a state error that names no topic."""
+    from confluent_kafka import Producer
+
+    from streams.kafka.acls import denied
+
+    failed: list = []
+    p = Producer(config.producer(settings, on_delivery=lambda err, _m: err is not None and failed.append(err)))
+    p.produce(topic, None, WRITE_CHECK_KEY, partition=0)
+    left = p.flush(10)
+    if failed and failed[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        raise TopicLayoutError(denied(settings, role, "TOPIC", topic))
+    if failed or left:  # not a refusal: the join's own writes retry, and say so if it lasts
+        log.warning("could not check Write on %s: %s", topic, failed[0].str() if failed else "no answer in 10 s")
+
+
 class _Missing(Exception):
     def __init__(self, missing: list[str]) -> None:
         super().__init__(f"missing: {', '.join(missing)}")
@@ -183,6 +251,9 @@ def ensure_join_topics(settings: Settings, *, timeout: float = 30.0,
     what to do. None if a stop was requested meanwhile."""
     admin = AdminClient(config.admin(settings))
     inputs = [settings.payments_topic, settings.orders_topic]
+    check_access(admin, settings, "join", inputs + [settings.changelog_topic, settings.recovery_topic,
+                                                    settings.late_topic, settings.anomalies_topic, settings.dlq_topic],
+                 stopping=stopping)
     # Waits while the broker does not answer yet, and a moment for topics just created.
     wait_for_topics(settings, inputs, timeout=timeout, stopping=stopping)
     if stopping():
@@ -205,6 +276,8 @@ def ensure_join_topics(settings: Settings, *, timeout: float = 30.0,
         raise TopicLayoutError(f"payments, orders and the changelog must have the same partition count to be "
                                f"joined; found {found}. Stop every join worker and make them equal")
     if changelog in have:
+        check_readable(settings, "join", changelog)
+        check_writable(settings, "join", changelog)
         _verify_compacted(admin, changelog, timeout)
         return f"changelog {changelog} verified ({have[changelog]} partitions, compacted)"
     spec = NewTopic(changelog, num_partitions=counts[settings.payments_topic],
