@@ -97,8 +97,6 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _acls(settings: Settings, args: argparse.Namespace) -> int:
-    import json
-
     from streams.kafka import acls
 
     roles = args.role or list(acls.ROLES)
@@ -120,8 +118,7 @@ def _acls(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{principals[role]}: {len(wanted)} ACLs for the {role} role added")
         return 0
     if args.format == "strimzi":
-        for role in roles:
-            print(json.dumps({"role": role, "acls": acls.strimzi_acls(settings, role)}))
+        print("\n---\n".join(acls.strimzi_user(settings, role) for role in roles))
         return 0
     for role in roles:
         print(f"# {role}: {principals[role]}")
@@ -160,7 +157,7 @@ def register(commands) -> None:
                      help="a role (repeatable); default: all four")
     acl.add_argument("--principal", help="the principal to grant to; default User:slipguard-<role>")
     acl.add_argument("--format", choices=("kafka-acls", "strimzi"), default="kafka-acls",
-                     help="kafka-acls.sh commands, or Strimzi KafkaUser spec.authorization.acls entries (JSON lines)")
+                     help="kafka-acls.sh commands, or Strimzi KafkaUser objects (YAML)")
     acl.add_argument("--apply", action="store_true", help="add them on the cluster (needs Alter on the cluster)")
 
     dlq = group(commands, "dlq", "list or replay the dead-letter queue")

@@ -15,10 +15,20 @@ log = logging.getLogger("slipguard.recover")
 def _recover(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
-    from streams.kafka.topics import wait_for_topics
+    from confluent_kafka.admin import AdminClient
+
+    from streams.kafka import config
+    from streams.kafka.topics import TopicLayoutError, check_access, check_group, wait_for_topics
     from streams.ops.health import serve_metrics
     from streams.recover.app import build_app
 
+    try:
+        check_access(AdminClient(config.admin(settings)), settings, "writer",
+                     [settings.recovery_topic, settings.late_topic, settings.dlq_topic])
+        check_group(settings, "writer", settings.recover_group, settings.recovery_topic)
+    except TopicLayoutError as exc:
+        print(f"slipguard recover: {exc}", file=sys.stderr)
+        return 1
     missing = wait_for_topics(settings, [settings.recovery_topic, settings.late_topic])
     if missing:
         print(f"slipguard recover: topic(s) {', '.join(missing)} not found on {settings.bootstrap_servers}; "

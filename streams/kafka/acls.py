@@ -122,3 +122,15 @@ def denied(s: Settings, role: str, resource: str, name: str) -> str:
     maybe = " (or the topic does not exist)" if resource == "TOPIC" else ""
     return (f"Kafka denied {who} {ops} on {kind} {shown}{maybe}; the {role} role needs it: "
             f"`slipguard acls --role {role}` prints the ACLs to grant")
+
+
+def strimzi_user(s: Settings, role: str, cluster: str = "my-cluster") -> str:
+    """A Strimzi KafkaUser (SCRAM-SHA-512, simple authorization) for `role`, as YAML."""
+    lines = ["apiVersion: kafka.strimzi.io/v1beta2", "kind: KafkaUser", "metadata:", f"  name: slipguard-{role}",
+             "  labels:", f"    strimzi.io/cluster: {cluster}", "spec:", "  authentication:",
+             "    type: scram-sha-512", "  authorization:", "    type: simple", "    acls:"]
+    for entry in strimzi_acls(s, role):
+        r = entry["resource"]
+        lines += [f"      - resource: {{type: {r['type']}, name: {r['name']}, patternType: {r['patternType']}}}",
+                  f"        operations: [{', '.join(entry['operations'])}]"]
+    return "\n".join(lines)

@@ -215,6 +215,34 @@ def check_readable(settings: Settings, role: str, topic: str) -> None:
         c.close()
 
 
+def check_group(settings: Settings, role: str, group: str, topic: str) -> None:
+    """Read the group's committed offset of one partition (OffsetFetch: Describe on the
+    group, implied by Read): a group this principal may not use answers
+    GROUP_AUTHORIZATION_FAILED here, at once, where a group join would retry it quietly
+    (aiokafka does, forever)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.kafka.acls import denied
+
+    c = Consumer(config.consumer(settings, group, **{"enable.auto.commit": False}))
+    try:
+        try:
+            c.committed([TopicPartition(topic, 0)], timeout=5)
+            return
+        except KafkaException as exc:
+            errors = [exc.args[0]]
+        # librdkafka retries a refused FindCoordinator until the call times out, and then
+        # hands the refusal over as an error event.
+        event = c.poll(0.5)
+        if event is not None and event.error() is not None:
+            errors.append(event.error())
+        if any(e.code() == KafkaError.GROUP_AUTHORIZATION_FAILED for e in errors):
+            raise TopicLayoutError(denied(settings, role, "GROUP", group))
+        # anything else (a coordinator still loading): the group join that follows waits for it
+    finally:
+        c.close()
+
+
 WRITE_CHECK_KEY = b"slipguard:write-check"  # a changelog key no state store uses (p:, o:, r:, m:)
 
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import config
+from streams.kafka.acls import denied
 from streams.kafka.calls import transient
 from streams.retry import Retry
 from streams.settings import Settings
@@ -81,6 +82,10 @@ class LagReader:
             out = []
             for t in topics:
                 tm = meta.topics.get(t)
+                if tm is None:  # not in the full listing: ask for it alone, which says if it is refused
+                    tm = self._ends.list_topics(topic=t, timeout=min(5.0, self.timeout)).topics.get(t)
+                if tm is not None and tm.error is not None and tm.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    raise LagError(denied(self.s, "lag", "TOPIC", t))
                 if tm is None or tm.error is not None:
                     err = tm.error if tm is not None else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
                     raise KafkaException(err)
@@ -110,6 +115,12 @@ class LagReader:
             got = _retry(f"read the committed offsets of group {group!r}", self.timeout).call(
                 lambda: c.committed([TopicPartition(t, p) for t, p in tps], timeout=min(5.0, self.timeout)))
         except KafkaException as exc:
+            # A refused FindCoordinator is retried until the call times out, then handed
+            # over as an error event.
+            event = c.poll(0.5)
+            if event is not None and event.error() is not None and \
+                    event.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                raise LagError(denied(self.s, "lag", "GROUP", group)) from None
             raise LagError(f"cannot read committed offsets of group {group!r}: {exc.args[0]}") from None
         finally:
             c.close()
@@ -148,6 +159,8 @@ class LagReader:
                     err = m.error()
                     if err is None:
                         out[key] = m.timestamp()[1]
+                    elif err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                        raise LagError(denied(self.s, "lag", "TOPIC", key[0]))
                     elif err.code() == KafkaError._PARTITION_EOF:
                         if m.offset() < ends[key]:
                             continue  # stopped at an open transaction; its records are not readable yet

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, AdminClient,
                                    ResourcePatternType, ResourceType, ScramCredentialInfo, ScramMechanism,
                                    UserScramCredentialUpsertion)
@@ -188,17 +189,54 @@ def test_without_any_one_of_its_acls_the_join_stops_with_one_line_naming_it(secu
     except subprocess.TimeoutExpired:
         stop(proc)
         pytest.fail(f"the join kept running without {missing.describe()}:\n{log.read_text()[-3000:]}")
-    text = log.read_text()
-    lines = [line for line in text.splitlines() if line.startswith("slipguard join:")]
+    _assert_one_denied_line(log.read_text(), "slipguard join:", code, _same(missing, s))
+
+
+def _assert_one_denied_line(text: str, prefix: str, code: int, grant: acls.Grant) -> None:
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
     assert code == 1 and len(lines) == 1, text[-3000:]
-    name = _same(missing, s).name
-    kind = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactional id"}[missing.resource]
-    op = "".join(p.capitalize() for p in missing.operation.split("_"))
-    assert "Kafka denied" in lines[0] and op in lines[0] and f"{kind} {name}" in lines[0], lines[0]
-    assert "Traceback" not in text
+    kind = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactional id"}[grant.resource]
+    op = "".join(p.capitalize() for p in grant.operation.split("_"))
+    assert "Kafka denied" in lines[0] and op in lines[0] and f"{kind} {grant.name}" in lines[0], lines[0]
+    assert "Traceback" not in text, text[-3000:]
 
 
-def _same(grant: acls.Grant, s) -> acls.Grant:
+def _same(grant: acls.Grant, s, role: str = "join") -> acls.Grant:
     """The grant of the default settings, under this test's (prefixed) names."""
-    defaults = acls.grants(Settings(), "join")
-    return acls.grants(s, "join")[defaults.index(grant)]
+    defaults = acls.grants(Settings(), role)
+    return acls.grants(s, role)[defaults.index(grant)]
+
+
+@pytest.mark.parametrize("missing", acls.grants(Settings(), "writer"), ids=lambda g: f"{g.operation}-{g.resource}-{g.name}")
+def test_without_any_one_of_its_acls_the_writer_stops_with_one_line_naming_it(secured, tmp_path, missing) -> None:
+    s = secured.plain
+    create_topics(s)
+    secured.grant("writer", leave_out=_same(missing, s, "writer"))
+    url, _ = _writer_database(s, tmp_path)
+    (tmp_path / "db.url").write_text(url)
+    log = tmp_path / "writer.log"
+    proc = secured.start("writer", ["recover"], log, database_url=None, database_url_file=tmp_path / "db.url")
+    try:
+        code = proc.wait(90)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        pytest.fail(f"the writer kept running without {missing.describe()}:\n{log.read_text()[-3000:]}")
+    _assert_one_denied_line(log.read_text(), "slipguard recover:", code, _same(missing, s, "writer"))
+
+
+@pytest.mark.parametrize("missing", acls.grants(Settings(), "lag"), ids=lambda g: f"{g.operation}-{g.resource}-{g.name}")
+def test_without_any_one_of_its_acls_lag_says_which_in_one_line(secured, tmp_path, missing) -> None:
+    s = secured.plain
+    create_topics(s)
+    _historical(s, 200, seed=73)
+    for group in (s.join_group, s.recover_group):  # both groups have committed offsets to read
+        with_offsets = Consumer(config.consumer(s, group, **{"enable.auto.commit": False}))
+        with_offsets.commit(offsets=[TopicPartition(t, p, 1) for t in (s.payments_topic, s.orders_topic,
+                                                                       s.recovery_topic, s.late_topic)
+                                     for p in range(s.partitions)], asynchronous=False)
+        with_offsets.close()
+    secured.grant("lag", leave_out=_same(missing, s, "lag"))
+    log = tmp_path / "lag.log"
+    proc = secured.start("lag", ["lag"], log)
+    code = proc.wait(120)
+    _assert_one_denied_line(log.read_text(), "slipguard lag:", code, _same(missing, s, "lag"))
