@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -48,6 +49,9 @@ class DeadLetter(Message):
     value_size: int | None = Field(None, ge=0)
     value_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     value_truncated: bool = False
+    value_redacted: bool = Field(False, description="metadata left out (SLIPGUARD_MINIMISE_PERSONAL_DATA): value_b64 "
+                                                    "is the record without its metadata, absent if the record was not a "
+                                                    "JSON object; value_size and value_sha256 describe the original")
     error: str = Field(max_length=4000)
     failed_at: Timestamp
 
@@ -58,10 +62,15 @@ class DeadLetter(Message):
     @classmethod
     def of(cls, *, topic: str, partition: int, offset: int, timestamp_ms: int | None,
            headers: Sequence[tuple[str, bytes | None]] | None, key: bytes | None, value: bytes | None,
-           error: str, failed_at: datetime) -> DeadLetter:
-        """A dead letter of one input record, bounded in size whatever the record was."""
+           error: str, failed_at: datetime, minimise: bool = False) -> DeadLetter:
+        """A dead letter of one input record, bounded in size whatever the record was;
+        with `minimise`, its value without the record's metadata (see value_redacted)."""
         key_part = _bounded("key", key, KEY_MAX, KEY_MAX)
         value_part = _bounded("value", value, VALUE_WHOLE_MAX, VALUE_PREFIX)
+        if minimise and value is not None:
+            value_part = {**_bounded("value", _without_metadata(value), VALUE_WHOLE_MAX, VALUE_PREFIX),
+                          "value_size": len(value), "value_sha256": hashlib.sha256(value).hexdigest(),
+                          "value_redacted": True}
         dead_headers = None
         if headers:
             dead_headers = []
@@ -73,6 +82,18 @@ class DeadLetter(Message):
                    timestamp_ms=timestamp_ms if timestamp_ms is not None and timestamp_ms >= 0 else None,
                    headers=dead_headers, error=error.replace("\n", " | ")[:3900], failed_at=failed_at,
                    **key_part, **value_part)
+
+
+def _without_metadata(value: bytes) -> bytes | None:
+    """The record without its `metadata` (re-encoded), or None if it is not a JSON object."""
+    try:
+        obj = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    obj.pop("metadata", None)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _bounded(name: str, data: bytes | None, whole_max: int, prefix: int) -> dict[str, object]:

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     join_group: str = Field("slipguard-join", min_length=1)
     recover_group: str = Field("slipguard-recover", min_length=1)
     payment_hmac_key: SecretStr | None = Field(None, description="unset: signatures not checked")
+    minimise_personal_data: bool = Field(
+        False, description="leave payments' and orders' metadata out of anomalies and of dead letters (whose "
+                           "value then keeps only the record without its metadata, and whose error names fields, "
+                           "never values)")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="9400 for join, 9401 for recover; 0 turns it off")
     metrics_host: str = Field("0.0.0.0", min_length=1, max_length=253,
                               description="address the metrics endpoint binds: 0.0.0.0 (reachable by Prometheus "

@@ -10,11 +10,14 @@ from streams.settings import Settings
 
 
 def _topics_create(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.kafka.topics import TopicLayoutError, create_topics
+    from streams.kafka.topics import AccessDenied, TopicLayoutError, create_topics
 
     try:
         for line in create_topics(settings):
             print(line)
+    except AccessDenied as exc:
+        print(f"slipguard topics create: {exc}", file=sys.stderr)
+        return 1
     except TopicLayoutError as exc:
         print(f"slipguard topics create: {exc}", file=sys.stderr)
         return 3

@@ -46,8 +46,13 @@ class Outputs:
                              recovery_id=late.recovery_id, lateness_seconds=late.lateness_ms / 1000)
             ck.out.produce(s.late_topic, late.order.order_id, lmsg.encode(),
                            headers=headers_for(LateOrder, late.traces))
+        minimise = s.minimise_personal_data
         for a in out.anomalies:
-            amsg = Anomaly(kind=a.kind, order_id=a.order_id, payments=list(a.payments), order=a.order,  # type: ignore[arg-type]
+            payments, order = list(a.payments), a.order
+            if minimise:  # their metadata left out (SLIPGUARD_MINIMISE_PERSONAL_DATA)
+                payments = [p.model_copy(update={"metadata": None}) for p in payments]
+                order = order.model_copy(update={"metadata": None}) if order is not None else None
+            amsg = Anomaly(kind=a.kind, order_id=a.order_id, payments=payments, order=order,  # type: ignore[arg-type]
                            detected_at=detected)
             ck.out.produce(s.anomalies_topic, a.order_id, amsg.encode(), headers=headers_for(Anomaly, a.traces))
             ck.stage(metrics.JOIN_ANOMALIES.labels(a.kind))
@@ -62,8 +67,9 @@ class Outputs:
         ck.begin()
         headers = m.headers()
         dead = DeadLetter.of(topic=m.topic(), partition=m.partition(), offset=m.offset(), timestamp_ms=m.timestamp()[1],
-                             headers=headers, key=m.key(), value=m.value(), error=str(exc),
-                             failed_at=from_epoch_ms(now_ms))
+                             headers=headers, key=m.key(), value=m.value(),
+                             error=safe_error(exc) if self.s.minimise_personal_data else str(exc),
+                             failed_at=from_epoch_ms(now_ms), minimise=self.s.minimise_personal_data)
         ck.out.produce(self.s.dlq_topic, f"{m.topic()}:{m.partition()}:{m.offset()}", dead.encode(),
                        headers=headers_for(DeadLetter, [traceparent(headers)]))
         reason = "invalid" if isinstance(exc, ValidationError) else "rejected"

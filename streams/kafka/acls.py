@@ -12,7 +12,8 @@ transactional-id prefix):
 * writer: read the recovery and late topics; its group; write the DLQ.
 * lag (the exporter, `slipguard lag --serve`): describe both groups (committed offsets)
   and the topics they read; read those topics (the next record's time, for lag in seconds).
-* admin (`slipguard topics create`): create the topics, describe and alter their configs.
+* admin (`slipguard topics create`): create and describe the topics. (`AlterConfigs` too,
+  once, for subscriber topics made before slipguard set their compression to gzip.)
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def grants(s: Settings, role: str) -> list[Grant]:
         out = []
         for name in (s.payments_topic, s.orders_topic, s.recovery_topic, s.late_topic, s.anomalies_topic,
                      s.dlq_topic, s.changelog_topic):
-            out += topic(name, "CREATE", "DESCRIBE", "ALTER_CONFIGS")
+            out += topic(name, "CREATE", "DESCRIBE")
         return out
     raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
 

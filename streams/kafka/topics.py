@@ -24,6 +24,11 @@ class TopicLayoutError(Exception):
     """Existing topics cannot be joined as they are (for example, unequal partition counts)."""
 
 
+class AccessDenied(TopicLayoutError):
+    """The broker's authorizer refused this principal a topic or group (one line: who,
+    which permission, which resource, and `slipguard acls`)."""
+
+
 # The changelog's record size limit, consistent with the producer's message.max.bytes
 # (librdkafka's default, 1,000,000) and the join's own caps on what it writes.
 CHANGELOG_MAX_MESSAGE_BYTES = 1_048_588
@@ -108,6 +113,12 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     target = next(iter(co.values()), settings.partitions)
 
     missing = [s for s in specs if s.name not in have]
+    from streams.kafka.acls import denied
+
+    for spec in missing:  # absent from the listing: missing, or hidden from this principal?
+        tm = admin.list_topics(topic=spec.name, timeout=timeout).topics.get(spec.name)
+        if tm is not None and tm.error is not None and tm.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise AccessDenied(denied(settings, "admin", "TOPIC", spec.name))
     lines = []
     if missing:
         new = [
@@ -120,6 +131,8 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
                 future.result()
                 lines.append(f"created  {name}")
             except KafkaException as exc:
+                if exc.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    raise AccessDenied(denied(settings, "admin", "TOPIC", name)) from None
                 if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
                     raise
                 lines.append(f"exists   {name}")
@@ -142,8 +155,11 @@ def _set_subscriber_compression(admin: AdminClient, topics: list[str], timeout: 
         try:
             future.result()
         except KafkaException as exc:
+            why = exc.args[0].str()
+            if exc.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                why = "this principal needs AlterConfigs on it, once, for topics made before slipguard set it"
             lines.append(f"warning  {resource.name}: cannot set compression.type={SUBSCRIBER_COMPRESSION} "
-                         f"({exc.args[0].str()}); clients without lz4 support (kafkajs) cannot read it")
+                         f"({why}); clients without lz4 support (kafkajs) cannot read it")
     return lines
 
 
@@ -188,7 +204,7 @@ def check_access(admin: AdminClient, settings: Settings, role: str, topics: list
             return  # the broker is away: the waits that follow say so
         err = meta.topics[topic].error if topic in meta.topics else None
         if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-            raise TopicLayoutError(denied(settings, role, "TOPIC", topic))
+            raise AccessDenied(denied(settings, role, "TOPIC", topic))
 
 
 def check_readable(settings: Settings, role: str, topic: str) -> None:
@@ -209,7 +225,7 @@ def check_readable(settings: Settings, role: str, topic: str) -> None:
             for m in c.consume(1, timeout=0.5):
                 err = m.error()
                 if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-                    raise TopicLayoutError(denied(settings, role, "TOPIC", topic))
+                    raise AccessDenied(denied(settings, role, "TOPIC", topic))
                 return  # a record or the partition's end: readable
     finally:
         c.close()
@@ -237,7 +253,7 @@ def check_group(settings: Settings, role: str, group: str, topic: str) -> None:
         if event is not None and event.error() is not None:
             errors.append(event.error())
         if any(e.code() == KafkaError.GROUP_AUTHORIZATION_FAILED for e in errors):
-            raise TopicLayoutError(denied(settings, role, "GROUP", group))
+            raise AccessDenied(denied(settings, role, "GROUP", group))
         # anything else (a coordinator still loading): the group join that follows waits for it
     finally:
         c.close()
@@ -259,7 +275,7 @@ def check_writable(settings: Settings, role: str, topic: str) -> None:
     p.produce(topic, None, WRITE_CHECK_KEY, partition=0)
     left = p.flush(10)
     if failed and failed[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-        raise TopicLayoutError(denied(settings, role, "TOPIC", topic))
+        raise AccessDenied(denied(settings, role, "TOPIC", topic))
     if failed or left:  # not a refusal: the join's own writes retry, and say so if it lasts
         log.warning("could not check Write on %s: %s", topic, failed[0].str() if failed else "no answer in 10 s")
 

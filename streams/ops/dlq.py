@@ -96,6 +96,8 @@ def replayable(letter: Letter) -> str | None:
     d = letter.dead
     if d is None:
         return letter.problem
+    if d.value_redacted:
+        return "its value was kept without its metadata (SLIPGUARD_MINIMISE_PERSONAL_DATA): give it whole (--file)"
     if d.value_truncated:
         return f"its value was {d.value_size} bytes, only a prefix was kept: give a corrected value (--file)"
     if d.key_truncated:

@@ -144,7 +144,8 @@ class Writer:
             try:
                 items.append((Item(record.topic, record.partition, record.offset, model.decode(record.value)), record))
             except (ValidationError, ValueError, TypeError) as exc:
-                poison.append((record, str(exc).replace("\n", " | ")[:3900], safe_error(exc)))
+                full = safe_error(exc) if self.s.minimise_personal_data else str(exc).replace("\n", " | ")[:3900]
+                poison.append((record, full, safe_error(exc)))
         return items, poison
 
     async def _write(self, items: list[tuple[Item, Record]]) -> None:
@@ -189,13 +190,16 @@ class Writer:
                 await self._write([one])
             return
         _, record = items[0]
-        error = f"PostgreSQL rejected the record: {str(exc).strip()}"[:3900]
+        # (PostgreSQL's message can quote the row's values: only its kind when minimising.)
+        detail = type(exc).__name__ if self.s.minimise_personal_data else str(exc).strip()
+        error = f"PostgreSQL rejected the record: {detail}"[:3900]
         await self._dead_letter(record, error, f"PostgreSQL rejected the record: {type(exc).__name__}")
 
     async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
         dead = DeadLetter.of(topic=record.topic, partition=record.partition, offset=record.offset,
                              timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
-                             value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)))
+                             value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)),
+                             minimise=self.s.minimise_personal_data)
         key = f"{record.topic}:{record.partition}:{record.offset}".encode()
         headers = headers_for(DeadLetter, [traceparent(record.headers)])
         await self.send_dead_letter(key, dead.encode(), headers)  # delivered before the record is acknowledged

@@ -29,7 +29,8 @@ from streams.db import migrate
 from streams.kafka import acls, config
 from streams.kafka.topics import create_topics
 from streams.settings import Settings
-from tests.integration.conftest import isolated
+from schemas import Anomaly, DeadLetter
+from tests.integration.conftest import consume_all, isolated, produce
 from tests.integration.test_join import _historical
 from tests.integration.workers import ROOT, assert_recovered_once, env_for, stop, wait_until_done
 
@@ -127,6 +128,7 @@ def test_join_writer_and_lag_exporter_work_over_sasl_ssl_with_only_their_acls(se
     made = secured.start("admin", ["topics", "create"], tmp_path / "topics.log")
     assert made.wait(60) == 0, (tmp_path / "topics.log").read_text()
     exp = _historical(s, 1_500, seed=71)  # produced by another service (here: the plain listener)
+    produce(s, s.payments_topic, [(b"o-bad", b'{"payment_id": "p-bad", "metadata": {"phone": "138-0000"}}', None)])
 
     url, db_password = _writer_database(s, tmp_path)
     (tmp_path / "db.url").write_text(url)
@@ -135,14 +137,20 @@ def test_join_writer_and_lag_exporter_work_over_sasl_ssl_with_only_their_acls(se
     port = _free_port()
     logs = {name: tmp_path / f"{name}.log" for name in ("join", "writer", "lag")}
     procs = {
-        "join": secured.start("join", ["join"], logs["join"], processing_guarantee="exactly_once"),
+        "join": secured.start("join", ["join"], logs["join"], processing_guarantee="exactly_once",
+                              minimise_personal_data="true"),
         "writer": secured.start("writer", ["recover"], logs["writer"], database_url=None,
                                 database_url_file=tmp_path / "db.url"),
         "lag": secured.start("lag", ["lag", "--serve", "--interval", "1"], logs["lag"], metrics_port=port),
     }
     try:
-        wait_until_done(s, exp.payments + exp.orders, timeout=120)
+        wait_until_done(s, exp.payments + exp.orders + 1, timeout=120)
         assert_recovered_once(s, exp.recovered)
+        anomalies = [Anomaly.decode(m.value()) for m in consume_all(s, s.anomalies_topic, sum(exp.anomalies.values()))]
+        assert anomalies and all(p.metadata is None for a in anomalies for p in a.payments), "metadata left out"
+        assert all(a.order is None or a.order.metadata is None for a in anomalies)
+        dead = [m.value() for m in consume_all(s, s.dlq_topic, 1)]
+        assert len(dead) == 1 and DeadLetter.decode(dead[0]).value_redacted and b"138-0000" not in dead[0]
         deadline = time.monotonic() + 90
         rows: list = []
         while time.monotonic() < deadline:
@@ -240,3 +248,12 @@ def test_without_any_one_of_its_acls_lag_says_which_in_one_line(secured, tmp_pat
     proc = secured.start("lag", ["lag"], log)
     code = proc.wait(120)
     _assert_one_denied_line(log.read_text(), "slipguard lag:", code, _same(missing, s, "lag"))
+
+
+@pytest.mark.parametrize("missing", acls.grants(Settings(), "admin"), ids=lambda g: f"{g.operation}-{g.resource}-{g.name}")
+def test_without_any_one_of_its_acls_topics_create_says_which_in_one_line(secured, tmp_path, missing) -> None:
+    s = secured.plain
+    secured.grant("admin", leave_out=_same(missing, s, "admin"))
+    log = tmp_path / "topics.log"
+    code = secured.start("admin", ["topics", "create"], log).wait(60)
+    _assert_one_denied_line(log.read_text(), "slipguard topics create:", code, _same(missing, s, "admin"))

@@ -185,6 +185,33 @@ def test_a_dead_letter_of_a_small_record_keeps_it_whole() -> None:
     assert dead.timestamp_ms is None and dead.headers[0].key == "traceparent"
 
 
+def test_a_minimised_dead_letter_keeps_the_record_without_its_metadata_and_cannot_be_replayed_as_is() -> None:
+    import base64
+    import hashlib
+    import json
+    from datetime import datetime, timezone
+
+    from schemas.dlq import DeadLetter
+    from streams.ops.dlq import Letter, replayable
+
+    raw = b'{"payment_id":"p1","user_id":"u-7","metadata":{"phone":"138-0000","game":"\xe7\x99\xbe"},"amount":"x"}'
+    dead = DeadLetter.of(topic="payments", partition=0, offset=5, timestamp_ms=1, headers=None, key=b"o1", value=raw,
+                         error="amount: bad", failed_at=datetime.now(timezone.utc), minimise=True)
+    back = DeadLetter.decode(dead.encode())
+    kept = json.loads(base64.b64decode(back.value_b64))
+    assert kept == {"payment_id": "p1", "user_id": "u-7", "amount": "x"} and back.value_redacted
+    assert back.value_size == len(raw) and back.value_sha256 == hashlib.sha256(raw).hexdigest()
+    assert b"138-0000" not in dead.encode()
+    not_json = DeadLetter.of(topic="payments", partition=0, offset=6, timestamp_ms=1, headers=None, key=None,
+                             value=b'{"metadata": {"phone": "138-0000"', error="e",
+                             failed_at=datetime.now(timezone.utc), minimise=True)
+    assert not_json.value_b64 is None and not_json.value_redacted and b"138" not in not_json.encode()
+    assert "metadata" in replayable(Letter(partition=0, offset=5, dead=back))
+    plain = DeadLetter.of(topic="payments", partition=0, offset=5, timestamp_ms=1, headers=None, key=b"o1", value=raw,
+                          error="e", failed_at=datetime.now(timezone.utc))
+    assert base64.b64decode(plain.value_b64) == raw and not plain.value_redacted
+
+
 # ---------------------------------------------------------------- models and JSON Schemas agree
 
 _ADVERSARIAL: dict[str, list[object]] = {
