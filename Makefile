@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv tools up down status topics demo test test-unit bench schemas clean
+.PHONY: venv tools up down status topics demo test test-unit bench schemas image clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ test: up tools
 # Pure logic only; no broker or database needed.
 test-unit: venv tools
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# The container image (deploy/docker/Dockerfile), built here with buildah on a base made
+# from Debian's packages; `docker build -f deploy/docker/Dockerfile .` elsewhere.
+image: tools
+	bash deploy/docker/image.sh localhost/slipguard:dev
 
 bench: up
 	$(BIN)/slipguard bench

@@ -70,3 +70,25 @@ def test_dashboard_covers_what_operators_watch() -> None:
                    "slipguard_join_detection_latency_seconds_bucket", "slipguard_join_anomalies_total",
                    "slipguard_dlq_records_total", "slipguard_writer_rows_total"):
         assert needed in text, needed
+
+
+def test_the_image_lock_pins_every_dependency_with_hashes_within_pyproject_ranges() -> None:
+    """deploy/docker/requirements.lock (pip-compile --generate-hashes of pyproject.toml) is
+    what the image installs with --require-hashes: every dependency of pyproject must be
+    in it, at a version pyproject allows, with hashes."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    lock = (root / "deploy" / "docker" / "requirements.lock").read_text()
+    pinned = {canonicalize_name(m.group(1)): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, re.M)}
+    for dep in deps:
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
+        assert name in pinned, f"{req.name} is not in requirements.lock: re-run pip-compile (README: Deploying)"
+        assert req.specifier.contains(pinned[name]), f"{req.name}=={pinned[name]} outside {req.specifier}"
+    blocks = re.split(r"^(?=[A-Za-z0-9_.-]+==)", lock, flags=re.M)[1:]
+    assert blocks and all("--hash=sha256:" in b for b in blocks), "every pin carries its hashes"

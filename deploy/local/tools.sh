@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tools the test suite needs beyond Python, idempotent (installs only what is missing):
 # promtool (Debian's prometheus package), to check the alert rules in deploy/prometheus;
+# buildah, podman and mmdebstrap (Debian), to build and run the container image here;
 # kafkajs and Ajv from npm (tests/js), to read the subscriber topics as a Node service does.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,17 +16,23 @@ js_modules() {
 }
 js_modules
 
-if command -v promtool >/dev/null; then exit 0; fi
+# Debian packages for the commands that are missing.
+wanted=()
+command -v promtool >/dev/null || wanted+=(prometheus)
+command -v buildah >/dev/null || wanted+=(buildah)
+command -v podman >/dev/null || wanted+=(podman)
+command -v mmdebstrap >/dev/null || wanted+=(mmdebstrap)
+[ ${#wanted[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
-  echo "tools: promtool not found and apt-get is not available; install Prometheus' promtool and retry" >&2; exit 1
+  echo "tools: ${wanted[*]} not found and apt-get is not available; install them and retry" >&2; exit 1
 fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
-  command -v sudo >/dev/null || { echo "tools: promtool not found; run as root or install Debian's prometheus package" >&2; exit 1; }
+  command -v sudo >/dev/null || { echo "tools: ${wanted[*]} not found; run as root or install those Debian packages" >&2; exit 1; }
   SUDO=sudo
 fi
-echo "tools: installing promtool (Debian package prometheus)"
-# Only the binaries are wanted: keep the package's service from starting.
+echo "tools: installing ${wanted[*]} (Debian packages)"
+# Only the binaries are wanted: keep the packages' services from starting.
 policy=/usr/sbin/policy-rc.d
 made_policy=""
 if [ ! -e "$policy" ]; then
@@ -34,5 +41,14 @@ fi
 trap '[ -n "$made_policy" ] && $SUDO rm -f "$policy"' EXIT
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq >/dev/null || true
-$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-command -v promtool >/dev/null || { echo "tools: prometheus installed but promtool is not on PATH" >&2; exit 1; }
+# (The container tools as Debian tested them here: with their recommended packages.)
+for pkg in "${wanted[@]}"; do
+  if [ "$pkg" = prometheus ]; then
+    $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    $SUDO apt-get install -y -qq "$pkg" >/dev/null
+  fi
+done
+for tool in promtool buildah podman mmdebstrap; do
+  command -v "$tool" >/dev/null || { echo "tools: installed, but $tool is not on PATH" >&2; exit 1; }
+done

@@ -8,6 +8,7 @@ acknowledges a record only after its batch is committed in PostgreSQL.
 from __future__ import annotations
 
 import ssl
+import tempfile
 import time
 from typing import Any
 
@@ -60,6 +61,10 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
         topic_disable_leader=True,
         web_enabled=False,
         store="memory://",
+        # faust makes a data directory at start (default: `<app>-data` in the working
+        # directory); the writer keeps nothing there, so a private one under $TMPDIR, which
+        # lets it run with a read-only root filesystem (the image's /tmp is an emptyDir).
+        datadir=tempfile.mkdtemp(prefix="slipguard-faust-"),
         key_serializer="raw",
         value_serializer="raw",
         broker_commit_interval=1.0,

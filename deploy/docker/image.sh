@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build slipguard's image here, with buildah (no Docker engine, no reachable registry):
+# a base from Debian's packages (mmdebstrap, imported once and kept), then
+# deploy/docker/Dockerfile with that base. Layers are cached (--layers): a rebuild after a
+# code change reuses the dependency layer.
+#
+#   deploy/docker/image.sh [TAG]     # default localhost/slipguard:dev; prints the tag
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TAG=${1:-localhost/slipguard:dev}
+BASE=${SLIPGUARD_IMAGE_BASE:-localhost/slipguard-base:bookworm}
+say() { echo "image: $*" >&2; }
+
+for tool in buildah podman mmdebstrap; do
+  command -v "$tool" >/dev/null || { say "$tool not found: run deploy/local/tools.sh (Debian: buildah podman mmdebstrap)"; exit 1; }
+done
+
+if ! buildah inspect --type image "$BASE" >/dev/null 2>&1; then
+  say "making the base $BASE from Debian bookworm (python3, venv, CA certificates)"
+  tar=$(mktemp --suffix=.tar)
+  trap 'rm -f "$tar"' EXIT
+  mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$tar" >&2
+  podman import --quiet "$tar" "$BASE" >/dev/null
+fi
+
+# pip in the build trusts what pip here trusts (a TLS proxy's CA, say).
+ca=()
+host_ca=${PIP_CERT:-$(pip config get global.cert 2>/dev/null || true)}
+if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
+  ca=(--volume "$host_ca:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
+fi
+
+say "building $TAG"
+buildah bud --quiet --isolation chroot --network host --layers -f deploy/docker/Dockerfile "${ca[@]}" \
+  --build-arg BASE="$BASE" --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+  -t "$TAG" . >&2
+size=$(buildah images --format '{{.Size}}' "$TAG" | head -1)
+say "built $TAG ($size)"
+echo "$TAG"
