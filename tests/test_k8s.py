@@ -1,0 +1,118 @@
+"""The Kubernetes manifests (deploy/k8s): rendered with kustomize, validated against the
+Kubernetes API schemas and the KEDA, Prometheus operator and Strimzi CRD schemas
+(kubernetes-models from npm, tests/js/validate_manifests.mjs), and checked against the
+code they deploy: generated parts current, settings, commands, ports, probes, metric and
+group names, users and partitions."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploy.k8s import generate
+from streams.cli import build_parser
+from streams.kafka import acls
+from streams.ops.health import PATHS
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATE = ROOT / "tests" / "js" / "validate_manifests.mjs"
+OVERLAYS = ("dev", "prod")
+
+
+def _render(overlay: str) -> str:
+    done = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _node(args: list[str], text: str) -> subprocess.CompletedProcess:
+    assert (ROOT / "tests" / "js" / "node_modules" / "kubernetes-models").exists(), "run deploy/local/tools.sh"
+    return subprocess.run(["node", str(VALIDATE), *args], input=text, capture_output=True, text=True, timeout=120,
+                          cwd=ROOT / "tests" / "js")
+
+
+def _docs(overlay: str) -> list[dict]:
+    return json.loads(_node(["--to-json"], _render(overlay)).stdout)
+
+
+def _containers(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
+            for d in docs if d["kind"] in ("StatefulSet", "Deployment")}
+
+
+def test_generated_manifests_are_current() -> None:
+    for name, text in generate.render().items():
+        committed = (ROOT / "deploy" / "k8s" / "base" / "generated" / name).read_text()
+        assert committed == text, f"deploy/k8s/base/generated/{name} drifted: run `python -m deploy.k8s.generate`"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_manifest_is_valid_against_its_schema(overlay: str) -> None:
+    done = _node([], _render(overlay))
+    assert done.returncode == 0, done.stdout + done.stderr
+    kinds = {line.split()[1] for line in done.stdout.splitlines()}
+    assert {"apps/v1/StatefulSet", "keda.sh/v1alpha1/ScaledObject", "kafka.strimzi.io/v1beta2/KafkaUser",
+            "monitoring.coreos.com/v1/PrometheusRule", "networking.k8s.io/v1/NetworkPolicy"} <= kinds
+
+
+def test_the_validation_rejects_a_broken_manifest() -> None:
+    broken = _render("prod").replace("maxReplicaCount: 12", "maxReplicaCount: twelve", 1)
+    done = _node([], broken)
+    assert done.returncode == 1 and "INVALID keda.sh/v1alpha1/ScaledObject" in done.stdout
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_manifests_agree_with_the_code(overlay: str) -> None:
+    docs = _docs(overlay)
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    fields = {f"SLIPGUARD_{name.upper()}" for name in Settings.model_fields}
+    containers = _containers(docs)
+    ports = {"join": 9400, "recover": 9401, "lag": 9402}
+    users = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+    for name, c in containers.items():
+        parsed = build_parser().parse_args(c["args"])  # a real command
+        assert parsed.handler is not None
+        env = {e["name"]: e for e in c.get("env", [])}
+        for var in list(config) + list(env):
+            assert var.removesuffix("_FILE") in fields, f"{name}: {var} is not a setting"
+        assert [p["containerPort"] for p in c["ports"]] == [ports[c["args"][0]]]
+        assert env["SLIPGUARD_METRICS_PORT"]["value"] == str(ports[c["args"][0]])
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            if probe in c:
+                assert c[probe]["httpGet"]["path"] in PATHS and c[probe]["httpGet"]["port"] == "metrics"
+        sec = c["securityContext"]
+        assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"] and sec["capabilities"]["drop"] == ["ALL"]
+        user = env["SLIPGUARD_KAFKA_SASL_USERNAME"]["value"]
+        assert user in users, f"{name} connects as {user}, which has no KafkaUser"
+    join = containers["slipguard-join"]
+    assert {e["name"]: e for e in join["env"]}["SLIPGUARD_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.name", "a restarted join pod fences its own predecessor"
+    assert set(users) == {f"slipguard-{role}" for role in acls.ROLES}
+
+    s = generate.settings_of_config_map()
+    topics = {d["spec"]["topicName"]: d for d in docs if d["kind"] == "KafkaTopic"}
+    assert topics[s.changelog_topic]["spec"]["config"]["cleanup.policy"] == "compact"
+    assert len({topics[t]["spec"]["partitions"] for t in (s.payments_topic, s.orders_topic, s.changelog_topic)}) == 1
+    groups = {"slipguard-join": s.join_group, "slipguard-writer": s.recover_group}
+    for so in (d for d in docs if d["kind"] == "ScaledObject"):
+        spec = so["spec"]
+        assert spec["maxReplicaCount"] <= s.partitions, "never more workers than partitions"
+        assert spec["cooldownPeriod"] >= 300
+        query = spec["triggers"][0]["metadata"]["query"]
+        assert re.fullmatch(r'max\(slipguard_consumer_lag_seconds\{group="([^"]+)"\}\)', query), query
+        assert f'group="{groups[so["metadata"]["name"]]}"' in query
+    exporter = containers["slipguard-lag-exporter"]
+    assert next(d for d in docs if d["metadata"]["name"] == "slipguard-lag-exporter"
+                and d["kind"] == "Deployment")["spec"]["replicas"] == 1, "the only exporter of group lag"
+    assert exporter["args"][:2] == ["lag", "--serve"]
+
+
+def test_the_lag_metric_autoscaling_reads_is_the_one_the_exporter_serves() -> None:
+    text = (ROOT / "streams" / "ops" / "exporter.py").read_text()
+    assert "slipguard_consumer_lag_seconds" in text
