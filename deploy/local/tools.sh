@@ -2,6 +2,7 @@
 # Tools the test suite needs beyond Python, idempotent (installs only what is missing):
 # promtool (Debian's prometheus package), to check the alert rules in deploy/prometheus;
 # buildah, podman and mmdebstrap (Debian), to build and run the container image here;
+# docker-compose (Debian), to validate deploy/compose; kubectl (kustomize) must be there;
 # kafkajs and Ajv from npm (tests/js), to read the subscriber topics as a Node service does.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +23,7 @@ command -v promtool >/dev/null || wanted+=(prometheus)
 command -v buildah >/dev/null || wanted+=(buildah)
 command -v podman >/dev/null || wanted+=(podman)
 command -v mmdebstrap >/dev/null || wanted+=(mmdebstrap)
+command -v docker-compose >/dev/null || wanted+=(docker-compose)  # (client only: validates deploy/compose)
 [ ${#wanted[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
   echo "tools: ${wanted[*]} not found and apt-get is not available; install them and retry" >&2; exit 1
@@ -49,6 +51,6 @@ for pkg in "${wanted[@]}"; do
     $SUDO apt-get install -y -qq "$pkg" >/dev/null
   fi
 done
-for tool in promtool buildah podman mmdebstrap; do
+for tool in promtool buildah podman mmdebstrap docker-compose kubectl; do
   command -v "$tool" >/dev/null || { echo "tools: installed, but $tool is not on PATH" >&2; exit 1; }
 done
