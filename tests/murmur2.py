@@ -1,35 +1,11 @@
-"""Kafka's murmur2 partitioner, as the Java client computes it (a test oracle)."""
+"""Kafka's murmur2 partitioner (streams/kafka/partition.py), under the names the tests use;
+its values are checked against the Java client's own test vectors in
+tests/kafka/test_partition.py, and against where librdkafka puts records in
+tests/integration/test_roundtrip.py."""
 
 from __future__ import annotations
 
+from streams.kafka.partition import murmur2
+from streams.kafka.partition import partition_for as java_partition
 
-def murmur2(data: bytes) -> int:
-    """org.apache.kafka.common.utils.Utils.murmur2, as a signed 32-bit int."""
-    length = len(data)
-    seed, m, r = 0x9747B28C, 0x5BD1E995, 24
-    h = (seed ^ length) & 0xFFFFFFFF
-    for i in range(length // 4):
-        k = int.from_bytes(data[4 * i : 4 * i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    rest = length % 4
-    tail = length & ~3
-    if rest == 3:
-        h ^= data[tail + 2] << 16
-    if rest >= 2:
-        h ^= data[tail + 1] << 8
-    if rest >= 1:
-        h ^= data[tail]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def java_partition(key: bytes, partitions: int) -> int:
-    """BuiltInPartitioner.partitionForKey: toPositive(murmur2(key)) % partitions."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+__all__ = ["java_partition", "murmur2"]

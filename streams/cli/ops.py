@@ -130,6 +130,63 @@ def _acls(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from streams.cli.progress import Progress
+    from streams.ops.explain import as_text, explain
+
+    progress = Progress(enabled=not args.json)
+    try:
+        found = explain(settings, args.order_id, since_ms=int(args.since.timestamp() * 1000) if args.since else None,
+                        progress=progress.report, database=not args.no_database)
+    except LookupError as exc:
+        progress.done()
+        print(f"slipguard explain: {exc}", file=sys.stderr)
+        return 1
+    progress.done()
+    print(json.dumps(found.as_dict(), indent=2, ensure_ascii=False) if args.json else as_text(found))
+    return 0
+
+
+def _reset(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from streams.cli.progress import Progress
+    from streams.ops.reset import ResetError, check_no_members, execute, make_plan
+
+    if args.to_datetime is None and not args.to_earliest:
+        print("slipguard reset: give --to-datetime T or --to-earliest", file=sys.stderr)
+        return 2
+    if args.dry_run == args.execute:
+        print("slipguard reset: give --dry-run (say what would change) or --execute (change it)", file=sys.stderr)
+        return 2
+    progress = Progress(enabled=not args.json)
+    to_ms = None if args.to_earliest else int(args.to_datetime.timestamp() * 1000)
+    try:
+        plan = make_plan(settings, args.group or settings.join_group, to_ms, progress.report)
+        check_no_members(settings, plan.group, plan.moves)
+        progress.done()
+        if args.json:
+            print(json.dumps({"group": plan.group, "window_ms": plan.window_ms, "changelog_entries": len(plan.live_keys),
+                              "moves": [m.__dict__ for m in plan.moves], "executed": args.execute}, indent=2))
+        else:
+            print("\n".join(plan.describe()))
+        if args.dry_run:
+            if not args.json:
+                print("dry run: nothing changed; run with --execute to do it")
+            return 0
+        for line in execute(settings, plan, progress.report):
+            progress.done()
+            if not args.json:
+                print(line)
+    except ResetError as exc:
+        progress.done()
+        print(f"slipguard reset: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _since(text: str):  # noqa: ANN202
     from datetime import datetime
 
@@ -162,6 +219,24 @@ def register(commands) -> None:
     acl.add_argument("--format", choices=("kafka-acls", "strimzi"), default="kafka-acls",
                      help="kafka-acls.sh commands, or Strimzi KafkaUser objects (YAML)")
     acl.add_argument("--apply", action="store_true", help="add them on the cluster (needs Alter on the cluster)")
+
+    ex = command(commands, "explain", "what slipguard knows about one order: a timeline from the one partition its "
+                                      "id hashes to (inputs, the join's state, outputs) and its PostgreSQL rows",
+                 _explain)
+    ex.add_argument("order_id", metavar="ORDER_ID")
+    ex.add_argument("--since", type=_since, help="read the topics from this time (RFC 3339); default: all they hold")
+    ex.add_argument("--json", action="store_true", help="print JSON (and no progress)")
+    ex.add_argument("--no-database", action="store_true", help="do not read PostgreSQL")
+
+    rs = command(commands, "reset", "replay the join from a time: empty its changelog and move its input offsets "
+                                    "(refused while the group has members)", _reset)
+    rs.add_argument("--group", help="the join's group (default: SLIPGUARD_JOIN_GROUP)")
+    rs.add_argument("--to-datetime", type=_since, help="replay so that outputs from this time (RFC 3339) on are "
+                                                       "derived again")
+    rs.add_argument("--to-earliest", action="store_true", help="replay everything the inputs hold")
+    rs.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    rs.add_argument("--execute", action="store_true", help="change it")
+    rs.add_argument("--json", action="store_true", help="print the plan as JSON (and no progress)")
 
     dlq = group(commands, "dlq", "list or replay the dead-letter queue")
     ls = command(dlq, "list", "what is in the DLQ: offset, time, source record, error", _dlq_list)

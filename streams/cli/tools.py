@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import asdict
 
 from streams.cli.flags import command
 from streams.settings import Settings
@@ -19,9 +21,19 @@ def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
     start = now if args.rate else now - int(args.count * spacing) - settings.order_timeout
     pays, ords, exp = plan(args.count, start_ms=start, spacing_ms=spacing, timeout_ms=settings.order_timeout,
                            shares=shares, seed=args.seed)
-    print(f"loadgen: {args.count:,} orders -> {len(pays):,} payments, {len(ords):,} orders "
+    say = (lambda *a: None) if args.json else print
+    say(f"loadgen: {args.count:,} orders -> {len(pays):,} payments, {len(ords):,} orders "
           f"({'at ~%d events/s, live timestamps' % args.rate if args.rate else 'as fast as possible, past timestamps'})")
-    n = produce(settings, merged(pays, ords), realtime=bool(args.rate))
+    from streams.cli.progress import Progress
+
+    progress = Progress(enabled=not args.json)
+    n = produce(settings, merged(pays, ords), realtime=bool(args.rate), progress=progress.report,
+                total=len(pays) + len(ords))
+    progress.done()
+    if args.json:
+        print(json.dumps({"produced": n, "payments": len(pays), "orders": len(ords), "recovered": len(exp.recovered),
+                          "late": len(exp.late), "anomalies": sum(exp.anomalies.values())}))
+        return 0
     print(f"loadgen: produced {n:,} records; the join should recover {len(exp.recovered):,} payments, "
           f"report {len(exp.late):,} late orders and {sum(exp.anomalies.values()):,} anomalies")
     return 0
@@ -31,34 +43,37 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from streams.tools.bench import report, run
 
     figures = run(settings, args.events, args.bench_partitions, args.live_rate, args.live_seconds)
-    print(report(figures))
+    print(json.dumps(asdict(figures)) if args.json else report(figures))
     return 0
 
 
 def _bench_writer(settings: Settings, args: argparse.Namespace) -> int:
     from streams.tools.bench import writer_bench, writer_report
 
-    print(writer_report(writer_bench(settings, args.rows, args.steady_rate, args.steady_seconds)))
+    figures = writer_bench(settings, args.rows, args.steady_rate, args.steady_seconds)
+    print(json.dumps(asdict(figures)) if args.json else writer_report(figures))
     return 0
 
 
 def _bench_failover(settings: Settings, args: argparse.Namespace) -> int:
     from streams.tools.bench_failover import report, run
 
-    print(report(run(settings, args.logs, args.cases)))
+    figures = run(settings, args.logs, args.cases)
+    print(json.dumps(asdict(figures)) if args.json else report(figures))
     return 0
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streams.tools.demo import run
 
-    return run(settings, rate=args.rate, seconds=args.seconds)
+    return run(settings, rate=args.rate, seconds=args.seconds, as_json=args.json)
 
 
 def register(commands) -> None:
     d = command(commands, "demo", "the main job end to end on the local stack, with a checked summary", _demo)
     d.add_argument("--rate", type=float, default=1_000, help="events/s of live traffic")
     d.add_argument("--seconds", type=float, default=30, help="how long traffic is produced")
+    d.add_argument("--json", action="store_true", help="print the summary as JSON (the running account goes to stderr)")
 
     lg = command(commands, "loadgen", "produce realistic payment and order traffic", _loadgen)
     lg.add_argument("--count", type=int, default=10_000, help="orders (each with a payment, most with an order)")
@@ -68,6 +83,7 @@ def register(commands) -> None:
                         help=f"share of orders: {share.replace('_', ' ')}")
     lg.add_argument("--jitter", type=float, default=2.0, help="out-of-order jitter of orders, seconds")
     lg.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    lg.add_argument("--json", action="store_true", help="print what was produced and expected as JSON only")
 
     for name, about, handler, flags in (
         ("bench", "measure the join on the local broker and print figures", _bench,
@@ -80,6 +96,7 @@ def register(commands) -> None:
         cmd = command(commands, name, about, handler)
         for flag, default in flags.items():
             cmd.add_argument(f"--{flag}", type=type(default), default=default, help=f"default {default}")
+        cmd.add_argument("--json", action="store_true", help="print the figures as JSON only (phases go to stderr)")
 
 
 def _share(name: str) -> float:

@@ -48,6 +48,7 @@ class Checkpoint:
         self.last_commit = time.monotonic()
         self.staged: dict[object, int] = {}  # counter -> outputs produced but not committed yet
         self.staged_latencies: list[float] = []
+        self.committing_since: float | None = None  # a commit under way since (monotonic)
 
     def begin(self) -> None:
         """Work is under way: with exactly_once, inside a transaction."""
@@ -58,6 +59,12 @@ class Checkpoint:
         """Counters of outputs count what was committed: staged here until the commit."""
         self.staged[counter] = self.staged.get(counter, 0) + amount
 
+    def stuck(self, seconds: float) -> bool:
+        """A commit has been under way this long: the broker or the group coordinator is
+        not answering (a synchronous commit waits for them, and the loop with it)."""
+        since = self.committing_since
+        return since is not None and time.monotonic() - since > seconds
+
     def due(self, interval_ms: float) -> bool:
         return self.has_work and (time.monotonic() - self.last_commit) * 1000 >= interval_ms
 
@@ -66,6 +73,7 @@ class Checkpoint:
         and must be read again. `changes`: called once, inside the transaction."""
         if self.abandoned or (not self.has_work and not self.out.in_txn):
             return True
+        self.committing_since = time.monotonic()
         try:
             written = self._write_and_commit(offsets, changes)
         except (KafkaException, Wedged, Stopped) as exc:
@@ -73,6 +81,7 @@ class Checkpoint:
             return False
         finally:
             self.has_work = False
+            self.committing_since = None
             self.last_commit = time.monotonic()
         metrics.JOIN_CHANGELOG_RECORDS.inc(written)
         metrics.JOIN_COMMITS.labels("committed").inc()

@@ -64,6 +64,9 @@ def group_protocol_conf(protocol: str) -> dict[str, object]:
     return {"partition.assignment.strategy": "range"}
 
 
+READY_COMMIT_S = 2.0  # a commit waiting longer than this: not ready
+
+
 class JoinWorker:
     def __init__(self, settings: Settings, *, now_ms=lambda: int(time.time() * 1000)) -> None:
         self.s, self.now_ms = settings, now_ms
@@ -132,8 +135,10 @@ class JoinWorker:
 
     @property
     def ready(self) -> bool:
-        """/readyz: assigned partitions restored, and the broker reachable."""
-        return self.assigned and not self.restorer.busy and self.broker_up
+        """/readyz: assigned partitions restored, and the broker reachable: by the client's
+        statistics (served while the loop consumes) and by a commit not waiting for long
+        (a commit that waits for an absent broker holds the loop, and the statistics with it)."""
+        return self.assigned and not self.restorer.busy and self.broker_up and not self.checkpoint.stuck(READY_COMMIT_S)
 
     @property
     def last_loop(self) -> float:

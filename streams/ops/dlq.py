@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import DeadLetter
 from streams.kafka import config
+from streams.kafka.read import read
 from streams.settings import Settings
 
 
@@ -46,30 +46,8 @@ def replayed_topic(s: Settings) -> str:
 
 def read_topic(s: Settings, topic: str) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
     """Every record of `topic` now, read_committed: (partition, offset, key, value)."""
-    c = Consumer(config.consumer(s, f"slipguard-dlq-reader-{uuid.uuid4().hex[:8]}",
-                                 **{"enable.partition.eof": True, "enable.auto.commit": False}))
-    try:
-        meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return
-        parts = sorted(meta.partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        todo = {p for p in parts if ends[p] > 0}
-        if not todo:
-            return
-        c.assign([TopicPartition(topic, p, 0) for p in todo])
-        while todo:
-            for m in c.consume(1000, timeout=1.0):
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())
-                    continue
-                yield m.partition(), m.offset(), m.key(), m.value()  # type: ignore[misc]
-                if m.offset() + 1 >= ends[m.partition()]:  # type: ignore[operator]
-                    todo.discard(m.partition())
-    finally:
-        c.close()
+    for r in read(s, topic):
+        yield r.partition, r.offset, r.key, r.value
 
 
 def letters(s: Settings, *, since: datetime | None = None, reason: str | None = None,

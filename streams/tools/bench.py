@@ -23,6 +23,7 @@ import json
 import re
 import resource
 import statistics
+import sys
 import threading
 import time
 import tracemalloc
@@ -230,17 +231,17 @@ def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFi
     per_order, args = WORKLOADS[name]
     orders = int(events / per_order) + 1
     spacing = args["spacing_ms"] or 3_000_000 / orders
-    print(f"bench [{name}]: planning {events:,} events over {partitions} partitions ...", flush=True)
+    print(f"bench [{name}]: planning {events:,} events over {partitions} partitions ...", file=sys.stderr, flush=True)
     pays, ords, _ = plan(orders, start_ms=int(time.time() * 1000) - 3_600_000, spacing_ms=spacing,
                          timeout_ms=b.order_timeout, shares=args["shares"])
     total = len(pays) + len(ords)
-    print(f"bench [{name}]: producing {total:,} records ...", flush=True)
+    print(f"bench [{name}]: producing {total:,} records ...", file=sys.stderr, flush=True)
     produce(b, merged(pays, ords))
     del pays, ords
     gc.collect()
-    print(f"bench [{name}]: ceiling (read + decode only) ...", flush=True)
+    print(f"bench [{name}]: ceiling (read + decode only) ...", file=sys.stderr, flush=True)
     ceil = ceiling(b, total)
-    print(f"bench [{name}]: join ({b.processing_guarantee}, durable state) ...", flush=True)
+    print(f"bench [{name}]: join ({b.processing_guarantee}, durable state) ...", file=sys.stderr, flush=True)
     rate, cpu_per_m, peak, written = drain(b, total)
     return WorkloadFigures(workload=name, events=total, ceiling_events_per_s=round(ceil), join_events_per_s=round(rate),
                            ratio=round(rate / ceil, 3), join_cpu_s_per_million=round(cpu_per_m, 2),
@@ -252,11 +253,11 @@ def run(s: Settings, events: int, partitions: int, live_rate: float, live_second
     tune_gc()  # as `slipguard join` does
     figures = [workload(s, name, events, partitions) for name in WORKLOADS]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("bench: memory per pending entry ...", flush=True)
+    print("bench: memory per pending entry ...", file=sys.stderr, flush=True)
     per_entry = bytes_per_pending()
-    print(f"bench: restoring a changelog of {restore_entries:,} entries ...", flush=True)
+    print(f"bench: restoring a changelog of {restore_entries:,} entries ...", file=sys.stderr, flush=True)
     restore_per_s, restore_s = restore_rate(_bench_settings(s, partitions), restore_entries)
-    print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", flush=True)
+    print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", file=sys.stderr, flush=True)
     lat, want, seen = live_latency(_bench_settings(s, partitions), live_rate, live_seconds)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
     return Figures(partitions=partitions, guarantee=s.processing_guarantee, workloads=figures,

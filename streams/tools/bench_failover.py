@@ -207,15 +207,15 @@ def run(s: Settings, logs: str, cases: str = "all") -> FailoverFigures:
     nan = float("nan")
     same = kill = leave = nan
     if cases in ("all", "classic"):
-        print("bench-failover: kill -9, restarted with the same instance id ...", flush=True)
+        print("bench-failover: kill -9, restarted with the same instance id ...", file=sys.stderr, flush=True)
         same = _case(s, "restart", logs)
-        print("bench-failover: kill -9 of one of two workers ...", flush=True)
+        print("bench-failover: kill -9 of one of two workers ...", file=sys.stderr, flush=True)
         kill = _case(s, "kill", logs)
-        print("bench-failover: SIGTERM of one of two workers ...", flush=True)
+        print("bench-failover: SIGTERM of one of two workers ...", file=sys.stderr, flush=True)
         leave = _case(s, "leave", logs)
     jk = jm = lk = lm = calm = nan
     if cases in ("all", "kip848"):
-        print("bench-failover: KIP-848, a third worker joins two, then one of three leaves ...", flush=True)
+        print("bench-failover: KIP-848, a third worker joins two, then one of three leaves ...", file=sys.stderr, flush=True)
         jk, jm, lk, lm, calm = _kip848(s, logs)
     return FailoverFigures(round(same, 1), round(kill, 1), round(leave, 1), round(jk, 2), round(jm, 2), round(lk, 2),
                            round(lm, 2), round(calm, 2))

@@ -8,6 +8,7 @@ with a summary checked against what it produced. The stack stays up; the workers
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -30,6 +31,16 @@ from streams.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = Shares(missing=0.03, late=0.015, duplicates=0.02, second_payment=0.005, mismatch=0.01, failed=0.02,
                 jitter_ms=1_000)
+
+
+_AS_JSON = False
+
+
+def _say(*parts: object, **kwargs: object) -> None:
+    """The demo's running account: stdout, or stderr when the summary is JSON."""
+    kwargs["file"] = sys.stderr if _AS_JSON else sys.stdout
+    kwargs.setdefault("flush", True)
+    print(*parts, **kwargs)  # type: ignore[call-overload]
 
 
 def _free_port() -> int:
@@ -74,16 +85,18 @@ def _committed_records(s: Settings, topic: str) -> int:
     return n
 
 
-def run(s: Settings, *, rate: float, seconds: float) -> int:
+def run(s: Settings, *, rate: float, seconds: float, as_json: bool = False) -> int:
+    global _AS_JSON
+    _AS_JSON = as_json  # the running account to stderr, the summary as JSON
     run_id = time.strftime("%H%M%S")
     demo = s.with_prefix(f"demo.{run_id}", join_group=f"slipguard-demo-{run_id}-join",
                          recover_group=f"slipguard-demo-{run_id}-recover", instance_id=f"demo-{run_id}",
                          order_timeout="5s", grace="1s", late_horizon="10m", commit_interval="100ms")
-    print(f"demo {run_id}: ORDER_TIMEOUT=5s, GRACE=1s (shortened so the demo takes a minute; the default is 60s/5s)")
+    _say(f"demo {run_id}: ORDER_TIMEOUT=5s, GRACE=1s (shortened so the demo takes a minute; the default is 60s/5s)")
     for line in create_topics(demo):
-        print("  topics:", line)
+        _say("  topics:", line)
     applied = migrate(demo.database_url.get_secret_value())
-    print("  database:", ", ".join(applied) if applied else "schema up to date")
+    _say("  database:", ", ".join(applied) if applied else "schema up to date")
 
     logs = ROOT / ".stack" / "demo"
     logs.mkdir(parents=True, exist_ok=True)
@@ -94,7 +107,7 @@ def run(s: Settings, *, rate: float, seconds: float) -> int:
         "recover": subprocess.Popen([sys.executable, "-m", "streams", "recover"], env=_env(demo, wport),
                                     stdout=open(logs / f"{run_id}-recover.log", "wb"), stderr=subprocess.STDOUT),
     }
-    print(f"  started join (metrics :{jport}) and recovery writer (metrics :{wport}); logs in {logs}")
+    _say(f"  started join (metrics :{jport}) and recovery writer (metrics :{wport}); logs in {logs}")
     try:
         return _drive(demo, run_id, rate, seconds, jport, wport, procs)
     finally:
@@ -103,8 +116,8 @@ def run(s: Settings, *, rate: float, seconds: float) -> int:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in procs.items():
             code = proc.wait(60)
-            print(f"  {name} worker stopped (exit {code})")
-        print("The local stack (Kafka, PostgreSQL) is still running: `make down` stops it.")
+            _say(f"  {name} worker stopped (exit {code})")
+        _say("The local stack (Kafka, PostgreSQL) is still running: `make down` stops it.")
 
 
 def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int, wport: int,
@@ -115,7 +128,7 @@ def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int,
                            timeout_ms=demo.order_timeout, shares=SHARES, seed=int(run_id), prefix=f"d{run_id}-")
     poison = [(0, b"bad-1", b"{not json", int(time.time() * 1000)),
               (1, b"bad-2", b'{"order_id": "bad-2", "amount": 10.5}', int(time.time() * 1000))]
-    print(f"producing {len(pays):,} payments and {len(ords):,} orders over {seconds:.0f}s at ~{rate:.0f} events/s, "
+    _say(f"producing {len(pays):,} payments and {len(ords):,} orders over {seconds:.0f}s at ~{rate:.0f} events/s, "
           f"plus 2 undecodable records")
     producer = threading.Thread(target=produce, args=(demo, merged(pays, ords)), kwargs={"realtime": True}, daemon=True)
     producer.start()
@@ -128,13 +141,13 @@ def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int,
         time.sleep(2)
         for name, proc in procs.items():
             if proc.poll() is not None:
-                print(f"the {name} worker exited with {proc.returncode}; see .stack/demo/{run_id}-{name}.log")
+                _say(f"the {name} worker exited with {proc.returncode}; see .stack/demo/{run_id}-{name}.log")
                 return 1
         with psycopg.connect(db_url) as conn:
             written, reconciled = conn.execute(
                 "SELECT count(*), count(reconciled_at) FROM orders WHERE source = 'recovery' AND order_id LIKE %s",
                 (like,)).fetchone()
-        print(f"  t+{time.monotonic() - started:4.0f}s  matched {int(_scrape(jport, 'slipguard_join_matched_total')):6,}"
+        _say(f"  t+{time.monotonic() - started:4.0f}s  matched {int(_scrape(jport, 'slipguard_join_matched_total')):6,}"
               f"  recovered {int(_scrape(jport, 'slipguard_join_recovered_total')):5,}"
               f"  late {int(_scrape(jport, 'slipguard_join_late_orders_total')):4,}"
               f"  rows written {written:5,}  reconciled {reconciled:4,}", flush=True)
@@ -164,12 +177,14 @@ def _summary(demo: Settings, exp, like: str, jport: int) -> int:
         ("anomalies", _committed_records(demo, demo.anomalies_topic), sum(exp.anomalies.values())),
         ("DLQ", _committed_records(demo, demo.dlq_topic), 2),
     ]
+    bad = sum(seen != want for _, seen, want in rows)
+    if _AS_JSON:
+        print(json.dumps({"figures": [{"figure": n, "seen": seen, "expected": want} for n, seen, want in rows],
+                          "all_match": not bad}, indent=2))
+        return 0 if not bad else 1
     print("\nsummary                          seen   expected")
-    bad = 0
     for name, seen, want in rows:
-        ok = seen == want
-        bad += not ok
-        print(f"  {name:30} {seen:6,} {want:10,}  {'ok' if ok else 'DIFFERS'}")
+        print(f"  {name:30} {seen:6,} {want:10,}  {'ok' if seen == want else 'DIFFERS'}")
     print("\nAll figures match what was produced." if not bad else f"\n{bad} figure(s) differ from what was produced.")
     return 0 if not bad else 1
 

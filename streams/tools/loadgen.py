@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
@@ -140,8 +140,9 @@ def merged(pays: list[Record], ords: list[Record]) -> Iterator[Record]:
 
 
 def produce(settings: Settings, records: list[Record] | Iterator[Record], *, rate: float | None = None,
-            realtime: bool = False) -> int:
-    """Produce records; with `rate`, at most that many per second; with `realtime`, each at its timestamp."""
+            realtime: bool = False, progress: Callable[[str, int, int], None] | None = None, total: int = 0) -> int:
+    """Produce records; with `rate`, at most that many per second; with `realtime`, each at its timestamp;
+    `progress(what, done, total)` every 1,000 records."""
     producer = Producer(config.producer(settings, **{"linger.ms": 20}))
     topics = (settings.payments_topic, settings.orders_topic)
     started = time.monotonic()
@@ -164,8 +165,11 @@ def produce(settings: Settings, records: list[Record] | Iterator[Record], *, rat
             except BufferError:
                 producer.poll(0.05)
         n += 1
-        if n % 10_000 == 0:
-            producer.poll(0)
+        if n % 1_000 == 0:
+            if n % 10_000 == 0:
+                producer.poll(0)
+            if progress is not None:
+                progress("produced", n, total)
     remaining = producer.flush(120)
     if remaining:
         raise RuntimeError(f"{remaining} records were not delivered to Kafka")

@@ -10,7 +10,7 @@ COMMANDS = {
     ("topics", "create"): "_topics_create", ("lag",): "_lag", ("dlq", "list"): "_dlq_list",
     ("dlq", "replay"): "_dlq_replay", ("join",): "_join", ("recover",): "_recover", ("db", "migrate"): "_migrate",
     ("demo",): "_demo", ("loadgen",): "_loadgen", ("bench",): "_bench", ("bench-failover",): "_bench_failover",
-    ("bench-writer",): "_bench_writer", ("acls",): "_acls",
+    ("bench-writer",): "_bench_writer", ("acls",): "_acls", ("explain", "o-1"): "_explain", ("reset",): "_reset",
 }
 
 

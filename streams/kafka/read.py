@@ -1,0 +1,71 @@
+"""Reading what is in a topic now (read_committed, no group): the DLQ tools and `explain`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from streams.kafka import config
+from streams.settings import Settings
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+def partition_count(s: Settings, topic: str) -> int | None:
+    c = Consumer(config.consumer(s, f"slipguard-reader-{uuid.uuid4().hex[:8]}"))
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        return None if meta is None or meta.error is not None else len(meta.partitions)
+    finally:
+        c.close()
+
+
+def read(s: Settings, topic: str, partitions: list[int] | None = None, *, since_ms: int | None = None,
+         progress: Progress | None = None) -> Iterator[Record]:
+    """Every committed record of `topic` (or of some of its partitions) up to its end now,
+    from the start or from the first record at or after `since_ms`."""
+    c = Consumer(config.consumer(s, f"slipguard-reader-{uuid.uuid4().hex[:8]}",
+                                 **{"enable.partition.eof": True, "enable.auto.commit": False}))
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return
+        parts = sorted(meta.partitions) if partitions is None else partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        starts = {p: 0 for p in parts}
+        if since_ms is not None:
+            found = c.offsets_for_times([TopicPartition(topic, p, since_ms) for p in parts], timeout=10)
+            starts = {tp.partition: (tp.offset if tp.offset >= 0 else ends[tp.partition]) for tp in found}
+        todo = {p for p in parts if ends[p] > starts[p]}
+        total = sum(ends[p] - starts[p] for p in todo)
+        done = 0
+        if not todo:
+            return
+        c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
+        while todo:
+            for m in c.consume(1000, timeout=1.0):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(m.partition())  # type: ignore[arg-type]
+                    continue
+                done += 1
+                yield Record(m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())  # type: ignore[arg-type]
+                if m.offset() + 1 >= ends[m.partition()]:  # type: ignore[operator,index]
+                    todo.discard(m.partition())  # type: ignore[arg-type]
+            if progress is not None:
+                progress(f"{topic}{parts if partitions is not None else ''}", done, total)
+    finally:
+        c.close()
