@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PROCESS_ID = f"{socket.gethostname()[:60]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-LOCAL_DATABASE_URL = "postgresql://slipguard:slipguard@127.0.0.1:55432/slipguard"
+LOCAL_DATABASE_URL = "postgresql://slipguard:slipguard@127.0.0.1:25432/slipguard"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}

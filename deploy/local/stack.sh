@@ -17,7 +17,7 @@ SECURE_PORT=${SLIPGUARD_KAFKA_SECURE_PORT:-9094}
 TLS_DIR=$STACK/tls
 SECRETS=$STACK/secrets
 SCRAM_USERS="admin slipguard-join slipguard-writer slipguard-lag slipguard-admin"
-PG_PORT=${SLIPGUARD_PG_PORT:-55432}
+PG_PORT=${SLIPGUARD_PG_PORT:-25432}  # below the ephemeral range (32768-60999): a client's source port never takes it
 LOCAL_DB_URL="postgresql://slipguard:slipguard@127.0.0.1:${PG_PORT}/slipguard"
 
 die() { echo "stack: $*" >&2; exit 1; }

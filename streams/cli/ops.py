@@ -91,8 +91,19 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
         chosen = letters(settings, reason=args.reason, first=first, last=last)
         if args.file and args.offsets is None and args.reason is None:
             chosen = [x for x in chosen if x.ref in fixed]
-        for line in replay(settings, chosen, fixed, dry_run=args.dry_run):
-            print(line)
+        lines = replay(settings, chosen, fixed, dry_run=args.dry_run)
+        if args.json:
+            import json
+            import re
+
+            rows = []
+            for line in lines:
+                m = re.match(r"(skipped|would replay|replayed)\s+(\d+:\d+):?\s*(.*)", line)
+                rows.append({"action": m.group(1), "dlq": m.group(2), "detail": m.group(3)} if m else {"detail": line})
+            print(json.dumps(rows, indent=2))
+        else:
+            for line in lines:
+                print(line)
     except ReplayError as exc:
         print(f"slipguard dlq replay: {exc}", file=sys.stderr)
         return 1
@@ -248,3 +259,4 @@ def register(commands) -> None:
     rp.add_argument("--reason", help="only those whose error contains this text")
     rp.add_argument("--file", help='corrected values: JSON lines {"dlq": "P:O", "value": {...}}')
     rp.add_argument("--dry-run", action="store_true", help="say what would be replayed, publish nothing")
+    rp.add_argument("--json", action="store_true", help="print what was done as JSON")

@@ -46,8 +46,9 @@ def test_a_corrected_dead_letter_is_replayed_once_and_recovered(base_settings, t
         fixed_ref = next(x.ref for x in found if base64.b64decode(x.dead.key_b64) == b"ord-fixed")
         corrected = tmp_path / "fixed.jsonl"
         corrected.write_text(json.dumps({"dlq": fixed_ref, "value": json.loads(good.encode())}) + "\n")
-        assert main(["dlq", "replay", f"--file={corrected}", "--dry-run", *flags]) == 0
-        assert "would replay" in capsys.readouterr().out
+        assert main(["dlq", "replay", f"--file={corrected}", "--dry-run", "--json", *flags]) == 0
+        planned = json.loads(capsys.readouterr().out)
+        assert planned == [{"action": "would replay", "dlq": fixed_ref, "detail": f"to {s.payments_topic}"}]
         assert main(["dlq", "replay", f"--file={corrected}", *flags]) == 0
         assert f"replayed {fixed_ref}" in capsys.readouterr().out
         # Run again (as after an interruption): nothing is published twice.
