@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -86,3 +86,20 @@ def bounded(call: Callable[[], T], what: str, seconds: float, *, stopping: Calla
     if isinstance(error, BaseException):
         raise error
     return box.get("result")  # type: ignore[return-value]
+
+
+def topic_refused(client: Any, topic: str, timeout: float = 5.0) -> bool:
+    """The metadata of `topic` alone (any confluent-kafka client): True if the broker's
+    authorizer refuses it to this principal (it answers so whether or not the topic exists).
+    A full listing just leaves such a topic out."""
+    meta = client.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+    return meta is not None and meta.error is not None and meta.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def group_refused(consumer: Any, failed: KafkaError) -> bool:
+    """After a group call (committed()) failed: was the group refused? librdkafka retries a
+    refused FindCoordinator until the call times out, then hands the refusal over as an
+    error event on the consumer."""
+    event = consumer.poll(0.5)
+    errors = [failed] + ([event.error()] if event is not None and event.error() is not None else [])
+    return any(e.code() == KafkaError.GROUP_AUTHORIZATION_FAILED for e in errors)

@@ -12,6 +12,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from streams.kafka import config
+from streams.kafka.acls import denied
+from streams.kafka.calls import group_refused, topic_refused
 from streams.retry import Retry, Stopped
 from streams.settings import Settings
 
@@ -113,11 +115,8 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     target = next(iter(co.values()), settings.partitions)
 
     missing = [s for s in specs if s.name not in have]
-    from streams.kafka.acls import denied
-
     for spec in missing:  # absent from the listing: missing, or hidden from this principal?
-        tm = admin.list_topics(topic=spec.name, timeout=timeout).topics.get(spec.name)
-        if tm is not None and tm.error is not None and tm.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        if topic_refused(admin, spec.name, timeout):
             raise AccessDenied(denied(settings, "admin", "TOPIC", spec.name))
     lines = []
     if missing:
@@ -193,17 +192,14 @@ def check_access(admin: AdminClient, settings: Settings, role: str, topics: list
     """Ask for each topic's metadata on its own: a topic this principal may not use answers
     TOPIC_AUTHORIZATION_FAILED (whether or not it exists), which becomes one line naming the
     permission, the topic and the role, at start rather than at the first record."""
-    from streams.kafka.acls import denied
-
     for topic in topics:
         if stopping():
             return
         try:
-            meta = admin.list_topics(topic=topic, timeout=5)
+            refused = topic_refused(admin, topic)
         except KafkaException:
             return  # the broker is away: the waits that follow say so
-        err = meta.topics[topic].error if topic in meta.topics else None
-        if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        if refused:
             raise AccessDenied(denied(settings, role, "TOPIC", topic))
 
 
@@ -213,8 +209,6 @@ def check_readable(settings: Settings, role: str, topic: str) -> None:
     above cannot tell Read from Write. The join's restore must not mistake a changelog
     it may not read for an empty one."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    from streams.kafka.acls import denied
 
     c = Consumer(config.consumer(settings, settings.join_group, **{
         "enable.partition.eof": True, "enable.auto.commit": False, "fetch.wait.max.ms": 50}))
@@ -238,22 +232,12 @@ def check_group(settings: Settings, role: str, group: str, topic: str) -> None:
     (aiokafka does, forever)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from streams.kafka.acls import denied
-
     c = Consumer(config.consumer(settings, group, **{"enable.auto.commit": False}))
     try:
-        try:
-            c.committed([TopicPartition(topic, 0)], timeout=5)
-            return
-        except KafkaException as exc:
-            errors = [exc.args[0]]
-        # librdkafka retries a refused FindCoordinator until the call times out, and then
-        # hands the refusal over as an error event.
-        event = c.poll(0.5)
-        if event is not None and event.error() is not None:
-            errors.append(event.error())
-        if any(e.code() == KafkaError.GROUP_AUTHORIZATION_FAILED for e in errors):
-            raise AccessDenied(denied(settings, role, "GROUP", group))
+        c.committed([TopicPartition(topic, 0)], timeout=5)
+    except KafkaException as exc:
+        if group_refused(c, exc.args[0]):
+            raise AccessDenied(denied(settings, role, "GROUP", group)) from None
         # anything else (a coordinator still loading): the group join that follows waits for it
     finally:
         c.close()
@@ -267,8 +251,6 @@ def check_writable(settings: Settings, role: str, topic: str) -> None:
     restore skips tombstones; compaction removes it): Write is checked on every produce,
     and a transaction refused later fails with a state error that names no topic."""
     from confluent_kafka import Producer
-
-    from streams.kafka.acls import denied
 
     failed: list = []
     p = Producer(config.producer(settings, on_delivery=lambda err, _m: err is not None and failed.append(err)))

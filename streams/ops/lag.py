@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import config
 from streams.kafka.acls import denied
-from streams.kafka.calls import transient
+from streams.kafka.calls import group_refused, topic_refused, transient
 from streams.retry import Retry
 from streams.settings import Settings
 
@@ -82,9 +82,7 @@ class LagReader:
             out = []
             for t in topics:
                 tm = meta.topics.get(t)
-                if tm is None:  # not in the full listing: ask for it alone, which says if it is refused
-                    tm = self._ends.list_topics(topic=t, timeout=min(5.0, self.timeout)).topics.get(t)
-                if tm is not None and tm.error is not None and tm.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                if tm is None and topic_refused(self._ends, t, min(5.0, self.timeout)):  # left out of the listing
                     raise LagError(denied(self.s, "lag", "TOPIC", t))
                 if tm is None or tm.error is not None:
                     err = tm.error if tm is not None else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
@@ -115,11 +113,7 @@ class LagReader:
             got = _retry(f"read the committed offsets of group {group!r}", self.timeout).call(
                 lambda: c.committed([TopicPartition(t, p) for t, p in tps], timeout=min(5.0, self.timeout)))
         except KafkaException as exc:
-            # A refused FindCoordinator is retried until the call times out, then handed
-            # over as an error event.
-            event = c.poll(0.5)
-            if event is not None and event.error() is not None and \
-                    event.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            if group_refused(c, exc.args[0]):
                 raise LagError(denied(self.s, "lag", "GROUP", group)) from None
             raise LagError(f"cannot read committed offsets of group {group!r}: {exc.args[0]}") from None
         finally:
