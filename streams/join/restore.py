@@ -53,13 +53,17 @@ class Restorer:
                  stopping: Callable[[], bool]) -> None:
         self.s, self.params, self.now_ms, self.stopping = settings, params, now_ms, stopping
         self.topic = settings.changelog_topic
-        # Large fetches: a restore reads whole partitions as fast as it can.
+        # Large fetches: a restore reads whole partitions as fast as it can. A short fetch
+        # wait: the end of a partition is known only from an empty fetch, which the broker
+        # otherwise holds for fetch.wait.max.ms (500 ms), and the pair waits for it.
         self.consumer = Consumer(config.consumer(settings, f"{settings.join_group}-restore",
                                                  **{"enable.partition.eof": True, "fetch.max.bytes": 104_857_600,
+                                                    "fetch.wait.max.ms": 10,
                                                     "max.partition.fetch.bytes": 16_777_216,
                                                     "queued.max.messages.kbytes": 262_144}))
         self.watermarks = self._new_watermarks()
         self.jobs: dict[int, _Job] = {}
+        self.known = False  # the changelog's metadata is in the restore consumer's cache
         self.last_progress = time.monotonic()
         self.last_step = time.monotonic()
 
@@ -76,6 +80,7 @@ class Restorer:
             self.last_progress = now
         for p in new:
             self.jobs[p] = _Job(started=now)
+        self._learn_topic()
         self._assign()
 
     def cancel(self, parts: set[int]) -> None:
@@ -141,6 +146,18 @@ class Restorer:
         self.watermarks.close()
 
     # ------------------------------------------------------------ helpers
+
+    def _learn_topic(self) -> None:
+        """The changelog's metadata first: assigned a topic it does not know yet, the
+        consumer starts fetching about 0.5 s later than when it knows it (0.56 s against
+        0.06 s to the first record, measured on the local broker)."""
+        if self.known:
+            return
+        try:
+            self.consumer.list_topics(self.topic, timeout=5)
+            self.known = True
+        except KafkaException as exc:  # the assignment finds it anyway, later
+            log.debug("changelog metadata not read ahead: %s", exc)
 
     def _assign(self) -> None:
         self.consumer.assign([TopicPartition(self.topic, p, job.position) for p, job in self.jobs.items()])

@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 
 from schemas.headers import traceparent
 from streams.join import Denied, JoinFailed, intake
@@ -25,7 +25,7 @@ from streams.join.merge import Pair, hold, merge
 from streams.join.outputs import Outputs
 from streams.join.restore import Restorer
 from streams.kafka import config
-from streams.kafka.calls import patiently
+from streams.kafka.calls import Wedged, bounded, patiently
 from streams.kafka.topics import TopicLayoutError, check_co_partitioned, ensure_join_topics
 from streams.ops import metrics
 from streams.retry import Stopped
@@ -79,6 +79,7 @@ class JoinWorker:
         self.latest_ok_ms = now_ms() + settings.max_future  # records stamped later go to the DLQ
         self.loop_at = time.monotonic()
         self.assigned = False  # an assignment came (readiness)
+        self.wake_fetchers = False  # partitions were resumed: wake librdkafka's fetchers (_wake_fetchers)
         metrics.JOIN_ORDER_TIMEOUT.labels(settings.join_group).set(settings.order_timeout / 1000)
         conf = {"enable.partition.eof": True, "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
                 # Readiness follows the broker connections (see _on_stats).
@@ -173,6 +174,8 @@ class JoinWorker:
         """One batch: consume, decide, produce; commit when the interval has passed."""
         msgs = self.consumer.consume(self.s.batch_size, timeout=0.05)
         self.loop_at = time.monotonic()
+        if self.wake_fetchers:
+            self._wake_fetchers()
         self.latest_ok_ms = self.now_ms() + self.s.max_future
         self.checkpoint.out.poll()
         if self.restorer.busy:
@@ -259,6 +262,7 @@ class JoinWorker:
         consumer.pause([tp for tp in partitions if tp.partition in parts])
         log.info("assigned partitions %s; restoring their state", parts)
         self.restorer.start(parts)
+        self.wake_fetchers = bool(self.pairs)  # the pairs kept go on (see _wake_fetchers)
 
     def _restore_some(self) -> None:
         self._install(self.restorer.step(RESTORE_SLICE if self.pairs else 1.0))
@@ -283,7 +287,27 @@ class JoinWorker:
             except KafkaException as exc:  # revoked meanwhile: its next owner starts from the committed offset
                 log.warning("cannot position %s [%d]: %s", tp.topic, tp.partition, exc.args[0])
         self.pairs.update({p: Pair(core) for p, core in restored.items()})
+        self.wake_fetchers = True
         update_gauges(self.s, self.pairs, self.now_ms())
+
+    def _wake_fetchers(self) -> None:
+        """Called at the loop step after partitions were resumed. librdkafka pauses every
+        assigned partition while a rebalance callback runs and resumes them when it is
+        done; a broker thread left with nothing to fetch meanwhile sleeps for its fixed
+        idle wait (1 s) and is not woken by the resume, so the partitions kept (and those
+        just restored) stopped for up to 1 s more (seen in bench-failover's KIP-848 case,
+        with librdkafka's fetch debug log). A ListOffsets request through each partition
+        leader wakes its broker thread at once; the answer is not needed."""
+        self.wake_fetchers = False
+        held = [tp for tp in self.consumer.assignment() if tp.partition in self.pairs]
+        if not held:
+            return
+        query = [TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in held]
+        try:
+            bounded(lambda: self.consumer.offsets_for_times(query, timeout=2), "wake the fetchers", 3,
+                    stopping=lambda: self.stopping)
+        except (KafkaException, Wedged) as exc:  # only later: the fetchers wake within 1 s anyway
+            log.debug("could not wake the fetchers: %s", exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
