@@ -13,6 +13,11 @@ class JoinFailed(Exception):
     a fatal client error): it exits with one line saying why."""
 
 
+class InstanceHeld(JoinFailed):
+    """The group coordinator refuses this worker's group.instance.id: another member holds
+    it, a killed predecessor until its session expires, or a live duplicate."""
+
+
 class Denied(JoinFailed):
     """The broker's authorizer refused this principal: `resource` (TOPIC, GROUP,
     TRANSACTIONAL_ID) named `name`, or the group's / transactional id's own when None."""

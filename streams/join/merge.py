@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
 
-from streams.join import Denied, JoinFailed
+from streams.join import Denied, InstanceHeld, JoinFailed
 from streams.join.core import Decisions, PartitionJoin, Side
 
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
@@ -58,6 +58,9 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
                 if pair is not None and pair.fetched_to[side] <= m.offset():  # type: ignore[operator]
                     pair.fetch_end[side] = True
                 continue
+            if err.code() == KafkaError.UNRELEASED_INSTANCE_ID or (
+                    err.code() == KafkaError._FATAL and "instance ID is still used" in err.str()):
+                raise InstanceHeld(err.str())
             if err.fatal() or err.code() == KafkaError._FATAL:
                 # The consumer cannot be used again; its partitions go to the other members,
                 # and a supervisor starts this worker anew.

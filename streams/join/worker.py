@@ -17,7 +17,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 
 from schemas.headers import traceparent
-from streams.join import Denied, JoinFailed, intake
+from streams.join import Denied, InstanceHeld, JoinFailed, intake
 from streams.kafka.acls import denied
 from streams.join.checkpoint import Checkpoint
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
@@ -43,7 +43,7 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1_000)
 
 
-def group_protocol_conf(protocol: str) -> dict[str, object]:
+def group_protocol_conf(protocol: str, instance_id: str | None = None) -> dict[str, object]:
     """Both give partition p of payments and orders to the same member (co-partitioning):
     classic with the client-side range assignor (eager: every member revokes everything on
     every change); consumer (KIP-848) with the broker's range assignor, which moves only
@@ -51,19 +51,24 @@ def group_protocol_conf(protocol: str) -> dict[str, object]:
     (group.consumer.session.timeout.ms, 45 s by default), so a crashed member's partitions
     move later than with classic's 10 s.
 
-    No static membership (group.instance.id) with either. Classic: after a broker outage
-    longer than the session timeout, librdkafka rejoins and is then fenced by its own new
-    membership (a fatal error; librdkafka issue 3437), seen here on a broker killed and
-    restarted under load. KIP-848: a member restarted after kill -9 with the same
-    group.instance.id is refused ("The instance ID is still used by another member",
-    UNRELEASED_INSTANCE_ID, fatal in librdkafka) until the broker's session timeout (45 s)
-    expires the dead one; tried here with bench_failover's restart case."""
+    Static membership (group.instance.id = SLIPGUARD_INSTANCE_ID) with KIP-848 only: a
+    worker stopped cleanly leaves with epoch -2, the broker keeps its partitions for it
+    for the session timeout, and the same instance started again takes them back with no
+    rebalance: the other members' partitions do not move (a rolling restart moves
+    nothing). After kill -9 the broker refuses the instance id (UNRELEASED_INSTANCE_ID,
+    fatal in librdkafka) until the dead member's session expires: the worker starts a new
+    consumer and asks again (JoinWorker._instance_held). Not with classic: after a broker
+    outage longer than the session timeout, librdkafka rejoins and is then fenced by its
+    own new membership (a fatal error; librdkafka issue 3437), seen here on a broker
+    killed and restarted under load."""
     if protocol == "consumer":
-        return {"group.protocol": "consumer", "group.remote.assignor": "range",
+        return {"group.protocol": "consumer", "group.remote.assignor": "range", "group.instance.id": instance_id,
                 "session.timeout.ms": None, "heartbeat.interval.ms": None, "partition.assignment.strategy": None}
     return {"partition.assignment.strategy": "range"}
 
 
+HELD_RETRY_S = 5.0  # a refused instance id: ask again after this long
+HELD_GIVE_UP_S = 150.0  # still refused after this long: another live worker has the id
 READY_COMMIT_S = 2.0  # a commit waiting longer than this: not ready
 
 
@@ -84,9 +89,11 @@ class JoinWorker:
         conf = {"enable.partition.eof": True, "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
                 # Readiness follows the broker connections (see _on_stats).
                 "statistics.interval.ms": 1_000, "stats_cb": self._on_stats,
-                **group_protocol_conf(settings.group_protocol)}
-        self.consumer = Consumer({k: v for k, v in config.consumer(settings, settings.join_group, **conf).items()
-                                  if v is not None})
+                **group_protocol_conf(settings.group_protocol, settings.instance_id)}
+        self.consumer_conf = {k: v for k, v in config.consumer(settings, settings.join_group, **conf).items()
+                              if v is not None}
+        self.consumer = Consumer(self.consumer_conf)
+        self.held_since: float | None = None  # the instance id refused since (monotonic)
         self.checkpoint = Checkpoint(settings, self.consumer, lambda: self.stopping)
         self.outputs = Outputs(settings, self.checkpoint)
         self.restorer = Restorer(settings, self.params, now_ms, lambda: self.stopping)
@@ -108,6 +115,8 @@ class JoinWorker:
                     self._rewind()
                 except Stopped as exc:
                     self.checkpoint.abandon(exc)
+                except InstanceHeld as exc:
+                    self._instance_held(exc)
             self.commit()
         except Denied as exc:
             self.checkpoint.abandoned = True
@@ -131,8 +140,36 @@ class JoinWorker:
         log.info("%s", said)
         if self.checkpoint.eos and not self.checkpoint.out.init_transactions():
             return
+        self._subscribe_consumer()
+
+    def _subscribe_consumer(self) -> None:
         self.consumer.subscribe(list(self.topic_of), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
+
+    def _instance_held(self, exc: InstanceHeld) -> None:
+        """The coordinator refuses SLIPGUARD_INSTANCE_ID: held by a killed predecessor until
+        its session expires, or by a live worker given the same id. The refused consumer
+        cannot be used again (a fatal error): wait, start a new one and ask again, for at
+        most HELD_GIVE_UP_S, then stop with one line."""
+        now = time.monotonic()
+        if self.held_since is None:
+            self.held_since = now
+            log.warning("the group coordinator refuses SLIPGUARD_INSTANCE_ID=%s: another member still holds it "
+                        "(a predecessor killed without leaving holds it until its session expires, the broker's "
+                        "group.consumer.session.timeout.ms); asking again every %.0fs", self.s.instance_id,
+                        HELD_RETRY_S)
+        elif now - self.held_since > HELD_GIVE_UP_S:
+            raise JoinFailed(f"another live worker of group {self.s.join_group} runs with SLIPGUARD_INSTANCE_ID="
+                             f"{self.s.instance_id}: the group coordinator still refuses it after "
+                             f"{now - self.held_since:.0f}s; give each worker its own id") from exc
+        self.consumer.close()
+        give_up = time.monotonic() + HELD_RETRY_S
+        while not self.stopping and time.monotonic() < give_up:
+            self.loop_at = time.monotonic()  # waiting on purpose: alive (/healthz), not ready
+            time.sleep(0.1)
+        self.consumer = self.checkpoint.consumer = Consumer(self.consumer_conf)
+        if not self.stopping:
+            self._subscribe_consumer()
 
     @property
     def ready(self) -> bool:
@@ -247,6 +284,10 @@ class JoinWorker:
         loop (_restore_some) while the pairs already held go on (KIP-848 moves only some)."""
         metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
         self.assigned = True
+        if self.held_since is not None:
+            log.info("SLIPGUARD_INSTANCE_ID=%s accepted after %.0fs", self.s.instance_id,
+                     time.monotonic() - self.held_since)
+            self.held_since = None
         try:
             patiently(lambda: check_co_partitioned(self.restorer.watermarks, self.s), "read topic metadata",
                       stopping=lambda: self.stopping)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import time
 
 from tests.integration.test_join import _LiveTraffic, _owned, _settings, _wait_for
@@ -90,3 +92,80 @@ def test_kip_848_consumer_protocol_keeps_pairs_together_and_recovers_every_payme
     finally:
         for w, log in zip(workers, logs):
             assert stop(w) == 0, log.read_text()[-3000:]
+
+
+def _group_timeouts(s, session_ms: int, heartbeat_ms: int) -> None:
+    """The KIP-848 group's own session timeout and heartbeat interval (group configs; the
+    local broker's floors are lowered for it, its defaults are not)."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    from streams.kafka import config
+
+    admin = AdminClient(config.admin(s))
+    entries = [ConfigEntry("consumer.session.timeout.ms", str(session_ms),
+                           incremental_operation=AlterConfigOpType.SET),
+               ConfigEntry("consumer.heartbeat.interval.ms", str(heartbeat_ms),
+                           incremental_operation=AlterConfigOpType.SET)]
+    for future in admin.incremental_alter_configs([ConfigResource(ResourceType.GROUP, s.join_group,
+                                                                  incremental_configs=entries)]).values():
+        future.result(30)
+
+
+def _holds(log) -> list[int]:
+    """The partitions a worker holds now: its log's restored and revoked lines replayed."""
+    held: set[int] = set()
+    for verb, found in re.findall(r"(restored|revoked) partitions \[([\d, ]*)\]", log.read_text() if log.exists() else ""):
+        parts = {int(x) for x in found.split(",") if x.strip()}
+        held = held | parts if verb == "restored" else held - parts
+    return sorted(held)
+
+
+def _revoked(log) -> list[int]:
+    return [int(x) for found in re.findall(r"revoked partitions \[([\d, ]*)\]", log.read_text())
+            for x in found.split(",") if x.strip()]
+
+
+def test_kip_848_restart_with_the_same_instance_id_moves_no_other_members_partitions(base_settings,
+                                                                                   tmp_path) -> None:
+    """Static membership (KIP-848, SLIPGUARD_INSTANCE_ID): a worker stopped and started
+    again takes its own partitions back with no rebalance of the others; one killed -9 and
+    started at once is refused its id until the dead member's session expires, asks again
+    by itself, then takes them back. The other worker's own partitions never move, and
+    every recovery appears once."""
+    s = _settings(base_settings, commit_interval="200ms", group_protocol="consumer")
+    _group_timeouts(s, session_ms=8_000, heartbeat_ms=1_000)
+    logs = {name: tmp_path / f"{name}.log" for name in ("s0", "s1", "s1-again", "s1-third")}
+    keeper = start(s, ["join"], logs["s0"], instance_id="s-0")
+    mover = start(s, ["join"], logs["s1"], instance_id="s-1")
+    try:
+        _wait_for(lambda: _holds(logs["s0"]) and _holds(logs["s1"])
+                  and _holds(logs["s0"]) + _holds(logs["s1"]) == [0, 1, 2, 3],
+                  "both workers restored their partitions", timeout=90)
+        own, theirs = _holds(logs["s0"]), _holds(logs["s1"])
+        revoked_before = _revoked(logs["s0"])  # the second worker's arrival
+        traffic = _LiveTraffic(s, 24_000, seed=44, seconds=24)
+        wait_for_progress(s, traffic.total, 0.1)
+
+        assert stop(mover) == 0, logs["s1"].read_text()[-3000:]  # a clean restart
+        mover = start(s, ["join"], logs["s1-again"], instance_id="s-1")
+        _wait_for(lambda: _holds(logs["s1-again"]) == theirs, "the restarted worker took its partitions back", 60)
+        assert _revoked(logs["s0"]) == revoked_before, "a clean restart moved none of the other worker's partitions"
+
+        mover.send_signal(signal.SIGKILL)  # a crash, and a restart at once
+        mover.wait(10)
+        mover = start(s, ["join"], logs["s1-third"], instance_id="s-1")
+        _wait_for(lambda: _holds(logs["s1-third"]) == theirs, "the id was released and the partitions came back", 60)
+        text = logs["s1-third"].read_text()
+        assert "refuses SLIPGUARD_INSTANCE_ID=s-1" in text and "accepted after" in text, text[-3000:]
+        assert not set(_revoked(logs["s0"])[len(revoked_before):]) & set(own), "the other's own partitions never moved"
+        assert traffic.running(), "all of it under live traffic"
+
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        assert_recovered_once(s, traffic.exp.recovered)
+        for w, name in ((keeper, "s0"), (mover, "s1-third")):
+            assert w.poll() is None and "Traceback" not in logs[name].read_text(), logs[name].read_text()[-3000:]
+    finally:
+        for w, name in ((keeper, "s0"), (mover, "s1-third")):
+            if w.poll() is None:
+                assert stop(w) == 0, logs[name].read_text()[-3000:]
