@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import signal
 import threading
@@ -75,7 +76,9 @@ class _LiveTraffic:
                                     timeout_ms=TIMEOUT_MS, seed=seed)
         self.total = self.exp.payments + self.exp.orders
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(s, merged(pays, ords)), daemon=True)
+        self.halt = threading.Event()
+        records = itertools.takewhile(lambda _: not self.halt.is_set(), merged(pays, ords))
+        self.thread = threading.Thread(target=self._run, args=(s, records), daemon=True)
         self.thread.start()
 
     def _run(self, s, records) -> None:
@@ -90,6 +93,11 @@ class _LiveTraffic:
     def join(self) -> None:
         self.thread.join(120)
         assert self.error is None, f"producing the traffic failed: {self.error}"
+
+    def stop(self) -> None:
+        """The rest is not produced (a test that needs no more of it)."""
+        self.halt.set()
+        self.join()
 
 
 def _owned(log: Path) -> list[int] | None:

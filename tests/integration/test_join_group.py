@@ -64,7 +64,7 @@ def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_se
         survivor = b if loser is a else a
         time.sleep(3)
         assert survivor.poll() is None, "the other one goes on"
-        traffic.join()
+        traffic.stop()
     finally:
         for w in (a, b):
             if w.poll() is None:
