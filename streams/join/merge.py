@@ -57,7 +57,6 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
                 # The end-of-partition event follows the partition's records in the batch.
                 if pair is not None and pair.fetched_to[side] <= m.offset():  # type: ignore[operator]
                     pair.fetch_end[side] = True
-                    pair.fetched_to[side] = m.offset()  # type: ignore[assignment]
                 continue
             if err.code() == KafkaError.UNRELEASED_INSTANCE_ID or (
                     err.code() == KafkaError._FATAL and "instance ID is still used" in err.str()):

@@ -94,7 +94,6 @@ class JoinWorker:
                               if v is not None}
         self.consumer = Consumer(self.consumer_conf)
         self.held_since: float | None = None  # the instance id refused since (monotonic)
-        self.ends_stale = False  # the broker was away: ends of partitions seen before are stale (_refresh_ends)
         self.checkpoint = Checkpoint(settings, self.consumer, lambda: self.stopping)
         self.outputs = Outputs(settings, self.checkpoint)
         self.restorer = Restorer(settings, self.params, now_ms, lambda: self.stopping)
@@ -190,10 +189,7 @@ class JoinWorker:
             brokers = json.loads(stats_json).get("brokers", {}).values()
         except ValueError:
             return
-        up = any(b.get("state") == "UP" for b in brokers if b.get("nodeid", -1) >= 0)
-        if up and not self.broker_up:
-            self.ends_stale = True
-        self.broker_up = up
+        self.broker_up = any(b.get("state") == "UP" for b in brokers if b.get("nodeid", -1) >= 0)
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -222,8 +218,6 @@ class JoinWorker:
         if self.restorer.busy:
             self._restore_some()
         counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms)
-        if self.ends_stale:
-            self._refresh_ends()
         for side, n in enumerate(counts):
             if n:
                 metrics.JOIN_RECORDS.labels(self.topic_of[side]).inc(n)
@@ -234,9 +228,8 @@ class JoinWorker:
             if held_p or held_o:
                 self.checkpoint.begin()
                 merge(pair, self._feed, out, monotonic)
-            # No end counts while the broker is away (its producers cannot write either).
-            pair.at_end[Side.PAYMENT] = pair.fetch_end[Side.PAYMENT] and not held_p and self.broker_up
-            pair.at_end[Side.ORDER] = pair.fetch_end[Side.ORDER] and not held_o and self.broker_up
+            pair.at_end[Side.PAYMENT] = pair.fetch_end[Side.PAYMENT] and not held_p
+            pair.at_end[Side.ORDER] = pair.fetch_end[Side.ORDER] and not held_o
         now = self.now_ms()
         for pair in self.pairs.values():
             pair.core.advance(now, pair.at_end[Side.PAYMENT], pair.at_end[Side.ORDER], out)
@@ -271,33 +264,9 @@ class JoinWorker:
         def changes():  # noqa: ANN202
             return [(p, c) for p, pair in pairs.items() for c in pair.core.state.take_changes()]
 
-        started = time.monotonic()
         if not self.checkpoint.commit(offsets, changes) and not handing_over and not self.checkpoint.abandoned:
             self._rewind()
-        elif time.monotonic() - started > READY_COMMIT_S:
-            self.ends_stale = True  # it waited for an absent broker (see _refresh_ends)
         update_gauges(self.s, self.pairs, self.now_ms())
-
-    def _refresh_ends(self) -> None:
-        """After the broker was away, an end of partition seen before is stale: producers
-        could not write meanwhile and write now, and their records are not fetched yet.
-        The contract recovers a payment by the wall clock only once the orders partition
-        has been read to its end; trusting a stale end recovered payments whose orders
-        came in right behind them (seen with at_least_once and KIP-848 across a broker
-        kill -9, where neither an aborted transaction nor a rebalance reads the partitions
-        again). Each partition seen at its end is read again from where the loop stands:
-        librdkafka signals its end again (a seek resets that) once it is really there,
-        also for a partition that stayed idle."""
-        self.ends_stale = False
-        for p, pair in self.pairs.items():
-            for side, topic in enumerate(self.topic_of):
-                if pair.fetch_end[side]:
-                    pair.fetch_end[side] = pair.at_end[side] = False
-                    try:
-                        self.consumer.seek(TopicPartition(topic, p, pair.fetched_to[side]))
-                    except KafkaException as exc:  # revoked meanwhile: its next owner reads it
-                        log.warning("cannot position %s [%d]: %s", topic, p, exc.args[0])
-        log.info("the broker was away: reading each partition's end again before any recovery by the clock")
 
     def _rewind(self) -> None:
         """Forget uncommitted work: state from the changelog, positions from the committed offsets."""
