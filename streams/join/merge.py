@@ -37,11 +37,14 @@ class Pair:
     held: tuple[deque, deque] = field(default_factory=lambda: (deque(), deque()))  # (ts, record) fetched, not fed
     fetched_to: list[int] = field(default_factory=lambda: [0, 0])  # next offset fetched
     fetch_end: list[bool] = field(default_factory=lambda: [False, False])  # fetched to the partition's end
+    end_epoch: list[int] = field(default_factory=lambda: [-1, -1])  # EndWatch.epoch the end was seen in
     holding_since: float | None = None
 
 
-def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], latest_ok_ms: int) -> list[int]:
+def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], latest_ok_ms: int,
+         epoch: int = 0) -> list[int]:
     """Put a consumed batch into its pairs' `held` queues; returns how many records per side.
+    An end of partition is noted with `epoch` (ends.EndWatch: whether it can be trusted).
 
     A record stamped after `latest_ok_ms` or before 2000 gets time -1: bound for the DLQ,
     merged first, so it holds up nothing behind it. A record of a partition not held
@@ -57,6 +60,8 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
                 # The end-of-partition event follows the partition's records in the batch.
                 if pair is not None and pair.fetched_to[side] <= m.offset():  # type: ignore[operator]
                     pair.fetch_end[side] = True
+                    pair.end_epoch[side] = epoch
+                    pair.fetched_to[side] = m.offset()  # type: ignore[assignment]  # past transaction markers
                 continue
             if err.code() == KafkaError.UNRELEASED_INSTANCE_ID or (
                     err.code() == KafkaError._FATAL and "instance ID is still used" in err.str()):

@@ -21,6 +21,7 @@ from streams.join import Denied, InstanceHeld, JoinFailed, intake
 from streams.kafka.acls import denied
 from streams.join.checkpoint import Checkpoint
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
+from streams.join.ends import EndWatch
 from streams.join.merge import Pair, hold, merge
 from streams.join.outputs import Outputs
 from streams.join.restore import Restorer
@@ -85,6 +86,8 @@ class JoinWorker:
         self.loop_at = time.monotonic()
         self.assigned = False  # an assignment came (readiness)
         self.wake_fetchers = False  # partitions were resumed: wake librdkafka's fetchers (_wake_fetchers)
+        self.ends = EndWatch(self.topic_of)  # whether an end of partition counts (after a broker outage)
+        self.ends_asked = 0.0  # when _confirm_ends last asked the leaders (monotonic)
         metrics.JOIN_ORDER_TIMEOUT.labels(settings.join_group).set(settings.order_timeout / 1000)
         conf = {"enable.partition.eof": True, "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
                 # Readiness follows the broker connections (see _on_stats).
@@ -184,12 +187,15 @@ class JoinWorker:
         return max(self.loop_at, self.restorer.last_step)
 
     def _on_stats(self, stats_json: str) -> None:
-        # Served from consume(), once a second: which brokers (not bootstrap stand-ins) are up.
+        # Served from consume(), once a second: which brokers (not bootstrap stand-ins) are up,
+        # and whether the leaders of the assigned partitions stayed up (ends.EndWatch).
         try:
-            brokers = json.loads(stats_json).get("brokers", {}).values()
+            stats = json.loads(stats_json)
         except ValueError:
             return
+        brokers = stats.get("brokers", {}).values()
         self.broker_up = any(b.get("state") == "UP" for b in brokers if b.get("nodeid", -1) >= 0)
+        self.ends.observe(stats)
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -217,19 +223,24 @@ class JoinWorker:
         self.checkpoint.out.poll()
         if self.restorer.busy:
             self._restore_some()
-        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms)
+        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, self.ends.epoch)
         for side, n in enumerate(counts):
             if n:
                 metrics.JOIN_RECORDS.labels(self.topic_of[side]).inc(n)
         out = Decisions()
         monotonic = time.monotonic()
+        trusts, stale = self.ends.trusts, False
         for pair in self.pairs.values():
             held_p, held_o = pair.held
             if held_p or held_o:
                 self.checkpoint.begin()
                 merge(pair, self._feed, out, monotonic)
-            pair.at_end[Side.PAYMENT] = pair.fetch_end[Side.PAYMENT] and not held_p
-            pair.at_end[Side.ORDER] = pair.fetch_end[Side.ORDER] and not held_o
+            fetch_end, epoch = pair.fetch_end, pair.end_epoch
+            pair.at_end[Side.PAYMENT] = fetch_end[Side.PAYMENT] and not held_p and trusts(epoch[Side.PAYMENT])
+            pair.at_end[Side.ORDER] = fetch_end[Side.ORDER] and not held_o and trusts(epoch[Side.ORDER])
+            stale = stale or (fetch_end[0] and not pair.at_end[0]) or (fetch_end[1] and not pair.at_end[1])
+        if stale and self.ends.settled and monotonic - self.ends_asked >= 1.0:
+            self._confirm_ends()
         now = self.now_ms()
         for pair in self.pairs.values():
             pair.core.advance(now, pair.at_end[Side.PAYMENT], pair.at_end[Side.ORDER], out)
@@ -267,6 +278,35 @@ class JoinWorker:
         if not self.checkpoint.commit(offsets, changes) and not handing_over and not self.checkpoint.abandoned:
             self._rewind()
         update_gauges(self.s, self.pairs, self.now_ms())
+
+    def _confirm_ends(self) -> None:
+        """After a broker outage (ends.EndWatch), an end seen before it does not count. A
+        partition that had reached its end and stayed idle is not signalled again, so ask
+        each leader for the partition's end (one ListOffsets request per leader; with
+        read_committed the last stable offset) and trust the end where nothing is unread.
+        Where something is, its records are on their way and their own end will follow."""
+        self.ends_asked = time.monotonic()
+        epoch = self.ends.epoch
+        stale = [TopicPartition(self.topic_of[side], p, OFFSET_END) for p, pair in self.pairs.items()
+                 for side in (Side.PAYMENT, Side.ORDER)
+                 if pair.fetch_end[side] and pair.end_epoch[side] != epoch]
+        if not stale:
+            return
+        try:
+            ends = bounded(lambda: self.consumer.offsets_for_times(stale, timeout=2), "read the partitions' ends", 3,
+                           stopping=lambda: self.stopping)
+        except (KafkaException, Wedged) as exc:  # asked again in a second
+            log.debug("could not read the partitions' ends: %s", exc)
+            return
+        confirmed = 0
+        for tp in ends:
+            pair, side = self.pairs.get(tp.partition), self.sides[tp.topic]
+            if (pair is not None and tp.error is None and tp.offset >= 0 and pair.fetch_end[side]
+                    and pair.fetched_to[side] >= tp.offset and epoch == self.ends.epoch):
+                pair.end_epoch[side] = epoch
+                confirmed += 1
+        if confirmed:
+            log.info("after the broker was away: %d of %d ends of partition confirmed", confirmed, len(stale))
 
     def _rewind(self) -> None:
         """Forget uncommitted work: state from the changelog, positions from the committed offsets."""

@@ -15,17 +15,19 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import config
 from streams.ops.lag import LagError, group_lag
 from streams.kafka.topics import create_topics
-from tests.integration.conftest import isolated
+from tests.factories import order, payment
+from tests.integration.conftest import isolated, produce
 from tests.integration.test_join import _LiveTraffic
 from tests.integration.test_lag import _free_port, _get, idle_group_with_unread
 from tests.integration.workers import (
     ROOT,
     assert_recovered_once,
+    recovered_ids,
     start,
     stop,
     wait_for_progress,
@@ -128,13 +130,17 @@ class _Readiness:
         self.thread.join(5)
 
 
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_join_rides_out_a_killed_and_restarted_broker_under_live_traffic(base_settings, tmp_path, guarantee) -> None:
+@pytest.mark.parametrize(("guarantee", "protocol"), [("exactly_once", "classic"), ("at_least_once", "consumer")])
+def test_join_rides_out_a_killed_and_restarted_broker_under_live_traffic(base_settings, tmp_path, guarantee,
+                                                                         protocol) -> None:
     """kill -9 of the broker mid-stream, started again (~15 s away): the worker stays up,
     says it is not ready while the broker is away and ready after, and every recovery
-    appears (once, with exactly_once)."""
+    appears (once, with exactly_once). With KIP-848 the worker is a static member (its
+    instance id is set): the membership survives the outage (classic static membership
+    does not, librdkafka 3437, which is why classic runs without it)."""
     s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
-                 processing_guarantee=guarantee)
+                 processing_guarantee=guarantee, group_protocol=protocol)
+    assert s.instance_id, "started with an instance id: a static member under KIP-848"
     create_topics(s)
     port = _free_port()
     log = tmp_path / "join.log"
@@ -154,6 +160,47 @@ def test_join_rides_out_a_killed_and_restarted_broker_under_live_traffic(base_se
         assert worker.poll() is None, "the worker stayed up: " + log.read_text()[-3000:]
         assert 503 in readiness.seen, "not ready while the broker was away"
         _wait_for(lambda: _readiness(port) == 200, "ready again after the restart", log)
+        assert "refuses SLIPGUARD_INSTANCE_ID" not in log.read_text(), "the static member kept its membership"
+    finally:
+        assert stop(worker) == 0, log.read_text()[-3000:]
+
+
+def test_an_end_of_partition_seen_before_a_broker_outage_recovers_nothing_and_an_idle_one_is_confirmed(
+        base_settings, tmp_path) -> None:
+    """Quiet topics, every partition read to its end. Two payments are pending when the
+    broker is killed -9; the order of one of them is produced while the broker is away
+    (buffered in its producer, delivered after). Its deadline passes during the outage.
+    An end seen before the outage must not count: that payment is never recovered (the
+    old code recovered it while the broker was away). The other's order never comes: it
+    is recovered once the broker is back, although no record arrives on any partition
+    after the outage to signal a new end (the worker asks the leaders for the ends)."""
+    s = isolated(base_settings, order_timeout="4s", grace="1s", commit_interval="200ms",
+                 processing_guarantee="at_least_once", group_protocol="consumer")
+    create_topics(s)
+    port = _free_port()
+    log = tmp_path / "join.log"
+    worker = start(s, ["join"], log, metrics_port=port)
+    try:
+        _wait_for(lambda: _readiness(port) == 200, "the worker is ready", log)
+        now = int(time.time() * 1000)
+        lost, answered = payment(payment_id="p-lost", order_id="o-lost"), payment(payment_id="p-late", order_id="o-late")
+        produce(s, s.payments_topic, [(p.order_id.encode(), p.encode(), now) for p in (lost, answered)])
+        late = order(order_id="o-late")
+        orders = Producer(config.producer(s))
+        orders.list_topics(s.orders_topic, timeout=10)  # connected before the broker goes
+
+        def order_while_away() -> None:
+            time.sleep(1.5)
+            orders.produce(s.orders_topic, key=late.order_id.encode(), value=late.encode(), timestamp=now + 1_000)
+            orders.poll(0)
+
+        time.sleep(1.0)  # the worker has read both payments and is at every partition's end
+        threading.Thread(target=order_while_away, daemon=True).start()
+        restart_broker("hard")  # away for longer than the order timeout + grace
+        assert orders.flush(60) == 0, "the order buffered during the outage was delivered"
+        ids = recovered_ids(s, 1, timeout=60, settle=5)
+        assert ids == ["p-lost"], f"recovered {ids}: p-late's order was on its way, p-lost's never came"
+        assert worker.poll() is None, log.read_text()[-3000:]
     finally:
         assert stop(worker) == 0, log.read_text()[-3000:]
 

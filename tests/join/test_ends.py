@@ -1,0 +1,122 @@
+"""When an end of partition counts after a broker outage (pure: librdkafka's statistics
+as they look before, during and after a broker kill -9, recorded on the local broker)."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError
+
+from streams.join.core import JoinParams, PartitionJoin, Side
+from streams.join.ends import EndWatch
+from streams.join.merge import Pair, hold
+
+TOPICS = ("payments", "orders")
+
+
+def _stats(leader: int = 1, state: str = "UP", disconnects: int = 0, brokers: bool = True) -> dict:
+    """The parts of a statistics report EndWatch reads: during an outage librdkafka drops
+    the broker, keeps a bootstrap stand-in (nodeid -1), and the partitions' broker is -1."""
+    listed = {"127.0.0.1:9092/bootstrap": {"nodeid": -1, "state": "INIT", "disconnects": 0}}
+    if brokers:
+        listed["127.0.0.1:9092/1"] = {"nodeid": 1, "state": state, "disconnects": disconnects}
+    partitions = {str(p): {"partition": p, "desired": True, "broker": leader} for p in range(2)}
+    partitions["-1"] = {"partition": -1, "desired": False, "broker": -1}
+    partitions["5"] = {"partition": 5, "desired": False, "broker": -1}  # known, not ours
+    return {"brokers": listed, "topics": {t: {"partitions": partitions} for t in TOPICS}}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ends_count_while_the_leaders_stay_up() -> None:
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=10, clock=clock)
+    for _ in range(3):
+        watch.observe(_stats())
+    assert watch.trusts(0) and watch.settled
+
+
+def test_an_end_seen_before_an_outage_never_counts_again_and_new_ones_wait_for_the_settle_time() -> None:
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=10, clock=clock)
+    watch.observe(_stats())
+    before = watch.epoch
+    watch.observe(_stats(leader=-1, brokers=False))  # killed: no leader known
+    assert not watch.trusts(before) and not watch.settled
+    watch.observe(_stats(leader=-1, brokers=False))
+    during = watch.epoch
+    assert not watch.trusts(during)
+    clock.now += 20
+    watch.observe(_stats())  # back
+    after = watch.epoch
+    assert after == during and not watch.trusts(after), "not before the producers had time to deliver"
+    clock.now += 9.9
+    watch.observe(_stats())
+    assert not watch.trusts(after)
+    clock.now += 0.2
+    assert watch.trusts(after) and watch.settled
+    assert not watch.trusts(before), "an end seen before the outage stays stale"
+
+
+def test_a_leader_not_connected_or_reconnected_between_two_reports_is_an_outage() -> None:
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=0, clock=clock)
+    watch.observe(_stats())
+    watch.observe(_stats(state="TRY_CONNECT"))
+    assert watch.epoch == 1
+    watch.observe(_stats(disconnects=0))
+    assert watch.trusts(1)
+    watch.observe(_stats(disconnects=1))  # dropped and reconnected between two reports
+    assert watch.epoch == 2 and not watch.trusts(1)
+
+
+def test_brokers_and_partitions_that_are_not_ours_do_not_matter() -> None:
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    stats = _stats()
+    stats["brokers"]["127.0.0.1:9093/2"] = {"nodeid": 2, "state": "DOWN", "disconnects": 7}  # leads nothing of ours
+    stats["topics"]["other"] = {"partitions": {"0": {"partition": 0, "desired": True, "broker": -1}}}
+    watch.observe(stats)
+    stats["brokers"]["127.0.0.1:9093/2"]["disconnects"] = 8
+    watch.observe(stats)
+    assert watch.epoch == 0 and watch.trusts(0)
+
+
+class _Msg:
+    """What hold() reads of a confluent_kafka.Message (which cannot be built by hand)."""
+
+    def __init__(self, topic: str, offset: int, ts: int = 0, error: KafkaError | None = None) -> None:
+        self._topic, self._offset, self._ts, self._error = topic, offset, ts, error
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, self._ts
+
+
+def test_hold_notes_each_end_of_partition_with_the_epoch_it_was_seen_in() -> None:
+    pair = Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))
+    pairs, sides = {0: pair}, {"payments": Side.PAYMENT, "orders": Side.ORDER}
+    eof = KafkaError(KafkaError._PARTITION_EOF)
+    ts = 1_800_000_000_000
+    hold(pairs, sides, [_Msg("orders", 7, ts), _Msg("orders", 9, error=eof)], ts + 1, epoch=3)
+    assert pair.fetch_end[Side.ORDER] and pair.end_epoch[Side.ORDER] == 3
+    assert pair.fetched_to[Side.ORDER] == 9, "the end's offset: past a transaction marker at 8"
+    hold(pairs, sides, [_Msg("orders", 9, ts)], ts + 1, epoch=4)
+    assert not pair.fetch_end[Side.ORDER]
+    hold(pairs, sides, [_Msg("orders", 10, error=eof)], ts + 1, epoch=4)
+    assert pair.fetch_end[Side.ORDER] and pair.end_epoch[Side.ORDER] == 4
+    assert not pair.fetch_end[Side.PAYMENT] and pair.end_epoch[Side.PAYMENT] == -1
