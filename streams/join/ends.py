@@ -25,12 +25,17 @@ import time
 from collections.abc import Callable, Iterable
 
 SETTLE_S = 10.0
+# A leader that has not answered for this long while a request waits for it is away too
+# (frozen, a long GC pause, a network partition: its connection stays up). It answers a
+# fetch within fetch.wait.max.ms (500 ms) and the fetcher idles at most 1 s in between.
+UNANSWERED_S = 3.0
 
 
 class EndWatch:
     """Follows librdkafka's statistics: `epoch` changes whenever a leader of an assigned
-    partition is away (unknown, not connected, or its connection dropped since the last
-    statistics); an end carries the epoch it was seen in."""
+    partition is away (unknown, not connected, its connection dropped since the last
+    statistics, or a request unanswered for UNANSWERED_S); an end carries the epoch it
+    was seen in."""
 
     def __init__(self, topics: Iterable[str], *, settle_s: float = SETTLE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -55,8 +60,11 @@ class EndWatch:
                     away = True  # no leader known, or its connection is down
         for nodeid, broker in brokers.items():
             dropped = broker.get("disconnects", 0)
-            if nodeid in leaders and dropped > self._disconnects.get(nodeid, dropped):
-                away = True  # dropped and back between two reports
+            if nodeid in leaders:
+                if dropped > self._disconnects.get(nodeid, dropped):
+                    away = True  # dropped and back between two reports
+                if broker.get("waitresp_cnt", 0) > 0 and broker.get("rxidle", -1) > UNANSWERED_S * 1e6:
+                    away = True  # connected, but not answering
             self._disconnects[nodeid] = dropped
         if away:
             self.epoch += 1

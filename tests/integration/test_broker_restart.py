@@ -130,6 +130,20 @@ class _Readiness:
         self.thread.join(5)
 
 
+def _ready_worker(s, tmp_path):
+    """A join worker on fresh topics, once it says it is ready: (process, metrics port, log)."""
+    create_topics(s)
+    port = _free_port()
+    log = tmp_path / "join.log"
+    worker = start(s, ["join"], log, metrics_port=port)
+    try:
+        _wait_for(lambda: _readiness(port) == 200, "the worker is ready", log)
+    except BaseException:
+        stop(worker)
+        raise
+    return worker, port, log
+
+
 @pytest.mark.parametrize(("guarantee", "protocol"), [("exactly_once", "classic"), ("at_least_once", "consumer")])
 def test_join_rides_out_a_killed_and_restarted_broker_under_live_traffic(base_settings, tmp_path, guarantee,
                                                                          protocol) -> None:
@@ -141,12 +155,8 @@ def test_join_rides_out_a_killed_and_restarted_broker_under_live_traffic(base_se
     s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
                  processing_guarantee=guarantee, group_protocol=protocol)
     assert s.instance_id, "started with an instance id: a static member under KIP-848"
-    create_topics(s)
-    port = _free_port()
-    log = tmp_path / "join.log"
-    worker = start(s, ["join"], log, metrics_port=port)
+    worker, port, log = _ready_worker(s, tmp_path)
     try:
-        _wait_for(lambda: _readiness(port) == 200, "the worker is ready", log)
         traffic = _LiveTraffic(s, 24_000, seed=31, seconds=20)
         wait_for_progress(s, traffic.total, 0.15)
         readiness = _Readiness(port)
@@ -165,23 +175,33 @@ def test_join_rides_out_a_killed_and_restarted_broker_under_live_traffic(base_se
         assert stop(worker) == 0, log.read_text()[-3000:]
 
 
+def _outage(how: str) -> None:
+    """The broker away for about 15 s: killed -9 and started again, or frozen (SIGSTOP:
+    connections stay up and nothing answers) and thawed."""
+    if how == "freeze":
+        subprocess.run(["bash", str(STACK), "kafka-freeze"], check=True, capture_output=True, timeout=60)
+        try:
+            time.sleep(15)
+        finally:
+            subprocess.run(["bash", str(STACK), "kafka-thaw"], check=True, capture_output=True, timeout=60)
+    else:
+        restart_broker(how)
+
+
+@pytest.mark.parametrize("how", ["hard", "freeze"])
 def test_an_end_of_partition_seen_before_a_broker_outage_recovers_nothing_and_an_idle_one_is_confirmed(
-        base_settings, tmp_path) -> None:
+        base_settings, tmp_path, how) -> None:
     """Quiet topics, every partition read to its end. Two payments are pending when the
-    broker is killed -9; the order of one of them is produced while the broker is away
-    (buffered in its producer, delivered after). Its deadline passes during the outage.
-    An end seen before the outage must not count: that payment is never recovered (the
-    old code recovered it while the broker was away). The other's order never comes: it
-    is recovered once the broker is back, although no record arrives on any partition
-    after the outage to signal a new end (the worker asks the leaders for the ends)."""
-    s = isolated(base_settings, order_timeout="4s", grace="1s", commit_interval="200ms",
+    broker goes away; the order of one of them is produced while it is away (buffered in
+    its producer, delivered after). Its deadline passes during the outage. An end seen
+    before the outage must not count: that payment is never recovered (the old code
+    recovered it while the broker was away). The other's order never comes: it is
+    recovered once the broker is back, although no record arrives on any partition after
+    the outage to signal a new end (the worker asks the leaders for the ends)."""
+    s = isolated(base_settings, order_timeout="8s", grace="1s", commit_interval="200ms",
                  processing_guarantee="at_least_once", group_protocol="consumer")
-    create_topics(s)
-    port = _free_port()
-    log = tmp_path / "join.log"
-    worker = start(s, ["join"], log, metrics_port=port)
+    worker, port, log = _ready_worker(s, tmp_path)
     try:
-        _wait_for(lambda: _readiness(port) == 200, "the worker is ready", log)
         now = int(time.time() * 1000)
         lost, answered = payment(payment_id="p-lost", order_id="o-lost"), payment(payment_id="p-late", order_id="o-late")
         produce(s, s.payments_topic, [(p.order_id.encode(), p.encode(), now) for p in (lost, answered)])
@@ -196,7 +216,7 @@ def test_an_end_of_partition_seen_before_a_broker_outage_recovers_nothing_and_an
 
         time.sleep(1.0)  # the worker has read both payments and is at every partition's end
         threading.Thread(target=order_while_away, daemon=True).start()
-        restart_broker("hard")  # away for longer than the order timeout + grace
+        _outage(how)  # the payments' deadlines (+ grace) pass 8 s into it; noticed within 4 s
         assert orders.flush(60) == 0, "the order buffered during the outage was delivered"
         ids = recovered_ids(s, 1, timeout=60, settle=5)
         assert ids == ["p-lost"], f"recovered {ids}: p-late's order was on its way, p-lost's never came"

@@ -12,12 +12,14 @@ from streams.join.merge import Pair, hold
 TOPICS = ("payments", "orders")
 
 
-def _stats(leader: int = 1, state: str = "UP", disconnects: int = 0, brokers: bool = True) -> dict:
+def _stats(leader: int = 1, state: str = "UP", disconnects: int = 0, brokers: bool = True,
+           waiting: int = 0, rxidle_s: float = 0.4) -> dict:
     """The parts of a statistics report EndWatch reads: during an outage librdkafka drops
     the broker, keeps a bootstrap stand-in (nodeid -1), and the partitions' broker is -1."""
     listed = {"127.0.0.1:9092/bootstrap": {"nodeid": -1, "state": "INIT", "disconnects": 0}}
     if brokers:
-        listed["127.0.0.1:9092/1"] = {"nodeid": 1, "state": state, "disconnects": disconnects}
+        listed["127.0.0.1:9092/1"] = {"nodeid": 1, "state": state, "disconnects": disconnects,
+                                      "waitresp_cnt": waiting, "rxidle": int(rxidle_s * 1e6)}
     partitions = {str(p): {"partition": p, "desired": True, "broker": leader} for p in range(2)}
     partitions["-1"] = {"partition": -1, "desired": False, "broker": -1}
     partitions["5"] = {"partition": 5, "desired": False, "broker": -1}  # known, not ours
@@ -72,6 +74,18 @@ def test_a_leader_not_connected_or_reconnected_between_two_reports_is_an_outage(
     assert watch.trusts(1)
     watch.observe(_stats(disconnects=1))  # dropped and reconnected between two reports
     assert watch.epoch == 2 and not watch.trusts(1)
+
+
+def test_a_leader_that_stops_answering_is_away_although_connected() -> None:
+    """A frozen broker (SIGSTOP, a long GC pause): connections stay up, requests wait."""
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    watch.observe(_stats(waiting=1, rxidle_s=0.5))  # a fetch waiting within fetch.wait.max.ms
+    watch.observe(_stats(waiting=0, rxidle_s=5.0))  # idle, nothing asked: not a sign
+    assert watch.epoch == 0
+    watch.observe(_stats(waiting=2, rxidle_s=3.5))
+    assert watch.epoch == 1 and not watch.trusts(0) and not watch.settled
+    watch.observe(_stats(waiting=1, rxidle_s=0.1))  # answering again
+    assert watch.trusts(1)
 
 
 def test_brokers_and_partitions_that_are_not_ours_do_not_matter() -> None:
