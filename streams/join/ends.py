@@ -20,11 +20,13 @@ outage; nothing is recovered early.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
 
 SETTLE_S = 10.0
+log = logging.getLogger("slipguard.join")
 # A leader that has not answered for this long while a request waits for it is away too
 # (frozen, a long GC pause, a network partition: its connection stays up). It answers a
 # fetch within fetch.wait.max.ms (500 ms) and the fetcher idles at most 1 s in between.
@@ -48,7 +50,7 @@ class EndWatch:
     def observe(self, stats: dict) -> None:
         """One statistics report (the parsed JSON of librdkafka's stats_cb)."""
         brokers = {b.get("nodeid", -1): b for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0}
-        away = False
+        away = ""
         leaders = set()
         for topic in self.topics:
             for part in stats.get("topics", {}).get(topic, {}).get("partitions", {}).values():
@@ -57,16 +59,23 @@ class EndWatch:
                 leader = part.get("broker", -1)
                 leaders.add(leader)
                 if brokers.get(leader, {}).get("state") != "UP":
-                    away = True  # no leader known, or its connection is down
+                    away = f"no leader connected for {topic} [{part.get('partition')}]"
         for nodeid, broker in brokers.items():
             dropped = broker.get("disconnects", 0)
             if nodeid in leaders:
                 if dropped > self._disconnects.get(nodeid, dropped):
-                    away = True  # dropped and back between two reports
-                if broker.get("waitresp_cnt", 0) > 0 and broker.get("rxidle", -1) > UNANSWERED_S * 1e6:
-                    away = True  # connected, but not answering
+                    away = f"broker {nodeid} disconnected"  # dropped and back between two reports
+                # A request waits, nothing was sent for UNANSWERED_S and nothing received:
+                # the waiting request is at least that old. (rxidle alone misleads: a
+                # fetch sent after the fetcher idled looks unanswered at once.)
+                idle = min(broker.get("rxidle", -1), broker.get("txidle", -1))
+                if broker.get("waitresp_cnt", 0) > 0 and idle > UNANSWERED_S * 1e6:
+                    away = f"broker {nodeid} has not answered for {idle / 1e6:.1f}s"  # connected
             self._disconnects[nodeid] = dropped
         if away:
+            if self.trusted_from != math.inf:
+                log.warning("%s: no end of partition counts (no recovery by the clock) until %.0fs after it is "
+                            "back", away, self.settle_s)
             self.epoch += 1
             self.trusted_from = math.inf
         elif self.trusted_from == math.inf:

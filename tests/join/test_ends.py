@@ -13,13 +13,14 @@ TOPICS = ("payments", "orders")
 
 
 def _stats(leader: int = 1, state: str = "UP", disconnects: int = 0, brokers: bool = True,
-           waiting: int = 0, rxidle_s: float = 0.4) -> dict:
+           waiting: int = 0, rxidle_s: float = 0.4, txidle_s: float | None = None) -> dict:
     """The parts of a statistics report EndWatch reads: during an outage librdkafka drops
     the broker, keeps a bootstrap stand-in (nodeid -1), and the partitions' broker is -1."""
     listed = {"127.0.0.1:9092/bootstrap": {"nodeid": -1, "state": "INIT", "disconnects": 0}}
     if brokers:
         listed["127.0.0.1:9092/1"] = {"nodeid": 1, "state": state, "disconnects": disconnects,
-                                      "waitresp_cnt": waiting, "rxidle": int(rxidle_s * 1e6)}
+                                      "waitresp_cnt": waiting, "rxidle": int(rxidle_s * 1e6),
+                                      "txidle": int((rxidle_s if txidle_s is None else txidle_s) * 1e6)}
     partitions = {str(p): {"partition": p, "desired": True, "broker": leader} for p in range(2)}
     partitions["-1"] = {"partition": -1, "desired": False, "broker": -1}
     partitions["5"] = {"partition": 5, "desired": False, "broker": -1}  # known, not ours
@@ -81,6 +82,9 @@ def test_a_leader_that_stops_answering_is_away_although_connected() -> None:
     watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
     watch.observe(_stats(waiting=1, rxidle_s=0.5))  # a fetch waiting within fetch.wait.max.ms
     watch.observe(_stats(waiting=0, rxidle_s=5.0))  # idle, nothing asked: not a sign
+    # A fetch just sent after the fetcher idled 3.5 s (its queue was full): not a sign
+    # either (seen in the benchmark's backlog drain with rxidle alone).
+    watch.observe(_stats(waiting=1, rxidle_s=3.5, txidle_s=0.01))
     assert watch.epoch == 0
     watch.observe(_stats(waiting=2, rxidle_s=3.5))
     assert watch.epoch == 1 and not watch.trusts(0) and not watch.settled
