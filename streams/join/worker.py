@@ -229,7 +229,7 @@ class JoinWorker:
                 metrics.JOIN_RECORDS.labels(self.topic_of[side]).inc(n)
         out = Decisions()
         monotonic = time.monotonic()
-        trusts, stale = self.ends.trusts, False
+        trusts = self.ends.trusts
         for pair in self.pairs.values():
             held_p, held_o = pair.held
             if held_p or held_o:
@@ -238,8 +238,7 @@ class JoinWorker:
             fetch_end, epoch = pair.fetch_end, pair.end_epoch
             pair.at_end[Side.PAYMENT] = fetch_end[Side.PAYMENT] and not held_p and trusts(epoch[Side.PAYMENT])
             pair.at_end[Side.ORDER] = fetch_end[Side.ORDER] and not held_o and trusts(epoch[Side.ORDER])
-            stale = stale or (fetch_end[0] and not pair.at_end[0]) or (fetch_end[1] and not pair.at_end[1])
-        if stale and self.ends.settled and monotonic - self.ends_asked >= 1.0:
+        if self.ends.settled and monotonic - self.ends_asked >= 1.0:
             self._confirm_ends()
         now = self.now_ms()
         for pair in self.pairs.values():
@@ -284,7 +283,8 @@ class JoinWorker:
         partition that had reached its end and stayed idle is not signalled again, so ask
         each leader for the partition's end (one ListOffsets request per leader; with
         read_committed the last stable offset) and trust the end where nothing is unread.
-        Where something is, its records are on their way and their own end will follow."""
+        Where something is, its records are on their way and their own end will follow.
+        Called once a second; without a stale end it asks nothing."""
         self.ends_asked = time.monotonic()
         epoch = self.ends.epoch
         stale = [TopicPartition(self.topic_of[side], p, OFFSET_END) for p, pair in self.pairs.items()
