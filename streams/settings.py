@@ -86,9 +86,10 @@ class Settings(BaseSettings):
         description="optional stable name of this worker (a StatefulSet pod name): its transactional.id and "
                     "static group membership; unset: unique per process",
     )
-    group_protocol: Literal["classic", "consumer"] = Field(
-        "classic", description="the join group's protocol: classic (eager range) or consumer (KIP-848, "
-                               "server-side range assignor, incremental rebalances; Kafka 4.0+)")
+    group_protocol: Literal["auto", "consumer", "classic"] = Field(
+        "auto", description="the join group's protocol: consumer (KIP-848, Kafka 4.0+: server-side range "
+                            "assignor, incremental rebalances), classic (client-side eager range), or auto: "
+                            "consumer where the broker offers it, else classic")
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="records the join reads per consume() call")
     commit_interval: DurationMs = Field("100ms", gt=0, description="how often the join commits its transaction")
 

@@ -176,7 +176,7 @@ def _reset(settings: Settings, args: argparse.Namespace) -> int:
     to_ms = None if args.to_earliest else int(args.to_datetime.timestamp() * 1000)
     try:
         plan = make_plan(settings, args.group or settings.join_group, to_ms, progress.report)
-        check_no_members(settings, plan.group, plan.moves)
+        check_no_members(settings, plan.group, plan.moves, say=lambda line: print(line, file=sys.stderr))
         progress.done()
         if args.json:
             print(json.dumps({"group": plan.group, "window_ms": plan.window_ms, "changelog_entries": len(plan.live_keys),

@@ -58,8 +58,8 @@ def _bench_writer(settings: Settings, args: argparse.Namespace) -> int:
 def _bench_failover(settings: Settings, args: argparse.Namespace) -> int:
     from streams.tools.bench_failover import report, run
 
-    figures = run(settings, args.logs, args.cases)
-    print(json.dumps(asdict(figures)) if args.json else report(figures))
+    figures = run(settings, args.logs, args.cases, args.protocols)
+    print(json.dumps([asdict(f) for f in figures]) if args.json else report(figures))
     return 0
 
 
@@ -89,7 +89,7 @@ def register(commands) -> None:
         ("bench", "measure the join on the local broker and print figures", _bench,
          {"events": 1_000_000, "bench-partitions": 6, "live-rate": 2_000.0, "live-seconds": 20.0}),
         ("bench-failover", "measure how long partitions stop when a join worker goes away", _bench_failover,
-         {"logs": ".stack/bench-failover", "cases": "all"}),
+         {"logs": ".stack/bench-failover", "cases": "all", "protocols": "consumer,classic"}),
         ("bench-writer", "measure the recovery writer into PostgreSQL and print figures", _bench_writer,
          {"rows": 50_000, "steady-rate": 1_000.0, "steady-seconds": 15.0}),
     ):

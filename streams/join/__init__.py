@@ -18,6 +18,11 @@ class InstanceHeld(JoinFailed):
     it, a killed predecessor until its session expires, or a live duplicate."""
 
 
+class ProtocolRefused(JoinFailed):
+    """The broker does not offer the KIP-848 consumer group protocol (Kafka before 4.0, or
+    group.coordinator.rebalance.protocols without `consumer`)."""
+
+
 class Denied(JoinFailed):
     """The broker's authorizer refused this principal: `resource` (TOPIC, GROUP,
     TRANSACTIONAL_ID) named `name`, or the group's / transactional id's own when None."""

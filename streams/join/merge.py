@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
 
-from streams.join import Denied, InstanceHeld, JoinFailed
+from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused
 from streams.join.core import Decisions, PartitionJoin, Side
 
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
@@ -66,6 +66,10 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
             if err.code() == KafkaError.UNRELEASED_INSTANCE_ID or (
                     err.code() == KafkaError._FATAL and "instance ID is still used" in err.str()):
                 raise InstanceHeld(err.str())
+            if err.code() in (KafkaError.UNSUPPORTED_VERSION, KafkaError._UNSUPPORTED_FEATURE) or (
+                    err.code() == KafkaError._FATAL and "ConsumerGroupHeartbeat" in err.str()
+                    and "not supported" in err.str()):
+                raise ProtocolRefused(err.str())
             if err.fatal() or err.code() == KafkaError._FATAL:
                 # The consumer cannot be used again; its partitions go to the other members,
                 # and a supervisor starts this worker anew.

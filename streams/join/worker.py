@@ -17,7 +17,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 
 from schemas.headers import traceparent
-from streams.join import Denied, InstanceHeld, JoinFailed, intake
+from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused, intake
 from streams.kafka.acls import denied
 from streams.join.checkpoint import Checkpoint
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
@@ -27,6 +27,7 @@ from streams.join.outputs import Outputs
 from streams.join.restore import Restorer
 from streams.kafka import config
 from streams.kafka.calls import Wedged, bounded, patiently
+from streams.kafka.groups import tune_group_timeouts
 from streams.kafka.topics import TopicLayoutError, check_co_partitioned, ensure_join_topics
 from streams.ops import metrics
 from streams.retry import Stopped
@@ -68,8 +69,8 @@ def group_protocol_conf(protocol: str, instance_id: str | None = None) -> dict[s
     return {"partition.assignment.strategy": "range"}
 
 
-HELD_RETRY_S = 5.0  # a refused instance id: ask again after this long
-HELD_GIVE_UP_S = 150.0  # still refused after this long: another live worker has the id
+HELD_RETRY_S = 2.0  # a refused instance id: ask again after this long
+HELD_MARGIN_S = 5.0  # still refused 2 x the session timeout + this: another live worker has the id
 READY_COMMIT_S = 2.0  # a commit waiting longer than this: not ready
 
 
@@ -89,17 +90,21 @@ class JoinWorker:
         self.ends = EndWatch(self.topic_of)  # whether an end of partition counts (after a broker outage)
         self.ends_asked = 0.0  # when _confirm_ends last asked the leaders (monotonic)
         metrics.JOIN_ORDER_TIMEOUT.labels(settings.join_group).set(settings.order_timeout / 1000)
-        conf = {"enable.partition.eof": True, "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
-                # Readiness follows the broker connections (see _on_stats).
-                "statistics.interval.ms": 1_000, "stats_cb": self._on_stats,
-                **group_protocol_conf(settings.group_protocol, settings.instance_id)}
-        self.consumer_conf = {k: v for k, v in config.consumer(settings, settings.join_group, **conf).items()
-                              if v is not None}
-        self.consumer = Consumer(self.consumer_conf)
+        # auto: KIP-848 where the broker offers it; refused, classic (_protocol_refused).
+        self.protocol = "classic" if settings.group_protocol == "classic" else "consumer"
+        self.consumer = Consumer(self._consumer_conf())
         self.held_since: float | None = None  # the instance id refused since (monotonic)
+        self.session_s = 45.0  # the group's KIP-848 session timeout (tune_group_timeouts)
         self.checkpoint = Checkpoint(settings, self.consumer, lambda: self.stopping)
         self.outputs = Outputs(settings, self.checkpoint)
         self.restorer = Restorer(settings, self.params, now_ms, lambda: self.stopping)
+
+    def _consumer_conf(self) -> dict[str, object]:
+        conf = {"enable.partition.eof": True, "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
+                # Readiness follows the broker connections (see _on_stats).
+                "statistics.interval.ms": 1_000, "stats_cb": self._on_stats,
+                **group_protocol_conf(self.protocol, self.s.instance_id)}
+        return {k: v for k, v in config.consumer(self.s, self.s.join_group, **conf).items() if v is not None}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -120,6 +125,8 @@ class JoinWorker:
                     self.checkpoint.abandon(exc)
                 except InstanceHeld as exc:
                     self._instance_held(exc)
+                except ProtocolRefused as exc:
+                    self._protocol_refused(exc)
             self.commit()
         except Denied as exc:
             self.checkpoint.abandoned = True
@@ -143,17 +150,23 @@ class JoinWorker:
         log.info("%s", said)
         if self.checkpoint.eos and not self.checkpoint.out.init_transactions():
             return
+        if self.protocol == "consumer":
+            said, self.session_s = tune_group_timeouts(self.s, self.s.join_group)
+            log.info("%s", said)
         self._subscribe_consumer()
 
     def _subscribe_consumer(self) -> None:
+        log.info("joining group %s with group protocol %s%s", self.s.join_group, self.protocol,
+                 f" as static member {self.s.instance_id}" if self.protocol == "consumer" and self.s.instance_id else "")
         self.consumer.subscribe(list(self.topic_of), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
 
     def _instance_held(self, exc: InstanceHeld) -> None:
         """The coordinator refuses SLIPGUARD_INSTANCE_ID: held by a killed predecessor until
         its session expires, or by a live worker given the same id. The refused consumer
-        cannot be used again (a fatal error): wait, start a new one and ask again, for at
-        most HELD_GIVE_UP_S, then stop with one line."""
+        cannot be used again (a fatal error): wait, start a new one and ask again. A
+        predecessor's session expires within the session timeout; refused for twice that
+        (plus HELD_MARGIN_S), the id is a live worker's: stop with one line."""
         now = time.monotonic()
         if self.held_since is None:
             self.held_since = now
@@ -161,16 +174,34 @@ class JoinWorker:
                         "(a predecessor killed without leaving holds it until its session expires, the broker's "
                         "group.consumer.session.timeout.ms); asking again every %.0fs", self.s.instance_id,
                         HELD_RETRY_S)
-        elif now - self.held_since > HELD_GIVE_UP_S:
+        elif now - self.held_since > 2 * self.session_s + HELD_MARGIN_S:
             raise JoinFailed(f"another live worker of group {self.s.join_group} runs with SLIPGUARD_INSTANCE_ID="
                              f"{self.s.instance_id}: the group coordinator still refuses it after "
                              f"{now - self.held_since:.0f}s; give each worker its own id") from exc
+        self._new_consumer(wait=HELD_RETRY_S)
+
+    def _protocol_refused(self, exc: ProtocolRefused) -> None:
+        """The broker does not offer KIP-848: with `auto`, join with classic instead (one
+        line); asked for `consumer` explicitly, stop with one line."""
+        if self.s.group_protocol == "consumer":
+            raise JoinFailed(f"the broker refuses the KIP-848 consumer group protocol ({exc}): it needs Kafka 4.0 "
+                             "or later with `consumer` in group.coordinator.rebalance.protocols; set "
+                             "SLIPGUARD_GROUP_PROTOCOL=classic (or auto) for this cluster") from None
+        log.warning("the broker does not offer the KIP-848 consumer group protocol (Kafka before 4.0, or "
+                    "group.coordinator.rebalance.protocols without consumer): group %s joins with the classic "
+                    "protocol (eager range assignor: every rebalance moves and restores every partition)",
+                    self.s.join_group)
+        self.protocol = "classic"
+        self._new_consumer(wait=0.0)
+
+    def _new_consumer(self, *, wait: float) -> None:
+        """A consumer that failed fatally cannot be used again: close it, wait, start anew."""
         self.consumer.close()
-        give_up = time.monotonic() + HELD_RETRY_S
+        give_up = time.monotonic() + wait
         while not self.stopping and time.monotonic() < give_up:
             self.loop_at = time.monotonic()  # waiting on purpose: alive (/healthz), not ready
             time.sleep(0.1)
-        self.consumer = self.checkpoint.consumer = Consumer(self.consumer_conf)
+        self.consumer = self.checkpoint.consumer = Consumer(self._consumer_conf())
         if not self.stopping:
             self._subscribe_consumer()
 
@@ -335,7 +366,7 @@ class JoinWorker:
             raise JoinFailed(str(exc)) from None
         except KafkaException as exc:
             raise JoinFailed(f"cannot read topic metadata: {exc.args[0]}") from None
-        if self.s.group_protocol == "consumer":
+        if self.protocol == "consumer":
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
@@ -399,9 +430,10 @@ class JoinWorker:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.s.join_group, "lost").inc()
-        log.warning("partitions lost (session timed out?); dropping uncommitted work")
+        parts = {tp.partition for tp in partitions}
+        log.warning("lost partitions %s (session timed out?); dropping uncommitted work", sorted(parts))
         self.checkpoint.drop()
-        self._drop({tp.partition for tp in partitions})
+        self._drop(parts)
 
     def _drop(self, parts: set[int]) -> None:
         self.restorer.cancel(parts)

@@ -56,6 +56,10 @@ def producer(settings: Settings, *, transactional_id: str | None = None, **overr
     return conf | overrides
 
 
+SESSION_TIMEOUT_MS = 10_000  # a crashed member's partitions move after this long (both group protocols)
+HEARTBEAT_INTERVAL_MS = 1_000
+
+
 def consumer(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     conf = common(settings) | {
         "group.id": group_id,
@@ -64,8 +68,8 @@ def consumer(settings: Settings, group_id: str, **overrides: Any) -> dict[str, A
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 1_000,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
         "max.poll.interval.ms": 300_000,
         "fetch.min.bytes": 1,
         "queued.min.messages": 100_000,

@@ -22,11 +22,13 @@ coordinator timeout, librdkafka issue 4605).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streams.kafka import config
+from streams.kafka.groups import group_session_timeout_s
 from streams.kafka.read import Progress, read
 from streams.settings import Settings
 
@@ -106,21 +108,42 @@ def make_plan(s: Settings, group: str, to_ms: int | None, progress: Progress | N
     return plan
 
 
-def check_no_members(s: Settings, group: str, moves: list[Move]) -> None:
+def check_no_members(s: Settings, group: str, moves: list[Move], *, say=lambda line: None) -> None:
     """Commit the group's current offsets unchanged, as a non-member: refused while the
-    group has members."""
+    group has members. A static member (KIP-848 with SLIPGUARD_INSTANCE_ID) that stopped
+    cleanly stays a member until its session expires, so a refusal is asked again for up
+    to the group's session timeout (plus 5 s) before it counts."""
     same = [TopicPartition(m.topic, m.partition, m.current) for m in moves if m.current is not None]
     if not same:
         return  # nothing committed yet: nothing a member could be running from either
+    deadline = None
+    while True:
+        refused = _members_refuse(s, group, same)
+        if refused is None:
+            return
+        now = time.monotonic()
+        if deadline is None:
+            session_s = group_session_timeout_s(s, group)
+            deadline = now + session_s + 5
+            say(f"group {group} still has members; a stopped static member stays one until its session expires "
+                f"({session_s:g}s): asking again for up to {session_s + 5:g}s")
+        if now >= deadline:
+            raise ResetError(f"group {group} has active members: stop every join worker first "
+                             f"(the coordinator said {refused})")
+        time.sleep(1.0)
+
+
+def _members_refuse(s: Settings, group: str, same: list[TopicPartition]) -> str | None:
+    """None if a non-member may commit to the group; else the coordinator's refusal."""
     c = Consumer(config.consumer(s, group, **{"enable.auto.commit": False}))
     try:
         c.commit(offsets=same, asynchronous=False)
+        return None
     except KafkaException as exc:
         code = exc.args[0].code()
         if code in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
                     KafkaError.STALE_MEMBER_EPOCH, KafkaError.FENCED_MEMBER_EPOCH):
-            raise ResetError(f"group {group} has active members: stop every join worker first "
-                             f"(the coordinator said {exc.args[0].name()})") from None
+            return exc.args[0].name()
         raise ResetError(f"cannot check the group's members: {exc.args[0].str()}") from None
     finally:
         c.close()

@@ -11,10 +11,10 @@ when every partition processes again:
   for the session timeout, then for the broker to abort the dead transaction;
 * SIGTERM of one of two workers: a clean leave that commits and hands over.
 
-And with the KIP-848 protocol (`SLIPGUARD_GROUP_PROTOCOL=consumer`), a third worker
-joining two, then one of the three leaving: the longest stop of the partitions that kept
-their owner, and of those that moved (from the workers' logs), while committed offsets
-are sampled every 0.1 s.
+And a third worker joining two, then one of the three leaving: the longest stop of the
+partitions that kept their owner, and of those that moved (from the workers' logs), while
+committed offsets are sampled every 0.1 s. Each for both group protocols (`consumer`,
+KIP-848, the default on Kafka 4.0+, and `classic`), so that they compare in one run.
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ from streams.settings import Settings
 
 @dataclass
 class FailoverFigures:
-    restart_same_id_s: float
-    kill_one_of_two_s: float
-    clean_leave_one_of_two_s: float
-    kip848_join_kept_max_pause_s: float = float("nan")
-    kip848_join_moved_max_pause_s: float = float("nan")
-    kip848_leave_kept_max_pause_s: float = float("nan")
-    kip848_leave_moved_max_pause_s: float = float("nan")
-    kip848_calm_max_pause_s: float = float("nan")  # the same, over 10 s of calm before: the baseline
+    """One group protocol's figures (seconds)."""
+    protocol: str
+    restart_same_id_s: float = float("nan")
+    kill_one_of_two_s: float = float("nan")
+    clean_leave_one_of_two_s: float = float("nan")
+    join_kept_max_pause_s: float = float("nan")
+    join_moved_max_pause_s: float = float("nan")
+    leave_kept_max_pause_s: float = float("nan")
+    leave_moved_max_pause_s: float = float("nan")
+    calm_max_pause_s: float = float("nan")  # the same, over 10 s of calm before: the baseline
 
 
 def _start(s: Settings, instance_id: str | None, log: str) -> subprocess.Popen:
@@ -74,8 +76,8 @@ def _until_all_move(reader: LagReader, s: Settings, tps: list[tuple[str, int]], 
     return float("nan")
 
 
-def _case(s: Settings, name: str, logs: str, protocol: str = "classic") -> float:
-    c = s.with_prefix(f"fo-{name}-{uuid.uuid4().hex[:6]}", partitions=4, order_timeout="5s", grace="1s",
+def _case(s: Settings, name: str, logs: str, protocol: str) -> float:
+    c = s.with_prefix(f"fo-{name}-{protocol}-{uuid.uuid4().hex[:6]}", partitions=4, order_timeout="5s", grace="1s",
                       commit_interval="200ms", metrics_port=0, group_protocol=protocol)
     create_topics(c)
     tps = [(t, p) for t in (c.payments_topic, c.orders_topic) for p in range(4)]
@@ -84,9 +86,9 @@ def _case(s: Settings, name: str, logs: str, protocol: str = "classic") -> float
                          seed=7)
     traffic = threading.Thread(target=produce, args=(c, merged(pays, ords)), kwargs={"realtime": True}, daemon=True)
     ids = {"restart": ["fo-a", None], "kill": [None, None], "leave": [None, None]}[name]
-    procs = [_start(c, ids[0], f"{logs}/{name}-a.log")]
+    procs = [_start(c, ids[0], f"{logs}/{protocol}-{name}-a.log")]
     if name != "restart":
-        procs.append(_start(c, ids[1], f"{logs}/{name}-b.log"))
+        procs.append(_start(c, ids[1], f"{logs}/{protocol}-{name}-b.log"))
     try:
         traffic.start()
         time.sleep(12)  # joined, restored, processing live traffic
@@ -94,7 +96,7 @@ def _case(s: Settings, name: str, logs: str, protocol: str = "classic") -> float
         victim.send_signal(signal.SIGTERM if name == "leave" else signal.SIGKILL)
         since = time.monotonic()
         if name == "restart":
-            procs.append(_start(c, "fo-a", f"{logs}/{name}-a2.log"))
+            procs.append(_start(c, "fo-a", f"{logs}/{protocol}-{name}-a2.log"))
         return _until_all_move(reader, c, tps, since)
     finally:
         for p in procs:
@@ -115,7 +117,7 @@ def _owned(log: str) -> set[int]:
 
     text = open(log, encoding="utf-8", errors="replace").read() if os.path.exists(log) else ""
     held: set[int] = set()
-    for verb, found in re.findall(r"(restored|revoked) partitions \[([\d, ]*)\]", text):
+    for verb, found in re.findall(r"(restored|revoked|lost) partitions \[([\d, ]*)\]", text):
         parts = {int(x) for x in found.split(",") if x.strip()}
         held = held | parts if verb == "restored" else held - parts
     return held
@@ -160,15 +162,15 @@ class _Sampler:
         return longest
 
 
-def _kip848(s: Settings, logs: str) -> tuple[float, float, float, float, float]:
-    c = s.with_prefix(f"fo-848-{uuid.uuid4().hex[:6]}", partitions=6, order_timeout="5s", grace="1s",
-                      commit_interval="200ms", metrics_port=0, group_protocol="consumer")
+def _rebalance(s: Settings, logs: str, protocol: str) -> tuple[float, float, float, float, float]:
+    c = s.with_prefix(f"fo-rb-{protocol}-{uuid.uuid4().hex[:6]}", partitions=6, order_timeout="5s", grace="1s",
+                      commit_interval="200ms", metrics_port=0, group_protocol=protocol)
     create_topics(c)
     tps = [(t, p) for t in (c.payments_topic, c.orders_topic) for p in range(6)]
     reader = LagReader(c, timeout=5)
     pays, ords, _ = plan(150_000, start_ms=int(time.time() * 1000) + 3_000, spacing_ms=0.5, timeout_ms=5_000, seed=8)
     threading.Thread(target=produce, args=(c, merged(pays, ords)), kwargs={"realtime": True}, daemon=True).start()
-    names = [f"{logs}/848-{x}.log" for x in "abc"]
+    names = [f"{logs}/{protocol}-rebalance-{x}.log" for x in "abc"]
     procs = [_start(c, None, names[0]), _start(c, None, names[1])]
     sampler = _Sampler(reader, c, tps)
     try:
@@ -201,36 +203,45 @@ def _kip848(s: Settings, logs: str) -> tuple[float, float, float, float, float]:
         reader.close()
 
 
-def run(s: Settings, logs: str, cases: str = "all") -> FailoverFigures:
-    """cases: all, classic (the three failovers) or kip848 (join and leave under KIP-848)."""
+def run(s: Settings, logs: str, cases: str = "all", protocols: str = "consumer,classic") -> list[FailoverFigures]:
+    """cases: all, failover (kill -9 and clean leave) or rebalance (a third joins, one
+    leaves); each for every protocol named (consumer: KIP-848, the default on Kafka 4.0+)."""
     os.makedirs(logs, exist_ok=True)
-    nan = float("nan")
-    same = kill = leave = nan
-    if cases in ("all", "classic"):
-        print("bench-failover: kill -9, restarted with the same instance id ...", file=sys.stderr, flush=True)
-        same = _case(s, "restart", logs)
-        print("bench-failover: kill -9 of one of two workers ...", file=sys.stderr, flush=True)
-        kill = _case(s, "kill", logs)
-        print("bench-failover: SIGTERM of one of two workers ...", file=sys.stderr, flush=True)
-        leave = _case(s, "leave", logs)
-    jk = jm = lk = lm = calm = nan
-    if cases in ("all", "kip848"):
-        print("bench-failover: KIP-848, a third worker joins two, then one of three leaves ...", file=sys.stderr, flush=True)
-        jk, jm, lk, lm, calm = _kip848(s, logs)
-    return FailoverFigures(round(same, 1), round(kill, 1), round(leave, 1), round(jk, 2), round(jm, 2), round(lk, 2),
-                           round(lm, 2), round(calm, 2))
+    out = []
+    for protocol in [p.strip() for p in protocols.split(",") if p.strip()]:
+        f = FailoverFigures(protocol)
+        if cases in ("all", "failover"):
+            say = f"bench-failover ({protocol}):"
+            print(f"{say} kill -9, restarted with the same instance id ...", file=sys.stderr, flush=True)
+            f.restart_same_id_s = round(_case(s, "restart", logs, protocol), 1)
+            print(f"{say} kill -9 of one of two workers ...", file=sys.stderr, flush=True)
+            f.kill_one_of_two_s = round(_case(s, "kill", logs, protocol), 1)
+            print(f"{say} SIGTERM of one of two workers ...", file=sys.stderr, flush=True)
+            f.clean_leave_one_of_two_s = round(_case(s, "leave", logs, protocol), 1)
+        if cases in ("all", "rebalance"):
+            print(f"bench-failover ({protocol}): a third worker joins two, then one of three leaves ...",
+                  file=sys.stderr, flush=True)
+            figures = _rebalance(s, logs, protocol)
+            (f.join_kept_max_pause_s, f.join_moved_max_pause_s, f.leave_kept_max_pause_s,
+             f.leave_moved_max_pause_s, f.calm_max_pause_s) = (round(x, 2) for x in figures)
+        out.append(f)
+    return out
 
 
-def report(f: FailoverFigures) -> str:
-    return "\n".join([
-        "until every partition processes again (committed offsets move):",
-        f"  kill -9, restarted at once with the same SLIPGUARD_INSTANCE_ID  {f.restart_same_id_s:.1f} s",
-        f"  kill -9 of one of two workers (ids unset)                        {f.kill_one_of_two_s:.1f} s",
-        f"  SIGTERM of one of two workers (clean leave)                     {f.clean_leave_one_of_two_s:.1f} s",
-        "KIP-848 (group.protocol=consumer), longest stop of committed offsets:",
-        f"  a third joins: partitions that kept their owner {f.kip848_join_kept_max_pause_s:.2f} s, "
-        f"that moved {f.kip848_join_moved_max_pause_s:.2f} s",
-        f"  one of three leaves (SIGTERM): kept {f.kip848_leave_kept_max_pause_s:.2f} s, "
-        f"moved {f.kip848_leave_moved_max_pause_s:.2f} s",
-        f"  baseline, 10 s of calm before (commits every 200 ms, same traffic): {f.kip848_calm_max_pause_s:.2f} s",
-    ])
+def report(figures: list[FailoverFigures]) -> str:
+    lines = []
+    for f in figures:
+        lines += [
+            f"group protocol {f.protocol}",
+            "  until every partition processes again (committed offsets move):",
+            f"    kill -9, restarted at once with the same SLIPGUARD_INSTANCE_ID  {f.restart_same_id_s:.1f} s",
+            f"    kill -9 of one of two workers (ids unset)                        {f.kill_one_of_two_s:.1f} s",
+            f"    SIGTERM of one of two workers (clean leave)                     {f.clean_leave_one_of_two_s:.1f} s",
+            "  longest stop of committed offsets while the group changes:",
+            f"    a third joins: partitions that kept their owner {f.join_kept_max_pause_s:.2f} s, "
+            f"that moved {f.join_moved_max_pause_s:.2f} s",
+            f"    one of three leaves (SIGTERM): kept {f.leave_kept_max_pause_s:.2f} s, "
+            f"moved {f.leave_moved_max_pause_s:.2f} s",
+            f"    baseline, 10 s of calm before (commits every 200 ms, same traffic): {f.calm_max_pause_s:.2f} s",
+        ]
+    return "\n".join(lines)

@@ -101,9 +101,17 @@ class _LiveTraffic:
 
 
 def _owned(log: Path) -> list[int] | None:
-    """The partitions a worker restored last, from its log (None: none yet)."""
-    found = re.findall(r"restored partitions \[([\d, ]*)\]", log.read_text() if log.exists() else "")
-    return [int(x) for x in found[-1].split(",") if x.strip()] if found else None
+    """The partitions a worker holds now (None: it restored none yet): its log's restored,
+    revoked and lost lines replayed. Under KIP-848 an assignment adds and a revocation
+    takes away only the partitions that move; under classic each takes all."""
+    events = re.findall(r"(restored|revoked|lost) partitions \[([\d, ]*)\]", log.read_text() if log.exists() else "")
+    if not any(verb == "restored" for verb, _ in events):
+        return None
+    held: set[int] = set()
+    for verb, found in events:
+        parts = {int(x) for x in found.split(",") if x.strip()}
+        held = held | parts if verb == "restored" else held - parts
+    return sorted(held)
 
 
 def _wait_for(condition, what: str, timeout: float = 60) -> None:

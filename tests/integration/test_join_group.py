@@ -6,6 +6,8 @@ import re
 import signal
 import time
 
+import pytest
+
 from tests.integration.test_join import _LiveTraffic, _owned, _settings, _wait_for
 from tests.integration.workers import assert_recovered_once, start, stop, wait_for_progress, wait_until_done
 
@@ -39,11 +41,15 @@ def test_three_workers_on_twelve_partitions_scale_out_and_recover_every_payment_
             assert stop(w) == 0, log.read_text()[-3000:]
 
 
-def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_settings, tmp_path) -> None:
-    """Being fenced once proves nothing (the coordinator also fences a producer whose
-    transaction outlived a broker outage); fenced three times in a minute, with an
-    instance id configured, is another live worker with that id."""
-    s = _settings(base_settings, commit_interval="200ms")
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_settings, tmp_path,
+                                                                         protocol: str) -> None:
+    """classic: being fenced once proves nothing (the coordinator also fences a producer
+    whose transaction outlived a broker outage); fenced three times in a minute, with an
+    instance id configured, is another live worker with that id. KIP-848: the second is
+    refused the id as a static member; a killed predecessor's session would have expired
+    within the session timeout (10 s), so still refused after twice that, it stops."""
+    s = _settings(base_settings, commit_interval="200ms", group_protocol=protocol)
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     a = start(s, ["join"], a_log, instance_id="same")
     _wait_for(lambda: _owned(a_log) == [0, 1, 2, 3], "the first worker owns the partitions")
@@ -71,27 +77,38 @@ def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_se
                 stop(w)
 
 
-def test_kip_848_consumer_protocol_keeps_pairs_together_and_recovers_every_payment_once(base_settings,
+def test_a_classic_group_moves_to_kip_848_under_load_and_recovers_every_payment_once(base_settings,
                                                                                       tmp_path) -> None:
-    """group.protocol=consumer with the broker's range assignor: incremental rebalances,
-    still co-partitioned (a worker checks it and stops if not), transactions intact."""
-    s = _settings(base_settings, commit_interval="200ms", group_protocol="consumer")
-    logs = [tmp_path / f"w{i}.log" for i in range(3)]
-    workers = [start(s, ["join"], logs[i], instance_id=None) for i in range(2)]
+    """An upgrade from a release whose default was classic: two classic workers under
+    load, a worker with the default protocol (KIP-848 here) joins, then the classic ones
+    are replaced one by one (the broker converts the group online, KIP-848's migration).
+    Pairs stay together (each worker checks co-partitioning on every assignment and would
+    stop), transactions stay intact: every recovery once."""
+    s = _settings(base_settings, commit_interval="200ms")
+    logs = [tmp_path / f"w{i}.log" for i in range(4)]
+    workers = [start(s, ["join"], logs[i], instance_id=None, group_protocol="classic") for i in range(2)]
     try:
-        _wait_for(lambda: all(_owned(p) is not None for p in logs[:2]), "both workers restored partitions", timeout=90)
-        traffic = _LiveTraffic(s, 20_000, seed=43, seconds=8)
-        wait_for_progress(s, traffic.total, 0.2)
-        workers.append(start(s, ["join"], logs[2], instance_id=None))  # a third joins mid-stream
+        _wait_for(lambda: all(_owned(p) for p in logs[:2]), "both classic workers restored partitions", timeout=90)
+        traffic = _LiveTraffic(s, 24_000, seed=43, seconds=12)
+        wait_for_progress(s, traffic.total, 0.1)
+        workers.append(start(s, ["join"], logs[2], instance_id=None, group_protocol=None))  # the new default
+        _wait_for(lambda: _owned(logs[2]), "the KIP-848 worker got partitions", timeout=60)
+        assert stop(workers[0]) == 0, logs[0].read_text()[-3000:]
+        workers.append(start(s, ["join"], logs[3], instance_id=None, group_protocol=None))
+        assert stop(workers[1]) == 0, logs[1].read_text()[-3000:]
+        assert traffic.running(), "all of it under live traffic"
         traffic.join()
         wait_until_done(s, traffic.total, timeout=180)
         assert_recovered_once(s, traffic.exp.recovered)
-        assert _owned(logs[2]), "the third worker got partitions"
-        for w, log in zip(workers, logs):
-            assert w.poll() is None and "Traceback" not in log.read_text(), log.read_text()[-3000:]
+        assert sorted(_owned(logs[2]) + _owned(logs[3])) == [0, 1, 2, 3], "the new workers hold every partition"
+        for w, log in zip(workers[2:], logs[2:]):
+            text = log.read_text()
+            assert w.poll() is None and "Traceback" not in text, text[-3000:]
+            assert "group protocol consumer" in text, text[-3000:]
     finally:
         for w, log in zip(workers, logs):
-            assert stop(w) == 0, log.read_text()[-3000:]
+            if w.poll() is None:
+                assert stop(w) == 0, log.read_text()[-3000:]
 
 
 def _group_timeouts(s, session_ms: int, heartbeat_ms: int) -> None:
@@ -112,12 +129,7 @@ def _group_timeouts(s, session_ms: int, heartbeat_ms: int) -> None:
 
 
 def _holds(log) -> list[int]:
-    """The partitions a worker holds now: its log's restored and revoked lines replayed."""
-    held: set[int] = set()
-    for verb, found in re.findall(r"(restored|revoked) partitions \[([\d, ]*)\]", log.read_text() if log.exists() else ""):
-        parts = {int(x) for x in found.split(",") if x.strip()}
-        held = held | parts if verb == "restored" else held - parts
-    return sorted(held)
+    return _owned(log) or []
 
 
 def _revoked(log) -> list[int]:

@@ -48,3 +48,32 @@ def test_a_partition_read_to_its_end_does_not_hold_the_other_back() -> None:
     assert _run(pair, 0.0) == []
     pair.fetch_end[PAYMENT] = True
     assert _run(pair, 0.1) == ["o1", "o2"]
+
+
+def test_a_fatal_group_error_is_told_apart_by_what_can_be_done_about_it() -> None:
+    """The consumer's fatal errors as librdkafka 2.16 reports them (recorded on the local
+    broker): a broker without KIP-848, an instance id still held, anything else."""
+    import pytest
+    from confluent_kafka import KafkaError
+
+    from streams.join import InstanceHeld, JoinFailed, ProtocolRefused
+    from streams.join.core import JoinParams, PartitionJoin, Side
+    from streams.join.merge import hold
+    from tests.join.test_ends import _Msg
+
+    def hold_error(err: KafkaError) -> None:
+        pairs = {0: Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))}
+        hold(pairs, {"payments": Side.PAYMENT, "orders": Side.ORDER}, [_Msg("payments", 0, error=err)], 0)
+
+    fatal = KafkaError._FATAL
+    with pytest.raises(ProtocolRefused):
+        hold_error(KafkaError(fatal, "Fatal error: Broker: API version not supported: ConsumerGroupHeartbeat "
+                                     "fatal error: Broker: API version not supported", fatal=True))
+    with pytest.raises(ProtocolRefused):
+        hold_error(KafkaError(KafkaError.UNSUPPORTED_VERSION))
+    with pytest.raises(InstanceHeld):
+        hold_error(KafkaError(fatal, "Fatal error: Broker: The instance ID is still used by another member in "
+                                     "the consumer group", fatal=True))
+    with pytest.raises(JoinFailed) as other:
+        hold_error(KafkaError(fatal, "Fatal error: Broker: Group authorization failed", fatal=True))
+    assert type(other.value) is JoinFailed
