@@ -152,7 +152,7 @@ class JoinWorker:
             return
         if self.protocol == "consumer":
             said, self.session_s = tune_group_timeouts(self.s, self.s.join_group)
-            log.info("%s", said)
+            log.log(logging.INFO if self.session_s <= config.SESSION_TIMEOUT_MS / 1000 else logging.WARNING, "%s", said)
         self._subscribe_consumer()
 
     def _subscribe_consumer(self) -> None:

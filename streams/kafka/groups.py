@@ -46,7 +46,8 @@ def _tune(settings: Settings, group: str, timeout: float) -> str:
         entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result()
     except KafkaException as exc:
         return (f"group {group}: cannot read its configs ({exc.args[0].str()}); a crashed worker's partitions move "
-                f"after the broker's group.consumer.session.timeout.ms (45 s by default)")
+                f"after the broker's group.consumer.session.timeout.ms (45 s by default); grant this principal "
+                "AlterConfigs on the group to let the join set 10 s (README: when the cluster is not calm)")
     have = {name: entries[name] for name in want if name in entries}
     if any(e.source == ConfigSource.GROUP_CONFIG.value for e in have.values()):
         return (f"group {group}: session timeout {_seconds(have, SESSION)}, heartbeat {_seconds(have, HEARTBEAT)} "
