@@ -38,7 +38,7 @@ def parse_duration_ms(value: Any) -> int:
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
 
 
-DURATION_FIELDS = ("order_timeout", "grace", "late_horizon", "max_future", "commit_interval")
+DURATION_FIELDS = ("order_timeout", "grace", "late_horizon", "max_future", "commit_interval", "topic_wait")
 TOPIC_SETTINGS = ("payments", "orders", "recovery", "late", "anomalies", "dlq")
 
 
@@ -92,6 +92,8 @@ class Settings(BaseSettings):
                             "consumer where the broker offers it, else classic")
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="records the join reads per consume() call")
     commit_interval: DurationMs = Field("100ms", gt=0, description="how often the join commits its transaction")
+    topic_wait: DurationMs = Field("30s", gt=0, description="how long the join waits at start for its input "
+                                                           "topics to appear (created alongside a deployment)")
 
     # Kafka security: passed through to every client the program makes.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

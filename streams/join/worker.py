@@ -142,7 +142,7 @@ class JoinWorker:
         """Check the topics (creating the changelog if missing), initialise transactions
         (exactly_once), then join the group."""
         try:
-            said = ensure_join_topics(self.s, stopping=lambda: self.stopping)
+            said = ensure_join_topics(self.s, timeout=self.s.topic_wait / 1000, stopping=lambda: self.stopping)
         except TopicLayoutError as exc:
             raise JoinFailed(str(exc)) from None
         if said is None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.integration.test_join import _LiveTraffic, _owned, _settings, _wait_for
-from tests.integration.workers import assert_recovered_once, start, stop, wait_for_progress, wait_until_done
+from tests.integration.workers import assert_recovered_once, group_timeouts, start, stop, wait_for_progress, wait_until_done
 
 
 def test_three_workers_on_twelve_partitions_scale_out_and_recover_every_payment_once(base_settings, tmp_path) -> None:
@@ -50,6 +50,8 @@ def test_two_workers_given_the_same_instance_id_are_reported_in_one_line(base_se
     refused the id as a static member; a killed predecessor's session would have expired
     within the session timeout (10 s), so still refused after twice that, it stops."""
     s = _settings(base_settings, commit_interval="200ms", group_protocol=protocol)
+    if protocol == "consumer":
+        group_timeouts(s, session_ms=6_000, heartbeat_ms=1_000)  # the local floors: given up after 17 s
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     a = start(s, ["join"], a_log, instance_id="same")
     _wait_for(lambda: _owned(a_log) == [0, 1, 2, 3], "the first worker owns the partitions")
@@ -111,23 +113,6 @@ def test_a_classic_group_moves_to_kip_848_under_load_and_recovers_every_payment_
                 assert stop(w) == 0, log.read_text()[-3000:]
 
 
-def _group_timeouts(s, session_ms: int, heartbeat_ms: int) -> None:
-    """The KIP-848 group's own session timeout and heartbeat interval (group configs; the
-    local broker's floors are lowered for it, its defaults are not)."""
-    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
-
-    from streams.kafka import config
-
-    admin = AdminClient(config.admin(s))
-    entries = [ConfigEntry("consumer.session.timeout.ms", str(session_ms),
-                           incremental_operation=AlterConfigOpType.SET),
-               ConfigEntry("consumer.heartbeat.interval.ms", str(heartbeat_ms),
-                           incremental_operation=AlterConfigOpType.SET)]
-    for future in admin.incremental_alter_configs([ConfigResource(ResourceType.GROUP, s.join_group,
-                                                                  incremental_configs=entries)]).values():
-        future.result(30)
-
-
 def _holds(log) -> list[int]:
     return _owned(log) or []
 
@@ -145,7 +130,7 @@ def test_kip_848_restart_with_the_same_instance_id_moves_no_other_members_partit
     by itself, then takes them back. The other worker's own partitions never move, and
     every recovery appears once."""
     s = _settings(base_settings, commit_interval="200ms", group_protocol="consumer")
-    _group_timeouts(s, session_ms=8_000, heartbeat_ms=1_000)
+    group_timeouts(s, session_ms=8_000, heartbeat_ms=1_000)
     logs = {name: tmp_path / f"{name}.log" for name in ("s0", "s1", "s1-again", "s1-third")}
     keeper = start(s, ["join"], logs["s0"], instance_id="s-0")
     mover = start(s, ["join"], logs["s1"], instance_id="s-1")

@@ -19,7 +19,8 @@ from streams.kafka import config
 from streams.tools.loadgen import merged, plan, produce
 from tests.integration.conftest import consume_all
 from tests.integration.test_recover import writer_settings
-from tests.integration.workers import ROOT, assert_recovered_once, env_for, start, stop, wait_until_done
+from tests.integration.workers import ROOT, assert_recovered_once, env_for, group_timeouts, start, stop, \
+    wait_until_done
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -64,6 +65,9 @@ def test_a_day_replayed_from_its_middle_rederives_the_same_recoveries_and_leaves
     start_ms = int(time.time() * 1000) - DAY_MS - 3_600_000  # a day of traffic, which ended an hour ago
     pays, ords, exp = plan(2_000, start_ms=start_ms, spacing_ms=DAY_MS / 2_000, timeout_ms=5_000, seed=61)
     produce(s, merged(pays, ords))
+    # The join runs as a static member (an instance id): stopped, it stays a member for the
+    # group's session timeout, which reset waits out; the local floor keeps that short.
+    group_timeouts(s, session_ms=6_000, heartbeat_ms=1_000)
     writer = start(s, ["recover"], tmp_path / "writer.log")
     join = start(s, ["join"], tmp_path / "join.log")
     try:

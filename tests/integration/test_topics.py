@@ -90,7 +90,7 @@ def test_join_refuses_a_changelog_that_is_not_co_partitioned_or_not_compacted(ba
 
 
 def test_join_worker_with_a_missing_input_topic_exits_with_one_line_naming_it(base_settings, tmp_path) -> None:
-    s = isolated(base_settings)
+    s = isolated(base_settings, topic_wait="3s")
     _create(AdminClient(config.admin(s)), NewTopic(s.payments_topic, 2, 1))
     log = tmp_path / "join.log"
     worker = start(s, ["join"], log)

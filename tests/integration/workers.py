@@ -105,3 +105,18 @@ def wait_until_done(s: Settings, total_inputs: int, timeout: float = 120) -> Non
             return
         time.sleep(0.2)
     raise AssertionError(f"join did not commit all {total_inputs} input records within {timeout}s")
+
+
+def group_timeouts(s, session_ms: int, heartbeat_ms: int) -> None:
+    """The KIP-848 group's own session timeout and heartbeat interval (group configs; the
+    local broker's floors are lowered for it, its defaults are not)."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    admin = AdminClient(config.admin(s))
+    entries = [ConfigEntry("consumer.session.timeout.ms", str(session_ms),
+                           incremental_operation=AlterConfigOpType.SET),
+               ConfigEntry("consumer.heartbeat.interval.ms", str(heartbeat_ms),
+                           incremental_operation=AlterConfigOpType.SET)]
+    for future in admin.incremental_alter_configs([ConfigResource(ResourceType.GROUP, s.join_group,
+                                                                  incremental_configs=entries)]).values():
+        future.result(30)
