@@ -36,6 +36,7 @@ demo: up
 
 # The whole suite: unit, property and integration tests on the real local stack.
 test: up tools
+	bash deploy/local/stack.sh kafka3-fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Pure logic only; no broker or database needed.

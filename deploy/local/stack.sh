@@ -51,22 +51,32 @@ tls_make() {
 # ---------------------------------------------------------------- Kafka
 kafka_pid() { [ -f "$KAFKA_DIR/kafka.pid" ] && kill -0 "$(cat "$KAFKA_DIR/kafka.pid")" 2>/dev/null && cat "$KAFKA_DIR/kafka.pid"; }
 
-kafka_fetch() {
-  if [ -f "$KAFKA_DIR/libs/.complete" ] && cmp -s "$ROOT/deploy/local/pom.xml" "$KAFKA_DIR/libs/.pom"; then
+kafka_fetch() { jars_fetch "$ROOT/deploy/local/pom.xml" "$KAFKA_DIR/libs" "Apache Kafka"; }
+
+# A Kafka before 4.0 (no KIP-848 consumer protocol), for the tests of the join's group
+# protocol choice only; never started by `up`.
+KAFKA3_DIR=$STACK/kafka-3
+kafka3_fetch() { jars_fetch "$ROOT/deploy/local/pom-kafka3.xml" "$KAFKA3_DIR/libs" "Apache Kafka 3 (tests)"; }
+
+jars_fetch() {  # pom, libs directory, what
+  local pom=$1 libs=$2 what=$3
+  if [ -f "$libs/.complete" ] && cmp -s "$pom" "$libs/.pom"; then
     return
   fi
   command -v java >/dev/null || die "java not found: install OpenJDK 17 or newer (Kafka 4 needs it)"
   command -v mvn >/dev/null || die "mvn not found: install Maven; it fetches Kafka from Maven Central"
-  say "fetching Apache Kafka from Maven Central (first run only; log: $KAFKA_DIR/maven.log)"
-  mkdir -p "$KAFKA_DIR"
-  rm -rf "$KAFKA_DIR/libs"
-  if ! mvn -B -q -f "$ROOT/deploy/local/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$KAFKA_DIR/libs" >"$KAFKA_DIR/maven.log" 2>&1; then
-    tail -n 20 "$KAFKA_DIR/maven.log" >&2
-    die "Maven could not fetch Kafka from Maven Central; see $KAFKA_DIR/maven.log"
+  local log
+  log="$(dirname "$libs")/maven.log"
+  say "fetching $what from Maven Central (first run only; log: $log)"
+  mkdir -p "$(dirname "$libs")"
+  rm -rf "$libs"
+  if ! mvn -B -q -f "$pom" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs" >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    die "Maven could not fetch $what from Maven Central; see $log"
   fi
-  cp "$ROOT/deploy/local/pom.xml" "$KAFKA_DIR/libs/.pom"
-  touch "$KAFKA_DIR/libs/.complete"
+  cp "$pom" "$libs/.pom"
+  touch "$libs/.complete"
 }
 
 kafka_java() { java -cp "$KAFKA_DIR/libs/*" -Dlog4j2.configurationFile="$ROOT/deploy/local/log4j2.properties" \
@@ -260,5 +270,6 @@ case "${1:-}" in
   pg-up) pg_up ;;
   pg-down) pg_stop_only ;;
   kafka-tool) shift; kafka_fetch; kafka_java "$@" ;;
-  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS" >&2; exit 2 ;;
+  kafka3-fetch) kafka3_fetch ;;
+  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS|kafka3-fetch" >&2; exit 2 ;;
 esac

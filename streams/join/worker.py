@@ -28,6 +28,7 @@ from streams.join.restore import Restorer
 from streams.kafka import config
 from streams.kafka.calls import Wedged, bounded, patiently
 from streams.kafka.groups import tune_group_timeouts
+from streams.kafka.versions import offers_kip848
 from streams.kafka.topics import TopicLayoutError, check_co_partitioned, ensure_join_topics
 from streams.ops import metrics
 from streams.retry import Stopped
@@ -150,6 +151,9 @@ class JoinWorker:
         log.info("%s", said)
         if self.checkpoint.eos and not self.checkpoint.out.init_transactions():
             return
+        if self.protocol == "consumer" and offers_kip848(self.s) is False:
+            self._protocol_refused(ProtocolRefused("no broker version of ConsumerGroupHeartbeat that librdkafka "
+                                                   "speaks: Kafka before 4.0"), subscribe=False)
         if self.protocol == "consumer":
             said, self.session_s = tune_group_timeouts(self.s, self.s.join_group)
             log.log(logging.INFO if self.session_s <= config.SESSION_TIMEOUT_MS / 1000 else logging.WARNING, "%s", said)
@@ -180,9 +184,11 @@ class JoinWorker:
                              f"{now - self.held_since:.0f}s; give each worker its own id") from exc
         self._new_consumer(wait=HELD_RETRY_S)
 
-    def _protocol_refused(self, exc: ProtocolRefused) -> None:
-        """The broker does not offer KIP-848: with `auto`, join with classic instead (one
-        line); asked for `consumer` explicitly, stop with one line."""
+    def _protocol_refused(self, exc: ProtocolRefused, *, subscribe: bool = True) -> None:
+        """The broker does not offer KIP-848 (its ApiVersions before joining, see
+        streams/kafka/versions.py, or a fatal error at the first heartbeat): with `auto`,
+        join with classic instead (one line); asked for `consumer` explicitly, stop with
+        one line."""
         if self.s.group_protocol == "consumer":
             raise JoinFailed(f"the broker refuses the KIP-848 consumer group protocol ({exc}): it needs Kafka 4.0 "
                              "or later with `consumer` in group.coordinator.rebalance.protocols; set "
@@ -192,9 +198,9 @@ class JoinWorker:
                     "protocol (eager range assignor: every rebalance moves and restores every partition)",
                     self.s.join_group)
         self.protocol = "classic"
-        self._new_consumer(wait=0.0)
+        self._new_consumer(wait=0.0, subscribe=subscribe)
 
-    def _new_consumer(self, *, wait: float) -> None:
+    def _new_consumer(self, *, wait: float, subscribe: bool = True) -> None:
         """A consumer that failed fatally cannot be used again: close it, wait, start anew."""
         self.consumer.close()
         give_up = time.monotonic() + wait
@@ -202,7 +208,7 @@ class JoinWorker:
             self.loop_at = time.monotonic()  # waiting on purpose: alive (/healthz), not ready
             time.sleep(0.1)
         self.consumer = self.checkpoint.consumer = Consumer(self._consumer_conf())
-        if not self.stopping:
+        if subscribe and not self.stopping:
             self._subscribe_consumer()
 
     @property

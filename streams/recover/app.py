@@ -7,7 +7,6 @@ acknowledges a record only after its batch is committed in PostgreSQL.
 
 from __future__ import annotations
 
-import ssl
 import tempfile
 import time
 from typing import Any
@@ -17,18 +16,14 @@ import faust
 from streams.ops import metrics
 from streams.recover.faust_compat import ReadCommittedApp
 from streams.recover.writer import Record, Writer
+from streams.kafka.versions import ssl_context
 from streams.settings import Settings
 
 
 def _credentials(s: Settings) -> Any:
     if s.kafka_security_protocol == "PLAINTEXT":
         return None
-    context = None
-    if s.kafka_security_protocol.endswith("SSL"):
-        context = ssl.create_default_context(cafile=s.kafka_ssl_ca_location)
-        if s.kafka_ssl_certificate_location:
-            password = s.kafka_ssl_key_password.get_secret_value() if s.kafka_ssl_key_password else None
-            context.load_cert_chain(s.kafka_ssl_certificate_location, s.kafka_ssl_key_location, password)
+    context = ssl_context(s)
     if s.kafka_security_protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=s.kafka_sasl_username, password=s.kafka_sasl_password.get_secret_value(),  # type: ignore[union-attr]
