@@ -6,7 +6,8 @@ forever, without an error (rd_kafka_ConsumerGroupHeartbeatRequest, librdkafka 2.
 Seen here on Kafka 3.9.1: no error, no assignment, for as long as it ran. So `auto` asks
 a broker first. librdkafka does not expose the versions it learnt, so this asks through
 aiokafka's connection (a dependency already, through the writer), which speaks TLS and
-SASL with the same settings as every other client. (A Kafka 4.x broker that leaves
+SASL with the same settings as every other client. Every broker is asked: during a
+rolling upgrade from Kafka 3 any of them may be the group's coordinator. (A Kafka 4.x broker that leaves
 `consumer` out of `group.coordinator.rebalance.protocols` still lists the API and refuses
 it at the first heartbeat, a fatal error the worker handles too.)
 """
@@ -53,15 +54,36 @@ async def _max_version(s: Settings, host: str, port: int, api_key: int, timeout:
 
 
 def offers_kip848(s: Settings, *, timeout: float = 10.0) -> bool | None:
-    """True if a bootstrap broker lists ConsumerGroupHeartbeat v1 or later, False if it
-    answers without it, None if none answered (then the consumer protocol is tried)."""
-    for server in [x.strip() for x in s.bootstrap_servers.split(",") if x.strip()]:
-        host, _, port = server.rpartition(":")
-        try:
-            version = asyncio.run(asyncio.wait_for(
-                _max_version(s, host.strip("[]"), int(port), CONSUMER_GROUP_HEARTBEAT, timeout), timeout))
-        except Exception as exc:  # noqa: BLE001 (this broker cannot tell: ask the next)
-            log.debug("ApiVersions from %s: %r", server, exc)
-            continue
-        return version >= 1
-    return None
+    """True if every broker of the cluster that answers lists ConsumerGroupHeartbeat v1
+    or later, False if one answers without it (a rolling upgrade from Kafka 3 not done
+    yet: any broker may be the group's coordinator), None if none answered (then the
+    consumer protocol is tried, and a refusal at the first heartbeat still falls back)."""
+    answers = [_offers(s, server, timeout) for server in _brokers(s, timeout)]
+    known = [a for a in answers if a is not None]
+    return all(known) if known else None
+
+
+def _brokers(s: Settings, timeout: float) -> list[str]:
+    """host:port of every broker in the metadata; the bootstrap servers if it cannot be read."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from streams.kafka import config
+
+    try:
+        brokers = AdminClient(config.admin(s)).list_topics(timeout=timeout).brokers.values()
+        found = sorted(f"{b.host}:{b.port}" for b in brokers)
+    except KafkaException:
+        found = []
+    return found or [x.strip() for x in s.bootstrap_servers.split(",") if x.strip()]
+
+
+def _offers(s: Settings, server: str, timeout: float) -> bool | None:
+    host, _, port = server.rpartition(":")
+    try:
+        version = asyncio.run(asyncio.wait_for(
+            _max_version(s, host.strip("[]"), int(port), CONSUMER_GROUP_HEARTBEAT, timeout), timeout))
+    except Exception as exc:  # noqa: BLE001 (this broker cannot tell)
+        log.debug("ApiVersions from %s: %r", server, exc)
+        return None
+    return version >= 1
