@@ -13,6 +13,7 @@ from streams.kafka.topics import (
     ensure_join_topics,
     existing_partitions,
     topic_specs,
+    wait_for_topics,
 )
 from tests.integration.conftest import isolated
 from tests.integration.workers import start
@@ -56,6 +57,8 @@ def test_missing_orders_topic_is_created_with_payments_partition_count(base_sett
     for f in admin.create_topics([NewTopic(s.payments_topic, 5, 1)]).values():
         f.result()
     assert main(["topics", "create", "--partitions=2", *_flags(s)]) == 0
+    # A topic just created reaches this client's metadata a moment later (seen once in CI).
+    assert wait_for_topics(s, [s.orders_topic], timeout=30) == []
     assert existing_partitions(admin)[s.orders_topic] == 5
 
 
