@@ -54,12 +54,8 @@ def _tune(settings: Settings, group: str, timeout: float) -> str:
                 f"(the group's own configs, kept): a crashed worker's partitions move after the session timeout")
     if all(name in have and have[name].value == str(value) for name, value in want.items()):
         return f"group {group}: session timeout {_seconds(have, SESSION)}, heartbeat {_seconds(have, HEARTBEAT)}"
-    entries_to_set = [ConfigEntry(name, str(value), incremental_operation=AlterConfigOpType.SET)
-                      for name, value in want.items()]
     try:
-        for future in admin.incremental_alter_configs([ConfigResource(ResourceType.GROUP, group,
-                                                                      incremental_configs=entries_to_set)]).values():
-            future.result(timeout)
+        set_group_configs(admin, group, want, timeout)
     except KafkaException as exc:
         return (f"group {group}: the broker refused session timeout {want[SESSION] / 1000:g}s and heartbeat "
                 f"{want[HEARTBEAT] / 1000:g}s as group configs ({exc.args[0].str()}), so a crashed worker's "
@@ -68,6 +64,15 @@ def _tune(settings: Settings, group: str, timeout: float) -> str:
                 "grant this principal AlterConfigs on the group (README: when the cluster is not calm)")
     return (f"group {group}: session timeout {want[SESSION] / 1000:g}s, heartbeat {want[HEARTBEAT] / 1000:g}s (set "
             f"as group configs): a crashed worker's partitions move after {want[SESSION] / 1000:g}s")
+
+
+def set_group_configs(admin: AdminClient, group: str, values: dict[str, int], timeout: float = 10.0) -> None:
+    """Set the group's configs (IncrementalAlterConfigs); raises KafkaException if refused."""
+    entries = [ConfigEntry(name, str(value), incremental_operation=AlterConfigOpType.SET)
+               for name, value in values.items()]
+    for future in admin.incremental_alter_configs([ConfigResource(ResourceType.GROUP, group,
+                                                                  incremental_configs=entries)]).values():
+        future.result(timeout)
 
 
 def group_session_timeout_s(settings: Settings, group: str, *, timeout: float = 10.0) -> float:

@@ -110,13 +110,8 @@ def wait_until_done(s: Settings, total_inputs: int, timeout: float = 120) -> Non
 def group_timeouts(s, session_ms: int, heartbeat_ms: int) -> None:
     """The KIP-848 group's own session timeout and heartbeat interval (group configs; the
     local broker's floors are lowered for it, its defaults are not)."""
-    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(config.admin(s))
-    entries = [ConfigEntry("consumer.session.timeout.ms", str(session_ms),
-                           incremental_operation=AlterConfigOpType.SET),
-               ConfigEntry("consumer.heartbeat.interval.ms", str(heartbeat_ms),
-                           incremental_operation=AlterConfigOpType.SET)]
-    for future in admin.incremental_alter_configs([ConfigResource(ResourceType.GROUP, s.join_group,
-                                                                  incremental_configs=entries)]).values():
-        future.result(30)
+    from streams.kafka.groups import HEARTBEAT, SESSION, set_group_configs
+
+    set_group_configs(AdminClient(config.admin(s)), s.join_group, {SESSION: session_ms, HEARTBEAT: heartbeat_ms}, 30)
