@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from pydantic import ValidationError
 
-from schemas import DeadLetter, LateOrder, Recovery
+from schemas import DeadLetter, LateOrder, Recovery, fast
 from schemas.fields import from_epoch_ms
 from schemas.headers import headers_for, traceparent
 from streams.ops import metrics
@@ -142,7 +142,7 @@ class Writer:
         for record in records:
             model = Recovery if record.topic == self.s.recovery_topic else LateOrder
             try:
-                items.append((Item(record.topic, record.partition, record.offset, model.decode(record.value)), record))
+                items.append((Item(record.topic, record.partition, record.offset, fast.decode(model, record.value)), record))
             except (ValidationError, ValueError, TypeError) as exc:
                 full = safe_error(exc) if self.s.minimise_personal_data else str(exc).replace("\n", " | ")[:3900]
                 poison.append((record, full, safe_error(exc)))

@@ -1,0 +1,232 @@
+"""schemas.fast against the models it stands in front of.
+
+The rule: whatever the fast path accepts, the model accepts, with the same values field
+by field; where the fast path is unsure (None) the model decides. So `fast.decode`
+accepts and rejects exactly what the model does, with the model's own errors. These
+tests check both halves on generated records, mutated ones and a list of hostile ones,
+and that the fast path does take ordinary records (or it would be no faster).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from schemas import Order, Payment, Recovery, fast, recovery_id_for
+from tests.factories import order, payment
+from tests.schemas.test_schemas import _ADVERSARIAL, _corpus, amounts, currencies, ids
+
+MODELS = {"payment": Payment, "order": Order, "recovery": Recovery}
+FAST = {Payment: fast.payment, Order: fast.order, Recovery: fast.recovery}
+
+
+def _same(a: Any, b: Any, where: str = "") -> None:
+    """Equal field by field, down to each value's type (and a time's offset)."""
+    assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, Payment | Order | Recovery):
+        assert a.__dict__.keys() == b.__dict__.keys(), where
+        assert a.model_fields_set == b.model_fields_set, f"{where}: fields given {a.model_fields_set} vs {b.model_fields_set}"
+        assert a.__pydantic_extra__ == b.__pydantic_extra__ and a.__pydantic_private__ == b.__pydantic_private__
+        for name, value in a.__dict__.items():
+            _same(value, b.__dict__[name], f"{where}.{name}")
+        assert a == b and a.encode() == b.encode(), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k, v in a.items():
+            _same(v, b[k], f"{where}[{k!r}]")
+    elif isinstance(a, datetime):
+        assert a == b and a.utcoffset() == b.utcoffset() and a.isoformat() == b.isoformat(), where
+    elif isinstance(a, Decimal):
+        assert a.as_tuple() == b.as_tuple(), where
+    elif isinstance(a, float):
+        assert repr(a) == repr(b), where  # -0.0 is not 0.0
+    else:
+        assert a == b, where
+
+
+def _outcome(decode: Any, raw: bytes) -> Any:
+    try:
+        return decode(raw)
+    except Exception as exc:  # noqa: BLE001 - compared by type and message
+        return (type(exc), str(exc))
+
+
+def check(cls: type, raw: bytes) -> Any:
+    """The rule on one record; returns what the fast path made (None: unsure)."""
+    by_model = _outcome(cls.decode, raw)
+    made = FAST[cls](raw)
+    if made is not None:
+        assert not isinstance(by_model, tuple), f"fast path accepted what the model rejects: {by_model}: {raw[:300]!r}"
+        _same(made, by_model, cls.__name__)
+    by_decode = _outcome(lambda r: fast.decode(cls, r), raw)
+    if isinstance(by_model, tuple):
+        assert by_decode == by_model, raw[:300]
+    else:
+        _same(by_decode, by_model, cls.__name__)
+    return made
+
+
+# ---------------------------------------------------------------- ordinary records: fast, and equal
+
+metadata = st.dictionaries(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8),
+    st.integers(-(2**53 - 1), 2**53 - 1) | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+    | st.floats(allow_nan=False, allow_infinity=False, min_value=-(2**53 - 1), max_value=2**53 - 1)
+    | st.booleans() | st.none(), max_size=5)
+offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
+times = st.datetimes(min_value=datetime(1000, 1, 1), timezones=offsets | st.just(timezone.utc))
+payments = st.builds(Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
+                     status=st.sampled_from(["succeeded", "failed"]), paid_at=times, metadata=st.none() | metadata,
+                     signature=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64))
+orders = st.builds(Order, order_id=ids, user_id=ids, amount=amounts, currency=currencies, created_at=times,
+                   metadata=st.none() | metadata)
+recoveries = st.builds(lambda p, d, t: Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id,
+                                                payment=p, deadline=d, detected_at=t), payments, times, times)
+
+
+def _texts(m: Any, rnd: random.Random) -> list[bytes]:
+    """The record as producers write it: the model's own bytes; json.dumps with and without
+    ASCII escapes and with spaces; keys in another order; optional fields as explicit null."""
+    doc = json.loads(m.encode())
+    shuffled = list(doc.items())
+    rnd.shuffle(shuffled)
+    nulls = doc | {k: None for k in ("metadata", "signature") if k in type(m).model_fields and k not in doc}
+    return [m.encode(), json.dumps(doc).encode(), json.dumps(doc, ensure_ascii=False).encode(),
+            json.dumps(dict(shuffled), separators=(",", ":")).encode(), json.dumps(nulls, separators=(",", ":")).encode()]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(payments, orders, recoveries), st.randoms(use_true_random=False))
+def test_what_producers_write_is_decoded_the_same_way(m: Any, rnd: random.Random) -> None:
+    for raw in _texts(m, rnd):
+        check(type(m), raw)
+
+
+def test_the_fast_path_takes_ordinary_records() -> None:
+    """Else it is no faster: the bench's and the factories' records, and compact json.dumps."""
+    from streams.tools.loadgen import _order, _payment
+
+    ordinary = [(Payment, _payment("p-1", "o-1", "u-1", "10.50", "CNY", "succeeded", 1764072000123, "dice")),
+                (Order, _order("o-1", "u-1", "10.50", "CNY", 1764072000123, "dice")),
+                (Payment, payment().encode()), (Order, order().encode()),
+                (Payment, json.dumps(json.loads(payment().encode()), separators=(",", ":")).encode()),
+                (Recovery, Recovery(recovery_id=recovery_id_for("p-1"), order_id="o-1", payment=payment(),
+                                    deadline=datetime.now(timezone.utc), detected_at=datetime.now(timezone.utc)).encode())]
+    for cls, raw in ordinary:
+        assert check(cls, raw) is not None, raw
+
+
+# ---------------------------------------------------------------- adversarial records
+
+@pytest.mark.parametrize("name", ["payment", "order"])
+def test_the_adversarial_corpus_is_decided_as_the_models_decide(name: str) -> None:
+    """Every field of the schema tests' corpus (missing, wrong type, near misses, bounds)."""
+    base = json.loads((payment() if name == "payment" else order()).encode())
+    taken = 0
+    for doc in _corpus(base):
+        for raw in (json.dumps(doc).encode(), json.dumps(doc, separators=(",", ":")).encode()):
+            taken += check(MODELS[name], raw) is not None
+    assert taken, "the fast path took none of the corpus"
+
+
+HOSTILE_VALUES: dict[str, list[Any]] = {
+    "payment_id": ["p\n", "\np", "p\u0000", "ｐ1", "p\u200b", "\ud800", "p" * 10_000],
+    "amount": ["1\n", "\u0661", "00001.5", "0.00", "000000000000.0001", "1_0", "+1", "1.0\n", "１"],
+    "currency": ["EUR\n", "EUR ", "E\u0000R", "Eur"],
+    "paid_at": ["2026-11-25T12:00:00Z\n", "2026-11-25T12:00:00.1234567Z", "2026-11-25T12:00:60Z",
+                "2026-11-25T12:60:00Z", "2026-11-25T12:00:00+24:00", "2026-11-25T12:00:00+05:60",
+                "2026-11-25T12:00:00-00:00", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999-23:59",
+                "2024-02-29T00:00:00Z", "2023-02-29T00:00:00Z", "2026-11-25T12:00:00.Z", "2026-11-25T12:00Z",
+                "2026-W48-3T12:00:00Z", "20261125T120000Z", "2026-11-25T12:00:00,5Z", "２０２６-11-25T12:00:00Z"],
+    "metadata": [{"k": "\u0000"}, {"\u0000": 1}, {"k": "a\"b"}, {"k": "\\\""}, {"k": 1.0}, {"k": -0.0}, {"k": 0},
+                 {"k": 2.0**53}, {"k": 1e-300}, {"k": "注单"}, {"k": "\ud83d\ude00"}, {"k": [[[]]]}, {"k": {"k": 1}}],
+    "status": ["Succeeded", "succeeded\n", "succeeded\u0000"],
+}
+
+
+def _hostile_texts() -> list[bytes]:
+    base = payment(signature="ab" * 32).encode()
+    doc = json.loads(base)
+    out = []
+    for name, values in HOSTILE_VALUES.items():
+        for value in values:
+            try:
+                out.append(json.dumps(doc | {name: value}).encode())
+            except UnicodeEncodeError:
+                pass
+            out.append(json.dumps(doc | {name: value}, ensure_ascii=True).encode())
+    key = b'"payment_id":'
+    out += [
+        base.replace(key, b'"payment\\u005fid":'),  # an escaped key: the same key
+        base[:-1] + b',"payment_id":"p-2"}',  # repeated key, different value
+        base[:-1] + b',"payment_id":' + json.dumps(doc["payment_id"]).encode() + b"}",  # repeated, same value
+        base.replace(b'"metadata":{', b'"metadata":{"k":1,"k":1,'),
+        base.replace(key, b'"payment_id" :', 1) + b"",
+        base[:-1] + b',"payment_id" :"p-2"}',  # repeated, with a space before its colon
+        base[:-1] + b',"amount":"1","x":"\\":\\":"}',  # escaped quotes after a repeated key
+        base.replace(b'"metadata":{', b'"metadata":{"a\\"":"\\"",'),
+        b"\xef\xbb\xbf" + base, base + b"\n", b" " + base, base + b"\x00", base[:-1], base + b"}",
+        base.replace(b'"dice"', b'"\xff"') if b'"dice"' in base else base.replace(b'"}', b'\xff"}', 1),
+        base.replace(b"{", b"[", 1), b"null", b"[]", b"{}", b"",
+        base[:-1] + b',"unknown":' + b"[" * 60_000 + b"]" * 60_000 + b"}",  # deep: no crash
+        base.replace(b'"metadata":{', b'"metadata":{"deep":' + b"[" * 60_000 + b"]" * 60_000 + b",", 1),
+        base[:-1] + b',"metadata":null}', base.replace(b'"signature"', b'"signature":null,"x"', 1),
+    ]
+    return out
+
+
+def test_hostile_payments_are_decided_as_the_model_decides() -> None:
+    for raw in _hostile_texts():
+        check(Payment, raw)
+
+
+def _mutations(raw: bytes, rnd: random.Random) -> list[bytes]:
+    out = []
+    for _ in range(30):
+        i = rnd.randrange(len(raw))
+        b = rnd.choice(b'"\\:,{}[] \n0123456789aZz.-+eE\x00\xff')
+        op = rnd.randrange(4)
+        if op == 0:
+            out.append(raw[:i] + bytes([b]) + raw[i + 1:])
+        elif op == 1:
+            out.append(raw[:i] + bytes([b]) + raw[i:])
+        elif op == 2:
+            out.append(raw[:i] + raw[i + 1:])
+        else:
+            j = rnd.randrange(len(raw))
+            out.append(raw[:i] + raw[j:j + 12] + raw[i:])
+    return out
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(payments, orders, recoveries), st.randoms(use_true_random=False))
+@example(Payment(payment_id="p", order_id="o", user_id="u", amount=Decimal("1"), currency="EUR", status="failed",
+                 paid_at=datetime(2026, 11, 25, tzinfo=timezone.utc), metadata={"a": 1}), random.Random(1))
+def test_byte_level_mutations_are_decided_as_the_model_decides(m: Any, rnd: random.Random) -> None:
+    """Bytes flipped, inserted, dropped, spliced: the fast path never takes one the model
+    rejects, nor makes different values of one it accepts."""
+    for raw in _mutations(m.encode(), rnd):
+        check(type(m), raw)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(sorted(_ADVERSARIAL)), st.data())
+def test_generated_field_values_are_decided_as_the_model_decides(name: str, data: st.DataObject) -> None:
+    """Any JSON value in any field, and any text near the field's rule."""
+    scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+               | st.text() | st.from_regex(r"[0-9]{1,14}(\.[0-9]{0,6})?", fullmatch=True)
+               | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2})?(\.[0-9]{0,8})?"
+                               r"([Zz]|[+-][0-9]{2}:?[0-9]{2})?", fullmatch=True)
+               | st.from_regex(r"[A-Za-z0-9._:\- ]{0,66}", fullmatch=True))
+    value = data.draw(scalars | st.lists(scalars, max_size=2) | st.dictionaries(st.text(max_size=66), scalars, max_size=34))
+    for cls, base in ((Payment, payment()), (Order, order())):
+        doc = json.loads(base.encode()) | {name: value}
+        for raw in (json.dumps(doc).encode(), json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")):
+            check(cls, raw)
