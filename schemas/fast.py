@@ -46,6 +46,9 @@ _IDS = re.compile("\n".join([_ID_RULE] * 3)).fullmatch  # three identifiers, a n
 _IDS2 = re.compile("\n".join([_ID_RULE] * 2)).fullmatch
 _AMOUNT_TEXT = _AMOUNT.fullmatch
 _STATUS = frozenset({"succeeded", "failed"})
+# Each currency as one shared string: a pending payment or waiting order then keeps no copy
+# of its own (about 50 bytes each).
+_CURRENCY = {c: c for c in ISO_4217}
 _PAYMENT_GIVEN = ("payment_id", "order_id", "user_id", "amount", "currency", "status", "paid_at")
 _ORDER_GIVEN = ("order_id", "user_id", "amount", "currency", "created_at")
 _RECOVERY_GIVEN = ("recovery_id", "order_id", "payment", "deadline", "detected_at")
@@ -135,7 +138,8 @@ def _payment(p: _Payment) -> tuple[Payment, int] | None:
     if _IDS(f"{p.payment_id}\n{p.order_id}\n{p.user_id}") is None or _AMOUNT_TEXT(p.amount) is None:
         return None
     amount = Decimal(p.amount)
-    if not amount or p.currency not in ISO_4217 or p.status not in _STATUS or _TIME(p.paid_at) is None:
+    currency = _CURRENCY.get(p.currency)
+    if not amount or currency is None or p.status not in _STATUS or _TIME(p.paid_at) is None:
         return None
     paid_at = datetime.fromisoformat(p.paid_at)  # a ValueError (Feb 30) is the caller's "unsure"
     strings = 14  # seven keys, seven string values
@@ -165,7 +169,7 @@ def _payment(p: _Payment) -> tuple[Payment, int] | None:
                 strings += 1
     m = _new(Payment)
     _set(m, "__dict__", {"payment_id": p.payment_id, "order_id": p.order_id, "user_id": p.user_id,
-                         "amount": amount, "currency": p.currency, "status": p.status, "paid_at": paid_at,
+                         "amount": amount, "currency": currency, "status": p.status, "paid_at": paid_at,
                          "metadata": meta, "signature": signature})
     _set(m, "__pydantic_fields_set__", given)
     _set(m, "__pydantic_extra__", None)
@@ -197,7 +201,8 @@ def order(raw: bytes) -> Order | None:
     """`raw` as the Order the model would make of it, or None: ask the model."""
     try:
         o = _DECODE_ORDER(raw)
-        if (_IDS2(f"{o.order_id}\n{o.user_id}") is None or o.currency not in ISO_4217
+        currency = _CURRENCY.get(o.currency)
+        if (_IDS2(f"{o.order_id}\n{o.user_id}") is None or currency is None
                 or _AMOUNT_TEXT(o.amount) is None or _TIME(o.created_at) is None):
             return None
         amount = Decimal(o.amount)
@@ -222,7 +227,7 @@ def order(raw: bytes) -> Order | None:
     if raw.count(b'"') != 2 * strings:  # see _no_repeated_keys
         return None
     m = _new(Order)
-    _set(m, "__dict__", {"order_id": o.order_id, "user_id": o.user_id, "amount": amount, "currency": o.currency,
+    _set(m, "__dict__", {"order_id": o.order_id, "user_id": o.user_id, "amount": amount, "currency": currency,
                          "created_at": created_at, "metadata": meta})
     _set(m, "__pydantic_fields_set__", given)
     _set(m, "__pydantic_extra__", None)

@@ -352,6 +352,15 @@ class PartitionJoin:
         else:
             heapq.heappush(self._recovered_queue, (value.recovered_at, next(self._seq), oid, value))
 
+    def restore_pending(self, entries: list[tuple[str, PendingPayment]]) -> None:
+        """Install many pending payments read from the changelog (persisted) at once."""
+        pending, timers, timeout = self.pending, self._timers, self.params.timeout_ms
+        for oid, entry in entries:
+            entry.persisted = True
+            pending[oid] = entry
+            timers.append((entry.t + timeout, oid, entry.payment_id))
+        heapq.heapify(timers)
+
     def oldest_pending_time(self) -> int | None:
         """Event time of (about) the oldest pending payment: the earliest live timer."""
         for deadline, oid, pid in self._timers[:64]:

@@ -103,6 +103,7 @@ class Restorer:
             left = give_up - time.monotonic()
             if left <= 0 or self.stopping():
                 break
+            read = 0
             for m in self.consumer.consume(10_000, timeout=min(left, 0.1)):
                 job = jobs.get(m.partition())  # type: ignore[arg-type]
                 if job is None or job.done:
@@ -116,12 +117,14 @@ class Restorer:
                     elif err.code() != _EOF:
                         log.warning("changelog read error: %s", err)
                     continue
-                self.last_progress = time.monotonic()
+                read += 1
                 offset: int = m.offset()  # type: ignore[assignment]
                 job.latest[m.key()] = m.value()  # type: ignore[index]
-                job.position = offset + 1
-                if offset + 1 >= (job.high or 0):
+                job.position = offset = offset + 1
+                if offset >= job.high:  # type: ignore[operator]
                     job.done = True
+            if read:
+                self.last_progress = time.monotonic()
         self.last_step = time.monotonic()
         if self.last_step - self.last_progress > RESTORE_STALL_SECONDS and not all(j.done for j in jobs.values()):
             waiting = sorted(p for p, j in jobs.items() if not j.done)

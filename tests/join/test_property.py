@@ -177,7 +177,7 @@ def test_core_recovers_exactly_what_the_contract_says(steps) -> None:
 
 def _state(join) -> tuple:
     return (
-        {oid: e.payment_id for oid, e in join.pending.items()},
+        {oid: (e.payment_id, e.t, e.raw, e.cmp, e.late, e.trace) for oid, e in join.pending.items()},
         {oid: (e.ts, e.paid_id) for oid, e in join.orders.items()},
         {oid: (e.payment_id, e.deadline, e.late) for oid, e in join.recovered.items()},
     )
@@ -209,6 +209,9 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
             live = _state(h.join)
             got = _state(restored)
             assert got[0] == live[0] and got[2] == live[2]
+            assert all(e.persisted for e in restored.pending.values())
+            timers = {(deadline, oid, pid) for deadline, oid, pid in restored._timers}
+            assert all((e.t + T, oid, e.payment_id) in timers for oid, e in restored.pending.items()), "each has a timer"
             current = {k: v for k, v in live[1].items()
                        if h.join.orders[k].expires_at(window) > max(h.join.payment_time, h.join.payments_progress)}
             assert {k: got[1].get(k) for k in current} == current
