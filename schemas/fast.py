@@ -132,9 +132,21 @@ def _metadata(meta: dict[str, Any]) -> int:
     return strings
 
 
+def _given_metadata(meta: Any, given: set[str]) -> tuple[dict[str, Any] | None, int]:
+    """The metadata as the model keeps it, and how many strings its key and object add to
+    the text (-1: unsure); notes it in `given` if the text has it."""
+    if meta is UNSET:
+        return None, 0
+    given.add("metadata")
+    if meta is None:
+        return None, 1
+    n = _metadata(meta)
+    return meta, (n + 1 if n >= 0 else -1)
+
+
 def _payment(p: _Payment) -> tuple[Payment, int] | None:
     """The Payment, and how many strings (keys and string values) its JSON text holds
-    when no key is repeated; None if unsure. (Inlined: this runs once per payment.)"""
+    when no key is repeated; None if unsure."""
     if _IDS(f"{p.payment_id}\n{p.order_id}\n{p.user_id}") is None or _AMOUNT_TEXT(p.amount) is None:
         return None
     amount = Decimal(p.amount)
@@ -143,38 +155,24 @@ def _payment(p: _Payment) -> tuple[Payment, int] | None:
         return None
     paid_at = datetime.fromisoformat(p.paid_at)  # a ValueError (Feb 30) is the caller's "unsure"
     strings = 14  # seven keys, seven string values
-    meta, signature = p.metadata, p.signature
-    if meta is UNSET and signature is UNSET:
-        given, meta, signature = set(_PAYMENT_GIVEN), None, None
+    given = set(_PAYMENT_GIVEN)
+    meta, n = _given_metadata(p.metadata, given)
+    if n < 0:
+        return None
+    strings += n
+    signature = p.signature
+    if signature is UNSET:
+        signature = None
     else:
-        given = set(_PAYMENT_GIVEN)
-        if meta is UNSET:
-            meta = None
-        else:
-            given.add("metadata")
+        given.add("signature")
+        strings += 1
+        if signature is not None:
+            if _SIGNATURE(signature) is None:
+                return None
             strings += 1
-            if meta is not None:
-                n = _metadata(meta)
-                if n < 0:
-                    return None
-                strings += n
-        if signature is UNSET:
-            signature = None
-        else:
-            given.add("signature")
-            strings += 1
-            if signature is not None:
-                if _SIGNATURE(signature) is None:
-                    return None
-                strings += 1
-    m = _new(Payment)
-    _set(m, "__dict__", {"payment_id": p.payment_id, "order_id": p.order_id, "user_id": p.user_id,
-                         "amount": amount, "currency": currency, "status": p.status, "paid_at": paid_at,
-                         "metadata": meta, "signature": signature})
-    _set(m, "__pydantic_fields_set__", given)
-    _set(m, "__pydantic_extra__", None)
-    _set(m, "__pydantic_private__", None)
-    return m, strings
+    return _build(Payment, {"payment_id": p.payment_id, "order_id": p.order_id, "user_id": p.user_id,
+                            "amount": amount, "currency": currency, "status": p.status, "paid_at": paid_at,
+                            "metadata": meta, "signature": signature}, given), strings
 
 
 def _no_repeated_keys(raw: bytes, strings: int) -> bool:
@@ -212,27 +210,11 @@ def order(raw: bytes) -> Order | None:
     if not amount:
         return None
     given = set(_ORDER_GIVEN)
-    strings = 10  # five keys, five string values
-    meta = o.metadata
-    if meta is UNSET:
-        meta = None
-    else:
-        given.add("metadata")
-        strings += 1
-        if meta is not None:
-            n = _metadata(meta)
-            if n < 0:
-                return None
-            strings += n
-    if raw.count(b'"') != 2 * strings:  # see _no_repeated_keys
+    meta, n = _given_metadata(o.metadata, given)
+    if n < 0 or not _no_repeated_keys(raw, 10 + n):  # five keys, five string values, and the metadata's
         return None
-    m = _new(Order)
-    _set(m, "__dict__", {"order_id": o.order_id, "user_id": o.user_id, "amount": amount, "currency": currency,
-                         "created_at": created_at, "metadata": meta})
-    _set(m, "__pydantic_fields_set__", given)
-    _set(m, "__pydantic_extra__", None)
-    _set(m, "__pydantic_private__", None)
-    return m
+    return _build(Order, {"order_id": o.order_id, "user_id": o.user_id, "amount": amount, "currency": currency,
+                          "created_at": created_at, "metadata": meta}, given)
 
 
 def recovery(raw: bytes) -> Recovery | None:

@@ -166,20 +166,8 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
         trace, at = _read_trace(value, at)
     late = bool(flags & _LATE)
     if kind == _PENDING:
-        if flags & _HAS_FIELDS:  # the common case, unrolled: a restore reads millions of these
-            n = value[at]
-            pid = value[at + 1 : at + 1 + n].decode()
-            at += 1 + n
-            n = value[at]
-            uid = value[at + 1 : at + 1 + n].decode()
-            at += 1 + n
-            n = value[at]
-            amount = Decimal(value[at + 1 : at + 1 + n].decode())
-            at += 1 + n
-            n = value[at]
-            cur = value[at + 1 : at + 1 + n].decode()
-            at += 1 + n
-            return Change(kind, oid, PendingPayment(pid, t, value[at:], (uid, amount, cur), late, trace=trace))
+        if flags & _HAS_FIELDS:  # the common case
+            return Change(kind, oid, _pending(value, at, t, late, trace))
         p = Payment.decode(value[at:])
         return Change(kind, oid, PendingPayment(p.payment_id, t, value[at:], payment_cmp(p), late, trace=trace))
     if flags & _HAS_FIELDS:
@@ -187,6 +175,23 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
     else:
         pid = Payment.decode(value[at:]).payment_id
     return Change(kind, oid, RecoveredPayment(pid, t, value[at:], late, recovered_at=recovered_at, trace=trace))
+
+
+def _pending(value: bytes, at: int, t: int, late: bool, trace: bytes | None) -> PendingPayment:
+    """A pending payment whose fields follow at `at` (payment_id, user_id, amount,
+    currency), then its record. Unrolled: a restore reads millions of these."""
+    n = value[at]
+    pid = value[at + 1 : at + 1 + n].decode()
+    at += 1 + n
+    n = value[at]
+    uid = value[at + 1 : at + 1 + n].decode()
+    at += 1 + n
+    n = value[at]
+    amount = Decimal(value[at + 1 : at + 1 + n].decode())
+    at += 1 + n
+    n = value[at]
+    cur = intern(value[at + 1 : at + 1 + n].decode())  # one shared string per currency
+    return PendingPayment(pid, t, value[at + 1 + n :], (uid, amount, cur), late, trace=trace)
 
 
 def _decode_pairs(value: bytes) -> Bundle:
@@ -217,28 +222,15 @@ def restore_into(core: PartitionJoin, latest: dict[bytes, bytes | None], now_ms:
     for key in sorted(k for k in latest if k.startswith(bundle_prefix)):
         core.restore(decode(key, latest[key]))
     pending_prefix, plain, late_plain = PREFIX[Store.PENDING], _HAS_FIELDS, _HAS_FIELDS | _LATE
-    unpack = _TS_FLAG.unpack_from
-    at0 = _TS_FLAG.size
+    unpack, at0 = _TS_FLAG.unpack_from, _TS_FLAG.size
     pending: list[tuple[str, PendingPayment]] = []
     for key, value in latest.items():
         if value is None or key.startswith(bundle_prefix):
             continue
         if key.startswith(pending_prefix):
             t, flags = unpack(value)
-            if flags == plain or flags == late_plain:  # decode()'s common case, unrolled further
-                n = value[at0]
-                at = at0 + 1 + n
-                pid = value[at0 + 1 : at].decode()
-                n = value[at]
-                uid = value[at + 1 : at + 1 + n].decode()
-                at += 1 + n
-                n = value[at]
-                amount = Decimal(value[at + 1 : at + 1 + n].decode())
-                at += 1 + n
-                n = value[at]
-                cur = intern(value[at + 1 : at + 1 + n].decode())  # one shared string per currency
-                pending.append((key[2:].decode(), PendingPayment(pid, t, value[at + 1 + n :], (uid, amount, cur),
-                                                                 flags == late_plain, True)))
+            if flags == plain or flags == late_plain:  # decode()'s common case, without a Change each
+                pending.append((key[2:].decode(), _pending(value, at0, t, flags == late_plain, None)))
                 continue
         core.restore(decode(key, value, now_ms))
     core.restore_pending(pending)
