@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, Message
 
 from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused
 from streams.join.core import Decisions, PartitionJoin, Side
+from streams.ops.metrics import JOIN_HOLD_RELEASED as RELEASED
 
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
 HOLD_MAX_SECONDS = 5.0  # how long they may wait
@@ -115,6 +116,8 @@ def merge(pair: Pair, feed: Feed, out: Decisions, now: float) -> None:
         pair.holding_since = now
     other = Side.ORDER if side == Side.PAYMENT else Side.PAYMENT
     if pair.fetch_end[other] or len(rest) > HOLD_MAX_RECORDS or now - pair.holding_since > HOLD_MAX_SECONDS:
+        if not pair.fetch_end[other]:
+            RELEASED.labels("records" if len(rest) > HOLD_MAX_RECORDS else "seconds").inc(len(rest))
         while rest:
             feed(pair, side, *rest.popleft(), out)
         pair.holding_since = None

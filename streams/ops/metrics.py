@@ -27,6 +27,9 @@ JOIN_DETECTION_LATENCY = Histogram(
 JOIN_RESTORE_SECONDS = Histogram("slipguard_join_state_restore_seconds", "Time to restore one partition's state",
                                  buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
 JOIN_CHANGELOG_RECORDS = Counter("slipguard_join_changelog_records_total", "State changes written to the changelog")
+JOIN_HOLD_RELEASED = Counter("slipguard_join_hold_released_total",
+                             "Records fed ahead of the other partition of their pair because a hold limit was reached "
+                             "(HOLD_MAX_SECONDS or HOLD_MAX_RECORDS): they become pending state", ["limit"])
 JOIN_ORDER_TIMEOUT = Gauge("slipguard_join_order_timeout_seconds",
                            "The join's ORDER_TIMEOUT (alert rules compare lag in seconds with it)", ["group"])
 JOIN_COMMITS = Counter("slipguard_join_commits_total", "Commits (transactions or offset commits)", ["outcome"])

@@ -56,6 +56,7 @@ class WorkloadFigures:
     join_cpu_s_per_million: float
     changelog_records_per_event: float
     pending_entries_peak: int
+    released_by_hold_limits: int  # records fed ahead of their pair's other partition (merge's hold limits)
 
 
 @dataclass
@@ -109,10 +110,15 @@ def ceiling(s: Settings, total: int) -> float:
     return n / took
 
 
-def drain(s: Settings, total: int) -> tuple[float, float, int, int]:
+def _released() -> int:
+    """Records the merge fed ahead of their pair's other partition (a hold limit reached)."""
+    return int(sum(metrics.JOIN_HOLD_RELEASED.labels(limit)._value.get() for limit in ("seconds", "records")))
+
+
+def drain(s: Settings, total: int) -> tuple[float, float, int, int, int]:
     """Run the join until it has consumed and committed every input record: events/s,
     CPU seconds per million, peak pending payments, changelog records written."""
-    written0 = metrics.JOIN_CHANGELOG_RECORDS._value.get()
+    written0, released0 = metrics.JOIN_CHANGELOG_RECORDS._value.get(), _released()
     worker = JoinWorker(s)
     worker.subscribe()
     peak_pending = 0
@@ -130,7 +136,8 @@ def drain(s: Settings, total: int) -> tuple[float, float, int, int]:
     took = time.perf_counter() - (started or time.perf_counter())
     cpu = time.process_time() - cpu0
     worker.close()
-    return total / took, cpu / total * 1e6, peak_pending, int(metrics.JOIN_CHANGELOG_RECORDS._value.get() - written0)
+    return (total / took, cpu / total * 1e6, peak_pending, int(metrics.JOIN_CHANGELOG_RECORDS._value.get() - written0),
+            _released() - released0)
 
 
 def bytes_per_pending(n: int = 100_000) -> float:
@@ -249,10 +256,11 @@ def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFi
     print(f"bench [{name}]: ceiling (read + decode only) ...", file=sys.stderr, flush=True)
     ceil = ceiling(b, total)
     print(f"bench [{name}]: join ({b.processing_guarantee}, durable state) ...", file=sys.stderr, flush=True)
-    rate, cpu_per_m, peak, written = drain(b, total)
+    rate, cpu_per_m, peak, written, released = drain(b, total)
     return WorkloadFigures(workload=name, events=total, ceiling_events_per_s=round(ceil), join_events_per_s=round(rate),
                            ratio=round(rate / ceil, 3), join_cpu_s_per_million=round(cpu_per_m, 2),
-                           changelog_records_per_event=round(written / total, 3), pending_entries_peak=peak)
+                           changelog_records_per_event=round(written / total, 3), pending_entries_peak=peak,
+                           released_by_hold_limits=released)
 
 
 def run(s: Settings, events: int, partitions: int, live_rate: float, live_seconds: float,
@@ -286,6 +294,7 @@ def report(f: Figures) -> str:
             (f"[{w.workload}] join CPU", f"{w.join_cpu_s_per_million:.2f} s per million events"),
             (f"[{w.workload}] changelog records per input event", f"{w.changelog_records_per_event:.3f}"),
             (f"[{w.workload}] pending payments at peak", f"{w.pending_entries_peak:,}"),
+            (f"[{w.workload}] records released by the merge's hold limits", f"{w.released_by_hold_limits:,}"),
         ]
     rows += [
         ("peak RSS of the process", f"{f.join_peak_rss_mb:.0f} MB"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
 from streams.join.merge import HOLD_MAX_SECONDS, Pair, merge
+from streams.ops.metrics import JOIN_HOLD_RELEASED
 
 PAYMENT, ORDER = Side.PAYMENT, Side.ORDER
 
@@ -48,6 +49,22 @@ def test_a_partition_read_to_its_end_does_not_hold_the_other_back() -> None:
     assert _run(pair, 0.0) == []
     pair.fetch_end[PAYMENT] = True
     assert _run(pair, 0.1) == ["o1", "o2"]
+
+
+def test_records_released_by_a_hold_limit_are_counted_and_those_fed_at_the_others_end_are_not() -> None:
+    """slipguard_join_hold_released_total: what went ahead of its pair's other partition
+    (it becomes pending state), for the operator and the bench."""
+    seconds = JOIN_HOLD_RELEASED.labels("seconds")
+    before = seconds._value.get()
+    pair = _pair()
+    _hold(pair, PAYMENT, 10, 20, 30)
+    assert _run(pair, 0.0) == []
+    assert _run(pair, HOLD_MAX_SECONDS + 0.1) == ["p10", "p20", "p30"]
+    assert seconds._value.get() - before == 3
+    _hold(pair, ORDER, 40)
+    pair.fetch_end[PAYMENT] = True
+    assert _run(pair, 10.0) == ["o40"]
+    assert seconds._value.get() - before == 3, "fed because the other partition was read to its end: not counted"
 
 
 def test_a_fatal_group_error_is_told_apart_by_what_can_be_done_about_it() -> None:
