@@ -2,8 +2,9 @@
 in event-time order across the two.
 
 Each partition's fetched records wait in `held` until the other partition has a record
-at least as late (or has been read to its end, or the wait is too long or too big).
-Held records are not processed, so their offsets are not committed: nothing to persist.
+at least as late, or has been read to its end, or the wait grows too big, or too long
+while the other has nothing known to be left to fetch. Held records are not processed,
+so their offsets are not committed: nothing to persist.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ from streams.join.core import Decisions, PartitionJoin, Side
 from streams.ops.metrics import JOIN_HOLD_RELEASED as RELEASED
 
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
-HOLD_MAX_SECONDS = 5.0  # how long they may wait
+HOLD_MAX_SECONDS = 5.0  # how long they may wait, unless the other partition has records left to fetch
 MIN_EVENT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything older is a wrong clock or unit
 _EOF = KafkaError._PARTITION_EOF
 log = logging.getLogger("slipguard.join")
 
 Feed = Callable[["Pair", Side, int, Message, Decisions], None]
+Unread = Callable[["Pair", Side], bool]  # whether a partition of the pair has records not yet fetched
+
+
+def _nothing_known(_pair: Pair, _side: Side) -> bool:
+    return False
 
 
 @dataclass
@@ -33,6 +39,7 @@ class Pair:
     """What the worker holds for partition p of payments and orders (index: Side)."""
 
     core: PartitionJoin
+    partition: int = 0
     next_offset: dict[Side, int] = field(default_factory=dict)  # next offset to commit (processed)
     at_end: list[bool] = field(default_factory=lambda: [False, False])  # nothing unread or unprocessed
     held: tuple[deque, deque] = field(default_factory=lambda: (deque(), deque()))  # (ts, record) fetched, not fed
@@ -94,12 +101,16 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
     return counts
 
 
-def merge(pair: Pair, feed: Feed, out: Decisions, now: float) -> None:
+def merge(pair: Pair, feed: Feed, out: Decisions, now: float, unread: Unread = _nothing_known) -> None:
     """Feed a pair's held records to `feed` in event-time order across its two partitions.
 
     Records of one partition wait while the other has none held, unless the other has
-    nothing more to give now (read to its end), or the wait grows too long or too big. The
-    wait is counted from the other partition's last delivery, not from the first hold.
+    nothing more to give now (read to its end), or the wait grows too big
+    (HOLD_MAX_RECORDS), or too long (HOLD_MAX_SECONDS, counted from the other partition's
+    last delivery) while `unread` does not know of records left to fetch in the other
+    (its end not seen yet, say with its leader away). A partition with records left only
+    waits to be fetched (librdkafka issue 1854 can starve one for seconds in a backlog):
+    releasing its pair's records then would only turn them into pending state.
     """
     held_p, held_o = pair.held
     merged = bool(held_p and held_o)
@@ -115,7 +126,8 @@ def merge(pair: Pair, feed: Feed, out: Decisions, now: float) -> None:
     if merged or pair.holding_since is None:
         pair.holding_since = now
     other = Side.ORDER if side == Side.PAYMENT else Side.PAYMENT
-    if pair.fetch_end[other] or len(rest) > HOLD_MAX_RECORDS or now - pair.holding_since > HOLD_MAX_SECONDS:
+    if pair.fetch_end[other] or len(rest) > HOLD_MAX_RECORDS or (
+            now - pair.holding_since > HOLD_MAX_SECONDS and not unread(pair, other)):
         if not pair.fetch_end[other]:
             RELEASED.labels("records" if len(rest) > HOLD_MAX_RECORDS else "seconds").inc(len(rest))
         while rest:

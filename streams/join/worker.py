@@ -28,6 +28,7 @@ from streams.join.restore import Restorer
 from streams.kafka import config
 from streams.kafka.calls import Wedged, bounded, patiently
 from streams.kafka.groups import tune_group_timeouts
+from streams.kafka.read import unfetched
 from streams.kafka.versions import offers_kip848
 from streams.kafka.topics import TopicLayoutError, check_co_partitioned, ensure_join_topics
 from streams.ops import metrics
@@ -108,8 +109,9 @@ class JoinWorker:
                 # partition that finds it full backs off fetch.queue.backoff.ms (1 s by
                 # default), and an unlucky one can go unfetched for seconds while its pair's
                 # other partition is fetched (librdkafka issue 1854). Its pair's records
-                # then wait in `held` until HOLD_MAX_SECONDS releases them into pending
-                # state. Measured on the spread bench: with 1 s, 2 of 2 runs released
+                # then wait in `held` (merge: up to HOLD_MAX_RECORDS while it has records
+                # left to fetch; before that rule, HOLD_MAX_SECONDS released them into
+                # pending state). Measured on the spread bench: with 1 s, 2 of 2 runs released
                 # 18,000-198,000 records that way (peak pending 17,800-35,600); with 10 ms,
                 # none in 2 runs (peak 455-477), at the same events/s and CPU.
                 "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
@@ -282,7 +284,7 @@ class JoinWorker:
             held_p, held_o = pair.held
             if held_p or held_o:
                 self.checkpoint.begin()
-                merge(pair, self._feed, out, monotonic)
+                merge(pair, self._feed, out, monotonic, self._unread)
             fetch_end, epoch = pair.fetch_end, pair.end_epoch
             pair.at_end[Side.PAYMENT] = fetch_end[Side.PAYMENT] and not held_p and trusts(epoch[Side.PAYMENT])
             pair.at_end[Side.ORDER] = fetch_end[Side.ORDER] and not held_o and trusts(epoch[Side.ORDER])
@@ -297,6 +299,11 @@ class JoinWorker:
         backlog = len(msgs) >= self.s.batch_size
         if self.checkpoint.due(self.s.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
             self.commit()
+
+    def _unread(self, pair: Pair, side: Side) -> bool:
+        """merge's question, asked only when a hold has lasted HOLD_MAX_SECONDS: has this
+        partition records left to fetch (a partition starved by librdkafka issue 1854)?"""
+        return unfetched(self.consumer, self.topic_of[side], pair.partition, pair.fetched_to[side])
 
     def _feed(self, pair: Pair, side: Side, ts: int, m: Message, out: Decisions) -> None:
         pair.next_offset[side] = m.offset() + 1  # type: ignore[operator]
@@ -415,7 +422,7 @@ class JoinWorker:
                                                   tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
             except KafkaException as exc:  # revoked meanwhile: its next owner starts from the committed offset
                 log.warning("cannot position %s [%d]: %s", tp.topic, tp.partition, exc.args[0])
-        self.pairs.update({p: Pair(core) for p, core in restored.items()})
+        self.pairs.update({p: Pair(core, p) for p, core in restored.items()})
         self.wake_fetchers = True
         update_gauges(self.s, self.pairs, self.now_ms())
 

@@ -1,4 +1,5 @@
-"""Reading what is in a topic now (read_committed, no group): the DLQ tools and `explain`."""
+"""Reading what is in a topic now (read_committed, no group): the DLQ tools and `explain`;
+and what a consumer has yet to fetch (`unfetched`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import config
 from streams.settings import Settings
@@ -21,6 +22,18 @@ class Record:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+
+
+def unfetched(consumer: Consumer, topic: str, partition: int, fetched_to: int) -> bool:
+    """Whether `consumer` has records of a partition left to fetch past `fetched_to` (the
+    next offset the application got), by the high watermark librdkafka keeps from its last
+    fetch response: no broker call. Not fetched yet since it was assigned (no watermark)
+    counts as records left."""
+    try:
+        high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1]
+    except KafkaException:
+        return False
+    return high < 0 or high > fetched_to
 
 
 def partition_count(s: Settings, topic: str) -> int | None:

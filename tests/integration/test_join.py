@@ -241,3 +241,42 @@ def test_sigterm_while_waiting_for_the_broker_stops_cleanly_and_promptly(base_se
     assert stop(worker, timeout=30) == 0, (tmp_path / "join.log").read_text()[-2000:]
     assert time.monotonic() - sent < 10
     assert "stopped cleanly" in (tmp_path / "join.log").read_text()
+
+
+def test_unfetched_tells_records_left_to_fetch_by_the_cached_high_watermark(base_settings) -> None:
+    """The merge's question when a hold has lasted HOLD_MAX_SECONDS (librdkafka issue 1854
+    can starve a partition for seconds): are records of the other partition left to fetch?
+    Asked of a real consumer: before its first fetch (no watermark yet), mid-partition, at
+    its end, and once more records arrive and are fetched."""
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.kafka import config
+    from streams.kafka.read import unfetched
+
+    s = _settings(base_settings)
+    produce_raw(s, s.orders_topic, [(b"k", b"x%d" % i, None) for i in range(50)])
+    c = Consumer(config.consumer(s, f"unfetched-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}))
+    c.assign([TopicPartition(s.orders_topic, p, 0) for p in range(s.partitions)])
+    part = next(p for p in range(s.partitions) if c.get_watermark_offsets(TopicPartition(s.orders_topic, p),
+                                                                           timeout=10)[1] == 50)
+    try:
+        assert unfetched(c, s.orders_topic, part, 0), "assigned, not fetched yet: counts as left to fetch"
+        got = []
+        while not got:
+            got = [m for m in c.consume(1, timeout=1.0) if m.error() is None]
+        assert unfetched(c, s.orders_topic, part, got[-1].offset() + 1), "49 records left"
+        ended = False
+        while not ended:
+            for m in c.consume(100, timeout=1.0):
+                ended = ended or (m.error() is not None and m.partition() == part)
+        assert not unfetched(c, s.orders_topic, part, 50), "read to its end"
+        produce_raw(s, s.orders_topic, [(b"k", b"y", None)])
+        deadline = time.monotonic() + 30
+        while not unfetched(c, s.orders_topic, part, 50) and time.monotonic() < deadline:
+            c.consume(100, timeout=0.2)  # librdkafka fetches it: the cached watermark moves on
+        assert unfetched(c, s.orders_topic, part, 50), "a record past offset 50 arrived"
+        assert not unfetched(c, s.orders_topic, part, 51)
+    finally:
+        c.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
-from streams.join.merge import HOLD_MAX_SECONDS, Pair, merge
+from streams.join.merge import HOLD_MAX_RECORDS, HOLD_MAX_SECONDS, Pair, merge
 from streams.ops.metrics import JOIN_HOLD_RELEASED
 
 PAYMENT, ORDER = Side.PAYMENT, Side.ORDER
@@ -17,9 +17,10 @@ def _hold(pair: Pair, kind: Side, *times: int) -> None:
     pair.held[kind].extend((t, f"{'po'[kind]}{t}") for t in times)
 
 
-def _run(pair: Pair, now: float) -> list[str]:
+def _run(pair: Pair, now: float, unread: frozenset[Side] = frozenset()) -> list[str]:
+    """Merge at `now`; `unread`: the sides the worker would find records left to fetch in."""
     fed: list[str] = []
-    merge(pair, lambda _pair, _kind, _ts, m, _out: fed.append(m), Decisions(), now)
+    merge(pair, lambda _pair, _kind, _ts, m, _out: fed.append(m), Decisions(), now, lambda _pair, side: side in unread)
     return fed
 
 
@@ -41,6 +42,19 @@ def test_a_partition_ahead_waits_for_the_other_and_the_wait_restarts_with_each_d
     assert _run(pair, 6.0) == []
     assert _run(pair, 4.0 + HOLD_MAX_SECONDS + 0.1) == [f"p{t}" for t in range(20, 100, 10)]
     assert pair.holding_since is None
+
+
+def test_a_partition_with_records_left_to_fetch_is_waited_for_past_the_time_limit_up_to_the_size_limit() -> None:
+    """librdkafka can leave one partition unfetched for seconds in a backlog (issue 1854):
+    its pair's records keep waiting while its high watermark says records are left, so
+    they do not become pending state; the size limit still bounds the wait."""
+    pair = _pair()
+    _hold(pair, PAYMENT, 10, 20)
+    assert _run(pair, 0.0, frozenset({ORDER})) == []
+    assert _run(pair, HOLD_MAX_SECONDS * 3, frozenset({ORDER})) == [], "the orders partition has records left: wait"
+    assert _run(pair, HOLD_MAX_SECONDS * 3, frozenset({PAYMENT})) == ["p10", "p20"], "only the other side's records count"
+    _hold(pair, ORDER, *range(1, HOLD_MAX_RECORDS + 2))
+    assert len(_run(pair, HOLD_MAX_SECONDS * 4, frozenset({PAYMENT}))) == HOLD_MAX_RECORDS + 1, "too many held: fed ahead"
 
 
 def test_a_partition_read_to_its_end_does_not_hold_the_other_back() -> None:
