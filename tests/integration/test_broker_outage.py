@@ -8,6 +8,7 @@ The test thaws it whatever happens, so the tests after it find the stack as they
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 
 import pytest
@@ -54,46 +55,67 @@ def _wave(s, count: int, seed: int):
     return exp
 
 
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing(base_settings, tmp_path,
-                                                                                guarantee: str) -> None:
-    """The broker freezes while the worker holds pending payments whose deadlines pass
+def _waves(stacks: list, count: int, seed: int) -> list:
+    """One wave of live traffic into each stack's topics at once (so that their deadlines
+    fall alike); every record is in the logs when this returns."""
+    waves: list = [None] * len(stacks)
+
+    def one(i: int) -> None:
+        waves[i] = _wave(stacks[i], count, seed)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(stacks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(waves), "a wave failed to produce"
+    return waves
+
+
+def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing(base_settings, tmp_path) -> None:
+    """The broker freezes while the workers hold pending payments whose deadlines pass
     during the freeze (longer than the session and transaction timeouts): their recoveries
     go into a transaction (at_least_once: a flush) that cannot complete. After the thaw
-    every recovery of the first wave appears (once, with exactly_once), and the worker
-    goes on to process a second wave."""
-    s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
-                 processing_guarantee=guarantee)
-    create_topics(s)
-    log = tmp_path / "join.log"
-    worker = start(s, ["join"], log)
+    every recovery of the first wave appears (once, with exactly_once), and the workers
+    go on to process a second wave. One worker per guarantee, each on its own topics and
+    group, ride out the same freeze."""
+    guarantees = ["exactly_once", "at_least_once"]
+    stacks = [isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
+                       processing_guarantee=g) for g in guarantees]
+    for s in stacks:
+        create_topics(s)
+    logs = [tmp_path / f"join-{g}.log" for g in guarantees]
+    workers = [start(s, ["join"], log) for s, log in zip(stacks, logs)]
     frozen = False
     try:
         deadline = time.monotonic() + 60
-        while "restored partitions" not in log.read_text():
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.1)
-        first = _wave(s, 6_000, seed=21)
+        for log in logs:
+            while "restored partitions" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.1)
+        firsts = _waves(stacks, 6_000, seed=21)
         _stack("kafka-freeze")  # the last payments' deadlines (+ grace) are 2-6 s ahead
         frozen = True
         time.sleep(15)
         _stack("kafka-thaw")
         frozen = False
-        _broker_answers(s)
-        second = _wave(s, 2_000, seed=22)
-        total = first.payments + first.orders + second.payments + second.orders
-        wait_until_done(s, total, timeout=180)
-        expected = first.recovered | second.recovered
-        ids = recovered_ids(s, len(expected), timeout=120)
-        assert set(ids) == expected, f"{len(set(ids) - expected)} invented, {len(expected - set(ids))} lost"
-        if guarantee == "exactly_once":
-            assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
-        assert worker.poll() is None, "the worker rode out the outage: " + log.read_text()[-3000:]
+        _broker_answers(stacks[0])
+        seconds = _waves(stacks, 2_000, seed=22)
+        for g, s, log, worker, first, second in zip(guarantees, stacks, logs, workers, firsts, seconds):
+            total = first.payments + first.orders + second.payments + second.orders
+            wait_until_done(s, total, timeout=180)
+            expected = first.recovered | second.recovered
+            ids = recovered_ids(s, len(expected), timeout=120)
+            assert set(ids) == expected, f"{g}: {len(set(ids) - expected)} invented, {len(expected - set(ids))} lost"
+            if g == "exactly_once":
+                assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+            assert worker.poll() is None, f"the {g} worker rode out the outage: " + log.read_text()[-3000:]
     finally:
         if frozen:
             _stack("kafka-thaw")
-        _broker_answers(s)
-        stop(worker)
+        _broker_answers(stacks[0])
+        for worker in workers:
+            stop(worker)
 
 
 @pytest.mark.parametrize("fault", ["freeze", "kill-and-restart"])
