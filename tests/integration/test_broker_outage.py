@@ -7,6 +7,7 @@ The test thaws it whatever happens, so the tests after it find the stack as they
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import threading
 import time
@@ -14,10 +15,15 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from schemas import DeadLetter
 from streams.kafka import config
+from streams.kafka.read import read
 from streams.kafka.topics import create_topics
 from streams.tools.loadgen import merged, plan, produce
+from tests.factories import order, payment
 from tests.integration.conftest import isolated
+from tests.integration.conftest import produce as produce_raw
+from tests.integration.test_hostile_inputs import _accept_any_timestamp
 from tests.integration.test_recover import (
     _assert_each_once,
     _produce_recoveries,
@@ -72,18 +78,35 @@ def _waves(stacks: list, count: int, seed: int) -> list:
     return waves
 
 
+HOSTILE = 3  # records _hostile produces
+
+
+def _hostile(s) -> None:
+    """Records from bad producers ahead of the first wave: an order from a clock 30 minutes
+    fast (it must time out nothing), an 800 KB payment and one stamped in microseconds
+    (both for the DLQ)."""
+    now = int(time.time() * 1000)
+    _accept_any_timestamp(s)
+    produce_raw(s, s.orders_topic, [(b"skewed", order(order_id="skewed").encode(), now + 30 * 60_000)])
+    huge = b'{"payment_id": "' + b"x" * 800_000 + b'"}'
+    produce_raw(s, s.payments_topic, [(b"huge", huge, now),
+                                      (b"micro", payment(payment_id="mp", order_id="micro").encode(), now * 1000)])
+
+
 def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing(base_settings, tmp_path) -> None:
     """The broker freezes while the workers hold pending payments whose deadlines pass
     during the freeze (longer than the session and transaction timeouts): their recoveries
     go into a transaction (at_least_once: a flush) that cannot complete. After the thaw
     every recovery of the first wave appears (once, with exactly_once), and the workers
     go on to process a second wave. One worker per guarantee, each on its own topics and
-    group, ride out the same freeze."""
+    group, ride out the same freeze. Hostile records came first (_hostile): the skewed
+    order invents no recovery, the other two are dead-lettered, once each."""
     guarantees = ["exactly_once", "at_least_once"]
     stacks = [isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
                        processing_guarantee=g) for g in guarantees]
     for s in stacks:
         create_topics(s)
+        _hostile(s)
     logs = [tmp_path / f"join-{g}.log" for g in guarantees]
     workers = [start(s, ["join"], log) for s, log in zip(stacks, logs)]
     frozen = False
@@ -102,13 +125,15 @@ def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing
         _broker_answers(stacks[0])
         seconds = _waves(stacks, 2_000, seed=22)
         for g, s, log, worker, first, second in zip(guarantees, stacks, logs, workers, firsts, seconds):
-            total = first.payments + first.orders + second.payments + second.orders
+            total = first.payments + first.orders + second.payments + second.orders + HOSTILE
             wait_until_done(s, total, timeout=180)
             expected = first.recovered | second.recovered
             ids = recovered_ids(s, len(expected), timeout=120)
             assert set(ids) == expected, f"{g}: {len(set(ids) - expected)} invented, {len(expected - set(ids))} lost"
             if g == "exactly_once":
                 assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
+            keys = sorted(base64.b64decode(DeadLetter.decode(r.value).key_b64) for r in read(s, s.dlq_topic))
+            assert keys == [b"huge", b"micro"] or g != "exactly_once" and set(keys) == {b"huge", b"micro"}, keys
             assert worker.poll() is None, f"the {g} worker rode out the outage: " + log.read_text()[-3000:]
     finally:
         if frozen:
