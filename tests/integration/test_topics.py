@@ -127,3 +127,37 @@ def test_subscriber_topics_are_stored_with_a_compression_every_client_reads(base
     for topic in (s.recovery_topic, s.late_topic, s.anomalies_topic, s.dlq_topic):
         assert _compression(admin, topic, expect="gzip") == "gzip", topic
     assert _compression(admin, s.changelog_topic) == "producer", "internal topics keep the producer's lz4"
+
+
+def test_topics_create_warns_when_payments_or_orders_take_records_stamped_further_ahead_than_grace(
+        base_settings, capsys) -> None:
+    """README: a fast clock in a backlog. The broker's default (Kafka 4: 1 h ahead of the
+    append time) is warned about, and named; a bound below GRACE, or broker-stamped
+    times, are not. The topics' configs are said, not changed."""
+    import time
+
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+
+    s = isolated(base_settings, grace="5s")
+    assert main(["topics", "create", "--partitions=1", "--grace=5s", *_flags(s)]) == 0
+    out = capsys.readouterr().out
+    for topic in (s.payments_topic, s.orders_topic):
+        assert (f"warning  {topic}: takes records stamped up to 1 h ahead of their append time "
+                "(message.timestamp.after.max.ms)") in out, out
+    assert f"warning  {s.recovery_topic}: takes" not in out
+
+    admin = AdminClient(config.admin(s))
+    bounded = ConfigEntry("message.timestamp.after.max.ms", "2000", incremental_operation=AlterConfigOpType.SET)
+    stamped = ConfigEntry("message.timestamp.type", "LogAppendTime", incremental_operation=AlterConfigOpType.SET)
+    changes = [ConfigResource(ConfigResource.Type.TOPIC, s.payments_topic, incremental_configs=[bounded]),
+               ConfigResource(ConfigResource.Type.TOPIC, s.orders_topic, incremental_configs=[stamped])]
+    for f in admin.incremental_alter_configs(changes).values():
+        f.result()
+    deadline = time.monotonic() + 10
+    while True:  # a change takes a moment to reach what describe_configs reads
+        assert main(["topics", "create", "--partitions=1", "--grace=5s", *_flags(s)]) == 0
+        out = capsys.readouterr().out
+        if "takes records stamped" not in out or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "takes records stamped" not in out, out
