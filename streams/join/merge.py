@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, Message
 from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused
 from streams.join.core import Decisions, PartitionJoin, Side
 from streams.ops.metrics import JOIN_HOLD_RELEASED as RELEASED
+from streams.ops.metrics import JOIN_STAMPED_AHEAD as AHEAD
 
 HOLD_MAX_RECORDS = 100_000  # records one partition of a pair may hold back waiting for the other
 HOLD_MAX_SECONDS = 5.0  # how long they may wait, unless the other partition has records left to fetch
@@ -50,13 +51,16 @@ class Pair:
 
 
 def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], latest_ok_ms: int,
-         epoch: int = 0) -> list[int]:
+         epoch: int = 0, ahead_ms: int | None = None) -> list[int]:
     """Put a consumed batch into its pairs' `held` queues; returns how many records per side.
     An end of partition is noted with `epoch` (ends.EndWatch: whether it can be trusted).
 
     A record stamped after `latest_ok_ms` or before 2000 gets time -1: bound for the DLQ,
-    merged first, so it holds up nothing behind it. A record of a partition not held
-    (revoked meanwhile) is dropped: its next owner reads it again.
+    merged first, so it holds up nothing behind it. One stamped after `ahead_ms` (the
+    worker's clock + GRACE) but not that far is counted (slipguard_join_records_stamped_
+    ahead_total): a producer whose clock is fast, which in a backlog can move progress
+    past orders still unread (README: a fast clock in a backlog). A record of a partition
+    not held (revoked meanwhile) is dropped: its next owner reads it again.
     """
     counts = [0, 0]
     for m in msgs:
@@ -94,6 +98,8 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
         ts = m.timestamp()[1]
         if ts > latest_ok_ms or ts < MIN_EVENT_MS:
             ts = -1
+        elif ahead_ms is not None and ts > ahead_ms:
+            AHEAD.labels(m.topic()).inc()
         pair.held[side].append((ts, m))
         pair.fetched_to[side] = m.offset() + 1  # type: ignore[operator]
         pair.fetch_end[side] = False

@@ -273,7 +273,8 @@ class JoinWorker:
         self.checkpoint.out.poll()
         if self.restorer.busy:
             self._restore_some()
-        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, self.ends.epoch)
+        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, self.ends.epoch,
+                      self.latest_ok_ms - self.s.max_future + self.s.grace)
         for side, n in enumerate(counts):
             if n:
                 metrics.JOIN_RECORDS.labels(self.topic_of[side]).inc(n)

@@ -30,6 +30,9 @@ JOIN_CHANGELOG_RECORDS = Counter("slipguard_join_changelog_records_total", "Stat
 JOIN_HOLD_RELEASED = Counter("slipguard_join_hold_released_total",
                              "Records fed ahead of the other partition of their pair because a hold limit was reached "
                              "(HOLD_MAX_SECONDS or HOLD_MAX_RECORDS): they become pending state", ["limit"])
+JOIN_STAMPED_AHEAD = Counter("slipguard_join_records_stamped_ahead_total",
+                             "Input records stamped more than GRACE ahead of this worker's clock (up to MAX_FUTURE; "
+                             "further ahead they go to the DLQ): a producer with a fast clock", ["topic"])
 JOIN_ORDER_TIMEOUT = Gauge("slipguard_join_order_timeout_seconds",
                            "The join's ORDER_TIMEOUT (alert rules compare lag in seconds with it)", ["group"])
 JOIN_COMMITS = Counter("slipguard_join_commits_total", "Commits (transactions or offset commits)", ["outcome"])

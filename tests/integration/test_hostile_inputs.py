@@ -19,6 +19,7 @@ from streams.tools.loadgen import produce as produce_plan
 from tests.factories import order, payment
 from tests.integration.conftest import consume_all, produce
 from tests.integration.test_join import _settings
+from tests.integration.test_lag import _free_port, _get
 from tests.integration.workers import recovered_ids, start, stop, wait_until_done
 
 
@@ -47,7 +48,8 @@ def test_wrong_clocks_and_huge_values_neither_invent_recoveries_nor_stall_the_jo
     s = _settings(base_settings, commit_interval="200ms")
     _accept_any_timestamp(s)
     log = tmp_path / "join.log"
-    worker = start(s, ["join"], log)
+    port = _free_port()
+    worker = start(s, ["join"], log, metrics_port=port)
     try:
         now = int(time.time() * 1000)
         # A producer whose clock is 30 minutes fast publishes an order first...
@@ -73,6 +75,10 @@ def test_wrong_clocks_and_huge_values_neither_invent_recoveries_nor_stall_the_jo
         assert "over the join's limit" in by_key[b"huge"].error
         assert "SLIPGUARD_MAX_FUTURE" in by_key[b"micro"].error and by_key[b"micro"].timestamp_ms == now * 1000
         assert recovered_ids(s, 0, timeout=3, settle=2) == [], "no payment recovered: every order came in time"
+        metrics = _get(port, "/metrics")[1]
+        assert f'slipguard_join_records_stamped_ahead_total{{topic="{s.orders_topic}"}} 1.0' in metrics, \
+            "the order from the fast clock is counted (the one stamped in microseconds went to the DLQ instead)"
+        assert f'slipguard_join_records_stamped_ahead_total{{topic="{s.payments_topic}"}}' not in metrics
         assert worker.poll() is None, log.read_text()[-3000:]
     finally:
         assert stop(worker) == 0, log.read_text()[-3000:]

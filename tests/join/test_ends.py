@@ -138,3 +138,20 @@ def test_hold_notes_each_end_of_partition_with_the_epoch_it_was_seen_in() -> Non
     hold(pairs, sides, [_Msg("orders", 10, error=eof)], ts + 1, epoch=4)
     assert pair.fetch_end[Side.ORDER] and pair.end_epoch[Side.ORDER] == 4
     assert not pair.fetch_end[Side.PAYMENT] and pair.end_epoch[Side.PAYMENT] == -1
+
+
+def test_hold_counts_records_stamped_more_than_grace_ahead_and_leaves_the_dlq_bound_ones_to_the_dlq() -> None:
+    """slipguard_join_records_stamped_ahead_total{topic}: a producer with a fast clock
+    shows before a backlog makes it costly (README: a fast clock in a backlog)."""
+    from streams.ops.metrics import JOIN_STAMPED_AHEAD
+
+    pair = Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))
+    pairs, sides = {0: pair}, {"payments": Side.PAYMENT, "orders": Side.ORDER}
+    now, grace, max_future = 1_800_000_000_000, 1_000, 3_600_000
+    counted = JOIN_STAMPED_AHEAD.labels("orders")
+    before = counted._value.get()
+    msgs = [_Msg("orders", 0, now), _Msg("orders", 1, now + grace), _Msg("orders", 2, now + grace + 1),
+            _Msg("orders", 3, now + max_future), _Msg("orders", 4, now + max_future + 1)]
+    hold(pairs, sides, msgs, now + max_future, ahead_ms=now + grace)
+    assert counted._value.get() - before == 2, "stamped more than GRACE ahead, but not far enough for the DLQ"
+    assert [ts for ts, _m in pair.held[Side.ORDER]] == [now, now + grace, now + grace + 1, now + max_future, -1]
