@@ -104,6 +104,10 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     admin = AdminClient(config.admin(settings))
     specs = topic_specs(settings)
     have = existing_partitions(admin, timeout)
+    late = _listed_late(admin, [s.name for s in specs if s.name not in have], timeout)
+    if late:  # decide the layout on what exists, not on what the listing shows yet
+        wait_for_topics(settings, late, timeout=timeout)
+        have = existing_partitions(admin, timeout)
 
     co = {s.name: have[s.name] for s in specs if s.co_partitioned and s.name in have}
     if len(set(co.values())) > 1:
@@ -149,7 +153,9 @@ def _skew_admitted(admin: AdminClient, settings: Settings, timeout: float) -> li
     partition's progress past payments whose orders are still unread (README: a fast clock
     in a backlog). Said, not changed: the topics belong to the services that write them.
     Nothing is said when this principal may not read the topics' configs."""
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in (settings.payments_topic, settings.orders_topic)]
+    inputs = [settings.payments_topic, settings.orders_topic]
+    wait_for_topics(settings, inputs, timeout=min(timeout, 10.0))  # just created: in the broker's metadata first
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in inputs]
     lines = []
     for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
         try:
@@ -175,6 +181,25 @@ def _duration(ms: int) -> str:
         if ms >= size and ms % size == 0:
             return f"{ms // size} {unit}"
     return f"{ms} ms"
+
+
+def _listed_late(admin: AdminClient, names: list[str], timeout: float) -> list[str]:
+    """Of the topics a metadata listing lacks, those that exist all the same. A topic just
+    created (by another tool, a moment ago) reaches a broker's metadata a little later
+    than the controller has it; deciding the layout without it would create orders with
+    another partition count than payments (seen on a broker just started). A validate-only
+    creation asks the controller, which answers TOPIC_ALREADY_EXISTS for those."""
+    if not names:
+        return []
+    asked = admin.create_topics([NewTopic(n, 1) for n in names], validate_only=True, request_timeout=timeout)
+    late = []
+    for name, future in asked.items():
+        try:
+            future.result()
+        except KafkaException as exc:  # anything else (a refusal, a policy) the creation itself reports
+            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                late.append(name)
+    return late
 
 
 def _set_subscriber_compression(admin: AdminClient, topics: list[str], timeout: float) -> list[str]:

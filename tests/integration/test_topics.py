@@ -28,6 +28,8 @@ def test_topics_create_creates_every_topic_then_is_idempotent(base_settings, cap
     s = isolated(base_settings)
     assert main(["topics", "create", "--partitions=3", *_flags(s)]) == 0
     first = capsys.readouterr().out
+    # A topic just created reaches this client's metadata a moment later (a broker just started).
+    assert wait_for_topics(s, [spec.name for spec in topic_specs(s)], timeout=30) == []
     have = existing_partitions(AdminClient(config.admin(s)))
     for spec in topic_specs(s):
         assert spec.name in have, spec.name
