@@ -169,7 +169,9 @@ def _skew_admitted(admin: AdminClient, settings: Settings, timeout: float) -> li
         ahead = entries.get("message.timestamp.after.max.ms") or entries.get("message.timestamp.difference.max.ms")
         if ahead is None or ahead.value is None or int(ahead.value) <= settings.grace:
             continue
-        lines.append(f"warning  {resource.name}: takes records stamped up to {_duration(int(ahead.value))} ahead of "
+        bound = int(ahead.value)
+        how = "any time" if bound >= 2**62 else f"up to {_duration(bound)}"  # Long.MAX_VALUE: the old default
+        lines.append(f"warning  {resource.name}: takes records stamped {how} ahead of "
                      f"their append time ({ahead.name}); in a backlog one from a clock that fast can time out payments "
                      f"whose orders are still unread: set it well below GRACE ({_duration(settings.grace)}) (README: "
                      "a fast clock in a backlog)")
