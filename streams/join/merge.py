@@ -31,10 +31,6 @@ Feed = Callable[["Pair", Side, int, Message, Decisions], None]
 Unread = Callable[["Pair", Side], bool]  # whether a partition of the pair has records not yet fetched
 
 
-def _nothing_known(_pair: Pair, _side: Side) -> bool:
-    return False
-
-
 @dataclass
 class Pair:
     """What the worker holds for partition p of payments and orders (index: Side)."""
@@ -107,7 +103,7 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
     return counts
 
 
-def merge(pair: Pair, feed: Feed, out: Decisions, now: float, unread: Unread = _nothing_known) -> None:
+def merge(pair: Pair, feed: Feed, out: Decisions, now: float, unread: Unread) -> None:
     """Feed a pair's held records to `feed` in event-time order across its two partitions.
 
     Records of one partition wait while the other has none held, unless the other has

@@ -269,12 +269,12 @@ class JoinWorker:
         self.loop_at = time.monotonic()
         if self.wake_fetchers:
             self._wake_fetchers()
-        self.latest_ok_ms = self.now_ms() + self.s.max_future
+        now_ms = self.now_ms()
+        self.latest_ok_ms = now_ms + self.s.max_future
         self.checkpoint.out.poll()
         if self.restorer.busy:
             self._restore_some()
-        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, self.ends.epoch,
-                      self.latest_ok_ms - self.s.max_future + self.s.grace)
+        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, self.ends.epoch, now_ms + self.s.grace)
         for side, n in enumerate(counts):
             if n:
                 metrics.JOIN_RECORDS.labels(self.topic_of[side]).inc(n)

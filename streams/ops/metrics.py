@@ -29,7 +29,8 @@ JOIN_RESTORE_SECONDS = Histogram("slipguard_join_state_restore_seconds", "Time t
 JOIN_CHANGELOG_RECORDS = Counter("slipguard_join_changelog_records_total", "State changes written to the changelog")
 JOIN_HOLD_RELEASED = Counter("slipguard_join_hold_released_total",
                              "Records fed ahead of the other partition of their pair because a hold limit was reached "
-                             "(HOLD_MAX_SECONDS or HOLD_MAX_RECORDS): they become pending state", ["limit"])
+                             "(HOLD_MAX_SECONDS with nothing known to be left to fetch there, or HOLD_MAX_RECORDS): "
+                             "they become pending state", ["limit"])
 JOIN_STAMPED_AHEAD = Counter("slipguard_join_records_stamped_ahead_total",
                              "Input records stamped more than GRACE ahead of this worker's clock (up to MAX_FUTURE; "
                              "further ahead they go to the DLQ): a producer with a fast clock", ["topic"])
