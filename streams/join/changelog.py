@@ -1,20 +1,27 @@
 """Changelog records for the join's state, in a compacted topic.
 
 Key: b"p:" / b"o:" / b"r:" + order_id (pending payment, unmatched order, recovered
-payment), value: a small fixed header and the record's original bytes. Key b"m:" +
-number: a bundle of matched pairs (order_id, payment_id, times, the first payment's
-bytes). A None value deletes. Original bytes are kept as they came, so nothing is
-re-encoded on the hot path.
+payment), value: a small fixed header and the record. Key b"m:" + number: a bundle of
+matched pairs (order_id, payment_id, times, the first payment's bytes). A None value
+deletes.
+
+Formats, each still read (tests/join/test_changelog_upgrade.py restores what each wrote):
+1. header and the record's original bytes;
+2. (flag bits) the fields a restore needs and the traceparent before the original bytes;
+3. a pending payment is its compact entry as the join keeps it (compact.py, flag bit
+   COMPACT): written as it is and restored as it is, nothing parsed. Recovered payments
+   and matched pairs that came from one carry its compact payment part where format 2
+   had the payment's JSON (compact.payment() reads either).
 """
 
 from __future__ import annotations
 
 import struct
-from sys import intern
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from schemas import Order, Payment
+from schemas import Order, Payment, fast
+from streams.join import compact
 from streams.join.state import (
     Bundle,
     BufferedOrder,
@@ -24,7 +31,6 @@ from streams.join.state import (
     RecoveredPayment,
     Store,
     order_cmp,
-    payment_cmp,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +52,10 @@ _RECOVERED_AT = struct.Struct(">q")
 # one length byte and UTF-8), so that restoring does not parse the payment's JSON: about
 # 10 us per entry with the strict models, most of a restore's time.
 _LATE, _HAS_RECOVERED_AT, _HAS_TRACE, _HAS_FIELDS = 1, 2, 4, 8
+# Format 3 pending entries: bit 4 COMPACT, bit 7 PERSISTED (compact.py); 1 and 4 as above.
+_PERSISTED = compact.PERSISTED
+_PERSISTED_COMPACT = compact.PERSISTED | compact.COMPACT
+assert (compact.LATE, compact.TRACE) == (_LATE, _HAS_TRACE)
 # An unmatched order's length field: its top bit says the order's traceparent follows
 # (one length byte, then its bytes), the next bit that its fields follow (user_id,
 # amount, currency, as above); both clear in older records.
@@ -71,11 +81,8 @@ def encode_value(store: Store, entry: Entry | Bundle) -> bytes:
             parts.append(_PAIR.pack(len(o), len(pid), len(raw), pair.ts, pair.paid_t) + o + pid + raw)
         return b"".join(parts)
     if store == Store.PENDING:
-        assert isinstance(entry, PendingPayment)
-        trace = _trace_field(entry.trace)
-        fields = _fields(entry.payment_id, *entry.cmp) if entry.cmp else b""
-        flags = entry.late | (_HAS_TRACE if trace else 0) | (_HAS_FIELDS if fields else 0)
-        return _TS_FLAG.pack(entry.t, flags) + trace + fields + entry.raw
+        assert isinstance(entry, bytes)
+        return entry  # format 3: the entry itself
     if store == Store.ORDERS:
         assert isinstance(entry, BufferedOrder)
         trace = _trace_field(entry.trace)
@@ -152,10 +159,12 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
             cmp = (uid, Decimal(amount), cur)
         n &= ~(_ORDER_TRACES | _ORDER_FIELDS)
         raw, paid_raw = value[start : start + n], value[start + n :] or None
-        paid_id = Payment.decode(paid_raw).payment_id if paid_raw else None
+        paid_id = compact.payment_id_of(paid_raw) if paid_raw else None
         return Change(kind, oid, BufferedOrder(ts, raw, cmp or order_cmp(Order.decode(raw)), paid_id, paid_t,
                                                paid_raw, trace=trace))
     t, flags = _TS_FLAG.unpack_from(value)
+    if kind == _PENDING and flags & compact.COMPACT:
+        return Change(kind, oid, value if flags & _PERSISTED else compact.with_flags(value, flags | _PERSISTED))
     at = _TS_FLAG.size
     recovered_at = now_ms
     if flags & _HAS_RECOVERED_AT:
@@ -165,33 +174,16 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
     if flags & _HAS_TRACE:
         trace, at = _read_trace(value, at)
     late = bool(flags & _LATE)
-    if kind == _PENDING:
-        if flags & _HAS_FIELDS:  # the common case
-            return Change(kind, oid, _pending(value, at, t, late, trace))
-        p = Payment.decode(value[at:])
-        return Change(kind, oid, PendingPayment(p.payment_id, t, value[at:], payment_cmp(p), late, trace=trace))
+    if kind == _PENDING:  # formats 1 and 2: the payment's JSON, parsed once to make its entry
+        if flags & _HAS_FIELDS:
+            _, at = _read_fields(value, at, 4)
+        e = compact.entry(t, compact.pack_payment(fast.decode(Payment, value[at:])), late, trace)
+        return Change(kind, oid, compact.with_flags(e, e[8] | _PERSISTED))
     if flags & _HAS_FIELDS:
         (pid,), at = _read_fields(value, at, 1)
     else:
-        pid = Payment.decode(value[at:]).payment_id
+        pid = compact.payment_id_of(value[at:])
     return Change(kind, oid, RecoveredPayment(pid, t, value[at:], late, recovered_at=recovered_at, trace=trace))
-
-
-def _pending(value: bytes, at: int, t: int, late: bool, trace: bytes | None) -> PendingPayment:
-    """A pending payment whose fields follow at `at` (payment_id, user_id, amount,
-    currency), then its record. Unrolled: a restore reads millions of these."""
-    n = value[at]
-    pid = value[at + 1 : at + 1 + n].decode()
-    at += 1 + n
-    n = value[at]
-    uid = value[at + 1 : at + 1 + n].decode()
-    at += 1 + n
-    n = value[at]
-    amount = Decimal(value[at + 1 : at + 1 + n].decode())
-    at += 1 + n
-    n = value[at]
-    cur = intern(value[at + 1 : at + 1 + n].decode())  # one shared string per currency
-    return PendingPayment(pid, t, value[at + 1 + n :], (uid, amount, cur), late, trace=trace)
 
 
 def _decode_pairs(value: bytes) -> Bundle:
@@ -215,22 +207,19 @@ def restore_into(core: PartitionJoin, latest: dict[bytes, bytes | None], now_ms:
     """Rebuild a PartitionJoin from the last value of each changelog key of its partition.
 
     Bundles of matched pairs go first, oldest first; entries under their own keys override them.
-    Pending payments in today's common form (fields, no trace) are built here in one pass
-    and handed over together (one heapify, not a push each): a restore is mostly these.
+    Pending payments in format 3 (persisted, as written) go in as they are, together (one
+    pass to schedule their timeouts): a restore is mostly these.
     """
     bundle_prefix = PREFIX[Store.MATCHED]
     for key in sorted(k for k in latest if k.startswith(bundle_prefix)):
         core.restore(decode(key, latest[key]))
-    pending_prefix, plain, late_plain = PREFIX[Store.PENDING], _HAS_FIELDS, _HAS_FIELDS | _LATE
-    unpack, at0 = _TS_FLAG.unpack_from, _TS_FLAG.size
-    pending: list[tuple[str, PendingPayment]] = []
+    pending_prefix, as_written = PREFIX[Store.PENDING], _PERSISTED_COMPACT
+    pending: dict[str, PendingPayment] = {}
     for key, value in latest.items():
         if value is None or key.startswith(bundle_prefix):
             continue
-        if key.startswith(pending_prefix):
-            t, flags = unpack(value)
-            if flags == plain or flags == late_plain:  # decode()'s common case, without a Change each
-                pending.append((key[2:].decode(), _pending(value, at0, t, flags == late_plain, None)))
-                continue
+        if key.startswith(pending_prefix) and value[8] & as_written == as_written:
+            pending[key[2:].decode()] = value
+            continue
         core.restore(decode(key, value, now_ms))
     core.restore_pending(pending)

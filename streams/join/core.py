@@ -37,9 +37,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import IntEnum
 
 from schemas import Order, Payment, recovery_id_for
+from streams.join import compact
+from streams.join.compact import LATE, PERSISTED
 from streams.join.state import (
     BufferedOrder,
     Change,
@@ -52,6 +55,10 @@ from streams.join.state import (
 
 
 PENDING, ORDERS, RECOVERED = Store.PENDING, Store.ORDERS, Store.RECOVERED  # module globals: cheap on the hot path
+_t_of, _part_of, _fields, Fresh = compact.t_of, compact.part_of, compact.fields, compact.Fresh
+# Timers of pending payments go in buckets of deadlines (2**TIMER_SHIFT ms each): a bucket
+# is a list of order_ids, 8 bytes an entry instead of a heap item (about 100 bytes).
+TIMER_SHIFT = 3
 
 
 class Side(IntEnum):
@@ -142,8 +149,13 @@ class PartitionJoin:
         self._seq = itertools.count()
         self._order_queue: list[tuple[int, int, str, BufferedOrder]] = []
         self._recovered_queue: list[tuple[int, int, str, RecoveredPayment]] = []
-        # (deadline, order_id, payment_id); stale items are skipped and compacted away.
-        self._timers: list[tuple[int, str, str]] = []
+        # Deadline buckets of pending payments: bucket number -> order_ids, and a heap of the
+        # numbers. An order_id whose entry went (or is another one now) is skipped when its
+        # bucket comes up; the buckets are rebuilt when most of what they hold is stale.
+        self._buckets: dict[int, list[str]] = {}
+        self._bucket_heap: list[int] = []
+        self._timer_count = 0
+        self._partial_due = -1  # the due a partly due first bucket was last scanned at
         self.payment_time = -1  # highest payment event time consumed
         self.order_time = -1  # highest order event time consumed
         self.payments_progress = -1  # how far payments were seen at the last advance (expiry of orders)
@@ -171,7 +183,11 @@ class PartitionJoin:
         buffered = self.orders.get(oid)
         first = None
         if pending is not None:
-            first = pending.payment_id, pending.raw
+            if type(pending) is bytes:
+                part = _part_of(pending)
+                first = _fields(part)[0], part
+            else:
+                first = pending.payment.payment_id, pending.raw
         elif buffered is not None and buffered.paid_id is not None:
             first = buffered.paid_id, buffered.paid_raw
         elif self.recovered:
@@ -183,7 +199,7 @@ class PartitionJoin:
             if first_id == p.payment_id:
                 out.duplicates += 1
             else:
-                out.anomalies.append(Flag("duplicate_payment", oid, (Payment.decode(first_raw), p), None,
+                out.anomalies.append(Flag("duplicate_payment", oid, (compact.payment(first_raw, oid), p), None,
                                           _traces(trace)))
             return
 
@@ -203,13 +219,13 @@ class PartitionJoin:
                 return
             if buffered.ts > deadline:
                 # The order exists but past the window: the payment will be recovered, the order is late.
-                self.state.drop(ORDERS, oid, buffered)
+                self.state.drop(ORDERS, oid, buffered.persisted)
                 out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
                                      recovery_id_for(p.payment_id), buffered.ts - deadline,
                                      _traces(buffered.trace, trace)))
-                self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp, late=True, trace=trace))
+                self._add_pending(oid, Fresh(t, LATE, trace, p, raw))
                 return
-        self._add_pending(oid, PendingPayment(p.payment_id, t, raw, cmp, trace=trace))
+        self._add_pending(oid, Fresh(t, 0, trace, p, raw))
 
     def on_order(self, ts: int, o: Order, raw: bytes, out: Decisions, trace: bytes | None = None) -> None:
         if ts > self.order_time:
@@ -217,24 +233,34 @@ class PartitionJoin:
         oid = o.order_id
         pending = self.pending.get(oid)
         if pending is not None:
-            deadline = pending.t + self.params.timeout_ms
-            if pending.t - self.params.timeout_ms <= ts <= deadline:
-                self.state.drop(PENDING, oid, pending)
-                entry = BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), pending.payment_id, pending.t,
-                                      pending.raw)
+            fresh = type(pending) is Fresh
+            t = pending.t if fresh else _t_of(pending)
+            timeout = self.params.timeout_ms
+            deadline = t + timeout
+            if t - timeout <= ts <= deadline:
+                if fresh:
+                    p = pending.payment
+                    pid, uid, amount, currency, paid = p.payment_id, p.user_id, p.amount, p.currency, pending.raw
+                    self.state.drop(PENDING, oid, pending.flags & PERSISTED)
+                else:
+                    paid = _part_of(pending)
+                    pid, uid, text, currency = _fields(paid)[:4]
+                    amount = o.amount if text == str(o.amount) else Decimal(text)
+                    self.state.drop(PENDING, oid, pending[8] & PERSISTED)
+                entry = BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), pid, t, paid)
                 self._add_order(oid, entry)
                 self.state.matched(oid, entry)
                 out.matched += 1
-                if pending.cmp != entry.cmp:
-                    self._report_mismatch(pending.cmp, entry.cmp, Payment.decode(pending.raw), o, oid, out,
-                                          _traces(trace, pending.trace))
+                if uid != o.user_id or currency != o.currency or amount != o.amount:
+                    self._report_mismatch((uid, amount, currency), entry.cmp, compact.payment(paid, oid), o,
+                                          oid, out, _traces(trace, compact.trace_of(pending)))
                 return
             if ts > deadline:
-                if not pending.late:
-                    pending.late = True
-                    self.state.touch(PENDING, oid, pending.persisted)
-                    out.late.append(Late(o, ts, pending.payment_id, recovery_id_for(pending.payment_id), ts - deadline,
-                                         _traces(trace, pending.trace)))
+                if not compact.flags_of(pending) & LATE:
+                    self.state.mark_late(oid, pending)
+                    pid = pending.payment.payment_id if fresh else _fields(_part_of(pending))[0]
+                    out.late.append(Late(o, ts, pid, recovery_id_for(pid), ts - deadline,
+                                         _traces(trace, compact.trace_of(pending))))
                 return
             # An order from before the window does not match; it is kept like any unmatched order.
         recovered = self.recovered.get(oid)
@@ -266,21 +292,82 @@ class PartitionJoin:
         self.payments_progress = max(self.payments_progress, payments_progress)
 
         due = orders_progress - p.grace_ms  # deadlines <= due are past
-        timers = self._timers
-        while timers and timers[0][0] <= due:
-            deadline, oid, pid = heapq.heappop(timers)
-            pending = self.pending.get(oid)
-            if pending is None or pending.payment_id != pid:
-                continue  # matched or replaced since the timer was set
-            self.state.drop(PENDING, oid, pending)
-            self._add_recovered(oid, RecoveredPayment(pid, deadline, pending.raw, pending.late, recovered_at=now_ms,
-                                                      trace=pending.trace))
-            out.recoveries.append(Recover(Payment.decode(pending.raw), deadline, _traces(pending.trace)))
-        if len(timers) > 64 and len(timers) > 2 * len(self.pending):
-            self._timers = [(e.t + p.timeout_ms, oid, e.payment_id) for oid, e in self.pending.items()]
-            heapq.heapify(self._timers)
-
+        heap = self._bucket_heap
+        if heap and heap[0] << TIMER_SHIFT <= due:
+            self._time_out(due, now_ms, out)
+        if self._timer_count > 64 and self._timer_count > 2 * len(self.pending):
+            self._rebuild_timers()
         self._expire(payments_progress, now_ms)
+
+    def _time_out(self, due: int, now_ms: int, out: Decisions) -> None:
+        """Recover the pending payments whose deadline is <= due, bucket by bucket; the
+        last bucket may be due only in part (it keeps the rest)."""
+        heap, buckets, pending, timeout = self._bucket_heap, self._buckets, self.pending, self.params.timeout_ms
+        shift = TIMER_SHIFT
+        while heap and heap[0] << shift <= due:
+            number = heap[0]
+            whole = ((number + 1) << shift) - 1 <= due
+            if not whole and due == self._partial_due:
+                return  # scanned at this due already
+            oids = buckets[number]
+            keep = []
+            for oid in oids:
+                e = pending.get(oid)
+                if e is None:
+                    continue  # matched or timed out since
+                deadline = _t_of(e) + timeout
+                if deadline >> shift != number:
+                    continue  # another entry under this order_id now, in its own bucket
+                if deadline > due:
+                    keep.append(oid)
+                    continue
+                self._recover(oid, e, deadline, now_ms, out)
+            self._timer_count -= len(oids) - len(keep)
+            if keep:
+                buckets[number] = keep
+                self._partial_due = due
+                return
+            heapq.heappop(heap)
+            del buckets[number]
+
+    def _recover(self, oid: str, e: PendingPayment, deadline: int, now_ms: int, out: Decisions) -> None:
+        flags, trace = compact.flags_of(e), compact.trace_of(e)
+        self.state.drop(PENDING, oid, bool(flags & PERSISTED))
+        if type(e) is bytes:
+            record = _part_of(e)
+            payment = compact.payment(record, oid)
+        else:
+            payment, record = e.payment, e.raw  # type: ignore[union-attr]
+        self._add_recovered(oid, RecoveredPayment(payment.payment_id, deadline, record, bool(flags & LATE),
+                                                  recovered_at=now_ms, trace=trace))
+        out.recoveries.append(Recover(payment, deadline, _traces(trace)))
+
+    def _add_timer(self, oid: str, deadline: int) -> None:
+        number = deadline >> TIMER_SHIFT
+        bucket = self._buckets.get(number)
+        if bucket is None:
+            self._buckets[number] = [oid]
+            heapq.heappush(self._bucket_heap, number)
+        else:
+            bucket.append(oid)
+        self._timer_count += 1
+        if number == self._bucket_heap[0]:
+            self._partial_due = -1  # the first bucket has a new entry: scan it again
+
+    def _rebuild_timers(self) -> None:
+        """Buckets from the live pending payments only (most of what they held was stale)."""
+        self._buckets, self._bucket_heap, self._timer_count, self._partial_due = {}, [], 0, -1
+        buckets, shift, timeout = self._buckets, TIMER_SHIFT, self.params.timeout_ms
+        for oid, e in self.pending.items():
+            number = (_t_of(e) + timeout) >> shift
+            bucket = buckets.get(number)
+            if bucket is None:
+                buckets[number] = [oid]
+            else:
+                bucket.append(oid)
+        self._bucket_heap = list(buckets)
+        heapq.heapify(self._bucket_heap)
+        self._timer_count = len(self.pending)
 
     def _expire(self, payments_progress: int, now_ms: int) -> None:
         """Orders and matched pairs once the payments partition is past their window;
@@ -296,7 +383,7 @@ class PartitionJoin:
             if expiry > payments_progress:
                 heapq.heappush(queue, (expiry, next(self._seq), oid, entry))  # matched since: lives longer
                 continue
-            self.state.drop(ORDERS, oid, entry)
+            self.state.drop(ORDERS, oid, entry.persisted)
         self.state.expire_bundles(payments_progress)
         recovered = self.recovered
         rqueue = self._recovered_queue
@@ -304,7 +391,7 @@ class PartitionJoin:
         while rqueue and rqueue[0][0] <= forget_before:
             _, _, oid, rentry = heapq.heappop(rqueue)
             if recovered.get(oid) is rentry:
-                self.state.drop(RECOVERED, oid, rentry)
+                self.state.drop(RECOVERED, oid, rentry.persisted)
 
     # ------------------------------------------------------------ helpers
 
@@ -315,9 +402,9 @@ class PartitionJoin:
             if pay[i] != order[i]:
                 out.anomalies.append(Flag(kind, oid, (p,), o, traces))
 
-    def _add_pending(self, oid: str, entry: PendingPayment) -> None:
-        self.state.add(PENDING, oid, entry)
-        heapq.heappush(self._timers, (entry.t + self.params.timeout_ms, oid, entry.payment_id))
+    def _add_pending(self, oid: str, entry: compact.Fresh) -> None:
+        self.state.add_pending(oid, entry)
+        self._add_timer(oid, entry.t + self.params.timeout_ms)
 
     def _add_order(self, oid: str, entry: BufferedOrder) -> None:
         self.state.add(ORDERS, oid, entry)
@@ -345,29 +432,28 @@ class PartitionJoin:
             return
         oid = change.key
         assert isinstance(oid, str)
-        if isinstance(value, PendingPayment):
-            heapq.heappush(self._timers, (value.t + self.params.timeout_ms, oid, value.payment_id))
+        if isinstance(value, bytes):  # a pending payment
+            self._add_timer(oid, _t_of(value) + self.params.timeout_ms)
         elif isinstance(value, BufferedOrder):
             self._queue_order(oid, value)
         else:
             heapq.heappush(self._recovered_queue, (value.recovered_at, next(self._seq), oid, value))
 
-    def restore_pending(self, entries: list[tuple[str, PendingPayment]]) -> None:
-        """Install many pending payments read from the changelog (persisted) at once."""
-        pending, timers, timeout = self.pending, self._timers, self.params.timeout_ms
-        for oid, entry in entries:
-            entry.persisted = True
-            pending[oid] = entry
-            timers.append((entry.t + timeout, oid, entry.payment_id))
-        heapq.heapify(timers)
+    def restore_pending(self, entries: dict[str, PendingPayment]) -> None:
+        """Install many pending payments read from the changelog at once (each with its
+        PERSISTED bit set: what the changelog holds is persisted)."""
+        self.pending.update(entries)
+        self._rebuild_timers()
 
     def oldest_pending_time(self) -> int | None:
-        """Event time of (about) the oldest pending payment: the earliest live timer."""
-        for deadline, oid, pid in self._timers[:64]:
-            entry = self.pending.get(oid)
-            if entry is not None and entry.payment_id == pid:
-                return deadline - self.params.timeout_ms
-        return next((e.t for e in self.pending.values()), None) if self.pending else None
+        """Event time of (about) the oldest pending payment: in the earliest bucket with a live entry."""
+        pending, shift, timeout = self.pending, TIMER_SHIFT, self.params.timeout_ms
+        for number in sorted(self._bucket_heap[:16]):
+            times = [t for t in (_t_of(e) for e in map(pending.get, self._buckets[number]) if e is not None)
+                     if (t + timeout) >> shift == number]
+            if times:
+                return min(times)
+        return min(map(_t_of, pending.values()), default=None)
 
     def sizes(self) -> tuple[int, int, int]:
         return self.state.sizes()

@@ -20,6 +20,7 @@ from decimal import Decimal
 from enum import IntEnum
 
 from schemas import Order, Payment
+from streams.join import compact
 
 # A bundle record holds matched pairs up to this many bytes (encoded), so that it fits the
 # changelog's max.message.bytes whatever the payments weigh: counted in bytes, not pairs,
@@ -40,17 +41,15 @@ class Store(IntEnum):
 
 
 # ---------------------------------------------------------------- entries
-# Entries keep the record's original bytes (for the changelog and the outputs) and only
-# the few fields the hot path compares, so that a pending entry stays well under 1 KB.
+# Orders keep the record's original bytes (for the changelog and the outputs) and only
+# the few fields the hot path compares. A matched pair or recovered payment keeps its
+# payment's raw record or, when it came from a pending payment, that entry's compact
+# payment part (compact.payment() reads both).
 
 
-class PendingPayment:
-    __slots__ = ("payment_id", "t", "raw", "cmp", "late", "persisted", "trace")
-
-    def __init__(self, payment_id: str, t: int, raw: bytes, cmp: Cmp, late: bool = False, persisted: bool = False,
-                 trace: bytes | None = None):
-        self.payment_id, self.t, self.raw, self.cmp, self.late, self.persisted = payment_id, t, raw, cmp, late, persisted
-        self.trace = trace  # the payment record's W3C traceparent header, if it had one
+# A pending payment is one compact bytes value once a commit has written it, a
+# compact.Fresh (the decoded payment and its record) until then: streams/join/compact.py.
+PendingPayment = compact.Pending
 
 
 class BufferedOrder:
@@ -123,14 +122,29 @@ class JoinState:
 
     # ------------------------------------------------------------ changes the rules make
 
-    def add(self, store: Store, oid: str, entry: Entry) -> None:
-        """A new entry under `oid` (PENDING, ORDERS or RECOVERED)."""
+    def add(self, store: Store, oid: str, entry: BufferedOrder | RecoveredPayment) -> None:
+        """A new entry under `oid` (ORDERS or RECOVERED)."""
         entry.persisted = self._settle(store, oid)
         self._live[store][oid] = entry
 
-    def drop(self, store: Store, oid: str, entry: Entry) -> None:
+    def add_pending(self, oid: str, entry: compact.Fresh) -> None:
+        if self._settle(Store.PENDING, oid):
+            entry.flags |= compact.PERSISTED
+        self.pending[oid] = entry
+
+    def mark_late(self, oid: str, entry: PendingPayment) -> None:
+        """The pending payment under `oid` has a late order now: write it at the next commit."""
+        if type(entry) is bytes:
+            entry = self.pending[oid] = compact.with_flags(entry, entry[8] | compact.LATE)
+        else:
+            entry.flags |= compact.LATE  # type: ignore[union-attr]
+        self.touch(Store.PENDING, oid, bool(compact.flags_of(entry) & compact.PERSISTED))
+
+    def drop(self, store: Store, oid: str, persisted: bool | int) -> None:
+        """The entry under `oid` goes; `persisted`: its own flag (for a pending payment,
+        its PERSISTED bit: true if set)."""
         del self._live[store][oid]
-        self.touch(store, oid, entry.persisted)
+        self.touch(store, oid, persisted)
 
     def _settle(self, store: Store, oid: str) -> bool:
         """A new entry under `oid`: whether the changelog may hold a value for the key (a
@@ -166,13 +180,21 @@ class JoinState:
         pairs), and a bundle whose pairs have all expired as its tombstone.
         """
         changes: list[Change] = []
+        persisted_bit = compact.PERSISTED
         for store in (Store.PENDING, Store.ORDERS, Store.RECOVERED):
             dirty, live = self._dirty[store], self._live[store]
             if not dirty:
                 continue
             for oid, in_log in dirty.items():
                 entry = live.get(oid)
-                if store == Store.ORDERS and entry is not None and entry.paid_id is not None:
+                if store == Store.PENDING and entry is not None:
+                    if type(entry) is not bytes:  # fresh: packed now, as it waits across this commit
+                        entry.flags |= persisted_bit
+                        entry = live[oid] = entry.packed()
+                    elif not entry[8] & persisted_bit:
+                        entry = live[oid] = compact.with_flags(entry, entry[8] | persisted_bit)
+                    changes.append(Change(store, oid, entry))
+                elif store == Store.ORDERS and entry is not None and entry.paid_id is not None:
                     if in_log or entry.persisted:
                         changes.append(Change(store, oid, None))  # matched: its bundle holds it now
                     entry.persisted = False
@@ -208,6 +230,12 @@ class JoinState:
                 self.orders[oid] = pair
             heapq.heappush(self._bundles, (max((e.expires_at(self.window_ms) for _, e in value), default=0), key))
             self._next_bundle = max(self._next_bundle, key + 1)
+            return
+        if store == Store.PENDING:
+            assert isinstance(value, bytes)
+            if not value[8] & compact.PERSISTED:
+                value = compact.with_flags(value, value[8] | compact.PERSISTED)
+            self.pending[key] = value  # type: ignore[index]
             return
         value.persisted = True  # type: ignore[union-attr]
         self._live[store][key] = value

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from schemas import Anomaly, LateOrder, Order, Payment, Recovery
 from streams.join import changelog
-from streams.join.state import BufferedOrder, PendingPayment, RecoveredPayment, Store
+from streams.join import compact
+from streams.join.state import BufferedOrder, RecoveredPayment, Store
 from streams.kafka.partition import partition_for
 from streams.kafka.read import Progress, partition_count, read
 from streams.settings import Settings
@@ -114,10 +115,11 @@ def _state(s: Settings, oid: str, partition: int, progress: Progress | None) -> 
             continue
         change = changelog.decode(key, value)
         entry = change.value
-        if isinstance(entry, PendingPayment):
-            deadline = entry.t + s.order_timeout
-            said.append(f"payment {entry.payment_id} pending since {_iso(entry.t)}: recovered if no order by "
-                        f"{_iso(deadline)} (+ grace)")
+        if isinstance(entry, bytes):  # a pending payment (compact.py)
+            t = compact.t_of(entry)
+            pid = compact.fields(compact.part_of(entry))[0]
+            said.append(f"payment {pid} pending since {_iso(t)}: recovered if no order by "
+                        f"{_iso(t + s.order_timeout)} (+ grace)")
         elif isinstance(entry, RecoveredPayment):
             said.append(f"payment {entry.payment_id} recovered at {_iso(entry.recovered_at)}; remembered to "
                         "recognise its late order")

@@ -9,7 +9,8 @@ from confluent_kafka import Producer
 
 from schemas import Payment
 from streams.join.changelog import encode_key, encode_value
-from streams.join.state import PendingPayment, Store, payment_cmp
+from streams.join import compact
+from streams.join.state import Store
 from streams.join.core import JoinParams
 from streams.join.restore import Restorer
 from streams.kafka import config
@@ -19,9 +20,8 @@ from tests.integration.conftest import isolated
 
 
 def _pending(p: Payment) -> tuple[bytes, bytes]:
-    raw = p.encode()
-    return encode_key(Store.PENDING, p.order_id), encode_value(Store.PENDING, PendingPayment(p.payment_id, 1_000, raw,
-                                                                                   payment_cmp(p)))
+    entry = compact.entry(1_000, compact.pack_payment(p))
+    return encode_key(Store.PENDING, p.order_id), encode_value(Store.PENDING, entry)
 
 
 def _restorer(s) -> Restorer:
@@ -62,7 +62,7 @@ def test_restore_reads_past_a_transaction_still_completing(base_settings) -> Non
     assert restored is not None
     pending = restored[0].pending
     assert sorted(pending) == ["ord-1", "ord-2"], f"restored {sorted(pending)} in {took:.1f}s"
-    assert pending["ord-1"].payment_id == "pay-1" and pending["ord-2"].payment_id == "pay-2"
+    assert [compact.payment_id_of(compact.part_of(pending[k])) for k in ("ord-1", "ord-2")] == ["pay-1", "pay-2"]
 
 
 def test_the_changelog_end_is_waited_for_while_its_leader_is_not_known_yet(base_settings) -> None:

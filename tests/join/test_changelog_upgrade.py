@@ -1,11 +1,12 @@
 """State that survives upgrades: a changelog written by an earlier release is restored by
 this one and gives the same decisions.
 
-`fixtures/changelog-2026-11.json` holds changelog records as the join wrote them in
-November 2026 (the format with fields and traces), produced by `scenario()` below with
-that release, and what a join restored from them decided next. A change to the changelog
-format must keep this test passing unchanged (add a new fixture beside it, never edit it):
-a rolling upgrade restores what the previous release wrote.
+Each fixture in `WRITTEN` holds changelog records as a release wrote them, produced by
+`scenario()` below with that release, and what a join restored from them decided next:
+`changelog-2026-11.json` format 2 (fields and traces beside the payment's JSON),
+`changelog-2026-11-compact.json` format 3 (compact pending payments). A change to the
+changelog format must keep this test passing unchanged (add a new fixture beside the
+others, never edit one): a rolling upgrade restores what the previous release wrote.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from streams.join import changelog
 from streams.join.core import JoinParams, PartitionJoin
 from tests.join.harness import BASE, FAR, G, H, T, Decimal, Harness
 
-FIXTURE = Path(__file__).parent / "fixtures" / "changelog-2026-11.json"
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Every format a release wrote, oldest first; the last is what this release writes.
+WRITTEN = ["changelog-2026-11.json",  # format 2: fields and traces beside the payment's JSON
+           "changelog-2026-11-compact.json"]  # format 3: compact pending payments (compact.py)
+FIXTURE = FIXTURES / WRITTEN[-1]
 TP = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TO = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -63,14 +70,15 @@ def after_restore(latest: dict[bytes, bytes | None]) -> dict:
     }
 
 
-def _load() -> tuple[dict[bytes, bytes | None], dict]:
-    data = json.loads(FIXTURE.read_text())
+def _load(name: str = WRITTEN[-1]) -> tuple[dict[bytes, bytes | None], dict]:
+    data = json.loads((FIXTURES / name).read_text())
     latest = {bytes.fromhex(k): (None if v is None else bytes.fromhex(v)) for k, v in data["records"].items()}
     return latest, data["decided"]
 
 
-def test_a_changelog_written_by_the_november_2026_release_restores_to_the_same_decisions() -> None:
-    latest, decided = _load()
+@pytest.mark.parametrize("name", WRITTEN)
+def test_a_changelog_written_by_each_release_restores_to_the_same_decisions(name: str) -> None:
+    latest, decided = _load(name)
     got = after_restore(latest)
     assert json.loads(json.dumps(got)) == decided
     assert [r[0] for r in decided["recovered"]] == ["a", "b"] and [x[0] for x in decided["late"]] == ["d"]
@@ -87,7 +95,7 @@ if __name__ == "__main__":  # writes the fixture; run once per format, never ove
     assert not FIXTURE.exists(), f"{FIXTURE} exists; a fixture is never rewritten"
     records = scenario()
     FIXTURE.write_text(json.dumps({
-        "written_by": "slipguard join, changelog format of November 2026 (fields and traces)",
+        "written_by": "slipguard join, changelog format 3 (compact pending payments), November 2026",
         "records": {k.hex(): (None if v is None else v.hex()) for k, v in records.items()},
         "decided": after_restore(records),
     }, indent=1, sort_keys=True) + "\n")

@@ -11,10 +11,12 @@ from decimal import Decimal
 
 import pytest
 
+from streams.join import compact
 from streams.join import changelog
 from streams.join.core import JoinParams, PartitionJoin
 from streams.join.state import Store
 from tests.factories import payment_signed
+from tests.schemas.test_fast import _same
 from tests.join.harness import BASE, G, H, T, Harness, at
 
 D = BASE + T  # the payment's deadline
@@ -334,7 +336,9 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
     pending, orders, recovered = h.join.sizes()
     window_records = (T + G) // 100
     assert pending <= window_records and orders <= window_records + 1
-    assert len(h.join._timers) <= 2 * pending + 64
+    assert h.join._timer_count <= 2 * pending + 64
+    assert sum(map(len, h.join._buckets.values())) == h.join._timer_count  # the count is what the buckets hold
+    assert sorted(h.join._bucket_heap) == sorted(h.join._buckets)
 
 
 # ---------------------------------------------------------------- changelog
@@ -472,24 +476,70 @@ def test_entries_without_a_trace_and_with_one_round_trip_through_the_changelog()
     restored = PartitionJoin(JoinParams(T, G, H))
     for change in h.join.state.take_changes():
         restored.restore(changelog.decode(*changelog.encode(change)))
-    assert {k: e.trace for k, e in restored.pending.items()} == {"p1": TP, "p2": None}
+    assert {k: compact.trace_of(e) for k, e in restored.pending.items()} == {"p1": TP, "p2": None}
     assert {k: e.trace for k, e in restored.orders.items()} == {"o1": TO, "o2": None}
 
 
-def test_restore_reads_the_fields_it_needs_without_parsing_json_and_still_reads_older_records() -> None:
-    """Entries carry payment_id, user, amount and currency beside the raw record, so a
-    restore does not parse each payment (most of its time); records written before that
-    (no fields flag) still decode, by parsing."""
+def test_pending_payments_go_to_the_changelog_as_they_are_kept_and_older_records_still_read() -> None:
+    """Format 3: a pending payment's changelog value is its compact entry, restored as it is
+    (nothing parsed); formats 1 (no fields) and 2 (fields) decode by parsing the payment."""
     import struct
 
     h = Harness()
-    p = h.pay(BASE, oid="a", amount=Decimal("12.30"))
+    p = h.pay(BASE, oid="a", amount=Decimal("12.30"), trace=TP)
     h.order(BASE - T - 1, oid="o", amount=Decimal("7"))
     changes = {c.key: c for c in h.join.state.take_changes()}
-    for key in ("a", "o"):
-        decoded = changelog.decode(*changelog.encode(changes[key])).value
-        assert decoded.cmp == changes[key].value.cmp and decoded.raw == changes[key].value.raw
-    assert changelog.decode(*changelog.encode(changes["a"])).value.payment_id == p.payment_id
-    older = struct.pack(">qB", BASE, 0) + p.encode()  # the format before fields (and traces)
-    entry = changelog.decode(b"p:a", older).value
-    assert (entry.payment_id, entry.cmp, entry.t) == (p.payment_id, (p.user_id, p.amount, p.currency), BASE)
+    key, value = changelog.encode(changes["a"])
+    assert value is h.join.pending["a"] and compact.flags_of(value) & compact.PERSISTED
+    assert changelog.decode(key, value).value == value
+    decoded = changelog.decode(*changelog.encode(changes["o"])).value
+    assert decoded.cmp == changes["o"].value.cmp and decoded.raw == changes["o"].value.raw
+    older = struct.pack(">qB", BASE, 0) + p.encode()  # format 1: before fields (and traces)
+    fields = b"".join(bytes((len(f),)) + f for f in (p.payment_id.encode(), p.user_id.encode(), b"12.30", p.currency.encode()))
+    format2 = struct.pack(">qB", BASE, 1 | 4 | 8) + bytes((len(TP),)) + TP + fields + p.encode()  # late, trace, fields
+    for old, late, trace in ((older, False, None), (format2, True, TP)):
+        entry = changelog.decode(b"p:a", old).value
+        assert compact.t_of(entry) == BASE and compact.trace_of(entry) == trace
+        assert compact.flags_of(entry) == compact.COMPACT | compact.PERSISTED | late | (compact.TRACE if trace else 0)
+        assert compact.payment(compact.part_of(entry), "a") == p
+    assert compact.part_of(changelog.decode(b"p:a", older).value) == compact.part_of(value)
+
+
+def test_payments_packed_at_a_commit_are_the_same_payments_after_a_match_a_recovery_and_a_restore() -> None:
+    """A payment pending across a commit is packed (compact.py); the matched pair and the
+    recovered payment it becomes keep the packed form, in memory and in the changelog.
+    What the join says of them later (a recovery, a second payment's anomaly) carries the
+    payment as it was read, before and after a restore."""
+    h = Harness()
+    paid = {oid: h.pay(BASE, oid=oid, trace=TP, amount=Decimal("12.30"), metadata={"round": 7, "x": -0.0})
+            for oid in ("m", "r", "w")}
+    log = {}
+
+    def commit() -> None:
+        for change in h.join.state.take_changes():
+            key, value = changelog.encode(change)
+            log[key] = value
+
+    commit()
+    assert all(type(e) is bytes for e in h.join.pending.values()), "packed at the commit"
+    h.order(BASE + 10, oid="m", amount=Decimal("12.3"))  # matched: 12.3 is 12.30
+    h.pay(BASE + T + G, oid="z")
+    h.order(BASE + T + G, oid="z")
+    h.advance()
+    out = h.take()
+    assert out.matched == 2 and not out.anomalies
+    assert [(r.payment, r.traces) for r in out.recoveries] == [(paid["r"], (TP,)), (paid["w"], (TP,))]
+    commit()
+    restored = PartitionJoin(JoinParams(T, G, H))
+    changelog.restore_into(restored, {k: v for k, v in log.items() if v is not None}, now_ms=BASE)
+    for join in (h.join, restored):
+        again = Harness()
+        again.join = join
+        for oid in ("m", "r"):
+            again.pay(BASE + 20, oid=oid)  # the same payment_id: a duplicate, dropped
+            second = again.pay(BASE + 20, oid=oid, pid=f"second-{oid}")
+            flagged = again.take()
+            assert flagged.duplicates == 1
+            [flag] = flagged.anomalies
+            assert flag.kind == "duplicate_payment" and flag.payments == (paid[oid], second)
+            _same(flag.payments[0], paid[oid])

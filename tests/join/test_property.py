@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.join.harness import BASE, G, T, Harness
+from streams.join import compact
 
 KEY = b"property-test-hmac-key-32-bytes!"
 
@@ -177,7 +178,8 @@ def test_core_recovers_exactly_what_the_contract_says(steps) -> None:
 
 def _state(join) -> tuple:
     return (
-        {oid: (e.payment_id, e.t, e.raw, e.cmp, e.late, e.trace) for oid, e in join.pending.items()},
+        {oid: (compact.t_of(e), compact.flags_of(e) & ~compact.PERSISTED, compact.part_of(e), compact.trace_of(e))
+         for oid, e in join.pending.items()},
         {oid: (e.ts, e.paid_id) for oid, e in join.orders.items()},
         {oid: (e.payment_id, e.deadline, e.late) for oid, e in join.recovered.items()},
     )
@@ -188,7 +190,7 @@ def _state(join) -> tuple:
 def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit(steps, data) -> None:
     """Commit at random points; after each, a core rebuilt from the compacted log equals the live one."""
     from streams.join import changelog
-    from streams.join.core import JoinParams, PartitionJoin
+    from streams.join.core import TIMER_SHIFT, JoinParams, PartitionJoin
 
     h = Harness(key=KEY)
     log: dict[bytes, bytes | None] = {}
@@ -209,9 +211,9 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
             live = _state(h.join)
             got = _state(restored)
             assert got[0] == live[0] and got[2] == live[2]
-            assert all(e.persisted for e in restored.pending.values())
-            timers = {(deadline, oid, pid) for deadline, oid, pid in restored._timers}
-            assert all((e.t + T, oid, e.payment_id) in timers for oid, e in restored.pending.items()), "each has a timer"
+            assert all(compact.flags_of(e) & compact.PERSISTED for e in restored.pending.values())
+            assert all(oid in restored._buckets[(compact.t_of(e) + T) >> TIMER_SHIFT]
+                       for oid, e in restored.pending.items()), "each has a timer"
             current = {k: v for k, v in live[1].items()
                        if h.join.orders[k].expires_at(window) > max(h.join.payment_time, h.join.payments_progress)}
             assert {k: got[1].get(k) for k in current} == current

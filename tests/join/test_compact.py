@@ -1,0 +1,64 @@
+"""Compact pending payments (streams/join/compact.py): what comes back out of one is the
+payment the model decoded, field by field, and the entry's header says what was put in."""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import Payment, fast
+from streams.join import compact
+from tests.schemas.test_fast import _same, payments
+
+TP = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def _as_read(p: Payment) -> Payment:
+    """A succeeded payment as the join has it: decoded from its record."""
+    raw = p.model_copy(update={"status": "succeeded"}).encode()
+    return fast.decode(Payment, raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(payments, st.integers(946_684_800_000, 2**48), st.booleans(), st.sampled_from([None, TP, b"x" * 255, b"y" * 256]))
+def test_a_payment_comes_back_out_of_its_entry_as_the_model_decoded_it(p: Payment, t: int, late: bool,
+                                                                        trace: bytes | None) -> None:
+    p = _as_read(p)
+    part = compact.pack_payment(p)
+    e = compact.entry(t, part, late, trace)
+    back = compact.payment(compact.part_of(e), p.order_id)
+    # Field by field (types, the time's offset, the amount's digits), and the same encoding;
+    # the fields given may differ only by fields that are None (encoded the same: omitted).
+    for name in Payment.model_fields:
+        _same(getattr(back, name), getattr(p, name), name)
+    assert back == p and back.encode() == p.encode()
+    assert back.model_fields_set == {k for k in p.model_fields_set if getattr(p, k) is not None}
+    kept = trace if trace and len(trace) <= compact.MAX_TRACE else None
+    assert (compact.t_of(e), compact.trace_of(e), compact.part_of(e)) == (t, kept, part)
+    assert compact.flags_of(e) == compact.COMPACT | late | (compact.TRACE if kept else 0)
+    assert compact.cmp_of(part) == (p.user_id, p.amount, p.currency)
+    assert compact.payment_id_of(part) == p.payment_id == compact.fields(part)[0]
+    persisted = compact.with_flags(e, compact.flags_of(e) | compact.PERSISTED)
+    assert compact.part_of(persisted) == part and compact.trace_of(persisted) == kept
+
+
+def test_raw_payment_records_are_read_too() -> None:
+    """Matched pairs and recovered payments may hold a payment's JSON (from an older release,
+    or an order that came first): payment() and payment_id_of() read both forms."""
+    raw = b'{"payment_id":"p-1","order_id":"o-1","user_id":"u","amount":"1.50","currency":"EUR",' \
+          b'"status":"succeeded","paid_at":"2026-11-27T08:00:00+08:00"}'
+    p = Payment.decode(raw)
+    assert compact.payment(raw, "o-1") == p and compact.payment_id_of(raw) == "p-1"
+    part = compact.pack_payment(p)
+    assert part[0] in range(0x90, 0xA0) and raw[0] == ord("{")
+    assert compact.payment(part, "o-1").amount.as_tuple() == Decimal("1.50").as_tuple()
+
+
+def test_an_entry_is_smaller_than_the_record_it_replaces() -> None:
+    raw = b'{"payment_id":"p7-0","order_id":"o7-0","user_id":"u42445","amount":"198.72","currency":"HKD",' \
+          b'"status":"succeeded","paid_at":"2027-01-15T08:00:00.000+00:00","metadata":{"game":"baccarat","round":30000000}}'
+    e = compact.entry(1_800_000_000_000, compact.pack_payment(Payment.decode(raw)))
+    assert sys.getsizeof(e) <= sys.getsizeof(raw) // 2
