@@ -73,15 +73,24 @@ def encode_key(store: Store, key: str | int) -> bytes:
     return PREFIX[store] + key.encode()
 
 
-def encode_value(store: Store, entry: Entry | Bundle) -> bytes:
+def encode_value(store: Store, entry: Entry | Bundle, fmt: int = 3, oid: str = "") -> bytes:
+    """`entry` under `oid` (a pending payment's order_id: needed for format 2).
+
+    `fmt` 2: what the release before format 3 reads (a pending payment as its JSON with the
+    fields beside it, and never a packed payment part anywhere): for a rolling upgrade from
+    it, and for as long as a rollback to it may come. Costs a rebuilt payment per entry."""
     if isinstance(entry, list):
         parts = []
         for oid, pair in entry:
             o, pid, raw = oid.encode(), (pair.paid_id or "").encode(), pair.paid_raw or b""
+            if fmt == 2:
+                raw = _json(raw, oid)
             parts.append(_PAIR.pack(len(o), len(pid), len(raw), pair.ts, pair.paid_t) + o + pid + raw)
         return b"".join(parts)
     if store == Store.PENDING:
         assert isinstance(entry, bytes)
+        if fmt == 2:
+            return _pending_format2(entry, oid)
         return entry  # format 3: the entry itself
     if store == Store.ORDERS:
         assert isinstance(entry, BufferedOrder)
@@ -93,7 +102,22 @@ def encode_value(store: Store, entry: Entry | Bundle) -> bytes:
     trace = _trace_field(entry.trace)
     fields = _fields(entry.payment_id)
     flags = entry.late | _HAS_RECOVERED_AT | (_HAS_TRACE if trace else 0) | (_HAS_FIELDS if fields else 0)
-    return _TS_FLAG.pack(entry.deadline, flags) + _RECOVERED_AT.pack(entry.recovered_at) + trace + fields + entry.raw
+    raw = _json(entry.raw, oid) if fmt == 2 else entry.raw
+    return _TS_FLAG.pack(entry.deadline, flags) + _RECOVERED_AT.pack(entry.recovered_at) + trace + fields + raw
+
+
+def _json(record: bytes, oid: str) -> bytes:
+    """A payment's JSON, for a record that may be a packed payment part (format 2 has none)."""
+    return compact.payment(record, oid).encode() if compact.is_part(record) else record
+
+
+def _pending_format2(entry: bytes, oid: str) -> bytes:
+    """A pending payment as format 2 wrote it: header, trace, fields, the payment's JSON."""
+    p = compact.payment(compact.part_of(entry), oid)
+    trace = _trace_field(compact.trace_of(entry))
+    fields = _fields(p.payment_id, p.user_id, p.amount, p.currency)
+    flags = (entry[8] & _LATE) | (_HAS_TRACE if trace else 0) | (_HAS_FIELDS if fields else 0)
+    return _TS_FLAG.pack(compact.t_of(entry), flags) + trace + fields + p.encode()
 
 
 def _fields(*values: object) -> bytes:
@@ -130,10 +154,13 @@ def _read_trace(value: bytes, at: int) -> tuple[bytes | None, int]:
     return (value[at + 1 : at + 1 + n] or None), at + 1 + n
 
 
-def encode(change: Change) -> tuple[bytes, bytes | None]:
-    """A change as a changelog record's key and value (None: a tombstone)."""
-    value = None if change.value is None else encode_value(change.store, change.value)
-    return encode_key(change.store, change.key), value
+def encode(change: Change, fmt: int = 3) -> tuple[bytes, bytes | None]:
+    """A change as a changelog record's key and value (None: a tombstone), in format `fmt`
+    (see encode_value)."""
+    key = change.key
+    value = None if change.value is None else encode_value(change.store, change.value, fmt,
+                                                           key if isinstance(key, str) else "")
+    return encode_key(change.store, key), value
 
 
 def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:

@@ -98,8 +98,9 @@ class Checkpoint:
         self.begin()
         topic = self.s.changelog_topic
         pending = changes()
+        fmt = self.s.changelog_format
         for partition, change in pending:
-            key, value = changelog.encode(change)
+            key, value = changelog.encode(change, fmt)
             self.out.produce(topic, key, value, partition)
         if self.eos:
             self.out.commit_transaction(offsets, self.consumer.consumer_group_metadata())

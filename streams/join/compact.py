@@ -123,6 +123,11 @@ def cmp_of(part: bytes) -> tuple[str, Decimal, str]:
     return f[1], Decimal(f[2]), f[3]
 
 
+def is_part(record: bytes) -> bool:
+    """A packed payment part (not a payment's JSON)."""
+    return record[0] in _ARRAY
+
+
 def payment_id_of(record: bytes) -> str:
     """The payment_id of a payment part or a raw payment record."""
     if record[0] in _ARRAY:

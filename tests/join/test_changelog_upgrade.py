@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streams.join import changelog
+from streams.join import changelog, compact
 from streams.join.core import JoinParams, PartitionJoin
 from tests.join.harness import BASE, FAR, G, H, T, Decimal, Harness
 
@@ -29,7 +29,7 @@ TP = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TO = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def scenario() -> dict[bytes, bytes | None]:
+def scenario(fmt: int = 3) -> dict[bytes, bytes | None]:
     """The state a join had written: pending payments (with and without a trace), a matched
     pair, an order waiting for its payment, a recovered payment marked for late orders."""
     h = Harness()
@@ -43,7 +43,7 @@ def scenario() -> dict[bytes, bytes | None]:
     assert [r.payment.order_id for r in h.take().recoveries] == ["d"]
     latest: dict[bytes, bytes | None] = {}
     for change in h.join.state.take_changes():
-        key, value = changelog.encode(change)
+        key, value = changelog.encode(change, fmt)
         latest[key] = value
     return latest
 
@@ -99,3 +99,45 @@ if __name__ == "__main__":  # writes the fixture; run once per format, never ove
         "records": {k.hex(): (None if v is None else v.hex()) for k, v in records.items()},
         "decided": after_restore(records),
     }, indent=1, sort_keys=True) + "\n")
+
+
+def test_format_2_written_by_this_release_is_what_the_release_before_wrote() -> None:
+    """SLIPGUARD_CHANGELOG_FORMAT=2, for a rolling upgrade from (or a rollback to) the
+    release before format 3, which reads only format 2: the same bytes it wrote."""
+    old, _ = _load(WRITTEN[0])
+    assert scenario(fmt=2) == old
+
+
+def test_format_2_carries_no_packed_payment_anywhere() -> None:
+    """Payments packed at an earlier commit (so matched pairs and recovered payments hold the
+    packed part) go out as their JSON in format 2, and restore to the same decisions."""
+    h = Harness()
+    for oid in ("m", "r", "w"):
+        h.pay(BASE, oid=oid, trace=TP, amount=Decimal("12.30"))
+    first = [c for c in h.join.state.take_changes()]
+    h.order(BASE + 10, oid="m")
+    h.pay(BASE + T + G, oid="z")
+    h.order(BASE + T + G, oid="z")
+    h.advance()
+    assert len(h.take().recoveries) == 2
+    second = h.join.state.take_changes()
+    logs = {}
+    for fmt in (2, 3):
+        latest: dict[bytes, bytes | None] = {}
+        for change in first + second:
+            key, value = changelog.encode(change, fmt)
+            latest[key] = value
+        logs[fmt] = {k: v for k, v in latest.items() if v is not None}
+    packed_in_3 = 0
+    for fmt, latest in logs.items():
+        for key, value in latest.items():
+            change = changelog.decode(key, value, now_ms=BASE)
+            if key.startswith(b"p:"):
+                assert bool(value[8] & compact.COMPACT) == (fmt == 3)
+            records = ([pair.paid_raw for _, pair in change.value] if key.startswith(b"m:")
+                       else [change.value.raw] if key.startswith(b"r:") else [])
+            packed = sum(compact.is_part(r) for r in records)
+            assert fmt == 3 or packed == 0, key
+            packed_in_3 += packed if fmt == 3 else 0
+    assert packed_in_3 == 3, "format 3 keeps the packed parts (the matched pair and two recovered)"
+    assert after_restore(logs[2]) == after_restore(logs[3])
