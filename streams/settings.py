@@ -92,8 +92,8 @@ class Settings(BaseSettings):
                             "consumer where the broker offers it, else classic")
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="records the join reads per consume() call")
     commit_interval: DurationMs = Field("100ms", gt=0, description="how often the join commits its transaction")
-    changelog_format: Literal[2, 3] = Field(
-        3, description="the changelog format the join writes: 3 (compact pending payments), or 2 while a release "
+    changelog_format: int = Field(
+        3, ge=2, le=3, description="the changelog format the join writes: 3 (compact pending payments), or 2 while a release "
                        "before it still runs or may be rolled back to (it reads only 2); this release reads both")
     topic_wait: DurationMs = Field("30s", gt=0, description="how long the join waits at start for its input "
                                                            "topics to appear (created alongside a deployment)")

@@ -37,6 +37,8 @@ def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().order_timeout == 120_000
     assert load_settings().metrics_port_for("join") == 0
     assert load_settings(order_timeout="90s").order_timeout == 90_000
+    monkeypatch.setenv("SLIPGUARD_CHANGELOG_FORMAT", "2")  # as a deployment's env gives it: text
+    assert load_settings().changelog_format == 2 and load_settings(changelog_format="3").changelog_format == 3
 
 
 @pytest.mark.parametrize(("text", "ms"), [("60s", 60_000), ("1h", 3_600_000), ("250ms", 250), ("5", 5000), ("1.5s", 1500), ("2m", 120_000)])
@@ -52,6 +54,7 @@ def test_durations(text: str, ms: int) -> None:
         ("SLIPGUARD_PROCESSING_GUARANTEE", "maybe_once", "SLIPGUARD_PROCESSING_GUARANTEE: Input should be 'exactly_once' or 'at_least_once'"),
         ("SLIPGUARD_BOOTSTRAP_SERVERS", "kafka", "SLIPGUARD_BOOTSTRAP_SERVERS: expected host:port"),
         ("SLIPGUARD_METRICS_PORT", "70000", "SLIPGUARD_METRICS_PORT"),
+        ("SLIPGUARD_CHANGELOG_FORMAT", "4", "SLIPGUARD_CHANGELOG_FORMAT: Input should be less than or equal to 3"),
     ],
 )
 def test_bad_value_stops_with_one_clear_line(monkeypatch, capsys, env: str, value: str, expected: str) -> None:

@@ -215,7 +215,9 @@ class PartitionJoin:
                 if cmp != buffered.cmp:
                     self._report_mismatch(cmp, buffered.cmp, p, Order.decode(buffered.raw), oid, out,
                                           _traces(trace, buffered.trace))
-                buffered.trace = None  # a matched pair emits nothing more that needs it
+                # A matched pair never matches again and emits nothing more that needs its
+                # order's record, fields or trace (a restored pair has none of them either).
+                buffered.raw, buffered.cmp, buffered.trace = b"", None, None
                 return
             if buffered.ts > deadline:
                 # The order exists but past the window: the payment will be recovered, the order is late.
@@ -247,13 +249,14 @@ class PartitionJoin:
                     pid, uid, text, currency = _fields(paid)[:4]
                     amount = o.amount if text == str(o.amount) else Decimal(text)
                     self.state.drop(PENDING, oid, pending[8] & PERSISTED)
-                entry = BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), pid, t, paid)
+                entry = BufferedOrder(ts, b"", None, pid, t, paid)  # matched: the order's record is not needed
                 self._add_order(oid, entry)
                 self.state.matched(oid, entry)
                 out.matched += 1
                 if uid != o.user_id or currency != o.currency or amount != o.amount:
-                    self._report_mismatch((uid, amount, currency), entry.cmp, compact.payment(paid, oid), o,
-                                          oid, out, _traces(trace, compact.trace_of(pending)))
+                    self._report_mismatch((uid, amount, currency), (o.user_id, o.amount, o.currency),
+                                          compact.payment(paid, oid), o, oid, out,
+                                          _traces(trace, compact.trace_of(pending)))
                 return
             if ts > deadline:
                 if not compact.flags_of(pending) & LATE:

@@ -9,7 +9,18 @@ import time
 import pytest
 
 from tests.integration.test_join import _LiveTraffic, _owned, _settings, _wait_for
-from tests.integration.workers import assert_recovered_once, group_timeouts, start, stop, wait_for_progress, wait_until_done
+from tests.integration.workers import (
+    assert_recovered_once,
+    group_timeouts,
+    release,
+    start,
+    stop,
+    wait_for_progress,
+    wait_until_done,
+)
+
+# The last release before changelog format 3 (packed pending payments): it reads only format 2.
+BEFORE_FORMAT_3 = "c5563cba8cefdfa301a4a5d63de53c1b21038e20"
 
 
 def test_three_workers_on_twelve_partitions_scale_out_and_recover_every_payment_once(base_settings, tmp_path) -> None:
@@ -164,5 +175,60 @@ def test_kip_848_restart_with_the_same_instance_id_moves_no_other_members_partit
             assert w.poll() is None and "Traceback" not in logs[name].read_text(), logs[name].read_text()[-3000:]
     finally:
         for w, name in ((keeper, "s0"), (mover, "s1-third")):
+            if w.poll() is None:
+                assert stop(w) == 0, logs[name].read_text()[-3000:]
+
+
+def _restored_pending(log) -> int:
+    """Pending payments a worker restored, summed over its restore lines."""
+    return sum(int(n) for n in re.findall(r"restored partitions \[[\d, ]*\] in [\d.]+s: (\d+) pending", log.read_text()))
+
+
+def test_a_rolling_upgrade_to_changelog_format_3_and_a_rollback_under_load_lose_and_double_nothing(base_settings,
+                                                                                                 tmp_path) -> None:
+    """Workers of the release before format 3 (run from this repository's history) and of
+    this one in one group under live traffic, as README's upgrade says: the new release
+    first writes format 2, and an old worker restores what it wrote (a pod rolled back);
+    then the old ones are replaced, and the last writes format 3 and restores what the
+    others left. Pending state crosses releases and formats at every step; every recovery once."""
+    old = release(BEFORE_FORMAT_3, tmp_path / "old")
+    s = _settings(base_settings, commit_interval="200ms")
+    logs = {name: tmp_path / f"{name}.log" for name in ("old1", "old2", "new1", "new2", "new3")}
+    workers = {name: start(s, ["join"], logs[name], root=old, instance_id=None) for name in ("old1", "old2")}
+
+    def add(name: str, fmt: int) -> None:
+        workers[name] = start(s, ["join"], logs[name], instance_id=None, changelog_format=fmt)
+        _wait_for(lambda: _owned(logs[name]), f"{name} got partitions", timeout=60)
+
+    def leave(name: str) -> None:
+        assert stop(workers[name]) == 0, logs[name].read_text()[-3000:]
+
+    try:
+        _wait_for(lambda: all(_owned(logs[n]) for n in ("old1", "old2")), "the old workers hold partitions", timeout=90)
+        traffic = _LiveTraffic(s, 36_000, seed=44, seconds=30)
+        wait_for_progress(s, traffic.total, 0.1)
+        add("new1", 2)  # the first roll: this release, writing format 2
+        wait_for_progress(s, traffic.total, 0.25)
+        before = _restored_pending(logs["old1"]) + _restored_pending(logs["old2"])
+        leave("new1")  # rolled back: the old workers restore what it wrote
+        _wait_for(lambda: sorted(_owned(logs["old1"]) + _owned(logs["old2"])) == [0, 1, 2, 3],
+                  "the old workers took its partitions back", timeout=60)
+        assert _restored_pending(logs["old1"]) + _restored_pending(logs["old2"]) > before, \
+            "the old release restored pending payments the new one wrote"
+        leave("old1")
+        add("new2", 2)
+        leave("old2")
+        wait_for_progress(s, traffic.total, 0.6)
+        add("new3", 3)  # the second roll: format 3, no old worker left
+        leave("new2")
+        assert traffic.running(), "all of it under live traffic"
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        assert_recovered_once(s, traffic.exp.recovered)
+        assert _owned(logs["new3"]) == [0, 1, 2, 3] and _restored_pending(logs["new3"]) > 0
+        for name, log in logs.items():
+            assert "Traceback" not in log.read_text(), f"{name}: {log.read_text()[-3000:]}"
+    finally:
+        for name, w in workers.items():
             if w.poll() is None:
                 assert stop(w) == 0, logs[name].read_text()[-3000:]

@@ -543,3 +543,18 @@ def test_payments_packed_at_a_commit_are_the_same_payments_after_a_match_a_recov
             [flag] = flagged.anomalies
             assert flag.kind == "duplicate_payment" and flag.payments == (paid[oid], second)
             _same(flag.payments[0], paid[oid])
+
+
+def test_a_matched_pair_keeps_what_a_restored_one_keeps_whichever_came_first() -> None:
+    """Matched pairs stay for the window (to spot duplicates): they keep the first payment
+    and the times, not the order's record, fields or trace, as a restored pair (a bundle)."""
+    h = Harness()
+    h.pay(BASE, oid="p", trace=TP)
+    h.order(BASE + 1, oid="p", trace=TO, user_id="someone-else")
+    h.order(BASE, oid="o", trace=TO)
+    h.pay(BASE + 1, oid="o", trace=TP, currency="USD")
+    out = h.take()
+    assert out.matched == 2 and sorted(a.kind for a in out.anomalies) == ["currency_mismatch", "user_mismatch"]
+    for oid in ("p", "o"):
+        e = h.join.orders[oid]
+        assert (e.raw, e.cmp, e.trace, e.paid_id) == (b"", None, None, f"pay-{oid}")
