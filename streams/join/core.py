@@ -449,14 +449,23 @@ class PartitionJoin:
         self._rebuild_timers()
 
     def oldest_pending_time(self) -> int | None:
-        """Event time of (about) the oldest pending payment: in the earliest bucket with a live entry."""
+        """Event time of (about) the oldest pending payment: the earliest in the first bucket
+        with a live entry. Leading buckets with none (their payments matched since) go, so
+        each stale order_id is looked at once: the gauge is read after every commit."""
         pending, shift, timeout = self.pending, TIMER_SHIFT, self.params.timeout_ms
-        for number in sorted(self._bucket_heap[:16]):
-            times = [t for t in (_t_of(e) for e in map(pending.get, self._buckets[number]) if e is not None)
+        heap, buckets = self._bucket_heap, self._buckets
+        while heap:
+            number = heap[0]
+            oids = buckets[number]
+            times = [t for t in (_t_of(e) for e in map(pending.get, oids) if e is not None)
                      if (t + timeout) >> shift == number]
             if times:
                 return min(times)
-        return min(map(_t_of, pending.values()), default=None)
+            heapq.heappop(heap)
+            del buckets[number]
+            self._timer_count -= len(oids)
+            self._partial_due = -1  # it was about the bucket first in line
+        return None
 
     def sizes(self) -> tuple[int, int, int]:
         return self.state.sizes()

@@ -558,3 +558,20 @@ def test_a_matched_pair_keeps_what_a_restored_one_keeps_whichever_came_first() -
     for oid in ("p", "o"):
         e = h.join.orders[oid]
         assert (e.raw, e.cmp, e.trace, e.paid_id) == (b"", None, None, f"pay-{oid}")
+
+
+def test_the_oldest_pending_payment_is_found_past_buckets_of_matched_ones_which_go() -> None:
+    """The gauge is read after every commit: buckets whose payments all matched since are
+    dropped on the way (looked at once), and a later timeout is still found and fired."""
+    h = Harness()
+    for i in range(200):
+        h.pay(BASE + i * 10, oid=f"m{i}")
+        h.order(BASE + i * 10 + 1, oid=f"m{i}")
+    h.pay(BASE + 5_000, oid="waits")
+    assert h.join.oldest_pending_time() == BASE + 5_000
+    assert len(h.join._buckets) == 1 and h.join._timer_count == 1, "the matched ones' buckets went"
+    h.pay(BASE + 3_000, oid="older")  # an earlier bucket again
+    assert h.join.oldest_pending_time() == BASE + 3_000
+    h.order(BASE + 5_000 + T + G, oid="other")
+    h.advance()
+    assert sorted(r.payment.order_id for r in h.take().recoveries) == ["older", "waits"]

@@ -141,6 +141,7 @@ def _apply(h: Harness, s) -> None:
     if isinstance(s, tuple):
         _, payments_at_end, orders_at_end, now = s
         h.advance(now, payments_at_end, orders_at_end)
+        h.join.oldest_pending_time()  # as the worker's gauge after each commit (it prunes timer buckets)
     elif s.kind == "pay":
         h.pay(s.ts, oid=s.oid, pid=s.pid, status=s.status, forged=s.forged)
     else:
