@@ -191,7 +191,7 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
                                                paid_raw, trace=trace))
     t, flags = _TS_FLAG.unpack_from(value)
     if kind == _PENDING and flags & compact.COMPACT:
-        return Change(kind, oid, value if flags & _PERSISTED else compact.with_flags(value, flags | _PERSISTED))
+        return Change(kind, oid, compact.with_flag(value, _PERSISTED))
     at = _TS_FLAG.size
     recovered_at = now_ms
     if flags & _HAS_RECOVERED_AT:
@@ -204,8 +204,8 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
     if kind == _PENDING:  # formats 1 and 2: the payment's JSON, parsed once to make its entry
         if flags & _HAS_FIELDS:
             _, at = _read_fields(value, at, 4)
-        e = compact.entry(t, compact.pack_payment(fast.decode(Payment, value[at:])), late, trace)
-        return Change(kind, oid, compact.with_flags(e, e[8] | _PERSISTED))
+        part = compact.pack_payment(fast.decode(Payment, value[at:]))
+        return Change(kind, oid, compact.entry(t, part, late | _PERSISTED, trace))
     if flags & _HAS_FIELDS:
         (pid,), at = _read_fields(value, at, 1)
     else:

@@ -66,8 +66,7 @@ class Fresh:
 
     def packed(self) -> bytes:
         """Its compact entry, with the same flags."""
-        e = entry(self.t, pack_payment(self.payment), bool(self.flags & LATE), self.trace)
-        return with_flags(e, e[8] | (self.flags & PERSISTED)) if self.flags & PERSISTED else e
+        return entry(self.t, pack_payment(self.payment), self.flags, self.trace)
 
 
 Pending = Union[bytes, Fresh]  # a pending payment: packed, or fresh since the last commit
@@ -83,11 +82,13 @@ def pack_payment(p: Payment) -> bytes:
                     bytes.fromhex(sig) if sig is not None else None))
 
 
-def entry(t: int, part: bytes, late: bool = False, trace: bytes | None = None) -> bytes:
-    """A pending payment: header, trace, payment part."""
+def entry(t: int, part: bytes, flags: int = 0, trace: bytes | None = None) -> bytes:
+    """A pending payment: header, trace, payment part. `flags`: LATE and PERSISTED as
+    wanted (True counts as LATE); COMPACT and TRACE are set here."""
+    flags = COMPACT | (flags & (LATE | PERSISTED))
     if trace and len(trace) <= MAX_TRACE:
-        return _pack_header(t, COMPACT | TRACE | late) + bytes((len(trace),)) + trace + part
-    return _pack_header(t, COMPACT | late) + part
+        return _pack_header(t, flags | TRACE) + bytes((len(trace),)) + trace + part
+    return _pack_header(t, flags) + part
 
 
 def t_of(e: Pending) -> int:
@@ -98,8 +99,9 @@ def flags_of(e: Pending) -> int:
     return e[8] if type(e) is bytes else e.flags  # type: ignore[index,union-attr]
 
 
-def with_flags(e: bytes, flags: int) -> bytes:
-    return e[:8] + bytes((flags,)) + e[9:]
+def with_flag(e: bytes, bit: int) -> bytes:
+    """The entry with a flag bit set (itself if it is set already)."""
+    return e if e[8] & bit else e[:8] + bytes((e[8] | bit,)) + e[9:]
 
 
 def trace_of(e: Pending) -> bytes | None:

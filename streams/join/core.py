@@ -362,12 +362,7 @@ class PartitionJoin:
         self._buckets, self._bucket_heap, self._timer_count, self._partial_due = {}, [], 0, -1
         buckets, shift, timeout = self._buckets, TIMER_SHIFT, self.params.timeout_ms
         for oid, e in self.pending.items():
-            number = (_t_of(e) + timeout) >> shift
-            bucket = buckets.get(number)
-            if bucket is None:
-                buckets[number] = [oid]
-            else:
-                bucket.append(oid)
+            buckets.setdefault((_t_of(e) + timeout) >> shift, []).append(oid)
         self._bucket_heap = list(buckets)
         heapq.heapify(self._bucket_heap)
         self._timer_count = len(self.pending)

@@ -135,7 +135,7 @@ class JoinState:
     def mark_late(self, oid: str, entry: PendingPayment) -> None:
         """The pending payment under `oid` has a late order now: write it at the next commit."""
         if type(entry) is bytes:
-            entry = self.pending[oid] = compact.with_flags(entry, entry[8] | compact.LATE)
+            entry = self.pending[oid] = compact.with_flag(entry, compact.LATE)
         else:
             entry.flags |= compact.LATE  # type: ignore[union-attr]
         self.touch(Store.PENDING, oid, bool(compact.flags_of(entry) & compact.PERSISTED))
@@ -192,7 +192,7 @@ class JoinState:
                         entry.flags |= persisted_bit
                         entry = live[oid] = entry.packed()
                     elif not entry[8] & persisted_bit:
-                        entry = live[oid] = compact.with_flags(entry, entry[8] | persisted_bit)
+                        entry = live[oid] = compact.with_flag(entry, persisted_bit)
                     changes.append(Change(store, oid, entry))
                 elif store == Store.ORDERS and entry is not None and entry.paid_id is not None:
                     if in_log or entry.persisted:
@@ -233,9 +233,7 @@ class JoinState:
             return
         if store == Store.PENDING:
             assert isinstance(value, bytes)
-            if not value[8] & compact.PERSISTED:
-                value = compact.with_flags(value, value[8] | compact.PERSISTED)
-            self.pending[key] = value  # type: ignore[index]
+            self.pending[key] = compact.with_flag(value, compact.PERSISTED)  # type: ignore[index]
             return
         value.persisted = True  # type: ignore[union-attr]
         self._live[store][key] = value

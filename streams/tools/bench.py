@@ -173,8 +173,8 @@ def restore_rate(s: Settings, entries: int = 1_000_000) -> tuple[float, float]:
                       seed=5)
     producer = Producer(config.producer(r))
     for i, (_, key, raw, ts) in enumerate(pays):
-        entry = compact.entry(ts, compact.pack_payment(fast.decode(Payment, raw)))  # as the join keeps it
-        entry = compact.with_flags(entry, entry[8] | compact.PERSISTED)  # and writes it at a commit
+        # as the join keeps it, and writes it at a commit
+        entry = compact.entry(ts, compact.pack_payment(fast.decode(Payment, raw)), compact.PERSISTED)
         k, v = changelog.encode(Change(Store.PENDING, key.decode(), entry))
         while True:
             try:

@@ -41,7 +41,7 @@ def test_a_payment_comes_back_out_of_its_entry_as_the_model_decoded_it(p: Paymen
     assert compact.flags_of(e) == compact.COMPACT | late | (compact.TRACE if kept else 0)
     assert compact.cmp_of(part) == (p.user_id, p.amount, p.currency)
     assert compact.payment_id_of(part) == p.payment_id == compact.fields(part)[0]
-    persisted = compact.with_flags(e, compact.flags_of(e) | compact.PERSISTED)
+    persisted = compact.with_flag(e, compact.PERSISTED)
     assert compact.part_of(persisted) == part and compact.trace_of(persisted) == kept
 
 
