@@ -147,6 +147,45 @@ def test_kill_9_mid_batch_then_restart_loses_and_doubles_nothing(s, tmp_path) ->
         assert stop(second) == 0
 
 
+def test_a_writer_joining_and_another_leaving_mid_stream_lose_and_double_nothing(s, tmp_path) -> None:
+    """Two rebalances under load: a second writer joins while the first is mid-stream
+    (faust suspends the first one's flow, cancelling any record it was blocked handing to
+    its stream), then the first leaves and the second takes every partition."""
+    total = 100_000
+    items = [_recovery(i) for i in range(total)]
+    _produce_recoveries(s, items)
+    logs = [tmp_path / "recover-1.log", tmp_path / "recover-2.log"]
+    first = start(s, ["recover"], logs[0], metrics_port=0)
+    second = None
+
+    def assignments(log) -> int:
+        return log.read_text().count("Executing _on_partitions_assigned")
+
+    try:
+        _wait_rows(s, 3_000)
+        second = start(s, ["recover"], logs[1], metrics_port=0)
+        deadline = time.monotonic() + 60
+        while not (assignments(logs[0]) >= 2 and assignments(logs[1]) >= 1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with _db(s) as conn:
+            at_join = conn.execute("SELECT count(*) FROM recovery_audit").fetchone()[0]
+        assert assignments(logs[0]) >= 2 and assignments(logs[1]) >= 1, "the group rebalanced onto both writers"
+        assert at_join < total, "the second writer joined mid-stream"
+        _wait_rows(s, at_join + 5_000)  # both writing
+        assert stop(first) == 0, logs[0].read_text()[-3000:]
+        with _db(s) as conn:
+            at_leave = conn.execute("SELECT count(*) FROM recovery_audit").fetchone()[0]
+        assert at_leave < total, "the first writer left mid-stream"
+        _wait_rows(s, total, timeout=120)
+        time.sleep(2)
+        _assert_each_once(s, {r.order_id for r in items})
+    finally:
+        if first.poll() is None:
+            stop(first)
+        if second is not None:
+            assert stop(second) == 0, logs[1].read_text()[-3000:]
+
+
 def test_order_already_present_is_left_unchanged_and_the_outcome_recorded(s, tmp_path) -> None:
     with _db(s) as conn:
         conn.execute("INSERT INTO orders (order_id, user_id, amount, currency, created_at) "
