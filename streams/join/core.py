@@ -325,13 +325,12 @@ class PartitionJoin:
                     keep.append(oid)
                     continue
                 self._recover(oid, e, deadline, now_ms, out)
-            self._timer_count -= len(oids) - len(keep)
             if keep:
+                self._timer_count -= len(oids) - len(keep)
                 buckets[number] = keep
                 self._partial_due = due
                 return
-            heapq.heappop(heap)
-            del buckets[number]
+            self._pop_bucket()
 
     def _recover(self, oid: str, e: PendingPayment, deadline: int, now_ms: int, out: Decisions) -> None:
         flags, trace = compact.flags_of(e), compact.trace_of(e)
@@ -456,11 +455,13 @@ class PartitionJoin:
                      if (t + timeout) >> shift == number]
             if times:
                 return min(times)
-            heapq.heappop(heap)
-            del buckets[number]
-            self._timer_count -= len(oids)
-            self._partial_due = -1  # it was about the bucket first in line
+            self._pop_bucket()
         return None
+
+    def _pop_bucket(self) -> None:
+        """Drop the first bucket in line: none of its order_ids has a live timer there now."""
+        self._timer_count -= len(self._buckets.pop(heapq.heappop(self._bucket_heap)))
+        self._partial_due = -1  # it was about the bucket first in line
 
     def sizes(self) -> tuple[int, int, int]:
         return self.state.sizes()
