@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -37,5 +38,12 @@ class Payment(Message):
     def expected_signature(self, key: bytes) -> str:
         return hmac.new(key, self.signing_string().encode("utf-8"), hashlib.sha256).hexdigest()
 
-    def signature_valid(self, key: bytes) -> bool:
-        return self.signature is not None and hmac.compare_digest(self.signature, self.expected_signature(key))
+    def signature_valid(self, keys: bytes | Sequence[bytes]) -> bool:
+        """Signed with `keys` (one key, or the current and previous ones during a rotation)."""
+        if self.signature is None:
+            return False
+        text = self.signing_string().encode("utf-8")
+        for key in (keys,) if isinstance(keys, bytes) else keys:
+            if hmac.compare_digest(self.signature, hmac.new(key, text, hashlib.sha256).hexdigest()):
+                return True
+        return False

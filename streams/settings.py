@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     join_group: str = Field("slipguard-join", min_length=1)
     recover_group: str = Field("slipguard-recover", min_length=1)
     payment_hmac_key: SecretStr | None = Field(None, description="unset: signatures not checked")
+    payment_hmac_previous_key: SecretStr | None = Field(
+        None, description="during a key rotation, the key payments were signed with before: a payment signed "
+                          "with either key is valid (unset it once every producer signs with the new key)")
     minimise_personal_data: bool = Field(
         False, description="leave payments' and orders' metadata out of anomalies and of dead letters (whose "
                            "value then keeps only the record without its metadata, and whose error names fields, "
@@ -120,7 +123,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port], got {value!r}")
         return value
 
-    @field_validator("payment_hmac_key")
+    @field_validator("payment_hmac_key", "payment_hmac_previous_key")
     @classmethod
     def _key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         # An empty or short key is a mistake (an empty secret mounted, a placeholder), not
@@ -128,6 +131,13 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < 16:
             raise ValueError("the HMAC key must be at least 16 bytes; unset the variable to turn signature checks off")
         return value
+
+    @model_validator(mode="after")
+    def _previous_key_needs_a_key(self) -> Settings:
+        if self.payment_hmac_previous_key is not None and self.payment_hmac_key is None:
+            raise ValueError("SLIPGUARD_PAYMENT_HMAC_PREVIOUS_KEY is set without SLIPGUARD_PAYMENT_HMAC_KEY; set the "
+                             "current key too (a rotation accepts both), or unset both to turn signature checks off")
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
@@ -138,8 +148,10 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def hmac_key(self) -> bytes | None:
-        return self.payment_hmac_key.get_secret_value().encode("utf-8") if self.payment_hmac_key else None
+    def hmac_keys(self) -> tuple[bytes, ...]:
+        """The keys a payment's signature may be made with (current first); empty: not checked."""
+        keys = (self.payment_hmac_key, self.payment_hmac_previous_key)
+        return tuple(k.get_secret_value().encode("utf-8") for k in keys if k is not None)
 
     def worker_id(self) -> str:
         """This process's name in the group: the configured instance id, else one unique
@@ -185,7 +197,8 @@ class ConfigError(Exception):
     """Bad configuration: its message is one line naming the setting and what is wrong."""
 
 
-SECRET_FIELDS = ("database_url", "payment_hmac_key", "kafka_sasl_password", "kafka_ssl_key_password")
+SECRET_FIELDS = ("database_url", "payment_hmac_key", "payment_hmac_previous_key", "kafka_sasl_password",
+                 "kafka_ssl_key_password")
 
 
 def secrets_from_files(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

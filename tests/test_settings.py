@@ -27,7 +27,7 @@ def test_defaults_are_the_contracts() -> None:
     assert (s.order_timeout, s.grace, s.late_horizon) == (60_000, 5_000, 3_600_000)
     assert s.processing_guarantee == "exactly_once"
     assert (s.join_group, s.recover_group) == ("slipguard-join", "slipguard-recover")
-    assert s.hmac_key is None
+    assert s.hmac_keys == ()
     assert (s.metrics_port_for("join"), s.metrics_port_for("recover")) == (9400, 9401)
 
 
@@ -97,6 +97,15 @@ def test_an_empty_or_short_hmac_key_is_a_configuration_error_not_signatures_off(
     assert "(got" not in str(err.value), "the key itself is never shown"
 
 
+def test_a_previous_hmac_key_is_accepted_beside_the_current_one_and_never_alone() -> None:
+    s = load_settings(payment_hmac_key="n" * 16, payment_hmac_previous_key="o" * 16)
+    assert s.hmac_keys == (b"n" * 16, b"o" * 16)
+    with pytest.raises(ConfigError, match="PREVIOUS_KEY is set without SLIPGUARD_PAYMENT_HMAC_KEY"):
+        load_settings(payment_hmac_previous_key="o" * 16)
+    with pytest.raises(ConfigError, match="SLIPGUARD_PAYMENT_HMAC_PREVIOUS_KEY: the HMAC key must be at least 16"):
+        load_settings(payment_hmac_key="n" * 16, payment_hmac_previous_key="short")
+
+
 def test_a_malformed_database_url_never_prints_its_password(capsys) -> None:
     from streams.cli import main
 
@@ -128,7 +137,7 @@ def test_every_secret_can_be_given_as_a_file_as_kubernetes_mounts_them(tmp_path,
         monkeypatch.setenv(f"SLIPGUARD_{name.upper()}_FILE", str(tmp_path / name))
     s = load_settings()
     assert s.database_url.get_secret_value() == values["database_url"]
-    assert s.hmac_key == values["payment_hmac_key"].encode()
+    assert s.hmac_keys == (values["payment_hmac_key"].encode(),)
     assert s.kafka_sasl_password.get_secret_value() == "sasl-from-file"
     assert s.kafka_ssl_key_password.get_secret_value() == "tls-from-file"
     assert "from-file" not in repr(s) and "from-file" not in str(s.model_dump())

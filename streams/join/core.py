@@ -73,7 +73,7 @@ class JoinParams:
     timeout_ms: int
     grace_ms: int
     late_horizon_ms: int
-    hmac_key: bytes | None = None
+    hmac_keys: tuple[bytes, ...] = ()  # empty: signatures not checked
 
 
 # ---------------------------------------------------------------- decisions
@@ -164,8 +164,8 @@ class PartitionJoin:
 
     def on_payment(self, ts: int, p: Payment, raw: bytes, out: Decisions, trace: bytes | None = None) -> None:
         """`trace`: the record's traceparent header, carried by what it leads to."""
-        key = self.params.hmac_key
-        if key is not None and not p.signature_valid(key):
+        keys = self.params.hmac_keys
+        if keys and not p.signature_valid(keys):
             # A forged or corrupted payment moves no progress and expires nothing.
             if p.status == "succeeded":
                 out.anomalies.append(Flag("bad_signature", p.order_id, (p,), None, _traces(trace)))

@@ -80,7 +80,7 @@ READY_COMMIT_S = 2.0  # a commit waiting longer than this: not ready
 class JoinWorker:
     def __init__(self, settings: Settings, *, now_ms=lambda: int(time.time() * 1000)) -> None:
         self.s, self.now_ms = settings, now_ms
-        self.params = JoinParams(settings.order_timeout, settings.grace, settings.late_horizon, settings.hmac_key)
+        self.params = JoinParams(settings.order_timeout, settings.grace, settings.late_horizon, settings.hmac_keys)
         self.sides = {settings.payments_topic: Side.PAYMENT, settings.orders_topic: Side.ORDER}
         self.topic_of = (settings.payments_topic, settings.orders_topic)
         self.pairs: dict[int, Pair] = {}

@@ -56,7 +56,7 @@ def secret_values(settings: Settings) -> list[str]:
         password = None
     if password:
         found += [password, unquote(password)]
-    for name in ("kafka_sasl_password", "kafka_ssl_key_password", "payment_hmac_key"):
+    for name in ("kafka_sasl_password", "kafka_ssl_key_password", "payment_hmac_key", "payment_hmac_previous_key"):
         value = getattr(settings, name)
         if value is not None and value.get_secret_value():
             found.append(value.get_secret_value())

@@ -78,12 +78,12 @@ class Item:
     message: Recovery | LateOrder
 
 
-def _rejection(r: Recovery, hmac_key: bytes | None) -> str | None:
+def _rejection(r: Recovery, hmac_keys: tuple[bytes, ...]) -> str | None:
     """Why a recovery is not inserted (recorded in its audit row), or None."""
     p = r.payment
     if p.status != "succeeded":
         return f"payment status is {p.status}; only succeeded payments are recovered"
-    if hmac_key is not None and not p.signature_valid(hmac_key):
+    if hmac_keys and not p.signature_valid(hmac_keys):
         return "payment signature missing or invalid"
     if p.order_id != r.order_id:
         return f"recovery order_id {r.order_id} differs from the payment's {p.order_id}"
@@ -94,13 +94,13 @@ COLUMNS = ("ord", "order_id", "user_id", "amount", "currency", "created_at", "me
            "accept", "reason", "deadline", "detected_at", "topic", "partition", "offset")
 
 
-def _recovery_columns(items: list[Item], hmac_key: bytes | None) -> dict[str, list]:
+def _recovery_columns(items: list[Item], hmac_keys: tuple[bytes, ...]) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in COLUMNS}
     for n, item in enumerate(items):
         r = item.message
         assert isinstance(r, Recovery)
         p = r.payment
-        reason = _rejection(r, hmac_key)
+        reason = _rejection(r, hmac_keys)
         for name, value in (
             ("ord", n), ("order_id", r.order_id), ("user_id", p.user_id), ("amount", p.amount),
             ("currency", p.currency), ("created_at", p.paid_at),
@@ -113,7 +113,7 @@ def _recovery_columns(items: list[Item], hmac_key: bytes | None) -> dict[str, li
     return cols
 
 
-async def write_batch(conn: psycopg.AsyncConnection, items: list[Item], hmac_key: bytes | None) -> Counter[str]:
+async def write_batch(conn: psycopg.AsyncConnection, items: list[Item], hmac_keys: tuple[bytes, ...]) -> Counter[str]:
     """Write one batch in one transaction; returns the outcomes newly recorded (redeliveries count nothing)."""
     outcomes: Counter[str] = Counter()
     recoveries = [i for i in items if isinstance(i.message, Recovery)]
@@ -121,7 +121,7 @@ async def write_batch(conn: psycopg.AsyncConnection, items: list[Item], hmac_key
     async with conn.transaction():
         async with conn.cursor() as cur:
             if recoveries:
-                await cur.execute(INSERT_RECOVERED, _recovery_columns(recoveries, hmac_key))
+                await cur.execute(INSERT_RECOVERED, _recovery_columns(recoveries, hmac_keys))
                 for (outcome,) in await cur.fetchall():
                     outcomes[outcome] += 1
             if lates:

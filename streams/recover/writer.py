@@ -156,7 +156,7 @@ class Writer:
             self.last_loop = time.monotonic()
             try:
                 conn = await self.connection()
-                outcomes = await write_batch(conn, [item for item, _ in items], self.s.hmac_key)
+                outcomes = await write_batch(conn, [item for item, _ in items], self.s.hmac_keys)
             except RETRIABLE_DB_ERRORS:
                 if self.conn is not None:
                     await self.conn.close()

@@ -185,7 +185,7 @@ def restore_rate(s: Settings, entries: int = 1_000_000) -> tuple[float, float]:
     assert producer.flush(120) == 0
     del pays
     gc.collect()
-    params = JoinParams(r.order_timeout, r.grace, r.late_horizon, r.hmac_key)
+    params = JoinParams(r.order_timeout, r.grace, r.late_horizon, r.hmac_keys)
     restorer = Restorer(r, params, lambda: int(time.time() * 1000), lambda: False)
     started = time.perf_counter()
     restored = restorer.restore_now(list(range(r.partitions)))

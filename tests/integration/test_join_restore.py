@@ -25,7 +25,7 @@ def _pending(p: Payment) -> tuple[bytes, bytes]:
 
 
 def _restorer(s) -> Restorer:
-    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_key)
+    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
     return Restorer(s, params, lambda: int(time.time() * 1000), lambda: False)
 
 

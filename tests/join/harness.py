@@ -23,7 +23,7 @@ def at(ms: int):
 
 class Harness:
     def __init__(self, timeout: int = T, grace: int = G, horizon: int = H, key: bytes | None = None) -> None:
-        self.join = PartitionJoin(JoinParams(timeout, grace, horizon, key))
+        self.join = PartitionJoin(JoinParams(timeout, grace, horizon, (key,) if key else ()))
         self.key = key
         self.out = Decisions()
 

@@ -13,7 +13,7 @@ import pytest
 
 from streams.join import compact
 from streams.join import changelog
-from streams.join.core import JoinParams, PartitionJoin
+from streams.join.core import Decisions, JoinParams, PartitionJoin
 from streams.join.state import Store
 from tests.factories import payment_signed
 from tests.schemas.test_fast import _same
@@ -314,6 +314,18 @@ def test_payment_with_a_bad_signature_is_reported_and_never_recovered() -> None:
     out = h.take()
     assert [r.payment.payment_id for r in out.recoveries] == ["pay-signed"]
     assert sorted(a.order_id for a in out.anomalies if a.kind == "bad_signature") == ["forged", "good"]
+
+
+def test_during_a_key_rotation_a_payment_signed_with_either_key_is_valid() -> None:
+    new, old, other = b"new-key-16-bytes", b"old-key-16-bytes", b"not-either-key!!"
+    core = PartitionJoin(JoinParams(T, G, H, (new, old)))
+    out = Decisions()
+    for oid, key in (("by-new", new), ("by-old", old), ("by-other", other)):
+        p = payment_signed(key, order_id=oid)
+        core.on_payment(BASE, p, p.encode(), out)
+    core.advance(D + G, True, True, out)
+    assert sorted(r.payment.order_id for r in out.recoveries) == ["by-new", "by-old"]
+    assert [(a.kind, a.order_id) for a in out.anomalies] == [("bad_signature", "by-other")]
 
 
 def test_unmatched_orders_expire_once_payments_are_past_their_window() -> None:

@@ -126,7 +126,7 @@ class _Msg:
 
 
 def test_hold_notes_each_end_of_partition_with_the_epoch_it_was_seen_in() -> None:
-    pair = Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))
+    pair = Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000)))
     pairs, sides = {0: pair}, {"payments": Side.PAYMENT, "orders": Side.ORDER}
     eof = KafkaError(KafkaError._PARTITION_EOF)
     ts = 1_800_000_000_000
@@ -145,7 +145,7 @@ def test_hold_counts_records_stamped_more_than_grace_ahead_and_leaves_the_dlq_bo
     shows before a backlog makes it costly (README: a fast clock in a backlog)."""
     from streams.ops.metrics import JOIN_STAMPED_AHEAD
 
-    pair = Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))
+    pair = Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000)))
     pairs, sides = {0: pair}, {"payments": Side.PAYMENT, "orders": Side.ORDER}
     now, grace, max_future = 1_800_000_000_000, 1_000, 3_600_000
     counted = JOIN_STAMPED_AHEAD.labels("orders")

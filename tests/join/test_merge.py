@@ -12,7 +12,7 @@ PAYMENT, ORDER = Side.PAYMENT, Side.ORDER
 
 
 def _pair() -> Pair:
-    return Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))
+    return Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000)))
 
 
 def _hold(pair: Pair, kind: Side, *times: int) -> None:
@@ -95,7 +95,7 @@ def test_a_fatal_group_error_is_told_apart_by_what_can_be_done_about_it() -> Non
     from tests.join.test_ends import _Msg
 
     def hold_error(err: KafkaError) -> None:
-        pairs = {0: Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000, None)))}
+        pairs = {0: Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000)))}
         hold(pairs, {"payments": Side.PAYMENT, "orders": Side.ORDER}, [_Msg("payments", 0, error=err)], 0)
 
     fatal = KafkaError._FATAL
@@ -130,7 +130,7 @@ def test_one_order_from_a_fast_clock_in_a_backlog_recovers_no_payment_whose_orde
     ords = [(BASE + i * 10 + 1_000, order_model(order_id=f"o{i}", created_at=at(BASE + i * 10 + 1_000)))
             for i in range(n)]
     ords.insert(5, (BASE + 30 * 60_000, order_model(order_id="skewed", created_at=at(BASE + 30 * 60_000))))
-    pair = Pair(PartitionJoin(JoinParams(60_000, 5_000, 3_600_000, None)))
+    pair = Pair(PartitionJoin(JoinParams(60_000, 5_000, 3_600_000)))
 
     def feed(pair: Pair, side: Side, ts: int, rec, out: Decisions) -> None:  # noqa: ANN001
         (pair.core.on_payment if side == PAYMENT else pair.core.on_order)(ts, rec, rec.encode(), out)

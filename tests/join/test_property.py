@@ -203,7 +203,7 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
                 key, value = changelog.encode(change)
                 log[key] = value
             compacted = {k: v for k, v in log.items() if v is not None}
-            restored = PartitionJoin(JoinParams(T, G, 3_600_000, KEY))
+            restored = PartitionJoin(JoinParams(T, G, 3_600_000, (KEY,)))
             changelog.restore_into(restored, compacted)
             # Orders are compared while within their window: past it, an entry may linger in
             # memory behind an older one (expiry goes in insertion order) or in a bundle that
