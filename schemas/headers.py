@@ -4,13 +4,20 @@
 * `slipguard-type`: the message name, as in schemas/json/<name>.schema.json;
 * `slipguard-schema-version`: the message's schema version (see README: compatibility);
 * `traceparent`: the W3C trace context of the input the record came from, when that
-  input had one; when two inputs are involved (a late order and its payment, a mismatched
-  pair), the one that decided it is the `traceparent`, and `slipguard-links` lists the
-  other's, comma-separated.
+  input had a valid one (version 00: 55 characters, lowercase hex, ids not all zero; a
+  record with two `traceparent` headers has none); any other value is dropped, never
+  copied. When two inputs are involved (a late order and its payment, a mismatched pair),
+  the one that decided it is the `traceparent`, and `slipguard-links` lists the other's,
+  comma-separated.
+
+Reading a record's headers can fail: confluent-kafka raises SystemError for a header
+name that is not UTF-8 (any client but the Python one can write such a name), and a
+second call returns a list holding a NULL. `read()` asks once and says so.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,10 +35,20 @@ _BASE = {model: [("content-type", CONTENT_TYPE), ("slipguard-type", name.encode(
          for model, name in _NAME.items()}
 
 
+_TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
+Headers = list[tuple[str, bytes | None]]
+
+
+def valid_traceparent(value: object) -> bool:
+    """A W3C traceparent of version 00, exactly as the specification writes it."""
+    return type(value) is bytes and len(value) == 55 and _TRACEPARENT(value) is not None
+
+
 def headers_for(model: type, traces: Iterable[bytes | None] = ()) -> list[tuple[str, bytes]]:
-    """The headers of a record of `model` derived from inputs with these traceparents."""
+    """The headers of a record of `model` derived from inputs with these traceparents
+    (only valid ones are copied)."""
     headers = list(_BASE[model])
-    found = [t for t in traces if t]
+    found = [t for t in traces if t and valid_traceparent(t)]
     if found:
         headers.append((TRACEPARENT, found[0]))
     if len(found) > 1:
@@ -40,10 +57,23 @@ def headers_for(model: type, traces: Iterable[bytes | None] = ()) -> list[tuple[
 
 
 def traceparent(headers: Any) -> bytes | None:
-    """The traceparent among a record's headers (confluent-kafka's list of pairs), if any."""
+    """The valid traceparent among a record's headers (confluent-kafka's list of pairs):
+    None if it has none, more than one, or one that is not valid."""
     if not headers:
         return None
+    found = None
     for key, value in headers:
-        if key == TRACEPARENT and value:
-            return value if isinstance(value, bytes) else str(value).encode()
-    return None
+        if key == TRACEPARENT:
+            if found is not None:
+                return None  # two: which one is the caller's is unknowable
+            found = value if value is not None else b""
+    return found if found is not None and valid_traceparent(found) else None
+
+
+def read(message: Any) -> tuple[Headers | None, str | None]:
+    """A consumed record's headers, asked of the client once: (headers, None), or (None,
+    why) when they cannot be read. Never ask the message again after a failure."""
+    try:
+        return message.headers(), None
+    except Exception as exc:  # noqa: BLE001 (SystemError for a header name that is not UTF-8)
+        return None, f"the record's headers cannot be read ({type(exc).__name__}: a header name that is not UTF-8?)"

@@ -308,3 +308,35 @@ def test_every_output_record_names_its_type_and_schema_version_and_carries_the_t
         assert h["traceparent"] == tp and h["slipguard-links"] == other
     assert "traceparent" not in dict(headers_for(Recovery, [None]))  # type: ignore[list-item]
     assert traceparent([("x", b"1"), ("traceparent", tp)]) == tp and traceparent(None) is None
+
+
+TRACE_OK = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("value", [
+    b"00-abc", TRACE_OK.upper(), b"01" + TRACE_OK[2:], b"ff" + TRACE_OK[2:], TRACE_OK + b"-extra",
+    TRACE_OK[:3] + b"0" * 32 + TRACE_OK[35:], TRACE_OK[:36] + b"0" * 16 + TRACE_OK[52:], TRACE_OK[:-1] + b"g",
+    b"x" * 1_000_000, b"", None, TRACE_OK.replace(b"-", b"_"),
+])
+def test_only_a_valid_w3c_traceparent_is_kept_and_copied(value) -> None:  # noqa: ANN001
+    from schemas.headers import headers_for, traceparent
+
+    assert traceparent([("traceparent", value)]) is None
+    assert "traceparent" not in dict(headers_for(Recovery, [value])), "never copied, whoever passes it"
+    assert traceparent([("traceparent", TRACE_OK)]) == TRACE_OK
+    assert traceparent([("traceparent", TRACE_OK), ("traceparent", TRACE_OK)]) is None, "two: neither is kept"
+
+
+def test_headers_that_cannot_be_read_are_said_once_never_asked_again() -> None:
+    from schemas.headers import read
+
+    class Unreadable:  # confluent-kafka: SystemError for a header name that is not UTF-8
+        asked = 0
+
+        def headers(self):  # noqa: ANN202
+            self.asked += 1
+            raise SystemError("<method 'headers'> returned a result with an exception set")
+
+    m = Unreadable()
+    headers, problem = read(m)
+    assert headers is None and "not UTF-8" in (problem or "") and m.asked == 1
