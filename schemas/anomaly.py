@@ -11,7 +11,8 @@ from schemas.fields import Identifier, Timestamp
 from schemas.order import Order
 from schemas.payment import Payment
 
-AnomalyKind = Literal["amount_mismatch", "currency_mismatch", "user_mismatch", "duplicate_payment", "bad_signature"]
+AnomalyKind = Literal["amount_mismatch", "currency_mismatch", "user_mismatch", "duplicate_payment", "bad_signature",
+                      "paid_at_skew"]
 
 
 class Anomaly(Message):

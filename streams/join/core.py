@@ -10,14 +10,20 @@ The rules are the contract's "Join semantics", in one place:
 * A succeeded payment at event time t matches the order with its order_id whose event
   time lies in [t - timeout, t + timeout], whichever of the two arrives first.
 * Its deadline is t + timeout. It is recovered when no order matched and the orders
-  partition has been seen past deadline + grace: an order record with a timestamp
-  >= deadline + grace was consumed, or the partition was read to its end and the wall
-  clock is >= deadline + grace. So an order waiting unread in a backlog never causes a
-  recovery, and an idle order stream still does.
+  partition's progress has reached deadline + grace. Progress is confirmed by two
+  records: it is the largest time two consecutive valid records of the partition both
+  reach (for each, the smaller of its time and the previous one's; the first record
+  read confirms nothing), never past the wall clock; once the partition is read to its
+  end, it is the wall clock. So an order waiting unread in a backlog never causes a
+  recovery, one record from a fast clock moves nothing, and an idle order stream still
+  recovers.
 * An order for a payment that is or will be recovered (its event time is past the
   deadline, or it is read after the recovery) is a late order, emitted once.
 * A duplicate payment (same payment_id) is dropped; a second distinct succeeded payment
   for an order is a `duplicate_payment` anomaly. Failed payments are ignored.
+* A succeeded payment whose paid_at is more than the timeout away from its event time (a
+  replay, or a producer that stamps late) is a `paid_at_skew` anomaly, and otherwise
+  handled as usual (its recovery, if any, keeps the recovery_id of its payment_id).
 * A matched pair whose user, amount or currency disagree is matched and reported.
 * With an HMAC key, a payment without a valid signature is reported, never recovered.
 * Unmatched orders are kept until the payments partition is past their window (+ grace),
@@ -41,6 +47,7 @@ from decimal import Decimal
 from enum import IntEnum
 
 from schemas import Order, Payment, recovery_id_for
+from schemas.fields import epoch_ms
 from streams.join import compact
 from streams.join.compact import LATE, PERSISTED
 from streams.join.state import (
@@ -156,8 +163,12 @@ class PartitionJoin:
         self._bucket_heap: list[int] = []
         self._timer_count = 0
         self._partial_due = -1  # the due a partly due first bucket was last scanned at
-        self.payment_time = -1  # highest payment event time consumed
-        self.order_time = -1  # highest order event time consumed
+        # Each partition's progress by its records (see the module docstring): the largest
+        # time two consecutive valid records both reach, and the last valid record's time.
+        self.payment_time = -1
+        self.order_time = -1
+        self._payment_last = -1
+        self._order_last = -1
         self.payments_progress = -1  # how far payments were seen at the last advance (expiry of orders)
 
     # ------------------------------------------------------------ records
@@ -172,12 +183,16 @@ class PartitionJoin:
             else:
                 out.ignored_failed += 1
             return
-        if ts > self.payment_time:
-            self.payment_time = ts
+        last, self._payment_last = self._payment_last, ts
+        if last > self.payment_time and ts > self.payment_time:
+            self.payment_time = last if last < ts else ts
         if p.status != "succeeded":
             out.ignored_failed += 1
             return
         oid = p.order_id
+        skew = epoch_ms(p.paid_at) - ts
+        if skew > self.params.timeout_ms or -skew > self.params.timeout_ms:
+            out.anomalies.append(Flag("paid_at_skew", oid, (p,), None, _traces(trace)))
         # One lookup per map; the common case (a new payment, or the order already here) is cheap.
         pending = self.pending.get(oid)
         buffered = self.orders.get(oid)
@@ -230,8 +245,9 @@ class PartitionJoin:
         self._add_pending(oid, Fresh(t, 0, trace, p, raw))
 
     def on_order(self, ts: int, o: Order, raw: bytes, out: Decisions, trace: bytes | None = None) -> None:
-        if ts > self.order_time:
-            self.order_time = ts
+        last, self._order_last = self._order_last, ts
+        if last > self.order_time and ts > self.order_time:
+            self.order_time = last if last < ts else ts
         oid = o.order_id
         pending = self.pending.get(oid)
         if pending is not None:

@@ -11,6 +11,7 @@ import time
 
 from confluent_kafka import Producer
 
+from schemas.fields import from_epoch_ms
 from streams.kafka import config
 from tests.factories import payment
 from tests.integration.conftest import consume_all
@@ -27,10 +28,10 @@ def test_every_subscriber_topic_is_read_by_kafkajs_and_matches_its_json_schema(b
     s = _settings(base_settings)
     exp = _historical(s, 2_000, seed=23)
     produce_raw(s, s.payments_topic, [(b"ord-x", b'{"not": "a payment"}', None)])  # one for the DLQ
-    traced = payment(payment_id="pay-traced", order_id="ord-traced")  # its order never comes
+    paid = int(time.time() * 1000) - 60_000
+    traced = payment(payment_id="pay-traced", order_id="ord-traced", paid_at=from_epoch_ms(paid))  # its order never comes
     p = Producer(config.producer(s))
-    p.produce(s.payments_topic, traced.encode(), b"ord-traced", timestamp=int(time.time() * 1000) - 60_000,
-              headers=[("traceparent", TRACE)])
+    p.produce(s.payments_topic, traced.encode(), b"ord-traced", timestamp=paid, headers=[("traceparent", TRACE)])
     assert p.flush(10) == 0
     worker = start(s, ["join"], tmp_path / "join.log")
     try:

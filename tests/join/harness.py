@@ -30,7 +30,8 @@ class Harness:
     def pay(self, ts: int, oid: str = "ord-1", pid: str | None = None, status: str = "succeeded",
             forged: bool = False, trace: bytes | None = None, **over) -> Payment:
         """With a key, payments are signed unless `forged` (then the signature is wrong)."""
-        p = payment(payment_id=pid or f"pay-{oid}", order_id=oid, status=status, paid_at=at(ts), **over)
+        over.setdefault("paid_at", at(ts))
+        p = payment(payment_id=pid or f"pay-{oid}", order_id=oid, status=status, **over)
         if forged:
             p = p.model_copy(update={"signature": "0" * 64})
         elif self.key is not None and "signature" not in over:

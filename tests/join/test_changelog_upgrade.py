@@ -59,6 +59,7 @@ def after_restore(latest: dict[bytes, bytes | None]) -> dict:
     h.order(BASE + 210, oid="c")  # the matched pair's order again: nothing new
     h.pay(BASE + T + G + 1_000, oid="z")  # both inputs move on: a and b are past their deadlines
     h.order(BASE + T + G + 1_000, oid="z")
+    h.order(BASE + T + G + 1_001, oid="y")  # (progress is confirmed by two records)
     h.advance(FAR)
     out = h.take()
     return {
@@ -118,6 +119,7 @@ def test_format_2_carries_no_packed_payment_anywhere() -> None:
     h.order(BASE + 10, oid="m")
     h.pay(BASE + T + G, oid="z")
     h.order(BASE + T + G, oid="z")
+    h.order(BASE + T + G, oid="y")
     h.advance()
     assert len(h.take().recoveries) == 2
     second = h.join.state.take_changes()

@@ -59,17 +59,61 @@ def test_order_before_the_payment_but_outside_the_window_does_not_match() -> Non
     h.order(BASE - T - 1)
     h.pay(BASE)
     h.order(D + G, oid="other")
+    h.order(D + G, oid="another")
     h.advance()
     assert h.recovered_ids() == ["pay-ord-1"]
 
 
-@pytest.mark.parametrize(("seen", "recovered"), [(D + G - 1, False), (D + G, True), (D + G + 1, True)])
-def test_an_order_record_past_deadline_plus_grace_times_the_payment_out(seen: int, recovered: bool) -> None:
+@pytest.mark.parametrize(("first", "second", "recovered"), [
+    (D + G - 1, D + G - 1, False), (D + G, D + G, True), (D + G + 1, D + G + 1, True),
+    (D + G - 1, D + G + 5_000, False), (D + G + 5_000, D + G - 1, False), (D + G + 5_000, D + G, True),
+])
+def test_two_consecutive_order_records_past_deadline_plus_grace_time_the_payment_out(
+        first: int, second: int, recovered: bool) -> None:
     h = Harness()
     h.pay(BASE)
-    h.order(seen, oid="someone-else")
+    h.order(first, oid="someone-else")
+    h.order(second, oid="another")
     h.advance(payments_at_end=False, orders_at_end=False)  # the wall clock well past the records
     assert h.recovered_ids() == (["pay-ord-1"] if recovered else [])
+
+
+def test_the_first_order_record_read_confirms_nothing_by_itself() -> None:
+    h = Harness()
+    h.pay(BASE)
+    h.order(D + G + 10 * T, oid="someone-else")
+    h.advance(payments_at_end=False, orders_at_end=False)
+    assert h.recovered_ids() == [], "one record: no progress"
+    h.order(D + G, oid="another")
+    h.advance(payments_at_end=False, orders_at_end=False)
+    assert h.recovered_ids() == ["pay-ord-1"], "two: progress is the smaller of their times"
+
+
+def test_progress_is_the_largest_time_two_consecutive_records_both_reach_never_a_lone_one() -> None:
+    """Records at D+G+9T, BASE, D+G+8T, D+G: the pairs reach BASE, BASE, D+G; the two far
+    ahead are never adjacent, so progress is D+G, not D+G+8T."""
+    h = Harness()
+    h.pay(BASE)
+    h.pay(D + G + T, oid="later")
+    for ts, oid in ((D + G + 9 * T, "a"), (BASE, "b"), (D + G + 8 * T, "c")):
+        h.order(ts, oid=oid)
+        h.advance(payments_at_end=False, orders_at_end=False)
+        assert h.recovered_ids() == []
+    h.order(D + G, oid="d")
+    h.advance(payments_at_end=False, orders_at_end=False)
+    assert h.recovered_ids() == ["pay-ord-1"], "the later payment waits: its deadline is not confirmed"
+    assert h.join.order_time == D + G
+
+
+def test_payments_progress_needs_two_records_too_before_it_expires_an_order() -> None:
+    h = Harness()
+    h.order(BASE)
+    h.pay(BASE + 10 * T, oid="fast-clock")  # alone: expires nothing
+    h.advance(payments_at_end=False, orders_at_end=False)
+    assert "ord-1" in h.join.orders
+    h.pay(BASE + T + G, oid="next")
+    h.advance(payments_at_end=False, orders_at_end=False)
+    assert "ord-1" not in h.join.orders, "two payments past its window: expired"
 
 
 @pytest.mark.parametrize(("now", "recovered"), [(D + G - 1, False), (D + G, True)])
@@ -113,6 +157,7 @@ def test_late_order_whose_time_is_past_the_deadline_is_emitted_before_the_recove
     out = h.take()
     assert [(l.payment_id, l.lateness_ms) for l in out.late] == [("pay-ord-1", 1)] and out.recoveries == []
     h.order(D + G)
+    h.order(D + G, oid="other")
     h.advance()
     out = h.take()
     assert [r.payment.payment_id for r in out.recoveries] == ["pay-ord-1"]
@@ -123,6 +168,7 @@ def test_order_read_after_the_recovery_is_late_even_inside_the_window() -> None:
     h = Harness()
     h.pay(BASE)
     h.order(D + G, oid="other")
+    h.order(D + G, oid="another")
     h.advance()
     assert h.recovered_ids() == ["pay-ord-1"]
     h.order(BASE + 1_000)  # out of order by more than the grace
@@ -173,7 +219,8 @@ def test_a_payment_hours_old_recovered_in_a_catch_up_still_recognises_its_late_o
     h = Harness()
     now = BASE + 2 * H
     h.pay(BASE)
-    h.order(BASE + 2 * H - 10_000, oid="someone-else")  # the backlog: orders read far past the deadline
+    h.order(BASE + 2 * H - 11_000, oid="someone-else")  # the backlog: orders read far past the deadline
+    h.order(BASE + 2 * H - 10_000, oid="another")
     h.advance(now, payments_at_end=False, orders_at_end=False)
     assert h.recovered_ids() == ["pay-ord-1"]
     h.order(BASE + 2 * H - 5_000)  # its order, stamped late, read 5 s later
@@ -189,7 +236,8 @@ def test_an_order_stamped_30_minutes_ahead_times_out_nothing_before_the_wall_clo
     h = Harness()
     for i in range(20):
         h.pay(BASE + i, oid=f"o{i}")
-    h.order(BASE + 30 * 60_000, oid="wrong-clock")  # a producer whose clock is 30 min fast
+    h.order(BASE + 30 * 60_000, oid="wrong-clock")  # a producer whose clock is 30 min fast, twice
+    h.order(BASE + 30 * 60_000, oid="wrong-clock-2")
     h.advance(BASE + 1_000, payments_at_end=False, orders_at_end=False)
     assert h.recovered_ids() == [], "progress never runs ahead of the wall clock"
     h.advance(D + G - 1, payments_at_end=False, orders_at_end=False)
@@ -234,6 +282,7 @@ def test_one_far_future_order_does_not_hold_up_the_expiry_of_those_behind_it() -
     for i in range(1_000):
         h.order(BASE + i, oid=f"o{i}")
     h.pay(BASE + T + G + 2_000, oid="late-payment")
+    h.pay(BASE + T + G + 2_000, oid="late-payment-2")
     h.advance(BASE + T + G + 2_000, payments_at_end=False, orders_at_end=False)
     assert set(h.join.orders) == {"far"}, "everything past its window expired, whatever was inserted first"
 
@@ -326,6 +375,47 @@ def test_during_a_key_rotation_a_payment_signed_with_either_key_is_valid() -> No
     core.advance(D + G, True, True, out)
     assert sorted(r.payment.order_id for r in out.recoveries) == ["by-new", "by-old"]
     assert [(a.kind, a.order_id) for a in out.anomalies] == [("bad_signature", "by-other")]
+
+
+@pytest.mark.parametrize(("paid_at", "skewed"), [
+    (BASE - T, False), (BASE - T - 1, True), (BASE + T, False), (BASE + T + 1, True), (BASE - 2 * H, True),
+])
+def test_a_payment_whose_paid_at_is_more_than_the_timeout_from_its_event_time_is_an_anomaly(
+        paid_at: int, skewed: bool) -> None:
+    h = Harness()
+    p = h.pay(BASE, paid_at=at(paid_at))
+    out = h.take()
+    assert [(a.kind, a.payments) for a in out.anomalies] == ([("paid_at_skew", (p,))] if skewed else [])
+    h.advance(D + G, True, True)
+    assert h.recovered_ids() == ["pay-ord-1"], "otherwise handled as usual"
+
+
+def test_a_signed_payment_replayed_hours_later_is_flagged_and_keeps_its_recovery_id() -> None:
+    """The review's case: a matched, signed payment re-published two hours later (same
+    bytes, a new timestamp) was recovered silently. It is flagged; its recovery keeps the
+    recovery_id of its payment_id, so the writer writes nothing twice."""
+    from schemas import recovery_id_for
+
+    key = b"k" * 32
+    h = Harness(key=key)
+    original = h.pay(BASE)
+    h.order(BASE + 1_000)
+    assert h.take().matched == 1
+    replay_at = BASE + 2 * H
+    h.advance(replay_at, True, True)  # the pair's window is long closed: it is forgotten
+    assert h.join.sizes() == (0, 0, 0)
+    h.join.on_payment(replay_at, original, original.encode(), h.out)
+    assert [(a.kind, a.payments) for a in h.take().anomalies] == [("paid_at_skew", (original,))]
+    h.advance(replay_at + T + G, True, True)
+    [recovery] = h.take().recoveries
+    assert recovery.payment == original and recovery_id_for(recovery.payment.payment_id) == recovery_id_for("pay-ord-1")
+
+
+def test_a_failed_or_forged_payment_is_never_flagged_for_skew() -> None:
+    h = Harness(key=b"k" * 32)
+    h.pay(BASE, oid="failed", status="failed", paid_at=at(BASE - 2 * H))
+    h.pay(BASE, oid="forged", forged=True, paid_at=at(BASE - 2 * H))
+    assert [a.kind for a in h.take().anomalies] == ["bad_signature"]
 
 
 def test_unmatched_orders_expire_once_payments_are_past_their_window() -> None:
@@ -537,6 +627,7 @@ def test_payments_packed_at_a_commit_are_the_same_payments_after_a_match_a_recov
     h.order(BASE + 10, oid="m", amount=Decimal("12.3"))  # matched: 12.3 is 12.30
     h.pay(BASE + T + G, oid="z")
     h.order(BASE + T + G, oid="z")
+    h.order(BASE + T + G, oid="y")
     h.advance()
     out = h.take()
     assert out.matched == 2 and not out.anomalies
@@ -585,5 +676,6 @@ def test_the_oldest_pending_payment_is_found_past_buckets_of_matched_ones_which_
     h.pay(BASE + 3_000, oid="older")  # an earlier bucket again
     assert h.join.oldest_pending_time() == BASE + 3_000
     h.order(BASE + 5_000 + T + G, oid="other")
+    h.order(BASE + 5_000 + T + G, oid="another")
     h.advance()
     assert sorted(r.payment.order_id for r in h.take().recoveries) == ["older", "waits"]

@@ -112,9 +112,6 @@ def test_a_fatal_group_error_is_told_apart_by_what_can_be_done_about_it() -> Non
     assert type(other.value) is JoinFailed
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (README: a fast clock in a backlog): the contract counts one order "
-                                       "record as progress, so an order stamped ahead times out payments whose orders "
-                                       "are merely unread; fails (XPASS) once progress needs confirming")
 def test_one_order_from_a_fast_clock_in_a_backlog_recovers_no_payment_whose_order_is_merely_unread() -> None:
     """A backlog hours old (the wall clock is past every deadline) through merge and the
     core, fetched the way a lagging orders partition is: 300 payments and 150 orders per

@@ -98,7 +98,7 @@ class Reference:
         self.first: dict[str, tuple[str, int]] = {}
         self.state: dict[str, str] = {}
         self.orders_read: dict[str, list[int]] = {}
-        self.order_time = -1
+        self.orders_seen: list[int] = []  # every order record's time, in the order read
         self.recovered: list[str] = []
         self.matched = 0
         self.steps = 0
@@ -109,8 +109,10 @@ class Reference:
         if isinstance(s, tuple):
             _, payments_at_end, orders_at_end, now = s
             # Progress of the orders partition: the wall clock once read to its end, else the
-            # latest order read, but never past the wall clock.
-            progress = now if orders_at_end else min(self.order_time, now)
+            # largest time two consecutive order records both reach, but never past the wall clock.
+            pairs = zip(self.orders_seen, self.orders_seen[1:])
+            confirmed = max((min(a, b) for a, b in pairs), default=-1)
+            progress = now if orders_at_end else min(confirmed, now)
             for oid, (pid, t) in self.first.items():
                 if self.state[oid] == "pending" and t + T + G <= progress:
                     self.state[oid] = "recovered"
@@ -118,7 +120,7 @@ class Reference:
                     self.when.append((self.steps, pid))
             return
         if s.kind == "order":
-            self.order_time = max(self.order_time, s.ts)
+            self.orders_seen.append(s.ts)
             self.orders_read.setdefault(s.oid, []).append(s.ts)
             if self.state.get(s.oid) == "pending":
                 self._try_match(s.oid)
