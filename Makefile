@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv tools up down status topics demo test test-unit bench schemas image clean
+.PHONY: venv tools up down status topics demo test test-unit fuzz bench schemas image clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,14 @@ test: up tools
 # Pure logic only; no broker or database needed.
 test-unit: venv tools
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# Long fuzzing of the record path (no broker): EXAMPLES cases of hostile records mixed into
+# honest traffic through the join, and dead letters of anything. A failing case is kept in
+# tests/join/fuzz_corpus/new-failure.json (rename it and commit it: every run replays it).
+EXAMPLES ?= 3000
+fuzz: venv
+	SLIPGUARD_FUZZ_EXAMPLES=$(EXAMPLES) SLIPGUARD_FUZZ_KEEP=1 $(BIN)/python -m pytest -p no:cacheprovider -x \
+		tests/join/test_fuzz.py tests/schemas/test_dlq_fuzz.py
 
 # The container image (deploy/docker/Dockerfile), built here with buildah on a base made
 # from Debian's packages; `docker build -f deploy/docker/Dockerfile .` elsewhere.

@@ -55,9 +55,23 @@ class Checkpoint:
         self.out.begin()
         self.has_work = True
 
+    def produce(self, topic: str, key: bytes | str, value: bytes | None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        """An output of this interval: inside its transaction (exactly_once)."""
+        self.begin()
+        self.out.produce(topic, key, value, headers=headers)
+
+    def poll(self) -> None:
+        """Serve the producer's delivery reports (between commits)."""
+        self.out.poll()
+
     def stage(self, counter: object, amount: int = 1) -> None:
         """Counters of outputs count what was committed: staged here until the commit."""
         self.staged[counter] = self.staged.get(counter, 0) + amount
+
+    def stage_latency(self, seconds: float) -> None:
+        """A recovery's detection latency, observed once it is committed."""
+        self.staged_latencies.append(seconds)
 
     def stuck(self, seconds: float) -> bool:
         """A commit has been under way this long: the broker or the group coordinator is

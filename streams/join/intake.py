@@ -13,11 +13,13 @@ from confluent_kafka import Message
 from pydantic import ValidationError
 
 from schemas import Order, Payment, fast
+from schemas.headers import Headers
 from streams.join.core import Side
 from streams.join.merge import MIN_EVENT_MS
 
 # Payments and orders are a few hundred bytes; a valid one can carry ignored extra fields,
-# so the raw record is capped: every state entry and output then fits a 1 MB record.
+# so the record (key, value and headers) is capped: every state entry and output then
+# fits a record well under 1 MB (an anomaly holds three inputs), whatever came in.
 MAX_INPUT_BYTES = 64 * 1024
 # The fast path first (None: unsure), then the model itself, which decides (schemas.fast).
 _FAST = (fast.payment, fast.order)
@@ -26,21 +28,32 @@ _MODEL = (Payment, Order)
 REJECTED = (ValidationError, ValueError, TypeError, UnicodeDecodeError)
 
 
-def accept(side: Side, ts: int, m: Message, latest_ok_ms: int, max_future_ms: int) -> Payment | Order:
+def accept(side: Side, ts: int, m: Message, headers: Headers | None, latest_ok_ms: int,
+           max_future_ms: int) -> Payment | Order:
     """The record as a model, or one of REJECTED saying why not. `ts` is -1 when
-    merge.hold found the timestamp out of bounds."""
+    merge.hold found the timestamp out of bounds; `headers`: the record's, as read once."""
     raw = m.value()
-    if raw is not None and len(raw) > MAX_INPUT_BYTES:
-        raise ValueError(f"record value of {len(raw)} bytes is over the join's limit of {MAX_INPUT_BYTES} "
-                         "bytes for one payment or order")
+    key = m.key()
+    size = (len(raw) if raw is not None else 0) + (len(key) if key is not None else 0)
+    if headers:
+        size += header_bytes(headers)
+    if size > MAX_INPUT_BYTES:
+        raise ValueError(f"record of {size} bytes (key, value and headers) is over the join's limit of "
+                         f"{MAX_INPUT_BYTES} bytes for one payment or order")
     rec = _FAST[side](raw)
     if rec is None:
         rec = _MODEL[side].decode(raw)
-    if m.key() != rec.order_id.encode():
-        raise ValueError(f"record key {m.key()!r} is not the order_id {rec.order_id!r}: producers must key by order_id")
+    if key != rec.order_id.encode():
+        raise ValueError(f"record key {key!r} is not the order_id {rec.order_id!r}: producers must key by order_id")
     if ts < 0:
         raise ValueError(bad_time(m.timestamp()[1], latest_ok_ms - max_future_ms, max_future_ms))
     return rec
+
+
+def header_bytes(headers: Headers) -> int:
+    """What a record's headers weigh: names (UTF-8) and values."""
+    return sum(len(name.encode("utf-8", "surrogatepass")) + (len(value) if value is not None else 0)
+               for name, value in headers)
 
 
 def bad_time(ts: int, now_ms: int, max_future_ms: int) -> str:

@@ -14,16 +14,16 @@ import logging
 import signal
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from schemas.headers import traceparent
-from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused, intake
+from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused
 from streams.kafka.acls import denied
 from streams.join.checkpoint import Checkpoint
-from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
+from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.ends import EndWatch
-from streams.join.merge import Pair, hold, merge
+from streams.join.merge import Pair
 from streams.join.outputs import Outputs
+from streams.join.pipeline import Pipeline
 from streams.join.restore import Restorer
 from streams.kafka import config
 from streams.kafka.calls import Wedged, bounded, patiently
@@ -83,10 +83,8 @@ class JoinWorker:
         self.params = JoinParams(settings.order_timeout, settings.grace, settings.late_horizon, settings.hmac_keys)
         self.sides = {settings.payments_topic: Side.PAYMENT, settings.orders_topic: Side.ORDER}
         self.topic_of = (settings.payments_topic, settings.orders_topic)
-        self.pairs: dict[int, Pair] = {}
         self.stopping = False
         self.broker_up = True  # from librdkafka's statistics: a broker connection is up
-        self.latest_ok_ms = now_ms() + settings.max_future  # records stamped later go to the DLQ
         self.loop_at = time.monotonic()
         self.assigned = False  # an assignment came (readiness)
         self.wake_fetchers = False  # partitions were resumed: wake librdkafka's fetchers (_wake_fetchers)
@@ -99,7 +97,8 @@ class JoinWorker:
         self.held_since: float | None = None  # the instance id refused since (monotonic)
         self.session_s = 45.0  # the group's KIP-848 session timeout (tune_group_timeouts)
         self.checkpoint = Checkpoint(settings, self.consumer, lambda: self.stopping)
-        self.outputs = Outputs(settings, self.checkpoint)
+        self.pipeline = Pipeline(settings, self.params, Outputs(settings, self.checkpoint), self.checkpoint.begin)
+        self.pairs: dict[int, Pair] = self.pipeline.pairs
         self.restorer = Restorer(settings, self.params, now_ms, lambda: self.stopping)
 
     def _consumer_conf(self) -> dict[str, object]:
@@ -269,32 +268,15 @@ class JoinWorker:
         self.loop_at = time.monotonic()
         if self.wake_fetchers:
             self._wake_fetchers()
-        now_ms = self.now_ms()
-        self.latest_ok_ms = now_ms + self.s.max_future
-        self.checkpoint.out.poll()
+        self.checkpoint.poll()
         if self.restorer.busy:
             self._restore_some()
-        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, self.ends.epoch, now_ms + self.s.grace)
-        for side, n in enumerate(counts):
-            if n:
-                metrics.JOIN_RECORDS.labels(self.topic_of[side]).inc(n)
-        out = Decisions()
+        self.pipeline.take(msgs, self.now_ms(), self.ends.epoch)
         monotonic = time.monotonic()
-        trusts = self.ends.trusts
-        for pair in self.pairs.values():
-            held_p, held_o = pair.held
-            if held_p or held_o:
-                self.checkpoint.begin()
-                merge(pair, self._feed, out, monotonic, self._unread)
-            fetch_end, epoch = pair.fetch_end, pair.end_epoch
-            pair.at_end[Side.PAYMENT] = fetch_end[Side.PAYMENT] and not held_p and trusts(epoch[Side.PAYMENT])
-            pair.at_end[Side.ORDER] = fetch_end[Side.ORDER] and not held_o and trusts(epoch[Side.ORDER])
+        out = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
         if self.ends.settled and monotonic - self.ends_asked >= 1.0:
             self._confirm_ends()
-        now = self.now_ms()
-        for pair in self.pairs.values():
-            pair.core.advance(now, pair.at_end[Side.PAYMENT], pair.at_end[Side.ORDER], out)
-        self.outputs.emit(out, now)
+        self.pipeline.advance(out, self.now_ms())
         # Caught up, commit every interval: outputs become visible quickly. Working through
         # a backlog (full batches), less often: each commit is a few broker round trips.
         backlog = len(msgs) >= self.s.batch_size
@@ -306,33 +288,13 @@ class JoinWorker:
         partition records left to fetch (a partition starved by librdkafka issue 1854)?"""
         return unfetched(self.consumer, self.topic_of[side], pair.partition, pair.fetched_to[side])
 
-    def _feed(self, pair: Pair, side: Side, ts: int, m: Message, out: Decisions) -> None:
-        pair.next_offset[side] = m.offset() + 1  # type: ignore[operator]
-        try:
-            rec = intake.accept(side, ts, m, self.latest_ok_ms, self.s.max_future)
-        except intake.REJECTED as exc:
-            self.outputs.dead_letter(m, exc, self.now_ms())
-            return
-        headers = m.headers()
-        trace = traceparent(headers) if headers else None
-        if side == Side.PAYMENT:
-            pair.core.on_payment(ts, rec, m.value(), out, trace)  # type: ignore[arg-type]
-        else:
-            pair.core.on_order(ts, rec, m.value(), out, trace)  # type: ignore[arg-type]
-
     def commit(self, *, handing_over: bool = False) -> None:
         """Commit (checkpoint.Checkpoint); work that could not be committed is read again,
         unless the partitions are being handed over (their next owner reads it)."""
-        offsets = [TopicPartition(self.topic_of[side], p, off)
-                   for p, pair in self.pairs.items() for side, off in pair.next_offset.items()]
-        pairs = self.pairs
-
-        def changes():  # noqa: ANN202
-            return [(p, c) for p, pair in pairs.items() for c in pair.core.state.take_changes()]
-
-        if not self.checkpoint.commit(offsets, changes) and not handing_over and not self.checkpoint.abandoned:
+        if (not self.checkpoint.commit(self.pipeline.offsets(), self.pipeline.changes) and not handing_over
+                and not self.checkpoint.abandoned):
             self._rewind()
-        update_gauges(self.s, self.pairs, self.now_ms())
+        self.pipeline.update_gauges(self.now_ms())
 
     def _confirm_ends(self) -> None:
         """After a broker outage (ends.EndWatch), an end seen before it does not count. A
@@ -423,9 +385,9 @@ class JoinWorker:
                                                   tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
             except KafkaException as exc:  # revoked meanwhile: its next owner starts from the committed offset
                 log.warning("cannot position %s [%d]: %s", tp.topic, tp.partition, exc.args[0])
-        self.pairs.update({p: Pair(core, p) for p, core in restored.items()})
+        self.pipeline.install(restored)
         self.wake_fetchers = True
-        update_gauges(self.s, self.pairs, self.now_ms())
+        self.pipeline.update_gauges(self.now_ms())
 
     def _wake_fetchers(self) -> None:
         """Called at the loop step after partitions were resumed. librdkafka pauses every
@@ -462,23 +424,6 @@ class JoinWorker:
 
     def _drop(self, parts: set[int]) -> None:
         self.restorer.cancel(parts)
-        for p in parts:
-            self.pairs.pop(p, None)
-        update_gauges(self.s, self.pairs, self.now_ms())
+        self.pipeline.drop(parts)
+        self.pipeline.update_gauges(self.now_ms())
 
-
-def update_gauges(s: Settings, pairs: dict[int, Pair], now_ms: int) -> None:
-    pending = orders = recovered = 0
-    oldest = None
-    for pair in pairs.values():
-        a, b, c = pair.core.sizes()
-        pending, orders, recovered = pending + a, orders + b, recovered + c
-        first = pair.core.oldest_pending_time()
-        if first is not None:
-            oldest = first if oldest is None else min(oldest, first)
-    metrics.JOIN_PENDING_PAYMENTS.set(pending)
-    metrics.JOIN_PENDING_ORDERS.set(orders)
-    metrics.JOIN_RECOVERED_REMEMBERED.set(recovered)
-    metrics.JOIN_OLDEST_PENDING.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
-    for topic in (s.payments_topic, s.orders_topic):
-        metrics.ASSIGNED_PARTITIONS.labels(s.join_group, topic).set(len(pairs))

@@ -47,8 +47,10 @@ def producer(settings: Settings, *, transactional_id: str | None = None, **overr
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 1_000_000,
         # Explicit, and below every topic's max.message.bytes (Kafka's default 1,048,588,
-        # the changelog's too): a record the broker would refuse is refused here first.
+        # which `topics create` sets and the join checks, topics.too_small_for_the_join): a
+        # record or batch the broker would refuse is refused here first.
         "message.max.bytes": 1_000_000,
+        "batch.size": 1_000_000,
     }
     if transactional_id:
         conf["transactional.id"] = transactional_id

@@ -31,9 +31,14 @@ class AccessDenied(TopicLayoutError):
     which permission, which resource, and `slipguard acls`)."""
 
 
-# The changelog's record size limit, consistent with the producer's message.max.bytes
-# (librdkafka's default, 1,000,000) and the join's own caps on what it writes.
-CHANGELOG_MAX_MESSAGE_BYTES = 1_048_588
+# The record size limit of every topic the join writes (Kafka's default), set explicitly
+# so that a broker whose default is smaller does not make them smaller.
+CHANGELOG_MAX_MESSAGE_BYTES = OUTPUT_MAX_MESSAGE_BYTES = 1_048_588
+# What the join's producer may send in one batch (librdkafka's batch.size and
+# message.max.bytes, config.producer): each topic it writes must take at least this.
+# librdkafka does not split a batch the broker refuses as too large (the Java client
+# does), so a smaller topic would stall the join on its first full batch.
+PRODUCER_BATCH_BYTES = 1_000_000
 
 
 def changelog_config(settings: Settings) -> dict[str, str]:
@@ -63,7 +68,8 @@ class TopicSpec:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     n = settings.partitions
     keep = {"retention.ms": str(7 * DAY_MS)}
-    subscribed = {"retention.ms": str(30 * DAY_MS), "compression.type": SUBSCRIBER_COMPRESSION}
+    subscribed = {"retention.ms": str(30 * DAY_MS), "compression.type": SUBSCRIBER_COMPRESSION,
+                  "max.message.bytes": str(OUTPUT_MAX_MESSAGE_BYTES)}
     return [
         TopicSpec(settings.payments_topic, n, keep, True),
         TopicSpec(settings.orders_topic, n, keep, True),
@@ -144,7 +150,35 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
         lines.append(f"verified {s.name} ({have[s.name]} partitions)")
     lines += _set_subscriber_compression(admin, [s.name for s in existing if s.for_subscribers], timeout)
     lines += _skew_admitted(admin, settings, timeout)
+    small = too_small_for_the_join(admin, settings, timeout)
+    if small:
+        raise TopicLayoutError(small)
     return lines
+
+
+def join_outputs(settings: Settings) -> list[str]:
+    return [settings.recovery_topic, settings.late_topic, settings.anomalies_topic, settings.dlq_topic,
+            settings.changelog_topic]
+
+
+def too_small_for_the_join(admin: AdminClient, settings: Settings, timeout: float) -> str | None:
+    """One line naming the topics the join writes whose max.message.bytes is below what
+    its producer sends in a batch (PRODUCER_BATCH_BYTES), or None. Topics this principal
+    may not describe (no DescribeConfigs ACL) or that do not exist yet are not judged."""
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in join_outputs(settings)]
+    small = []
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            entry = future.result().get("max.message.bytes")
+        except KafkaException:
+            continue
+        if entry is not None and entry.value is not None and int(entry.value) < PRODUCER_BATCH_BYTES:
+            small.append(f"{resource.name}={entry.value}")
+    if not small:
+        return None
+    return (f"topics the join writes take records too small for it: max.message.bytes {', '.join(small)}; it needs "
+            f"at least {PRODUCER_BATCH_BYTES:,} (one batch of its producer). Raise it (kafka-configs --alter "
+            f"--entity-type topics --entity-name TOPIC --add-config max.message.bytes={OUTPUT_MAX_MESSAGE_BYTES})")
 
 
 def _skew_admitted(admin: AdminClient, settings: Settings, timeout: float) -> list[str]:
@@ -363,6 +397,9 @@ def ensure_join_topics(settings: Settings, *, timeout: float = 30.0,
         found = ", ".join(f"{name}={count}" for name, count in counts.items())
         raise TopicLayoutError(f"payments, orders and the changelog must have the same partition count to be "
                                f"joined; found {found}. Stop every join worker and make them equal")
+    small = too_small_for_the_join(admin, settings, timeout)
+    if small:
+        raise TopicLayoutError(small)
     if changelog in have:
         check_readable(settings, "join", changelog)
         check_writable(settings, "join", changelog)

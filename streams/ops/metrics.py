@@ -34,6 +34,9 @@ JOIN_HOLD_RELEASED = Counter("slipguard_join_hold_released_total",
 JOIN_STAMPED_AHEAD = Counter("slipguard_join_records_stamped_ahead_total",
                              "Input records stamped more than GRACE ahead of this worker's clock (up to MAX_FUTURE; "
                              "further ahead they go to the DLQ): a producer with a fast clock", ["topic"])
+JOIN_INTERNAL_ERRORS = Counter("slipguard_join_internal_errors_total",
+                               "Valid input records the join failed on (a defect of slipguard): each went to the "
+                               "DLQ with the error, and its partition moved on")
 JOIN_ORDER_TIMEOUT = Gauge("slipguard_join_order_timeout_seconds",
                            "The join's ORDER_TIMEOUT (alert rules compare lag in seconds with it)", ["group"])
 JOIN_COMMITS = Counter("slipguard_join_commits_total", "Commits (transactions or offset commits)", ["outcome"])

@@ -1,0 +1,145 @@
+"""The record path of the pairs a worker holds, from a consumed batch to what is produced.
+
+Kafka-free: the worker (worker.py) consumes, commits and says what it knows of the
+partitions' ends; this does the rest, in order, one batch at a time:
+
+1. `take`: the batch into each pair's held queues (merge.hold), counted per topic;
+2. `merge`: each pair's held records in event-time order through intake and the core
+   (`feed`): a record is decided or dead-lettered, and only then does its offset move;
+3. `advance`: time for every pair, then the decisions produced (outputs.Outputs).
+
+Tests drive it the same way (tests/join/test_fuzz.py), with a recorder for the sink.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import Message, TopicPartition
+
+from schemas import headers as record_headers
+from streams.join import intake
+from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
+from streams.join.merge import Pair, Unread, hold, merge
+from streams.join.outputs import Outputs
+from streams.join.state import Change
+from streams.ops import metrics
+from streams.settings import Settings
+
+log = logging.getLogger("slipguard.join")
+
+
+class InternalError(Exception):
+    """The join failed on a record it had accepted: a defect of slipguard, not of the
+    record. The record goes to the DLQ with this error, and the partition moves on."""
+
+
+class Pipeline:
+    """The pairs a worker holds (partition p of payments and orders each) and the path of
+    their records; `begin` is told when a pair is about to consume records (the commit
+    then has work: offsets move)."""
+
+    def __init__(self, settings: Settings, params: JoinParams, outputs: Outputs, begin: Callable[[], None]) -> None:
+        self.s, self.params, self.outputs, self.begin = settings, params, outputs, begin
+        self.sides = {settings.payments_topic: Side.PAYMENT, settings.orders_topic: Side.ORDER}
+        self.topic_of = (settings.payments_topic, settings.orders_topic)
+        self.pairs: dict[int, Pair] = {}
+        self.now_ms = 0  # the worker's clock at the batch taken last
+        self.latest_ok_ms = 0  # records stamped later go to the DLQ (SLIPGUARD_MAX_FUTURE)
+
+    # ------------------------------------------------------------ the steps
+
+    def take(self, msgs: list[Message], now_ms: int, epoch: int) -> None:
+        """Step 1: a consumed batch into the pairs' held queues; `epoch`: ends.EndWatch's."""
+        self.now_ms, self.latest_ok_ms = now_ms, now_ms + self.s.max_future
+        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, epoch, now_ms + self.s.grace)
+        for side, n in enumerate(counts):
+            if n:
+                metrics.JOIN_RECORDS.labels(self.topic_of[side]).inc(n)
+
+    def merge(self, monotonic: float, trusts: Callable[[int], bool], unread: Unread) -> Decisions:
+        """Step 2: each pair's held records, in event-time order, into its core. Then note
+        which partitions are read to their end: fetched to it, nothing held, and the end
+        seen in an epoch `trusts` counts (ends.EndWatch)."""
+        out = Decisions()
+        for pair in self.pairs.values():
+            held_p, held_o = pair.held
+            if held_p or held_o:
+                self.begin()
+                merge(pair, self.feed, out, monotonic, unread)
+            fetch_end, epoch = pair.fetch_end, pair.end_epoch
+            pair.at_end[Side.PAYMENT] = fetch_end[Side.PAYMENT] and not held_p and trusts(epoch[Side.PAYMENT])
+            pair.at_end[Side.ORDER] = fetch_end[Side.ORDER] and not held_o and trusts(epoch[Side.ORDER])
+        return out
+
+    def advance(self, out: Decisions, now_ms: int) -> None:
+        """Step 3: time for every pair (timeouts, expiry), then every decision produced."""
+        for pair in self.pairs.values():
+            pair.core.advance(now_ms, pair.at_end[Side.PAYMENT], pair.at_end[Side.ORDER], out)
+        self.outputs.emit(out, now_ms)
+
+    def feed(self, pair: Pair, side: Side, ts: int, m: Message, out: Decisions) -> None:
+        """One record: accepted into the core, or to the DLQ with why. Its offset moves
+        only once that is done, so a failure on the way (a produce refused) reads it again."""
+        headers, unreadable = record_headers.read(m)
+        rec = None
+        try:
+            rec = intake.accept(side, ts, m, headers, self.latest_ok_ms, self.s.max_future)
+        except intake.REJECTED as exc:
+            self.outputs.dead_letter(m, headers, unreadable, exc, self.now_ms)
+        except Exception as exc:  # noqa: BLE001 (a defect must not kill the worker or stall the partition)
+            self._internal_error(m, headers, unreadable, exc)
+        if rec is not None:
+            trace = record_headers.traceparent(headers) if headers else None
+            try:
+                if side == Side.PAYMENT:
+                    pair.core.on_payment(ts, rec, m.value(), out, trace)  # type: ignore[arg-type]
+                else:
+                    pair.core.on_order(ts, rec, m.value(), out, trace)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 (as above)
+                self._internal_error(m, headers, unreadable, exc)
+        pair.next_offset[side] = m.offset() + 1  # type: ignore[operator]
+
+    def _internal_error(self, m: Message, headers: record_headers.Headers | None, unreadable: str | None,
+                        exc: Exception) -> None:
+        log.error("internal error on %s [%s] at offset %s; the record goes to the DLQ", m.topic(), m.partition(),
+                  m.offset(), exc_info=exc)
+        metrics.JOIN_INTERNAL_ERRORS.inc()
+        error = InternalError(f"internal error of the join ({type(exc).__name__}: {exc}); please report it with this "
+                              "dead letter")
+        self.outputs.dead_letter(m, headers, unreadable, error, self.now_ms, reason="internal_error")
+
+    # ------------------------------------------------------------ commits and ownership
+
+    def offsets(self) -> list[TopicPartition]:
+        """The next offset of each partition held, for the commit."""
+        return [TopicPartition(self.topic_of[side], p, off)
+                for p, pair in self.pairs.items() for side, off in pair.next_offset.items()]
+
+    def changes(self) -> list[tuple[int, Change]]:
+        """Every pair's net state changes since the last commit (for the changelog)."""
+        return [(p, c) for p, pair in self.pairs.items() for c in pair.core.state.take_changes()]
+
+    def install(self, restored: dict[int, PartitionJoin]) -> None:
+        self.pairs.update({p: Pair(core, p) for p, core in restored.items()})
+
+    def drop(self, parts: set[int]) -> None:
+        for p in parts:
+            self.pairs.pop(p, None)
+
+    def update_gauges(self, now_ms: int) -> None:
+        pending = orders = recovered = 0
+        oldest = None
+        for pair in self.pairs.values():
+            a, b, c = pair.core.sizes()
+            pending, orders, recovered = pending + a, orders + b, recovered + c
+            first = pair.core.oldest_pending_time()
+            if first is not None:
+                oldest = first if oldest is None else min(oldest, first)
+        metrics.JOIN_PENDING_PAYMENTS.set(pending)
+        metrics.JOIN_PENDING_ORDERS.set(orders)
+        metrics.JOIN_RECOVERED_REMEMBERED.set(recovered)
+        metrics.JOIN_OLDEST_PENDING.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
+        for topic in self.topic_of:
+            metrics.ASSIGNED_PARTITIONS.labels(self.s.join_group, topic).set(len(self.pairs))
