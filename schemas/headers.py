@@ -10,13 +10,18 @@
   the one that decided it is the `traceparent`, and `slipguard-links` lists the other's,
   comma-separated.
 
-Reading a record's headers can fail: confluent-kafka raises SystemError for a header
-name that is not UTF-8 (any client but the Python one can write such a name), and a
-second call returns a list holding a NULL. `read()` asks once and says so.
+Reading a record's headers can fail: for a header name that is not UTF-8 (any client
+but the Python one can write such a name), confluent-kafka's headers() returns a list
+holding a NULL with an exception set. A generic call turns that into SystemError; a call
+site that CPython 3.11 has specialised does not check, so the list comes back, and the
+first code that touches it crashes the process (SIGSEGV: both join workers died on such a
+record on the real broker). `read()` calls it through operator.methodcaller, which always
+goes through the checked call path, once per record, and says why it could not.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -70,10 +75,13 @@ def traceparent(headers: Any) -> bytes | None:
     return found if found is not None and valid_traceparent(found) else None
 
 
+_HEADERS = operator.methodcaller("headers")  # never `message.headers()`: see the module docstring
+
+
 def read(message: Any) -> tuple[Headers | None, str | None]:
     """A consumed record's headers, asked of the client once: (headers, None), or (None,
     why) when they cannot be read. Never ask the message again after a failure."""
     try:
-        return message.headers(), None
+        return _HEADERS(message), None
     except Exception as exc:  # noqa: BLE001 (SystemError for a header name that is not UTF-8)
         return None, f"the record's headers cannot be read ({type(exc).__name__}: a header name that is not UTF-8?)"

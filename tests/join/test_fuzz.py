@@ -118,10 +118,11 @@ def cases(draw) -> dict:  # noqa: ANN001
             fast += 1
             if fast > 1:
                 continue
-        if rec.hostile == "copy":  # an exact copy of an honest payment, at its own time
+        pos = draw(st.integers(0, len(honest)))
+        if rec.hostile == "copy":  # an exact copy of an honest payment, soon after it (a producer's retry)
             original = draw(st.sampled_from(payments))
             rec = Rec(original.side, original.key, original.value, original.ts, original.headers, "copy", original.oid)
-        pos = draw(st.integers(0, len(honest)))
+            pos = honest.index(original) + draw(st.integers(1, 10))
         if rec.hostile in ("valid", "skewed", "forged"):  # stamped no later than what precedes it
             before = [r.ts for r in honest[:pos] if r.side == rec.side] or [BASE]
             rec.ts = min(rec.ts, before[-1])
