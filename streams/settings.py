@@ -76,9 +76,10 @@ class Settings(BaseSettings):
                            "value then keeps only the record without its metadata, and whose error names fields, "
                            "never values)")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="9400 for join, 9401 for recover; 0 turns it off")
-    metrics_host: str = Field("0.0.0.0", min_length=1, max_length=253,
-                              description="address the metrics endpoint binds: 0.0.0.0 (reachable by Prometheus "
-                                          "in a pod), 127.0.0.1 (this host only), or one interface's address")
+    metrics_host: str = Field("127.0.0.1", min_length=1, max_length=253,
+                              description="address the metrics endpoint binds: 127.0.0.1 (this host only), "
+                                          "0.0.0.0 (every interface: what a container scraped by Prometheus or "
+                                          "probed by Kubernetes needs), or one interface's address")
 
     partitions: int = Field(6, ge=1, le=10_000, description="partitions for topics that `topics create` makes")
     replication_factor: int = Field(-1, ge=-1, le=32, description="-1: the broker's default")

@@ -29,6 +29,7 @@ def test_defaults_are_the_contracts() -> None:
     assert (s.join_group, s.recover_group) == ("slipguard-join", "slipguard-recover")
     assert s.hmac_keys == ()
     assert (s.metrics_port_for("join"), s.metrics_port_for("recover")) == (9400, 9401)
+    assert s.metrics_host == "127.0.0.1", "the endpoint is not on every interface unless asked"
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
