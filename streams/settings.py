@@ -1,4 +1,5 @@
-"""Every setting of slipguard: environment variables SLIPGUARD_*, each also a flag.
+"""Every setting of slipguard: environment variables SLIPGUARD_*, each also a flag (a
+secret's flag names a file holding it: a value on the command line is in /proc/*/cmdline).
 
 Parsed and validated once, at the edge (streams.cli); the rest of the code receives
 plain values from here.
@@ -202,6 +203,18 @@ SECRET_FIELDS = ("database_url", "payment_hmac_key", "payment_hmac_previous_key"
                  "kafka_ssl_key_password")
 
 
+def read_secret_file(path: str, given_as: str) -> str:
+    """A secret file's content, one trailing newline (LF or CRLF) dropped; `given_as` names
+    the variable or flag that gave the path, for the one-line error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read()
+    except OSError as exc:
+        raise ConfigError(f"bad configuration: {given_as}: cannot read {path} ({exc.strerror})") from None
+    value = value[:-1] if value.endswith("\n") else value
+    return value[:-1] if value.endswith("\r") else value
+
+
 def secrets_from_files(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Secrets given as files, as Kubernetes and Docker mount them: SLIPGUARD_<NAME>_FILE
     names a file whose content (one trailing newline dropped) is the value. Setting both
@@ -214,20 +227,17 @@ def secrets_from_files(environ: Mapping[str, str] = os.environ) -> dict[str, str
             continue
         if environ.get(var):
             raise ConfigError(f"bad configuration: {var} and {var}_FILE are both set; set one")
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = f.read()
-        except OSError as exc:
-            raise ConfigError(f"bad configuration: {var}_FILE: cannot read {path} ({exc.strerror})") from None
-        value = value[:-1] if value.endswith("\n") else value
-        found[name] = value[:-1] if value.endswith("\r") else value
+        found[name] = read_secret_file(path, f"{var}_FILE")
     return found
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(secret_files: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build Settings from the environment (secrets also from files, see
-    secrets_from_files), with command-line overrides on top."""
-    given = secrets_from_files() | {k: v for k, v in overrides.items() if v is not None}
+    secrets_from_files), with command-line overrides on top: `overrides` as values,
+    `secret_files` as {secret setting: path of the file holding it} (its flag)."""
+    from_flags = {name: read_secret_file(path, f"--{name.replace('_', '-')}-file")
+                  for name, path in (secret_files or {}).items() if path is not None}
+    given = secrets_from_files() | from_flags | {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)
     except ValidationError as exc:
