@@ -1,4 +1,5 @@
-"""Every setting of slipguard: environment variables SLIPGUARD_*, each also a flag.
+"""Every setting of slipguard: environment variables SLIPGUARD_*, each also a flag (a
+secret's flag names a file holding it: a value on the command line is in /proc/*/cmdline).
 
 Parsed and validated once, at the edge (streams.cli); the rest of the code receives
 plain values from here.
@@ -76,9 +77,10 @@ class Settings(BaseSettings):
                            "value then keeps only the record without its metadata, and whose error names fields, "
                            "never values)")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="9400 for join, 9401 for recover; 0 turns it off")
-    metrics_host: str = Field("0.0.0.0", min_length=1, max_length=253,
-                              description="address the metrics endpoint binds: 0.0.0.0 (reachable by Prometheus "
-                                          "in a pod), 127.0.0.1 (this host only), or one interface's address")
+    metrics_host: str = Field("127.0.0.1", min_length=1, max_length=253,
+                              description="address the metrics endpoint binds: 127.0.0.1 (this host only), "
+                                          "0.0.0.0 (every interface: what a container scraped by Prometheus or "
+                                          "probed by Kubernetes needs), or one interface's address")
 
     partitions: int = Field(6, ge=1, le=10_000, description="partitions for topics that `topics create` makes")
     replication_factor: int = Field(-1, ge=-1, le=32, description="-1: the broker's default")
@@ -201,6 +203,18 @@ SECRET_FIELDS = ("database_url", "payment_hmac_key", "payment_hmac_previous_key"
                  "kafka_ssl_key_password")
 
 
+def read_secret_file(path: str, given_as: str) -> str:
+    """A secret file's content, one trailing newline (LF or CRLF) dropped; `given_as` names
+    the variable or flag that gave the path, for the one-line error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read()
+    except OSError as exc:
+        raise ConfigError(f"bad configuration: {given_as}: cannot read {path} ({exc.strerror})") from None
+    value = value[:-1] if value.endswith("\n") else value
+    return value[:-1] if value.endswith("\r") else value
+
+
 def secrets_from_files(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Secrets given as files, as Kubernetes and Docker mount them: SLIPGUARD_<NAME>_FILE
     names a file whose content (one trailing newline dropped) is the value. Setting both
@@ -213,20 +227,17 @@ def secrets_from_files(environ: Mapping[str, str] = os.environ) -> dict[str, str
             continue
         if environ.get(var):
             raise ConfigError(f"bad configuration: {var} and {var}_FILE are both set; set one")
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = f.read()
-        except OSError as exc:
-            raise ConfigError(f"bad configuration: {var}_FILE: cannot read {path} ({exc.strerror})") from None
-        value = value[:-1] if value.endswith("\n") else value
-        found[name] = value[:-1] if value.endswith("\r") else value
+        found[name] = read_secret_file(path, f"{var}_FILE")
     return found
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(secret_files: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build Settings from the environment (secrets also from files, see
-    secrets_from_files), with command-line overrides on top."""
-    given = secrets_from_files() | {k: v for k, v in overrides.items() if v is not None}
+    secrets_from_files), with command-line overrides on top: `overrides` as values,
+    `secret_files` as {secret setting: path of the file holding it} (its flag)."""
+    from_flags = {name: read_secret_file(path, f"--{name.replace('_', '-')}-file")
+                  for name, path in (secret_files or {}).items() if path is not None}
+    given = secrets_from_files() | from_flags | {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)
     except ValidationError as exc:

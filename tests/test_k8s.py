@@ -71,6 +71,7 @@ def test_the_validation_rejects_a_broken_manifest() -> None:
 def test_the_manifests_agree_with_the_code(overlay: str) -> None:
     docs = _docs(overlay)
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert config["SLIPGUARD_METRICS_HOST"] == "0.0.0.0", "probes and Prometheus reach the pod's address"
     fields = {f"SLIPGUARD_{name.upper()}" for name in Settings.model_fields}
     containers = _containers(docs)
     ports = {"join": 9400, "recover": 9401, "lag": 9402}

@@ -29,6 +29,7 @@ def test_defaults_are_the_contracts() -> None:
     assert (s.join_group, s.recover_group) == ("slipguard-join", "slipguard-recover")
     assert s.hmac_keys == ()
     assert (s.metrics_port_for("join"), s.metrics_port_for("recover")) == (9400, 9401)
+    assert s.metrics_host == "127.0.0.1", "the endpoint is not on every interface unless asked"
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,11 +107,12 @@ def test_a_previous_hmac_key_is_accepted_beside_the_current_one_and_never_alone(
         load_settings(payment_hmac_key="n" * 16, payment_hmac_previous_key="short")
 
 
-def test_a_malformed_database_url_never_prints_its_password(capsys) -> None:
+def test_a_malformed_database_url_never_prints_its_password(capsys, tmp_path) -> None:
     from streams.cli import main
 
     url = "postgres://writer:s3cr3t-pa55@[::1:5432/db"  # psycopg quotes the whole URI in its error
-    assert main(["db", "migrate", f"--database-url={url}"]) == 1
+    (tmp_path / "url").write_text(url + "\n")
+    assert main(["db", "migrate", f"--database-url-file={tmp_path / 'url'}"]) == 1
     err = capsys.readouterr().err
     assert "slipguard db migrate:" in err and "s3cr3t-pa55" not in err
 
@@ -153,3 +155,27 @@ def test_a_secret_given_twice_or_an_unreadable_file_is_one_clear_error(tmp_path,
     monkeypatch.setenv("SLIPGUARD_DATABASE_URL_FILE", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="SLIPGUARD_DATABASE_URL_FILE: cannot read .*missing"):
         load_settings()
+
+
+def test_secret_flags_take_files_and_win_over_the_environment(tmp_path, monkeypatch) -> None:
+    from streams.cli import build_parser, settings_from
+
+    values = {"database_url": "postgresql://w:from-flag-file@db:5432/slipguard", "payment_hmac_key": "n" * 32,
+              "payment_hmac_previous_key": "o" * 32, "kafka_sasl_password": "sasl-from-flag-file",
+              "kafka_ssl_key_password": "tls-from-flag-file"}
+    flags = []
+    for name, value in values.items():
+        (tmp_path / name).write_text(value + "\n")
+        flags.append(f"--{name.replace('_', '-')}-file={tmp_path / name}")
+    monkeypatch.setenv("SLIPGUARD_DATABASE_URL", "postgresql://w:from-env@db:5432/slipguard")
+    s = settings_from(build_parser().parse_args(["join", *flags]))
+    assert s.database_url.get_secret_value() == values["database_url"], "the flag wins, as every flag does"
+    assert s.hmac_keys == (b"n" * 32, b"o" * 32)
+    assert s.kafka_sasl_password.get_secret_value() == "sasl-from-flag-file"
+    assert s.kafka_ssl_key_password.get_secret_value() == "tls-from-flag-file"
+
+
+def test_an_unreadable_secret_file_flag_is_one_clear_line(capsys, tmp_path) -> None:
+    assert main(["topics", "create", f"--database-url-file={tmp_path / 'missing'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--database-url-file: cannot read" in err and "missing" in err, err

@@ -25,12 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings: environment, then flags (values, and secrets' files) on top."""
+    given = vars(args)
+    overrides = {k.removeprefix("setting_"): v for k, v in given.items() if k.startswith("setting_")}
+    files = {k.removeprefix("secret_file_"): v for k, v in given.items() if k.startswith("secret_file_")}
+    return load_settings(secret_files=files, **overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    overrides = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
     try:
-        settings = load_settings(**overrides)
+        settings = settings_from(args)
     except ConfigError as exc:
         print(f"slipguard: {exc}", file=sys.stderr)
         return 2

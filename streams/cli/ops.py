@@ -56,54 +56,101 @@ def _lag(settings: Settings, args: argparse.Namespace) -> int:
 def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from streams.ops.dlq import letters, replayable
+    from streams.ops.dlq import letters, misdirected, replayable
 
     found = letters(settings, since=args.since, reason=args.reason)
+    problems = [misdirected(settings, x) or replayable(x) for x in found]
     if args.json:
         print(json.dumps([{"dlq": x.ref, "source": x.dead and f"{x.dead.source_topic}:{x.dead.partition}:{x.dead.offset}",
                            "failed_at": x.dead and x.dead.failed_at.isoformat(), "error": x.dead and x.dead.error,
-                           "replayable": replayable(x) is None, "problem": replayable(x)} for x in found], indent=2))
+                           "replayable": why is None, "problem": why} for x, why in zip(found, problems)], indent=2))
         return 0
-    for x in found:
+    for x, why in zip(found, problems):
         if x.dead is None:
             print(f"{x.ref:>10}  {x.problem}")
             continue
-        flag = "" if replayable(x) is None else "  [not replayable as is]"
+        flag = "" if why is None else "  [not replayable as is]"
         print(f"{x.ref:>10}  {x.dead.failed_at:%Y-%m-%d %H:%M:%S}  {x.dead.source_topic}:{x.dead.partition}:"
               f"{x.dead.offset}  {x.dead.error[:100]}{flag}")
     print(f"{len(found)} dead letter(s) in {settings.dlq_topic}")
     return 0
 
 
+def _offsets(text: str) -> tuple[int, int]:
+    """`--offsets`: A or A-B, whole numbers, A <= B -> (A, B); ValueError with a one-line reason."""
+    import re
+
+    m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", text)
+    if m is None:
+        raise ValueError(f"--offsets: expected A or A-B (DLQ offsets, whole numbers), got {text!r}")
+    first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+    if first > last:
+        raise ValueError(f"--offsets: expected A <= B, got {text!r}; write {last}-{first}")
+    return first, last
+
+
+def _replay_choice_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the choice of dead letters on the command line (None: nothing)."""
+    if args.offsets is None and args.reason is None and args.file is None:
+        return "choose what to replay: --offsets A-B, --reason TEXT or --file FILE"
+    if args.reason is not None and not args.reason.strip():
+        return "--reason is empty, which would select every dead letter; give the text the errors contain"
+    if args.offsets is not None:
+        try:
+            _offsets(args.offsets)
+        except ValueError as exc:
+            return str(exc)
+    if not (args.dry_run or args.yes or (sys.stdin is not None and sys.stdin.isatty())):
+        return "no terminal to confirm on: add --yes to replay without asking (or --dry-run to see what would be done)"
+    return None
+
+
+def _confirmed(plan: list[str]) -> bool:
+    """Show the plan on the terminal (stderr: stdout says only what was done) and ask."""
+    for line in plan:
+        print(line, file=sys.stderr)
+    count = sum(line.startswith("would replay") for line in plan)
+    print(f"replay {count} dead letter(s)? [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def _print_replay(lines: list[str], as_json: bool) -> None:
+    if not as_json:
+        for line in lines:
+            print(line)
+        return
+    import json
+    import re
+
+    rows = []
+    for line in lines:
+        m = re.match(r"(skipped|would replay|replayed)\s+(\d+:\d+):?\s*(.*)", line)
+        rows.append({"action": m.group(1), "dlq": m.group(2), "detail": m.group(3)} if m else {"detail": line})
+    print(json.dumps(rows, indent=2))
+
+
 def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     from streams.ops.dlq import ReplayError, corrections, letters, replay
 
-    if args.offsets is None and args.reason is None and args.file is None:
-        print("slipguard dlq replay: choose what to replay: --offsets A-B, --reason TEXT or --file FILE",
-              file=sys.stderr)
+    problem = _replay_choice_error(args)
+    if problem is not None:
+        print(f"slipguard dlq replay: {problem}", file=sys.stderr)
         return 2
-    first = last = None
-    if args.offsets:
-        low, _, high = args.offsets.partition("-")
-        first, last = int(low), int(high or low)
+    first, last = _offsets(args.offsets) if args.offsets is not None else (None, None)
     try:
         fixed = corrections(args.file) if args.file else {}
         chosen = letters(settings, reason=args.reason, first=first, last=last)
         if args.file and args.offsets is None and args.reason is None:
             chosen = [x for x in chosen if x.ref in fixed]
-        lines = replay(settings, chosen, fixed, dry_run=args.dry_run)
-        if args.json:
-            import json
-            import re
-
-            rows = []
-            for line in lines:
-                m = re.match(r"(skipped|would replay|replayed)\s+(\d+:\d+):?\s*(.*)", line)
-                rows.append({"action": m.group(1), "dlq": m.group(2), "detail": m.group(3)} if m else {"detail": line})
-            print(json.dumps(rows, indent=2))
-        else:
-            for line in lines:
-                print(line)
+        if not (args.dry_run or args.yes):
+            plan = replay(settings, chosen, fixed, dry_run=True)
+            if not any(line.startswith("would replay") for line in plan):
+                _print_replay(plan, args.json)
+                return 0
+            if not _confirmed(plan):
+                print("slipguard dlq replay: not confirmed; nothing was replayed", file=sys.stderr)
+                return 1
+        _print_replay(replay(settings, chosen, fixed, dry_run=args.dry_run), args.json)
     except ReplayError as exc:
         print(f"slipguard dlq replay: {exc}", file=sys.stderr)
         return 1
@@ -254,9 +301,12 @@ def register(commands) -> None:
     ls.add_argument("--since", type=_since, help="failed at or after this time (RFC 3339)")
     ls.add_argument("--reason", help="the error contains this text")
     ls.add_argument("--json", action="store_true", help="print JSON")
-    rp = command(dlq, "replay", "re-publish dead letters to their source topic, once each", _dlq_replay)
+    rp = command(dlq, "replay", "re-publish dead letters to their source topic, once each, and only to the join's "
+                                "inputs (payments, orders); shows what it will do and asks first", _dlq_replay)
     rp.add_argument("--offsets", help="DLQ offsets A-B (inclusive) or one offset")
     rp.add_argument("--reason", help="only those whose error contains this text")
     rp.add_argument("--file", help='corrected values: JSON lines {"dlq": "P:O", "value": {...}}')
     rp.add_argument("--dry-run", action="store_true", help="say what would be replayed, publish nothing")
+    rp.add_argument("--yes", action="store_true", help="replay without asking (for scripts; without a terminal "
+                                                       "it is required)")
     rp.add_argument("--json", action="store_true", help="print what was done as JSON")

@@ -1,7 +1,10 @@
 """`slipguard dlq list` and `slipguard dlq replay`: what is in the DLQ, and putting it back.
 
 A replay re-publishes chosen dead letters to their source topic with their original key,
-timestamp and headers (or a corrected value), once: each record is published in one
+timestamp and headers (or a corrected value), and only to the join's own inputs (payments,
+orders): a dead letter is just a record on a topic, so anyone who can write to the DLQ
+could otherwise have a replay write to the outputs, the changelog or Kafka's internal
+topics. Each record is published once: in one
 transaction with a marker in the compacted topic `<dlq>.replayed`, keyed by the dead
 letter's partition and offset. A replay reads the markers first and skips what was
 already published, so one that is interrupted and run again publishes nothing twice.
@@ -69,6 +72,19 @@ def letters(s: Settings, *, since: datetime | None = None, reason: str | None = 
     return found
 
 
+def inputs(s: Settings) -> tuple[str, str]:
+    """The only topics a replay writes to: the join's inputs."""
+    return s.payments_topic, s.orders_topic
+
+
+def misdirected(s: Settings, letter: Letter) -> str | None:
+    """Why a dead letter must not go back where it says it came from (None: it may)."""
+    if letter.dead is None or letter.dead.source_topic in inputs(s):
+        return None
+    return (f"its source topic {letter.dead.source_topic!r} is not one of the join's inputs "
+            f"({', '.join(inputs(s))}); a replay writes only there")
+
+
 def replayable(letter: Letter) -> str | None:
     """Why a dead letter cannot be put back as it is (None: it can)."""
     d = letter.dead
@@ -101,7 +117,7 @@ def corrections(path: str) -> dict[str, bytes]:
     return fixed
 
 
-def _done(s: Settings) -> set[str]:
+def _done(s: Settings) -> set[str]:  # an absent marker topic reads as empty
     return {key.decode() for _p, _o, key, value in read_topic(s, replayed_topic(s)) if key and value}
 
 
@@ -119,8 +135,10 @@ def _ensure_marker_topic(s: Settings) -> None:
 
 
 def replay(s: Settings, chosen: list[Letter], fixed: dict[str, bytes], *, dry_run: bool = False) -> list[str]:
-    """Re-publish `chosen` once each; returns one line per dead letter saying what happened."""
-    _ensure_marker_topic(s)
+    """Re-publish `chosen` once each; returns one line per dead letter saying what happened.
+    A dry run only reads (it does not even create the marker topic)."""
+    if not dry_run:
+        _ensure_marker_topic(s)
     done = _done(s)
     lines: list[str] = []
     todo = []
@@ -128,7 +146,7 @@ def replay(s: Settings, chosen: list[Letter], fixed: dict[str, bytes], *, dry_ru
         if letter.ref in done:
             lines.append(f"skipped  {letter.ref}: replayed before")
             continue
-        why = None if letter.ref in fixed else replayable(letter)
+        why = misdirected(s, letter) or (None if letter.ref in fixed else replayable(letter))
         if why is not None:
             lines.append(f"skipped  {letter.ref}: {why}")
             continue

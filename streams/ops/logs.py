@@ -1,4 +1,9 @@
-"""Logging: plain text or one JSON object per line, with Kafka coordinates as fields."""
+"""Logging: plain text or one JSON object per line, with Kafka coordinates as fields.
+
+Both formatters redact known secrets from everything they print: the message, the
+exception text and the stack (a psycopg error quotes the whole database URL, password
+included, and a traceback shows source lines).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ _CONTEXT_FIELDS = ("topic", "partition", "offset", "group", "order_id", "payment
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; every text in it redacted (before encoding, so that a
+    secret is found whatever JSON would escape in it)."""
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
@@ -26,17 +34,22 @@ class JsonFormatter(logging.Formatter):
                 out[name] = getattr(record, name)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        clean = {k: redact(v) if isinstance(v, str) else v for k, v in out.items()}
+        return json.dumps(clean, ensure_ascii=False, default=lambda v: redact(str(v)))
 
 
 class TextFormatter(logging.Formatter):
+    """A line with the coordinates appended, then the traceback and stack if any; all redacted."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line = super().format(record)  # message, then exception text and stack
         extra = " ".join(f"{n}={getattr(record, n)}" for n in _CONTEXT_FIELDS if hasattr(record, n))
-        return f"{line} [{extra}]" if extra else line
+        return redact(f"{line} [{extra}]" if extra else line)
 
 
 _SECRETS: list[str] = []
@@ -73,6 +86,8 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
+    """Redacts the message on the record itself (the formatters also redact what they print)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         clean = redact(message)

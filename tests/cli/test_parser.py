@@ -24,3 +24,23 @@ def test_each_command_runs_its_handler_with_settings_as_flags(words: tuple[str, 
 def test_a_command_group_without_its_action_is_refused() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["dlq"])
+
+
+@pytest.mark.parametrize("words", list(COMMANDS))
+def test_no_flag_takes_a_secret_value_each_takes_a_file(words: tuple[str, ...]) -> None:
+    from streams.settings import SECRET_FIELDS
+
+    args = vars(build_parser().parse_args(list(words)))
+    assert not {f"setting_{name}" for name in SECRET_FIELDS} & set(args), "a secret in /proc/*/cmdline"
+    assert {f"secret_file_{name}" for name in SECRET_FIELDS} <= set(args)
+
+
+@pytest.mark.parametrize("flag", ["--database-url", "--payment-hmac-key", "--payment-hmac-previous-key",
+                                  "--kafka-sasl-password", "--kafka-ssl-key-password"])
+@pytest.mark.parametrize("form", ["{flag}=s3cret-value", "{flag} s3cret-value"])
+def test_a_secret_given_as_a_value_is_refused_in_one_line_without_echoing_it(capsys, flag: str, form: str) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["join", *form.format(flag=flag).split(" ")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag}-file PATH" in err and "s3cret-value" not in err, err

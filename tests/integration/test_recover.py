@@ -246,20 +246,21 @@ def test_poison_record_goes_to_the_dlq_and_the_records_after_it_are_written(s, t
         assert stop(writer) == 0
 
 
-def test_db_migrate_is_idempotent(s, capsys) -> None:
+def test_db_migrate_is_idempotent(s, capsys, tmp_path) -> None:
     from streams.cli import main
 
-    url = s.database_url.get_secret_value()
-    assert main(["db", "migrate", f"--database-url={url}"]) == 0
+    (tmp_path / "url").write_text(s.database_url.get_secret_value())
+    assert main(["db", "migrate", f"--database-url-file={tmp_path / 'url'}"]) == 0
     assert "up to date" in capsys.readouterr().out
     with _db(s) as conn:
         assert conn.execute("SELECT count(*) FROM slipguard_schema_migrations").fetchone()[0] == 1
 
 
-def test_db_migrate_reports_an_unreachable_database_in_one_line(capsys) -> None:
+def test_db_migrate_reports_an_unreachable_database_in_one_line(capsys, tmp_path) -> None:
     from streams.cli import main
 
-    assert main(["db", "migrate", "--database-url=postgresql://x:y@127.0.0.1:1/none"]) == 1
+    (tmp_path / "url").write_text("postgresql://x:y@127.0.0.1:1/none")
+    assert main(["db", "migrate", f"--database-url-file={tmp_path / 'url'}"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "slipguard db migrate" in err
 

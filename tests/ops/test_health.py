@@ -27,9 +27,9 @@ class Loop:
 def endpoint():
     servers = []
 
-    def start(state: Loop | None = None) -> int:
+    def start(state: Loop | None = None, **bounds: float) -> int:
         port = _free_port()
-        servers.append(health.serve_metrics(port, state, host="127.0.0.1"))
+        servers.append(health.serve_metrics(port, state, host="127.0.0.1", **bounds))
         return port
 
     yield start
@@ -107,3 +107,54 @@ def test_concurrent_requests_beyond_the_limit_get_503_at_once(endpoint, monkeypa
         for t in threads:
             t.join(10)
     assert _request(port, "GET", "/healthz")[0] == 200
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    """Whether the server has closed this connection (reading shows its end at once)."""
+    s.settimeout(0.05)
+    try:
+        return s.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed while we were still sending
+        return True
+
+
+def test_slow_loris_clients_are_cut_off_at_the_deadline_with_no_thread_each(endpoint) -> None:
+    deadline = 1.5
+    port = endpoint(request_timeout=deadline)
+    threads_before = threading.active_count()
+    started = time.monotonic()
+    loris = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+    dribbled = b"GET /healthz HTTP/1.0\r\nX-Slow: " + b"a" * 100  # never ends its headers in time
+    try:
+        for n in range(1, 9):  # a byte from each every 0.3 s: a per-read timeout would never fire
+            for s in loris:
+                try:
+                    s.send(dribbled[n - 1:n])
+                except OSError:
+                    pass
+            if n == 2:
+                assert threading.active_count() - threads_before < 5, "no thread per slow connection"
+                assert _request(port, "GET", "/healthz") == (200, b"ok\n"), "answered beside 60 slow clients"
+            time.sleep(0.3)
+        # 2.4 s after they connected, past the deadline, though each sent a byte 0.3 s ago
+        assert time.monotonic() - started < deadline + 2.0
+        assert all(_closed_by_server(s) for s in loris), "every slow client was cut off at the deadline"
+        assert threading.active_count() - threads_before < 5
+    finally:
+        for s in loris:
+            s.close()
+
+
+def test_connections_beyond_the_cap_close_the_oldest_and_a_probe_still_gets_in(endpoint) -> None:
+    port = endpoint(max_open=20)
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]  # connect, send nothing
+    try:
+        time.sleep(0.3)  # let the endpoint accept them all
+        assert sum(not _closed_by_server(s) for s in silent) <= 20, "at most max_open kept open"
+        assert not any(_closed_by_server(s) for s in silent[-10:]), "the newest are kept, the oldest closed"
+        assert _request(port, "GET", "/healthz") == (200, b"ok\n")
+    finally:
+        for s in silent:
+            s.close()

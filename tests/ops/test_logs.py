@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from streams.ops.logs import JsonFormatter, TextFormatter
 
 
@@ -40,3 +42,38 @@ def test_logged_validation_errors_name_fields_never_values() -> None:
                        b'"status":"succeeded","paid_at":"2026-01-01T00:00:00Z"}')
     text = safe_error(info.value)
     assert "amount" in text and "123456.789012" not in text
+
+
+@pytest.fixture
+def root_logging():
+    """setup_logging replaces the root logger's handlers: put them back after the test."""
+    from streams.ops import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logs._SECRETS[:]
+    yield
+    root.handlers[:], logs._SECRETS[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_tracebacks_and_stacks_never_carry_the_database_password(capsys, root_logging, log_format: str) -> None:
+    import psycopg
+
+    from streams.ops.logs import setup_logging
+    from streams.settings import load_settings
+
+    url = "postgresql://writer:pw-in-traceback-7f3@db.example:5432/slipguard"
+    setup_logging(load_settings(database_url=url, log_format=log_format))
+    log = logging.getLogger("slipguard.test")
+    try:
+        raise psycopg.OperationalError(f'connection to "{url}" failed: no route')  # as psycopg quotes the URI
+    except psycopg.OperationalError:
+        log.exception("database unreachable")
+    log.warning("where from", stack_info=True)  # the stack shows this line: pw-in-traceback-7f3
+    err = capsys.readouterr().err
+    assert "pw-in-traceback-7f3" not in err, err
+    assert "OperationalError" in err and "***" in err and "where from" in err
+    if log_format == "json":
+        lines = [json.loads(line) for line in err.splitlines()]
+        assert "exc" in lines[0] and "stack" in lines[1], "the traceback and the stack are in the JSON too"
