@@ -98,6 +98,8 @@ def replayable(letter: Letter) -> str | None:
         return "its key was truncated"
     if any(h.truncated for h in d.headers or []):
         return "a header was truncated"
+    if d.headers_dropped:
+        return f"{d.headers_dropped} header(s) were left out (too many or too large, or unreadable)"
     return None
 
 

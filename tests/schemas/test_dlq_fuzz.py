@@ -97,3 +97,13 @@ def test_the_last_resort_takes_anything(bad) -> None:  # noqa: ANN001
                    failed_at=bad, headers=bad)
     assert len(data) <= MINIMAL_MAX_BYTES
     DeadLetter.decode(data)
+
+
+def test_a_letter_whose_headers_were_left_out_is_not_replayed_as_it_is() -> None:
+    from streams.ops.dlq import Letter, replayable
+
+    many = [(f"h{i}", b"x") for i in range(100)]  # more than a letter keeps
+    letter = DeadLetter.decode(encoded(topic="orders", partition=0, offset=1, timestamp_ms=5, headers=many, key=b"k",
+                                       value=b"v", error="e", failed_at=NOW))
+    assert letter.headers_dropped == 36
+    assert "header" in (replayable(Letter(0, 1, letter)) or "")
