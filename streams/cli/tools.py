@@ -47,6 +47,19 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_ab(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.tools.bench import WORKLOADS
+    from streams.tools.bench_ab import run
+
+    names = [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in names if w not in WORKLOADS]
+    if unknown or not names:
+        print(f"slipguard bench-ab: --workloads takes {', '.join(WORKLOADS)}; got {args.workloads!r}", file=sys.stderr)
+        return 2
+    print(run(settings, args.against, args.runs, args.events, args.bench_partitions, names))
+    return 0
+
+
 def _bench_writer(settings: Settings, args: argparse.Namespace) -> int:
     from streams.tools.bench import writer_bench, writer_report
 
@@ -88,6 +101,8 @@ def register(commands) -> None:
     for name, about, handler, flags in (
         ("bench", "measure the join on the local broker and print figures", _bench,
          {"events": 1_000_000, "bench-partitions": 6, "live-rate": 2_000.0, "live-seconds": 20.0}),
+        ("bench-ab", "measure this tree's join against another commit's, interleaved on the same records", _bench_ab,
+         {"against": "HEAD~1", "runs": 5, "events": 500_000, "bench-partitions": 6, "workloads": "spread,delayed"}),
         ("bench-failover", "measure how long partitions stop when a join worker goes away", _bench_failover,
          {"logs": ".stack/bench-failover", "cases": "all", "protocols": "consumer,classic"}),
         ("bench-writer", "measure the recovery writer into PostgreSQL and print figures", _bench_writer,

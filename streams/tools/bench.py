@@ -236,13 +236,14 @@ def _run_until(worker: JoinWorker, stop: threading.Event) -> None:
     worker.close()
 
 
-def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFigures:
-    b = _bench_settings(s, partitions)
+def produce_workload(s: Settings, name: str, events: int) -> tuple[Settings, int]:
+    """A workload in fresh topics (made here): their settings and the record count."""
+    b = _bench_settings(s, s.partitions)
     create_topics(b)
     per_order, args = WORKLOADS[name]
     orders = int(events / per_order) + 1
     spacing = args["spacing_ms"] or 3_000_000 / orders
-    print(f"bench [{name}]: planning {events:,} events over {partitions} partitions ...", file=sys.stderr, flush=True)
+    print(f"bench [{name}]: planning {events:,} events over {b.partitions} partitions ...", file=sys.stderr, flush=True)
     pays, ords, _ = plan(orders, start_ms=int(time.time() * 1000) - 3_600_000, spacing_ms=spacing,
                          timeout_ms=b.order_timeout, shares=args["shares"])
     total = len(pays) + len(ords)
@@ -250,6 +251,11 @@ def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFi
     produce(b, merged(pays, ords))
     del pays, ords
     gc.collect()
+    return b, total
+
+
+def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFigures:
+    b, total = produce_workload(s.derive(partitions=partitions), name, events)
     print(f"bench [{name}]: ceiling (read + decode only) ...", file=sys.stderr, flush=True)
     ceil = ceiling(b, total)
     print(f"bench [{name}]: join ({b.processing_guarantee}, durable state) ...", file=sys.stderr, flush=True)

@@ -1,0 +1,93 @@
+"""`slipguard bench-ab --against REF`: this tree's join against another commit's, on the same
+broker and the same records, interleaved, so that a change to the per-record path shows
+its cost before it lands.
+
+Each workload of `slipguard bench` (WORKLOADS) is produced once; then, run after run,
+each tree's join drains it in a process of its own (a fresh group, so it reads from the
+start), in alternating order: events/s and CPU seconds per million events, each run and
+the medians. A tree is `git archive REF streams schemas`, run with its own code only.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.settings import Settings
+from streams.tools import bench
+
+ROOT = Path(__file__).resolve().parents[2]
+# Runs in either tree: bench.drain has kept this signature.
+_DRAIN = """
+import json, sys
+from streams.join.worker import tune_gc
+from streams.settings import load_settings
+from streams.tools import bench
+tune_gc()
+rate, cpu, *_ = bench.drain(load_settings(), int(sys.argv[1]))
+print(json.dumps({"events_per_s": rate, "cpu_s_per_million": cpu}))
+"""
+
+
+@dataclass
+class Side:
+    name: str
+    tree: Path
+    events_per_s: list[float] = field(default_factory=list)
+    cpu_s_per_million: list[float] = field(default_factory=list)
+
+
+def archive(ref: str, into: Path) -> Path:
+    """`streams/` and `schemas/` as they were at `ref`."""
+    out = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "streams", "schemas"], capture_output=True)
+    if out.returncode != 0:
+        raise SystemExit(f"slipguard bench-ab: git archive {ref}: {out.stderr.decode().strip()}")
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=out.stdout, check=True)
+    return into
+
+
+def drain_in(tree: Path, s: Settings, total: int) -> dict[str, float]:
+    """One drain of the workload's topics by `tree`'s join, in a fresh group."""
+    env = s.derive(join_group=f"ab-{uuid.uuid4().hex[:8]}").to_env() | {"PYTHONPATH": str(tree)}
+    run = subprocess.run([sys.executable, "-c", _DRAIN, str(total)], cwd=tree, env=env, capture_output=True,
+                         text=True, timeout=1800)
+    if run.returncode != 0:
+        raise SystemExit(f"slipguard bench-ab: the join of {tree} failed:\n{run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def run(s: Settings, against: str, runs: int, events: int, partitions: int, workloads: list[str]) -> str:
+    with tempfile.TemporaryDirectory(prefix="slipguard-ab-") as tmp:
+        sides = [Side(against, archive(against, Path(tmp) / "ref")), Side("this tree", ROOT)]
+        lines = [f"bench-ab: {against} against this tree, {runs} runs each, interleaved, {partitions} partitions, "
+                 f"{s.processing_guarantee}"]
+        for name in workloads:
+            print(f"bench-ab [{name}]: producing {events:,} events ...", file=sys.stderr, flush=True)
+            b, total = bench.produce_workload(s.derive(partitions=partitions), name, events)
+            for side in sides:
+                side.events_per_s.clear()
+                side.cpu_s_per_million.clear()
+            for i in range(runs):
+                for side in (sides if i % 2 == 0 else sides[::-1]):
+                    got = drain_in(side.tree, b, total)
+                    side.events_per_s.append(got["events_per_s"])
+                    side.cpu_s_per_million.append(got["cpu_s_per_million"])
+                    print(f"bench-ab [{name}] run {i + 1} {side.name}: {got['events_per_s']:,.0f} events/s, "
+                          f"{got['cpu_s_per_million']:.2f} s CPU per million", file=sys.stderr, flush=True)
+            lines += [_row(name, side) for side in sides]
+            ref, here = (statistics.median(side.events_per_s) for side in sides)
+            lines.append(f"  [{name}] this tree / {against}: {here / ref:.3f} (medians of events/s)")
+        return "\n".join(lines)
+
+
+def _row(name: str, side: Side) -> str:
+    runs = ", ".join(f"{x:,.0f}" for x in side.events_per_s)
+    return (f"  [{name}] {side.name:>12}: median {statistics.median(side.events_per_s):,.0f} events/s, "
+            f"{statistics.median(side.cpu_s_per_million):.2f} s CPU per million (runs: {runs})")
