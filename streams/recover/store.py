@@ -2,7 +2,9 @@
 
 A recovered order is inserted once (unique order_id, unique recovery_id); if the order
 already exists nothing is overwritten and the outcome is recorded; every recovery record
-gets one audit row (unique recovery_id, so a redelivery adds nothing). A late order is
+gets one audit row (a written outcome is unique per recovery_id, a rejection per record
+read: so a redelivery adds nothing, and a rejected record claiming a real recovery's id
+never takes that recovery's row; migration 0002). A late order is
 kept in late_orders and marks the recovered row as reconciled, whichever of the two is
 written first.
 """
@@ -50,7 +52,7 @@ SELECT recovery_id, order_id, payment_id,
             ELSE 'an order with this order_id exists; left unchanged' END,
        deadline, detected_at, topic, partition, "offset"
 FROM incoming ORDER BY ord
-ON CONFLICT (recovery_id) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING outcome
 """
 

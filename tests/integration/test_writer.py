@@ -99,3 +99,37 @@ def test_one_batch_gives_the_outcomes_of_writing_its_records_one_by_one(base_set
     assert rows["ord-x"][:2] == ("pay-a", Decimal("1.2345"))
     assert rows["ord-z"][1:] == (Decimal("9999.5"), {"game": "百家乐", "n": 2.5, "none": None}, odd.payment.paid_at)
     assert "ord-y" not in rows
+
+
+def _write(url: str, *batches: list) -> list:
+    """Each batch through write_batch in turn (one connection); their outcomes."""
+    from streams.recover.store import write_batch
+
+    async def run():
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            return [dict(await write_batch(conn, items, None)) for items in batches]
+
+    return asyncio.run(run())
+
+
+def test_a_rejected_record_naming_a_real_recovery_id_blocks_none_of_its_rows(base_settings) -> None:
+    """A forged record that claims a real recovery's id but is rejected (here: its payment
+    failed) comes first; the real recovery after it is inserted and audited, and the
+    forged one keeps its own audit row. Redelivering both adds nothing."""
+    from streams.recover.store import Item
+
+    s = writer_settings(base_settings)
+    url = s.database_url.get_secret_value()
+    real = _recovery(7)
+    forged = real.model_copy(update={"payment": real.payment.model_copy(update={"status": "failed"})})
+    first = [Item(s.recovery_topic, 0, 10, forged)]
+    second = [Item(s.recovery_topic, 1, 20, real)]
+    outcomes = _write(url, first, second, first, second)
+    assert outcomes[:2] == [{"rejected": 1, "reconciled": 0}, {"inserted": 1, "reconciled": 0}]
+    assert all(sum(o.values()) == 0 for o in outcomes[2:]), "a redelivery records nothing new"
+    with psycopg.connect(url) as conn:
+        audit = conn.execute("SELECT recovery_id::text, outcome, source_offset FROM recovery_audit "
+                             "ORDER BY source_offset").fetchall()
+        row = conn.execute("SELECT payment_id, recovery_id::text FROM orders WHERE order_id = 'ord-7'").fetchone()
+    assert audit == [(real.recovery_id, "rejected", 10), (real.recovery_id, "inserted", 20)]
+    assert row == ("pay-7", real.recovery_id)
