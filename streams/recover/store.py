@@ -18,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from schemas import LateOrder, Recovery
+from streams.recover.rules import rejection
 
 # One statement per batch: the batch comes in as one array per column (unnest), so the
 # database plans and runs it once rather than once per record. Rows are taken in the
@@ -80,29 +81,17 @@ class Item:
     message: Recovery | LateOrder
 
 
-def _rejection(r: Recovery, hmac_keys: tuple[bytes, ...]) -> str | None:
-    """Why a recovery is not inserted (recorded in its audit row), or None."""
-    p = r.payment
-    if p.status != "succeeded":
-        return f"payment status is {p.status}; only succeeded payments are recovered"
-    if hmac_keys and not p.signature_valid(hmac_keys):
-        return "payment signature missing or invalid"
-    if p.order_id != r.order_id:
-        return f"recovery order_id {r.order_id} differs from the payment's {p.order_id}"
-    return None
-
-
 COLUMNS = ("ord", "order_id", "user_id", "amount", "currency", "created_at", "metadata", "payment_id", "recovery_id",
            "accept", "reason", "deadline", "detected_at", "topic", "partition", "offset")
 
 
-def _recovery_columns(items: list[Item], hmac_keys: tuple[bytes, ...]) -> dict[str, list]:
+def _recovery_columns(items: list[Item], hmac_keys: tuple[bytes, ...] | None) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in COLUMNS}
     for n, item in enumerate(items):
         r = item.message
         assert isinstance(r, Recovery)
         p = r.payment
-        reason = _rejection(r, hmac_keys)
+        reason = rejection(r, hmac_keys)
         for name, value in (
             ("ord", n), ("order_id", r.order_id), ("user_id", p.user_id), ("amount", p.amount),
             ("currency", p.currency), ("created_at", p.paid_at),
@@ -115,7 +104,8 @@ def _recovery_columns(items: list[Item], hmac_keys: tuple[bytes, ...]) -> dict[s
     return cols
 
 
-async def write_batch(conn: psycopg.AsyncConnection, items: list[Item], hmac_keys: tuple[bytes, ...]) -> Counter[str]:
+async def write_batch(conn: psycopg.AsyncConnection, items: list[Item],
+                      hmac_keys: tuple[bytes, ...] | None) -> Counter[str]:
     """Write one batch in one transaction; returns the outcomes newly recorded (redeliveries count nothing)."""
     outcomes: Counter[str] = Counter()
     recoveries = [i for i in items if isinstance(i.message, Recovery)]

@@ -27,6 +27,7 @@ from schemas.fields import from_epoch_ms
 from schemas.headers import headers_for, traceparent
 from streams.ops import metrics
 from streams.ops.logs import redact, safe_error
+from streams.recover.rules import dead_letter_reason
 from streams.recover.store import Item, write_batch
 from streams.retry import Retry
 from streams.settings import Settings
@@ -138,14 +139,22 @@ class Writer:
             metrics.WRITER_BATCH_SECONDS.observe(time.monotonic() - started)
 
     def _decode(self, records: list[Record]) -> tuple[list[tuple[Item, Record]], list[tuple[Record, str, str]]]:
+        """Each record as an item to store, or as poison: (record, error, summary for the log)."""
         items, poison = [], []
         for record in records:
             model = Recovery if record.topic == self.s.recovery_topic else LateOrder
             try:
-                items.append((Item(record.topic, record.partition, record.offset, fast.decode(model, record.value)), record))
+                message = fast.decode(model, record.value)
             except (ValidationError, ValueError, TypeError) as exc:
                 full = safe_error(exc) if self.s.minimise_personal_data else str(exc).replace("\n", " | ")[:3900]
                 poison.append((record, full, safe_error(exc)))
+                continue
+            unfit = dead_letter_reason(message)
+            if unfit is not None:
+                full, summary = unfit
+                poison.append((record, summary if self.s.minimise_personal_data else full, summary))
+            else:
+                items.append((Item(record.topic, record.partition, record.offset, message), record))
         return items, poison
 
     async def _write(self, items: list[tuple[Item, Record]]) -> None:

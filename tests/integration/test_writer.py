@@ -133,3 +133,58 @@ def test_a_rejected_record_naming_a_real_recovery_id_blocks_none_of_its_rows(bas
         row = conn.execute("SELECT payment_id, recovery_id::text FROM orders WHERE order_id = 'ord-7'").fetchone()
     assert audit == [(real.recovery_id, "rejected", 10), (real.recovery_id, "inserted", 20)]
     assert row == ("pay-7", real.recovery_id)
+
+
+def _run_writer(s, values: list[tuple[str, bytes]]) -> list[DeadLetter]:
+    """(topic, value) records through a Writer, dead letters to the real broker; the DLQ."""
+    producer = Producer(config.producer(s))
+
+    async def send_dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        producer.produce(s.dlq_topic, value, key, headers=headers)
+        assert producer.flush(30) == 0
+
+    async def ack(token: int) -> None:
+        pass
+
+    async def run() -> None:
+        writer = Writer(s, send_dead_letter)
+        for offset, (topic, value) in enumerate(values):
+            await writer.add(Record(topic, 0, offset, None, [], b"key", value, token=offset), ack)
+        await writer.flush(ack)
+        if writer.conn is not None:
+            await writer.conn.close()
+
+    asyncio.run(run())
+    return [DeadLetter.decode(m.value()) for m in consume_all(s, s.dlq_topic, len(values), timeout=5)]
+
+
+def test_forged_ids_reach_neither_orders_nor_late_orders(base_settings) -> None:
+    """Late orders whose recovery_id is another payment's, or whose order is another
+    order, go to the DLQ before the real late order: it reconciles the row with the real
+    order. A recovery whose recovery_id is not derived from its payment is rejected."""
+    import uuid
+    from decimal import Decimal
+
+    from schemas import LateOrder, recovery_id_for
+    from tests.factories import order
+
+    s = writer_settings(base_settings)
+    real = _recovery(5)
+    honest = LateOrder(order_id="ord-5", order=order(order_id="ord-5", amount=Decimal("12.34")), payment_id="pay-5",
+                       recovery_id=real.recovery_id, lateness_seconds=1.0)
+    takes_its_id = honest.model_copy(update={"payment_id": "pay-6", "order": order(order_id="ord-5", amount=Decimal("999"))})
+    another_order = honest.model_copy(update={"order": order(order_id="ord-9", amount=Decimal("999"))})
+    forged = _recovery(8).model_copy(update={"recovery_id": str(uuid.uuid4())})
+    dead = _run_writer(s, [(s.late_topic, takes_its_id.encode()), (s.late_topic, another_order.encode()),
+                           (s.recovery_topic, forged.encode()), (s.recovery_topic, real.encode()),
+                           (s.late_topic, honest.encode())])
+    assert sorted((d.offset, d.error.split(":")[0]) for d in dead) == [
+        (0, f"late order's recovery_id {real.recovery_id} is not the one derived from its payment_id pay-6 "
+            f"({recovery_id_for('pay-6')})"),
+        (1, "late order's order_id ord-5 differs from its order's ord-9")]
+    with psycopg.connect(s.database_url.get_secret_value()) as conn:
+        rows = conn.execute("SELECT order_id, reconciled_order->>'amount' FROM orders").fetchall()
+        late = conn.execute("SELECT order_id, payment_id FROM late_orders").fetchall()
+        audit = dict(conn.execute("SELECT order_id, outcome FROM recovery_audit").fetchall())
+    assert rows == [("ord-5", "12.34")] and late == [("ord-5", "pay-5")]
+    assert audit == {"ord-5": "inserted", "ord-8": "rejected"}
