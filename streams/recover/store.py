@@ -61,13 +61,15 @@ INSERT_LATE = """
 INSERT INTO late_orders (recovery_id, order_id, payment_id, real_order, lateness_seconds)
 SELECT * FROM unnest(%(recovery_id)b::uuid[], %(order_id)b::text[], %(payment_id)b::text[], %(real_order)b::jsonb[],
                      %(lateness)b::float8[])
-ON CONFLICT (recovery_id) DO NOTHING
+ON CONFLICT (recovery_id, order_id) DO NOTHING
 """
 
+# Only a late order of the row's own order reconciles it (migration 0003).
 RECONCILE = """
 UPDATE orders o SET reconciled_at = l.received_at, reconciled_order = l.real_order
 FROM late_orders l
-WHERE o.recovery_id = l.recovery_id AND o.reconciled_at IS NULL AND l.recovery_id = ANY(%s::uuid[])
+WHERE o.recovery_id = l.recovery_id AND o.order_id = l.order_id AND o.reconciled_at IS NULL
+  AND l.recovery_id = ANY(%s::uuid[])
 """
 
 

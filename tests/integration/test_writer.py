@@ -188,3 +188,25 @@ def test_forged_ids_reach_neither_orders_nor_late_orders(base_settings) -> None:
         audit = dict(conn.execute("SELECT order_id, outcome FROM recovery_audit").fetchall())
     assert rows == [("ord-5", "12.34")] and late == [("ord-5", "pay-5")]
     assert audit == {"ord-5": "inserted", "ord-8": "rejected"}
+
+
+def test_a_late_order_of_another_order_neither_reconciles_nor_pre_empts_the_recovered_row(base_settings) -> None:
+    """Its ids agree with each other (recovery_id derived from payment_id, order_id its
+    order's), so only the database can tell that the row recovered for that payment is of
+    another order: it comes first, then the real late order reconciles the row."""
+    from decimal import Decimal
+
+    from schemas import LateOrder
+    from tests.factories import order
+
+    s = writer_settings(base_settings)
+    real = _recovery(5)
+    honest = LateOrder(order_id="ord-5", order=order(order_id="ord-5", amount=Decimal("12.34")), payment_id="pay-5",
+                       recovery_id=real.recovery_id, lateness_seconds=1.0)
+    other = honest.model_copy(update={"order_id": "ord-9", "order": order(order_id="ord-9", amount=Decimal("999"))})
+    assert _run_writer(s, [(s.late_topic, other.encode()), (s.recovery_topic, real.encode())]) == []
+    assert _run_writer(s, [(s.late_topic, honest.encode())]) == []
+    with psycopg.connect(s.database_url.get_secret_value()) as conn:
+        rows = conn.execute("SELECT order_id, reconciled_order->>'order_id', reconciled_order->>'amount' "
+                            "FROM orders").fetchall()
+    assert rows == [("ord-5", "ord-5", "12.34")]
