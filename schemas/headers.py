@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,11 +40,18 @@ def headers_for(model: type, traces: Iterable[bytes | None] = ()) -> list[tuple[
     return headers
 
 
+# W3C trace context, version 00: 55 characters, lowercase hex, ids not all zeros.
+_VALID_TRACE = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
+
+
 def traceparent(headers: Any) -> bytes | None:
-    """The traceparent among a record's headers (confluent-kafka's list of pairs), if any."""
+    """The traceparent among a record's headers (confluent-kafka's list of pairs), if it
+    is a valid one; any other value is dropped, never copied (the contract): a header of
+    any size would otherwise be copied onto what slipguard writes, past the broker's limit."""
     if not headers:
         return None
     for key, value in headers:
         if key == TRACEPARENT and value:
-            return value if isinstance(value, bytes) else str(value).encode()
+            value = value if isinstance(value, bytes) else str(value).encode()
+            return value if len(value) == 55 and _VALID_TRACE(value) else None
     return None

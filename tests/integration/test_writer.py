@@ -14,9 +14,11 @@ from streams.recover.writer import Record, Writer
 from tests.integration.conftest import consume_all
 from tests.integration.test_recover import _recovery, writer_settings
 
+TRACE = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 
 def _record(s, offset: int, value: bytes) -> Record:
-    return Record(s.recovery_topic, 0, offset, 1_800_000_000_000, [("traceparent", b"00-abc")], b"key", value,
+    return Record(s.recovery_topic, 0, offset, 1_800_000_000_000, [("traceparent", TRACE)], b"key", value,
                   token=offset)
 
 
@@ -55,7 +57,7 @@ def test_a_batch_is_written_once_and_acknowledged_only_after_its_commit(base_set
     dead = [DeadLetter.decode(m.value()) for m in got]
     assert len(dead) == 1 and dead[0].offset == 3 and dead[0].timestamp_ms == 1_800_000_000_000
     headers = dict(got[0].headers())
-    assert headers["slipguard-type"] == b"dead_letter" and headers["traceparent"] == b"00-abc"
+    assert headers["slipguard-type"] == b"dead_letter" and headers["traceparent"] == TRACE
 
 
 def test_one_batch_gives_the_outcomes_of_writing_its_records_one_by_one(base_settings) -> None:

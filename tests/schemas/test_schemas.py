@@ -308,3 +308,16 @@ def test_every_output_record_names_its_type_and_schema_version_and_carries_the_t
         assert h["traceparent"] == tp and h["slipguard-links"] == other
     assert "traceparent" not in dict(headers_for(Recovery, [None]))  # type: ignore[list-item]
     assert traceparent([("x", b"1"), ("traceparent", tp)]) == tp and traceparent(None) is None
+
+
+@pytest.mark.parametrize("value", [b"00-abc", b"0" * 800_000, b"01-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01",
+                                   b"00-" + b"A" * 32 + b"-" + b"b" * 16 + b"-01", b"\xff" * 55,
+                                   b"00-" + b"0" * 32 + b"-" + b"b" * 16 + b"-01",
+                                   b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01\n"])
+def test_a_traceparent_that_is_not_a_valid_one_is_dropped_never_copied(value: bytes) -> None:
+    """A header of any size was copied onto the dead letter: an 800 KB one made a dead
+    letter the broker refuses (found by tests/recover/test_fuzz_writer.py)."""
+    from schemas.headers import headers_for, traceparent
+
+    assert traceparent([("traceparent", value)]) is None
+    assert "traceparent" not in dict(headers_for(DeadLetter, [traceparent([("traceparent", value)])]))
