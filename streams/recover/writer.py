@@ -204,14 +204,17 @@ class Writer:
         error = f"PostgreSQL rejected the record: {detail}"[:3900]
         await self._dead_letter(record, error, f"PostgreSQL rejected the record: {type(exc).__name__}")
 
-    async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
+    def dead_letter_of(self, record: Record, error: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """The DLQ record (key, value, headers) of one input record."""
         dead = DeadLetter.of(topic=record.topic, partition=record.partition, offset=record.offset,
                              timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
                              value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)),
                              minimise=self.s.minimise_personal_data)
         key = f"{record.topic}:{record.partition}:{record.offset}".encode()
-        headers = headers_for(DeadLetter, [traceparent(record.headers)])
-        await self.send_dead_letter(key, dead.encode(), headers)  # delivered before the record is acknowledged
+        return key, dead.encode(), headers_for(DeadLetter, [traceparent(record.headers)])
+
+    async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
+        await self.send_dead_letter(*self.dead_letter_of(record, error))  # delivered before the record is acknowledged
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
         log.warning("record sent to the DLQ: %s", summary,
                     extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
