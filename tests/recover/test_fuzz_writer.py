@@ -24,7 +24,6 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,7 +31,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import DeadLetter, LateOrder, Recovery, recovery_id_for
-from streams.recover.store import Item, _recovery_columns
+from streams.recover.store import _recovery_columns
 from streams.recover.writer import Record, Writer
 from streams.settings import Settings
 from tests.schemas.test_fast import orders, payments, times
@@ -208,7 +207,8 @@ def mutated(draw, case: Case) -> Case:
         at = draw(st.integers(0, max(len(raw) - 1, 0)))
         value = raw[:at] + bytes([draw(st.integers(0, 255))]) + raw[at + 1:]
     elif how == "number for a string":
-        value = raw.replace(b'"amount":"', b'"amount":1', 1).replace(b'"lateness_seconds":', b'"lateness_seconds":1e999', 1)
+        value = re.sub(rb'"amount":"([0-9.]+)"', rb'"amount":\1', raw, count=1)
+        value = value.replace(b'"lateness_seconds":', b'"lateness_seconds":1e999', 1)
     else:
         value = raw.replace(b'"metadata":{', b'"metadata":{"big":"' + b"m" * draw(st.sampled_from(SIZES)) + b'",', 1)
     return Case(case.topic, value, f"{case.kind}, {how}", None)
