@@ -117,3 +117,26 @@ def test_the_manifests_agree_with_the_code(overlay: str) -> None:
 def test_the_lag_metric_autoscaling_reads_is_the_one_the_exporter_serves() -> None:
     text = (ROOT / "streams" / "ops" / "exporter.py").read_text()
     assert "slipguard_consumer_lag_seconds" in text
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_join_and_writer_checks_payment_signatures(overlay: str) -> None:
+    """A writer without the key inserts any forged recovery the join would have refused:
+    each workload running `join` or `recover` reads the key from the slipguard-hmac Secret."""
+    docs = _docs(overlay)
+    workloads = [d for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+    checked = []
+    for d in workloads:
+        pod = d["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        if c["args"][0] not in ("join", "recover"):
+            continue
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        path = env.get("SLIPGUARD_PAYMENT_HMAC_KEY_FILE")
+        assert path, f"{d['metadata']['name']}: no SLIPGUARD_PAYMENT_HMAC_KEY_FILE"
+        mount = next((m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+        assert mount is not None, f"{d['metadata']['name']}: {path} is on no volume"
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume.get("secret", {}).get("secretName") == "slipguard-hmac", f"{d['metadata']['name']}: {volume}"
+        checked.append(c["args"][0])
+    assert sorted(set(checked)) == ["join", "recover"]

@@ -2,7 +2,9 @@
 
 A recovered order is inserted once (unique order_id, unique recovery_id); if the order
 already exists nothing is overwritten and the outcome is recorded; every recovery record
-gets one audit row (unique recovery_id, so a redelivery adds nothing). A late order is
+gets one audit row (a written outcome is unique per recovery_id, a rejection per record
+read: so a redelivery adds nothing, and a rejected record claiming a real recovery's id
+never takes that recovery's row; migration 0002). A late order is
 kept in late_orders and marks the recovered row as reconciled, whichever of the two is
 written first.
 """
@@ -16,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from schemas import LateOrder, Recovery
+from streams.recover.rules import rejection
 
 # One statement per batch: the batch comes in as one array per column (unnest), so the
 # database plans and runs it once rather than once per record. Rows are taken in the
@@ -50,7 +53,7 @@ SELECT recovery_id, order_id, payment_id,
             ELSE 'an order with this order_id exists; left unchanged' END,
        deadline, detected_at, topic, partition, "offset"
 FROM incoming ORDER BY ord
-ON CONFLICT (recovery_id) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING outcome
 """
 
@@ -58,13 +61,15 @@ INSERT_LATE = """
 INSERT INTO late_orders (recovery_id, order_id, payment_id, real_order, lateness_seconds)
 SELECT * FROM unnest(%(recovery_id)b::uuid[], %(order_id)b::text[], %(payment_id)b::text[], %(real_order)b::jsonb[],
                      %(lateness)b::float8[])
-ON CONFLICT (recovery_id) DO NOTHING
+ON CONFLICT (recovery_id, order_id) DO NOTHING
 """
 
+# Only a late order of the row's own order reconciles it (migration 0003).
 RECONCILE = """
 UPDATE orders o SET reconciled_at = l.received_at, reconciled_order = l.real_order
 FROM late_orders l
-WHERE o.recovery_id = l.recovery_id AND o.reconciled_at IS NULL AND l.recovery_id = ANY(%s::uuid[])
+WHERE o.recovery_id = l.recovery_id AND o.order_id = l.order_id AND o.reconciled_at IS NULL
+  AND l.recovery_id = ANY(%s::uuid[])
 """
 
 
@@ -78,29 +83,17 @@ class Item:
     message: Recovery | LateOrder
 
 
-def _rejection(r: Recovery, hmac_keys: tuple[bytes, ...]) -> str | None:
-    """Why a recovery is not inserted (recorded in its audit row), or None."""
-    p = r.payment
-    if p.status != "succeeded":
-        return f"payment status is {p.status}; only succeeded payments are recovered"
-    if hmac_keys and not p.signature_valid(hmac_keys):
-        return "payment signature missing or invalid"
-    if p.order_id != r.order_id:
-        return f"recovery order_id {r.order_id} differs from the payment's {p.order_id}"
-    return None
-
-
 COLUMNS = ("ord", "order_id", "user_id", "amount", "currency", "created_at", "metadata", "payment_id", "recovery_id",
            "accept", "reason", "deadline", "detected_at", "topic", "partition", "offset")
 
 
-def _recovery_columns(items: list[Item], hmac_keys: tuple[bytes, ...]) -> dict[str, list]:
+def _recovery_columns(items: list[Item], hmac_keys: tuple[bytes, ...] | None) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in COLUMNS}
     for n, item in enumerate(items):
         r = item.message
         assert isinstance(r, Recovery)
         p = r.payment
-        reason = _rejection(r, hmac_keys)
+        reason = rejection(r, hmac_keys)
         for name, value in (
             ("ord", n), ("order_id", r.order_id), ("user_id", p.user_id), ("amount", p.amount),
             ("currency", p.currency), ("created_at", p.paid_at),
@@ -113,7 +106,8 @@ def _recovery_columns(items: list[Item], hmac_keys: tuple[bytes, ...]) -> dict[s
     return cols
 
 
-async def write_batch(conn: psycopg.AsyncConnection, items: list[Item], hmac_keys: tuple[bytes, ...]) -> Counter[str]:
+async def write_batch(conn: psycopg.AsyncConnection, items: list[Item],
+                      hmac_keys: tuple[bytes, ...] | None) -> Counter[str]:
     """Write one batch in one transaction; returns the outcomes newly recorded (redeliveries count nothing)."""
     outcomes: Counter[str] = Counter()
     recoveries = [i for i in items if isinstance(i.message, Recovery)]

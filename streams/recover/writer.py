@@ -22,11 +22,12 @@ from typing import Any
 import psycopg
 from pydantic import ValidationError
 
-from schemas import DeadLetter, LateOrder, Recovery, fast
+from schemas import DeadLetter, LateOrder, Recovery, dlq, fast
 from schemas.fields import from_epoch_ms
 from schemas.headers import headers_for, traceparent
 from streams.ops import metrics
 from streams.ops.logs import redact, safe_error
+from streams.recover.rules import dead_letter_reason
 from streams.recover.store import Item, write_batch
 from streams.retry import Retry
 from streams.settings import Settings
@@ -138,14 +139,22 @@ class Writer:
             metrics.WRITER_BATCH_SECONDS.observe(time.monotonic() - started)
 
     def _decode(self, records: list[Record]) -> tuple[list[tuple[Item, Record]], list[tuple[Record, str, str]]]:
+        """Each record as an item to store, or as poison: (record, error, summary for the log)."""
         items, poison = [], []
         for record in records:
             model = Recovery if record.topic == self.s.recovery_topic else LateOrder
             try:
-                items.append((Item(record.topic, record.partition, record.offset, fast.decode(model, record.value)), record))
+                message = fast.decode(model, record.value)
             except (ValidationError, ValueError, TypeError) as exc:
                 full = safe_error(exc) if self.s.minimise_personal_data else str(exc).replace("\n", " | ")[:3900]
                 poison.append((record, full, safe_error(exc)))
+                continue
+            unfit = dead_letter_reason(message)
+            if unfit is not None:
+                full, summary = unfit
+                poison.append((record, summary if self.s.minimise_personal_data else full, summary))
+            else:
+                items.append((Item(record.topic, record.partition, record.offset, message), record))
         return items, poison
 
     async def _write(self, items: list[tuple[Item, Record]]) -> None:
@@ -195,14 +204,17 @@ class Writer:
         error = f"PostgreSQL rejected the record: {detail}"[:3900]
         await self._dead_letter(record, error, f"PostgreSQL rejected the record: {type(exc).__name__}")
 
-    async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
-        dead = DeadLetter.of(topic=record.topic, partition=record.partition, offset=record.offset,
-                             timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
-                             value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)),
-                             minimise=self.s.minimise_personal_data)
+    def dead_letter_of(self, record: Record, error: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """The DLQ record (key, value, headers) of one input record."""
+        value = dlq.encoded(topic=record.topic, partition=record.partition, offset=record.offset,
+                            timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
+                            value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)),
+                            minimise=self.s.minimise_personal_data)
         key = f"{record.topic}:{record.partition}:{record.offset}".encode()
-        headers = headers_for(DeadLetter, [traceparent(record.headers)])
-        await self.send_dead_letter(key, dead.encode(), headers)  # delivered before the record is acknowledged
+        return key, value, headers_for(DeadLetter, [traceparent(record.headers)])
+
+    async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
+        await self.send_dead_letter(*self.dead_letter_of(record, error))  # delivered before the record is acknowledged
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
         log.warning("record sent to the DLQ: %s", summary,
                     extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})

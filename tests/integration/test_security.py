@@ -99,9 +99,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _readme_grants() -> list[str]:
+    """The writer's GRANT statements as the README gives them (README: the database)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The recovery writer and the database"):]
+    block = section[section.index("```sql") + 6:section.index("```", section.index("```sql") + 6)]
+    grants = [line for line in block.splitlines() if line.startswith("GRANT ")]
+    assert len(grants) >= 3, block
+    return grants
+
+
 def _writer_database(plain, tmp: Path) -> tuple[str, str]:
     """A schema of the test's own, migrated as the owner, and a role with only the
-    writer's grants (README: the database); returns the writer's verify-full URL and its password."""
+    writer's grants, the README's statements run as they are (in the test's schema, for
+    the test's role); returns the writer's verify-full URL and its password."""
     tag = plain.join_group.split("-")[0]
     owner = plain.database_url.get_secret_value()
     password = secrets.token_hex(12)
@@ -109,16 +120,34 @@ def _writer_database(plain, tmp: Path) -> tuple[str, str]:
         conn.execute(f"CREATE SCHEMA {tag}")
         conn.execute(f"CREATE ROLE {tag}_writer LOGIN PASSWORD '{password}'")
     sep = "&" if "?" in owner else "?"
-    migrate(f"{owner}{sep}options=-csearch_path%3D{tag}")
-    with psycopg.connect(owner, autocommit=True) as conn:
-        conn.execute(f"GRANT USAGE ON SCHEMA {tag} TO {tag}_writer")
-        conn.execute(f"GRANT SELECT, INSERT, UPDATE ON {tag}.orders, {tag}.recovery_audit, {tag}.late_orders "
-                     f"TO {tag}_writer")
-        conn.execute(f"GRANT USAGE ON SEQUENCE {tag}.recovery_audit_id_seq TO {tag}_writer")
+    in_schema = f"{owner}{sep}options=-csearch_path%3D{tag}"
+    migrate(in_schema)
+    with psycopg.connect(in_schema, autocommit=True) as conn:
+        for grant in _readme_grants():
+            conn.execute(grant.replace("SCHEMA public", f"SCHEMA {tag}")
+                         .replace("slipguard_writer", f"{tag}_writer"))  # type: ignore[arg-type]
     port = re.search(r":(\d+)/", owner).group(1)  # type: ignore[union-attr]
     url = (f"postgresql://{tag}_writer:{password}@localhost:{port}/slipguard?sslmode=verify-full"
            f"&sslrootcert={CA}&options=-csearch_path%3D{tag}")
     return url, password
+
+
+def _assert_reconciled_by_the_writer_alone(url: str, late: set[str]) -> None:
+    """The late orders reconciled their rows under the writer's grants (UPDATE of two
+    columns of orders), and with them the role can change no other column or table."""
+    assert late, "the workload has late orders to reconcile"
+    deadline = time.monotonic() + 60
+    reconciled: set[str] = set()
+    while reconciled != late and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with psycopg.connect(url) as conn:
+            reconciled = {r[0] for r in conn.execute("SELECT order_id FROM orders WHERE reconciled_at IS NOT NULL")}
+    assert reconciled == late, f"{len(late - reconciled)} late orders did not reconcile under the writer's role"
+    for statement in ("UPDATE orders SET amount = amount + 1", "UPDATE orders SET user_id = 'x'",
+                      "UPDATE late_orders SET order_id = 'x'", "UPDATE recovery_audit SET outcome = 'inserted'",
+                      "DELETE FROM orders"):
+        with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)  # type: ignore[arg-type]
 
 
 def test_join_writer_and_lag_exporter_work_over_sasl_ssl_with_only_their_acls(secured, tmp_path) -> None:
@@ -160,6 +189,7 @@ def test_join_writer_and_lag_exporter_work_over_sasl_ssl_with_only_their_acls(se
                 break
             time.sleep(0.5)
         assert Counter(r[0] for r in rows).most_common(1)[0][1] == 1 and len(rows) == len(exp.recovered)
+        _assert_reconciled_by_the_writer_alone(url, exp.late)
         page = ""
         deadline = time.monotonic() + 30
         while f'group="{s.join_group}"' not in page and time.monotonic() < deadline:

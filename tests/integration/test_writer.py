@@ -14,9 +14,11 @@ from streams.recover.writer import Record, Writer
 from tests.integration.conftest import consume_all
 from tests.integration.test_recover import _recovery, writer_settings
 
+TRACE = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 
 def _record(s, offset: int, value: bytes) -> Record:
-    return Record(s.recovery_topic, 0, offset, 1_800_000_000_000, [("traceparent", b"00-abc")], b"key", value,
+    return Record(s.recovery_topic, 0, offset, 1_800_000_000_000, [("traceparent", TRACE)], b"key", value,
                   token=offset)
 
 
@@ -55,7 +57,7 @@ def test_a_batch_is_written_once_and_acknowledged_only_after_its_commit(base_set
     dead = [DeadLetter.decode(m.value()) for m in got]
     assert len(dead) == 1 and dead[0].offset == 3 and dead[0].timestamp_ms == 1_800_000_000_000
     headers = dict(got[0].headers())
-    assert headers["slipguard-type"] == b"dead_letter" and headers["traceparent"] == b"00-abc"
+    assert headers["slipguard-type"] == b"dead_letter" and headers["traceparent"] == TRACE
 
 
 def test_one_batch_gives_the_outcomes_of_writing_its_records_one_by_one(base_settings) -> None:
@@ -99,3 +101,114 @@ def test_one_batch_gives_the_outcomes_of_writing_its_records_one_by_one(base_set
     assert rows["ord-x"][:2] == ("pay-a", Decimal("1.2345"))
     assert rows["ord-z"][1:] == (Decimal("9999.5"), {"game": "百家乐", "n": 2.5, "none": None}, odd.payment.paid_at)
     assert "ord-y" not in rows
+
+
+def _write(url: str, *batches: list) -> list:
+    """Each batch through write_batch in turn (one connection); their outcomes."""
+    from streams.recover.store import write_batch
+
+    async def run():
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            return [dict(await write_batch(conn, items, None)) for items in batches]
+
+    return asyncio.run(run())
+
+
+def test_a_rejected_record_naming_a_real_recovery_id_blocks_none_of_its_rows(base_settings) -> None:
+    """A forged record that claims a real recovery's id but is rejected (here: its payment
+    failed) comes first; the real recovery after it is inserted and audited, and the
+    forged one keeps its own audit row. Redelivering both adds nothing."""
+    from streams.recover.store import Item
+
+    s = writer_settings(base_settings)
+    url = s.database_url.get_secret_value()
+    real = _recovery(7)
+    forged = real.model_copy(update={"payment": real.payment.model_copy(update={"status": "failed"})})
+    first = [Item(s.recovery_topic, 0, 10, forged)]
+    second = [Item(s.recovery_topic, 1, 20, real)]
+    outcomes = _write(url, first, second, first, second)
+    assert outcomes[:2] == [{"rejected": 1, "reconciled": 0}, {"inserted": 1, "reconciled": 0}]
+    assert all(sum(o.values()) == 0 for o in outcomes[2:]), "a redelivery records nothing new"
+    with psycopg.connect(url) as conn:
+        audit = conn.execute("SELECT recovery_id::text, outcome, source_offset FROM recovery_audit "
+                             "ORDER BY source_offset").fetchall()
+        row = conn.execute("SELECT payment_id, recovery_id::text FROM orders WHERE order_id = 'ord-7'").fetchone()
+    assert audit == [(real.recovery_id, "rejected", 10), (real.recovery_id, "inserted", 20)]
+    assert row == ("pay-7", real.recovery_id)
+
+
+def _run_writer(s, values: list[tuple[str, bytes]]) -> list[DeadLetter]:
+    """(topic, value) records through a Writer, dead letters to the real broker; the DLQ."""
+    producer = Producer(config.producer(s))
+
+    async def send_dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        producer.produce(s.dlq_topic, value, key, headers=headers)
+        assert producer.flush(30) == 0
+
+    async def ack(token: int) -> None:
+        pass
+
+    async def run() -> None:
+        writer = Writer(s, send_dead_letter)
+        for offset, (topic, value) in enumerate(values):
+            await writer.add(Record(topic, 0, offset, None, [], b"key", value, token=offset), ack)
+        await writer.flush(ack)
+        if writer.conn is not None:
+            await writer.conn.close()
+
+    asyncio.run(run())
+    return [DeadLetter.decode(m.value()) for m in consume_all(s, s.dlq_topic, len(values), timeout=5)]
+
+
+def test_forged_ids_reach_neither_orders_nor_late_orders(base_settings) -> None:
+    """Late orders whose recovery_id is another payment's, or whose order is another
+    order, go to the DLQ before the real late order: it reconciles the row with the real
+    order. A recovery whose recovery_id is not derived from its payment is rejected."""
+    import uuid
+    from decimal import Decimal
+
+    from schemas import LateOrder, recovery_id_for
+    from tests.factories import order
+
+    s = writer_settings(base_settings)
+    real = _recovery(5)
+    honest = LateOrder(order_id="ord-5", order=order(order_id="ord-5", amount=Decimal("12.34")), payment_id="pay-5",
+                       recovery_id=real.recovery_id, lateness_seconds=1.0)
+    takes_its_id = honest.model_copy(update={"payment_id": "pay-6", "order": order(order_id="ord-5", amount=Decimal("999"))})
+    another_order = honest.model_copy(update={"order": order(order_id="ord-9", amount=Decimal("999"))})
+    forged = _recovery(8).model_copy(update={"recovery_id": str(uuid.uuid4())})
+    dead = _run_writer(s, [(s.late_topic, takes_its_id.encode()), (s.late_topic, another_order.encode()),
+                           (s.recovery_topic, forged.encode()), (s.recovery_topic, real.encode()),
+                           (s.late_topic, honest.encode())])
+    assert sorted((d.offset, d.error.split(":")[0]) for d in dead) == [
+        (0, f"late order's recovery_id {real.recovery_id} is not the one derived from its payment_id pay-6 "
+            f"({recovery_id_for('pay-6')})"),
+        (1, "late order's order_id ord-5 differs from its order's ord-9")]
+    with psycopg.connect(s.database_url.get_secret_value()) as conn:
+        rows = conn.execute("SELECT order_id, reconciled_order->>'amount' FROM orders").fetchall()
+        late = conn.execute("SELECT order_id, payment_id FROM late_orders").fetchall()
+        audit = dict(conn.execute("SELECT order_id, outcome FROM recovery_audit").fetchall())
+    assert rows == [("ord-5", "12.34")] and late == [("ord-5", "pay-5")]
+    assert audit == {"ord-5": "inserted", "ord-8": "rejected"}
+
+
+def test_a_late_order_of_another_order_neither_reconciles_nor_pre_empts_the_recovered_row(base_settings) -> None:
+    """Its ids agree with each other (recovery_id derived from payment_id, order_id its
+    order's), so only the database can tell that the row recovered for that payment is of
+    another order: it comes first, then the real late order reconciles the row."""
+    from decimal import Decimal
+
+    from schemas import LateOrder
+    from tests.factories import order
+
+    s = writer_settings(base_settings)
+    real = _recovery(5)
+    honest = LateOrder(order_id="ord-5", order=order(order_id="ord-5", amount=Decimal("12.34")), payment_id="pay-5",
+                       recovery_id=real.recovery_id, lateness_seconds=1.0)
+    other = honest.model_copy(update={"order_id": "ord-9", "order": order(order_id="ord-9", amount=Decimal("999"))})
+    assert _run_writer(s, [(s.late_topic, other.encode()), (s.recovery_topic, real.encode())]) == []
+    assert _run_writer(s, [(s.late_topic, honest.encode())]) == []
+    with psycopg.connect(s.database_url.get_secret_value()) as conn:
+        rows = conn.execute("SELECT order_id, reconciled_order->>'order_id', reconciled_order->>'amount' "
+                            "FROM orders").fetchall()
+    assert rows == [("ord-5", "ord-5", "12.34")]

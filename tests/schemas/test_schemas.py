@@ -340,3 +340,13 @@ def test_headers_that_cannot_be_read_are_said_once_never_asked_again() -> None:
     m = Unreadable()
     headers, problem = read(m)
     assert headers is None and "not UTF-8" in (problem or "") and m.asked == 1
+
+
+@pytest.mark.parametrize("value", [b"0" * 800_000, b"\xff" * 55, TRACE_OK + b"\n"])
+def test_a_traceparent_that_is_not_a_valid_one_is_dropped_never_copied(value: bytes) -> None:
+    """A header of any size was copied onto the dead letter: an 800 KB one made a dead
+    letter the broker refuses (found by tests/recover/test_fuzz_writer.py)."""
+    from schemas.headers import headers_for, traceparent
+
+    assert traceparent([("traceparent", value)]) is None
+    assert "traceparent" not in dict(headers_for(DeadLetter, [value]))
