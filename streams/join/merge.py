@@ -55,7 +55,7 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
     merged first, so it holds up nothing behind it. One stamped after `ahead_ms` (the
     worker's clock + GRACE) but not that far is counted (slipguard_join_records_stamped_
     ahead_total): a producer whose clock is fast, which in a backlog can move progress
-    past orders still unread (README: a fast clock in a backlog). A record of a partition
+    past orders still unread (README: bad clocks, forged records). A record of a partition
     not held (revoked meanwhile) is dropped: its next owner reads it again.
     """
     counts = [0, 0]

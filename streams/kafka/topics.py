@@ -206,9 +206,9 @@ def _skew_admitted(admin: AdminClient, settings: Settings, timeout: float) -> li
         bound = int(ahead.value)
         how = "any time" if bound >= 2**62 else f"up to {_duration(bound)}"  # Long.MAX_VALUE: the old default
         lines.append(f"warning  {resource.name}: takes records stamped {how} ahead of "
-                     f"their append time ({ahead.name}); in a backlog one from a clock that fast can time out payments "
-                     f"whose orders are still unread: set it well below GRACE ({_duration(settings.grace)}) (README: "
-                     "a fast clock in a backlog)")
+                     f"their append time ({ahead.name}); in a backlog two in a row from a clock that fast can time out "
+                     f"payments whose orders are still unread: set it well below GRACE ({_duration(settings.grace)}) "
+                     "(README: bad clocks, forged records)")
     return lines
 
 

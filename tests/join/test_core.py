@@ -379,6 +379,7 @@ def test_during_a_key_rotation_a_payment_signed_with_either_key_is_valid() -> No
 
 @pytest.mark.parametrize(("paid_at", "skewed"), [
     (BASE - T, False), (BASE - T - 1, True), (BASE + T, False), (BASE + T + 1, True), (BASE - 2 * H, True),
+    (BASE - T - 0.5, True), (BASE + T + 0.9, False),  # paid_at_ms is whole milliseconds, rounded down
 ])
 def test_a_payment_whose_paid_at_is_more_than_the_timeout_from_its_event_time_is_an_anomaly(
         paid_at: int, skewed: bool) -> None:
