@@ -5,12 +5,14 @@ its cost before it lands.
 Each workload of `slipguard bench` (WORKLOADS) is produced once; then, run after run,
 each tree's join drains it in a process of its own (a fresh group, so it reads from the
 start), in alternating order: events/s and CPU seconds per million events, each run and
-the medians. A tree is `git archive REF streams schemas`, run with its own code only.
+the medians. A tree is `git archive REF streams schemas`, or this tree's copied at the
+start, run with its own code only.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,6 +55,14 @@ def archive(ref: str, into: Path) -> Path:
     return into
 
 
+def snapshot(into: Path) -> Path:
+    """This tree's `streams/` and `schemas/` as they are now (edits made while the bench
+    runs do not reach it)."""
+    for part in ("streams", "schemas"):
+        shutil.copytree(ROOT / part, into / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return into
+
+
 def drain_in(tree: Path, s: Settings, total: int) -> dict[str, float]:
     """One drain of the workload's topics by `tree`'s join, in a fresh group."""
     env = s.derive(join_group=f"ab-{uuid.uuid4().hex[:8]}").to_env() | {"PYTHONPATH": str(tree)}
@@ -65,7 +75,7 @@ def drain_in(tree: Path, s: Settings, total: int) -> dict[str, float]:
 
 def run(s: Settings, against: str, runs: int, events: int, partitions: int, workloads: list[str]) -> str:
     with tempfile.TemporaryDirectory(prefix="slipguard-ab-") as tmp:
-        sides = [Side(against, archive(against, Path(tmp) / "ref")), Side("this tree", ROOT)]
+        sides = [Side(against, archive(against, Path(tmp) / "ref")), Side("this tree", snapshot(Path(tmp) / "here"))]
         lines = [f"bench-ab: {against} against this tree, {runs} runs each, interleaved, {partitions} partitions, "
                  f"{s.processing_guarantee}"]
         for name in workloads:
