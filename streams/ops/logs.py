@@ -77,11 +77,23 @@ def secret_values(settings: Settings) -> list[str]:
     return sorted({v for v in found if len(v) >= 3}, key=len, reverse=True)
 
 
+# A secret shorter than this is hidden only where it stands as a credential (":<it>@" in a
+# URL, "password=<it>"), not as any substring: the local stack's password is "slipguard",
+# and masking every occurrence made every logger, topic and group name `***`.
+BARE_MIN = 12
+
+
 def redact(text: str) -> str:
     """Text with every known secret replaced by ***."""
     for secret in _SECRETS:
-        if secret in text:
+        if secret not in text:
+            continue
+        if len(secret) >= BARE_MIN:
             text = text.replace(secret, "***")
+        else:
+            quoted = re.escape(secret)
+            text = re.sub(rf"(:){quoted}(@)|(password\W{{0,3}}){quoted}(?=\W|$)",
+                          lambda m: f"{m.group(1) or m.group(3)}***{m.group(2) or ''}", text, flags=re.IGNORECASE)
     return text
 
 

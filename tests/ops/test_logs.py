@@ -77,3 +77,16 @@ def test_tracebacks_and_stacks_never_carry_the_database_password(capsys, root_lo
     if log_format == "json":
         lines = [json.loads(line) for line in err.splitlines()]
         assert "exc" in lines[0] and "stack" in lines[1], "the traceback and the stack are in the JSON too"
+
+
+def test_a_short_password_is_hidden_where_it_is_a_credential_not_in_every_name() -> None:
+    """The local stack's password is `slipguard`: masked everywhere, every logger, topic
+    and group name read `***` (`***.join`, `t1.***.dlq`)."""
+    from streams.ops import logs
+    from streams.settings import load_settings
+
+    logs._SECRETS[:] = logs.secret_values(load_settings(database_url="postgresql://slipguard:slipguard@h:5432/slipguard"))
+    assert logs.redact("slipguard.join: restored partitions of t1.slipguard.dlq") == \
+        "slipguard.join: restored partitions of t1.slipguard.dlq"
+    assert "slipguard:slipguard@" not in logs.redact("cannot connect to postgresql://slipguard:slipguard@h:5432/db")
+    assert logs.redact("host=h user=slipguard password=slipguard port=5432") == "host=h user=slipguard password=*** port=5432"
