@@ -7,7 +7,9 @@ from schemas.order import Order
 from schemas.payment import Payment
 from schemas.recovery import Recovery, recovery_id_for
 
-MODELS = {
+from schemas.base import Message
+
+MODELS: dict[str, type[Message]] = {
     "payment": Payment,
     "order": Order,
     "recovery": Recovery,

@@ -49,7 +49,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
         seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        dup = ""
+        for k, _ in pairs:
+            if k in seen:
+                dup = k
+                break
+            seen.add(k)
         raise DuplicateKeyError(f"JSON object names the key {dup[:64]!r} more than once")
     return out
 

@@ -175,7 +175,7 @@ def _headers(headers: Sequence[tuple[str, bytes | None]] | None, bounds: Bounds)
     for name, raw in list(headers)[: bounds.headers]:
         cut = raw is not None and len(raw) > bounds.header_value
         kept.append(DeadHeader(key=_text(name, bounds.header_name), truncated=cut,
-                               value_b64=DeadLetter.b64(raw[: bounds.header_value] if cut else raw)))
+                               value_b64=DeadLetter.b64(raw[: bounds.header_value] if raw is not None else None)))
     return kept, max(0, len(headers) - bounds.headers)
 
 
@@ -192,7 +192,7 @@ def _without_metadata(value: bytes) -> bytes | None:
     return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-def _bounded(name: str, data: bytes | None, whole_max: int, prefix: int) -> dict[str, object]:
+def _bounded(name: str, data: bytes | None, whole_max: int, prefix: int) -> dict[str, Any]:
     if data is None:
         return {}
     if len(data) <= whole_max:

@@ -23,7 +23,7 @@ import math
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -262,5 +262,5 @@ def decode(cls: type[M], raw: bytes) -> M:
     if fast is not None:
         made = fast(raw)
         if made is not None:
-            return made
+            return cast(M, made)
     return cls.decode(raw)

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from schemas import MODELS
+from schemas.base import Message
 from schemas.recovery import SCHEMA_VERSION as RECOVERY_VERSION
 
 CONTENT_TYPE = b"application/json"
@@ -35,11 +36,12 @@ LINKS = "slipguard-links"
 # name -> current version; a breaking change is a new version on a new topic (README: compatibility)
 SCHEMA_VERSIONS = {name: 1 for name in MODELS} | {"recovery": RECOVERY_VERSION}
 _NAME = {model: name for name, model in MODELS.items()}
-_BASE = {model: [("content-type", CONTENT_TYPE), ("slipguard-type", name.encode()),
+_BASE: dict[type[Message], OutHeaders] = {model: [("content-type", CONTENT_TYPE), ("slipguard-type", name.encode()),
                  ("slipguard-schema-version", str(SCHEMA_VERSIONS[name]).encode())]
          for model, name in _NAME.items()}
 
 
+OutHeaders = list[tuple[str, str | bytes | None]]  # the headers of a record slipguard writes
 _TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
 Headers = list[tuple[str, bytes | None]]
 
@@ -49,10 +51,10 @@ def valid_traceparent(value: object) -> bool:
     return type(value) is bytes and len(value) == 55 and _TRACEPARENT(value) is not None
 
 
-def headers_for(model: type, traces: Iterable[bytes | None] = ()) -> list[tuple[str, bytes]]:
+def headers_for(model: type[Message], traces: Iterable[bytes | None] = ()) -> OutHeaders:
     """The headers of a record of `model` derived from inputs with these traceparents
     (only valid ones are copied)."""
-    headers = list(_BASE[model])
+    headers: OutHeaders = list(_BASE[model])
     found = [t for t in traces if t and valid_traceparent(t)]
     if found:
         headers.append((TRACEPARENT, found[0]))

@@ -11,7 +11,7 @@ from schemas.base import Message
 from schemas.fields import Identifier, Timestamp
 from schemas.payment import Payment
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 _RECOVERY_NAMESPACE = uuid.UUID("6f1b8f5e-2f4a-4f55-9a4e-5c1a9d3e7b21")
 
 

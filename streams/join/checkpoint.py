@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from prometheus_client import Counter
 
+from schemas.headers import OutHeaders
 from streams.join import Denied, JoinFailed, changelog
 from streams.join.producer import JoinProducer, is_fenced
 from streams.join.state import Change
@@ -19,7 +21,11 @@ from streams.settings import Settings
 log = logging.getLogger("slipguard.join")
 
 class Checkpoint:
-    """The commit of the worker's work since the last one. `commit()` takes these steps in order:
+    """The worker's work since the last commit, and its commit: the one owner of the
+    interval's transaction. Work enters only through `produce` (an output) and
+    `store_offset` (a record decided: offsets only grow), which begin the transaction
+    (exactly_once) when it is not open; counters wait in `stage` until the commit.
+    `commit()` takes these steps in order (each is marked "Step N" in the code):
 
     1. at_least_once: flush the outputs produced since the last commit;
     2. write the net state changes of every pair to its changelog partition;
@@ -39,33 +45,47 @@ class Checkpoint:
     the partitions next reads from the last committed offsets.
     """
 
-    def __init__(self, settings: Settings, consumer: Consumer, stopping: Callable[[], bool]) -> None:
+    def __init__(self, settings: Settings, consumer: Callable[[], Consumer], stopping: Callable[[], bool]) -> None:
+        """`consumer()`: the worker's consumer now (it is replaced when the group refuses it)."""
         self.s, self.consumer, self.stopping = settings, consumer, stopping
         self.eos = settings.processing_guarantee == "exactly_once"
         self.out = JoinProducer(settings, stopping)
+        self.offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, decided since the commit
         self.has_work = False  # processed or produced something since the last commit
         self.abandoned = False  # nothing more may be committed or flushed by this process
         self.last_commit = time.monotonic()
-        self.staged: dict[object, int] = {}  # counter -> outputs produced but not committed yet
+        self.staged: dict[Counter, int] = {}  # counter -> outputs produced but not committed yet
         self.staged_latencies: list[float] = []
         self.committing_since: float | None = None  # a commit under way since (monotonic)
 
-    def begin(self) -> None:
-        """Work is under way: with exactly_once, inside a transaction."""
+    def _begin(self) -> None:
+        """Work is under way: with exactly_once, inside a transaction (the one place it begins)."""
         self.out.begin()
         self.has_work = True
 
-    def produce(self, topic: str, key: bytes | str, value: bytes | None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+    def produce(self, topic: str, key: bytes | str, value: bytes | None, headers: OutHeaders | None = None) -> None:
         """An output of this interval: inside its transaction (exactly_once)."""
-        self.begin()
+        self._begin()
         self.out.produce(topic, key, value, headers=headers)
+
+    def store_offset(self, topic: str, partition: int, offset: int) -> None:
+        """The record before `offset` of `topic` [`partition`] is decided (offsets only grow)."""
+        if not self.has_work:
+            self._begin()
+        where = (topic, partition)
+        if offset > self.offsets.get(where, -1):
+            self.offsets[where] = offset
+
+    def init_transactions(self) -> bool:
+        """exactly_once: fence an earlier incarnation of this worker's transactional.id;
+        False if a stop came first."""
+        return not self.eos or self.out.init_transactions()
 
     def poll(self) -> None:
         """Serve the producer's delivery reports (between commits)."""
         self.out.poll()
 
-    def stage(self, counter: object, amount: int = 1) -> None:
+    def stage(self, counter: Counter, amount: int = 1) -> None:
         """Counters of outputs count what was committed: staged here until the commit."""
         self.staged[counter] = self.staged.get(counter, 0) + amount
 
@@ -82,12 +102,13 @@ class Checkpoint:
     def due(self, interval_ms: float) -> bool:
         return self.has_work and (time.monotonic() - self.last_commit) * 1000 >= interval_ms
 
-    def commit(self, offsets: list[TopicPartition], changes: Callable[[], list[tuple[int, Change]]]) -> bool:
+    def commit(self, changes: Callable[[], list[tuple[int, Change]]]) -> bool:
         """Commit one interval's work (see the class docstring); False if it was dropped
         and must be read again. `changes`: called once, inside the transaction."""
         if self.abandoned or (not self.has_work and not self.out.in_txn):
             return True
         self.committing_since = time.monotonic()
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.offsets.items()]
         try:
             written = self._write_and_commit(offsets, changes)
         except (KafkaException, Wedged, Stopped) as exc:
@@ -97,31 +118,36 @@ class Checkpoint:
             self.has_work = False
             self.committing_since = None
             self.last_commit = time.monotonic()
+        # Step 4: count what was committed.
         metrics.JOIN_CHANGELOG_RECORDS.inc(written)
         metrics.JOIN_COMMITS.labels("committed").inc()
         for counter, amount in self.staged.items():
-            counter.inc(amount)  # type: ignore[attr-defined]
+            counter.inc(amount)
         for seconds in self.staged_latencies:
             metrics.JOIN_DETECTION_LATENCY.observe(seconds)
         self.forget()
         return True
 
     def _write_and_commit(self, offsets: list[TopicPartition], changes: Callable[[], list[tuple[int, Change]]]) -> int:
+        # Step 1 (at_least_once): the outputs first.
         if not self.eos:
-            self.out.producer.flush()  # the outputs first
-        self.begin()
+            self.out.producer.flush()
+        # Step 2: the state's net changes, each to its pair's changelog partition.
+        self._begin()
         topic = self.s.changelog_topic
         pending = changes()
         fmt = self.s.changelog_format
         for partition, change in pending:
             key, value = changelog.encode(change, fmt)
             self.out.produce(topic, key, value, partition)
+        # Step 3: offsets with the transaction (exactly_once), or after everything is delivered.
+        consumer = self.consumer()
         if self.eos:
-            self.out.commit_transaction(offsets, self.consumer.consumer_group_metadata())
+            self.out.commit_transaction(offsets, consumer.consumer_group_metadata())
         else:
             self.out.flush_all()
             if offsets:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                consumer.commit(offsets=offsets, asynchronous=False)
         return len(pending)
 
     # ------------------------------------------------------------ when something fails
@@ -185,7 +211,12 @@ class Checkpoint:
         """Drop what was staged for the commit (committed and counted, or read again)."""
         self.staged.clear()
         self.staged_latencies.clear()
+        self.offsets.clear()
         self.has_work = False
+
+    def give_up(self) -> None:
+        """The worker stops on an error of its own: nothing more is committed or flushed."""
+        self.abandoned = True
 
     def abandon(self, cause: BaseException) -> None:
         log.warning("stopping with a commit that could not complete (%s); the broker completes or aborts "

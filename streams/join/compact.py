@@ -36,7 +36,8 @@ from __future__ import annotations
 import struct
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import msgspec
 
@@ -46,9 +47,9 @@ HEADER = struct.Struct(">qB")
 LATE, TRACE, COMPACT, PERSISTED = 1, 4, 16, 128  # flag bits (1 and 4 as in format 2)
 MAX_TRACE = 255
 
-_Fields = tuple[str, str, str, str, datetime, int, Union[dict, None], Union[bytes, None]]
+_Fields = tuple[str, str, str, str, datetime, int, Union[dict[str, Any], None], Union[bytes, None]]
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(_Fields).decode
+_decode: Callable[[bytes], _Fields] = msgspec.msgpack.Decoder(_Fields).decode
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 _UTC = timezone.utc
@@ -91,12 +92,16 @@ def entry(t: int, part: bytes, flags: int = 0, trace: bytes | None = None) -> by
     return _pack_header(t, flags) + part
 
 
+# ---------------------------------------------------------------- a pending entry, either form
+# Every reading of a pending entry goes through these: nothing else knows its layout.
+
+
 def t_of(e: Pending) -> int:
-    return _unpack_header(e)[0] if type(e) is bytes else e.t  # type: ignore[union-attr]
+    return e.t if isinstance(e, Fresh) else _unpack_header(e)[0]
 
 
 def flags_of(e: Pending) -> int:
-    return e[8] if type(e) is bytes else e.flags  # type: ignore[index,union-attr]
+    return e.flags if isinstance(e, Fresh) else e[8]
 
 
 def with_flag(e: bytes, bit: int) -> bytes:
@@ -104,15 +109,49 @@ def with_flag(e: bytes, bit: int) -> bytes:
     return e if e[8] & bit else e[:8] + bytes((e[8] | bit,)) + e[9:]
 
 
+def flagged(e: Pending, bit: int) -> Pending:
+    """`e` with a flag bit set: a fresh entry in place, a packed one anew."""
+    if isinstance(e, Fresh):
+        e.flags |= bit
+        return e
+    return with_flag(e, bit)
+
+
 def trace_of(e: Pending) -> bytes | None:
-    if type(e) is not bytes:
-        return e.trace  # type: ignore[union-attr]
+    if isinstance(e, Fresh):
+        return e.trace
     return e[10 : 10 + e[9]] if e[8] & TRACE else None
 
 
 def part_of(e: bytes) -> bytes:
     """The payment part of a packed pending entry."""
     return e[10 + e[9] :] if e[8] & TRACE else e[9:]
+
+
+def record_of(e: Pending) -> bytes:
+    """What a matched pair or a recovered payment keeps of it: the raw record of a fresh
+    entry, the payment part of a packed one (payment() reads either)."""
+    return e.raw if isinstance(e, Fresh) else part_of(e)
+
+
+def payment_id_in(e: Pending) -> str:
+    return e.payment.payment_id if isinstance(e, Fresh) else _decode(part_of(e))[0]
+
+
+def payment_in(e: Pending, order_id: str) -> Payment:
+    return e.payment if isinstance(e, Fresh) else payment(part_of(e), order_id)
+
+
+def match_fields(e: Pending, order_amount: Decimal) -> tuple[str, str, Decimal, str, bytes]:
+    """(payment_id, user_id, amount, currency, record) of a pending payment, as a match
+    compares them; a packed amount spelled as the order's is the order's Decimal (one
+    Decimal less to make, 0.1 us)."""
+    if isinstance(e, Fresh):
+        p = e.payment
+        return p.payment_id, p.user_id, p.amount, p.currency, e.raw
+    part = part_of(e)
+    pid, uid, text, currency = _decode(part)[:4]
+    return pid, uid, order_amount if text == str(order_amount) else Decimal(text), currency, part
 
 
 def fields(part: bytes) -> _Fields:
@@ -147,7 +186,7 @@ def payment(record: bytes, order_id: str) -> Payment:
         if tz is None:
             tz = _OFFSETS[offset] = timezone(timedelta(seconds=offset))
         at = at.astimezone(tz)
-    values = {"payment_id": pid, "order_id": order_id, "user_id": uid, "amount": Decimal(amount),
+    values: dict[str, Any] = {"payment_id": pid, "order_id": order_id, "user_id": uid, "amount": Decimal(amount),
               "currency": currency, "status": "succeeded", "paid_at": at}
     if metadata is not None:
         values["metadata"] = metadata

@@ -40,16 +40,15 @@ The rules are the contract's "Join semantics", in one place:
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import IntEnum
 
-from schemas import Order, Payment, recovery_id_for
+from schemas import AnomalyKind, Order, Payment, recovery_id_for
 from schemas.fields import epoch_ms
 from streams.join import compact
-from streams.join.compact import LATE, PERSISTED
+from streams.join.compact import LATE, Fresh
+from streams.join.progress import Confirmed
 from streams.join.state import (
     BufferedOrder,
     Change,
@@ -59,13 +58,9 @@ from streams.join.state import (
     RecoveredPayment,
     Store,
 )
-
+from streams.join.timers import Deadlines, Expiry, sequence
 
 PENDING, ORDERS, RECOVERED = Store.PENDING, Store.ORDERS, Store.RECOVERED  # module globals: cheap on the hot path
-_t_of, _part_of, _fields, Fresh = compact.t_of, compact.part_of, compact.fields, compact.Fresh
-# Timers of pending payments go in buckets of deadlines (2**TIMER_SHIFT ms each): a bucket
-# is a list of order_ids, 8 bytes an entry instead of a heap item (about 100 bytes).
-TIMER_SHIFT = 3
 
 
 class Side(IntEnum):
@@ -114,7 +109,7 @@ class Late:
 class Flag:
     """An anomaly (duplicate payment, mismatched pair, bad signature): to payments.anomalies."""
 
-    kind: str
+    kind: AnomalyKind
     order_id: str
     payments: tuple[Payment, ...]
     order: Order | None = None
@@ -134,7 +129,8 @@ class Decisions:
         return bool(self.recoveries or self.late or self.anomalies)
 
 
-MISMATCH_KINDS = (("user_mismatch", 0), ("amount_mismatch", 1), ("currency_mismatch", 2))
+MISMATCH_KINDS: tuple[tuple[AnomalyKind, int], ...] = (("user_mismatch", 0), ("amount_mismatch", 1),
+                                                     ("currency_mismatch", 2))
 
 
 def _traces(*traces: bytes | None) -> Traces:
@@ -142,7 +138,10 @@ def _traces(*traces: bytes | None) -> Traces:
 
 
 class PartitionJoin:
-    """The rules for partition p of payments and orders; its state in `self.state`."""
+    """The rules for partition p of payments and orders; what they remember in `self.state`
+    (state.py), when it comes due in `self.deadlines` and the expiry queues (timers.py),
+    how far each partition has been read in `self.payments` and `self.orders_read`
+    (progress.py)."""
 
     def __init__(self, params: JoinParams) -> None:
         self.params = params
@@ -151,24 +150,12 @@ class PartitionJoin:
         self.pending = self.state.pending
         self.orders = self.state.orders
         self.recovered = self.state.recovered
-        # Expiry heaps: (expiry, sequence, order_id, entry); stale items are skipped when they
-        # come up, an order whose expiry moved later (it was matched) is pushed again.
-        self._seq = itertools.count()
-        self._order_queue: list[tuple[int, int, str, BufferedOrder]] = []
-        self._recovered_queue: list[tuple[int, int, str, RecoveredPayment]] = []
-        # Deadline buckets of pending payments: bucket number -> order_ids, and a heap of the
-        # numbers. An order_id whose entry went (or is another one now) is skipped when its
-        # bucket comes up; the buckets are rebuilt when most of what they hold is stale.
-        self._buckets: dict[int, list[str]] = {}
-        self._bucket_heap: list[int] = []
-        self._timer_count = 0
-        self._partial_due = -1  # the due a partly due first bucket was last scanned at
-        # Each partition's progress by its records (see the module docstring): the largest
-        # time two consecutive valid records both reach, and the last valid record's time.
-        self.payment_time = -1
-        self.order_time = -1
-        self._payment_last = -1
-        self._order_last = -1
+        self.deadlines = Deadlines(params.timeout_ms)
+        seq = sequence()
+        self._order_expiry: Expiry[BufferedOrder] = Expiry(seq)
+        self._recovered_expiry: Expiry[RecoveredPayment] = Expiry(seq)
+        self.payments = Confirmed()  # each partition's progress by its records
+        self.orders_read = Confirmed()
         self.payments_progress = -1  # how far payments were seen at the last advance (expiry of orders)
 
     # ------------------------------------------------------------ records
@@ -183,106 +170,90 @@ class PartitionJoin:
             else:
                 out.ignored_failed += 1
             return
-        last, self._payment_last = self._payment_last, ts
-        if last > self.payment_time and ts > self.payment_time:
-            self.payment_time = last if last < ts else ts
+        self.payments.note(ts)
         if p.status != "succeeded":
             out.ignored_failed += 1
             return
         oid = p.order_id
-        # paid_at's float timestamp (0.17 us) decides unless it is within 1 ms of the bound;
-        # then the exact integer milliseconds (0.7 us) do.
-        timeout = self.params.timeout_ms
-        near = p.paid_at.timestamp() * 1000 - ts
-        if near >= timeout - 1 or -near >= timeout - 1:
-            skew = epoch_ms(p.paid_at) - ts
-            if skew > timeout or -skew > timeout:
-                out.anomalies.append(Flag("paid_at_skew", oid, (p,), None, _traces(trace)))
+        if self._skewed(ts, p):
+            out.anomalies.append(Flag("paid_at_skew", oid, (p,), None, _traces(trace)))
         # One lookup per map; the common case (a new payment, or the order already here) is cheap.
         pending = self.pending.get(oid)
         buffered = self.orders.get(oid)
-        first = None
-        if pending is not None:
-            if type(pending) is bytes:
-                part = _part_of(pending)
-                first = _fields(part)[0], part
-            else:
-                first = pending.payment.payment_id, pending.raw
-        elif buffered is not None and buffered.paid_id is not None:
-            first = buffered.paid_id, buffered.paid_raw
-        elif self.recovered:
-            recovered = self.recovered.get(oid)
-            if recovered is not None:
-                first = recovered.payment_id, recovered.raw
-        if first is not None:
-            first_id, first_raw = first
-            if first_id == p.payment_id:
-                out.duplicates += 1
-            else:
-                out.anomalies.append(Flag("duplicate_payment", oid, (compact.payment(first_raw, oid), p), None,
-                                          _traces(trace)))
+        if pending is not None or (buffered is not None and buffered.paid_id is not None) or oid in self.recovered:
+            self._again(oid, p, pending, buffered, out, trace)
             return
-
-        t = ts
         timeout = self.params.timeout_ms
-        deadline = t + timeout
-        cmp = (p.user_id, p.amount, p.currency)
+        deadline = ts + timeout
         if buffered is not None:
-            if t - timeout <= buffered.ts <= deadline:
-                buffered.paid_id, buffered.paid_t, buffered.paid_raw = p.payment_id, t, raw
-                self.state.matched(oid, buffered)
-                out.matched += 1
-                if cmp != buffered.cmp:
-                    self._report_mismatch(cmp, buffered.cmp, p, Order.decode(buffered.raw), oid, out,
-                                          _traces(trace, buffered.trace))
-                # A matched pair never matches again and emits nothing more that needs its
-                # order's record, fields or trace (a restored pair has none of them either).
-                buffered.raw, buffered.cmp, buffered.trace = b"", None, None
+            if ts - timeout <= buffered.ts <= deadline:
+                self._match_order(oid, buffered, ts, p, raw, out, trace)
                 return
             if buffered.ts > deadline:
                 # The order exists but past the window: the payment will be recovered, the order is late.
-                self.state.drop(ORDERS, oid, buffered.persisted)
+                self.state.delete(ORDERS, oid)
                 out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
                                      recovery_id_for(p.payment_id), buffered.ts - deadline,
                                      _traces(buffered.trace, trace)))
-                self._add_pending(oid, Fresh(t, LATE, trace, p, raw))
+                self._add_pending(oid, Fresh(ts, LATE, trace, p, raw))
                 return
-        self._add_pending(oid, Fresh(t, 0, trace, p, raw))
+        self._add_pending(oid, Fresh(ts, 0, trace, p, raw))
+
+    def _skewed(self, ts: int, p: Payment) -> bool:
+        """paid_at more than the timeout from the event time. Its float timestamp (0.17 us)
+        decides unless it is within 1 ms of the bound; then exact milliseconds (0.7 us) do."""
+        timeout = self.params.timeout_ms
+        near = p.paid_at.timestamp() * 1000 - ts
+        if near < timeout - 1 and -near < timeout - 1:
+            return False
+        skew = epoch_ms(p.paid_at) - ts
+        return skew > timeout or -skew > timeout
+
+    def _again(self, oid: str, p: Payment, pending: PendingPayment | None, buffered: BufferedOrder | None,
+               out: Decisions, trace: bytes | None) -> None:
+        """A payment for an order that has its first payment (pending, matched or recovered):
+        the same one again is dropped, another is a `duplicate_payment`."""
+        if pending is not None:
+            first_id, first_raw = compact.payment_id_in(pending), compact.record_of(pending)
+        elif buffered is not None and buffered.paid_id is not None:
+            first_id, first_raw = buffered.paid_id, buffered.paid_raw or b""
+        else:
+            recovered = self.recovered[oid]
+            first_id, first_raw = recovered.payment_id, recovered.raw
+        if first_id == p.payment_id:
+            out.duplicates += 1
+        else:
+            out.anomalies.append(Flag("duplicate_payment", oid, (compact.payment(first_raw, oid), p), None,
+                                      _traces(trace)))
+
+    def _match_order(self, oid: str, buffered: BufferedOrder, ts: int, p: Payment, raw: bytes, out: Decisions,
+                     trace: bytes | None) -> None:
+        """The payment `p` matches the order waiting for it."""
+        buffered.paid_id, buffered.paid_t, buffered.paid_raw = p.payment_id, ts, raw
+        self.state.changed(ORDERS, oid)
+        out.matched += 1
+        cmp, theirs = (p.user_id, p.amount, p.currency), buffered.cmp
+        if cmp != theirs:
+            assert theirs is not None  # an order waiting for its payment has its fields
+            self._report_mismatch(cmp, theirs, p, Order.decode(buffered.raw), oid, out, _traces(trace, buffered.trace))
+        # A matched pair never matches again and emits nothing more that needs its
+        # order's record, fields or trace (a restored pair has none of them either).
+        buffered.raw, buffered.cmp, buffered.trace = b"", None, None
 
     def on_order(self, ts: int, o: Order, raw: bytes, out: Decisions, trace: bytes | None = None) -> None:
-        last, self._order_last = self._order_last, ts
-        if last > self.order_time and ts > self.order_time:
-            self.order_time = last if last < ts else ts
+        self.orders_read.note(ts)
         oid = o.order_id
         pending = self.pending.get(oid)
         if pending is not None:
-            fresh = type(pending) is Fresh
-            t = pending.t if fresh else _t_of(pending)
-            timeout = self.params.timeout_ms
-            deadline = t + timeout
-            if t - timeout <= ts <= deadline:
-                if fresh:
-                    p = pending.payment
-                    pid, uid, amount, currency, paid = p.payment_id, p.user_id, p.amount, p.currency, pending.raw
-                    self.state.drop(PENDING, oid, pending.flags & PERSISTED)
-                else:
-                    paid = _part_of(pending)
-                    pid, uid, text, currency = _fields(paid)[:4]
-                    amount = o.amount if text == str(o.amount) else Decimal(text)
-                    self.state.drop(PENDING, oid, pending[8] & PERSISTED)
-                entry = BufferedOrder(ts, b"", None, pid, t, paid)  # matched: the order's record is not needed
-                self._add_order(oid, entry)
-                self.state.matched(oid, entry)
-                out.matched += 1
-                if uid != o.user_id or currency != o.currency or amount != o.amount:
-                    self._report_mismatch((uid, amount, currency), (o.user_id, o.amount, o.currency),
-                                          compact.payment(paid, oid), o, oid, out,
-                                          _traces(trace, compact.trace_of(pending)))
+            t = compact.t_of(pending)
+            deadline = t + self.params.timeout_ms
+            if t - self.params.timeout_ms <= ts <= deadline:
+                self._match_payment(oid, pending, t, ts, o, out, trace)
                 return
             if ts > deadline:
                 if not compact.flags_of(pending) & LATE:
-                    self.state.mark_late(oid, pending)
-                    pid = pending.payment.payment_id if fresh else _fields(_part_of(pending))[0]
+                    self.state.mark_late(oid)
+                    pid = compact.payment_id_in(pending)
                     out.late.append(Late(o, ts, pid, recovery_id_for(pid), ts - deadline,
                                          _traces(trace, compact.trace_of(pending))))
                 return
@@ -291,7 +262,7 @@ class PartitionJoin:
         if recovered is not None:
             if not recovered.late:
                 recovered.late = True
-                self.state.touch(RECOVERED, oid, recovered.persisted)
+                self.state.changed(RECOVERED, oid)
                 out.late.append(Late(o, ts, recovered.payment_id, recovery_id_for(recovered.payment_id),
                                      max(0, ts - recovered.deadline), _traces(trace, recovered.trace)))
             return
@@ -300,116 +271,58 @@ class PartitionJoin:
             return
         self._add_order(oid, BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), trace=trace))
 
+    def _match_payment(self, oid: str, pending: PendingPayment, t: int, ts: int, o: Order, out: Decisions,
+                       trace: bytes | None) -> None:
+        """The order `o` matches the payment pending for it."""
+        pid, uid, amount, currency, paid = compact.match_fields(pending, o.amount)
+        self.state.delete(PENDING, oid)
+        entry = BufferedOrder(ts, b"", None, pid, t, paid)  # matched: the order's record is not needed
+        self._add_order(oid, entry)
+        self.state.changed(ORDERS, oid)
+        out.matched += 1
+        if uid != o.user_id or currency != o.currency or amount != o.amount:
+            self._report_mismatch((uid, amount, currency), (o.user_id, o.amount, o.currency),
+                                  compact.payment(paid, oid), o, oid, out, _traces(trace, compact.trace_of(pending)))
+
     # ------------------------------------------------------------ time
 
     def advance(self, now_ms: int, payments_at_end: bool, orders_at_end: bool, out: Decisions) -> None:
         """Time out pending payments and expire old entries, given how far each partition was read.
 
         `*_at_end`: the partition has been read to its end (nothing unread); only then does
-        the wall clock count as progress for it.
+        the wall clock count as progress for it. Never past the wall clock otherwise: a
+        record stamped ahead (a producer's wrong clock, a forged record) must not time out
+        every pending payment at once.
         """
-        p = self.params
-        # Never past the wall clock: a record stamped ahead (a producer's wrong clock, a
-        # forged record) must not time out every pending payment at once.
-        orders_progress = now_ms if orders_at_end else min(self.order_time, now_ms)
-        payments_progress = now_ms if payments_at_end else min(self.payment_time, now_ms)
+        payments_progress = self.payments.at(now_ms, payments_at_end)
         self.payments_progress = max(self.payments_progress, payments_progress)
-
-        due = orders_progress - p.grace_ms  # deadlines <= due are past
-        heap = self._bucket_heap
-        if heap and heap[0] << TIMER_SHIFT <= due:
-            self._time_out(due, now_ms, out)
-        if self._timer_count > 64 and self._timer_count > 2 * len(self.pending):
-            self._rebuild_timers()
+        due = self.orders_read.at(now_ms, orders_at_end) - self.params.grace_ms  # deadlines <= due are past
+        if self.deadlines.any_due(due):
+            for oid, e, deadline in self.deadlines.due(due, self.pending):
+                self._recover(oid, e, deadline, now_ms, out)
+        self.deadlines.tidy(self.pending)
         self._expire(payments_progress, now_ms)
 
-    def _time_out(self, due: int, now_ms: int, out: Decisions) -> None:
-        """Recover the pending payments whose deadline is <= due, bucket by bucket; the
-        last bucket may be due only in part (it keeps the rest)."""
-        heap, buckets, pending, timeout = self._bucket_heap, self._buckets, self.pending, self.params.timeout_ms
-        shift = TIMER_SHIFT
-        while heap and heap[0] << shift <= due:
-            number = heap[0]
-            whole = ((number + 1) << shift) - 1 <= due
-            if not whole and due == self._partial_due:
-                return  # scanned at this due already
-            oids = buckets[number]
-            keep = []
-            for oid in oids:
-                e = pending.get(oid)
-                if e is None:
-                    continue  # matched or timed out since
-                deadline = _t_of(e) + timeout
-                if deadline >> shift != number:
-                    continue  # another entry under this order_id now, in its own bucket
-                if deadline > due:
-                    keep.append(oid)
-                    continue
-                self._recover(oid, e, deadline, now_ms, out)
-            if keep:
-                self._timer_count -= len(oids) - len(keep)
-                buckets[number] = keep
-                self._partial_due = due
-                return
-            self._pop_bucket()
-
     def _recover(self, oid: str, e: PendingPayment, deadline: int, now_ms: int, out: Decisions) -> None:
-        flags, trace = compact.flags_of(e), compact.trace_of(e)
-        self.state.drop(PENDING, oid, bool(flags & PERSISTED))
-        if type(e) is bytes:
-            record = _part_of(e)
-            payment = compact.payment(record, oid)
-        else:
-            payment, record = e.payment, e.raw  # type: ignore[union-attr]
-        self._add_recovered(oid, RecoveredPayment(payment.payment_id, deadline, record, bool(flags & LATE),
-                                                  recovered_at=now_ms, trace=trace))
-        out.recoveries.append(Recover(payment, deadline, _traces(trace)))
-
-    def _add_timer(self, oid: str, deadline: int) -> None:
-        number = deadline >> TIMER_SHIFT
-        bucket = self._buckets.get(number)
-        if bucket is None:
-            self._buckets[number] = [oid]
-            heapq.heappush(self._bucket_heap, number)
-        else:
-            bucket.append(oid)
-        self._timer_count += 1
-        if number == self._bucket_heap[0]:
-            self._partial_due = -1  # the first bucket has a new entry: scan it again
-
-    def _rebuild_timers(self) -> None:
-        """Buckets from the live pending payments only (most of what they held was stale)."""
-        self._buckets, self._bucket_heap, self._timer_count, self._partial_due = {}, [], 0, -1
-        buckets, shift, timeout = self._buckets, TIMER_SHIFT, self.params.timeout_ms
-        for oid, e in self.pending.items():
-            buckets.setdefault((_t_of(e) + timeout) >> shift, []).append(oid)
-        self._bucket_heap = list(buckets)
-        heapq.heapify(self._bucket_heap)
-        self._timer_count = len(self.pending)
+        self.state.delete(PENDING, oid)
+        trace = compact.trace_of(e)
+        self._add_recovered(oid, RecoveredPayment(compact.payment_id_in(e), deadline, compact.record_of(e),
+                                                  bool(compact.flags_of(e) & LATE), recovered_at=now_ms, trace=trace))
+        out.recoveries.append(Recover(compact.payment_in(e, oid), deadline, _traces(trace)))
 
     def _expire(self, payments_progress: int, now_ms: int) -> None:
         """Orders and matched pairs once the payments partition is past their window;
         recovered payments late_horizon after their recovery, by the wall clock."""
         window = self.params.timeout_ms + self.params.grace_ms
-        orders = self.orders
-        queue = self._order_queue
-        while queue and queue[0][0] <= payments_progress:
-            _, _, oid, entry = heapq.heappop(queue)
-            if orders.get(oid) is not entry:
-                continue  # dropped or replaced already
+        for oid, entry in self._order_expiry.due(payments_progress, self.orders):
             expiry = entry.expires_at(window)
             if expiry > payments_progress:
-                heapq.heappush(queue, (expiry, next(self._seq), oid, entry))  # matched since: lives longer
-                continue
-            self.state.drop(ORDERS, oid, entry.persisted)
+                self._order_expiry.add(expiry, oid, entry)  # matched since: lives longer
+            else:
+                self.state.delete(ORDERS, oid)
         self.state.expire_bundles(payments_progress)
-        recovered = self.recovered
-        rqueue = self._recovered_queue
-        forget_before = now_ms - self.params.late_horizon_ms
-        while rqueue and rqueue[0][0] <= forget_before:
-            _, _, oid, rentry = heapq.heappop(rqueue)
-            if recovered.get(oid) is rentry:
-                self.state.drop(RECOVERED, oid, rentry.persisted)
+        for oid, _ in self._recovered_expiry.due(now_ms - self.params.late_horizon_ms, self.recovered):
+            self.state.delete(RECOVERED, oid)
 
     # ------------------------------------------------------------ helpers
 
@@ -420,69 +333,50 @@ class PartitionJoin:
             if pay[i] != order[i]:
                 out.anomalies.append(Flag(kind, oid, (p,), o, traces))
 
-    def _add_pending(self, oid: str, entry: compact.Fresh) -> None:
-        self.state.add_pending(oid, entry)
-        self._add_timer(oid, entry.t + self.params.timeout_ms)
+    def _add_pending(self, oid: str, entry: Fresh) -> None:
+        self.state.put(PENDING, oid, entry)
+        self.deadlines.add(oid, entry.t)
 
     def _add_order(self, oid: str, entry: BufferedOrder) -> None:
-        self.state.add(ORDERS, oid, entry)
-        self._queue_order(oid, entry)
+        self.state.put(ORDERS, oid, entry)
+        self._order_expiry.add(entry.expires_at(self.params.timeout_ms + self.params.grace_ms), oid, entry)
 
     def _add_recovered(self, oid: str, entry: RecoveredPayment) -> None:
-        self.state.add(RECOVERED, oid, entry)
-        heapq.heappush(self._recovered_queue, (entry.recovered_at, next(self._seq), oid, entry))
-
-    def _queue_order(self, oid: str, entry: BufferedOrder) -> None:
-        window = self.params.timeout_ms + self.params.grace_ms
-        heapq.heappush(self._order_queue, (entry.expires_at(window), next(self._seq), oid, entry))
+        self.state.put(RECOVERED, oid, entry)
+        self._recovered_expiry.add(entry.recovered_at, oid, entry)
 
     # ------------------------------------------------------------ restore and gauges
 
     def restore(self, change: Change) -> None:
-        """Install a changelog value (see JoinState.install) and schedule its expiry."""
+        """Install a changelog value (see JoinState.install) and schedule what comes due."""
         self.state.install(change)
         value = change.value
         if value is None:
             return
+        window = self.params.timeout_ms + self.params.grace_ms
         if isinstance(value, list):  # a bundle of matched pairs
             for oid, pair in value:
-                self._queue_order(oid, pair)
+                self._order_expiry.add(pair.expires_at(window), oid, pair)
             return
-        oid = change.key
-        assert isinstance(oid, str)
+        key = change.key
+        assert isinstance(key, str)
         if isinstance(value, bytes):  # a pending payment
-            self._add_timer(oid, _t_of(value) + self.params.timeout_ms)
+            self.deadlines.add(key, compact.t_of(value))
         elif isinstance(value, BufferedOrder):
-            self._queue_order(oid, value)
+            self._order_expiry.add(value.expires_at(window), key, value)
         else:
-            heapq.heappush(self._recovered_queue, (value.recovered_at, next(self._seq), oid, value))
+            assert isinstance(value, RecoveredPayment)
+            self._recovered_expiry.add(value.recovered_at, key, value)
 
     def restore_pending(self, entries: dict[str, PendingPayment]) -> None:
         """Install many pending payments read from the changelog at once (each with its
         PERSISTED bit set: what the changelog holds is persisted)."""
-        self.pending.update(entries)
-        self._rebuild_timers()
+        self.state.install_pending(entries)
+        self.deadlines.rebuild(self.pending)
 
     def oldest_pending_time(self) -> int | None:
-        """Event time of (about) the oldest pending payment: the earliest in the first bucket
-        with a live entry. Leading buckets with none (their payments matched since) go, so
-        each stale order_id is looked at once: the gauge is read after every commit."""
-        pending, shift, timeout = self.pending, TIMER_SHIFT, self.params.timeout_ms
-        heap, buckets = self._bucket_heap, self._buckets
-        while heap:
-            number = heap[0]
-            oids = buckets[number]
-            times = [t for t in (_t_of(e) for e in map(pending.get, oids) if e is not None)
-                     if (t + timeout) >> shift == number]
-            if times:
-                return min(times)
-            self._pop_bucket()
-        return None
-
-    def _pop_bucket(self) -> None:
-        """Drop the first bucket in line: none of its order_ids has a live timer there now."""
-        self._timer_count -= len(self._buckets.pop(heapq.heappop(self._bucket_heap)))
-        self._partial_due = -1  # it was about the bucket first in line
+        """Event time of (about) the oldest pending payment (timers.Deadlines.oldest)."""
+        return self.deadlines.oldest(self.pending)
 
     def sizes(self) -> tuple[int, int, int]:
         return self.state.sizes()

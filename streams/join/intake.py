@@ -40,9 +40,10 @@ def accept(side: Side, ts: int, m: Message, headers: Headers | None, latest_ok_m
     if size > MAX_INPUT_BYTES:
         raise ValueError(f"record of {size} bytes (key, value and headers) is over the join's limit of "
                          f"{MAX_INPUT_BYTES} bytes for one payment or order")
-    rec = _FAST[side](raw)
+    value = raw if raw is not None else b""  # a tombstone: the model says why not
+    rec = _FAST[side](value)
     if rec is None:
-        rec = _MODEL[side].decode(raw)
+        rec = _MODEL[side].decode(value)
     if key != rec.order_id.encode():
         raise ValueError(f"record key {key!r} is not the order_id {rec.order_id!r}: producers must key by order_id")
     if ts < 0:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
 
-from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused
-from streams.join.core import Decisions, PartitionJoin, Side
+from streams.join.core import PartitionJoin, Side
+from streams.join.progress import PartitionEnd
 from streams.ops.metrics import JOIN_HOLD_RELEASED as RELEASED
 from streams.ops.metrics import JOIN_STAMPED_AHEAD as AHEAD
 
@@ -27,8 +27,16 @@ MIN_EVENT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything older is a wron
 _EOF = KafkaError._PARTITION_EOF
 log = logging.getLogger("slipguard.join")
 
-Feed = Callable[["Pair", Side, int, Message, Decisions], None]
+Held = deque[tuple[int, Message]]  # (event time, record) fetched, not fed yet
 Unread = Callable[["Pair", Side], bool]  # whether a partition of the pair has records not yet fetched
+
+
+def _held() -> tuple[Held, Held]:
+    return deque(), deque()
+
+
+def _ends() -> tuple[PartitionEnd, PartitionEnd]:
+    return PartitionEnd(), PartitionEnd()
 
 
 @dataclass
@@ -37,57 +45,36 @@ class Pair:
 
     core: PartitionJoin
     partition: int = 0
-    next_offset: dict[Side, int] = field(default_factory=dict)  # next offset to commit (processed)
-    at_end: list[bool] = field(default_factory=lambda: [False, False])  # nothing unread or unprocessed
-    held: tuple[deque, deque] = field(default_factory=lambda: (deque(), deque()))  # (ts, record) fetched, not fed
-    fetched_to: list[int] = field(default_factory=lambda: [0, 0])  # next offset fetched
-    fetch_end: list[bool] = field(default_factory=lambda: [False, False])  # fetched to the partition's end
-    end_epoch: list[int] = field(default_factory=lambda: [-1, -1])  # EndWatch.epoch the end was seen in
+    held: tuple[Held, Held] = field(default_factory=_held)
+    ends: tuple[PartitionEnd, PartitionEnd] = field(default_factory=_ends)
     holding_since: float | None = None
 
 
 def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], latest_ok_ms: int,
-         epoch: int = 0, ahead_ms: int | None = None) -> list[int]:
-    """Put a consumed batch into its pairs' `held` queues; returns how many records per side.
-    An end of partition is noted with `epoch` (ends.EndWatch: whether it can be trusted).
+         epoch: int = 0, ahead_ms: int | None = None) -> tuple[list[int], list[Message]]:
+    """Put a consumed batch into its pairs' `held` queues. Returns how many records per
+    side, and the consumer errors other than ends of partition (membership.raise_for
+    says what they mean). An end of partition is noted with `epoch` (progress.EndWatch).
 
     A record stamped after `latest_ok_ms` or before 2000 gets time -1: bound for the DLQ,
     merged first, so it holds up nothing behind it. One stamped after `ahead_ms` (the
     worker's clock + GRACE) but not that far is counted (slipguard_join_records_stamped_
-    ahead_total): a producer whose clock is fast, which in a backlog can move progress
-    past orders still unread (README: bad clocks, forged records). A record of a partition
-    not held (revoked meanwhile) is dropped: its next owner reads it again.
+    ahead_total): a producer whose clock is fast, two of whose records in a row in a
+    backlog can move progress past orders still unread (README: bad clocks, forged
+    records). A record of a partition not held (revoked meanwhile) is dropped: its next
+    owner reads it again.
     """
     counts = [0, 0]
+    errors: list[Message] = []
     for m in msgs:
         err = m.error()
         side = sides.get(m.topic())  # type: ignore[arg-type]
         pair = pairs.get(m.partition())  # type: ignore[arg-type]
         if err is not None:
-            if err.code() == _EOF and side is not None:
-                # The end-of-partition event follows the partition's records in the batch.
-                if pair is not None and pair.fetched_to[side] <= m.offset():  # type: ignore[operator]
-                    pair.fetch_end[side] = True
-                    pair.end_epoch[side] = epoch
-                    pair.fetched_to[side] = m.offset()  # type: ignore[assignment]  # past transaction markers
-                continue
-            if err.code() == KafkaError.UNRELEASED_INSTANCE_ID or (
-                    err.code() == KafkaError._FATAL and "instance ID is still used" in err.str()):
-                raise InstanceHeld(err.str())
-            if err.code() in (KafkaError.UNSUPPORTED_VERSION, KafkaError._UNSUPPORTED_FEATURE) or (
-                    err.code() == KafkaError._FATAL and "ConsumerGroupHeartbeat" in err.str()
-                    and "not supported" in err.str()):
-                raise ProtocolRefused(err.str())
-            if err.fatal() or err.code() == KafkaError._FATAL:
-                # The consumer cannot be used again; its partitions go to the other members,
-                # and a supervisor starts this worker anew.
-                raise JoinFailed(f"the Kafka consumer failed fatally ({err.str()}); exiting so that the worker "
-                                 "is started again")
-            if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-                raise Denied("TOPIC", m.topic(), err.str())
-            if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
-                raise Denied("GROUP", None, err.str())
-            log.warning("consumer error: %s", err)
+            if err.code() != _EOF:
+                errors.append(m)
+            elif pair is not None and side is not None:
+                pair.ends[side].eof(m.offset(), epoch)  # type: ignore[arg-type]
             continue
         if pair is None or side is None:
             continue
@@ -97,17 +84,16 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
         elif ahead_ms is not None and ts > ahead_ms:
             AHEAD.labels(m.topic()).inc()
         pair.held[side].append((ts, m))
-        pair.fetched_to[side] = m.offset() + 1  # type: ignore[operator]
-        pair.fetch_end[side] = False
+        pair.ends[side].record(m.offset())  # type: ignore[arg-type]
         counts[side] += 1
-    return counts
+    return counts, errors
 
 
-def merge(pair: Pair, feed: Feed, out: Decisions, now: float, unread: Unread) -> None:
-    """Feed a pair's held records to `feed` in event-time order across its two partitions.
+def merge(pair: Pair, now: float, unread: Unread) -> Iterator[tuple[Side, int, Message]]:
+    """A pair's held records in event-time order across its two partitions: (side, time, record).
 
     Records of one partition wait while the other has none held, unless the other has
-    nothing more to give now (read to its end), or the wait grows too big
+    nothing more to give now (fetched to its end), or the wait grows too big
     (HOLD_MAX_RECORDS), or too long (HOLD_MAX_SECONDS, counted from the other partition's
     last delivery) while `unread` does not know of records left to fetch in the other
     (its end not seen yet, say with its leader away). A partition with records left only
@@ -118,9 +104,11 @@ def merge(pair: Pair, feed: Feed, out: Decisions, now: float, unread: Unread) ->
     merged = bool(held_p and held_o)
     while held_p and held_o:
         if held_o[0][0] < held_p[0][0]:
-            feed(pair, Side.ORDER, *held_o.popleft(), out)
+            ts, m = held_o.popleft()
+            yield Side.ORDER, ts, m
         else:
-            feed(pair, Side.PAYMENT, *held_p.popleft(), out)
+            ts, m = held_p.popleft()
+            yield Side.PAYMENT, ts, m
     side, rest = (Side.PAYMENT, held_p) if held_p else (Side.ORDER, held_o)
     if not rest:
         pair.holding_since = None
@@ -128,10 +116,12 @@ def merge(pair: Pair, feed: Feed, out: Decisions, now: float, unread: Unread) ->
     if merged or pair.holding_since is None:
         pair.holding_since = now
     other = Side.ORDER if side == Side.PAYMENT else Side.PAYMENT
-    if pair.fetch_end[other] or len(rest) > HOLD_MAX_RECORDS or (
+    fetched_all = pair.ends[other].fetch_end
+    if fetched_all or len(rest) > HOLD_MAX_RECORDS or (
             now - pair.holding_since > HOLD_MAX_SECONDS and not unread(pair, other)):
-        if not pair.fetch_end[other]:
+        if not fetched_all:
             RELEASED.labels("records" if len(rest) > HOLD_MAX_RECORDS else "seconds").inc(len(rest))
         while rest:
-            feed(pair, side, *rest.popleft(), out)
+            ts, m = rest.popleft()
+            yield side, ts, m
         pair.holding_since = None

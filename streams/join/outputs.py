@@ -6,11 +6,12 @@ import logging
 from typing import Protocol
 
 from confluent_kafka import Message
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from schemas import Anomaly, DeadLetter, LateOrder, Recovery, dlq, recovery_id_for
 from schemas.fields import from_epoch_ms
-from schemas.headers import Headers, headers_for, traceparent
+from schemas.headers import Headers, OutHeaders, headers_for, traceparent
 from streams.join.core import Decisions
 from streams.ops import metrics
 from streams.ops.logs import safe_error
@@ -20,12 +21,14 @@ log = logging.getLogger("slipguard.join")
 
 
 class Sink(Protocol):
-    """Where outputs go: the open commit (checkpoint.Checkpoint), or a test's recorder."""
+    """Where the record path's work goes: the open commit (checkpoint.Checkpoint), or a
+    test's recorder."""
 
-    def produce(self, topic: str, key: bytes | str, value: bytes | None,
-                headers: list[tuple[str, bytes]] | None = None) -> None: ...
+    def produce(self, topic: str, key: bytes | str, value: bytes | None, headers: OutHeaders | None = None) -> None: ...
 
-    def stage(self, counter: object, amount: int = 1) -> None: ...
+    def store_offset(self, topic: str, partition: int, offset: int) -> None: ...
+
+    def stage(self, counter: Counter, amount: int = 1) -> None: ...
 
     def stage_latency(self, seconds: float) -> None: ...
 
@@ -61,8 +64,7 @@ class Outputs:
             if minimise:  # their metadata left out (SLIPGUARD_MINIMISE_PERSONAL_DATA)
                 payments = [p.model_copy(update={"metadata": None}) for p in payments]
                 order = order.model_copy(update={"metadata": None}) if order is not None else None
-            amsg = Anomaly(kind=a.kind, order_id=a.order_id, payments=payments, order=order,  # type: ignore[arg-type]
-                           detected_at=detected)
+            amsg = Anomaly(kind=a.kind, order_id=a.order_id, payments=payments, order=order, detected_at=detected)
             sink.produce(s.anomalies_topic, a.order_id, amsg.encode(), headers_for(Anomaly, a.traces))
             sink.stage(metrics.JOIN_ANOMALIES.labels(a.kind))
         if out.recoveries:

@@ -3,9 +3,12 @@
 Kafka-free: the worker (worker.py) consumes, commits and says what it knows of the
 partitions' ends; this does the rest, in order, one batch at a time:
 
-1. `take`: the batch into each pair's held queues (merge.hold), counted per topic;
-2. `merge`: each pair's held records in event-time order through intake and the core
-   (`feed`): a record is decided or dead-lettered, and only then does its offset move;
+1. `take`: the batch into each pair's held queues (merge.hold), counted per topic; the
+   consumer errors in it are returned (membership.raise_for says what they mean);
+2. `merge`: each pair's held records in event-time order (merge.merge) through intake
+   and the core (`feed`): a record is decided or dead-lettered, and only then is its
+   offset stored (checkpoint.Checkpoint.store_offset); then which partitions are read to
+   their end (progress.PartitionEnd);
 3. `advance`: time for every pair, then the decisions produced (outputs.Outputs).
 
 Tests drive it the same way (tests/join/test_fuzz.py), with a recorder for the sink.
@@ -16,13 +19,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message
 
 from schemas import headers as record_headers
 from streams.join import intake
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
 from streams.join.merge import Pair, Unread, hold, merge
-from streams.join.outputs import Outputs
+from streams.join.outputs import Outputs, Sink
 from streams.join.state import Change
 from streams.ops import metrics
 from streams.settings import Settings
@@ -37,46 +40,48 @@ class InternalError(Exception):
 
 class Pipeline:
     """The pairs a worker holds (partition p of payments and orders each) and the path of
-    their records; `begin` is told when a pair is about to consume records (the commit
-    then has work: offsets move)."""
+    their records, into `sink` (the checkpoint: outputs, offsets, counters)."""
 
-    def __init__(self, settings: Settings, params: JoinParams, outputs: Outputs, begin: Callable[[], None]) -> None:
-        self.s, self.params, self.outputs, self.begin = settings, params, outputs, begin
+    def __init__(self, settings: Settings, params: JoinParams, sink: Sink) -> None:
+        self.s, self.params, self.sink = settings, params, sink
+        self.outputs = Outputs(settings, sink)
         self.sides = {settings.payments_topic: Side.PAYMENT, settings.orders_topic: Side.ORDER}
         self.topic_of = (settings.payments_topic, settings.orders_topic)
         self.pairs: dict[int, Pair] = {}
         self.now_ms = 0  # the worker's clock at the batch taken last
         self.latest_ok_ms = 0  # records stamped later go to the DLQ (SLIPGUARD_MAX_FUTURE)
+        self.fed = 0  # records decided or dead-lettered, since the start
 
     # ------------------------------------------------------------ the steps
 
-    def take(self, msgs: list[Message], now_ms: int, epoch: int) -> None:
-        """Step 1: a consumed batch into the pairs' held queues; `epoch`: ends.EndWatch's."""
+    def take(self, msgs: list[Message], now_ms: int, epoch: int) -> list[Message]:
+        """Step 1: a consumed batch into the pairs' held queues; `epoch`: progress.EndWatch's.
+        Returns the consumer errors among them."""
         self.now_ms, self.latest_ok_ms = now_ms, now_ms + self.s.max_future
-        counts = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, epoch, now_ms + self.s.grace)
+        counts, errors = hold(self.pairs, self.sides, msgs, self.latest_ok_ms, epoch, now_ms + self.s.grace)
         for side, n in enumerate(counts):
             if n:
                 metrics.JOIN_RECORDS.labels(self.topic_of[side]).inc(n)
+        return errors
 
     def merge(self, monotonic: float, trusts: Callable[[int], bool], unread: Unread) -> Decisions:
-        """Step 2: each pair's held records, in event-time order, into its core. Then note
-        which partitions are read to their end: fetched to it, nothing held, and the end
-        seen in an epoch `trusts` counts (ends.EndWatch)."""
+        """Step 2: each pair's held records, in event-time order, into its core; then which
+        of its partitions are read to their end (`trusts`: progress.EndWatch.trusts)."""
         out = Decisions()
+        feed = self.feed
         for pair in self.pairs.values():
             held_p, held_o = pair.held
             if held_p or held_o:
-                self.begin()
-                merge(pair, self.feed, out, monotonic, unread)
-            fetch_end, epoch = pair.fetch_end, pair.end_epoch
-            pair.at_end[Side.PAYMENT] = fetch_end[Side.PAYMENT] and not held_p and trusts(epoch[Side.PAYMENT])
-            pair.at_end[Side.ORDER] = fetch_end[Side.ORDER] and not held_o and trusts(epoch[Side.ORDER])
+                for side, ts, m in merge(pair, monotonic, unread):
+                    feed(pair, side, ts, m, out)
+            pair.ends[Side.PAYMENT].update(bool(held_p), trusts)
+            pair.ends[Side.ORDER].update(bool(held_o), trusts)
         return out
 
     def advance(self, out: Decisions, now_ms: int) -> None:
         """Step 3: time for every pair (timeouts, expiry), then every decision produced."""
         for pair in self.pairs.values():
-            pair.core.advance(now_ms, pair.at_end[Side.PAYMENT], pair.at_end[Side.ORDER], out)
+            pair.core.advance(now_ms, pair.ends[Side.PAYMENT].at_end, pair.ends[Side.ORDER].at_end, out)
         self.outputs.emit(out, now_ms)
 
     def feed(self, pair: Pair, side: Side, ts: int, m: Message, out: Decisions) -> None:
@@ -99,7 +104,8 @@ class Pipeline:
                     pair.core.on_order(ts, rec, m.value(), out, trace)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 (as above)
                 self._internal_error(m, headers, unreadable, exc)
-        pair.next_offset[side] = m.offset() + 1  # type: ignore[operator]
+        self.sink.store_offset(self.topic_of[side], pair.partition, m.offset() + 1)  # type: ignore[operator]
+        self.fed += 1
 
     def _internal_error(self, m: Message, headers: record_headers.Headers | None, unreadable: str | None,
                         exc: Exception) -> None:
@@ -111,11 +117,6 @@ class Pipeline:
         self.outputs.dead_letter(m, headers, unreadable, error, self.now_ms, reason="internal_error")
 
     # ------------------------------------------------------------ commits and ownership
-
-    def offsets(self) -> list[TopicPartition]:
-        """The next offset of each partition held, for the commit."""
-        return [TopicPartition(self.topic_of[side], p, off)
-                for p, pair in self.pairs.items() for side, off in pair.next_offset.items()]
 
     def changes(self) -> list[tuple[int, Change]]:
         """Every pair's net state changes since the last commit (for the changelog)."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from schemas.headers import OutHeaders
 from streams.join import Denied, JoinFailed
 from streams.kafka import config
 from streams.kafka.calls import Wedged, bounded
@@ -86,7 +87,7 @@ class JoinProducer:
             self.in_txn = True
 
     def produce(self, topic: str, key: bytes | str, value: bytes | None, partition: int = -1,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+                headers: OutHeaders | None = None) -> None:
         def once() -> None:
             if headers:
                 self.producer.produce(topic, value, key, partition, headers=headers)
@@ -107,7 +108,7 @@ class JoinProducer:
         if err is not None:
             self.delivery_failures += 1
             if err.code() in UNFIXABLE and self.unfixable is None:
-                self.unfixable = (msg.topic(), err)  # type: ignore[assignment]
+                self.unfixable = (msg.topic() or "", err)
             if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):  # purged on purpose
                 log.error("delivery to %s failed: %s", msg.topic(), err)
 

@@ -1,21 +1,29 @@
-"""When an end of partition can be trusted.
+"""How far each input partition of a pair has been read: what its records confirm, where
+its end is, and whether that end can be trusted. The contract's progress comes from here.
 
-The contract recovers a payment by the wall clock only once the join has read the
-orders partition to its end. librdkafka signals an end (PARTITION_EOF) once per end
+**Progress by records** (`Confirmed`): the largest time two consecutive valid records
+of the partition both reach (for each, the smaller of its time and the previous one's;
+the first record read confirms nothing), so one record from a fast clock moves nothing.
+The core (core.py) caps it at the wall clock, or takes the wall clock itself once the
+partition is read to its end.
+
+**Read to its end** (`PartitionEnd`): fetched to the end (librdkafka's end-of-partition
+event, which follows the partition's records in a batch), nothing held back by the
+merge, and the end seen (or confirmed by asking the leader) in an epoch that counts.
+
+**When an end can be trusted** (`EndWatch`). librdkafka signals an end once per end
 reached, and the join remembers it until the next record. An end seen before the
 partition's leader went away is stale: while the broker is away producers cannot write,
 and when it is back they write what they buffered, so orders are waiting that the join
 has not fetched. Trusting the stale end recovered payments whose orders came in right
 behind them (1,600-1,900 false recoveries of 24,000 with at_least_once under KIP-848
 across a broker kill -9, where neither an aborted transaction nor a rebalance made the
-join read the partitions again).
-
-So an end counts only when it was seen (or confirmed by asking the leader for the
-partition's end) after the last time a partition's leader was away, and not before
-SETTLE_S after the leaders are all back: the producers, which retry their connections
-with a backoff of up to librdkafka's reconnect.backoff.max.ms (10 s by default), have
-then had time to deliver what they buffered. Clock recoveries wait that long after an
-outage; nothing is recovered early.
+join read the partitions again). So an end counts only when it was seen (or confirmed)
+after the last time a partition's leader was away, and not before SETTLE_S after the
+leaders are all back: the producers, which retry their connections with a backoff of up
+to librdkafka's reconnect.backoff.max.ms (10 s by default), have then had time to
+deliver what they buffered. Clock recoveries wait that long after an outage; nothing is
+recovered early.
 """
 
 from __future__ import annotations
@@ -23,7 +31,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import OFFSET_END, TopicPartition
+
+if TYPE_CHECKING:
+    from streams.join.merge import Pair
 
 SETTLE_S = 10.0
 log = logging.getLogger("slipguard.join")
@@ -31,6 +46,63 @@ log = logging.getLogger("slipguard.join")
 # (frozen, a long GC pause, a network partition: its connection stays up). It answers a
 # fetch within fetch.wait.max.ms (500 ms) and the fetcher idles at most 1 s in between.
 UNANSWERED_S = 3.0
+
+
+class Confirmed:
+    """A partition's progress by its records (see the module docstring)."""
+
+    __slots__ = ("time", "last")
+
+    def __init__(self) -> None:
+        self.time = -1  # the largest time two consecutive valid records both reach
+        self.last = -1  # the last valid record's time
+
+    def note(self, ts: int) -> None:
+        """A valid record at `ts`, after the ones noted before."""
+        last, self.last = self.last, ts
+        if last > self.time and ts > self.time:
+            self.time = last if last < ts else ts
+
+    def at(self, now_ms: int, at_end: bool) -> int:
+        """The progress: never past the wall clock, the wall clock itself once read to the end."""
+        return now_ms if at_end else min(self.time, now_ms)
+
+
+@dataclass
+class PartitionEnd:
+    """One input partition of a pair: how far it is fetched and whether it is read to its end."""
+
+    fetched_to: int = 0  # the next offset fetched
+    fetch_end: bool = False  # fetched to the partition's end
+    end_epoch: int = -1  # EndWatch.epoch the end was seen (or confirmed) in
+    at_end: bool = False  # read to its end, as of the last merge
+
+    def record(self, offset: int) -> None:
+        self.fetched_to, self.fetch_end = offset + 1, False
+
+    def eof(self, offset: int, epoch: int) -> None:
+        """librdkafka's end-of-partition event at `offset`: an earlier one (from before the
+        records fetched since) says nothing."""
+        if self.fetched_to <= offset:
+            self.fetch_end, self.end_epoch = True, epoch
+            self.fetched_to = offset  # past transaction markers
+
+    def update(self, held: bool, trusts: Callable[[int], bool]) -> bool:
+        """Whether it is read to its end now: fetched to it, nothing held back, the end trusted."""
+        self.at_end = self.fetch_end and not held and trusts(self.end_epoch)
+        return self.at_end
+
+    def stale(self, epoch: int) -> bool:
+        """An end seen before the current epoch: to be confirmed with the leader."""
+        return self.fetch_end and self.end_epoch != epoch
+
+    def confirm(self, end_offset: int, epoch: int) -> bool:
+        """The leader says the partition ends at `end_offset` (for a read_committed client,
+        the last stable offset): nothing is unread if fetched to it."""
+        if self.fetch_end and self.fetched_to >= end_offset:
+            self.end_epoch = epoch
+            return True
+        return False
 
 
 class EndWatch:
@@ -47,7 +119,7 @@ class EndWatch:
         self.trusted_from = -math.inf  # monotonic: ends count from then on
         self._disconnects: dict[int, int] = {}
 
-    def observe(self, stats: dict) -> None:
+    def observe(self, stats: dict[str, Any]) -> None:
         """One statistics report (the parsed JSON of librdkafka's stats_cb)."""
         brokers = {b.get("nodeid", -1): b for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0}
         away = ""
@@ -88,3 +160,25 @@ class EndWatch:
     def trusts(self, seen_in: int) -> bool:
         """Whether an end seen (or confirmed) in epoch `seen_in` counts now."""
         return seen_in == self.epoch and self.clock() >= self.trusted_from
+
+
+def confirm_ends(pairs: Mapping[int, Pair], topics: Sequence[str], watch: EndWatch,
+                 ask: Callable[[list[TopicPartition]], list[TopicPartition] | None]) -> int:
+    """Ask the leaders (`ask`: ListOffsets, with read_committed the last stable offset)
+    for the end of each partition whose end was seen before the current epoch, and trust
+    it where nothing is unread; where something is, its records are on their way and
+    their own end will follow. Returns how many were confirmed."""
+    epoch = watch.epoch
+    stale = [TopicPartition(topics[side], p, OFFSET_END) for p, pair in pairs.items()
+             for side in (0, 1) if pair.ends[side].stale(epoch)]
+    if not stale:
+        return 0
+    ends = ask(stale)
+    if ends is None or epoch != watch.epoch:
+        return 0
+    sides = {topic: side for side, topic in enumerate(topics)}
+    confirmed = sum(1 for tp in ends if tp.error is None and tp.offset >= 0 and tp.partition in pairs
+                    and pairs[tp.partition].ends[sides[tp.topic]].confirm(tp.offset, epoch))
+    if confirmed:
+        log.info("after the broker was away: %d of %d ends of partition confirmed", confirmed, len(stale))
+    return confirmed

@@ -105,9 +105,10 @@ class Restorer:
                 break
             read = 0
             for m in self.consumer.consume(10_000, timeout=min(left, 0.1)):
-                job = jobs.get(m.partition())  # type: ignore[arg-type]
-                if job is None or job.done:
+                found = jobs.get(m.partition() or 0)
+                if found is None or found.done:
                     continue
+                job = found
                 err = m.error()
                 if err is not None:
                     if err.code() == _EOF and m.offset() >= (job.high or 0):  # type: ignore[operator]

@@ -18,6 +18,7 @@ import heapq
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import IntEnum
+from typing import Any
 
 from schemas import Order, Payment
 from streams.join import compact
@@ -102,68 +103,57 @@ def order_cmp(o: Order) -> Cmp:
 
 
 class JoinState:
-    """Pending payments, buffered and matched orders, recovered payments of one pair, with
-    what the changelog must be told. The rules read the three maps directly and change
-    them only through the methods below, which keep the bookkeeping."""
+    """Pending payments, buffered and matched orders, recovered payments of one pair, and
+    what the changelog must be told, kept the way Kafka Streams' change-logging store
+    keeps it: the rules read the three maps and change them only through `put`,
+    `delete`, `changed` and `mark_late`; which keys the changelog holds (each entry's
+    persisted flag, or a pending entry's PERSISTED bit) is this class's business alone."""
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms  # how long a matched pair is kept: timeout + grace
         self.pending: dict[str, PendingPayment] = {}
         self.orders: dict[str, BufferedOrder] = {}
         self.recovered: dict[str, RecoveredPayment] = {}
-        self._live: tuple[dict, dict, dict] = (self.pending, self.orders, self.recovered)  # by Store
+        self._live: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = (self.pending, self.orders, self.recovered)
         # per store: order_id -> True if the changelog may hold a value for it (a tombstone
         # is due if the entry is gone by the commit)
         self._dirty: tuple[dict[str, bool], dict[str, bool], dict[str, bool]] = ({}, {}, {})
-        self._new_matched: Bundle = []
         self._bundles: list[tuple[int, int]] = []  # heap of (expiry, bundle number) of bundles in the log
         self._expired_bundles: list[int] = []
         self._next_bundle = 0
 
     # ------------------------------------------------------------ changes the rules make
 
-    def add(self, store: Store, oid: str, entry: BufferedOrder | RecoveredPayment) -> None:
-        """A new entry under `oid` (ORDERS or RECOVERED)."""
-        entry.persisted = self._settle(store, oid)
+    def put(self, store: Store, oid: str, entry: Entry) -> None:
+        """A new entry under `oid` (a pending payment: a compact.Fresh)."""
+        dirty = self._dirty[store]
+        in_log = dirty[oid] = dirty.get(oid, False)  # a removed entry's value, not tombstoned yet
+        if isinstance(entry, compact.Fresh):
+            if in_log:
+                entry.flags |= compact.PERSISTED
+        elif not isinstance(entry, bytes):
+            entry.persisted = in_log
         self._live[store][oid] = entry
 
-    def add_pending(self, oid: str, entry: compact.Fresh) -> None:
-        if self._settle(Store.PENDING, oid):
-            entry.flags |= compact.PERSISTED
-        self.pending[oid] = entry
+    def delete(self, store: Store, oid: str) -> None:
+        """The entry under `oid` goes."""
+        self._touch(store, oid, self._live[store].pop(oid))
 
-    def mark_late(self, oid: str, entry: PendingPayment) -> None:
-        """The pending payment under `oid` has a late order now: write it at the next commit."""
-        if type(entry) is bytes:
-            entry = self.pending[oid] = compact.with_flag(entry, compact.LATE)
-        else:
-            entry.flags |= compact.LATE  # type: ignore[union-attr]
-        self.touch(Store.PENDING, oid, bool(compact.flags_of(entry) & compact.PERSISTED))
+    def changed(self, store: Store, oid: str) -> None:
+        """The entry under `oid` changed in place (an order now a matched pair, a recovered
+        payment now with its late order): written again at the next commit."""
+        self._touch(store, oid, self._live[store][oid])
 
-    def drop(self, store: Store, oid: str, persisted: bool | int) -> None:
-        """The entry under `oid` goes; `persisted`: its own flag (for a pending payment,
-        its PERSISTED bit: true if set)."""
-        del self._live[store][oid]
-        self.touch(store, oid, persisted)
+    def mark_late(self, oid: str) -> None:
+        """The pending payment under `oid` has its late order now."""
+        self.pending[oid] = compact.flagged(self.pending[oid], compact.LATE)
+        self.changed(Store.PENDING, oid)
 
-    def _settle(self, store: Store, oid: str) -> bool:
-        """A new entry under `oid`: whether the changelog may hold a value for the key (a
-        removed entry's, not yet tombstoned); the key is written at the next commit."""
+    def _touch(self, store: Store, oid: str, entry: Entry) -> None:
+        persisted = (entry.persisted if isinstance(entry, (BufferedOrder, RecoveredPayment))
+                     else compact.flags_of(entry) & compact.PERSISTED)
         dirty = self._dirty[store]
-        in_log = dirty[oid] = dirty.get(oid, False)
-        return in_log
-
-    def touch(self, store: Store, oid: str, persisted: bool) -> None:
-        """The entry under `oid` changed (or went): write its key at the next commit."""
-        dirty = self._dirty[store]
-        dirty[oid] = persisted or dirty.get(oid, False)
-
-    def matched(self, oid: str, entry: BufferedOrder) -> None:
-        """`entry` (in `orders`) is now a matched pair: it goes to the next bundle, and an
-        unmatched record it had in the changelog gives way."""
-        if entry.persisted:
-            self._dirty[Store.ORDERS][oid] = True
-        self._new_matched.append((oid, entry))
+        dirty[oid] = bool(persisted) or dirty.get(oid, False)
 
     def expire_bundles(self, payments_progress: int) -> None:
         bundles = self._bundles
@@ -180,43 +170,65 @@ class JoinState:
         pairs), and a bundle whose pairs have all expired as its tombstone.
         """
         changes: list[Change] = []
-        persisted_bit = compact.PERSISTED
-        for store in (Store.PENDING, Store.ORDERS, Store.RECOVERED):
-            dirty, live = self._dirty[store], self._live[store]
-            if not dirty:
-                continue
-            for oid, in_log in dirty.items():
-                entry = live.get(oid)
-                if store == Store.PENDING and entry is not None:
-                    if type(entry) is not bytes:  # fresh: packed now, as it waits across this commit
-                        entry.flags |= persisted_bit
-                        entry = live[oid] = entry.packed()
-                    elif not entry[8] & persisted_bit:
-                        entry = live[oid] = compact.with_flag(entry, persisted_bit)
-                    changes.append(Change(store, oid, entry))
-                elif store == Store.ORDERS and entry is not None and entry.paid_id is not None:
-                    if in_log or entry.persisted:
-                        changes.append(Change(store, oid, None))  # matched: its bundle holds it now
-                    entry.persisted = False
-                elif entry is not None:
-                    entry.persisted = True
-                    changes.append(Change(store, oid, entry))
-                elif in_log:
-                    changes.append(Change(store, oid, None))
-            dirty.clear()
+        self._pending_changes(changes)
+        matched = self._order_changes(changes)
+        self._recovered_changes(changes)
         for number in self._expired_bundles:
             changes.append(Change(Store.MATCHED, number, None))
         self._expired_bundles.clear()
-        if self._new_matched:
-            orders = self.orders
-            live_pairs = [(oid, e) for oid, e in self._new_matched if orders.get(oid) is e]
-            self._new_matched = []
-            for bundle in _by_size(live_pairs):
-                number = self._next_bundle
-                self._next_bundle += 1
-                heapq.heappush(self._bundles, (max(e.expires_at(self.window_ms) for _, e in bundle), number))
-                changes.append(Change(Store.MATCHED, number, bundle))
+        for bundle in _by_size(matched):
+            number = self._next_bundle
+            self._next_bundle += 1
+            heapq.heappush(self._bundles, (max(e.expires_at(self.window_ms) for _, e in bundle), number))
+            changes.append(Change(Store.MATCHED, number, bundle))
         return changes
+
+    def _pending_changes(self, changes: list[Change]) -> None:
+        """A pending payment waiting across this commit is packed here (compact.py)."""
+        dirty, live = self._dirty[Store.PENDING], self.pending
+        for oid, in_log in dirty.items():
+            entry = live.get(oid)
+            if entry is None:
+                if in_log:
+                    changes.append(Change(Store.PENDING, oid, None))
+                continue
+            if isinstance(entry, compact.Fresh):
+                entry.flags |= compact.PERSISTED
+                entry = live[oid] = entry.packed()
+            else:
+                entry = live[oid] = compact.with_flag(entry, compact.PERSISTED)
+            changes.append(Change(Store.PENDING, oid, entry))
+        dirty.clear()
+
+    def _order_changes(self, changes: list[Change]) -> Bundle:
+        """Unmatched orders under their key; an order matched since the last commit goes
+        to the next bundle, and its unmatched record, if the changelog has one, gives way."""
+        dirty, live = self._dirty[Store.ORDERS], self.orders
+        matched: Bundle = []
+        for oid, in_log in dirty.items():
+            entry = live.get(oid)
+            if entry is None or entry.paid_id is not None:
+                if in_log or (entry is not None and entry.persisted):
+                    changes.append(Change(Store.ORDERS, oid, None))
+                if entry is not None:
+                    entry.persisted = False  # its bundle holds it
+                    matched.append((oid, entry))
+                continue
+            entry.persisted = True
+            changes.append(Change(Store.ORDERS, oid, entry))
+        dirty.clear()
+        return matched
+
+    def _recovered_changes(self, changes: list[Change]) -> None:
+        dirty, live = self._dirty[Store.RECOVERED], self.recovered
+        for oid, in_log in dirty.items():
+            entry = live.get(oid)
+            if entry is not None:
+                entry.persisted = True
+                changes.append(Change(Store.RECOVERED, oid, entry))
+            elif in_log:
+                changes.append(Change(Store.RECOVERED, oid, None))
+        dirty.clear()
 
     def install(self, change: Change) -> None:
         """Install what the changelog holds for a key (its last value); the entry counts
@@ -231,12 +243,18 @@ class JoinState:
             heapq.heappush(self._bundles, (max((e.expires_at(self.window_ms) for _, e in value), default=0), key))
             self._next_bundle = max(self._next_bundle, key + 1)
             return
+        assert isinstance(key, str)
         if store == Store.PENDING:
             assert isinstance(value, bytes)
-            self.pending[key] = compact.with_flag(value, compact.PERSISTED)  # type: ignore[index]
+            self.pending[key] = compact.with_flag(value, compact.PERSISTED)
             return
-        value.persisted = True  # type: ignore[union-attr]
+        assert isinstance(value, (BufferedOrder, RecoveredPayment))
+        value.persisted = True
         self._live[store][key] = value
+
+    def install_pending(self, entries: dict[str, PendingPayment]) -> None:
+        """Many packed pending payments as the changelog holds them (PERSISTED set)."""
+        self.pending.update(entries)
 
     def sizes(self) -> tuple[int, int, int]:
         return len(self.pending), len(self.orders), len(self.recovered)

@@ -125,7 +125,7 @@ def drain(s: Settings, total: int) -> tuple[float, float, int, int, int]:
     cpu0 = time.process_time()
     while True:
         worker.step()
-        done = sum(off for pair in worker.pairs.values() for off in pair.next_offset.values())
+        done = worker.pipeline.fed
         if started is None and done:
             started, cpu0 = time.perf_counter(), time.process_time()
         peak_pending = max(peak_pending, sum(len(p.core.pending) for p in worker.pairs.values()))

@@ -30,7 +30,6 @@ from schemas.headers import valid_traceparent
 from streams.join import changelog, intake
 from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.merge import MIN_EVENT_MS
-from streams.join.outputs import Outputs
 from streams.join.pipeline import Pipeline
 from streams.kafka.topics import PRODUCER_BATCH_BYTES
 from streams.settings import Settings
@@ -279,6 +278,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.records: list[Produced] = []
+        self.offsets: dict[tuple[str, int], int] = {}
 
     def produce(self, topic: str, key: bytes | str, value: bytes | None,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -286,7 +286,11 @@ class Recorder:
         self.records.append(Produced(topic, key_b, value, headers or []))
         assert weight(key_b, value, headers) <= RECORD_LIMIT, f"a record to {topic} over the limit"
 
-    def stage(self, counter: object, amount: int = 1) -> None:
+    def store_offset(self, topic: str, partition: int, offset: int) -> None:
+        assert offset > self.offsets.get((topic, partition), -1), "offsets only grow"
+        self.offsets[(topic, partition)] = offset
+
+    def stage(self, counter: Any, amount: int = 1) -> None:
         pass
 
     def stage_latency(self, seconds: float) -> None:
@@ -317,7 +321,7 @@ def run(records: list[Rec], *, s: Settings, now: Callable[[int], int], rnd: rand
     random points. `now(step)`: the wall clock at each step."""
     sink = Recorder()
     params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
-    pipe = Pipeline(s, params, Outputs(s, sink), begin=lambda: None)
+    pipe = Pipeline(s, params, sink)
     pipe.install({0: PartitionJoin(params)})
     sides = ([r for r in records if r.side == Side.PAYMENT], [r for r in records if r.side == Side.ORDER])
     fetched = [0, 0]

@@ -102,7 +102,7 @@ def test_progress_is_the_largest_time_two_consecutive_records_both_reach_never_a
     h.order(D + G, oid="d")
     h.advance(payments_at_end=False, orders_at_end=False)
     assert h.recovered_ids() == ["pay-ord-1"], "the later payment waits: its deadline is not confirmed"
-    assert h.join.order_time == D + G
+    assert h.join.orders_read.time == D + G
 
 
 def test_payments_progress_needs_two_records_too_before_it_expires_an_order() -> None:
@@ -264,7 +264,7 @@ def test_a_forged_payment_stamped_ahead_moves_no_progress_and_evicts_no_order() 
     assert forged.status == "succeeded"
     h.advance(BASE + 2_000, payments_at_end=False, orders_at_end=False)
     assert "real" in h.join.orders, "the buffered order is still there for its payment"
-    assert h.join.payment_time < BASE + 30 * 60_000
+    assert h.join.payments.time < BASE + 30 * 60_000
     signed = payment_signed(key, order_id="real", paid_at=at(BASE + 2_000))
     h.join.on_payment(BASE + 2_000, signed, signed.encode(), h.out)
     assert h.take().matched == 1
@@ -273,7 +273,7 @@ def test_a_forged_payment_stamped_ahead_moves_no_progress_and_evicts_no_order() 
 def test_a_forged_failed_payment_moves_no_progress_either() -> None:
     h = Harness(key=b"k" * 32)
     h.pay(BASE + 30 * 60_000, oid="x", status="failed", signature="0" * 64)
-    assert h.join.payment_time == -1
+    assert h.join.payments.time == -1
 
 
 def test_one_far_future_order_does_not_hold_up_the_expiry_of_those_behind_it() -> None:
@@ -439,9 +439,10 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
     pending, orders, recovered = h.join.sizes()
     window_records = (T + G) // 100
     assert pending <= window_records and orders <= window_records + 1
-    assert h.join._timer_count <= 2 * pending + 64
-    assert sum(map(len, h.join._buckets.values())) == h.join._timer_count  # the count is what the buckets hold
-    assert sorted(h.join._bucket_heap) == sorted(h.join._buckets)
+    timers = h.join.deadlines
+    assert len(timers) <= 2 * pending + 64
+    assert sum(map(len, timers._buckets.values())) == len(timers)  # the count is what the buckets hold
+    assert sorted(timers._heap) == sorted(timers._buckets)
 
 
 # ---------------------------------------------------------------- changelog
@@ -673,7 +674,7 @@ def test_the_oldest_pending_payment_is_found_past_buckets_of_matched_ones_which_
         h.order(BASE + i * 10 + 1, oid=f"m{i}")
     h.pay(BASE + 5_000, oid="waits")
     assert h.join.oldest_pending_time() == BASE + 5_000
-    assert len(h.join._buckets) == 1 and h.join._timer_count == 1, "the matched ones' buckets went"
+    assert h.join.deadlines.buckets() == 1 and len(h.join.deadlines) == 1, "the matched ones' buckets went"
     h.pay(BASE + 3_000, oid="older")  # an earlier bucket again
     assert h.join.oldest_pending_time() == BASE + 3_000
     h.order(BASE + 5_000 + T + G, oid="other")

@@ -21,9 +21,7 @@ def _hold(pair: Pair, kind: Side, *times: int) -> None:
 
 def _run(pair: Pair, now: float, unread: frozenset[Side] = frozenset()) -> list[str]:
     """Merge at `now`; `unread`: the sides the worker would find records left to fetch in."""
-    fed: list[str] = []
-    merge(pair, lambda _pair, _kind, _ts, m, _out: fed.append(m), Decisions(), now, lambda _pair, side: side in unread)
-    return fed
+    return [m for _side, _ts, m in merge(pair, now, lambda _pair, side: side in unread)]
 
 
 def test_records_of_both_partitions_are_fed_in_event_time_order() -> None:
@@ -63,7 +61,7 @@ def test_a_partition_read_to_its_end_does_not_hold_the_other_back() -> None:
     pair = _pair()
     _hold(pair, ORDER, 1, 2)
     assert _run(pair, 0.0) == []
-    pair.fetch_end[PAYMENT] = True
+    pair.ends[PAYMENT].fetch_end = True
     assert _run(pair, 0.1) == ["o1", "o2"]
 
 
@@ -78,38 +76,9 @@ def test_records_released_by_a_hold_limit_are_counted_and_those_fed_at_the_other
     assert _run(pair, HOLD_MAX_SECONDS + 0.1) == ["p10", "p20", "p30"]
     assert seconds._value.get() - before == 3
     _hold(pair, ORDER, 40)
-    pair.fetch_end[PAYMENT] = True
+    pair.ends[PAYMENT].fetch_end = True
     assert _run(pair, 10.0) == ["o40"]
     assert seconds._value.get() - before == 3, "fed because the other partition was read to its end: not counted"
-
-
-def test_a_fatal_group_error_is_told_apart_by_what_can_be_done_about_it() -> None:
-    """The consumer's fatal errors as librdkafka 2.16 reports them (recorded on the local
-    broker): a broker without KIP-848, an instance id still held, anything else."""
-    import pytest
-    from confluent_kafka import KafkaError
-
-    from streams.join import InstanceHeld, JoinFailed, ProtocolRefused
-    from streams.join.core import JoinParams, PartitionJoin, Side
-    from streams.join.merge import hold
-    from tests.join.test_ends import _Msg
-
-    def hold_error(err: KafkaError) -> None:
-        pairs = {0: Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000)))}
-        hold(pairs, {"payments": Side.PAYMENT, "orders": Side.ORDER}, [_Msg("payments", 0, error=err)], 0)
-
-    fatal = KafkaError._FATAL
-    with pytest.raises(ProtocolRefused):
-        hold_error(KafkaError(fatal, "Fatal error: Broker: API version not supported: ConsumerGroupHeartbeat "
-                                     "fatal error: Broker: API version not supported", fatal=True))
-    with pytest.raises(ProtocolRefused):
-        hold_error(KafkaError(KafkaError.UNSUPPORTED_VERSION))
-    with pytest.raises(InstanceHeld):
-        hold_error(KafkaError(fatal, "Fatal error: Broker: The instance ID is still used by another member in "
-                                     "the consumer group", fatal=True))
-    with pytest.raises(JoinFailed) as other:
-        hold_error(KafkaError(fatal, "Fatal error: Broker: Group authorization failed", fatal=True))
-    assert type(other.value) is JoinFailed
 
 
 def test_one_order_from_a_fast_clock_in_a_backlog_recovers_no_payment_whose_order_is_merely_unread() -> None:
@@ -139,10 +108,11 @@ def test_one_order_from_a_fast_clock_in_a_backlog_recovers_no_payment_whose_orde
         pair.held[PAYMENT].extend(pays[ip:ip + batch])
         pair.held[ORDER].extend(ords[io:io + batch // 2])
         ip, io = ip + batch, io + batch // 2
-        pair.fetch_end = [ip >= len(pays), io >= len(ords)]
+        pair.ends[PAYMENT].fetch_end, pair.ends[ORDER].fetch_end = ip >= len(pays), io >= len(ords)
         out = Decisions()
-        merge(pair, feed, out, 0.0, lambda _pair, side: ip < len(pays) if side == PAYMENT else io < len(ords))
-        pair.core.advance(now, pair.fetch_end[PAYMENT] and not pair.held[PAYMENT],
-                          pair.fetch_end[ORDER] and not pair.held[ORDER], out)
+        for side, ts, rec in merge(pair, 0.0, lambda _pair, side: ip < len(pays) if side == PAYMENT else io < len(ords)):
+            feed(pair, side, ts, rec, out)
+        pair.core.advance(now, pair.ends[PAYMENT].fetch_end and not pair.held[PAYMENT],
+                          pair.ends[ORDER].fetch_end and not pair.held[ORDER], out)
         recovered += [r.payment.payment_id for r in out.recoveries]
     assert recovered == [], f"{len(recovered)} of {n} payments recovered while their orders were unread"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaError
 
 from streams.join.core import JoinParams, PartitionJoin, Side
-from streams.join.ends import EndWatch
+from streams.join.progress import EndWatch
 from streams.join.merge import Pair, hold
 
 TOPICS = ("payments", "orders")
@@ -130,14 +130,15 @@ def test_hold_notes_each_end_of_partition_with_the_epoch_it_was_seen_in() -> Non
     pairs, sides = {0: pair}, {"payments": Side.PAYMENT, "orders": Side.ORDER}
     eof = KafkaError(KafkaError._PARTITION_EOF)
     ts = 1_800_000_000_000
+    orders, payments = pair.ends[Side.ORDER], pair.ends[Side.PAYMENT]
     hold(pairs, sides, [_Msg("orders", 7, ts), _Msg("orders", 9, error=eof)], ts + 1, epoch=3)
-    assert pair.fetch_end[Side.ORDER] and pair.end_epoch[Side.ORDER] == 3
-    assert pair.fetched_to[Side.ORDER] == 9, "the end's offset: past a transaction marker at 8"
+    assert orders.fetch_end and orders.end_epoch == 3
+    assert orders.fetched_to == 9, "the end's offset: past a transaction marker at 8"
     hold(pairs, sides, [_Msg("orders", 9, ts)], ts + 1, epoch=4)
-    assert not pair.fetch_end[Side.ORDER]
+    assert not orders.fetch_end
     hold(pairs, sides, [_Msg("orders", 10, error=eof)], ts + 1, epoch=4)
-    assert pair.fetch_end[Side.ORDER] and pair.end_epoch[Side.ORDER] == 4
-    assert not pair.fetch_end[Side.PAYMENT] and pair.end_epoch[Side.PAYMENT] == -1
+    assert orders.fetch_end and orders.end_epoch == 4
+    assert not payments.fetch_end and payments.end_epoch == -1
 
 
 def test_hold_counts_records_stamped_more_than_grace_ahead_and_leaves_the_dlq_bound_ones_to_the_dlq() -> None:

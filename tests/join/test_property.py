@@ -193,7 +193,7 @@ def _state(join) -> tuple:
 def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit(steps, data) -> None:
     """Commit at random points; after each, a core rebuilt from the compacted log equals the live one."""
     from streams.join import changelog
-    from streams.join.core import TIMER_SHIFT, JoinParams, PartitionJoin
+    from streams.join.core import JoinParams, PartitionJoin
 
     h = Harness(key=KEY)
     log: dict[bytes, bytes | None] = {}
@@ -215,8 +215,8 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
             got = _state(restored)
             assert got[0] == live[0] and got[2] == live[2]
             assert all(compact.flags_of(e) & compact.PERSISTED for e in restored.pending.values())
-            assert all(oid in restored._buckets[(compact.t_of(e) + T) >> TIMER_SHIFT]
+            assert all(restored.deadlines.holds(oid, compact.t_of(e))
                        for oid, e in restored.pending.items()), "each has a timer"
             current = {k: v for k, v in live[1].items()
-                       if h.join.orders[k].expires_at(window) > max(h.join.payment_time, h.join.payments_progress)}
+                       if h.join.orders[k].expires_at(window) > max(h.join.payments.time, h.join.payments_progress)}
             assert {k: got[1].get(k) for k in current} == current

@@ -22,7 +22,7 @@ def test_memory_per_pending_payment_counts_everything_the_core_keeps() -> None:
     core.state.take_changes()  # as a payment waiting across a commit is: packed
     (oid, entry), = core.pending.items()
     assert type(entry) is bytes
-    assert [oid] in core._buckets.values()
+    assert core.deadlines.holds(oid, pays[0][3]) and len(core.deadlines) == 1
     floor = sys.getsizeof(entry) + sys.getsizeof(oid) + 8
     measured = bytes_per_pending(3_000)
     assert floor <= measured <= floor + 150, (floor, measured)
