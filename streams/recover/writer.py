@@ -142,6 +142,13 @@ class Writer:
         """Each record as an item to store, or as poison: (record, error, summary for the log)."""
         items, poison = [], []
         for record in records:
+            unreadable = unreadable_names(record.headers)
+            if unreadable:
+                shown = ", ".join(repr(name[:64]) for name in unreadable[:3])
+                error = (f"a header name is not UTF-8 ({shown}): the contract's header names are UTF-8; the "
+                         "headers so named are left out of this letter")
+                poison.append((record, error, "a header name is not UTF-8"))
+                continue
             model = Recovery if record.topic == self.s.recovery_topic else LateOrder
             try:
                 message = fast.decode(model, record.value)
@@ -206,10 +213,12 @@ class Writer:
 
     def dead_letter_of(self, record: Record, error: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
         """The DLQ record (key, value, headers) of one input record."""
+        readable = [(name, value) for name, value in record.headers if not _unreadable(name)]
         value = dlq.encoded(topic=record.topic, partition=record.partition, offset=record.offset,
-                            timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
+                            timestamp_ms=record.timestamp_ms, headers=readable, key=record.key,
                             value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)),
-                            minimise=self.s.minimise_personal_data)
+                            minimise=self.s.minimise_personal_data,
+                            headers_unreadable=len(readable) < len(record.headers))
         key = f"{record.topic}:{record.partition}:{record.offset}".encode()
         return key, value, headers_for(DeadLetter, [traceparent(record.headers)])
 
@@ -218,6 +227,23 @@ class Writer:
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
         log.warning("record sent to the DLQ: %s", summary,
                     extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
+
+
+def _unreadable(name: str) -> bool:
+    # Only a name decoded with surrogateescape holds lone surrogates, which UTF-8 cannot encode.
+    if name.isascii():
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def unreadable_names(headers: list[tuple[str, bytes]]) -> list[bytes]:
+    """The header names of a record that were not UTF-8 on the wire, as they were: the
+    reader decodes such a name with surrogateescape (faust_compat.py)."""
+    return [name.encode("utf-8", "surrogateescape") for name, _ in headers if _unreadable(name)]
 
 
 def _first_line(exc: BaseException) -> str:
