@@ -3,7 +3,9 @@ and no PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import Callable
 
 import pytest
 
@@ -44,3 +46,98 @@ def test_a_record_whose_header_names_are_utf8_keeps_them_all_in_its_dead_letter(
     _, poison = Writer(S, None)._decode([record])  # type: ignore[arg-type]
     dead = DeadLetter.decode(Writer(S, None).dead_letter_of(record, poison[0][1])[1])  # type: ignore[arg-type]
     assert [h.key for h in dead.headers or []] == ["h\u00e9", "\u2603"] and dead.headers_dropped is None
+
+
+# ---------------------------------------------------------------- a batch that fails
+# A batch is written in a task of its own while the next is gathered. A failure retrying
+# cannot fix used to stay in that task until the next batch came; with none coming the
+# writer waited silently, nothing acknowledged, /healthz 200. It must stop the writer at once.
+
+
+class _Stopped(Exception):
+    """What the test's _fatal raises in place of exiting the process."""
+
+
+def _run_one_batch(monkeypatch: pytest.MonkeyPatch, send: Callable, ack: Callable) -> list[str]:
+    """Hand the writer one poison record, never another, and give it a second: the
+    lines it stopped with (none: it did not stop)."""
+    from streams.recover import writer as writer_module
+
+    said: list[str] = []
+
+    def fatal(message: str) -> None:
+        said.append(message)
+        raise _Stopped(message)
+
+    monkeypatch.setattr(writer_module, "_fatal", fatal)
+
+    async def run() -> None:
+        writer = Writer(S, send)
+        await writer.add(Record(S.recovery_topic, 3, 41, None, [], b"k", b"{not json", token="t41"), ack)
+        await writer.flush_if_due(ack)
+        writer.first_at -= 1  # (its batch is due)
+        await writer.flush_if_due(ack)
+        for _ in range(100):
+            if said:
+                break
+            await asyncio.sleep(0.01)
+        if writer.in_flight is not None and writer.in_flight.done():
+            writer.in_flight.exception()  # (retrieved, whatever it is)
+
+    asyncio.run(run())
+    return said
+
+
+def test_a_dead_letter_the_dlq_does_not_take_stops_the_writer_at_once_with_nothing_acknowledged(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    acked: list = []
+
+    async def send(key: bytes, value: bytes, headers: list) -> None:
+        raise RuntimeError("MessageSizeTooLargeError: MESSAGE_SIZE_TOO_LARGE")
+
+    async def ack(token: object) -> None:
+        acked.append(token)
+
+    said = _run_one_batch(monkeypatch, send, ack)
+    assert len(said) == 1, "stopped at once, with no other batch coming"
+    assert f"{S.recovery_topic}:3:41" in said[0] and S.dlq_topic in said[0] and "MESSAGE_SIZE_TOO_LARGE" in said[0]
+    assert "nothing of this batch" in said[0] and acked == []
+
+
+def test_an_unexpected_error_in_a_batch_stops_the_writer_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def send(key: bytes, value: bytes, headers: list) -> None:
+        pass
+
+    async def ack(token: object) -> None:
+        raise KeyError("a bug")
+
+    said = _run_one_batch(monkeypatch, send, ack)
+    assert len(said) == 1 and "KeyError" in said[0], said
+
+
+def test_a_batch_cancelled_at_shutdown_does_not_stop_the_writer_as_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.recover import writer as writer_module
+
+    said: list[str] = []
+    monkeypatch.setattr(writer_module, "_fatal", said.append)
+
+    async def send(key: bytes, value: bytes, headers: list) -> None:
+        await asyncio.Event().wait()  # a DLQ that does not answer
+
+    async def run() -> None:
+        writer = Writer(S, send)
+        await writer.add(Record(S.recovery_topic, 0, 0, None, [], None, b"{"), _never)
+        writer.first_at -= 1
+        await writer.flush_if_due(_never)
+        await asyncio.sleep(0.05)
+        assert writer.in_flight is not None
+        writer.in_flight.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writer.in_flight
+
+    asyncio.run(run())
+    assert said == []
+
+
+async def _never(token: object) -> None:
+    raise AssertionError("acknowledged")
