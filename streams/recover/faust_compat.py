@@ -21,6 +21,19 @@ blocks (a full queue, a suspended flow, a busy producer) goes on in a task raced
 loop's task rather than a task of its own; faust's delivery does not look at the current
 task or set context variables.
 
+And one so that a record cannot stop the reading: Kafka allows any bytes in a header name,
+and aiokafka decodes each name as strict UTF-8 while it unpacks a fetched batch, so one
+name that is not UTF-8 raised out of the fetch, the fetcher crashed and the writer exited
+1 a second after it started, each time it was restarted, writing nothing of any of its
+partitions (seen on the real broker). The fetcher
+reads batches through `aiokafka.consumer.fetcher.MemoryRecords`; `_LenientRecords` takes
+its place (install_lenient_reader()). Each batch is still read by aiokafka's own reader
+(the C one; the wrapping costs ~0.06 us a record); only a batch that reader refuses for a header name is read again, from the
+record it stopped at, by aiokafka's pure-Python reader with that name decoded with
+surrogateescape: lossless, and told apart from any name that was UTF-8 by its lone
+surrogates (writer.py sends such a record to the DLQ). No aiokafka code is copied: the
+Python reader is handed a buffer whose slices decode leniently.
+
 Written for the versions in WRITTEN_FOR (pinned in pyproject.toml). `missing()` lists
 what an upgrade removed; a test fails on it, and on a version outside these.
 """
@@ -36,6 +49,9 @@ from typing import Any
 
 import aiokafka
 import faust
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.errors import CorruptRecordException
+from aiokafka.record import default_records, memory_records
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import Service, WaitResults
@@ -47,7 +63,12 @@ OVERRIDDEN = (
     (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer"),
     (faust_aiokafka, "Transport"),
     (Service, "wait_first"),
+    (aiokafka_fetcher, "MemoryRecords"),
+    (memory_records, "_MemoryRecordsPy"),
+    (default_records, "_DefaultRecordBatchPy"),
 )
+# What the fetcher reads a partition's batches with (spaces removed).
+FETCH_RECORDS = "records=MemoryRecords(part_data[-1])"
 # The one call whose wait_first is taken in place (spaces removed).
 DRAIN_CALL = "awaitself.wait_first(callback(message),self.suspend_flow.wait())"
 _EVENT_WAIT = asyncio.Event.wait.__code__
@@ -57,6 +78,7 @@ class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._isolation_level = "read_committed"  # aiokafka builds its Fetcher from this in start()
+        install_lenient_reader()
         return consumer
 
 
@@ -115,6 +137,87 @@ class _Transport(faust_aiokafka.Transport):
     Consumer = _ReadCommittedConsumer
 
 
+class _LenientName(bytes):
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes.decode(self, encoding, "surrogateescape")
+
+
+class _LenientBuffer(bytearray):
+    """A batch's bytes whose slices decode with surrogateescape: the Python reader takes
+    each header name as `buffer[start:end].decode("utf-8")` (and keys, values and header
+    values as `bytes(buffer[start:end])`, unchanged by this)."""
+
+    def __getitem__(self, index: Any) -> Any:
+        got = bytearray.__getitem__(self, index)
+        return _LenientName(got) if isinstance(index, slice) else got
+
+
+class _LenientBatch(default_records._DefaultRecordBatchPy):  # type: ignore[misc]
+    """aiokafka's pure-Python record batch (v2), reading a header name that is not UTF-8
+    with surrogateescape."""
+
+    def _maybe_uncompress(self) -> None:
+        super()._maybe_uncompress()
+        if type(self._buffer) is not _LenientBuffer:
+            self._buffer = _LenientBuffer(self._buffer)
+
+
+def _undecodable_name(exc: BaseException) -> bool:
+    """Whether a reader refused a batch for a header name (its only text): the C reader
+    raises UnicodeDecodeError, the Python one wraps it in CorruptRecordException."""
+    return isinstance(exc, UnicodeDecodeError) or (
+        isinstance(exc, CorruptRecordException) and isinstance(exc.__cause__, UnicodeDecodeError))
+
+
+class _Batch:
+    """A v2 record batch as aiokafka reads it, and read again leniently (_LenientBatch)
+    from the record its reader could not decode. The fetcher asks the batch's attributes
+    (offsets, producer, control, CRC) of aiokafka's own."""
+
+    __slots__ = ("_batch", "_data")
+
+    def __init__(self, batch: Any, data: memoryview) -> None:
+        self._batch = batch
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._batch, name)
+
+    def __next__(self) -> Any:  # a control batch's marker is read with next()
+        return next(self._batch)
+
+    def __iter__(self) -> Generator[Any, None, None]:
+        after = -1
+        try:
+            for record in self._batch:
+                after = record.offset
+                yield record
+        except (UnicodeDecodeError, CorruptRecordException) as exc:
+            if not _undecodable_name(exc):
+                raise
+            for record in _LenientBatch(self._data):
+                if record.offset > after:
+                    yield record
+
+
+class _LenientRecords(memory_records._MemoryRecordsPy):  # type: ignore[misc]
+    """A fetched partition's record batches (aiokafka's Python splitter: it keeps each
+    batch's bytes at hand, for _Batch), each v2 batch as a _Batch."""
+
+    def next_batch(self, *args: Any) -> Any:
+        data = self._next_slice
+        batch = super().next_batch(*args)
+        if batch is None or data[self.MAGIC_OFFSET] < 2:
+            return batch
+        return _Batch(batch, data)
+
+
+def install_lenient_reader() -> None:
+    """Have every aiokafka consumer of this process read batches through _LenientRecords
+    (the fetcher looks MemoryRecords up in its module at each fetch)."""
+    aiokafka_fetcher.MemoryRecords = _LenientRecords
+
+
 class ReadCommittedApp(faust.App):
     """A faust app whose consumers read with isolation.level=read_committed."""
 
@@ -130,7 +233,44 @@ def missing() -> list[str]:
         gone.append("aiokafka.AIOKafkaConsumer._isolation_level (read by start() to build the fetcher)")
     if DRAIN_CALL not in "".join(inspect.getsource(faust_consumer.Consumer._drain_messages).split()):
         gone.append(f"faust.transport.consumer.Consumer._drain_messages calling {DRAIN_CALL} (taken in place by wait_first)")
+    if FETCH_RECORDS not in "".join(inspect.getsource(aiokafka_fetcher.Fetcher._proc_fetch_request).split()):
+        gone.append(f"aiokafka's Fetcher._proc_fetch_request reading batches with {FETCH_RECORDS} (see _LenientRecords)")
+    why = None if gone else lenient_read_fails()
+    if why:
+        gone.append(f"the lenient record reader ({why})")
     return gone
+
+
+class _Name(str):
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return UNREADABLE_NAME
+
+
+UNREADABLE_NAME = b"\xff\xfe-not-utf8"
+
+
+def batch_with_unreadable_name(compression: int = 0) -> bytes:
+    """A v2 record batch of three records (offsets 0 to 2) whose middle one has a header
+    name that is not UTF-8, made as another client would (aiokafka's Python builder
+    encodes a name with its encode())."""
+    builder = default_records._DefaultRecordBatchBuilderPy(
+        magic=2, compression_type=compression, is_transactional=0, producer_id=-1, producer_epoch=-1,
+        base_sequence=-1, batch_size=1 << 20)
+    for offset, headers in enumerate([[("a", b"1")], [("b", b"2"), (_Name("x"), b"3")], []]):
+        builder.append(offset, timestamp=1, key=b"k", value=b"v%d" % offset, headers=headers)
+    return bytes(builder.build())
+
+
+def lenient_read_fails() -> str | None:
+    """Why the lenient reader does not read batch_with_unreadable_name() (None: it does)."""
+    try:
+        records = _LenientRecords(batch_with_unreadable_name())
+        got = [(r.offset, r.headers) for r in records.next_batch()]
+    except Exception as exc:  # noqa: BLE001 (reported)
+        return f"{type(exc).__name__}: {exc}"
+    want = [(0, [("a", b"1")]), (1, [("b", b"2"), (UNREADABLE_NAME.decode("utf-8", "surrogateescape"), b"3")]),
+            (2, [])]
+    return None if got == want else f"read {got}, expected {want}"
 
 
 def unexpected_versions() -> dict[str, str]:

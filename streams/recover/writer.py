@@ -5,7 +5,9 @@ batch is written in one database transaction. A record is acknowledged only afte
 batch is committed (or, if it cannot be decoded or stored, after it is in the DLQ), so
 no offset is ever committed past a record whose rows are not in PostgreSQL. If
 PostgreSQL is down the batch is retried with backoff; nothing is acknowledged meanwhile
-and the group's lag grows until it is back.
+and the group's lag grows until it is back. A failure retrying cannot fix (a dead letter
+the DLQ refuses, a bug) stops the writer at once with one line, nothing of its batch
+acknowledged (Writer._commit).
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ class Record:
     token: Any = None
 
 
+class DeadLetterNotSent(Exception):
+    """The DLQ did not take a record's dead letter."""
+
+    def __init__(self, record: Record, dlq_topic: str, exc: BaseException) -> None:
+        super().__init__(f"the dead letter of {record.topic}:{record.partition}:{record.offset} was not delivered to "
+                         f"{dlq_topic} ({type(exc).__name__}: {_first_line(exc)})")
+
+
 Ack = Callable[[Any], Awaitable[None]]
 SendDeadLetter = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]  # key, value, headers; once delivered
 
@@ -124,9 +134,29 @@ class Writer:
     async def _drain(self) -> None:
         if self.in_flight is not None:
             task, self.in_flight = self.in_flight, None
-            await task  # a batch that failed raises here, with none of its records acknowledged
+            await task  # (a batch that failed has stopped the writer already: _commit)
 
     async def _commit(self, records: list[Record], ack: Ack) -> None:
+        """Write and acknowledge a batch, or stop the writer. This runs in a task that is
+        awaited only when the next batch is handed over: an error left in it would wait for
+        a batch that may never come (the writer silent, nothing acknowledged, /healthz 200).
+        Database errors are handled in _write (retried while PostgreSQL is away; a record it
+        refuses to the DLQ; no table or grant: stopped). What reaches here retrying cannot
+        fix: a dead letter the DLQ did not take (the producer retries retriable errors
+        itself, for faust's producer_request_timeout; what is left is a letter too large, a
+        topic missing or not allowed, a stopped producer), or a bug. So the writer stops
+        with one line, nothing of the batch acknowledged, and the supervisor restarts it."""
+        try:
+            await self._write_and_ack(records, ack)
+        except DeadLetterNotSent as exc:
+            _fatal(f"{exc}; nothing of this batch of {len(records)} was acknowledged (check the DLQ topic: its "
+                   "max.message.bytes, its existence, this principal's ACLs)")
+        except Exception as exc:  # noqa: BLE001 (unforeseen: its traceback in the log, then stopped)
+            log.error("writing a batch failed", exc_info=exc)
+            _fatal(f"writing a batch failed ({type(exc).__name__}: {_first_line(exc)}); nothing of this batch of "
+                   f"{len(records)} was acknowledged")
+
+    async def _write_and_ack(self, records: list[Record], ack: Ack) -> None:
         async with self.lock:
             started = time.monotonic()
             items, poison = self._decode(records)
@@ -142,6 +172,13 @@ class Writer:
         """Each record as an item to store, or as poison: (record, error, summary for the log)."""
         items, poison = [], []
         for record in records:
+            unreadable = unreadable_names(record.headers)
+            if unreadable:
+                shown = ", ".join(repr(name[:64]) for name in unreadable[:3])
+                error = (f"a header name is not UTF-8 ({shown}): the contract's header names are UTF-8; the "
+                         "headers so named are left out of this letter")
+                poison.append((record, error, "a header name is not UTF-8"))
+                continue
             model = Recovery if record.topic == self.s.recovery_topic else LateOrder
             try:
                 message = fast.decode(model, record.value)
@@ -206,18 +243,40 @@ class Writer:
 
     def dead_letter_of(self, record: Record, error: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
         """The DLQ record (key, value, headers) of one input record."""
+        readable = [(name, value) for name, value in record.headers if not _unreadable(name)]
         value = dlq.encoded(topic=record.topic, partition=record.partition, offset=record.offset,
-                            timestamp_ms=record.timestamp_ms, headers=record.headers, key=record.key,
+                            timestamp_ms=record.timestamp_ms, headers=readable, key=record.key,
                             value=record.value, error=error, failed_at=from_epoch_ms(int(time.time() * 1000)),
-                            minimise=self.s.minimise_personal_data)
+                            minimise=self.s.minimise_personal_data,
+                            headers_unreadable=len(readable) < len(record.headers))
         key = f"{record.topic}:{record.partition}:{record.offset}".encode()
         return key, value, headers_for(DeadLetter, [traceparent(record.headers)])
 
     async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
-        await self.send_dead_letter(*self.dead_letter_of(record, error))  # delivered before the record is acknowledged
+        try:
+            await self.send_dead_letter(*self.dead_letter_of(record, error))  # delivered before the record is acknowledged
+        except Exception as exc:  # noqa: BLE001 (whatever the producer raises: said with the record's coordinates)
+            raise DeadLetterNotSent(record, self.s.dlq_topic, exc) from exc
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
         log.warning("record sent to the DLQ: %s", summary,
                     extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})
+
+
+def _unreadable(name: str) -> bool:
+    # Only a name decoded with surrogateescape holds lone surrogates, which UTF-8 cannot encode.
+    if name.isascii():
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def unreadable_names(headers: list[tuple[str, bytes]]) -> list[bytes]:
+    """The header names of a record that were not UTF-8 on the wire, as they were: the
+    reader decodes such a name with surrogateescape (faust_compat.py)."""
+    return [name.encode("utf-8", "surrogateescape") for name, _ in headers if _unreadable(name)]
 
 
 def _first_line(exc: BaseException) -> str:

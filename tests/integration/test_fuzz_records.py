@@ -11,11 +11,8 @@ kafka's producer cannot write them; its consumer raises SystemError reading them
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import subprocess
-import sys
 import time
 
 import pytest
@@ -24,10 +21,11 @@ from confluent_kafka import Producer
 from schemas import Anomaly, DeadLetter, LateOrder, Payment, Recovery
 from streams.join.core import Side
 from streams.kafka import config
+from tests.integration import unreadable
 from tests.integration.conftest import consume_all
 from tests.integration.test_hostile_inputs import _accept_any_timestamp
 from tests.integration.test_join import _settings
-from tests.integration.workers import ROOT, read_to_end, start, stop, wait_until_done
+from tests.integration.workers import read_to_end, start, stop, wait_until_done
 from tests.join import fuzz
 from tests.join.fuzz import Rec
 
@@ -89,35 +87,10 @@ def _produce(s, records: list[Rec]) -> list[tuple[Rec, str, int, int, int]]:
 
 
 def _produce_unreadable(s, records: list[Rec]) -> list[tuple[Rec, str, int, int, int]]:
-    """Records with a header name that is not UTF-8, written by aiokafka's pure-Python
-    record builder in a process of their own."""
-    script = """
-import asyncio, base64, json, os, sys
-os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"
-from aiokafka import AIOKafkaProducer
-class Name(str):
-    def encode(self, *a, **k): return b"\\xff\\xfe-not-utf8"
-async def main(spec):
-    p = AIOKafkaProducer(bootstrap_servers=spec["servers"])
-    await p.start()
-    out = []
-    for r in spec["records"]:
-        v = None if r["value"] is None else base64.b64decode(r["value"])
-        k = None if r["key"] is None else base64.b64decode(r["key"])
-        md = await p.send_and_wait(r["topic"], v, key=k, timestamp_ms=r["ts"], headers=[(Name("x"), b"1")])
-        out.append([md.topic, md.partition, md.offset, md.timestamp])
-    await p.stop()
-    print(json.dumps(out))
-asyncio.run(main(json.loads(sys.stdin.read())))
-"""
+    """Records with a header name that is not UTF-8 (tests/integration/unreadable.py)."""
     topics = (s.payments_topic, s.orders_topic)
-    spec = {"servers": s.bootstrap_servers, "records": [
-        {"topic": topics[r.side], "ts": r.ts if r.ts > 0 else None, **{k: v for k, v in r.to_json().items()
-                                                                     if k in ("key", "value")}} for r in records]}
-    run = subprocess.run([sys.executable, "-c", script], input=json.dumps(spec), capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-2000:]
-    return [(rec, *where) for rec, where in zip(records, json.loads(run.stdout.strip().splitlines()[-1]))]
+    foreign = [unreadable.Foreign(topics[r.side], r.key, r.value, ts=r.ts if r.ts > 0 else None) for r in records]
+    return [(rec, *where) for rec, where in zip(records, unreadable.produce(s.bootstrap_servers, foreign))]
 
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])

@@ -468,6 +468,46 @@ def test_writer_without_its_tables_stops_with_one_line(base_settings, tmp_path) 
     assert "run `slipguard db migrate`" in text
 
 
+def test_a_dead_letter_the_dlq_refuses_stops_the_writer_with_one_line_and_nothing_after_it_acknowledged(
+        s, tmp_path) -> None:
+    """A DLQ topic configured smaller than a letter refuses it (MESSAGE_TOO_LARGE, not
+    retriable). The writer used to keep the error in the batch's task until another batch
+    came; with none coming it stayed up, silent, acknowledging nothing."""
+    import base64
+    import os
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from streams.kafka import config
+    from tests.integration.workers import committed_total
+
+    entry = ConfigEntry("max.message.bytes", "4096", incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, s.dlq_topic, incremental_configs=[entry])
+    admin = AdminClient(config.admin(s))
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+    poison = b'{"pad":"' + base64.b64encode(os.urandom(30_000)) + b'"}'  # its letter: ~40 KB, gzip or not
+    p = Producer(config.producer(s))
+    for value in (_recovery(1).encode(), poison, _recovery(2).encode()):
+        p.produce(s.recovery_topic, value, b"k", partition=0)
+    assert p.flush(30) == 0
+    log = tmp_path / "recover.log"
+    writer = start(s, ["recover"], log)
+    try:
+        assert writer.wait(60) == 1, log.read_text()[-3000:]
+    except subprocess.TimeoutExpired:
+        stop(writer, signal.SIGKILL)
+        raise AssertionError(f"the writer did not stop in 60 s: {log.read_text()[-2000:]}") from None
+    lines = [line for line in log.read_text().splitlines() if line.startswith("slipguard recover: ")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"slipguard recover: the dead letter of {s.recovery_topic}:0:1 was not delivered to ")
+    assert "(MessageSizeTooLargeError" in lines[0] and "nothing of this batch" in lines[0], lines
+    assert committed_total(s, s.recover_group, [s.recovery_topic], s.partitions) in (0, 1), "nothing past it"
+    with _db(s) as conn:
+        assert conn.execute("SELECT order_id FROM orders").fetchall() in ([], [("ord-1",)]), "nothing after it"
+
+
 def test_a_payment_two_hours_old_recovered_in_a_catch_up_still_reconciles_its_late_order(s, tmp_path) -> None:
     """LATE_HORIZON (1 h) runs from the recovery, by the worker's clock. A payment two hours
     old, in a backlog the join catches up, is recovered now; its order, produced seconds

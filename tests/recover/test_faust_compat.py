@@ -9,6 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.record import default_records
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import TopicPartition
 from mode.services import Service
 
 from streams.recover import faust_compat
@@ -183,3 +187,59 @@ def test_other_calls_and_a_suspended_flow_go_to_modes_wait_first() -> None:
         assert len(ran_in) == 2 and here not in ran_in
 
     _where_deliveries_run(body)
+
+
+# ---------------------------------------------------------------- a header name that is not UTF-8
+# aiokafka decodes header names strictly while it unpacks a fetched batch: one such name
+# raised out of the fetch and crashed the writer. The lenient reader reads such a batch
+# whole, the name surrogate-escaped (tests/integration/test_writer_unreadable.py: on the broker).
+
+ESCAPED = faust_compat.UNREADABLE_NAME.decode("utf-8", "surrogateescape")
+CODECS = {"uncompressed": 0, "gzip": 1, "lz4": 3}
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_aiokafkas_own_reader_refuses_a_batch_with_a_header_name_that_is_not_utf8(codec: str) -> None:
+    """What the lenient reader is for (if aiokafka reads such a name one day, it can go)."""
+    with pytest.raises(UnicodeDecodeError):
+        list(MemoryRecords(faust_compat.batch_with_unreadable_name(CODECS[codec])).next_batch())
+
+
+@pytest.mark.parametrize("reader", ["C", "Python"])
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_a_batch_with_a_header_name_that_is_not_utf8_is_read_whole_the_name_surrogate_escaped(
+        codec: str, reader: str) -> None:
+    data = memoryview(faust_compat.batch_with_unreadable_name(CODECS[codec]))
+    own = MemoryRecords(bytes(data)).next_batch() if reader == "C" else default_records._DefaultRecordBatchPy(data)
+    if reader == "C" and type(own) is default_records._DefaultRecordBatchPy:
+        pytest.skip("aiokafka's C extension is not installed")
+    got = [(r.offset, r.key, r.value, r.headers) for r in faust_compat._Batch(own, data)]
+    assert got == [(0, b"k", b"v0", [("a", b"1")]), (1, b"k", b"v1", [("b", b"2"), (ESCAPED, b"3")]),
+                   (2, b"k", b"v2", [])]
+
+
+@pytest.mark.parametrize("fetched_from", [0, 1, 2])
+def test_aiokafkas_fetcher_yields_each_record_of_such_a_batch_once_from_where_it_fetched(fetched_from: int) -> None:
+    """Through the fetcher's own unpacking (CRC check, offsets, read_committed), as a
+    fetch from `fetched_from` gets the batch."""
+    tp = TopicPartition("t", 0)
+    records = faust_compat._LenientRecords(faust_compat.batch_with_unreadable_name(1))
+    unpacked = aiokafka_fetcher.PartitionRecords(tp, records, [], fetched_from, None, None, True,
+                                                 aiokafka_fetcher.READ_COMMITTED)
+    got = [(m.offset, m.value, m.headers) for m in unpacked]
+    assert got == [(0, b"v0", (("a", b"1"),)), (1, b"v1", (("b", b"2"), (ESCAPED, b"3"))), (2, b"v2", ())][fetched_from:]
+    assert unpacked.next_fetch_offset == 3
+
+
+def test_the_writers_consumer_reads_batches_with_the_lenient_reader() -> None:
+    async def create() -> None:  # (aiokafka's consumer is made in a running loop; nothing connects)
+        consumer = _consumer()
+        await consumer._thread._create_worker_consumer(consumer.transport).stop()
+
+    before = aiokafka_fetcher.MemoryRecords
+    try:
+        aiokafka_fetcher.MemoryRecords = MemoryRecords
+        asyncio.run(create())
+        assert aiokafka_fetcher.MemoryRecords is faust_compat._LenientRecords
+    finally:
+        aiokafka_fetcher.MemoryRecords = before
