@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import config
+from streams.kafka.consumed import partition_of, position
 from streams.settings import Settings
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -72,12 +73,13 @@ def read(s: Settings, topic: str, partitions: list[int] | None = None, *, since_
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())  # type: ignore[arg-type]
+                        todo.discard(partition_of(m))
                     continue
                 done += 1
-                yield Record(m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())  # type: ignore[arg-type]
-                if m.offset() + 1 >= ends[m.partition()]:  # type: ignore[operator,index]
-                    todo.discard(m.partition())  # type: ignore[arg-type]
+                _, partition, offset = position(m)
+                yield Record(partition, offset, m.timestamp()[1], m.key(), m.value())
+                if offset + 1 >= ends[partition]:
+                    todo.discard(partition)
             if progress is not None:
                 progress(f"{topic}{parts if partitions is not None else ''}", done, total)
     finally:

@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from streams.kafka import config
 from streams.kafka.acls import denied
 from streams.kafka.calls import group_refused, topic_refused, transient
+from streams.kafka.consumed import offset_of
 from streams.retry import Retry
 from streams.settings import Settings
 
@@ -147,7 +148,10 @@ class LagReader:
             open_tps = set(wanted)
             while open_tps and time.monotonic() < deadline:
                 for m in c.consume(len(open_tps), timeout=0.2):
-                    key = (m.topic(), m.partition())
+                    topic, partition = m.topic(), m.partition()
+                    if topic is None or partition is None:
+                        continue  # a client error that concerns no partition
+                    key = (topic, partition)
                     if key not in open_tps:
                         continue
                     err = m.error()
@@ -156,7 +160,7 @@ class LagReader:
                     elif err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                         raise LagError(denied(self.s, "lag", "TOPIC", key[0]))
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        if m.offset() < ends[key]:
+                        if offset_of(m) < ends[key]:
                             continue  # stopped at an open transaction; its records are not readable yet
                         out[key] = None
                     else:
@@ -198,8 +202,8 @@ def _rows(reader: LagReader, group: str, committed: dict[tuple[str, int], int], 
         seconds: float | None = None
         if lag == 0 or (tp in times and times[tp] is None):
             lag, seconds = 0, 0.0  # nothing left to read but, perhaps, transaction markers
-        elif times.get(tp) is not None:
-            seconds = max(0.0, (now - times[tp]) / 1000)  # type: ignore[operator]
+        elif (next_ms := times.get(tp)) is not None:
+            seconds = max(0.0, (now - next_ms) / 1000)
         rows.append(PartitionLag(group, tp[0], tp[1], cur, ends[tp], lag, seconds))
     return rows
 
