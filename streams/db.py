@@ -47,7 +47,7 @@ def migrate(url: str) -> list[str]:
                 if done:
                     continue
                 try:
-                    conn.execute(sql)  # type: ignore[arg-type]  (trusted files shipped with the package)
+                    conn.execute(sql)  # (a trusted file shipped with the package)
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {version:04d}_{name}.sql failed: {exc}") from exc
                 conn.execute("INSERT INTO slipguard_schema_migrations (version, name) VALUES (%s, %s)", (version, name))

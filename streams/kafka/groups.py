@@ -88,9 +88,11 @@ def group_session_timeout_s(settings: Settings, group: str, *, timeout: float = 
         return 45.0
 
 
-def _seconds(entries: dict, name: str) -> str:
+def _seconds(entries: dict[str, ConfigEntry], name: str) -> str:
     entry = entries.get(name)
+    if entry is None or entry.value is None:
+        return "unknown"
     try:
         return f"{int(entry.value) / 1000:g}s"
-    except (AttributeError, TypeError, ValueError):
+    except ValueError:
         return "unknown"

@@ -346,10 +346,15 @@ def check_writable(settings: Settings, role: str, topic: str) -> None:
     """Write a tombstone under a key no state uses to partition 0 of the changelog (a
     restore skips tombstones; compaction removes it): Write is checked on every produce,
     and a transaction refused later fails with a state error that names no topic."""
-    from confluent_kafka import Producer
+    from confluent_kafka import Message, Producer
 
-    failed: list = []
-    p = Producer(config.producer(settings, on_delivery=lambda err, _m: err is not None and failed.append(err)))
+    failed: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(err)
+
+    p = Producer(config.producer(settings, on_delivery=delivered))
     p.produce(topic, None, WRITE_CHECK_KEY, partition=0)
     left = p.flush(10)
     if failed and failed[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:

@@ -79,10 +79,11 @@ class Endpoint:
         try:
             while not self._stop.is_set():
                 for key, _ in self._selector.select(timeout=self._until_first_deadline()):
-                    if key.fileobj is self.socket:
+                    conn = key.fileobj
+                    if conn is self.socket:
                         self._accept()
-                    elif key.fileobj is not self._wake_r:
-                        self._read(key.fileobj)  # type: ignore[arg-type]
+                    elif conn is not self._wake_r and isinstance(conn, socket.socket):
+                        self._read(conn)
                 self._expire()
         finally:
             self._stopped.set()
@@ -171,7 +172,7 @@ class Endpoint:
 
     def _respond(self, conn: socket.socket, arriving: _Arriving) -> None:
         try:
-            conn.setblocking(True)
+            conn.settimeout(self.request_timeout)  # blocking, and each write of the answer bounded
             _Request(bytes(arriving.head), conn, arriving.address, self)
         except OSError as exc:  # the client went away or stopped reading the answer
             log.debug("metrics endpoint: answer not delivered: %s", exc)
@@ -184,12 +185,12 @@ class _Request(BaseHTTPRequestHandler):
     """One request whose line and headers have arrived: parsed and answered by http.server."""
 
     protocol_version = "HTTP/1.0"  # one request per connection: nothing is held open
-    server: Endpoint
 
-    def __init__(self, head: bytes, conn: socket.socket, address: tuple, server: Endpoint) -> None:
-        self._head = head
-        self.timeout = server.request_timeout  # set on the socket by setup(): bounds each write of the answer
-        super().__init__(conn, address, server)  # type: ignore[arg-type]
+    def __init__(self, head: bytes, conn: socket.socket, address: tuple, endpoint: Endpoint) -> None:
+        self._head, self.endpoint = head, endpoint
+        # socketserver only keeps `server` for handlers that look at it (these do not):
+        # the endpoint is not a socketserver.BaseServer, and need not be one.
+        super().__init__(conn, address, endpoint)  # type: ignore[arg-type]  # (see above)
 
     def setup(self) -> None:
         super().setup()
@@ -198,7 +199,7 @@ class _Request(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         path = self.path.split("?", 1)[0]
-        health = self.server.health
+        health = self.endpoint.health
         if path == "/metrics":
             self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
@@ -211,12 +212,12 @@ class _Request(BaseHTTPRequestHandler):
             self._send(404, b"not found\n")
 
     def _refuse(self) -> None:
-        self._send(405, b"only GET\n", extra=[("Allow", "GET")])
+        self._send(405, b"only GET\n", extra=(("Allow", "GET"),))
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _refuse  # noqa: N815
 
     def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
-              extra: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
+              extra: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))

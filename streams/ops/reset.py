@@ -25,7 +25,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer,
+                             TopicPartition)
 
 from streams.kafka import config
 from streams.kafka.groups import group_session_timeout_s
@@ -154,7 +155,12 @@ def execute(s: Settings, plan: Plan, progress: Progress | None = None) -> list[s
     both steps are idempotent; start no join worker in between."""
     check_no_members(s, plan.group, plan.moves)
     failed: list[str] = []
-    p = Producer(config.producer(s, on_delivery=lambda err, _m: err is not None and failed.append(err.str())))
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(err.str())
+
+    p = Producer(config.producer(s, on_delivery=delivered))
     for n, (partition, key) in enumerate(plan.live_keys, 1):
         p.produce(s.changelog_topic, None, key, partition=partition)
         p.poll(0)

@@ -122,10 +122,10 @@ async def write_batch(conn: psycopg.AsyncConnection, items: list[Item],
                 await cur.execute(INSERT_LATE, {
                     "recovery_id": [m.recovery_id for m in lates], "order_id": [m.order_id for m in lates],
                     "payment_id": [m.payment_id for m in lates],
-                    "real_order": [Jsonb(m.order.model_dump(mode="json")) for m in lates],  # type: ignore[union-attr]
+                    "real_order": [Jsonb(m.order.model_dump(mode="json")) for m in lates],
                     "lateness": [m.lateness_seconds for m in lates],
                 })
-            ids = [i.message.recovery_id for i in recoveries] + [m.recovery_id for m in lates]  # type: ignore[union-attr]
+            ids = [i.message.recovery_id for i in recoveries] + [m.recovery_id for m in lates]
             await cur.execute(RECONCILE, (ids,))
             outcomes["reconciled"] += cur.rowcount
     return outcomes
