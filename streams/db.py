@@ -7,6 +7,7 @@ import re
 from importlib import resources
 
 import psycopg
+from psycopg.rows import Row
 
 log = logging.getLogger("slipguard.db")
 
@@ -54,3 +55,11 @@ def migrate(url: str) -> list[str]:
                 applied_now.append(f"{version:04d}_{name}")
                 log.info("applied migration %04d_%s", version, name)
     return applied_now
+
+
+def one(cursor: psycopg.Cursor[Row]) -> Row:
+    """The row of a query that always returns one (an aggregate: count(*), percentile_cont)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("a query that always returns a row returned none")
+    return row

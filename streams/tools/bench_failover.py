@@ -85,10 +85,10 @@ def _case(s: Settings, name: str, logs: str, protocol: str) -> float:
     pays, ords, _ = plan(120_000, start_ms=int(time.time() * 1000) + 3_000, spacing_ms=0.5, timeout_ms=5_000,
                          seed=7)
     traffic = threading.Thread(target=produce, args=(c, merged(pays, ords)), kwargs={"realtime": True}, daemon=True)
-    ids = {"restart": ["fo-a", None], "kill": [None, None], "leave": [None, None]}[name]
-    procs = [_start(c, ids[0], f"{logs}/{protocol}-{name}-a.log")]
+    # Only the restarted worker has an id of its own (a StatefulSet pod); the others, the default.
+    procs = [_start(c, "fo-a" if name == "restart" else None, f"{logs}/{protocol}-{name}-a.log")]
     if name != "restart":
-        procs.append(_start(c, ids[1], f"{logs}/{protocol}-{name}-b.log"))
+        procs.append(_start(c, None, f"{logs}/{protocol}-{name}-b.log"))
     try:
         traffic.start()
         time.sleep(12)  # joined, restored, processing live traffic

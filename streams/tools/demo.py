@@ -22,10 +22,10 @@ from pathlib import Path
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.db import migrate
+from streams.db import migrate, one
 from streams.kafka import config
 from streams.kafka.topics import create_topics
-from streams.tools.loadgen import Shares, merged, plan, produce
+from streams.tools.loadgen import Expected, Shares, merged, plan, produce
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +36,9 @@ SHARES = Shares(missing=0.03, late=0.015, duplicates=0.02, second_payment=0.005,
 _AS_JSON = False
 
 
-def _say(*parts: object, **kwargs: object) -> None:
+def _say(*parts: object) -> None:
     """The demo's running account: stdout, or stderr when the summary is JSON."""
-    kwargs["file"] = sys.stderr if _AS_JSON else sys.stdout
-    kwargs.setdefault("flush", True)
-    print(*parts, **kwargs)  # type: ignore[call-overload]
+    print(*parts, file=sys.stderr if _AS_JSON else sys.stdout, flush=True)
 
 
 def _free_port() -> int:
@@ -144,13 +142,13 @@ def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int,
                 _say(f"the {name} worker exited with {proc.returncode}; see .stack/demo/{run_id}-{name}.log")
                 return 1
         with psycopg.connect(db_url) as conn:
-            written, reconciled = conn.execute(
+            written, reconciled = one(conn.execute(
                 "SELECT count(*), count(reconciled_at) FROM orders WHERE source = 'recovery' AND order_id LIKE %s",
-                (like,)).fetchone()
+                (like,)))
         _say(f"  t+{time.monotonic() - started:4.0f}s  matched {int(_scrape(jport, 'slipguard_join_matched_total')):6,}"
               f"  recovered {int(_scrape(jport, 'slipguard_join_recovered_total')):5,}"
               f"  late {int(_scrape(jport, 'slipguard_join_late_orders_total')):4,}"
-              f"  rows written {written:5,}  reconciled {reconciled:4,}", flush=True)
+              f"  rows written {written:5,}  reconciled {reconciled:4,}")
         done = not producer.is_alive() and written >= len(exp.recovered) and reconciled >= len(exp.late)
         if done or time.monotonic() - started > seconds + 90:
             break
@@ -158,12 +156,12 @@ def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int,
     return _summary(demo, exp, like, jport)
 
 
-def _summary(demo: Settings, exp, like: str, jport: int) -> int:
+def _summary(demo: Settings, exp: Expected, like: str, jport: int) -> int:
     with psycopg.connect(demo.database_url.get_secret_value()) as conn:
-        outcomes = dict(conn.execute("SELECT outcome, count(*) FROM recovery_audit WHERE order_id LIKE %s GROUP BY 1",
-                                     (like,)).fetchall())
-        reconciled = conn.execute("SELECT count(*) FROM orders WHERE order_id LIKE %s AND reconciled_at IS NOT NULL",
-                                  (like,)).fetchone()[0]
+        outcomes: dict[str, int] = dict(conn.execute(
+            "SELECT outcome, count(*) FROM recovery_audit WHERE order_id LIKE %s GROUP BY 1", (like,)).fetchall())
+        reconciled = one(conn.execute(
+            "SELECT count(*) FROM orders WHERE order_id LIKE %s AND reconciled_at IS NOT NULL", (like,)))[0]
     rows = [
         # Each input topic also holds one undecodable record of the demo's.
         ("payments in the topic", _committed_records(demo, demo.payments_topic) - 1, exp.payments),
