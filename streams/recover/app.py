@@ -15,7 +15,7 @@ import faust
 
 from streams.ops import metrics
 from streams.recover.faust_compat import ReadCommittedApp
-from streams.recover.writer import Ack, Record, Writer
+from streams.recover.writer import Ack, MakeWriter, Record, Writer
 from streams.kafka.versions import ssl_context
 from streams.settings import Settings
 
@@ -46,7 +46,7 @@ def record_of(event: Any) -> Record:
                   token=event)
 
 
-def build_app(s: Settings) -> tuple[faust.App, Writer]:
+def build_app(s: Settings, make_writer: MakeWriter = Writer) -> tuple[faust.App, Writer]:
     brokers = ";".join(f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(","))
     app = ReadCommittedApp(
         s.recover_group,
@@ -79,7 +79,7 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
     async def send_dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         await (await dlq.send(key=key, value=value, headers=headers))  # delivered before the record is acknowledged
 
-    writer = Writer(s, send_dead_letter)
+    writer = make_writer(s, send_dead_letter)
     stream_ack: Ack | None = None  # the agent's stream.ack, once it runs: the timer flushes with it too
     topics = app.topic(s.recovery_topic, s.late_topic, key_serializer="raw", value_serializer="raw")
 

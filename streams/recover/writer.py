@@ -71,6 +71,7 @@ class Record:
 
 Ack = Callable[[Any], Awaitable[None]]
 SendDeadLetter = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]  # key, value, headers; once delivered
+MakeWriter = Callable[[Settings, SendDeadLetter], "Writer"]  # Writer, or one with parts left out (a benchmark's)
 
 
 class Writer:
