@@ -28,7 +28,8 @@ from streams.kafka.topics import create_topics
 from streams.tools.loadgen import Expected, Shares, merged, plan, produce
 from streams.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (this is streams/tools/demo.py)
+LOGS = ROOT / ".stack" / "demo"
 SHARES = Shares(missing=0.03, late=0.015, duplicates=0.02, second_payment=0.005, mismatch=0.01, failed=0.02,
                 jitter_ms=1_000)
 
@@ -39,6 +40,19 @@ _AS_JSON = False
 def _say(*parts: object) -> None:
     """The demo's running account: stdout, or stderr when the summary is JSON."""
     print(*parts, file=sys.stderr if _AS_JSON else sys.stdout, flush=True)
+
+
+def log_file(run_id: str, worker: str) -> Path:
+    """Where a demo worker's output goes."""
+    return LOGS / f"{run_id}-{worker}.log"
+
+
+def _exited(procs: dict[str, subprocess.Popen], run_id: str) -> str | None:
+    """What to say of the first worker that exited, if one did."""
+    for name, proc in procs.items():
+        if proc.poll() is not None:
+            return f"the {name} worker exited with {proc.returncode}; see {log_file(run_id, name)}"
+    return None
 
 
 def _free_port() -> int:
@@ -96,16 +110,15 @@ def run(s: Settings, *, rate: float, seconds: float, as_json: bool = False) -> i
     applied = migrate(demo.database_url.get_secret_value())
     _say("  database:", ", ".join(applied) if applied else "schema up to date")
 
-    logs = ROOT / ".stack" / "demo"
-    logs.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
     jport, wport = _free_port(), _free_port()
     procs = {
         "join": subprocess.Popen([sys.executable, "-m", "streams", "join"], env=_env(demo, jport),
-                                 stdout=open(logs / f"{run_id}-join.log", "wb"), stderr=subprocess.STDOUT),
+                                 stdout=open(log_file(run_id, "join"), "wb"), stderr=subprocess.STDOUT),
         "recover": subprocess.Popen([sys.executable, "-m", "streams", "recover"], env=_env(demo, wport),
-                                    stdout=open(logs / f"{run_id}-recover.log", "wb"), stderr=subprocess.STDOUT),
+                                    stdout=open(log_file(run_id, "recover"), "wb"), stderr=subprocess.STDOUT),
     }
-    _say(f"  started join (metrics :{jport}) and recovery writer (metrics :{wport}); logs in {logs}")
+    _say(f"  started join (metrics :{jport}) and recovery writer (metrics :{wport}); logs in {LOGS}")
     try:
         return _drive(demo, run_id, rate, seconds, jport, wport, procs)
     finally:
@@ -137,10 +150,10 @@ def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int,
     written = reconciled = 0
     while True:
         time.sleep(2)
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                _say(f"the {name} worker exited with {proc.returncode}; see .stack/demo/{run_id}-{name}.log")
-                return 1
+        exited = _exited(procs, run_id)
+        if exited is not None:
+            _say(exited)
+            return 1
         with psycopg.connect(db_url) as conn:
             written, reconciled = one(conn.execute(
                 "SELECT count(*), count(reconciled_at) FROM orders WHERE source = 'recovery' AND order_id LIKE %s",
