@@ -7,8 +7,10 @@ open transactions of the join. So four private members are overridden:
 
 * `faust.App._new_transport` -> a transport whose consumer is ours;
 * `faust...aiokafka.Consumer._new_consumer_thread` -> our consumer thread;
-* `faust...aiokafka.AIOKafkaConsumerThread._create_worker_consumer` -> sets
-* `aiokafka.AIOKafkaConsumer._isolation_level`, which aiokafka reads in start() to build its fetcher.
+* `faust...aiokafka.AIOKafkaConsumerThread._create_worker_consumer` -> the same
+  consumer, with the next one set;
+* `aiokafka.AIOKafkaConsumer._isolation_level` -> "read_committed", which aiokafka reads
+  in start() to build its fetcher.
 
 And one for speed: faust's fetch loop (`Consumer._drain_messages`) hands each record to
 the streams with `wait_first(callback(message), self.suspend_flow.wait())`, which makes
