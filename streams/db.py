@@ -44,7 +44,8 @@ def migrate(url: str) -> list[str]:
         for version, name, sql in migrations():
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                done = conn.execute("SELECT 1 FROM slipguard_schema_migrations WHERE version = %s", (version,)).fetchone()
+                done = conn.execute("SELECT 1 FROM slipguard_schema_migrations WHERE version = %s",
+                                    (version,)).fetchone()
                 if done:
                     continue
                 try:

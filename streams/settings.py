@@ -55,7 +55,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SLIPGUARD_", extra="ignore", validate_default=True)
 
-    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, host:port[,host:port]")
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1,
+                                   description="Kafka bootstrap servers, host:port[,host:port]")
     database_url: SecretStr = Field(SecretStr(LOCAL_DATABASE_URL), description="PostgreSQL connection URL")
 
     payments_topic: str = "payments"
@@ -83,7 +84,8 @@ class Settings(BaseSettings):
         False, description="leave payments' and orders' metadata out of anomalies and of dead letters (whose "
                            "value then keeps only the record without its metadata, and whose error names fields, "
                            "never values)")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="9400 for join, 9401 for recover; 0 turns it off")
+    metrics_port: int | None = Field(None, ge=0, le=65535,
+                                     description="9400 for join, 9401 for recover; 0 turns it off")
     metrics_host: str = Field("127.0.0.1", min_length=1, max_length=253,
                               description="address the metrics endpoint binds: 127.0.0.1 (this host only), "
                                           "0.0.0.0 (every interface: what a container scraped by Prometheus or "
@@ -105,8 +107,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="records the join reads per consume() call")
     commit_interval: DurationMs = duration("100ms", gt=0, description="how often the join commits its transaction")
     changelog_format: int = Field(
-        3, ge=2, le=3, description="the changelog format the join writes: 3 (compact pending payments), or 2 while a release "
-                       "before it still runs or may be rolled back to (it reads only 2); this release reads both")
+        3, ge=2, le=3, description="the changelog format the join writes: 3 (compact pending payments), or 2 while "
+                       "a release before it still runs or may be rolled back to (it reads only 2); this release "
+                       "reads both")
     topic_wait: DurationMs = duration("30s", gt=0, description="how long the join waits at start for its input "
                                                               "topics to appear (created alongside a deployment)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streams.cli.flags import command, group
+from streams.cli.flags import Commands, command, group
 from streams.settings import Settings
 
 
@@ -35,7 +35,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands) -> None:
+def register(commands: Commands) -> None:
     command(commands, "recover", "run one member of the recovery-writer group (faust-streaming)", _recover)
     db = group(commands, "db", "database schema")
     command(db, "migrate", "create or upgrade the schema; idempotent", _migrate)

@@ -58,7 +58,7 @@ def read(s: Settings, topic: str, partitions: list[int] | None = None, *, since_
             return
         parts = sorted(meta.partitions) if partitions is None else partitions
         ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        starts = {p: 0 for p in parts}
+        starts = dict.fromkeys(parts, 0)
         if since_ms is not None:
             found = c.offsets_for_times([TopicPartition(topic, p, since_ms) for p in parts], timeout=10)
             starts = {tp.partition: (tp.offset if tp.offset >= 0 else ends[tp.partition]) for tp in found}

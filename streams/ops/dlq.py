@@ -115,7 +115,7 @@ def corrections(path: str) -> dict[str, bytes]:
                 item = json.loads(line)
                 fixed[str(item["dlq"])] = json.dumps(item["value"], separators=(",", ":"), ensure_ascii=False).encode()
             except (ValueError, KeyError, TypeError) as exc:
-                raise ReplayError(f"{path} line {n}: expected {{\"dlq\": \"P:O\", \"value\": {{...}}}} ({exc})") from None
+                raise ReplayError(f'{path} line {n}: expected {{"dlq": "P:O", "value": {{...}}}} ({exc})') from None
     return fixed
 
 

@@ -9,6 +9,7 @@ read let 300 clients sending a byte every 3 s hold 300 threads).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -41,7 +42,8 @@ REQUEST_TIMEOUT = 5.0  # seconds from accept to the end of the request's headers
 HEAD_MAX = 96 * 1024  # request line and headers kept; past it http.server answers 414/431 (lines over 64 KiB)
 PATHS = ("/metrics", "/healthz", "/readyz")
 _END_OF_HEAD = re.compile(rb"\n\r?\n")  # an empty line, as http.server reads one (CRLF or LF)
-_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n"
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\n"
+         b"busy\n")
 
 
 @dataclass
@@ -154,18 +156,14 @@ class Endpoint:
 
     def _drop(self, conn: socket.socket) -> None:
         self._arriving.pop(conn, None)
-        try:
+        with contextlib.suppress(KeyError, ValueError):  # not registered (any more)
             self._selector.unregister(conn)
-        except (KeyError, ValueError):
-            pass
         conn.close()
 
     def _answer(self, conn: socket.socket, arriving: _Arriving) -> None:
         if not self._slots.acquire(blocking=False):
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(_BUSY)  # a fresh socket's send buffer takes it whole: no waiting, no thread
-            except OSError:
-                pass
             conn.close()
             return
         threading.Thread(target=self._respond, args=(conn, arriving), name="metrics-request", daemon=True).start()
@@ -197,7 +195,7 @@ class _Request(BaseHTTPRequestHandler):
         self.rfile.close()  # the socket's reader: the request was already read
         self.rfile = io.BytesIO(self._head)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         health = self.endpoint.health
         if path == "/metrics":

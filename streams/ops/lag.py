@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -128,7 +129,7 @@ class LagReader:
         out = {}
         for t, p in tps:
             try:
-                out[(t, p)] = _retry(f"read the end of {t} [{p}]", self.timeout).call(lambda: one(t, p))
+                out[(t, p)] = _retry(f"read the end of {t} [{p}]", self.timeout).call(partial(one, t, p))
             except KafkaException as exc:
                 raise LagError(f"cannot read the log end of {t} [{p}]: {exc.args[0]}") from None
         return out
@@ -217,7 +218,7 @@ def as_table(rows: list[PartitionLag]) -> str:
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 def as_dicts(rows: list[PartitionLag]) -> list[dict]:

@@ -23,10 +23,10 @@ coordinator timeout, librdkafka issue 4605).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer,
-                             TopicPartition)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.kafka import config
 from streams.kafka.groups import group_session_timeout_s
@@ -109,7 +109,8 @@ def make_plan(s: Settings, group: str, to_ms: int | None, progress: Progress | N
     return plan
 
 
-def check_no_members(s: Settings, group: str, moves: list[Move], *, say=lambda line: None) -> None:
+def check_no_members(s: Settings, group: str, moves: list[Move], *,
+                     say: Callable[[str], object] = lambda line: None) -> None:
     """Commit the group's current offsets unchanged, as a non-member: refused while the
     group has members. A static member (KIP-848 with SLIPGUARD_INSTANCE_ID) that stopped
     cleanly stays a member until its session expires, so a refusal is asked again for up

@@ -13,10 +13,10 @@ from typing import Any
 
 import faust
 
+from streams.kafka.versions import ssl_context
 from streams.ops import metrics
 from streams.recover.faust_compat import ReadCommittedApp
 from streams.recover.writer import Ack, MakeWriter, Record, Writer
-from streams.kafka.versions import ssl_context
 from streams.settings import Settings
 
 
@@ -106,7 +106,8 @@ def build_app(s: Settings, make_writer: MakeWriter = Writer) -> tuple[faust.App,
             assigned = set()
         writer.ready = bool(assigned)
         for topic in (s.recovery_topic, s.late_topic):
-            metrics.ASSIGNED_PARTITIONS.labels(s.recover_group, topic).set(sum(1 for tp in assigned if tp.topic == topic))
+            held = sum(1 for tp in assigned if tp.topic == topic)
+            metrics.ASSIGNED_PARTITIONS.labels(s.recover_group, topic).set(held)
 
     @app.on_partitions_assigned.connect
     async def assigned(_app: Any, /, *_args: Any, **_kwargs: Any) -> None:

@@ -131,7 +131,8 @@ def missing() -> list[str]:
     if "self._isolation_level = isolation_level" not in source or "isolation_level=self._isolation_level" not in source:
         gone.append("aiokafka.AIOKafkaConsumer._isolation_level (read by start() to build the fetcher)")
     if DRAIN_CALL not in "".join(inspect.getsource(faust_consumer.Consumer._drain_messages).split()):
-        gone.append(f"faust.transport.consumer.Consumer._drain_messages calling {DRAIN_CALL} (taken in place by wait_first)")
+        gone.append(f"faust.transport.consumer.Consumer._drain_messages calling {DRAIN_CALL} "
+                    "(taken in place by wait_first)")
     return gone
 
 

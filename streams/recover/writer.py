@@ -70,7 +70,8 @@ class Record:
 
 
 Ack = Callable[[Any], Awaitable[None]]
-SendDeadLetter = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]  # key, value, headers; once delivered
+# (key, value, headers) of a dead letter; returns once it is delivered
+SendDeadLetter = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]
 MakeWriter = Callable[[Settings, SendDeadLetter], "Writer"]  # Writer, or one with parts left out (a benchmark's)
 
 

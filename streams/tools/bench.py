@@ -42,8 +42,8 @@ from streams.join.worker import JoinWorker, tune_gc
 from streams.kafka import config
 from streams.kafka.topics import create_topics
 from streams.ops import metrics
-from streams.tools.loadgen import Shares, merged, plan, produce
 from streams.settings import Settings
+from streams.tools.loadgen import Shares, merged, plan, produce
 
 
 @dataclass
@@ -285,7 +285,8 @@ def run(s: Settings, events: int, partitions: int, live_rate: float, live_second
     per_entry = bytes_per_pending()
     print(f"bench: restoring a changelog of {restore_entries:,} entries ...", file=sys.stderr, flush=True)
     restore_per_s, restore_s = restore_rate(_bench_settings(s, partitions), restore_entries)
-    print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", file=sys.stderr, flush=True)
+    print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", file=sys.stderr,
+          flush=True)
     lat, want, seen = live_latency(_bench_settings(s, partitions), live_rate, live_seconds)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
     return Figures(partitions=partitions, guarantee=s.processing_guarantee, workloads=figures,
@@ -312,8 +313,8 @@ def report(f: Figures) -> str:
     rows += [
         ("peak RSS of the process", f"{f.join_peak_rss_mb:.0f} MB"),
         ("memory per pending entry", f"{f.bytes_per_pending_entry:,.0f} B"),
-        (f"restore of {f.restore_entries:,} changelog entries", f"{f.restore_records_per_s:,.0f} records/s, "
-                                                                 f"{f.restore_seconds:.1f} s"),
+        (f"restore of {f.restore_entries:,} changelog entries",
+         f"{f.restore_records_per_s:,.0f} records/s, {f.restore_seconds:.1f} s"),
         ("live rate", f"{f.live_rate_per_s:,.0f} events/s"),
         ("detection latency p50 / p99 (emit - deadline, grace 1 s)",
          f"{f.detection_latency_p50_s:.3f} s / {f.detection_latency_p99_s:.3f} s"),
@@ -428,7 +429,8 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
             time.sleep(0.1)
         with psycopg.connect(url) as conn:
             p50, p99 = one(conn.execute(
-                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d) "
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), "
+                "       percentile_cont(0.99) WITHIN GROUP (ORDER BY d) "
                 "FROM (SELECT extract(epoch FROM written_at - detected_at) AS d FROM recovery_audit "
                 "      WHERE substr(order_id, 4)::bigint >= %s) t",  # the steady phase's: wb-<rows + i>
                 (rows,)))

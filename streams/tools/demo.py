@@ -25,8 +25,8 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.db import migrate, one
 from streams.kafka import config
 from streams.kafka.topics import create_topics
-from streams.tools.loadgen import Expected, Shares, merged, plan, produce
 from streams.settings import Settings
+from streams.tools.loadgen import Expected, Shares, merged, plan, produce
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (this is streams/tools/demo.py)
 LOGS = ROOT / ".stack" / "demo"
@@ -45,6 +45,13 @@ def _say(*parts: object) -> None:
 def log_file(run_id: str, worker: str) -> Path:
     """Where a demo worker's output goes."""
     return LOGS / f"{run_id}-{worker}.log"
+
+
+def _start(s: Settings, command: str, port: int, run_id: str) -> subprocess.Popen:
+    """`slipguard <command>` as a process of its own, its output in its log file."""
+    with open(log_file(run_id, command), "wb") as out:  # the process keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "streams", command], env=_env(s, port), stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def _exited(procs: dict[str, subprocess.Popen], run_id: str) -> str | None:
@@ -112,12 +119,7 @@ def run(s: Settings, *, rate: float, seconds: float, as_json: bool = False) -> i
 
     LOGS.mkdir(parents=True, exist_ok=True)
     jport, wport = _free_port(), _free_port()
-    procs = {
-        "join": subprocess.Popen([sys.executable, "-m", "streams", "join"], env=_env(demo, jport),
-                                 stdout=open(log_file(run_id, "join"), "wb"), stderr=subprocess.STDOUT),
-        "recover": subprocess.Popen([sys.executable, "-m", "streams", "recover"], env=_env(demo, wport),
-                                    stdout=open(log_file(run_id, "recover"), "wb"), stderr=subprocess.STDOUT),
-    }
+    procs = {"join": _start(demo, "join", jport, run_id), "recover": _start(demo, "recover", wport, run_id)}
     _say(f"  started join (metrics :{jport}) and recovery writer (metrics :{wport}); logs in {LOGS}")
     try:
         return _drive(demo, run_id, rate, seconds, jport, wport, procs)
