@@ -79,11 +79,11 @@ def test_a_recovery_id_postgresql_would_read_loosely_is_dead_lettered() -> None:
     assert len(loose) == 36 and uuid.UUID(loose) == uuid.UUID(real)
     items, poison = decode(S, S.recovery_topic, [recovery(recovery_id=loose).encode(),
                                                  recovery(recovery_id="-" * 36).encode()])
-    assert not items and [p[1].split(" is ")[1] for p in poison] == ["not a UUID in canonical form (as "
-                                                                    "recovery_id_for makes it)"] * 2
+    assert not items
+    assert [p[1].split(" is ")[1] for p in poison] == ["not a UUID in canonical form (as recovery_id_for makes it)"] * 2
 
 
-@pytest.mark.parametrize("forged, expected", [
+@pytest.mark.parametrize(("forged", "expected"), [
     (late(recovery_id=recovery_id_for("pay-2")), "recovery_id"),  # would pre-empt pay-2's late order
     (late(recovery_id=str(uuid.uuid4())), "recovery_id"),
     (late(payment_id="pay-2"), "recovery_id"),
