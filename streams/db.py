@@ -7,6 +7,7 @@ import re
 from importlib import resources
 
 import psycopg
+from psycopg.rows import Row
 
 log = logging.getLogger("slipguard.db")
 
@@ -43,14 +44,23 @@ def migrate(url: str) -> list[str]:
         for version, name, sql in migrations():
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                done = conn.execute("SELECT 1 FROM slipguard_schema_migrations WHERE version = %s", (version,)).fetchone()
+                done = conn.execute("SELECT 1 FROM slipguard_schema_migrations WHERE version = %s",
+                                    (version,)).fetchone()
                 if done:
                     continue
                 try:
-                    conn.execute(sql)  # type: ignore[arg-type]  (trusted files shipped with the package)
+                    conn.execute(sql)  # (a trusted file shipped with the package)
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {version:04d}_{name}.sql failed: {exc}") from exc
                 conn.execute("INSERT INTO slipguard_schema_migrations (version, name) VALUES (%s, %s)", (version, name))
                 applied_now.append(f"{version:04d}_{name}")
                 log.info("applied migration %04d_%s", version, name)
     return applied_now
+
+
+def one(cursor: psycopg.Cursor[Row]) -> Row:
+    """The row of a query that always returns one (an aggregate: count(*), percentile_cont)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("a query that always returns a row returned none")
+    return row

@@ -39,6 +39,13 @@ def parse_duration_ms(value: Any) -> int:
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
 
 
+def duration(default: str, **constraints: Any) -> Any:
+    """A DurationMs field whose default is written as a user writes it ("60s"): parsed like
+    any value (validate_default), so the setting holds whole milliseconds. Typed Any as
+    what it is, a pydantic FieldInfo (Field itself claims to return its default's type)."""
+    return Field(default, **constraints)
+
+
 DURATION_FIELDS = ("order_timeout", "grace", "late_horizon", "max_future", "commit_interval", "topic_wait")
 TOPIC_SETTINGS = ("payments", "orders", "recovery", "late", "anomalies", "dlq")
 
@@ -48,7 +55,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SLIPGUARD_", extra="ignore", validate_default=True)
 
-    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, host:port[,host:port]")
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1,
+                                   description="Kafka bootstrap servers, host:port[,host:port]")
     database_url: SecretStr = Field(SecretStr(LOCAL_DATABASE_URL), description="PostgreSQL connection URL")
 
     payments_topic: str = "payments"
@@ -58,12 +66,12 @@ class Settings(BaseSettings):
     anomalies_topic: str = "payments.anomalies"
     dlq_topic: str = "slipguard.dlq"
 
-    order_timeout: DurationMs = Field("60s", gt=0, description="how long a payment waits for its order")
-    grace: DurationMs = Field("5s", ge=0, description="allowed out-of-orderness past the deadline")
-    late_horizon: DurationMs = Field("1h", ge=0, description="how long recovered payments are remembered "
-                                                             "after their recovery")
-    max_future: DurationMs = Field("1h", gt=0, description="how far ahead of the worker's clock a record's "
-                                                           "timestamp may be; further goes to the DLQ")
+    order_timeout: DurationMs = duration("60s", gt=0, description="how long a payment waits for its order")
+    grace: DurationMs = duration("5s", ge=0, description="allowed out-of-orderness past the deadline")
+    late_horizon: DurationMs = duration("1h", ge=0, description="how long recovered payments are remembered "
+                                                                "after their recovery")
+    max_future: DurationMs = duration("1h", gt=0, description="how far ahead of the worker's clock a record's "
+                                                              "timestamp may be; further goes to the DLQ")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
 
     join_group: str = Field("slipguard-join", min_length=1)
@@ -76,7 +84,8 @@ class Settings(BaseSettings):
         False, description="leave payments' and orders' metadata out of anomalies and of dead letters (whose "
                            "value then keeps only the record without its metadata, and whose error names fields, "
                            "never values)")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="9400 for join, 9401 for recover; 0 turns it off")
+    metrics_port: int | None = Field(None, ge=0, le=65535,
+                                     description="9400 for join, 9401 for recover; 0 turns it off")
     metrics_host: str = Field("127.0.0.1", min_length=1, max_length=253,
                               description="address the metrics endpoint binds: 127.0.0.1 (this host only), "
                                           "0.0.0.0 (every interface: what a container scraped by Prometheus or "
@@ -96,12 +105,13 @@ class Settings(BaseSettings):
                             "assignor, incremental rebalances), classic (client-side eager range), or auto: "
                             "consumer where the broker offers it, else classic")
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="records the join reads per consume() call")
-    commit_interval: DurationMs = Field("100ms", gt=0, description="how often the join commits its transaction")
+    commit_interval: DurationMs = duration("100ms", gt=0, description="how often the join commits its transaction")
     changelog_format: int = Field(
-        3, ge=2, le=3, description="the changelog format the join writes: 3 (compact pending payments), or 2 while a release "
-                       "before it still runs or may be rolled back to (it reads only 2); this release reads both")
-    topic_wait: DurationMs = Field("30s", gt=0, description="how long the join waits at start for its input "
-                                                           "topics to appear (created alongside a deployment)")
+        3, ge=2, le=3, description="the changelog format the join writes: 3 (compact pending payments), or 2 while "
+                       "a release before it still runs or may be rolled back to (it reads only 2); this release "
+                       "reads both")
+    topic_wait: DurationMs = duration("30s", gt=0, description="how long the join waits at start for its input "
+                                                              "topics to appear (created alongside a deployment)")
 
     # Kafka security: passed through to every client the program makes.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

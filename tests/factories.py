@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from schemas import Order, Payment
 
-T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
 
 def payment(**over: Any) -> Payment:
@@ -22,7 +22,8 @@ def payment(**over: Any) -> Payment:
 
 def order(**over: Any) -> Order:
     fields: dict[str, Any] = dict(
-        order_id="ord-1", user_id="user-1", amount=Decimal("10.50"), currency="CNY", created_at=T0 + timedelta(seconds=1),
+        order_id="ord-1", user_id="user-1", amount=Decimal("10.50"), currency="CNY",
+        created_at=T0 + timedelta(seconds=1),
     )
     fields.update(over)
     return Order(**fields)

@@ -34,10 +34,11 @@ def test_compose_file_is_valid_and_agrees_with_the_code() -> None:
         assert build_parser().parse_args(svc["command"]).handler is not None, name
         assert set(svc["environment"]) <= fields, f"{name}: not settings: {set(svc['environment']) - fields}"
         assert svc["read_only"] and svc["user"] == "10001:10001"
-        if svc["command"][0] in ports and svc["command"][0] != "lag" or svc["command"][:2] == ["lag", "--serve"]:
+        if (svc["command"][0] in ports and svc["command"][0] != "lag") or svc["command"][:2] == ["lag", "--serve"]:
             assert svc["environment"]["SLIPGUARD_METRICS_PORT"] == ports[svc["command"][0]], name
             assert svc["environment"]["SLIPGUARD_METRICS_HOST"] == "0.0.0.0", f"{name}: scraped from another container"
-    assert ours["join-1"]["environment"]["SLIPGUARD_INSTANCE_ID"] != ours["join-2"]["environment"]["SLIPGUARD_INSTANCE_ID"]
+    ids = [ours[name]["environment"]["SLIPGUARD_INSTANCE_ID"] for name in ("join-1", "join-2")]
+    assert ids[0] != ids[1]
     scraped = set(re.findall(r'"([a-z0-9-]+:\d+)"', (COMPOSE.parent / "prometheus.yml").read_text()))
     served = {f"{name}:{svc['environment']['SLIPGUARD_METRICS_PORT']}" for name, svc in ours.items()
               if svc["command"][0] in ("join", "recover") or svc["command"][:2] == ["lag", "--serve"]}

@@ -84,7 +84,8 @@ def test_the_image_lock_pins_every_dependency_with_hashes_within_pyproject_range
     root = Path(__file__).resolve().parents[1]
     deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
     lock = (root / "deploy" / "docker" / "requirements.lock").read_text()
-    pinned = {canonicalize_name(m.group(1)): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, re.M)}
+    pinned = {canonicalize_name(m.group(1)): m.group(2)
+              for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, re.M)}
     for dep in deps:
         req = Requirement(dep)
         name = canonicalize_name(req.name)

@@ -42,7 +42,8 @@ def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().changelog_format == 2 and load_settings(changelog_format="3").changelog_format == 3
 
 
-@pytest.mark.parametrize(("text", "ms"), [("60s", 60_000), ("1h", 3_600_000), ("250ms", 250), ("5", 5000), ("1.5s", 1500), ("2m", 120_000)])
+@pytest.mark.parametrize(("text", "ms"), [("60s", 60_000), ("1h", 3_600_000), ("250ms", 250), ("5", 5000),
+                                         ("1.5s", 1500), ("2m", 120_000)])
 def test_durations(text: str, ms: int) -> None:
     assert parse_duration_ms(text) == ms
 
@@ -52,7 +53,8 @@ def test_durations(text: str, ms: int) -> None:
     [
         ("SLIPGUARD_ORDER_TIMEOUT", "soon", "SLIPGUARD_ORDER_TIMEOUT: expected a duration"),
         ("SLIPGUARD_ORDER_TIMEOUT", "0s", "SLIPGUARD_ORDER_TIMEOUT: Input should be greater than 0"),
-        ("SLIPGUARD_PROCESSING_GUARANTEE", "maybe_once", "SLIPGUARD_PROCESSING_GUARANTEE: Input should be 'exactly_once' or 'at_least_once'"),
+        ("SLIPGUARD_PROCESSING_GUARANTEE", "maybe_once",
+         "SLIPGUARD_PROCESSING_GUARANTEE: Input should be 'exactly_once' or 'at_least_once'"),
         ("SLIPGUARD_BOOTSTRAP_SERVERS", "kafka", "SLIPGUARD_BOOTSTRAP_SERVERS: expected host:port"),
         ("SLIPGUARD_METRICS_PORT", "70000", "SLIPGUARD_METRICS_PORT"),
         ("SLIPGUARD_CHANGELOG_FORMAT", "4", "SLIPGUARD_CHANGELOG_FORMAT: Input should be less than or equal to 3"),
@@ -153,7 +155,7 @@ def test_a_secret_given_twice_or_an_unreadable_file_is_one_clear_error(tmp_path,
         load_settings()
     monkeypatch.delenv("SLIPGUARD_DATABASE_URL")
     monkeypatch.setenv("SLIPGUARD_DATABASE_URL_FILE", str(tmp_path / "missing"))
-    with pytest.raises(ConfigError, match="SLIPGUARD_DATABASE_URL_FILE: cannot read .*missing"):
+    with pytest.raises(ConfigError, match=r"SLIPGUARD_DATABASE_URL_FILE: cannot read .*missing"):
         load_settings()
 
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from streams.cli import join, ops, recover, tools
+from streams.cli.flags import Handler
 from streams.settings import ConfigError, Settings, load_settings
-
-Handler = Callable[[Settings, argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slipguard", description="Detect and recover paid orders that never came back.")
+    parser = argparse.ArgumentParser(prog="slipguard",
+                                     description="Detect and recover paid orders that never came back.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (ops, join, recover, tools):
         module.register(commands)

@@ -5,9 +5,13 @@ SLIPGUARD_DATABASE_URL_FILE): any user of the host can read a process's command 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 from streams.settings import SECRET_FIELDS, Settings
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers returns
 
 
 class _SecretAsValue(argparse.Action):
@@ -23,7 +27,7 @@ class _SecretAsValue(argparse.Action):
                        f"SLIPGUARD_{name.upper()} or SLIPGUARD_{name.upper()}_FILE\n")
 
 
-def _add_secret_flag(group: Any, name: str) -> None:
+def _add_secret_flag(group: argparse._ArgumentGroup, name: str) -> None:
     flag = "--" + name.replace("_", "-")
     group.add_argument(f"{flag}-file", dest=f"secret_file_{name}", metavar="PATH", default=None,
                        help=f"a file holding SLIPGUARD_{name.upper()} (a secret: never a value on the command line)")
@@ -45,7 +49,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def command(parent: Any, name: str, about: str, handler: Any) -> argparse.ArgumentParser:
+def command(parent: Commands, name: str, about: str, handler: Handler) -> argparse.ArgumentParser:
     """A (sub)command that takes every setting as a flag and runs `handler`."""
     parser = parent.add_parser(name, help=about)
     add_settings_flags(parser)
@@ -53,6 +57,6 @@ def command(parent: Any, name: str, about: str, handler: Any) -> argparse.Argume
     return parser
 
 
-def group(parent: Any, name: str, about: str) -> Any:
+def group(parent: Commands, name: str, about: str) -> Commands:
     """A command with actions (`slipguard db migrate`): the parent of its `command`s."""
     return parent.add_parser(name, help=about).add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -8,7 +8,7 @@ import sys
 
 from confluent_kafka import KafkaException
 
-from streams.cli.flags import command
+from streams.cli.flags import Commands, command
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
@@ -38,6 +38,6 @@ def _join(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands) -> None:
+def register(commands: Commands) -> None:
     join = command(commands, "join", "run one member of the join consumer group", _join)
     join.add_argument("--max-seconds", type=float, default=None, help="stop after this long (for tests and demos)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streams.cli.flags import command, group
+from streams.cli.flags import Commands, command, group
 from streams.settings import Settings
 
 
@@ -29,9 +29,9 @@ def _lag(settings: Settings, args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from streams.ops.lag import LagError, as_dicts, as_table, group_lag
     from streams.ops.exporter import LagCollector
     from streams.ops.health import serve_metrics
+    from streams.ops.lag import LagError, as_dicts, as_table, group_lag
 
     groups = args.group or [settings.join_group, settings.recover_group]
     if args.serve:
@@ -61,11 +61,13 @@ def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     found = letters(settings, since=args.since, reason=args.reason)
     problems = [misdirected(settings, x) or replayable(x) for x in found]
     if args.json:
-        print(json.dumps([{"dlq": x.ref, "source": x.dead and f"{x.dead.source_topic}:{x.dead.partition}:{x.dead.offset}",
+        print(json.dumps([{"dlq": x.ref,
+                           "source": x.dead and f"{x.dead.source_topic}:{x.dead.partition}:{x.dead.offset}",
                            "failed_at": x.dead and x.dead.failed_at.isoformat(), "error": x.dead and x.dead.error,
-                           "replayable": why is None, "problem": why} for x, why in zip(found, problems)], indent=2))
+                           "replayable": why is None, "problem": why}
+                          for x, why in zip(found, problems, strict=True)], indent=2))
         return 0
-    for x, why in zip(found, problems):
+    for x, why in zip(found, problems, strict=True):
         if x.dead is None:
             print(f"{x.ref:>10}  {x.problem}")
             continue
@@ -226,8 +228,9 @@ def _reset(settings: Settings, args: argparse.Namespace) -> int:
         check_no_members(settings, plan.group, plan.moves, say=lambda line: print(line, file=sys.stderr))
         progress.done()
         if args.json:
-            print(json.dumps({"group": plan.group, "window_ms": plan.window_ms, "changelog_entries": len(plan.live_keys),
-                              "moves": [m.__dict__ for m in plan.moves], "executed": args.execute}, indent=2))
+            print(json.dumps({"group": plan.group, "window_ms": plan.window_ms,
+                              "changelog_entries": len(plan.live_keys), "moves": [m.__dict__ for m in plan.moves],
+                              "executed": args.execute}, indent=2))
         else:
             print("\n".join(plan.describe()))
         if args.dry_run:
@@ -254,7 +257,7 @@ def _since(text: str):  # noqa: ANN202
     return when
 
 
-def register(commands) -> None:
+def register(commands: Commands) -> None:
     topics = group(commands, "topics", "create or verify topics")
     command(topics, "create", "create or verify every topic; payments and orders co-partitioned", _topics_create)
 

@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 
-from streams.cli.flags import command
+from streams.cli.flags import Commands, command
 from streams.settings import Settings
 
 
 def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
     from streams.tools.loadgen import Shares, merged, plan, produce
 
-    shares = Shares(missing=args.missing, late=args.late, duplicates=args.duplicates, second_payment=args.second_payment,
-                    mismatch=args.mismatch, failed=args.failed, jitter_ms=int(args.jitter * 1000))
+    shares = Shares(missing=args.missing, late=args.late, duplicates=args.duplicates,
+                    second_payment=args.second_payment, mismatch=args.mismatch, failed=args.failed,
+                    jitter_ms=int(args.jitter * 1000))
     now = int(time.time() * 1000)
     spacing = 1000 / (args.rate / 2) if args.rate else 1.0
     start = now if args.rate else now - int(args.count * spacing) - settings.order_timeout
     pays, ords, exp = plan(args.count, start_ms=start, spacing_ms=spacing, timeout_ms=settings.order_timeout,
                            shares=shares, seed=args.seed)
     say = (lambda *a: None) if args.json else print
-    say(f"loadgen: {args.count:,} orders -> {len(pays):,} payments, {len(ords):,} orders "
-          f"({'at ~%d events/s, live timestamps' % args.rate if args.rate else 'as fast as possible, past timestamps'})")
+    pace = f"at ~{args.rate:.0f} events/s, live timestamps" if args.rate else "as fast as possible, past timestamps"
+    say(f"loadgen: {args.count:,} orders -> {len(pays):,} payments, {len(ords):,} orders ({pace})")
     from streams.cli.progress import Progress
 
     progress = Progress(enabled=not args.json)
@@ -82,7 +84,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return run(settings, rate=args.rate, seconds=args.seconds, as_json=args.json)
 
 
-def register(commands) -> None:
+def register(commands: Commands) -> None:
     d = command(commands, "demo", "the main job end to end on the local stack, with a checked summary", _demo)
     d.add_argument("--rate", type=float, default=1_000, help="events/s of live traffic")
     d.add_argument("--seconds", type=float, default=30, help="how long traffic is produced")

@@ -52,16 +52,16 @@ def grants(s: Settings, role: str) -> list[Grant]:
         out += topic(s.changelog_topic, "READ", "WRITE")
         for name in (s.recovery_topic, s.late_topic, s.anomalies_topic, s.dlq_topic):
             out += topic(name, "WRITE")
-        out += [Grant("GROUP", s.join_group, "READ")]
-        return out + [Grant("TRANSACTIONAL_ID", f"{s.join_group}-", "WRITE", prefixed=True)]
+        return [*out, Grant("GROUP", s.join_group, "READ"),
+                Grant("TRANSACTIONAL_ID", f"{s.join_group}-", "WRITE", prefixed=True)]
     if role == "writer":
         out = topic(s.recovery_topic, "READ") + topic(s.late_topic, "READ") + topic(s.dlq_topic, "WRITE")
-        return out + [Grant("GROUP", s.recover_group, "READ")]
+        return [*out, Grant("GROUP", s.recover_group, "READ")]
     if role == "lag":
         out = []
         for name in (s.payments_topic, s.orders_topic, s.recovery_topic, s.late_topic):
             out += topic(name, "READ")
-        return out + [Grant("GROUP", s.join_group, "DESCRIBE"), Grant("GROUP", s.recover_group, "DESCRIBE")]
+        return [*out, Grant("GROUP", s.join_group, "DESCRIBE"), Grant("GROUP", s.recover_group, "DESCRIBE")]
     if role == "admin":
         out = []
         for name in (s.payments_topic, s.orders_topic, s.recovery_topic, s.late_topic, s.anomalies_topic,
@@ -115,8 +115,8 @@ def denied(s: Settings, role: str, resource: str, name: str) -> str:
     """One line for a refusal by the broker's authorizer: who, what on which resource, and
     how to grant it."""
     who = f"principal User:{s.kafka_sasl_username}" if s.kafka_sasl_username else "this client's principal"
-    needed = [g for g in grants(s, role) if g.resource == resource and (g.name == name or g.prefixed and
-                                                                        name.startswith(g.name))]
+    needed = [g for g in grants(s, role) if g.resource == resource and (g.name == name or (g.prefixed and
+                                                                        name.startswith(g.name)))]
     ops = " and ".join(_camel(g.operation) for g in needed) or "access"
     kind = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactional id"}[resource]
     shown = f"{needed[0].name}* (prefixed)" if needed and needed[0].prefixed else name

@@ -61,13 +61,14 @@ def bounded(call: Callable[[], T], what: str, seconds: float, *, stopping: Calla
     For calls that can ignore their own timeout while the broker is away:
     send_offsets_to_transaction when the group coordinator is down (librdkafka issues
     5456 and 5511), get_watermark_offsets while a leader is away (librdkafka 2588)."""
-    box: dict[str, object] = {}
+    result: list[T] = []
+    error: list[BaseException] = []
 
     def target() -> None:
         try:
-            box["result"] = call()
+            result.append(call())
         except BaseException as exc:  # noqa: BLE001 (handed to the caller below)
-            box["error"] = exc
+            error.append(exc)
 
     thread = threading.Thread(target=target, name=f"kafka-call: {what}", daemon=True)
     thread.start()
@@ -82,10 +83,9 @@ def bounded(call: Callable[[], T], what: str, seconds: float, *, stopping: Calla
             give_up = min(give_up, now + STOP_GRACE)
         if now > give_up:
             raise Wedged(f"{what} did not return within {now - started:.0f}s")
-    error = box.get("error")
-    if isinstance(error, BaseException):
-        raise error
-    return box.get("result")  # type: ignore[return-value]
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def topic_refused(client: Any, topic: str, timeout: float = 5.0) -> bool:

@@ -15,8 +15,14 @@ Nothing stops for that: the worker says, in one line, how long a crash will take
 from __future__ import annotations
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, \
-    ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    ResourceType,
+)
 
 from streams.kafka import config
 from streams.settings import Settings
@@ -88,9 +94,11 @@ def group_session_timeout_s(settings: Settings, group: str, *, timeout: float = 
         return 45.0
 
 
-def _seconds(entries: dict, name: str) -> str:
+def _seconds(entries: dict[str, ConfigEntry], name: str) -> str:
     entry = entries.get(name)
+    if entry is None or entry.value is None:
+        return "unknown"
     try:
         return f"{int(entry.value) / 1000:g}s"
-    except (AttributeError, TypeError, ValueError):
+    except ValueError:
         return "unknown"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import config
+from streams.kafka.consumed import partition_of, position
 from streams.settings import Settings
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -57,7 +58,7 @@ def read(s: Settings, topic: str, partitions: list[int] | None = None, *, since_
             return
         parts = sorted(meta.partitions) if partitions is None else partitions
         ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        starts = {p: 0 for p in parts}
+        starts = dict.fromkeys(parts, 0)
         if since_ms is not None:
             found = c.offsets_for_times([TopicPartition(topic, p, since_ms) for p in parts], timeout=10)
             starts = {tp.partition: (tp.offset if tp.offset >= 0 else ends[tp.partition]) for tp in found}
@@ -72,12 +73,13 @@ def read(s: Settings, topic: str, partitions: list[int] | None = None, *, since_
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())  # type: ignore[arg-type]
+                        todo.discard(partition_of(m))
                     continue
                 done += 1
-                yield Record(m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())  # type: ignore[arg-type]
-                if m.offset() + 1 >= ends[m.partition()]:  # type: ignore[operator,index]
-                    todo.discard(m.partition())  # type: ignore[arg-type]
+                _, partition, offset = position(m)
+                yield Record(partition, offset, m.timestamp()[1], m.key(), m.value())
+                if offset + 1 >= ends[partition]:
+                    todo.discard(partition)
             if progress is not None:
                 progress(f"{topic}{parts if partitions is not None else ''}", done, total)
     finally:

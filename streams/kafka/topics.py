@@ -279,7 +279,8 @@ def wait_for_topics(settings: Settings, names: list[str], *, timeout: float = 60
               quiet_for=timeout + 1).call(all_there)
     except (_Missing, KafkaException, Stopped) as exc:
         last = exc.__cause__ if isinstance(exc, Stopped) else exc
-        return last.missing if isinstance(last, _Missing) else list(names)  # KafkaException: the broker does not answer yet
+        # (a KafkaException: the broker does not answer yet)
+        return last.missing if isinstance(last, _Missing) else list(names)
     return []
 
 
@@ -346,10 +347,15 @@ def check_writable(settings: Settings, role: str, topic: str) -> None:
     """Write a tombstone under a key no state uses to partition 0 of the changelog (a
     restore skips tombstones; compaction removes it): Write is checked on every produce,
     and a transaction refused later fails with a state error that names no topic."""
-    from confluent_kafka import Producer
+    from confluent_kafka import Message, Producer
 
-    failed: list = []
-    p = Producer(config.producer(settings, on_delivery=lambda err, _m: err is not None and failed.append(err)))
+    failed: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(err)
+
+    p = Producer(config.producer(settings, on_delivery=delivered))
     p.produce(topic, None, WRITE_CHECK_KEY, partition=0)
     left = p.flush(10)
     if failed and failed[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
@@ -373,8 +379,8 @@ def ensure_join_topics(settings: Settings, *, timeout: float = 30.0,
     what to do. None if a stop was requested meanwhile."""
     admin = AdminClient(config.admin(settings))
     inputs = [settings.payments_topic, settings.orders_topic]
-    check_access(admin, settings, "join", inputs + [settings.changelog_topic, settings.recovery_topic,
-                                                    settings.late_topic, settings.anomalies_topic, settings.dlq_topic],
+    check_access(admin, settings, "join", [*inputs, settings.changelog_topic, settings.recovery_topic,
+                                           settings.late_topic, settings.anomalies_topic, settings.dlq_topic],
                  stopping=stopping)
     # Waits while the broker does not answer yet, and a moment for topics just created.
     wait_for_topics(settings, inputs, timeout=timeout, stopping=stopping)

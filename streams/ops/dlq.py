@@ -115,7 +115,7 @@ def corrections(path: str) -> dict[str, bytes]:
                 item = json.loads(line)
                 fixed[str(item["dlq"])] = json.dumps(item["value"], separators=(",", ":"), ensure_ascii=False).encode()
             except (ValueError, KeyError, TypeError) as exc:
-                raise ReplayError(f"{path} line {n}: expected {{\"dlq\": \"P:O\", \"value\": {{...}}}} ({exc})") from None
+                raise ReplayError(f'{path} line {n}: expected {{"dlq": "P:O", "value": {{...}}}} ({exc})') from None
     return fixed
 
 
@@ -164,13 +164,12 @@ def replay(s: Settings, chosen: list[Letter], fixed: dict[str, bytes], *, dry_ru
         assert d is not None
         value = fixed.get(letter.ref) or (base64.b64decode(d.value_b64) if d.value_b64 is not None else None)
         key = base64.b64decode(d.key_b64) if d.key_b64 is not None else None
-        headers = [(h.key, base64.b64decode(h.value_b64) if h.value_b64 is not None else None) for h in d.headers or []]
+        headers: list[tuple[str, str | bytes | None]] = [
+            (h.key, base64.b64decode(h.value_b64) if h.value_b64 is not None else None) for h in d.headers or []]
         headers.append(("slipguard-replay-of", f"{s.dlq_topic}:{letter.ref}".encode()))
         producer.begin_transaction()
-        kwargs: dict[str, object] = {"headers": headers}
-        if d.timestamp_ms is not None:
-            kwargs["timestamp"] = d.timestamp_ms
-        producer.produce(d.source_topic, value, key, **kwargs)
+        producer.produce(d.source_topic, value, key, headers=headers,
+                         timestamp=0 if d.timestamp_ms is None else d.timestamp_ms)  # 0: the producer's clock
         producer.produce(replayed_topic(s), b"1", letter.ref.encode())
         try:
             producer.commit_transaction(30)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from schemas import Anomaly, LateOrder, Order, Payment, Recovery
-from streams.join import changelog
-from streams.join import compact
+from streams.join import changelog, compact
 from streams.join.state import BufferedOrder, RecoveredPayment, Store
 from streams.kafka.partition import partition_for
 from streams.kafka.read import Progress, partition_count, read
@@ -48,7 +47,7 @@ class Explanation:
 def _iso(ms: int | None) -> str | None:
     if ms is None or ms < 0:
         return None
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _records(s: Settings, topic: str, oid: str, since_ms: int | None, progress: Progress | None):  # noqa: ANN202
@@ -81,8 +80,9 @@ def explain(s: Settings, order_id: str, *, since_ms: int | None = None, progress
         events.append(Event(_iso(r.timestamp_ms), where, what, details))
 
     for where, r in _records(s, s.payments_topic, order_id, since_ms, progress):
-        decoded(Payment, where, r, lambda p: (f"payment {p.payment_id} {p.status}: {p.amount} {p.currency}, user "
-                                               f"{p.user_id}", {"payment_id": p.payment_id, "status": p.status}))
+        decoded(Payment, where, r, lambda p: (
+            f"payment {p.payment_id} {p.status}: {p.amount} {p.currency}, user {p.user_id}",
+            {"payment_id": p.payment_id, "status": p.status}))
     for where, r in _records(s, s.orders_topic, order_id, since_ms, progress):
         decoded(Order, where, r, lambda o: (f"order arrived: {o.amount} {o.currency}, user {o.user_id}", {}))
     for where, r in _records(s, s.recovery_topic, order_id, since_ms, progress):
@@ -144,12 +144,12 @@ def _database(s: Settings, oid: str, events: list[Event]) -> str:
     except psycopg.Error as exc:
         return f"not read ({type(exc).__name__})"
     for outcome, reason, written_at, recovery_id in audits:
-        events.append(Event(written_at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace(
+        events.append(Event(written_at.astimezone(UTC).isoformat(timespec="milliseconds").replace(
             "+00:00", "Z"), "postgresql", f"recovery {recovery_id} written: {outcome}"
                                           + (f" ({reason})" if reason else ""), {"outcome": outcome}))
     if order is None:
         return "no row in orders"
-    source, recovered_at, reconciled_at = order
+    source, _recovered_at, reconciled_at = order
     if source == "recovery":
         return "a recovered order" + (", reconciled with the real order" if reconciled_at else "")
     return "an order written by the order service"

@@ -9,6 +9,7 @@ read let 300 clients sending a byte every 3 s hold 300 threads).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -41,7 +42,8 @@ REQUEST_TIMEOUT = 5.0  # seconds from accept to the end of the request's headers
 HEAD_MAX = 96 * 1024  # request line and headers kept; past it http.server answers 414/431 (lines over 64 KiB)
 PATHS = ("/metrics", "/healthz", "/readyz")
 _END_OF_HEAD = re.compile(rb"\n\r?\n")  # an empty line, as http.server reads one (CRLF or LF)
-_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n"
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\n"
+         b"busy\n")
 
 
 @dataclass
@@ -79,10 +81,11 @@ class Endpoint:
         try:
             while not self._stop.is_set():
                 for key, _ in self._selector.select(timeout=self._until_first_deadline()):
-                    if key.fileobj is self.socket:
+                    conn = key.fileobj
+                    if conn is self.socket:
                         self._accept()
-                    elif key.fileobj is not self._wake_r:
-                        self._read(key.fileobj)  # type: ignore[arg-type]
+                    elif conn is not self._wake_r and isinstance(conn, socket.socket):
+                        self._read(conn)
                 self._expire()
         finally:
             self._stopped.set()
@@ -153,25 +156,21 @@ class Endpoint:
 
     def _drop(self, conn: socket.socket) -> None:
         self._arriving.pop(conn, None)
-        try:
+        with contextlib.suppress(KeyError, ValueError):  # not registered (any more)
             self._selector.unregister(conn)
-        except (KeyError, ValueError):
-            pass
         conn.close()
 
     def _answer(self, conn: socket.socket, arriving: _Arriving) -> None:
         if not self._slots.acquire(blocking=False):
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(_BUSY)  # a fresh socket's send buffer takes it whole: no waiting, no thread
-            except OSError:
-                pass
             conn.close()
             return
         threading.Thread(target=self._respond, args=(conn, arriving), name="metrics-request", daemon=True).start()
 
     def _respond(self, conn: socket.socket, arriving: _Arriving) -> None:
         try:
-            conn.setblocking(True)
+            conn.settimeout(self.request_timeout)  # blocking, and each write of the answer bounded
             _Request(bytes(arriving.head), conn, arriving.address, self)
         except OSError as exc:  # the client went away or stopped reading the answer
             log.debug("metrics endpoint: answer not delivered: %s", exc)
@@ -184,21 +183,21 @@ class _Request(BaseHTTPRequestHandler):
     """One request whose line and headers have arrived: parsed and answered by http.server."""
 
     protocol_version = "HTTP/1.0"  # one request per connection: nothing is held open
-    server: Endpoint
 
-    def __init__(self, head: bytes, conn: socket.socket, address: tuple, server: Endpoint) -> None:
-        self._head = head
-        self.timeout = server.request_timeout  # set on the socket by setup(): bounds each write of the answer
-        super().__init__(conn, address, server)  # type: ignore[arg-type]
+    def __init__(self, head: bytes, conn: socket.socket, address: tuple, endpoint: Endpoint) -> None:
+        self._head, self.endpoint = head, endpoint
+        # socketserver only keeps `server` for handlers that look at it (these do not):
+        # the endpoint is not a socketserver.BaseServer, and need not be one.
+        super().__init__(conn, address, endpoint)  # type: ignore[arg-type]  # (see above)
 
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the socket's reader: the request was already read
         self.rfile = io.BytesIO(self._head)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        health = self.server.health
+        health = self.endpoint.health
         if path == "/metrics":
             self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
@@ -211,12 +210,12 @@ class _Request(BaseHTTPRequestHandler):
             self._send(404, b"not found\n")
 
     def _refuse(self) -> None:
-        self._send(405, b"only GET\n", extra=[("Allow", "GET")])
+        self._send(405, b"only GET\n", extra=(("Allow", "GET"),))
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _refuse  # noqa: N815
 
     def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
-              extra: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
+              extra: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))

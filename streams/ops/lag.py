@@ -30,12 +30,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import config
 from streams.kafka.acls import denied
 from streams.kafka.calls import group_refused, topic_refused, transient
+from streams.kafka.consumed import offset_of
 from streams.retry import Retry
 from streams.settings import Settings
 
@@ -127,7 +129,7 @@ class LagReader:
         out = {}
         for t, p in tps:
             try:
-                out[(t, p)] = _retry(f"read the end of {t} [{p}]", self.timeout).call(lambda: one(t, p))
+                out[(t, p)] = _retry(f"read the end of {t} [{p}]", self.timeout).call(partial(one, t, p))
             except KafkaException as exc:
                 raise LagError(f"cannot read the log end of {t} [{p}]: {exc.args[0]}") from None
         return out
@@ -147,7 +149,10 @@ class LagReader:
             open_tps = set(wanted)
             while open_tps and time.monotonic() < deadline:
                 for m in c.consume(len(open_tps), timeout=0.2):
-                    key = (m.topic(), m.partition())
+                    topic, partition = m.topic(), m.partition()
+                    if topic is None or partition is None:
+                        continue  # a client error that concerns no partition
+                    key = (topic, partition)
                     if key not in open_tps:
                         continue
                     err = m.error()
@@ -156,7 +161,7 @@ class LagReader:
                     elif err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                         raise LagError(denied(self.s, "lag", "TOPIC", key[0]))
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        if m.offset() < ends[key]:
+                        if offset_of(m) < ends[key]:
                             continue  # stopped at an open transaction; its records are not readable yet
                         out[key] = None
                     else:
@@ -198,8 +203,8 @@ def _rows(reader: LagReader, group: str, committed: dict[tuple[str, int], int], 
         seconds: float | None = None
         if lag == 0 or (tp in times and times[tp] is None):
             lag, seconds = 0, 0.0  # nothing left to read but, perhaps, transaction markers
-        elif times.get(tp) is not None:
-            seconds = max(0.0, (now - times[tp]) / 1000)  # type: ignore[operator]
+        elif (next_ms := times.get(tp)) is not None:
+            seconds = max(0.0, (now - next_ms) / 1000)
         rows.append(PartitionLag(group, tp[0], tp[1], cur, ends[tp], lag, seconds))
     return rows
 
@@ -213,7 +218,7 @@ def as_table(rows: list[PartitionLag]) -> str:
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 def as_dicts(rows: list[PartitionLag]) -> list[dict]:

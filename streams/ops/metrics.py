@@ -17,7 +17,8 @@ JOIN_DUPLICATES = Counter("slipguard_join_duplicates_total", "Repeated payment o
 DLQ_RECORDS = Counter("slipguard_dlq_records_total", "Records sent to the DLQ", ["worker", "reason"])
 JOIN_PENDING_PAYMENTS = Gauge("slipguard_join_pending_payments", "Payments waiting for their order")
 JOIN_PENDING_ORDERS = Gauge("slipguard_join_buffered_orders", "Orders kept for a payment to come or to spot duplicates")
-JOIN_RECOVERED_REMEMBERED = Gauge("slipguard_join_recovered_remembered", "Recovered payments remembered for late orders")
+JOIN_RECOVERED_REMEMBERED = Gauge("slipguard_join_recovered_remembered",
+                                  "Recovered payments remembered for late orders")
 JOIN_OLDEST_PENDING = Gauge("slipguard_join_oldest_pending_payment_age_seconds",
                             "Wall clock minus event time of the oldest pending payment")
 JOIN_DETECTION_LATENCY = Histogram(

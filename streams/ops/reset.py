@@ -23,9 +23,10 @@ coordinator timeout, librdkafka issue 4605).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.kafka import config
 from streams.kafka.groups import group_session_timeout_s
@@ -108,7 +109,8 @@ def make_plan(s: Settings, group: str, to_ms: int | None, progress: Progress | N
     return plan
 
 
-def check_no_members(s: Settings, group: str, moves: list[Move], *, say=lambda line: None) -> None:
+def check_no_members(s: Settings, group: str, moves: list[Move], *,
+                     say: Callable[[str], object] = lambda line: None) -> None:
     """Commit the group's current offsets unchanged, as a non-member: refused while the
     group has members. A static member (KIP-848 with SLIPGUARD_INSTANCE_ID) that stopped
     cleanly stays a member until its session expires, so a refusal is asked again for up
@@ -154,7 +156,12 @@ def execute(s: Settings, plan: Plan, progress: Progress | None = None) -> list[s
     both steps are idempotent; start no join worker in between."""
     check_no_members(s, plan.group, plan.moves)
     failed: list[str] = []
-    p = Producer(config.producer(s, on_delivery=lambda err, _m: err is not None and failed.append(err.str())))
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(err.str())
+
+    p = Producer(config.producer(s, on_delivery=delivered))
     for n, (partition, key) in enumerate(plan.live_keys, 1):
         p.produce(s.changelog_topic, None, key, partition=partition)
         p.poll(0)

@@ -13,10 +13,10 @@ from typing import Any
 
 import faust
 
+from streams.kafka.versions import ssl_context
 from streams.ops import metrics
 from streams.recover.faust_compat import ReadCommittedApp
-from streams.recover.writer import Record, Writer
-from streams.kafka.versions import ssl_context
+from streams.recover.writer import Ack, MakeWriter, Record, Writer
 from streams.settings import Settings
 
 
@@ -25,8 +25,10 @@ def _credentials(s: Settings) -> Any:
         return None
     context = ssl_context(s)
     if s.kafka_security_protocol.startswith("SASL"):
+        password = s.kafka_sasl_password
+        assert password is not None, "Settings: SASL needs a password"  # (its validator makes sure)
         return faust.SASLCredentials(
-            username=s.kafka_sasl_username, password=s.kafka_sasl_password.get_secret_value(),  # type: ignore[union-attr]
+            username=s.kafka_sasl_username, password=password.get_secret_value(),
             mechanism=s.kafka_sasl_mechanism, ssl_context=context,
         )
     return faust.SSLCredentials(context)
@@ -44,7 +46,7 @@ def record_of(event: Any) -> Record:
                   token=event)
 
 
-def build_app(s: Settings) -> tuple[faust.App, Writer]:
+def build_app(s: Settings, make_writer: MakeWriter = Writer) -> tuple[faust.App, Writer]:
     brokers = ";".join(f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(","))
     app = ReadCommittedApp(
         s.recover_group,
@@ -77,21 +79,22 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
     async def send_dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         await (await dlq.send(key=key, value=value, headers=headers))  # delivered before the record is acknowledged
 
-    writer = Writer(s, send_dead_letter)
+    writer = make_writer(s, send_dead_letter)
+    stream_ack: Ack | None = None  # the agent's stream.ack, once it runs: the timer flushes with it too
     topics = app.topic(s.recovery_topic, s.late_topic, key_serializer="raw", value_serializer="raw")
 
     @app.agent(topics, concurrency=1, name="slipguard-recovery-writer")
     async def write(stream: Any) -> None:
+        nonlocal stream_ack
         stream.enable_acks = False  # acked by the writer after the database commit
-        app._writer_stream = stream  # type: ignore[attr-defined]
+        stream_ack = stream.ack
         async for event in stream.events():
             await writer.add(record_of(event), stream.ack)
 
     @app.timer(0.05)
     async def flush_due() -> None:
-        stream = getattr(app, "_writer_stream", None)
-        if stream is not None:
-            await writer.flush_if_due(stream.ack)
+        if stream_ack is not None:
+            await writer.flush_if_due(stream_ack)
 
     @app.timer(1.0)
     async def readiness() -> None:
@@ -103,14 +106,15 @@ def build_app(s: Settings) -> tuple[faust.App, Writer]:
             assigned = set()
         writer.ready = bool(assigned)
         for topic in (s.recovery_topic, s.late_topic):
-            metrics.ASSIGNED_PARTITIONS.labels(s.recover_group, topic).set(sum(1 for tp in assigned if tp.topic == topic))
+            held = sum(1 for tp in assigned if tp.topic == topic)
+            metrics.ASSIGNED_PARTITIONS.labels(s.recover_group, topic).set(held)
 
     @app.on_partitions_assigned.connect
-    async def assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+    async def assigned(_app: Any, /, *_args: Any, **_kwargs: Any) -> None:
         metrics.REBALANCES.labels(s.recover_group, "assign").inc()
 
     @app.on_partitions_revoked.connect
-    async def revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+    async def revoked(_app: Any, /, *_args: Any, **_kwargs: Any) -> None:
         metrics.REBALANCES.labels(s.recover_group, "revoke").inc()
 
     return app, writer

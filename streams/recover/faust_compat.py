@@ -7,8 +7,10 @@ open transactions of the join. So four private members are overridden:
 
 * `faust.App._new_transport` -> a transport whose consumer is ours;
 * `faust...aiokafka.Consumer._new_consumer_thread` -> our consumer thread;
-* `faust...aiokafka.AIOKafkaConsumerThread._create_worker_consumer` -> sets
-* `aiokafka.AIOKafkaConsumer._isolation_level`, which aiokafka reads in start() to build its fetcher.
+* `faust...aiokafka.AIOKafkaConsumerThread._create_worker_consumer` -> the same
+  consumer, with the next one set;
+* `aiokafka.AIOKafkaConsumer._isolation_level` -> "read_committed", which aiokafka reads
+  in start() to build its fetcher.
 
 And one for speed: faust's fetch loop (`Consumer._drain_messages`) hands each record to
 the streams with `wait_first(callback(message), self.suspend_flow.wait())`, which makes
@@ -232,7 +234,8 @@ def missing() -> list[str]:
     if "self._isolation_level = isolation_level" not in source or "isolation_level=self._isolation_level" not in source:
         gone.append("aiokafka.AIOKafkaConsumer._isolation_level (read by start() to build the fetcher)")
     if DRAIN_CALL not in "".join(inspect.getsource(faust_consumer.Consumer._drain_messages).split()):
-        gone.append(f"faust.transport.consumer.Consumer._drain_messages calling {DRAIN_CALL} (taken in place by wait_first)")
+        gone.append(f"faust.transport.consumer.Consumer._drain_messages calling {DRAIN_CALL} "
+                    "(taken in place by wait_first)")
     if FETCH_RECORDS not in "".join(inspect.getsource(aiokafka_fetcher.Fetcher._proc_fetch_request).split()):
         gone.append(f"aiokafka's Fetcher._proc_fetch_request reading batches with {FETCH_RECORDS} (see _LenientRecords)")
     why = None if gone else lenient_read_fails()

@@ -38,12 +38,12 @@ def dead_letter_reason(message: Recovery | LateOrder) -> tuple[str, str] | None:
                 "recovery_id: not a UUID in canonical form")
     if isinstance(message, LateOrder):
         if message.order.order_id != message.order_id:
-            return (f"late order's order_id {message.order_id} differs from its order's {message.order.order_id}: "
-                    "a forged or corrupted record, never stored", "order.order_id: differs from order_id")
+            return ((f"late order's order_id {message.order_id} differs from its order's {message.order.order_id}: "
+                     "a forged or corrupted record, never stored"), "order.order_id: differs from order_id")
         derived = recovery_id_for(message.payment_id)
         if message.recovery_id != derived:
-            return (f"late order's recovery_id {message.recovery_id} is not the one derived from its payment_id "
-                    f"{message.payment_id} ({derived}): a forged or corrupted record, never stored",
+            return ((f"late order's recovery_id {message.recovery_id} is not the one derived from its payment_id "
+                     f"{message.payment_id} ({derived}): a forged or corrupted record, never stored"),
                     "recovery_id: not the one derived from payment_id")
     return None
 

@@ -112,20 +112,19 @@ async def write_batch(conn: psycopg.AsyncConnection, items: list[Item],
     outcomes: Counter[str] = Counter()
     recoveries = [i for i in items if isinstance(i.message, Recovery)]
     lates = [i.message for i in items if isinstance(i.message, LateOrder)]
-    async with conn.transaction():
-        async with conn.cursor() as cur:
-            if recoveries:
-                await cur.execute(INSERT_RECOVERED, _recovery_columns(recoveries, hmac_keys))
-                for (outcome,) in await cur.fetchall():
-                    outcomes[outcome] += 1
-            if lates:
-                await cur.execute(INSERT_LATE, {
-                    "recovery_id": [m.recovery_id for m in lates], "order_id": [m.order_id for m in lates],
-                    "payment_id": [m.payment_id for m in lates],
-                    "real_order": [Jsonb(m.order.model_dump(mode="json")) for m in lates],  # type: ignore[union-attr]
-                    "lateness": [m.lateness_seconds for m in lates],
-                })
-            ids = [i.message.recovery_id for i in recoveries] + [m.recovery_id for m in lates]  # type: ignore[union-attr]
-            await cur.execute(RECONCILE, (ids,))
-            outcomes["reconciled"] += cur.rowcount
+    async with conn.transaction(), conn.cursor() as cur:
+        if recoveries:
+            await cur.execute(INSERT_RECOVERED, _recovery_columns(recoveries, hmac_keys))
+            for (outcome,) in await cur.fetchall():
+                outcomes[outcome] += 1
+        if lates:
+            await cur.execute(INSERT_LATE, {
+                "recovery_id": [m.recovery_id for m in lates], "order_id": [m.order_id for m in lates],
+                "payment_id": [m.payment_id for m in lates],
+                "real_order": [Jsonb(m.order.model_dump(mode="json")) for m in lates],
+                "lateness": [m.lateness_seconds for m in lates],
+            })
+        ids = [i.message.recovery_id for i in recoveries] + [m.recovery_id for m in lates]
+        await cur.execute(RECONCILE, (ids,))
+        outcomes["reconciled"] += cur.rowcount
     return outcomes

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from pydantic import ValidationError
 
 from schemas import DeadLetter, LateOrder, Recovery, dlq, fast
@@ -44,7 +45,8 @@ RETRIABLE_DB_ERRORS = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTrans
 # Errors of the data: PostgreSQL refuses this batch, and would refuse it again.
 DATA_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 STATEMENT_TIMEOUT_MS = 30_000
-CONNECT = {
+TOMBSTONE = "record: no value (a tombstone), where a recovery or a late order was expected"
+CONNECT: dict[str, str | int] = {  # libpq's connection parameters
     "connect_timeout": 5,
     "target_session_attrs": "read-write",  # with several hosts in the URL, the primary
     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
@@ -78,7 +80,9 @@ class DeadLetterNotSent(Exception):
 
 
 Ack = Callable[[Any], Awaitable[None]]
-SendDeadLetter = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]  # key, value, headers; once delivered
+# (key, value, headers) of a dead letter; returns once it is delivered
+SendDeadLetter = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+MakeWriter = Callable[[Settings, SendDeadLetter], "Writer"]  # Writer, or one with parts left out (a benchmark's)
 
 
 class Writer:
@@ -98,7 +102,8 @@ class Writer:
 
     async def connection(self) -> psycopg.AsyncConnection:
         if self.conn is None or self.conn.closed:
-            self.conn = await psycopg.AsyncConnection.connect(self.s.database_url.get_secret_value(), **CONNECT)
+            url = self.s.database_url.get_secret_value()
+            self.conn = await psycopg.AsyncConnection.connect(make_conninfo(url, **CONNECT))
             # A statement that hangs (a failover, a lock) is cancelled and retried, not waited on forever.
             await self.conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             await self.conn.commit()
@@ -179,9 +184,13 @@ class Writer:
                          "headers so named are left out of this letter")
                 poison.append((record, error, "a header name is not UTF-8"))
                 continue
-            model = Recovery if record.topic == self.s.recovery_topic else LateOrder
+            if record.value is None:
+                poison.append((record, TOMBSTONE, TOMBSTONE))
+                continue
             try:
-                message = fast.decode(model, record.value)
+                message: Recovery | LateOrder = (
+                    fast.decode(Recovery, record.value) if record.topic == self.s.recovery_topic
+                    else fast.decode(LateOrder, record.value))
             except (ValidationError, ValueError, TypeError) as exc:
                 full = safe_error(exc) if self.s.minimise_personal_data else str(exc).replace("\n", " | ")[:3900]
                 poison.append((record, full, safe_error(exc)))

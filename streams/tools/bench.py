@@ -29,6 +29,7 @@ import time
 import tracemalloc
 import uuid
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
@@ -41,8 +42,8 @@ from streams.join.worker import JoinWorker, tune_gc
 from streams.kafka import config
 from streams.kafka.topics import create_topics
 from streams.ops import metrics
-from streams.tools.loadgen import Shares, merged, plan, produce
 from streams.settings import Settings
+from streams.tools.loadgen import Shares, merged, plan, produce
 
 
 @dataclass
@@ -76,11 +77,16 @@ class Figures:
 
 
 ALL_MISSING = Shares(missing=1.0, late=0, duplicates=0, second_payment=0, failed=0, mismatch=0)
+class Workload(NamedTuple):
+    events_per_order: float  # payment and order records per order id, on average
+    spacing_ms: float | None  # event time between order ids; None: the whole plan over 50 minutes
+    shares: Shares
+
+
 WORKLOADS = {
-    # name: (orders per event, plan arguments but count and start)
-    "spread": (1.94, {"spacing_ms": None, "shares": Shares()}),
-    "delayed": (1.99, {"spacing_ms": 0.05, "shares": Shares(missing=0.01, late=0, duplicates=0, second_payment=0,
-                                                            failed=0, mismatch=0, delay_ms=(0, 3_000))}),
+    "spread": Workload(1.94, None, Shares()),
+    "delayed": Workload(1.99, 0.05, Shares(missing=0.01, late=0, duplicates=0, second_payment=0, failed=0, mismatch=0,
+                                           delay_ms=(0, 3_000))),
 }
 
 
@@ -98,11 +104,12 @@ def ceiling(s: Settings, total: int) -> float:
     started = None
     while n < total:
         for m in c.consume(10_000, timeout=1.0):
-            if m.error():
+            value = m.value()
+            if m.error() or value is None:  # (the bench writes no tombstones)
                 continue
             if started is None:
                 started = time.perf_counter()
-            fast.decode(Payment if m.topic() == payments else Order, m.value())  # as the join decodes
+            fast.decode(Payment if m.topic() == payments else Order, value)  # as the join decodes
             n += 1
     took = time.perf_counter() - (started or time.perf_counter())
     c.close()
@@ -219,10 +226,13 @@ def live_latency(s: Settings, rate: float, seconds: float) -> tuple[list[float],
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and ends < live.partitions:
         for m in c.consume(1000, timeout=0.5):
-            if m.error():
-                ends += m.error().code() == KafkaError._PARTITION_EOF
+            err, value = m.error(), m.value()
+            if err is not None:
+                ends += err.code() == KafkaError._PARTITION_EOF
                 continue
-            r = Recovery.decode(m.value())
+            if value is None:
+                continue
+            r = Recovery.decode(value)
             lat.append((r.detected_at - r.deadline).total_seconds())
     c.close()
     return lat, len(exp.recovered), len(lat)
@@ -240,12 +250,12 @@ def produce_workload(s: Settings, name: str, events: int) -> tuple[Settings, int
     """A workload in fresh topics (made here): their settings and the record count."""
     b = _bench_settings(s, s.partitions)
     create_topics(b)
-    per_order, args = WORKLOADS[name]
-    orders = int(events / per_order) + 1
-    spacing = args["spacing_ms"] or 3_000_000 / orders
+    work = WORKLOADS[name]
+    orders = int(events / work.events_per_order) + 1
+    spacing = work.spacing_ms or 3_000_000 / orders
     print(f"bench [{name}]: planning {events:,} events over {b.partitions} partitions ...", file=sys.stderr, flush=True)
     pays, ords, _ = plan(orders, start_ms=int(time.time() * 1000) - 3_600_000, spacing_ms=spacing,
-                         timeout_ms=b.order_timeout, shares=args["shares"])
+                         timeout_ms=b.order_timeout, shares=work.shares)
     total = len(pays) + len(ords)
     print(f"bench [{name}]: producing {total:,} records ...", file=sys.stderr, flush=True)
     produce(b, merged(pays, ords))
@@ -275,7 +285,8 @@ def run(s: Settings, events: int, partitions: int, live_rate: float, live_second
     per_entry = bytes_per_pending()
     print(f"bench: restoring a changelog of {restore_entries:,} entries ...", file=sys.stderr, flush=True)
     restore_per_s, restore_s = restore_rate(_bench_settings(s, partitions), restore_entries)
-    print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", file=sys.stderr, flush=True)
+    print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", file=sys.stderr,
+          flush=True)
     lat, want, seen = live_latency(_bench_settings(s, partitions), live_rate, live_seconds)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
     return Figures(partitions=partitions, guarantee=s.processing_guarantee, workloads=figures,
@@ -302,8 +313,8 @@ def report(f: Figures) -> str:
     rows += [
         ("peak RSS of the process", f"{f.join_peak_rss_mb:.0f} MB"),
         ("memory per pending entry", f"{f.bytes_per_pending_entry:,.0f} B"),
-        (f"restore of {f.restore_entries:,} changelog entries", f"{f.restore_records_per_s:,.0f} records/s, "
-                                                                 f"{f.restore_seconds:.1f} s"),
+        (f"restore of {f.restore_entries:,} changelog entries",
+         f"{f.restore_records_per_s:,.0f} records/s, {f.restore_seconds:.1f} s"),
         ("live rate", f"{f.live_rate_per_s:,.0f} events/s"),
         ("detection latency p50 / p99 (emit - deadline, grace 1 s)",
          f"{f.detection_latency_p50_s:.3f} s / {f.detection_latency_p99_s:.3f} s"),
@@ -332,7 +343,7 @@ def _writer_settings(s: Settings) -> Settings:
     from streams.db import migrate
 
     b = _bench_settings(s, s.partitions)
-    schema = f"bench_{b.instance_id.replace('-', '_')}"  # our own name: letters, digits, underscores
+    schema = f"bench_{b.worker_id().replace('-', '_')}"  # our own name: letters, digits, underscores
     url = s.database_url.get_secret_value()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")  # our own name: letters, digits, underscores
@@ -345,6 +356,7 @@ def _writer_settings(s: Settings) -> Settings:
 
 def _recoveries(n: int, start: int, detected_ms: int | None = None) -> list[tuple[bytes, bytes]]:
     from datetime import timedelta
+    from decimal import Decimal
 
     from schemas import Payment, recovery_id_for
     from schemas.fields import from_epoch_ms
@@ -353,7 +365,7 @@ def _recoveries(n: int, start: int, detected_ms: int | None = None) -> list[tupl
     out = []
     for i in range(start, start + n):
         oid = f"wb-{i}"
-        p = Payment(payment_id=f"wbp-{i}", order_id=oid, user_id=f"u{i % 977}", amount="25.50", currency="CNY",
+        p = Payment(payment_id=f"wbp-{i}", order_id=oid, user_id=f"u{i % 977}", amount=Decimal("25.50"), currency="CNY",
                     status="succeeded", paid_at=base - timedelta(seconds=70), metadata={"game": "baccarat"})
         r = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=oid, payment=p,
                      deadline=base - timedelta(seconds=10), detected_at=base)
@@ -368,6 +380,8 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
 
     import psycopg
     from confluent_kafka import Producer
+
+    from streams.db import one
 
     b = _writer_settings(s)
     url = b.database_url.get_secret_value()
@@ -385,7 +399,7 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
 
     def count() -> int:
         with psycopg.connect(url) as conn:
-            return conn.execute("SELECT count(*) FROM recovery_audit").fetchone()[0]
+            return int(one(conn.execute("SELECT count(*) FROM recovery_audit"))[0])
 
     try:
         while count() == 0:
@@ -414,11 +428,12 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
         while count() < rows + n:
             time.sleep(0.1)
         with psycopg.connect(url) as conn:
-            p50, p99 = conn.execute(
-                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d) "
+            p50, p99 = one(conn.execute(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), "
+                "       percentile_cont(0.99) WITHIN GROUP (ORDER BY d) "
                 "FROM (SELECT extract(epoch FROM written_at - detected_at) AS d FROM recovery_audit "
                 "      WHERE substr(order_id, 4)::bigint >= %s) t",  # the steady phase's: wb-<rows + i>
-                (rows,)).fetchone()
+                (rows,)))
     finally:
         proc.terminate()
         proc.wait(60)

@@ -76,8 +76,8 @@ def drain_in(tree: Path, s: Settings, total: int) -> dict[str, float]:
 def run(s: Settings, against: str, runs: int, events: int, partitions: int, workloads: list[str]) -> str:
     with tempfile.TemporaryDirectory(prefix="slipguard-ab-") as tmp:
         sides = [Side(against, archive(against, Path(tmp) / "ref")), Side("this tree", snapshot(Path(tmp) / "here"))]
-        lines = [f"bench-ab: {against} against this tree, {runs} runs each, interleaved, {partitions} partitions, "
-                 f"{s.processing_guarantee}"]
+        lines = [(f"bench-ab: {against} against this tree, {runs} runs each, interleaved, {partitions} partitions, "
+                  f"{s.processing_guarantee}")]
         for name in workloads:
             print(f"bench-ab [{name}]: producing {events:,} events ...", file=sys.stderr, flush=True)
             b, total = bench.produce_workload(s.derive(partitions=partitions), name, events)

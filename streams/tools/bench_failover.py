@@ -27,11 +27,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
-from streams.ops.lag import LagReader
 from streams.kafka.topics import create_topics
-from streams.tools.loadgen import merged, plan, produce
+from streams.ops.lag import LagReader
 from streams.settings import Settings
+from streams.tools.loadgen import merged, plan, produce
 
 
 @dataclass
@@ -85,10 +86,10 @@ def _case(s: Settings, name: str, logs: str, protocol: str) -> float:
     pays, ords, _ = plan(120_000, start_ms=int(time.time() * 1000) + 3_000, spacing_ms=0.5, timeout_ms=5_000,
                          seed=7)
     traffic = threading.Thread(target=produce, args=(c, merged(pays, ords)), kwargs={"realtime": True}, daemon=True)
-    ids = {"restart": ["fo-a", None], "kill": [None, None], "leave": [None, None]}[name]
-    procs = [_start(c, ids[0], f"{logs}/{protocol}-{name}-a.log")]
+    # Only the restarted worker has an id of its own (a StatefulSet pod); the others, the default.
+    procs = [_start(c, "fo-a" if name == "restart" else None, f"{logs}/{protocol}-{name}-a.log")]
     if name != "restart":
-        procs.append(_start(c, ids[1], f"{logs}/{protocol}-{name}-b.log"))
+        procs.append(_start(c, None, f"{logs}/{protocol}-{name}-b.log"))
     try:
         traffic.start()
         time.sleep(12)  # joined, restored, processing live traffic
@@ -115,7 +116,7 @@ def _owned(log: str) -> set[int]:
     """The partitions a worker holds now, replaying its log's restored/revoked lines."""
     import re
 
-    text = open(log, encoding="utf-8", errors="replace").read() if os.path.exists(log) else ""
+    text = Path(log).read_text(encoding="utf-8", errors="replace") if os.path.exists(log) else ""
     held: set[int] = set()
     for verb, found in re.findall(r"(restored|revoked|lost) partitions \[([\d, ]*)\]", text):
         parts = {int(x) for x in found.split(",") if x.strip()}
@@ -238,10 +239,10 @@ def report(figures: list[FailoverFigures]) -> str:
             f"    kill -9 of one of two workers (ids unset)                        {f.kill_one_of_two_s:.1f} s",
             f"    SIGTERM of one of two workers (clean leave)                     {f.clean_leave_one_of_two_s:.1f} s",
             "  longest stop of committed offsets while the group changes:",
-            f"    a third joins: partitions that kept their owner {f.join_kept_max_pause_s:.2f} s, "
-            f"that moved {f.join_moved_max_pause_s:.2f} s",
-            f"    one of three leaves (SIGTERM): kept {f.leave_kept_max_pause_s:.2f} s, "
-            f"moved {f.leave_moved_max_pause_s:.2f} s",
+            (f"    a third joins: partitions that kept their owner {f.join_kept_max_pause_s:.2f} s, "
+             f"that moved {f.join_moved_max_pause_s:.2f} s"),
+            (f"    one of three leaves (SIGTERM): kept {f.leave_kept_max_pause_s:.2f} s, "
+             f"moved {f.leave_moved_max_pause_s:.2f} s"),
             f"    baseline, 10 s of calm before (commits every 200 ms, same traffic): {f.calm_max_pause_s:.2f} s",
         ]
     return "\n".join(lines)

@@ -22,13 +22,14 @@ from pathlib import Path
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.db import migrate
+from streams.db import migrate, one
 from streams.kafka import config
 from streams.kafka.topics import create_topics
-from streams.tools.loadgen import Shares, merged, plan, produce
 from streams.settings import Settings
+from streams.tools.loadgen import Expected, Shares, merged, plan, produce
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (this is streams/tools/demo.py)
+LOGS = ROOT / ".stack" / "demo"
 SHARES = Shares(missing=0.03, late=0.015, duplicates=0.02, second_payment=0.005, mismatch=0.01, failed=0.02,
                 jitter_ms=1_000)
 
@@ -36,11 +37,29 @@ SHARES = Shares(missing=0.03, late=0.015, duplicates=0.02, second_payment=0.005,
 _AS_JSON = False
 
 
-def _say(*parts: object, **kwargs: object) -> None:
+def _say(*parts: object) -> None:
     """The demo's running account: stdout, or stderr when the summary is JSON."""
-    kwargs["file"] = sys.stderr if _AS_JSON else sys.stdout
-    kwargs.setdefault("flush", True)
-    print(*parts, **kwargs)  # type: ignore[call-overload]
+    print(*parts, file=sys.stderr if _AS_JSON else sys.stdout, flush=True)
+
+
+def log_file(run_id: str, worker: str) -> Path:
+    """Where a demo worker's output goes."""
+    return LOGS / f"{run_id}-{worker}.log"
+
+
+def _start(s: Settings, command: str, port: int, run_id: str) -> subprocess.Popen:
+    """`slipguard <command>` as a process of its own, its output in its log file."""
+    with open(log_file(run_id, command), "wb") as out:  # the process keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "streams", command], env=_env(s, port), stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def _exited(procs: dict[str, subprocess.Popen], run_id: str) -> str | None:
+    """What to say of the first worker that exited, if one did."""
+    for name, proc in procs.items():
+        if proc.poll() is not None:
+            return f"the {name} worker exited with {proc.returncode}; see {log_file(run_id, name)}"
+    return None
 
 
 def _free_port() -> int:
@@ -98,16 +117,10 @@ def run(s: Settings, *, rate: float, seconds: float, as_json: bool = False) -> i
     applied = migrate(demo.database_url.get_secret_value())
     _say("  database:", ", ".join(applied) if applied else "schema up to date")
 
-    logs = ROOT / ".stack" / "demo"
-    logs.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
     jport, wport = _free_port(), _free_port()
-    procs = {
-        "join": subprocess.Popen([sys.executable, "-m", "streams", "join"], env=_env(demo, jport),
-                                 stdout=open(logs / f"{run_id}-join.log", "wb"), stderr=subprocess.STDOUT),
-        "recover": subprocess.Popen([sys.executable, "-m", "streams", "recover"], env=_env(demo, wport),
-                                    stdout=open(logs / f"{run_id}-recover.log", "wb"), stderr=subprocess.STDOUT),
-    }
-    _say(f"  started join (metrics :{jport}) and recovery writer (metrics :{wport}); logs in {logs}")
+    procs = {"join": _start(demo, "join", jport, run_id), "recover": _start(demo, "recover", wport, run_id)}
+    _say(f"  started join (metrics :{jport}) and recovery writer (metrics :{wport}); logs in {LOGS}")
     try:
         return _drive(demo, run_id, rate, seconds, jport, wport, procs)
     finally:
@@ -139,18 +152,18 @@ def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int,
     written = reconciled = 0
     while True:
         time.sleep(2)
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                _say(f"the {name} worker exited with {proc.returncode}; see .stack/demo/{run_id}-{name}.log")
-                return 1
+        exited = _exited(procs, run_id)
+        if exited is not None:
+            _say(exited)
+            return 1
         with psycopg.connect(db_url) as conn:
-            written, reconciled = conn.execute(
+            written, reconciled = one(conn.execute(
                 "SELECT count(*), count(reconciled_at) FROM orders WHERE source = 'recovery' AND order_id LIKE %s",
-                (like,)).fetchone()
+                (like,)))
         _say(f"  t+{time.monotonic() - started:4.0f}s  matched {int(_scrape(jport, 'slipguard_join_matched_total')):6,}"
               f"  recovered {int(_scrape(jport, 'slipguard_join_recovered_total')):5,}"
               f"  late {int(_scrape(jport, 'slipguard_join_late_orders_total')):4,}"
-              f"  rows written {written:5,}  reconciled {reconciled:4,}", flush=True)
+              f"  rows written {written:5,}  reconciled {reconciled:4,}")
         done = not producer.is_alive() and written >= len(exp.recovered) and reconciled >= len(exp.late)
         if done or time.monotonic() - started > seconds + 90:
             break
@@ -158,12 +171,12 @@ def _drive(demo: Settings, run_id: str, rate: float, seconds: float, jport: int,
     return _summary(demo, exp, like, jport)
 
 
-def _summary(demo: Settings, exp, like: str, jport: int) -> int:
+def _summary(demo: Settings, exp: Expected, like: str, jport: int) -> int:
     with psycopg.connect(demo.database_url.get_secret_value()) as conn:
-        outcomes = dict(conn.execute("SELECT outcome, count(*) FROM recovery_audit WHERE order_id LIKE %s GROUP BY 1",
-                                     (like,)).fetchall())
-        reconciled = conn.execute("SELECT count(*) FROM orders WHERE order_id LIKE %s AND reconciled_at IS NOT NULL",
-                                  (like,)).fetchone()[0]
+        outcomes: dict[str, int] = dict(conn.execute(
+            "SELECT outcome, count(*) FROM recovery_audit WHERE order_id LIKE %s GROUP BY 1", (like,)).fetchall())
+        reconciled = one(conn.execute(
+            "SELECT count(*) FROM orders WHERE order_id LIKE %s AND reconciled_at IS NOT NULL", (like,)))[0]
     rows = [
         # Each input topic also holds one undecodable record of the demo's.
         ("payments in the topic", _committed_records(demo, demo.payments_topic) - 1, exp.payments),

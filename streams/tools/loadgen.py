@@ -143,7 +143,7 @@ def produce(settings: Settings, records: list[Record] | Iterator[Record], *, rat
             realtime: bool = False, progress: Callable[[str, int, int], None] | None = None, total: int = 0) -> int:
     """Produce records; with `rate`, at most that many per second; with `realtime`, each at its timestamp;
     `progress(what, done, total)` every 1,000 records."""
-    producer = Producer(config.producer(settings, **{"linger.ms": 20}))
+    producer = Producer(config.producer(settings) | {"linger.ms": 20})
     topics = (settings.payments_topic, settings.orders_topic)
     started = time.monotonic()
     n = 0

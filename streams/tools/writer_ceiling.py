@@ -9,31 +9,48 @@ import os
 import sys
 import time
 
-from streams.recover.writer import Record, Writer
+from streams.recover.store import Item
+from streams.recover.writer import Ack, Record, SendDeadLetter, Writer
+from streams.settings import ConfigError, Settings, load_settings
 
 
-def main(total: int) -> None:
-    write, commit = Writer._write, Writer._commit
-    seen = {"n": 0, "started": 0.0}
+class _Ceiling(Writer):
+    """The writer without its database write: once `total` records are acknowledged, it
+    prints the records/s and ends the process."""
 
-    async def nothing(self: Writer, items: list) -> None:
+    def __init__(self, s: Settings, send_dead_letter: SendDeadLetter, total: int) -> None:
+        super().__init__(s, send_dead_letter)
+        self.total, self.acknowledged, self.started = total, 0, 0.0
+
+    async def _write(self, items: list[tuple[Item, Record]]) -> None:
         return None
 
-    async def counted(self: Writer, records: list[Record], ack) -> None:  # type: ignore[no-untyped-def]
-        if not seen["started"]:
-            seen["started"] = time.perf_counter()
-        await commit(self, records, ack)
-        seen["n"] += len(records)
-        if seen["n"] >= total:
-            print(f"{seen['n'] / (time.perf_counter() - seen['started']):.0f}", flush=True)
+    async def _commit(self, records: list[Record], ack: Ack) -> None:
+        if not self.started:
+            self.started = time.perf_counter()
+        await super()._commit(records, ack)
+        self.acknowledged += len(records)
+        if self.acknowledged >= self.total:
+            print(f"{self.acknowledged / (time.perf_counter() - self.started):.0f}", flush=True)
             os._exit(0)
 
-    Writer._write, Writer._commit = nothing, counted  # type: ignore[method-assign]
-    assert write is not nothing
-    from streams.cli import main as cli
 
-    sys.exit(cli(["recover"]))
+def main(total: int) -> int:
+    from streams.ops.logs import setup_logging
+    from streams.recover.worker import CannotStart, run
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"writer_ceiling: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings)
+    try:
+        return run(settings, lambda s, send: _Ceiling(s, send, total))
+    except CannotStart as exc:
+        print(f"writer_ceiling: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    sys.exit(main(int(sys.argv[1])))

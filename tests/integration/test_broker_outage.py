@@ -108,7 +108,7 @@ def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing
         create_topics(s)
         _hostile(s)
     logs = [tmp_path / f"join-{g}.log" for g in guarantees]
-    workers = [start(s, ["join"], log) for s, log in zip(stacks, logs)]
+    workers = [start(s, ["join"], log) for s, log in zip(stacks, logs, strict=True)]
     frozen = False
     try:
         deadline = time.monotonic() + 60
@@ -124,7 +124,7 @@ def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing
         frozen = False
         _broker_answers(stacks[0])
         seconds = _waves(stacks, 2_000, seed=22)
-        for g, s, log, worker, first, second in zip(guarantees, stacks, logs, workers, firsts, seconds):
+        for g, s, log, worker, first, second in zip(guarantees, stacks, logs, workers, firsts, seconds, strict=True):
             total = first.payments + first.orders + second.payments + second.orders + HOSTILE
             wait_until_done(s, total, timeout=180)
             expected = first.recovered | second.recovered
@@ -133,7 +133,7 @@ def test_broker_frozen_with_recoveries_due_then_thawed_loses_and_doubles_nothing
             if g == "exactly_once":
                 assert len(ids) == len(set(ids)), "read_committed readers see each recovery once"
             keys = sorted(base64.b64decode(DeadLetter.decode(r.value).key_b64) for r in read(s, s.dlq_topic))
-            assert keys == [b"huge", b"micro"] or g != "exactly_once" and set(keys) == {b"huge", b"micro"}, keys
+            assert keys == [b"huge", b"micro"] or (g != "exactly_once" and set(keys) == {b"huge", b"micro"}), keys
             assert worker.poll() is None, f"the {g} worker rode out the outage: " + log.read_text()[-3000:]
     finally:
         if frozen:
@@ -150,7 +150,7 @@ def test_writer_rides_out_a_frozen_or_restarted_broker_and_writes_every_row_once
     timeout), or is killed -9 and started again: it must not exit or wedge, and every
     recovery, before and after, ends up as exactly one row."""
     s = writer_settings(base_settings)
-    first = [_recovery(i) for i in range(0, 20_000)]
+    first = [_recovery(i) for i in range(20_000)]
     second = [_recovery(i) for i in range(20_000, 22_000)]
     log = tmp_path / "recover.log"
     _produce_recoveries(s, first)

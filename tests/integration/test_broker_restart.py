@@ -18,8 +18,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import config
-from streams.ops.lag import LagError, group_lag
 from streams.kafka.topics import create_topics
+from streams.ops.lag import LagError, group_lag
 from tests.factories import order, payment
 from tests.integration.conftest import isolated, produce
 from tests.integration.test_join import _LiveTraffic
@@ -200,10 +200,11 @@ def test_an_end_of_partition_seen_before_a_broker_outage_recovers_nothing_and_an
     the outage to signal a new end (the worker asks the leaders for the ends)."""
     s = isolated(base_settings, order_timeout="8s", grace="1s", commit_interval="200ms",
                  processing_guarantee="at_least_once", group_protocol="consumer")
-    worker, port, log = _ready_worker(s, tmp_path)
+    worker, _port, log = _ready_worker(s, tmp_path)
     try:
         now = int(time.time() * 1000)
-        lost, answered = payment(payment_id="p-lost", order_id="o-lost"), payment(payment_id="p-late", order_id="o-late")
+        lost = payment(payment_id="p-lost", order_id="o-lost")
+        answered = payment(payment_id="p-late", order_id="o-late")
         produce(s, s.payments_topic, [(p.order_id.encode(), p.encode(), now) for p in (lost, answered)])
         late = order(order_id="o-late")
         orders = Producer(config.producer(s))
@@ -241,12 +242,12 @@ def test_workers_on_a_freshly_formatted_broker_recover_every_payment_once(base_s
         traffic.join()
         wait_until_done(s, traffic.total, timeout=180)
         assert_recovered_once(s, traffic.exp.recovered, timeout=120)
-        for w, path in zip(workers, logs):
+        for w, path in zip(workers, logs, strict=True):
             assert w.poll() is None, path.read_text()[-3000:]
         assert exporter.poll() is None, (tmp_path / "lag.log").read_text()[-3000:]
         _wait_for(lambda: _exported_total(port, s.join_group) == 0, "the exporter shows the group caught up",
                   tmp_path / "lag.log")
     finally:
-        for w, path in zip(workers, logs):
+        for w, path in zip(workers, logs, strict=True):
             assert stop(w) == 0, path.read_text()[-3000:]
         assert stop(exporter) == 0

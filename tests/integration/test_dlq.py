@@ -12,7 +12,7 @@ import pty
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -35,7 +35,8 @@ def test_a_corrected_dead_letter_is_replayed_once_and_recovered(base_settings, t
     ts = int(time.time() * 1000) - 60_000
     p = Producer(config.producer(s))
     p.produce(s.payments_topic, b'{"not": "a payment"}', b"ord-junk", timestamp=ts)
-    p.produce(s.payments_topic, json.dumps(broken).encode(), b"ord-fixed", timestamp=ts, headers=[("traceparent", TRACE)])
+    p.produce(s.payments_topic, json.dumps(broken).encode(), b"ord-fixed", timestamp=ts,
+              headers=[("traceparent", TRACE)])
     assert p.flush(10) == 0
     worker = start(s, ["join"], tmp_path / "join.log")
     try:
@@ -83,7 +84,7 @@ def _post(s, targets: list[str]) -> None:
         value = payment(payment_id=f"pay-crafted-{n}", order_id=f"ord-crafted-{n}").encode()
         dead = DeadLetter.of(topic=topic, partition=0, offset=n, timestamp_ms=int(time.time() * 1000), headers=None,
                              key=f"ord-crafted-{n}".encode(), value=value, error="crafted",
-                             failed_at=datetime.now(timezone.utc))
+                             failed_at=datetime.now(UTC))
         p.produce(s.dlq_topic, dead.encode(), b"crafted", partition=0)
     assert p.flush(10) == 0
 

@@ -62,8 +62,8 @@ def _produce(s, records: list[Rec]) -> list[tuple[Rec, str, int, int, int]]:
     failed: list[str] = []
     topics = (s.payments_topic, s.orders_topic)
 
-    def delivered(rec: Rec):  # noqa: ANN202
-        def report(err, msg) -> None:  # noqa: ANN001
+    def delivered(rec: Rec):
+        def report(err, msg) -> None:
             if err is not None:
                 failed.append(str(err))
             else:
@@ -90,7 +90,7 @@ def _produce_unreadable(s, records: list[Rec]) -> list[tuple[Rec, str, int, int,
     """Records with a header name that is not UTF-8 (tests/integration/unreadable.py)."""
     topics = (s.payments_topic, s.orders_topic)
     foreign = [unreadable.Foreign(topics[r.side], r.key, r.value, ts=r.ts if r.ts > 0 else None) for r in records]
-    return [(rec, *where) for rec, where in zip(records, unreadable.produce(s.bootstrap_servers, foreign))]
+    return [(rec, *where) for rec, where in zip(records, unreadable.produce(s.bootstrap_servers, foreign), strict=True)]
 
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
@@ -142,7 +142,8 @@ def _check_outputs(s, stored: list[tuple[Rec, str, int, int, int]], now: int, *,
     assert not once or len(got) == len(set(got)), "each recovery once for read_committed readers"
     letters = [DeadLetter.decode(v) for v in read_to_end(s, s.dlq_topic, len(refused), 120, 1)]
     where = [(d.source_topic, d.partition, d.offset) for d in letters]
-    assert set(where) == refused, f"{len(set(where) - refused)} dead-lettered without cause, {len(refused - set(where))} not"
+    assert set(where) == refused, (f"{len(set(where) - refused)} dead-lettered without cause, "
+                                   f"{len(refused - set(where))} not")
     assert not once or len(where) == len(set(where)), "each dead letter once"
     late_seen = {LateOrder.decode(m.value()).order_id for m in consume_all(s, s.late_topic, len(late), timeout=60)}
     assert late_seen == late

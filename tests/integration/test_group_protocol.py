@@ -19,8 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, \
-    ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    ResourceType,
+)
 
 from streams.kafka import config
 from streams.kafka.groups import tune_group_timeouts
@@ -61,7 +67,8 @@ def _broker(libs: Path, extra: list[str], home: Path) -> Iterator[str]:
         "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
         "transaction.state.log.num.partitions=1", "group.initial.rebalance.delay.ms=0", *extra, ""]))
     java = [shutil.which("java") or "java", "-cp", f"{libs}/*",
-            f"-Dlog4j2.configurationFile={ROOT / 'deploy/local/log4j2.properties'}", f"-Dkafka.logs.dir={home / 'logs'}"]
+            f"-Dlog4j2.configurationFile={ROOT / 'deploy/local/log4j2.properties'}",
+            f"-Dkafka.logs.dir={home / 'logs'}"]
     cluster = subprocess.run([*java, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True,
                              check=True).stdout.strip()
     subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)],

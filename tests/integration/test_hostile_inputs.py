@@ -60,8 +60,8 @@ def test_wrong_clocks_and_huge_values_neither_invent_recoveries_nor_stall_the_jo
         produce(s, s.payments_topic, pays)
         # An 800 KB payment and one stamped in microseconds (year 55,000 and more).
         huge = b'{"payment_id": "' + b"x" * 800_000 + b'"}'
-        produce(s, s.payments_topic, [(b"huge", huge, now), (b"micro", _value(payment(payment_id="mp", order_id="micro")),
-                                                            now * 1000)])
+        micro = _value(payment(payment_id="mp", order_id="micro"))
+        produce(s, s.payments_topic, [(b"huge", huge, now), (b"micro", micro, now * 1000)])
         time.sleep(2)
         produce(s, s.orders_topic, [(f"live{i}".encode(), _value(order(order_id=f"live{i}")), now + 2_000 + i)
                                     for i in range(30)])

@@ -6,6 +6,7 @@ worker cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -64,10 +65,8 @@ class Container:
     def stop_all(self) -> None:
         """Whatever is still running of this container's command (a failed test)."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(AssertionError, OSError):  # no worker (yet, or any more)
                 os.kill(self.worker_pid(), signal.SIGKILL)
-            except (AssertionError, OSError):
-                pass
             self.proc.kill()
             self.proc.wait(10)
 
@@ -118,7 +117,7 @@ def test_the_image_runs_the_join_and_the_writer_end_to_end_and_stops_cleanly_on_
         codes = {name: c.proc.wait(60) for name, c in (("join", join), ("writer", writer))}  # type: ignore[union-attr]
         assert codes == {"join": 0, "writer": 0}, {n: logs[n].read_text()[-3000:] for n in logs}
         assert "join worker stopped cleanly" in logs["join"].read_text()
-        for name, log in logs.items():
+        for log in logs.values():
             assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
         assert join.changed_files(started) == [] and writer.changed_files(started) == [], \
             "the workers wrote to the image's root filesystem (it must run read-only)"

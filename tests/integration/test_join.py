@@ -19,6 +19,7 @@ from streams.kafka.topics import create_topics
 from streams.tools.loadgen import Shares, merged, plan, produce
 from tests.factories import payment
 from tests.integration.conftest import consume_all, isolated
+from tests.integration.conftest import produce as produce_raw
 from tests.integration.workers import (
     assert_recovered_once,
     late_ids,
@@ -28,7 +29,6 @@ from tests.integration.workers import (
     wait_for_progress,
     wait_until_done,
 )
-from tests.integration.conftest import produce as produce_raw
 
 TIMEOUT_MS = 5_000
 
@@ -209,8 +209,8 @@ def test_malformed_and_invalid_records_go_to_the_dlq_and_processing_goes_on(base
         (b"k1", b"\xff\xfe not json", now),
         (b"k2", b'{"payment_id": "p", "order_id": "k2"}', now),  # schema-invalid
         (b"wrong-key", payment(payment_id="x", order_id="right-key").encode(), now),
-        (b"k3", b'{"payment_id":"p3","order_id":"k3","user_id":"u","amount":1.5,"currency":"CNY",'
-                b'"status":"succeeded","paid_at":"2026-01-01T00:00:00Z"}', now),  # amount as a float
+        (b"k3", (b'{"payment_id":"p3","order_id":"k3","user_id":"u","amount":1.5,"currency":"CNY",'
+                 b'"status":"succeeded","paid_at":"2026-01-01T00:00:00Z"}'), now),  # amount as a float
     ]
     produce_raw(s, s.payments_topic, [*bad, (b"after-bad", good.encode(), now + 1)])
     produce_raw(s, s.orders_topic, [(b"o-bad", b"[]", now + 2)])

@@ -33,7 +33,7 @@ def test_three_workers_on_twelve_partitions_scale_out_and_recover_every_payment_
     workers = [start(s, ["join"], logs[i], instance_id=None) for i in range(3)]
     try:
         _wait_for(lambda: all(_owned(p) is not None for p in logs[:3])
-                  and sorted(sum((_owned(p) for p in logs[:3]), [])) == list(range(12)),
+                  and sorted(q for p in logs[:3] for q in _owned(p)) == list(range(12)),
                   "three workers share the partitions", timeout=90)
         traffic = _LiveTraffic(s, 30_000, seed=41, seconds=10)
         wait_for_progress(s, traffic.total, 0.2)
@@ -44,11 +44,11 @@ def test_three_workers_on_twelve_partitions_scale_out_and_recover_every_payment_
         traffic.join()
         wait_until_done(s, traffic.total, timeout=180)
         assert_recovered_once(s, traffic.exp.recovered)
-        for w, log in zip(workers[1:], logs[1:]):
+        for w, log in zip(workers[1:], logs[1:], strict=True):
             assert w.poll() is None, log.read_text()[-3000:]
             assert "Traceback" not in log.read_text()
     finally:
-        for w, log in zip(workers[1:], logs[1:]):
+        for w, log in zip(workers[1:], logs[1:], strict=False):  # fewer workers if it failed before one joined
             assert stop(w) == 0, log.read_text()[-3000:]
 
 
@@ -114,12 +114,12 @@ def test_a_classic_group_moves_to_kip_848_under_load_and_recovers_every_payment_
         wait_until_done(s, traffic.total, timeout=180)
         assert_recovered_once(s, traffic.exp.recovered)
         assert sorted(_owned(logs[2]) + _owned(logs[3])) == [0, 1, 2, 3], "the new workers hold every partition"
-        for w, log in zip(workers[2:], logs[2:]):
+        for w, log in zip(workers[2:], logs[2:], strict=True):
             text = log.read_text()
             assert w.poll() is None and "Traceback" not in text, text[-3000:]
             assert "group protocol consumer" in text, text[-3000:]
     finally:
-        for w, log in zip(workers, logs):
+        for w, log in zip(workers, logs, strict=False):  # fewer workers if it failed before the last started
             if w.poll() is None:
                 assert stop(w) == 0, log.read_text()[-3000:]
 
@@ -181,7 +181,8 @@ def test_kip_848_restart_with_the_same_instance_id_moves_no_other_members_partit
 
 def _restored_pending(log) -> int:
     """Pending payments a worker restored, summed over its restore lines."""
-    return sum(int(n) for n in re.findall(r"restored partitions \[[\d, ]*\] in [\d.]+s: (\d+) pending", log.read_text()))
+    found = re.findall(r"restored partitions \[[\d, ]*\] in [\d.]+s: (\d+) pending", log.read_text())
+    return sum(int(n) for n in found)
 
 
 def test_a_rolling_upgrade_to_changelog_format_3_and_a_rollback_under_load_lose_and_double_nothing(base_settings,

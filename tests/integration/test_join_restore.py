@@ -8,11 +8,11 @@ import time
 from confluent_kafka import Producer
 
 from schemas import Payment
-from streams.join.changelog import encode_key, encode_value
 from streams.join import compact
-from streams.join.state import Store
+from streams.join.changelog import encode_key, encode_value
 from streams.join.core import JoinParams
 from streams.join.restore import Restorer
+from streams.join.state import Store
 from streams.kafka import config
 from streams.kafka.topics import create_topics
 from tests.factories import payment

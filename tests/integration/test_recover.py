@@ -106,7 +106,7 @@ def test_payments_to_rows_end_to_end_each_missing_order_exactly_once(s, tmp_path
 def test_postgres_down_for_20s_mid_stream_then_every_row_exactly_once(s, tmp_path, base_settings) -> None:
     if s.database_url.get_secret_value().split("?")[0] != base_settings.database_url.get_secret_value().split("?")[0]:
         pytest.fail("this test stops the local stack's PostgreSQL")
-    first = [_recovery(i) for i in range(0, 2_000)]
+    first = [_recovery(i) for i in range(2_000)]
     second = [_recovery(i) for i in range(2_000, 4_000)]
     writer = start(s, ["recover"], tmp_path / "recover.log")
     try:
@@ -408,7 +408,7 @@ def _set_read_only(base_settings, on: bool) -> None:
 
 
 def test_writer_rides_out_a_read_only_database_for_20s(s, tmp_path, base_settings) -> None:
-    first = [_recovery(i) for i in range(0, 1_000)]
+    first = [_recovery(i) for i in range(1_000)]
     second = [_recovery(i) for i in range(1_000, 3_000)]
     log = tmp_path / "recover.log"
     writer = start(s, ["recover"], log)
@@ -433,7 +433,7 @@ def test_writer_rides_out_a_read_only_database_for_20s(s, tmp_path, base_setting
 
 
 def test_writer_connections_cut_mid_batch_lose_and_double_nothing(s, tmp_path, base_settings) -> None:
-    items = [_recovery(i) for i in range(0, 20_000)]
+    items = [_recovery(i) for i in range(20_000)]
     log = tmp_path / "recover.log"
     _produce_recoveries(s, items)
     writer = start(s, ["recover"], log)

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
@@ -19,8 +19,7 @@ from streams.kafka import config
 from streams.tools.loadgen import merged, plan, produce
 from tests.integration.conftest import consume_all
 from tests.integration.test_recover import writer_settings
-from tests.integration.workers import ROOT, assert_recovered_once, env_for, group_timeouts, start, stop, \
-    wait_until_done
+from tests.integration.workers import ROOT, assert_recovered_once, env_for, group_timeouts, start, stop, wait_until_done
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -77,7 +76,7 @@ def test_a_day_replayed_from_its_middle_rederives_the_same_recoveries_and_leaves
         before = _database(s)
         ids_before = {Recovery.decode(m.value()).recovery_id for m in consume_all(s, s.recovery_topic,
                                                                                   len(exp.recovered))}
-        middle = datetime.fromtimestamp((start_ms + DAY_MS // 2) / 1000, timezone.utc).isoformat()
+        middle = datetime.fromtimestamp((start_ms + DAY_MS // 2) / 1000, UTC).isoformat()
 
         refused = _reset(s, "--to-datetime", middle, "--execute")
         assert refused.returncode == 1 and "active members" in refused.stderr, refused.stderr

@@ -16,11 +16,12 @@ def test_each_message_type_round_trips_keyed_by_order_id_on_the_java_partition(s
         settings.payments_topic: [payment(order_id=f"ord-{i}", payment_id=f"pay-{i}") for i in range(40)],
         settings.orders_topic: [order(order_id=f"ord-{i}") for i in range(40)],
         settings.recovery_topic: [Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
-                                           deadline=T0 + timedelta(seconds=60), detected_at=T0 + timedelta(seconds=65))],
+                                           deadline=T0 + timedelta(seconds=60),
+                                           detected_at=T0 + timedelta(seconds=65))],
         settings.late_topic: [LateOrder(order_id="ord-1", order=order(), payment_id="pay-1",
                                         recovery_id=recovery_id_for("pay-1"), lateness_seconds=1.25)],
-        settings.anomalies_topic: [Anomaly(kind="user_mismatch", order_id="ord-1", payments=[p], order=order(user_id="u2"),
-                                           detected_at=T0)],
+        settings.anomalies_topic: [Anomaly(kind="user_mismatch", order_id="ord-1", payments=[p],
+                                           order=order(user_id="u2"), detected_at=T0)],
     }
     for topic, items in msgs.items():
         produce(settings, topic, [(m.order_id.encode(), m.encode(), None) for m in items])

@@ -21,15 +21,23 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, AdminClient,
-                                   ResourcePatternType, ResourceType, ScramCredentialInfo, ScramMechanism,
-                                   UserScramCredentialUpsertion)
+from confluent_kafka.admin import (
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 
+from schemas import Anomaly, DeadLetter
 from streams.db import migrate
 from streams.kafka import acls, config
 from streams.kafka.topics import create_topics
 from streams.settings import Settings
-from schemas import Anomaly, DeadLetter
 from tests.integration.conftest import consume_all, isolated, produce
 from tests.integration.test_join import _historical
 from tests.integration.workers import ROOT, assert_recovered_once, env_for, stop, wait_until_done
@@ -66,7 +74,7 @@ class Secured:
 
     def grant(self, role: str, *, leave_out: acls.Grant | None = None) -> None:
         wanted = [b for b, g in zip(acls.bindings(self.plain, role, f"User:{self.user(role)}"),
-                                    acls.grants(self.plain, role)) if g != leave_out]
+                                    acls.grants(self.plain, role), strict=True) if g != leave_out]
         for future in self.admin.create_acls(wanted, request_timeout=30).values():
             future.result()
 
@@ -82,7 +90,7 @@ class Secured:
         env = env_for(self.settings(role), kafka_sasl_password=None,
                       kafka_sasl_password_file=self.tmp / f"{role}.password", **over)
         return subprocess.Popen([sys.executable, "-m", "streams", *command], env=env, cwd=ROOT,
-                                stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
@@ -209,12 +217,15 @@ def test_join_writer_and_lag_exporter_work_over_sasl_ssl_with_only_their_acls(se
     produced = "".join(log.read_text() for log in tmp_path.glob("*.log")) + page
     for secret in [*secured.passwords.values(), db_password]:
         assert secret not in produced, "a secret appeared in a log or on /metrics"
-    for name, log in logs.items():
+    for log in logs.values():
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
-@pytest.mark.parametrize("missing", acls.grants(Settings(), "join"),
-                         ids=lambda g: f"{g.operation}-{g.resource}-{g.name}")
+def _grant_id(g: acls.Grant) -> str:
+    return f"{g.operation}-{g.resource}-{g.name}"
+
+
+@pytest.mark.parametrize("missing", acls.grants(Settings(), "join"), ids=_grant_id)
 def test_without_any_one_of_its_acls_the_join_stops_with_one_line_naming_it(secured, tmp_path, missing) -> None:
     s = secured.plain
     create_topics(s)
@@ -245,7 +256,7 @@ def _same(grant: acls.Grant, s, role: str = "join") -> acls.Grant:
     return acls.grants(s, role)[defaults.index(grant)]
 
 
-@pytest.mark.parametrize("missing", acls.grants(Settings(), "writer"), ids=lambda g: f"{g.operation}-{g.resource}-{g.name}")
+@pytest.mark.parametrize("missing", acls.grants(Settings(), "writer"), ids=_grant_id)
 def test_without_any_one_of_its_acls_the_writer_stops_with_one_line_naming_it(secured, tmp_path, missing) -> None:
     s = secured.plain
     create_topics(s)
@@ -262,7 +273,7 @@ def test_without_any_one_of_its_acls_the_writer_stops_with_one_line_naming_it(se
     _assert_one_denied_line(log.read_text(), "slipguard recover:", code, _same(missing, s, "writer"))
 
 
-@pytest.mark.parametrize("missing", acls.grants(Settings(), "lag"), ids=lambda g: f"{g.operation}-{g.resource}-{g.name}")
+@pytest.mark.parametrize("missing", acls.grants(Settings(), "lag"), ids=_grant_id)
 def test_without_any_one_of_its_acls_lag_says_which_in_one_line(secured, tmp_path, missing) -> None:
     s = secured.plain
     create_topics(s)
@@ -280,7 +291,7 @@ def test_without_any_one_of_its_acls_lag_says_which_in_one_line(secured, tmp_pat
     _assert_one_denied_line(log.read_text(), "slipguard lag:", code, _same(missing, s, "lag"))
 
 
-@pytest.mark.parametrize("missing", acls.grants(Settings(), "admin"), ids=lambda g: f"{g.operation}-{g.resource}-{g.name}")
+@pytest.mark.parametrize("missing", acls.grants(Settings(), "admin"), ids=_grant_id)
 def test_without_any_one_of_its_acls_topics_create_says_which_in_one_line(secured, tmp_path, missing) -> None:
     s = secured.plain
     secured.grant("admin", leave_out=_same(missing, s, "admin"))

@@ -29,7 +29,8 @@ def test_every_subscriber_topic_is_read_by_kafkajs_and_matches_its_json_schema(b
     exp = _historical(s, 2_000, seed=23)
     produce_raw(s, s.payments_topic, [(b"ord-x", b'{"not": "a payment"}', None)])  # one for the DLQ
     paid = int(time.time() * 1000) - 60_000
-    traced = payment(payment_id="pay-traced", order_id="ord-traced", paid_at=from_epoch_ms(paid))  # its order never comes
+    # its order never comes
+    traced = payment(payment_id="pay-traced", order_id="ord-traced", paid_at=from_epoch_ms(paid))
     p = Producer(config.producer(s))
     p.produce(s.payments_topic, traced.encode(), b"ord-traced", timestamp=paid, headers=[("traceparent", TRACE)])
     assert p.flush(10) == 0

@@ -21,7 +21,8 @@ from tests.integration.workers import start
 
 def _flags(s) -> list[str]:
     return [f"--{k.replace('_', '-')}={getattr(s, k)}" for k in
-            ("payments_topic", "orders_topic", "recovery_topic", "late_topic", "anomalies_topic", "dlq_topic", "join_group")]
+            ("payments_topic", "orders_topic", "recovery_topic", "late_topic", "anomalies_topic", "dlq_topic",
+             "join_group")]
 
 
 def test_topics_create_creates_every_topic_then_is_idempotent(base_settings, capsys) -> None:
@@ -90,7 +91,7 @@ def test_join_refuses_a_changelog_that_is_not_co_partitioned_or_not_compacted(ba
         ensure_join_topics(s)
     t = isolated(base_settings)
     _create(admin, NewTopic(t.payments_topic, 2, 1), NewTopic(t.orders_topic, 2, 1), NewTopic(t.changelog_topic, 2, 1))
-    with pytest.raises(TopicLayoutError, match="cleanup.policy=delete; it must be compacted"):
+    with pytest.raises(TopicLayoutError, match=r"cleanup\.policy=delete; it must be compacted"):
         ensure_join_topics(t)
 
 

@@ -95,7 +95,8 @@ def test_one_batch_gives_the_outcomes_of_writing_its_records_one_by_one(base_set
     assert sum(again.values()) == 0, "a redelivered batch records nothing new"
     with psycopg.connect(url) as conn:
         audit = dict(conn.execute("SELECT payment_id, outcome || ':' || source_offset FROM recovery_audit").fetchall())
-        rows = {r[0]: r[1:] for r in conn.execute("SELECT order_id, payment_id, amount, metadata, created_at FROM orders")}
+        found = conn.execute("SELECT order_id, payment_id, amount, metadata, created_at FROM orders")
+        rows = {r[0]: r[1:] for r in found}
     assert audit == {"pay-a": "inserted:100", "pay-b": "already_present:101", "pay-c": "rejected:103",
                      "pay-d": "inserted:104"}
     assert rows["ord-x"][:2] == ("pay-a", Decimal("1.2345"))
@@ -174,15 +175,16 @@ def test_forged_ids_reach_neither_orders_nor_late_orders(base_settings) -> None:
     real = _recovery(5)
     honest = LateOrder(order_id="ord-5", order=order(order_id="ord-5", amount=Decimal("12.34")), payment_id="pay-5",
                        recovery_id=real.recovery_id, lateness_seconds=1.0)
-    takes_its_id = honest.model_copy(update={"payment_id": "pay-6", "order": order(order_id="ord-5", amount=Decimal("999"))})
+    takes_its_id = honest.model_copy(update={"payment_id": "pay-6",
+                                             "order": order(order_id="ord-5", amount=Decimal("999"))})
     another_order = honest.model_copy(update={"order": order(order_id="ord-9", amount=Decimal("999"))})
     forged = _recovery(8).model_copy(update={"recovery_id": str(uuid.uuid4())})
     dead = _run_writer(s, [(s.late_topic, takes_its_id.encode()), (s.late_topic, another_order.encode()),
                            (s.recovery_topic, forged.encode()), (s.recovery_topic, real.encode()),
                            (s.late_topic, honest.encode())])
     assert sorted((d.offset, d.error.split(":")[0]) for d in dead) == [
-        (0, f"late order's recovery_id {real.recovery_id} is not the one derived from its payment_id pay-6 "
-            f"({recovery_id_for('pay-6')})"),
+        (0, (f"late order's recovery_id {real.recovery_id} is not the one derived from its payment_id pay-6 "
+             f"({recovery_id_for('pay-6')})")),
         (1, "late order's order_id ord-5 differs from its order's ord-9")]
     with psycopg.connect(s.database_url.get_secret_value()) as conn:
         rows = conn.execute("SELECT order_id, reconciled_order->>'amount' FROM orders").fetchall()

@@ -200,7 +200,8 @@ def test_fuzzed_records_through_a_running_writer(base_settings, tmp_path) -> Non
         assert all(n == 1 for n in where.values()), "each poison record in the DLQ once"
         poison = {x.where: x.kind for x in sent if x.verdict == "dead"}
         missing = sorted(kind for at, kind in poison.items() if at not in where)
-        assert set(where) == set(poison), f"seed {seed}: not in the DLQ: {missing[:5]}; extra: {set(where) - set(poison)}"
+        assert set(where) == set(poison), (f"seed {seed}: not in the DLQ: {missing[:5]}; "
+                                           f"extra: {set(where) - set(poison)}")
     finally:
         assert stop(writer) == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -88,7 +89,7 @@ def test_concurrent_requests_beyond_the_limit_get_503_at_once(endpoint, monkeypa
     release = threading.Event()
     entered = threading.Semaphore(0)
 
-    def slow_metrics(registry):  # noqa: ANN001, ANN202
+    def slow_metrics(registry):
         entered.release()
         release.wait(10)
         return b""
@@ -130,10 +131,8 @@ def test_slow_loris_clients_are_cut_off_at_the_deadline_with_no_thread_each(endp
     try:
         for n in range(1, 9):  # a byte from each every 0.3 s: a per-read timeout would never fire
             for s in loris:
-                try:
+                with contextlib.suppress(OSError):
                     s.send(dribbled[n - 1:n])
-                except OSError:
-                    pass
             if n == 2:
                 assert threading.active_count() - threads_before < 5, "no thread per slow connection"
                 assert _request(port, "GET", "/healthz") == (200, b"ok\n"), "answered beside 60 slow clients"

@@ -11,7 +11,8 @@ from streams.ops.logs import JsonFormatter, TextFormatter
 
 
 def _record(**extra) -> logging.LogRecord:
-    record = logging.LogRecord("slipguard.join", logging.WARNING, __file__, 1, "record sent to the DLQ: %s", ("bad",), None)
+    record = logging.LogRecord("slipguard.join", logging.WARNING, __file__, 1, "record sent to the DLQ: %s", ("bad",),
+                               None)
     for k, v in extra.items():
         setattr(record, k, v)
     return record

@@ -104,7 +104,8 @@ CASES: dict[str, tuple[Case, tuple]] = {
     "blocks, then raises": (_blocks_then_raises, ("error", RuntimeError("queue closed"))),
     "yields to the loop, then returns": (_yields_then_returns, ("result", "room")),
     "blocks until the flow is suspended": (_blocks_until_suspended, ("suspend",)),
-    "blocks, is suspended and returns anyway": (functools.partial(_blocks_until_suspended, reraise=False), ("suspend",)),
+    "blocks, is suspended and returns anyway": (functools.partial(_blocks_until_suspended, reraise=False),
+                                                ("suspend",)),
 }
 
 

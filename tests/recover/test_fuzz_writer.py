@@ -44,7 +44,7 @@ EXAMPLES = int(os.environ.get("HYPOTHESIS_WRITER_EXAMPLES", "40"))
 
 
 def _settings(keys: tuple[bytes, ...], minimise: bool) -> Settings:
-    named = dict(zip(("payment_hmac_key", "payment_hmac_previous_key"), (k.decode() for k in keys)))
+    named = dict(zip(("payment_hmac_key", "payment_hmac_previous_key"), (k.decode() for k in keys), strict=False))
     return Settings(minimise_personal_data=minimise, **named)
 
 
@@ -136,7 +136,7 @@ def forged_recovery(draw, keys: tuple[bytes, ...]) -> Case:
             "user changed after signing": lambda: r.model_copy(
                 update={"payment": p.model_copy(update={"user_id": other})}),
         }
-    kind = draw(st.sampled_from(sorted(forgeries) + ["recovery_id spelled loosely", "recovery_id of hyphens"]))
+    kind = draw(st.sampled_from([*sorted(forgeries), "recovery_id spelled loosely", "recovery_id of hyphens"]))
     if kind == "recovery_id spelled loosely":
         return Case("recovery", r.model_copy(update={"recovery_id": _spelled_loosely(r.recovery_id)}).encode(),
                     kind, "dead")
@@ -231,7 +231,7 @@ def headers(draw) -> tuple:
 @st.composite
 def cases(draw, keys: tuple[bytes, ...]) -> Case:
     honest = st.one_of(honest_recovery(keys).map(lambda r: Case("recovery", r.encode(), "honest recovery", "stored")),
-                       honest_late().map(lambda l: Case("late", l.encode(), "honest late order", "stored")))
+                       honest_late().map(lambda o: Case("late", o.encode(), "honest late order", "stored")))
     made = draw(st.one_of(honest, forged_recovery(keys), forged_late(),
                           st.tuples(st.sampled_from(["recovery", "late"]), st.sampled_from(JUNK))
                           .map(lambda t: Case(t[0], t[1], "junk", "dead"))))
@@ -253,7 +253,7 @@ def _verdicts(writer: Writer, s: Settings, batch: list[Case]) -> list[str]:
     recoveries = [item for item, _ in items if isinstance(item.message, Recovery)]
     cols = _recovery_columns(recoveries, s.hmac_keys)
     assert all(len(v) == len(recoveries) for v in cols.values())
-    for item, accept, reason in zip(recoveries, cols["accept"], cols["reason"]):
+    for item, accept, reason in zip(recoveries, cols["accept"], cols["reason"], strict=True):
         assert accept == (reason is None) and (reason is None or len(reason) < 1000)
         got[item.offset] = "stored" if accept else "rejected"
     for item, _ in items:
@@ -301,7 +301,7 @@ def test_every_record_is_stored_rejected_or_dead_lettered_as_the_contract_says(d
         batch = [*batch, batch[0]]  # the same record again: the same verdict
     s = _settings(keys, minimise)
     got = _verdicts(Writer(s, None), s, batch)  # type: ignore[arg-type]
-    for case, verdict in zip(batch, got):
+    for case, verdict in zip(batch, got, strict=True):
         if _unreadable(case.headers):
             assert verdict == "dead", (case.kind, verdict, case.headers)
             continue

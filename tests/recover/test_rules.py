@@ -33,7 +33,7 @@ def late(n: int = 1, **over) -> LateOrder:
     return LateOrder(**fields)
 
 
-def decode(s: Settings, topic: str, values: list[bytes]) -> tuple[list, list]:
+def decode(s: Settings, topic: str, values: list[bytes | None]) -> tuple[list, list]:
     records = [Record(topic, 0, n, None, [], b"k", v) for n, v in enumerate(values)]
     return Writer(s, None)._decode(records)  # type: ignore[arg-type]
 
@@ -50,6 +50,15 @@ def test_an_honest_recovery_and_late_order_are_stored() -> None:
     assert len(items) == 1 and not poison and verdicts([items[0][0].message]) == [None]
     items, poison = decode(S, S.late_topic, [late().encode()])
     assert len(items) == 1 and not poison
+
+
+@pytest.mark.parametrize("topic", [S.recovery_topic, S.late_topic])
+def test_a_tombstone_is_a_dead_letter_that_says_it_had_no_value(topic: str) -> None:
+    items, poison = decode(S, topic, [None, recovery().encode() if topic == S.recovery_topic else late().encode()])
+    assert len(items) == 1
+    [(record, error, summary)] = poison
+    assert record.value is None and error == summary
+    assert "no value (a tombstone)" in error
 
 
 @pytest.mark.parametrize("claimed", [str(uuid.uuid4()), recovery_id_for("pay-2")], ids=["random", "another payment's"])
@@ -70,11 +79,11 @@ def test_a_recovery_id_postgresql_would_read_loosely_is_dead_lettered() -> None:
     assert len(loose) == 36 and uuid.UUID(loose) == uuid.UUID(real)
     items, poison = decode(S, S.recovery_topic, [recovery(recovery_id=loose).encode(),
                                                  recovery(recovery_id="-" * 36).encode()])
-    assert not items and [p[1].split(" is ")[1] for p in poison] == ["not a UUID in canonical form (as "
-                                                                    "recovery_id_for makes it)"] * 2
+    assert not items
+    assert [p[1].split(" is ")[1] for p in poison] == ["not a UUID in canonical form (as recovery_id_for makes it)"] * 2
 
 
-@pytest.mark.parametrize("forged, expected", [
+@pytest.mark.parametrize(("forged", "expected"), [
     (late(recovery_id=recovery_id_for("pay-2")), "recovery_id"),  # would pre-empt pay-2's late order
     (late(recovery_id=str(uuid.uuid4())), "recovery_id"),
     (late(payment_id="pay-2"), "recovery_id"),
