@@ -1,13 +1,12 @@
 """Message models for every slipguard topic; their JSON Schemas live in schemas/json/."""
 
 from schemas.anomaly import Anomaly, AnomalyKind
+from schemas.base import Message
 from schemas.dlq import DeadLetter
 from schemas.late import LateOrder
 from schemas.order import Order
 from schemas.payment import Payment
 from schemas.recovery import Recovery, recovery_id_for
-
-from schemas.base import Message
 
 MODELS: dict[str, type[Message]] = {
     "payment": Payment,

@@ -11,7 +11,6 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict
 
 
-
 class DuplicateKeyError(ValueError):
     """A JSON object names one key twice; readers disagree on which value counts."""
 

@@ -67,7 +67,7 @@ class _Payment(msgspec.Struct, forbid_unknown_fields=True):
     status: str
     paid_at: str
     metadata: Meta = UNSET
-    signature: Union[str, None, UnsetType] = UNSET
+    signature: str | UnsetType | None = UNSET
 
 
 class _Order(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,8 +85,8 @@ class _Recovery(msgspec.Struct, forbid_unknown_fields=True):
     payment: _Payment
     deadline: str
     detected_at: str
-    reason: Union[str, UnsetType] = UNSET
-    schema_version: Union[int, UnsetType] = UNSET
+    reason: str | UnsetType = UNSET
+    schema_version: int | UnsetType = UNSET
 
 
 _DECODE_PAYMENT = msgspec.json.Decoder(_Payment).decode

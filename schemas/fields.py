@@ -7,7 +7,7 @@ carry an offset, identifiers are bounded and safe to log, currencies are ISO 421
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -145,9 +145,9 @@ Metadata = Annotated[
 
 def epoch_ms(value: datetime) -> int:
     """Integer Unix milliseconds of an aware datetime, without float rounding."""
-    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400_000) + (delta.seconds * 1000) + (delta.microseconds // 1000)
 
 
 def from_epoch_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

@@ -34,14 +34,14 @@ CONTENT_TYPE = b"application/json"
 TRACEPARENT = "traceparent"
 LINKS = "slipguard-links"
 # name -> current version; a breaking change is a new version on a new topic (README: compatibility)
-SCHEMA_VERSIONS = {name: 1 for name in MODELS} | {"recovery": RECOVERY_VERSION}
+SCHEMA_VERSIONS = dict.fromkeys(MODELS, 1) | {"recovery": RECOVERY_VERSION}
 _NAME = {model: name for name, model in MODELS.items()}
 _BASE: dict[type[Message], OutHeaders] = {model: [("content-type", CONTENT_TYPE), ("slipguard-type", name.encode()),
                  ("slipguard-schema-version", str(SCHEMA_VERSIONS[name]).encode())]
          for model, name in _NAME.items()}
 
 
-OutHeaders = list[tuple[str, str | bytes | None]]  # the headers of a record slipguard writes
+OutHeaders = list[tuple[str, bytes]]  # the headers of a record slipguard writes
 _TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}").fullmatch
 Headers = list[tuple[str, bytes | None]]
 

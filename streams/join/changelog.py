@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from schemas import Order, Payment, fast
 from streams.join import compact
 from streams.join.state import (
-    Bundle,
     BufferedOrder,
+    Bundle,
     Change,
     Entry,
     PendingPayment,

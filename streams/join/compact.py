@@ -34,9 +34,9 @@ by the first byte (a MessagePack array here, never the first byte of a JSON text
 from __future__ import annotations
 
 import struct
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Union
 
 import msgspec
@@ -47,12 +47,12 @@ HEADER = struct.Struct(">qB")
 LATE, TRACE, COMPACT, PERSISTED = 1, 4, 16, 128  # flag bits (1 and 4 as in format 2)
 MAX_TRACE = 255
 
-_Fields = tuple[str, str, str, str, datetime, int, Union[dict[str, Any], None], Union[bytes, None]]
+_Fields = tuple[str, str, str, str, datetime, int, dict[str, Any] | None, bytes | None]
 _encode = msgspec.msgpack.Encoder().encode
 _decode: Callable[[bytes], _Fields] = msgspec.msgpack.Decoder(_Fields).decode
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
-_UTC = timezone.utc
+_UTC = UTC
 _OFFSETS: dict[int, timezone] = {0: _UTC}
 _ARRAY = range(0x90, 0xA0)  # MessagePack fixarray (8 fields): the first byte of a payment part
 
@@ -60,7 +60,7 @@ _ARRAY = range(0x90, 0xA0)  # MessagePack fixarray (8 fields): the first byte of
 class Fresh:
     """A payment pending since the last commit: as read, not packed yet."""
 
-    __slots__ = ("t", "flags", "trace", "payment", "raw")
+    __slots__ = ("flags", "payment", "raw", "t", "trace")
 
     def __init__(self, t: int, flags: int, trace: bytes | None, payment: Payment, raw: bytes) -> None:
         self.t, self.flags, self.trace, self.payment, self.raw = t, flags, trace, payment, raw

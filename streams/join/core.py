@@ -41,7 +41,6 @@ The rules are the contract's "Join semantics", in one place:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from enum import IntEnum
 
 from schemas import AnomalyKind, Order, Payment, recovery_id_for

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -89,8 +90,9 @@ class JoinProducer:
     def produce(self, topic: str, key: bytes | str, value: bytes | None, partition: int = -1,
                 headers: OutHeaders | None = None) -> None:
         def once() -> None:
-            if headers:
-                self.producer.produce(topic, value, key, partition, headers=headers)
+            if headers:  # (confluent-kafka's stubs take a list of values that may be str or None too)
+                self.producer.produce(topic, value, key, partition,
+                                      headers=cast(list[tuple[str, str | bytes | None]], headers))
             else:
                 self.producer.produce(topic, value, key, partition)
 

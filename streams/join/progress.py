@@ -51,7 +51,7 @@ UNANSWERED_S = 3.0
 class Confirmed:
     """A partition's progress by its records (see the module docstring)."""
 
-    __slots__ = ("time", "last")
+    __slots__ = ("last", "time")
 
     def __init__(self) -> None:
         self.time = -1  # the largest time two consecutive valid records both reach

@@ -56,7 +56,7 @@ PendingPayment = compact.Pending
 class BufferedOrder:
     """An order kept for a payment still to come, or a matched order kept to spot duplicates."""
 
-    __slots__ = ("ts", "raw", "cmp", "paid_id", "paid_t", "paid_raw", "persisted", "trace")
+    __slots__ = ("cmp", "paid_id", "paid_raw", "paid_t", "persisted", "raw", "trace", "ts")
 
     def __init__(self, ts: int, raw: bytes, cmp: Cmp | None, paid_id: str | None = None, paid_t: int = 0,
                  paid_raw: bytes | None = None, persisted: bool = False, trace: bytes | None = None):
@@ -69,7 +69,7 @@ class BufferedOrder:
 
 
 class RecoveredPayment:
-    __slots__ = ("payment_id", "deadline", "raw", "late", "persisted", "recovered_at", "trace")
+    __slots__ = ("deadline", "late", "payment_id", "persisted", "raw", "recovered_at", "trace")
 
     def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool = False, persisted: bool = False,
                  recovered_at: int = 0, trace: bytes | None = None):

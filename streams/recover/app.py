@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from schemas.headers import OutHeaders
 from streams.kafka.versions import ssl_context
 from streams.ops import metrics
 from streams.recover.faust_compat import ReadCommittedApp
@@ -76,7 +77,7 @@ def build_app(s: Settings, make_writer: MakeWriter = Writer) -> tuple[faust.App,
     )
     dlq = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
 
-    async def send_dead_letter(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    async def send_dead_letter(key: bytes, value: bytes, headers: OutHeaders) -> None:
         await (await dlq.send(key=key, value=value, headers=headers))  # delivered before the record is acknowledged
 
     writer = make_writer(s, send_dead_letter)

@@ -158,6 +158,8 @@ class _LenientBatch(default_records._DefaultRecordBatchPy):  # type: ignore[misc
     """aiokafka's pure-Python record batch (v2), reading a header name that is not UTF-8
     with surrogateescape."""
 
+    _buffer: bytearray  # (aiokafka's attribute, untyped there)
+
     def _maybe_uncompress(self) -> None:
         super()._maybe_uncompress()
         if type(self._buffer) is not _LenientBuffer:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter, LateOrder, Recovery, dlq, fast
 from schemas.fields import from_epoch_ms
-from schemas.headers import headers_for, traceparent
+from schemas.headers import OutHeaders, headers_for, traceparent
 from streams.ops import metrics
 from streams.ops.logs import redact, safe_error
 from streams.recover.rules import dead_letter_reason
@@ -81,7 +81,7 @@ class DeadLetterNotSent(Exception):
 
 Ack = Callable[[Any], Awaitable[None]]
 # (key, value, headers) of a dead letter; returns once it is delivered
-SendDeadLetter = Callable[[bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+SendDeadLetter = Callable[[bytes, bytes, OutHeaders], Awaitable[None]]
 MakeWriter = Callable[[Settings, SendDeadLetter], "Writer"]  # Writer, or one with parts left out (a benchmark's)
 
 
@@ -156,7 +156,7 @@ class Writer:
         except DeadLetterNotSent as exc:
             _fatal(f"{exc}; nothing of this batch of {len(records)} was acknowledged (check the DLQ topic: its "
                    "max.message.bytes, its existence, this principal's ACLs)")
-        except Exception as exc:  # noqa: BLE001 (unforeseen: its traceback in the log, then stopped)
+        except Exception as exc:
             log.error("writing a batch failed", exc_info=exc)
             _fatal(f"writing a batch failed ({type(exc).__name__}: {_first_line(exc)}); nothing of this batch of "
                    f"{len(records)} was acknowledged")
@@ -250,7 +250,7 @@ class Writer:
         error = f"PostgreSQL rejected the record: {detail}"[:3900]
         await self._dead_letter(record, error, f"PostgreSQL rejected the record: {type(exc).__name__}")
 
-    def dead_letter_of(self, record: Record, error: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    def dead_letter_of(self, record: Record, error: str) -> tuple[bytes, bytes, OutHeaders]:
         """The DLQ record (key, value, headers) of one input record."""
         readable = [(name, value) for name, value in record.headers if not _unreadable(name)]
         value = dlq.encoded(topic=record.topic, partition=record.partition, offset=record.offset,
@@ -264,7 +264,7 @@ class Writer:
     async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
         try:
             await self.send_dead_letter(*self.dead_letter_of(record, error))  # delivered before the record is acknowledged
-        except Exception as exc:  # noqa: BLE001 (whatever the producer raises: said with the record's coordinates)
+        except Exception as exc:
             raise DeadLetterNotSent(record, self.s.dlq_topic, exc) from exc
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()
         log.warning("record sent to the DLQ: %s", summary,

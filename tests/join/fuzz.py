@@ -428,5 +428,18 @@ def entry_weights(core: PartitionJoin) -> list[int]:
     return out
 
 
-__all__ = ["BASE", "G", "H", "KEY", "T", "Rec", "accepted", "decisions", "epoch_ms", "honest", "hostile_record",
-           "run", "settings"]
+__all__ = [
+    "BASE",
+    "KEY",
+    "G",
+    "H",
+    "Rec",
+    "T",
+    "accepted",
+    "decisions",
+    "epoch_ms",
+    "honest",
+    "hostile_record",
+    "run",
+    "settings",
+]

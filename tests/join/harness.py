@@ -6,9 +6,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 from schemas import Order, Payment
+from schemas.fields import epoch_ms
 from streams.join.core import Decisions, JoinParams, PartitionJoin
 from tests.factories import T0, order, payment
-from schemas.fields import epoch_ms
 
 T = 60_000
 G = 5_000
@@ -56,4 +56,4 @@ class Harness:
         return [r.payment.payment_id for r in self.take().recoveries]
 
 
-__all__ = ["BASE", "G", "H", "T", "Decimal", "Harness", "at"]
+__all__ = ["BASE", "Decimal", "G", "H", "Harness", "T", "at"]

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from streams.join import changelog, compact
 from streams.join.core import JoinParams, PartitionJoin
-from tests.join.harness import BASE, FAR, G, H, T, Decimal, Harness
-
-import pytest
+from tests.join.harness import BASE, FAR, Decimal, G, H, Harness, T
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Every format a release wrote, oldest first; the last is what this release writes.

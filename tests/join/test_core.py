@@ -11,13 +11,12 @@ from decimal import Decimal
 
 import pytest
 
-from streams.join import compact
-from streams.join import changelog
+from streams.join import changelog, compact
 from streams.join.core import Decisions, JoinParams, PartitionJoin
 from streams.join.state import Store
 from tests.factories import payment_signed
+from tests.join.harness import BASE, G, H, Harness, T, at
 from tests.schemas.test_fast import _same
-from tests.join.harness import BASE, G, H, T, Harness, at
 
 D = BASE + T  # the payment's deadline
 

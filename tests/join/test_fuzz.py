@@ -33,7 +33,7 @@ from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.intake import MAX_INPUT_BYTES
 from streams.ops import metrics
 from tests.join import fuzz
-from tests.join.fuzz import BASE, T, Rec
+from tests.join.fuzz import BASE, Rec, T
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 EXAMPLES = int(os.environ.get("SLIPGUARD_FUZZ_EXAMPLES", "150"))
@@ -104,7 +104,7 @@ def check(case: dict) -> None:
 
 
 @st.composite
-def cases(draw) -> dict:  # noqa: ANN001
+def cases(draw) -> dict:
     seed = draw(st.integers(0, 2**16))
     n = draw(st.integers(20, 120))
     honest = fuzz.honest(n, seed)

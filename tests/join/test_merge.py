@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
 from streams.join.merge import HOLD_MAX_RECORDS, HOLD_MAX_SECONDS, Pair, merge
 from streams.ops.metrics import JOIN_HOLD_RELEASED
@@ -98,7 +96,7 @@ def test_one_order_from_a_fast_clock_in_a_backlog_recovers_no_payment_whose_orde
     ords.insert(5, (BASE + 30 * 60_000, order_model(order_id="skewed", created_at=at(BASE + 30 * 60_000))))
     pair = Pair(PartitionJoin(JoinParams(60_000, 5_000, 3_600_000)))
 
-    def feed(pair: Pair, side: Side, ts: int, rec, out: Decisions) -> None:  # noqa: ANN001
+    def feed(pair: Pair, side: Side, ts: int, rec, out: Decisions) -> None:
         (pair.core.on_payment if side == PAYMENT else pair.core.on_order)(ts, rec, rec.encode(), out)
 
     recovered: list[str] = []

@@ -6,8 +6,8 @@ from __future__ import annotations
 from confluent_kafka import KafkaError
 
 from streams.join.core import JoinParams, PartitionJoin, Side
-from streams.join.progress import EndWatch
 from streams.join.merge import Pair, hold
+from streams.join.progress import EndWatch
 
 TOPICS = ("payments", "orders")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.join.harness import BASE, G, T, Harness
 from streams.join import compact
+from tests.join.harness import BASE, G, Harness, T
 
 KEY = b"property-test-hmac-key-32-bytes!"
 

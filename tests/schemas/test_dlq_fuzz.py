@@ -10,7 +10,7 @@ surrogates and deep nesting, huge keys and values, many long header names.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from schemas.dlq import LETTER_MAX_BYTES, MINIMAL_MAX_BYTES, DeadLetter, encoded, minimal
 
-NOW = datetime(2026, 12, 6, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
 SURROGATES = ["\ud800", "\udfff", "\udc80"]
 
 texts = st.text(st.characters(codec=None, exclude_categories=()), max_size=40) | st.sampled_from(
@@ -29,7 +29,7 @@ json_values = st.recursive(
 
 
 @st.composite
-def values(draw) -> bytes | None:  # noqa: ANN001
+def values(draw) -> bytes | None:
     kind = draw(st.sampled_from(["bytes", "json", "surrogate", "deep", "huge", "none"]))
     if kind == "bytes":
         return draw(st.binary(max_size=300))
@@ -64,8 +64,8 @@ headers = st.lists(st.tuples(texts | st.sampled_from(["n" * 5000, "\ud800" * 300
          error="bad \ud800", headers=[("traceparent", b"x" * 999_000)], minimise=True, unreadable=False,
          max_bytes=LETTER_MAX_BYTES)
 def test_a_dead_letter_is_built_whatever_the_record_and_fits_the_topic(
-        topic, partition, offset, timestamp_ms, key, value, error, headers, minimise, unreadable,  # noqa: ANN001
-        max_bytes) -> None:  # noqa: ANN001
+        topic, partition, offset, timestamp_ms, key, value, error, headers, minimise, unreadable,
+        max_bytes) -> None:
     data = encoded(max_bytes=max_bytes, topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms,
                    headers=headers, key=key, value=value, error=error, failed_at=NOW, minimise=minimise,
                    headers_unreadable=unreadable)
@@ -92,7 +92,7 @@ def test_a_letter_too_big_for_the_topic_keeps_its_coordinates_sizes_and_digests(
 
 
 @pytest.mark.parametrize("bad", [object(), b"bytes-topic", "\ud800" * 10_000])
-def test_the_last_resort_takes_anything(bad) -> None:  # noqa: ANN001
+def test_the_last_resort_takes_anything(bad) -> None:
     data = minimal(topic=bad, partition=bad, offset=bad, timestamp_ms=bad, key=bad, value=bad, error=bad,
                    failed_at=bad, headers=bad)
     assert len(data) <= MINIMAL_MAX_BYTES

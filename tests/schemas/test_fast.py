@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -81,7 +81,7 @@ metadata = st.dictionaries(
     | st.floats(allow_nan=False, allow_infinity=False, min_value=-(2**53 - 1), max_value=2**53 - 1)
     | st.booleans() | st.none(), max_size=5)
 offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
-times = st.datetimes(min_value=datetime(1000, 1, 1), timezones=offsets | st.just(timezone.utc))
+times = st.datetimes(min_value=datetime(1000, 1, 1), timezones=offsets | st.just(UTC))
 payments = st.builds(Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
                      status=st.sampled_from(["succeeded", "failed"]), paid_at=times, metadata=st.none() | metadata,
                      signature=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64))
@@ -118,7 +118,7 @@ def test_the_fast_path_takes_ordinary_records() -> None:
                 (Payment, payment().encode()), (Order, order().encode()),
                 (Payment, json.dumps(json.loads(payment().encode()), separators=(",", ":")).encode()),
                 (Recovery, Recovery(recovery_id=recovery_id_for("p-1"), order_id="o-1", payment=payment(),
-                                    deadline=datetime.now(timezone.utc), detected_at=datetime.now(timezone.utc)).encode())]
+                                    deadline=datetime.now(UTC), detected_at=datetime.now(UTC)).encode())]
     for cls, raw in ordinary:
         assert check(cls, raw) is not None, raw
 
@@ -208,7 +208,7 @@ def _mutations(raw: bytes, rnd: random.Random) -> list[bytes]:
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(payments, orders, recoveries), st.randoms(use_true_random=False))
 @example(Payment(payment_id="p", order_id="o", user_id="u", amount=Decimal("1"), currency="EUR", status="failed",
-                 paid_at=datetime(2026, 11, 25, tzinfo=timezone.utc), metadata={"a": 1}), random.Random(1))
+                 paid_at=datetime(2026, 11, 25, tzinfo=UTC), metadata={"a": 1}), random.Random(1))
 def test_byte_level_mutations_are_decided_as_the_model_decides(m: Any, rnd: random.Random) -> None:
     """Bytes flipped, inserted, dropped, spliced: the fast path never takes one the model
     rejects, nor makes different values of one it accepts."""

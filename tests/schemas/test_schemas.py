@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta, timezone
 from decimal import Decimal
 
 import jsonschema
@@ -22,7 +22,7 @@ from tests.factories import T0, order, payment
 ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}\Z")
 amounts = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("999999999999.9999"), places=4)
 currencies = st.sampled_from(sorted(ISO_4217))
-times = st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))]))
+times = st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))]))
 
 payments = st.builds(
     Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
@@ -153,7 +153,7 @@ def test_committed_json_schema_matches_the_model(name: str) -> None:
 def test_a_dead_letter_of_a_huge_record_is_bounded_and_says_what_it_dropped() -> None:
     import base64
     import hashlib
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from schemas.dlq import VALUE_PREFIX, DeadLetter
 
@@ -161,7 +161,7 @@ def test_a_dead_letter_of_a_huge_record_is_bounded_and_says_what_it_dropped() ->
     key = b"k" * 10_000
     headers = [(f"h{i}", b"v" * 5_000) for i in range(100)]
     dead = DeadLetter.of(topic="payments", partition=3, offset=42, timestamp_ms=1_700_000_000_000, headers=headers,
-                         key=key, value=value, error="bad\nrecord", failed_at=datetime.now(timezone.utc))
+                         key=key, value=value, error="bad\nrecord", failed_at=datetime.now(UTC))
     encoded = dead.encode()
     assert len(encoded) < 200_000, "fits any broker's 1 MB limit with room to spare"
     back = DeadLetter.decode(encoded)
@@ -175,12 +175,12 @@ def test_a_dead_letter_of_a_huge_record_is_bounded_and_says_what_it_dropped() ->
 
 def test_a_dead_letter_of_a_small_record_keeps_it_whole() -> None:
     import base64
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from schemas.dlq import DeadLetter
 
     dead = DeadLetter.of(topic="orders", partition=0, offset=1, timestamp_ms=-1, headers=[("traceparent", b"00-ab")],
-                         key=b"o1", value=b"{not json", error="x", failed_at=datetime.now(timezone.utc))
+                         key=b"o1", value=b"{not json", error="x", failed_at=datetime.now(UTC))
     assert base64.b64decode(dead.value_b64) == b"{not json" and not dead.value_truncated and dead.value_size is None
     assert dead.timestamp_ms is None and dead.headers[0].key == "traceparent"
 
@@ -189,14 +189,14 @@ def test_a_minimised_dead_letter_keeps_the_record_without_its_metadata_and_canno
     import base64
     import hashlib
     import json
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from schemas.dlq import DeadLetter
     from streams.ops.dlq import Letter, replayable
 
     raw = b'{"payment_id":"p1","user_id":"u-7","metadata":{"phone":"138-0000","game":"\xe7\x99\xbe"},"amount":"x"}'
     dead = DeadLetter.of(topic="payments", partition=0, offset=5, timestamp_ms=1, headers=None, key=b"o1", value=raw,
-                         error="amount: bad", failed_at=datetime.now(timezone.utc), minimise=True)
+                         error="amount: bad", failed_at=datetime.now(UTC), minimise=True)
     back = DeadLetter.decode(dead.encode())
     kept = json.loads(base64.b64decode(back.value_b64))
     assert kept == {"payment_id": "p1", "user_id": "u-7", "amount": "x"} and back.value_redacted
@@ -204,11 +204,11 @@ def test_a_minimised_dead_letter_keeps_the_record_without_its_metadata_and_canno
     assert b"138-0000" not in dead.encode()
     not_json = DeadLetter.of(topic="payments", partition=0, offset=6, timestamp_ms=1, headers=None, key=None,
                              value=b'{"metadata": {"phone": "138-0000"', error="e",
-                             failed_at=datetime.now(timezone.utc), minimise=True)
+                             failed_at=datetime.now(UTC), minimise=True)
     assert not_json.value_b64 is None and not_json.value_redacted and b"138" not in not_json.encode()
     assert "metadata" in replayable(Letter(partition=0, offset=5, dead=back))
     plain = DeadLetter.of(topic="payments", partition=0, offset=5, timestamp_ms=1, headers=None, key=b"o1", value=raw,
-                          error="e", failed_at=datetime.now(timezone.utc))
+                          error="e", failed_at=datetime.now(UTC))
     assert base64.b64decode(plain.value_b64) == raw and not plain.value_redacted
 
 
@@ -318,7 +318,7 @@ TRACE_OK = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     TRACE_OK[:3] + b"0" * 32 + TRACE_OK[35:], TRACE_OK[:36] + b"0" * 16 + TRACE_OK[52:], TRACE_OK[:-1] + b"g",
     b"x" * 1_000_000, b"", None, TRACE_OK.replace(b"-", b"_"),
 ])
-def test_only_a_valid_w3c_traceparent_is_kept_and_copied(value) -> None:  # noqa: ANN001
+def test_only_a_valid_w3c_traceparent_is_kept_and_copied(value) -> None:
     from schemas.headers import headers_for, traceparent
 
     assert traceparent([("traceparent", value)]) is None
@@ -333,7 +333,7 @@ def test_headers_that_cannot_be_read_are_said_once_never_asked_again() -> None:
     class Unreadable:  # confluent-kafka: SystemError for a header name that is not UTF-8
         asked = 0
 
-        def headers(self):  # noqa: ANN202
+        def headers(self):
             self.asked += 1
             raise SystemError("<method 'headers'> returned a result with an exception set")
 
