@@ -57,8 +57,24 @@ def test_every_manifest_is_valid_against_its_schema(overlay: str) -> None:
     done = _node([], _render(overlay))
     assert done.returncode == 0, done.stdout + done.stderr
     kinds = {line.split()[1] for line in done.stdout.splitlines()}
-    assert {"apps/v1/StatefulSet", "keda.sh/v1alpha1/ScaledObject", "kafka.strimzi.io/v1beta2/KafkaUser",
-            "monitoring.coreos.com/v1/PrometheusRule", "networking.k8s.io/v1/NetworkPolicy"} <= kinds
+    assert {"apps/v1/StatefulSet", "keda.sh/v1alpha1/ScaledObject", "kafka.strimzi.io/v1/KafkaUser",
+            "kafka.strimzi.io/v1/KafkaTopic", "monitoring.coreos.com/v1/PrometheusRule",
+            "networking.k8s.io/v1/NetworkPolicy"} <= kinds
+
+
+def test_the_strimzi_resources_are_v1_and_the_generator_writes_v1beta2_for_older_strimzi(tmp_path) -> None:
+    """Strimzi 1.x serves KafkaTopic and KafkaUser only as v1 (the committed files); a cluster
+    on Strimzi 0.4x-0.51 gets v1beta2 from `generate --strimzi-api-version v1beta2`, valid
+    against that version's schema."""
+    committed = "".join((ROOT / "deploy" / "k8s" / "base" / "generated" / f).read_text()
+                        for f in ("kafkatopics.yaml", "kafkausers.yaml"))
+    assert set(re.findall(r"^apiVersion: (\S+)$", committed, re.M)) == {"kafka.strimzi.io/v1"}
+    generate.main(["--strimzi-api-version", "v1beta2", "--out", str(tmp_path)])
+    older = "---\n".join((tmp_path / f).read_text() for f in ("kafkatopics.yaml", "kafkausers.yaml"))
+    assert set(re.findall(r"^apiVersion: (\S+)$", older, re.M)) == {"kafka.strimzi.io/v1beta2"}
+    done = _node([], older)
+    assert done.returncode == 0, done.stdout
+    assert "valid kafka.strimzi.io/v1beta2/KafkaUser slipguard-join" in done.stdout
 
 
 def test_the_validation_rejects_a_broken_manifest() -> None:
