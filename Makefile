@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# promtool, for the alert-rule tests (Debian's prometheus package; binaries only).
+# What the tests need beyond Python (deploy/local/tools.sh): promtool, buildah, etcd (Debian);
+# node modules (tests/js); kube-apiserver, compose-check and the CRDs, built once per machine
+# into ~/.cache/slipguard (the first run builds kube-apiserver: about 10 minutes on two cores).
 tools:
 	bash deploy/local/tools.sh
 
