@@ -5,6 +5,7 @@
 import { parseAllDocuments } from "yaml";
 
 const MODELS = {
+  "v1/Namespace": "kubernetes-models/v1/Namespace",
   "v1/ConfigMap": "kubernetes-models/v1/ConfigMap",
   "v1/Service": "kubernetes-models/v1/Service",
   "v1/Secret": "kubernetes-models/v1/Secret",
