@@ -42,7 +42,6 @@ debian_packages() {
   command -v podman >/dev/null || wanted+=(podman)
   command -v mmdebstrap >/dev/null || wanted+=(mmdebstrap)
   command -v etcd >/dev/null || wanted+=(etcd-server)  # (the server only: the API server's store)
-  command -v docker-compose >/dev/null || wanted+=(docker-compose)  # (client only: validates deploy/compose)
   [ ${#wanted[@]} -eq 0 ] && return
   command -v apt-get >/dev/null || die "${wanted[*]} not found and apt-get is not available; install them and retry"
   local sudo=""
@@ -69,7 +68,7 @@ debian_packages() {
   done
   [ -n "$made_policy" ] && $sudo rm -f "$policy"
   [ $rc -eq 0 ] || die "apt-get could not install $pkg"
-  for tool in promtool buildah podman mmdebstrap etcd docker-compose; do
+  for tool in promtool buildah podman mmdebstrap etcd; do
     command -v "$tool" >/dev/null || die "installed, but $tool is not on PATH"
   done
 }
