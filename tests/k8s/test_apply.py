@@ -177,7 +177,7 @@ def test_a_privileged_or_root_container_is_refused_under_restricted_pod_security
         _refused(cluster, name, [_workload(broken, workload)], 'would violate PodSecurity "restricted:latest"')
 
 
-def test_a_container_without_limits_or_probes_is_refused_by_the_platform_policy(cluster) -> None:
+def test_a_container_without_limits_probes_or_image_digest_is_refused_by_the_platform_policy(cluster) -> None:
     docs = _broken("platform-policy", _render("dev"))
     _prepare_namespace(cluster, docs)
     no_limits, no_probe = copy.deepcopy(docs), copy.deepcopy(docs)
@@ -187,6 +187,10 @@ def test_a_container_without_limits_or_probes_is_refused_by_the_platform_policy(
              "every container needs requests and limits of cpu and memory; without: writer")
     _refused(cluster, "no readiness probe", [_workload(no_probe, "slipguard-lag-exporter")],
              "needs a livenessProbe and a readinessProbe; without: lag-exporter")
+    by_tag = copy.deepcopy(_workload(docs, "slipguard-join"))
+    by_tag["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/slipguard:0.1.0"
+    _refused(cluster, "image by tag", [by_tag], "named by digest (name@sha256:...); by tag only: "
+                                                "registry.example.com/slipguard:0.1.0")
 
 
 def test_unknown_fields_and_values_outside_a_crd_schema_are_refused(cluster) -> None:
