@@ -9,7 +9,7 @@
 tests/test_k8s.py fails when the committed files differ from what this writes.
 
 The Strimzi resources are `kafka.strimzi.io/v1`, the only version Strimzi 1.x serves. For a
-cluster on Strimzi 0.4x to 0.51 (v1beta2; 0.49 to 0.51 serve both), write them elsewhere:
+cluster on Strimzi 0.4x to 0.51 (v1beta2; 0.51 serves v1 as well), write them elsewhere:
 
     python -m deploy.k8s.generate --strimzi-api-version v1beta2 --out DIR
 """

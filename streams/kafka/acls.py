@@ -24,7 +24,7 @@ from streams.settings import Settings
 
 ROLES = ("join", "writer", "lag", "admin")
 # Strimzi's API versions of KafkaUser and KafkaTopic: Strimzi 1.x serves only v1; 0.4x to
-# 0.51 serve v1beta2 (0.49 to 0.51 both). The fields slipguard uses are the same in both.
+# 0.51 serve v1beta2 (0.51 serves both). The fields slipguard uses are the same in both.
 STRIMZI_API_VERSIONS = ("v1", "v1beta2")
 STRIMZI_API_VERSION = "v1"
 
