@@ -38,9 +38,12 @@ if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
 fi
 
 say "building $TAG"
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# The revision also as --label: with --layers, buildah reuses a cached LABEL layer made with
+# an earlier REVISION (seen here: the image of one commit labelled with the one before).
 buildah bud --quiet --isolation chroot --network host --layers -f deploy/docker/Dockerfile "${ca[@]}" \
-  --build-arg BASE="$base_ref" --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-  -t "$TAG" . >&2
+  --build-arg BASE="$base_ref" --build-arg REVISION="$revision" \
+  --label "org.opencontainers.image.revision=$revision" -t "$TAG" . >&2
 size=$(buildah images --format '{{.Size}}' "$TAG" | head -1)
 say "built $TAG ($size)"
 echo "$TAG"
