@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv tools up down status topics demo test test-unit fuzz bench schemas image clean
+.PHONY: venv tools up down status topics demo test test-unit fuzz bench schemas image pin-image clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# promtool, for the alert-rule tests (Debian's prometheus package; binaries only).
+# What the tests need beyond Python (deploy/local/tools.sh): promtool, buildah, etcd (Debian);
+# node modules (tests/js); kube-apiserver, compose-check and the CRDs, built once per machine
+# into ~/.cache/slipguard (the first run builds kube-apiserver: about 10 minutes on two cores).
 tools:
 	bash deploy/local/tools.sh
 
@@ -55,6 +57,13 @@ fuzz: venv
 # from Debian's packages; `docker build -f deploy/docker/Dockerfile .` elsewhere.
 image: tools
 	bash deploy/docker/image.sh localhost/slipguard:dev
+
+# Pin the overlays (deploy/k8s) to the image just built, by the digest it has once pushed
+# (to an OCI layout, as a registry stores it). A release pins the registry's digest instead:
+# `python -m deploy.k8s.pin "$$(crane digest registry.example.com/slipguard:0.1.0)"`.
+pin-image: image venv
+	d=$$(mktemp -d) && buildah push --quiet --digestfile $$d/digest localhost/slipguard:dev oci:$$d/layout:0.1.0 \
+	  && $(BIN)/python -m deploy.k8s.pin "$$(cat $$d/digest)"; rc=$$?; rm -rf $$d; exit $$rc
 
 bench: up
 	$(BIN)/slipguard bench

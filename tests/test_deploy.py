@@ -93,3 +93,25 @@ def test_the_image_lock_pins_every_dependency_with_hashes_within_pyproject_range
         assert req.specifier.contains(pinned[name]), f"{req.name}=={pinned[name]} outside {req.specifier}"
     blocks = re.split(r"^(?=[A-Za-z0-9_.-]+==)", lock, flags=re.M)[1:]
     assert blocks and all("--hash=sha256:" in b for b in blocks), "every pin carries its hashes"
+
+
+def test_the_sbom_lists_every_installed_distribution_and_the_lock_hashes_of_locked_ones(tmp_path) -> None:
+    """deploy/docker/sbom.py, run here by this venv's Python as the image build runs it by the
+    image's: slipguard is the subject, every other distribution a component."""
+    import importlib.metadata as md
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "sbom.json"
+    subprocess.run([sys.executable, str(root / "deploy" / "docker" / "sbom.py"), "--lock",
+                    str(root / "deploy" / "docker" / "requirements.lock"), "--out", str(out)], check=True)
+    bom = json.loads(out.read_text())
+    assert bom["metadata"]["component"]["name"] == "slipguard"
+    names = {c["name"] for c in bom["components"] if c["purl"].startswith("pkg:pypi/")}
+    assert names == {d.metadata["Name"] for d in md.distributions()} - {"slipguard"}
+    lock = (root / "deploy" / "docker" / "requirements.lock").read_text()
+    as_locked = [c for c in bom["components"] if re.search(rf"^{re.escape(c['name'])}=={re.escape(c['version'])} ",
+                                                            lock, re.M | re.I)]
+    assert as_locked, "this venv has some of the lock's pins"
+    for c in as_locked:
+        assert c["properties"] and all(f"sha256:{p['value']}" in lock for p in c["properties"]), c["name"]

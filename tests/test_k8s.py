@@ -57,8 +57,24 @@ def test_every_manifest_is_valid_against_its_schema(overlay: str) -> None:
     done = _node([], _render(overlay))
     assert done.returncode == 0, done.stdout + done.stderr
     kinds = {line.split()[1] for line in done.stdout.splitlines()}
-    assert {"apps/v1/StatefulSet", "keda.sh/v1alpha1/ScaledObject", "kafka.strimzi.io/v1beta2/KafkaUser",
-            "monitoring.coreos.com/v1/PrometheusRule", "networking.k8s.io/v1/NetworkPolicy"} <= kinds
+    assert {"apps/v1/StatefulSet", "keda.sh/v1alpha1/ScaledObject", "kafka.strimzi.io/v1/KafkaUser",
+            "kafka.strimzi.io/v1/KafkaTopic", "monitoring.coreos.com/v1/PrometheusRule",
+            "networking.k8s.io/v1/NetworkPolicy"} <= kinds
+
+
+def test_the_strimzi_resources_are_v1_and_the_generator_writes_v1beta2_for_older_strimzi(tmp_path) -> None:
+    """Strimzi 1.x serves KafkaTopic and KafkaUser only as v1 (the committed files); a cluster
+    on Strimzi 0.4x-0.51 gets v1beta2 from `generate --strimzi-api-version v1beta2`, valid
+    against that version's schema."""
+    committed = "".join((ROOT / "deploy" / "k8s" / "base" / "generated" / f).read_text()
+                        for f in ("kafkatopics.yaml", "kafkausers.yaml"))
+    assert set(re.findall(r"^apiVersion: (\S+)$", committed, re.M)) == {"kafka.strimzi.io/v1"}
+    generate.main(["--strimzi-api-version", "v1beta2", "--out", str(tmp_path)])
+    older = "---\n".join((tmp_path / f).read_text() for f in ("kafkatopics.yaml", "kafkausers.yaml"))
+    assert set(re.findall(r"^apiVersion: (\S+)$", older, re.M)) == {"kafka.strimzi.io/v1beta2"}
+    done = _node([], older)
+    assert done.returncode == 0, done.stdout
+    assert "valid kafka.strimzi.io/v1beta2/KafkaUser slipguard-join" in done.stdout
 
 
 def test_the_validation_rejects_a_broken_manifest() -> None:
@@ -141,3 +157,45 @@ def test_every_join_and_writer_checks_payment_signatures(overlay: str) -> None:
         assert volume.get("secret", {}).get("secretName") == "slipguard-hmac", f"{d['metadata']['name']}: {volume}"
         checked.append(c["args"][0])
     assert sorted(set(checked)) == ["join", "recover"]
+
+
+IMAGE_BY_DIGEST = re.compile(r"registry\.example\.com/slipguard(:[\w.-]+)?@(sha256:[0-9a-f]{64})")
+
+
+def test_every_container_runs_the_image_by_digest_and_every_overlay_the_same_one() -> None:
+    """A tag can be moved to other bytes; a digest cannot: dev runs what prod will run."""
+    digests = set()
+    for overlay in OVERLAYS:
+        for name, c in _containers(_docs(overlay)).items():
+            match = IMAGE_BY_DIGEST.fullmatch(c["image"])
+            assert match, f"{overlay}/{name}: {c['image']} is not named by digest"
+            digests.add(match.group(2))
+    assert len(digests) == 1, digests
+
+
+def test_the_dockerfile_base_is_named_by_digest() -> None:
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    base = re.search(r"^ARG BASE=(\S+)$", dockerfile, re.M)
+    assert base and re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", base.group(1)), base
+
+
+def test_pin_writes_a_digest_into_the_overlays_and_refuses_anything_else(tmp_path) -> None:
+    import shutil
+
+    from deploy.k8s import pin
+
+    shutil.copytree(ROOT / "deploy" / "k8s", tmp_path / "k8s", ignore=shutil.ignore_patterns("__pycache__"))
+    overlays = tmp_path / "k8s" / "overlays"
+    new = "sha256:" + "ab" * 32
+    pin.main([new, "--overlays", str(overlays)])
+    for overlay in OVERLAYS:
+        done = subprocess.run(["kubectl", "kustomize", str(overlays / overlay)], capture_output=True, text=True,
+                              timeout=60)
+        images = set(re.findall(r"image: (\S+)", done.stdout))
+        assert images == {f"registry.example.com/slipguard:0.1.0@{new}"}, images
+    for bad in ("latest", "sha256:abc", "0.1.0"):
+        with pytest.raises(pin.PinError, match="expected a digest like sha256:<64 hex digits>"):
+            pin.pin(bad, [overlays / "prod"])
+    (overlays / "dev" / "kustomization.yaml").write_text("resources: [../../base]\n")
+    with pytest.raises(pin.PinError, match="expected one `digest: sha256:...` line under images:, found 0"):
+        pin.pin(new, [overlays / "dev"])

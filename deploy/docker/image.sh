@@ -23,6 +23,13 @@ if ! buildah inspect --type image "$BASE" >/dev/null 2>&1; then
   podman import --quiet "$tar" "$BASE" >/dev/null
 fi
 
+# The base by digest, as the Dockerfile names its default: the build uses exactly the image
+# made above, whatever the tag points to.
+digest=$(buildah images --no-trunc --format '{{.Digest}}' "$BASE" | head -1)
+[[ $digest == sha256:* ]] || { say "no digest for $BASE"; exit 1; }
+name=$BASE; [[ ${BASE##*/} == *:* ]] && name=${BASE%:*}  # (the tag off; a registry's port stays)
+base_ref="$name@$digest"
+
 # pip in the build trusts what pip here trusts (a TLS proxy's CA, say).
 ca=()
 host_ca=${PIP_CERT:-$(pip config get global.cert 2>/dev/null || true)}
@@ -31,9 +38,12 @@ if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
 fi
 
 say "building $TAG"
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# The revision also as --label: with --layers, buildah reuses a cached LABEL layer made with
+# an earlier REVISION (seen here: the image of one commit labelled with the one before).
 buildah bud --quiet --isolation chroot --network host --layers -f deploy/docker/Dockerfile "${ca[@]}" \
-  --build-arg BASE="$BASE" --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-  -t "$TAG" . >&2
+  --build-arg BASE="$base_ref" --build-arg REVISION="$revision" \
+  --label "org.opencontainers.image.revision=$revision" -t "$TAG" . >&2
 size=$(buildah images --format '{{.Size}}' "$TAG" | head -1)
 say "built $TAG ($size)"
 echo "$TAG"

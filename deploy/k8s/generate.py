@@ -7,10 +7,16 @@
 
     python -m deploy.k8s.generate          # or: make manifests
 tests/test_k8s.py fails when the committed files differ from what this writes.
+
+The Strimzi resources are `kafka.strimzi.io/v1`, the only version Strimzi 1.x serves. For a
+cluster on Strimzi 0.4x to 0.51 (v1beta2; 0.51 serves v1 as well), write them elsewhere:
+
+    python -m deploy.k8s.generate --strimzi-api-version v1beta2 --out DIR
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -54,13 +60,13 @@ def prometheus_rule() -> str:
             + "  labels: {release: prometheus}\nspec:\n" + indented)
 
 
-def kafka_topics(s: Settings) -> str:
+def kafka_topics(s: Settings, api_version: str) -> str:
     from streams.kafka.topics import topic_specs
 
     docs = []
     for spec in topic_specs(s):
         config = {**spec.config, "min.insync.replicas": MIN_ISR}
-        lines = ["apiVersion: kafka.strimzi.io/v1beta2", "kind: KafkaTopic", "metadata:",
+        lines = [f"apiVersion: kafka.strimzi.io/{api_version}", "kind: KafkaTopic", "metadata:",
                  f"  name: {spec.name.replace('_', '-').lower()}", f"  labels: {{strimzi.io/cluster: {CLUSTER}}}",
                  "spec:", f"  topicName: {spec.name}", f"  partitions: {spec.partitions}", f"  replicas: {REPLICAS}",
                  "  config:"]
@@ -69,22 +75,33 @@ def kafka_topics(s: Settings) -> str:
     return HEADER.format(source="streams/kafka/topics.py and base/config.yaml") + "---\n".join(docs)
 
 
-def kafka_users(s: Settings) -> str:
+def kafka_users(s: Settings, api_version: str) -> str:
     from streams.kafka.acls import ROLES, strimzi_user
 
     return (HEADER.format(source="streams/kafka/acls.py and base/config.yaml")
-            + "---\n".join(strimzi_user(s, role, CLUSTER) + "\n" for role in ROLES))
+            + "---\n".join(strimzi_user(s, role, CLUSTER, api_version) + "\n" for role in ROLES))
 
 
-def render() -> dict[str, str]:
+def render(strimzi_api_version: str = "v1") -> dict[str, str]:
     s = settings_of_config_map()
-    return {"prometheusrule.yaml": prometheus_rule(), "kafkatopics.yaml": kafka_topics(s),
-            "kafkausers.yaml": kafka_users(s)}
+    return {"prometheusrule.yaml": prometheus_rule(), "kafkatopics.yaml": kafka_topics(s, strimzi_api_version),
+            "kafkausers.yaml": kafka_users(s, strimzi_api_version)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(ROOT))
+    from streams.kafka.acls import STRIMZI_API_VERSION, STRIMZI_API_VERSIONS
+
+    parser = argparse.ArgumentParser(prog="python -m deploy.k8s.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--strimzi-api-version", choices=STRIMZI_API_VERSIONS, default=STRIMZI_API_VERSION,
+                        help="v1 for Strimzi 1.x (default, committed), v1beta2 for Strimzi 0.4x-0.51")
+    parser.add_argument("--out", type=Path, default=BASE / "generated", help="default: deploy/k8s/base/generated")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in render(args.strimzi_api_version).items():
+        (args.out / name).write_text(text)
+        print(f"wrote {args.out / name}")
 
 
 if __name__ == "__main__":
-    out = BASE / "generated"
-    out.mkdir(exist_ok=True)
-    for name, text in render().items():
-        (out / name).write_text(text)
-        print(f"wrote deploy/k8s/base/generated/{name}")
+    main()

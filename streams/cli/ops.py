@@ -181,7 +181,8 @@ def _acls(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{principals[role]}: {len(wanted)} ACLs for the {role} role added")
         return 0
     if args.format == "strimzi":
-        print("\n---\n".join(acls.strimzi_user(settings, role) for role in roles))
+        print("\n---\n".join(acls.strimzi_user(settings, role, api_version=args.strimzi_api_version)
+                               for role in roles))
         return 0
     for role in roles:
         print(f"# {role}: {principals[role]}")
@@ -258,6 +259,8 @@ def _since(text: str):  # noqa: ANN202
 
 
 def register(commands: Commands) -> None:
+    from streams.kafka import acls  # (names only: no client is loaded)
+
     topics = group(commands, "topics", "create or verify topics")
     command(topics, "create", "create or verify every topic; payments and orders co-partitioned", _topics_create)
 
@@ -279,6 +282,8 @@ def register(commands: Commands) -> None:
     acl.add_argument("--principal", help="the principal to grant to; default User:slipguard-<role>")
     acl.add_argument("--format", choices=("kafka-acls", "strimzi"), default="kafka-acls",
                      help="kafka-acls.sh commands, or Strimzi KafkaUser objects (YAML)")
+    acl.add_argument("--strimzi-api-version", choices=acls.STRIMZI_API_VERSIONS, default=acls.STRIMZI_API_VERSION,
+                     help="with --format strimzi: v1 for Strimzi 1.x (default), v1beta2 for Strimzi 0.4x-0.51")
     acl.add_argument("--apply", action="store_true", help="add them on the cluster (needs Alter on the cluster)")
 
     ex = command(commands, "explain", "what slipguard knows about one order: a timeline from the one partition its "

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from streams.settings import Settings
 
 ROLES = ("join", "writer", "lag", "admin")
+# Strimzi's API versions of KafkaUser and KafkaTopic: Strimzi 1.x serves only v1; 0.4x to
+# 0.51 serve v1beta2 (0.51 serves both). The fields slipguard uses are the same in both.
+STRIMZI_API_VERSIONS = ("v1", "v1beta2")
+STRIMZI_API_VERSION = "v1"
 
 
 @dataclass(frozen=True, order=True)
@@ -125,9 +129,12 @@ def denied(s: Settings, role: str, resource: str, name: str) -> str:
             f"`slipguard acls --role {role}` prints the ACLs to grant")
 
 
-def strimzi_user(s: Settings, role: str, cluster: str = "my-cluster") -> str:
-    """A Strimzi KafkaUser (SCRAM-SHA-512, simple authorization) for `role`, as YAML."""
-    lines = ["apiVersion: kafka.strimzi.io/v1beta2", "kind: KafkaUser", "metadata:", f"  name: slipguard-{role}",
+def strimzi_user(s: Settings, role: str, cluster: str = "my-cluster", api_version: str = STRIMZI_API_VERSION) -> str:
+    """A Strimzi KafkaUser (SCRAM-SHA-512, simple authorization) for `role`, as YAML, of
+    `api_version` (v1: Strimzi 1.x; v1beta2: Strimzi 0.4x to 0.51)."""
+    if api_version not in STRIMZI_API_VERSIONS:
+        raise ValueError(f"unknown Strimzi API version {api_version!r}; expected one of {', '.join(STRIMZI_API_VERSIONS)}")
+    lines = [f"apiVersion: kafka.strimzi.io/{api_version}", "kind: KafkaUser", "metadata:", f"  name: slipguard-{role}",
              "  labels:", f"    strimzi.io/cluster: {cluster}", "spec:", "  authentication:",
              "    type: scram-sha-512", "  authorization:", "    type: simple", "    acls:"]
     for entry in strimzi_acls(s, role):

@@ -2,12 +2,16 @@
 (deploy/docker/image.sh; layers cached between runs), run as a user would run it: the join
 and the writer from the image against the local stack, end to end, as a non-root user,
 with nothing written to the image's root filesystem; SIGTERM stops a containerised
-worker cleanly."""
+worker cleanly. Nothing left to chance in it: built on its base by digest, labelled, and
+carrying an SBOM of what is installed in it; its pushed digest is what the overlays pin."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -127,13 +131,78 @@ def test_the_image_runs_the_join_and_the_writer_end_to_end_and_stops_cleanly_on_
             c.remove()
 
 
-def test_the_image_is_labelled_runs_as_a_user_and_has_one_entrypoint(image) -> None:
-    import json
-
-    info = json.loads(subprocess.run(["buildah", "inspect", "--type", "image", image], capture_output=True,
+def _inspect(image: str) -> dict:
+    return json.loads(subprocess.run(["buildah", "inspect", "--type", "image", image], capture_output=True,
                                      text=True, check=True).stdout)
-    config = info["OCIv1"]["config"]
+
+
+def test_the_image_is_labelled_runs_as_a_user_and_has_one_entrypoint(image) -> None:
+    config = _inspect(image)["OCIv1"]["config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["/opt/slipguard/bin/slipguard"]
     labels = config["Labels"]
-    assert labels["org.opencontainers.image.title"] == "slipguard" and labels["org.opencontainers.image.revision"]
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert labels["org.opencontainers.image.title"] == "slipguard"
+    assert labels["org.opencontainers.image.revision"] == revision
+    assert labels["org.opencontainers.image.version"] and labels["org.opencontainers.image.licenses"]
+    assert labels["dev.slipguard.sbom"] == "/opt/slipguard/sbom.cdx.json"
+
+
+def test_the_image_is_built_on_its_base_named_by_digest(image) -> None:
+    base = _inspect(image)["OCIv1"]["config"]["Labels"]["org.opencontainers.image.base.name"]
+    name, _, digest = base.partition("@")
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), base
+    local = subprocess.run(["buildah", "images", "--no-trunc", "--format", "{{.Digest}}", f"{name}:bookworm"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert digest in local, f"the image says it was built on {base}; the base here has {local}"
+
+
+def test_the_image_carries_an_sbom_of_exactly_what_is_installed_in_it(image) -> None:
+    """Every distribution in the image's venv is in the SBOM at its installed version, every
+    package of requirements.lock at its locked version with the lock's hashes, and the base's
+    Debian packages are listed too."""
+    c = Container(image)
+    try:
+        bom = json.loads((c.root / "opt/slipguard/sbom.cdx.json").read_text())
+        installed = {}
+        for info in (c.root / "opt/slipguard/lib").glob("python3*/site-packages/*.dist-info"):
+            name, version = info.name.removesuffix(".dist-info").rsplit("-", 1)
+            installed[re.sub(r"[-_.]+", "-", name).lower()] = version
+        dpkg = (c.root / "var/lib/dpkg/status").read_text()
+    finally:
+        c.remove()
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.6"
+    assert bom["metadata"]["component"]["purl"] == f"pkg:pypi/slipguard@{installed.pop('slipguard')}"
+    pypi = {c["purl"].removeprefix("pkg:pypi/").split("@")[0]: c for c in bom["components"]
+            if c["purl"].startswith("pkg:pypi/")}
+    assert {name: c["version"] for name, c in pypi.items()} == installed
+    lock = (ROOT / "deploy" / "docker" / "requirements.lock").read_text()
+    blocks = re.split(r"^(?=[A-Za-z0-9_.-]+==)", lock, flags=re.M)[1:]
+    assert len(blocks) > 30
+    for block in blocks:
+        name, version = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", block).groups()
+        entry = pypi[re.sub(r"[-_.]+", "-", name).lower()]
+        assert entry["version"] == version, name
+        assert {p["value"] for p in entry["properties"]} == set(re.findall(r"sha256:([0-9a-f]{64})", block)), name
+    debs = {c["name"] for c in bom["components"] if c["purl"].startswith("pkg:deb/")}
+    assert len(debs) == dpkg.count("Status: install ok installed") and {"python3", "ca-certificates"} <= debs
+
+
+def test_the_pushed_image_digest_is_what_the_overlays_pin(image, tmp_path) -> None:
+    """`make pin-image`'s procedure: push (here to an OCI layout, as a registry stores it),
+    then `python -m deploy.k8s.pin` with the digest the push reports: every workload of
+    every overlay then runs exactly those bytes."""
+    from deploy.k8s import pin
+
+    digestfile = tmp_path / "digest"
+    subprocess.run(["buildah", "push", "--quiet", "--digestfile", str(digestfile), image,
+                    f"oci:{tmp_path / 'layout'}:0.1.0"], check=True, capture_output=True)
+    digest = digestfile.read_text().strip()
+    index = json.loads((tmp_path / "layout" / "index.json").read_text())
+    assert [m["digest"] for m in index["manifests"]] == [digest]
+    shutil.copytree(ROOT / "deploy" / "k8s", tmp_path / "k8s", ignore=shutil.ignore_patterns("__pycache__"))
+    pin.main([digest, "--overlays", str(tmp_path / "k8s" / "overlays")])
+    for overlay in ("dev", "prod"):
+        rendered = subprocess.run(["kubectl", "kustomize", str(tmp_path / "k8s" / "overlays" / overlay)],
+                                  capture_output=True, text=True, check=True).stdout
+        assert set(re.findall(r"image: (\S+)", rendered)) == {f"registry.example.com/slipguard:0.1.0@{digest}"}

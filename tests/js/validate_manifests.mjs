@@ -5,6 +5,7 @@
 import { parseAllDocuments } from "yaml";
 
 const MODELS = {
+  "v1/Namespace": "kubernetes-models/v1/Namespace",
   "v1/ConfigMap": "kubernetes-models/v1/ConfigMap",
   "v1/Service": "kubernetes-models/v1/Service",
   "v1/Secret": "kubernetes-models/v1/Secret",
@@ -15,6 +16,9 @@ const MODELS = {
   "keda.sh/v1alpha1/ScaledObject": "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject",
   "monitoring.coreos.com/v1/PodMonitor": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor",
   "monitoring.coreos.com/v1/PrometheusRule": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule",
+  "kafka.strimzi.io/v1/KafkaTopic": "@kubernetes-models/strimzi-kafka-operator/kafka.strimzi.io/v1/KafkaTopic",
+  "kafka.strimzi.io/v1/KafkaUser": "@kubernetes-models/strimzi-kafka-operator/kafka.strimzi.io/v1/KafkaUser",
+  // Strimzi 0.4x-0.51 (deploy.k8s.generate --strimzi-api-version v1beta2)
   "kafka.strimzi.io/v1beta2/KafkaTopic": "@kubernetes-models/strimzi-kafka-operator/kafka.strimzi.io/v1beta2/KafkaTopic",
   "kafka.strimzi.io/v1beta2/KafkaUser": "@kubernetes-models/strimzi-kafka-operator/kafka.strimzi.io/v1beta2/KafkaUser",
 };

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from unittest import mock
 
+import pytest
+
 from streams.kafka import acls
 from streams.settings import Settings
 
@@ -56,3 +58,25 @@ def test_a_refusal_names_who_what_and_where() -> None:
                         r"\(prefixed\); the join role needs it: `slipguard acls --role join` prints the ACLs to grant",
                         line), line
     assert "Read on topic payments (or the topic does not exist)" in acls.denied(s, "join", "TOPIC", "payments")
+
+
+def test_strimzi_users_are_v1_for_strimzi_1_and_v1beta2_on_request() -> None:
+    """Strimzi 1.x serves KafkaUser only as kafka.strimzi.io/v1; 0.4x-0.51 clusters need v1beta2.
+    The two differ in apiVersion only (the fields used are in both)."""
+    s = _defaults()
+    v1 = acls.strimzi_user(s, "join")
+    assert v1.startswith("apiVersion: kafka.strimzi.io/v1\n")
+    assert acls.strimzi_user(s, "join", api_version="v1beta2") == v1.replace("/v1\n", "/v1beta2\n", 1)
+    with pytest.raises(ValueError, match="v1beta1.*expected one of v1, v1beta2"):
+        acls.strimzi_user(s, "join", api_version="v1beta1")
+
+
+def test_slipguard_acls_prints_the_strimzi_version_asked_for(capsys) -> None:
+    from streams.cli import main
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLIPGUARD_")}
+    with mock.patch.dict(os.environ, clean, clear=True):
+        assert main(["acls", "--role", "lag", "--format", "strimzi"]) == 0
+        assert capsys.readouterr().out.startswith("apiVersion: kafka.strimzi.io/v1\n")
+        assert main(["acls", "--role", "lag", "--format", "strimzi", "--strimzi-api-version", "v1beta2"]) == 0
+        assert capsys.readouterr().out.startswith("apiVersion: kafka.strimzi.io/v1beta2\n")
