@@ -10,6 +10,8 @@ packages of the base (dpkg's database). Standard library only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import importlib.metadata as md
 import json
@@ -36,7 +38,7 @@ def locked(lock: str) -> dict[str, tuple[str, list[str]]]:
 
 
 def licenses(dist: md.Distribution) -> list[dict]:
-    meta = dist.metadata
+    meta: Any = dist.metadata  # (an email.message.Message at run time; its protocol type lists no get())
     if meta.get("License-Expression"):
         return [{"expression": meta["License-Expression"]}]
     names = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
@@ -50,7 +52,7 @@ def python_components(lock: dict[str, tuple[str, list[str]]]) -> tuple[dict, lis
     for dist in md.distributions():
         name, version = dist.metadata["Name"], dist.version
         purl = f"pkg:pypi/{normalise(name)}@{version}"
-        entry = {"type": "library", "bom-ref": purl, "name": name, "version": version, "purl": purl}
+        entry: dict[str, Any] = {"type": "library", "bom-ref": purl, "name": name, "version": version, "purl": purl}
         if licenses(dist):
             entry["licenses"] = licenses(dist)
         pin = lock.get(normalise(name))

@@ -133,7 +133,8 @@ def strimzi_user(s: Settings, role: str, cluster: str = "my-cluster", api_versio
     """A Strimzi KafkaUser (SCRAM-SHA-512, simple authorization) for `role`, as YAML, of
     `api_version` (v1: Strimzi 1.x; v1beta2: Strimzi 0.4x to 0.51)."""
     if api_version not in STRIMZI_API_VERSIONS:
-        raise ValueError(f"unknown Strimzi API version {api_version!r}; expected one of {', '.join(STRIMZI_API_VERSIONS)}")
+        raise ValueError(f"unknown Strimzi API version {api_version!r}; expected one of "
+                         f"{', '.join(STRIMZI_API_VERSIONS)}")
     lines = [f"apiVersion: kafka.strimzi.io/{api_version}", "kind: KafkaUser", "metadata:", f"  name: slipguard-{role}",
              "  labels:", f"    strimzi.io/cluster: {cluster}", "spec:", "  authentication:",
              "    type: scram-sha-512", "  authorization:", "    type: simple", "    acls:"]

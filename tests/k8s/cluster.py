@@ -117,7 +117,7 @@ class ApiServer:
         return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
                          for log in sorted(self.dir.glob("*.log")))
 
-    def kubectl(self, *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:  # noqa: A002
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(["kubectl", f"--kubeconfig={self.dir / 'kubeconfig'}", *args], input=input,
                               capture_output=True, text=True, timeout=timeout)
 

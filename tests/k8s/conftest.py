@@ -12,7 +12,7 @@ POLICY = Path(__file__).with_name("platform-policy.yaml")
 
 
 @pytest.fixture(scope="session")
-def cluster():  # noqa: ANN201
+def cluster():
     """One API server for the session, with the CRDs of KEDA, the Prometheus operator and
     Strimzi installed and the platform's admission policy in force."""
     missing = missing_tools()

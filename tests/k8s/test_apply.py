@@ -68,7 +68,7 @@ def _prepare_namespace(cluster, docs: list[dict]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _differences(stored, written, path: str = "") -> list[str]:  # noqa: ANN001
+def _differences(stored, written, path: str = "") -> list[str]:
     """Where `stored` (read back from the server) lacks or changes what was written; fields
     the server adds (defaults, status, metadata) are not differences."""
     if isinstance(written, dict):
@@ -78,7 +78,7 @@ def _differences(stored, written, path: str = "") -> list[str]:  # noqa: ANN001
     if isinstance(written, list):
         if not isinstance(stored, list) or len(stored) != len(written):
             return [f"{path}: {stored!r} != {written!r}"]
-        return [d for i, (s, w) in enumerate(zip(stored, written)) for d in _differences(s, w, f"{path}[{i}]")]
+        return [d for i, (s, w) in enumerate(zip(stored, written, strict=False)) for d in _differences(s, w, f"{path}[{i}]")]
     return [] if stored == written else [f"{path}: {stored!r} != {written!r}"]
 
 
@@ -97,7 +97,8 @@ def test_each_overlay_is_admitted_applied_and_read_back_as_written(cluster, over
     assert len(pods) == 3
     done = _apply(cluster, pods, "--dry-run=server")
     assert done.returncode == 0, f"refused under the restricted Pod Security Standard: {done.stderr}"
-    assert cluster.kubectl("get", "statefulsets", "-n", namespace, "-o", "name").stdout == "", "a dry run stores nothing"
+    stored = cluster.kubectl("get", "statefulsets", "-n", namespace, "-o", "name").stdout
+    assert stored == "", "a dry run stores nothing"
 
     # For real, as README says (kubectl apply -k), then every object read back.
     done = cluster.kubectl("apply", "--validate=strict", "--warnings-as-errors", "-k",
