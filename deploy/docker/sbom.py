@@ -10,8 +10,6 @@ packages of the base (dpkg's database). Standard library only.
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import importlib.metadata as md
 import json
@@ -19,6 +17,7 @@ import platform
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 SUBJECT = "slipguard"
 

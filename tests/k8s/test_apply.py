@@ -78,7 +78,8 @@ def _differences(stored, written, path: str = "") -> list[str]:
     if isinstance(written, list):
         if not isinstance(stored, list) or len(stored) != len(written):
             return [f"{path}: {stored!r} != {written!r}"]
-        return [d for i, (s, w) in enumerate(zip(stored, written, strict=False)) for d in _differences(s, w, f"{path}[{i}]")]
+        pairs = enumerate(zip(stored, written, strict=False))
+        return [d for i, (s, w) in pairs for d in _differences(s, w, f"{path}[{i}]")]
     return [] if stored == written else [f"{path}: {stored!r} != {written!r}"]
 
 
