@@ -17,6 +17,7 @@ Formats, each still read (tests/join/test_changelog_upgrade.py restores what eac
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -81,11 +82,11 @@ def encode_value(store: Store, entry: Entry | Bundle, fmt: int = 3, oid: str = "
     it, and for as long as a rollback to it may come. Costs a rebuilt payment per entry."""
     if isinstance(entry, list):
         parts = []
-        for oid, pair in entry:
-            o, pid, raw = oid.encode(), (pair.paid_id or "").encode(), pair.paid_raw or b""
+        for oid, matched in entry:
+            o, pid, raw = oid.encode(), (matched.paid_id or "").encode(), matched.paid_raw or b""
             if fmt == 2:
                 raw = _json(raw, oid)
-            parts.append(_PAIR.pack(len(o), len(pid), len(raw), pair.ts, pair.paid_t) + o + pid + raw)
+            parts.append(_PAIR.pack(len(o), len(pid), len(raw), matched.ts, matched.paid_t) + o + pid + raw)
         return b"".join(parts)
     if store == Store.PENDING:
         assert isinstance(entry, bytes)
@@ -250,3 +251,42 @@ def restore_into(core: PartitionJoin, latest: dict[bytes, bytes | None], now_ms:
             continue
         core.restore(decode(key, value, now_ms))
     core.restore_pending(pending)
+
+
+# ---------------------------------------------------------------- reading it from outside the join
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the changelog says the join holds for one order (for `slipguard explain`)."""
+
+    kind: str  # "pending" | "recovered" | "waiting" (an order) | "matched"
+    payment_id: str | None = None
+    since_ms: int | None = None  # a pending payment's event time, a recovery's time
+
+
+def keys_of(order_id: str) -> set[bytes]:
+    """The changelog keys an order's own entries are under (bundles: is_bundle)."""
+    return {encode_key(store, order_id) for store in (Store.PENDING, Store.ORDERS, Store.RECOVERED)}
+
+
+def is_bundle(key: bytes) -> bool:
+    return key.startswith(PREFIX[Store.MATCHED])
+
+
+def held(latest: dict[bytes, bytes | None], order_id: str) -> list[Held]:
+    """What the last values of an order's keys (and the bundles) say the join holds for it."""
+    found = []
+    for key, value in latest.items():
+        if value is None:
+            continue
+        entry = decode(key, value).value
+        if isinstance(entry, bytes):
+            found.append(Held("pending", compact.payment_id_in(entry), compact.t_of(entry)))
+        elif isinstance(entry, RecoveredPayment):
+            found.append(Held("recovered", entry.payment_id, entry.recovered_at))
+        elif isinstance(entry, BufferedOrder):
+            found.append(Held("waiting"))
+        elif isinstance(entry, list):
+            found += [Held("matched", matched.paid_id) for oid, matched in entry if oid == order_id]
+    return found

@@ -354,8 +354,8 @@ class PartitionJoin:
             return
         window = self.params.timeout_ms + self.params.grace_ms
         if isinstance(value, list):  # a bundle of matched pairs
-            for oid, pair in value:
-                self._order_expiry.add(pair.expires_at(window), oid, pair)
+            for oid, matched in value:
+                self._order_expiry.add(matched.expires_at(window), oid, matched)
             return
         key = change.key
         assert isinstance(key, str)

@@ -238,8 +238,8 @@ class JoinState:
             return
         if type(value) is list:  # a bundle of matched pairs (Store.MATCHED)
             assert isinstance(key, int)
-            for oid, pair in value:
-                self.orders[oid] = pair
+            for oid, matched in value:
+                self.orders[oid] = matched
             heapq.heappush(self._bundles, (max((e.expires_at(self.window_ms) for _, e in value), default=0), key))
             self._next_bundle = max(self._next_bundle, key + 1)
             return

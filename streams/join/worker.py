@@ -50,7 +50,7 @@ def tune_gc() -> None:
 
 class JoinWorker:
     def __init__(self, settings: Settings, *, now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
-        self.s, self.now_ms = settings, now_ms
+        self.settings, self.now_ms = settings, now_ms
         self.params = JoinParams(settings.order_timeout, settings.grace, settings.late_horizon, settings.hmac_keys)
         self.topic_of = (settings.payments_topic, settings.orders_topic)
         self.stopping = False
@@ -95,8 +95,8 @@ class JoinWorker:
             self.commit()
         except Denied as exc:
             self.checkpoint.give_up()
-            name = exc.name or {"GROUP": self.s.join_group}.get(exc.resource, "")
-            raise JoinFailed(denied(self.s, "join", exc.resource, name)) from None
+            name = exc.name or {"GROUP": self.settings.join_group}.get(exc.resource, "")
+            raise JoinFailed(denied(self.settings, "join", exc.resource, name)) from None
         except JoinFailed:
             self.checkpoint.give_up()  # nothing more is committed or flushed by this process
             raise
@@ -107,7 +107,7 @@ class JoinWorker:
         """Check the topics (creating the changelog if missing), initialise transactions
         (exactly_once), then join the group."""
         try:
-            said = ensure_join_topics(self.s, timeout=self.s.topic_wait / 1000, stopping=lambda: self.stopping)
+            said = ensure_join_topics(self.settings, timeout=self.settings.topic_wait / 1000, stopping=lambda: self.stopping)
         except TopicLayoutError as exc:
             raise JoinFailed(str(exc)) from None
         if said is None:
@@ -161,7 +161,7 @@ class JoinWorker:
 
     def step(self) -> None:
         """One batch: consume, decide, produce; commit when the interval has passed."""
-        msgs = self.consumer.consume(self.s.batch_size, timeout=0.05)
+        msgs = self.consumer.consume(self.settings.batch_size, timeout=0.05)
         self.loop_at = time.monotonic()
         if self.wake_fetchers:
             self._wake_fetchers()
@@ -170,14 +170,14 @@ class JoinWorker:
             self._install(self.restorer.step(RESTORE_SLICE if self.pairs else 1.0))
         raise_for(self.pipeline.take(msgs, self.now_ms(), self.ends.epoch))
         monotonic = time.monotonic()
-        out = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
+        decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
         if self.ends.settled and monotonic - self.ends_asked >= 1.0:
             self._confirm_ends()
-        self.pipeline.advance(out, self.now_ms())
+        self.pipeline.advance(decisions, self.now_ms())
         # Caught up, commit every interval: outputs become visible quickly. Working through
         # a backlog (full batches), less often: each commit is a few broker round trips.
-        backlog = len(msgs) >= self.s.batch_size
-        if self.checkpoint.due(self.s.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
+        backlog = len(msgs) >= self.settings.batch_size
+        if self.checkpoint.due(self.settings.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
             self.commit()
 
     def _unread(self, pair: Pair, side: Side) -> bool:
@@ -221,11 +221,11 @@ class JoinWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Take the partitions at once, paused: pairs not held yet are restored beside the
         loop while the pairs already held go on (KIP-848 moves only some)."""
-        metrics.REBALANCES.labels(self.s.join_group, "assign").inc()
+        metrics.REBALANCES.labels(self.settings.join_group, "assign").inc()
         self.assigned = True
         self.membership.accepted()
         try:
-            patiently(lambda: check_co_partitioned(self.restorer.watermarks, self.s), "read topic metadata",
+            patiently(lambda: check_co_partitioned(self.restorer.watermarks, self.settings), "read topic metadata",
                       stopping=lambda: self.stopping)
         except TopicLayoutError as exc:
             raise JoinFailed(str(exc)) from None
@@ -281,14 +281,14 @@ class JoinWorker:
             log.debug("could not wake the fetchers: %s", exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        metrics.REBALANCES.labels(self.s.join_group, "revoke").inc()
+        metrics.REBALANCES.labels(self.settings.join_group, "revoke").inc()
         parts = {tp.partition for tp in partitions}
         log.info("revoked partitions %s; committing and handing them over", sorted(parts))
         self.commit(handing_over=True)  # hand the partitions over with everything done so far committed
         self._drop(parts)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        metrics.REBALANCES.labels(self.s.join_group, "lost").inc()
+        metrics.REBALANCES.labels(self.settings.join_group, "lost").inc()
         parts = {tp.partition for tp in partitions}
         log.warning("lost partitions %s (session timed out?); dropping uncommitted work", sorted(parts))
         self.checkpoint.drop()

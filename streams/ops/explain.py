@@ -17,8 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas import Anomaly, LateOrder, Order, Payment, Recovery
-from streams.join import changelog, compact
-from streams.join.state import BufferedOrder, RecoveredPayment, Store
+from streams.join import changelog
 from streams.kafka.partition import partition_for
 from streams.kafka.read import Progress, partition_count, read
 from streams.settings import Settings
@@ -104,31 +103,23 @@ def explain(s: Settings, order_id: str, *, since_ms: int | None = None, progress
 def _state(s: Settings, oid: str, partition: int, progress: Progress | None) -> str:
     """The join's state for the order, from the last value of its changelog keys."""
     latest: dict[bytes, bytes | None] = {}
-    mine = {changelog.encode_key(store, oid) for store in (Store.PENDING, Store.ORDERS, Store.RECOVERED)}
-    bundle = changelog.PREFIX[Store.MATCHED]
+    mine = changelog.keys_of(oid)
     for r in read(s, s.changelog_topic, [partition], progress=progress):
-        if r.key is not None and (r.key in mine or r.key.startswith(bundle)):
+        if r.key is not None and (r.key in mine or changelog.is_bundle(r.key)):
             latest[r.key] = r.value
     said = []
-    for key, value in latest.items():
-        if value is None:
-            continue
-        change = changelog.decode(key, value)
-        entry = change.value
-        if isinstance(entry, bytes):  # a pending payment (compact.py)
-            t = compact.t_of(entry)
-            pid = compact.fields(compact.part_of(entry))[0]
-            said.append(f"payment {pid} pending since {_iso(t)}: recovered if no order by "
-                        f"{_iso(t + s.order_timeout)} (+ grace)")
-        elif isinstance(entry, RecoveredPayment):
-            said.append(f"payment {entry.payment_id} recovered at {_iso(entry.recovered_at)}; remembered to "
-                        "recognise its late order")
-        elif isinstance(entry, BufferedOrder):
+    for h in changelog.held(latest, oid):
+        if h.kind == "pending":
+            since = h.since_ms or 0
+            said.append(f"payment {h.payment_id} pending since {_iso(since)}: recovered if no order by "
+                        f"{_iso(since + s.order_timeout)} (+ grace)")
+        elif h.kind == "recovered":
+            said.append(f"payment {h.payment_id} recovered at {_iso(h.since_ms)}; remembered to recognise its late "
+                        "order")
+        elif h.kind == "waiting":
             said.append("an order waiting for its payment")
-        elif isinstance(entry, list):  # a bundle of matched pairs
-            for pair_oid, order in entry:
-                if pair_oid == oid:
-                    said.append(f"matched: payment {order.paid_id} with its order")
+        else:
+            said.append(f"matched: payment {h.payment_id} with its order")
     return "; ".join(said) or "nothing (never seen, or forgotten after its window)"
 
 
