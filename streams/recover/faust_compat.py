@@ -27,14 +27,14 @@ And one so that a record cannot stop the reading: Kafka allows any bytes in a he
 and aiokafka decodes each name as strict UTF-8 while it unpacks a fetched batch, so one
 name that is not UTF-8 raised out of the fetch, the fetcher crashed and the writer exited
 1 a second after it started, each time it was restarted, writing nothing of any of its
-partitions (seen on the real broker). The fetcher
-reads batches through `aiokafka.consumer.fetcher.MemoryRecords`; `_LenientRecords` takes
-its place (install_lenient_reader()). Each batch is still read by aiokafka's own reader
-(the C one; the wrapping costs ~0.06 us a record); only a batch that reader refuses for a header name is read again, from the
-record it stopped at, by aiokafka's pure-Python reader with that name decoded with
-surrogateescape: lossless, and told apart from any name that was UTF-8 by its lone
-surrogates (writer.py sends such a record to the DLQ). No aiokafka code is copied: the
-Python reader is handed a buffer whose slices decode leniently.
+partitions (seen on the real broker). The fetcher reads batches through
+`aiokafka.consumer.fetcher.MemoryRecords`; `_LenientRecords` takes its place
+(install_lenient_reader()). Each batch is still read by aiokafka's own reader (the C one;
+the wrapping costs ~0.06 us a record); only a batch that reader refuses for a header name
+is read again, from the record it stopped at, by aiokafka's pure-Python reader with that
+name decoded with surrogateescape: lossless, and told apart from any name that was UTF-8
+by its lone surrogates (writer.py sends such a record to the DLQ). No aiokafka code is
+copied: the Python reader is handed a buffer whose slices decode leniently.
 
 Written for the versions in WRITTEN_FOR (pinned in pyproject.toml). `missing()` lists
 what an upgrade removed; a test fails on it, and on a version outside these.
@@ -239,7 +239,8 @@ def missing() -> list[str]:
         gone.append(f"faust.transport.consumer.Consumer._drain_messages calling {DRAIN_CALL} "
                     "(taken in place by wait_first)")
     if FETCH_RECORDS not in "".join(inspect.getsource(aiokafka_fetcher.Fetcher._proc_fetch_request).split()):
-        gone.append(f"aiokafka's Fetcher._proc_fetch_request reading batches with {FETCH_RECORDS} (see _LenientRecords)")
+        gone.append(f"aiokafka's Fetcher._proc_fetch_request reading batches with {FETCH_RECORDS} "
+                    "(see _LenientRecords)")
     why = None if gone else lenient_read_fails()
     if why:
         gone.append(f"the lenient record reader ({why})")
