@@ -90,4 +90,5 @@ def test_a_short_password_is_hidden_where_it_is_a_credential_not_in_every_name()
     assert logs.redact("slipguard.join: restored partitions of t1.slipguard.dlq") == \
         "slipguard.join: restored partitions of t1.slipguard.dlq"
     assert "slipguard:slipguard@" not in logs.redact("cannot connect to postgresql://slipguard:slipguard@h:5432/db")
-    assert logs.redact("host=h user=slipguard password=slipguard port=5432") == "host=h user=slipguard password=*** port=5432"
+    assert logs.redact("host=h user=slipguard password=slipguard port=5432") == \
+        "host=h user=slipguard password=*** port=5432"

@@ -228,7 +228,8 @@ def test_aiokafkas_fetcher_yields_each_record_of_such_a_batch_once_from_where_it
     unpacked = aiokafka_fetcher.PartitionRecords(tp, records, [], fetched_from, None, None, True,
                                                  aiokafka_fetcher.READ_COMMITTED)
     got = [(m.offset, m.value, m.headers) for m in unpacked]
-    assert got == [(0, b"v0", (("a", b"1"),)), (1, b"v1", (("b", b"2"), (ESCAPED, b"3"))), (2, b"v2", ())][fetched_from:]
+    expected = [(0, b"v0", (("a", b"1"),)), (1, b"v1", (("b", b"2"), (ESCAPED, b"3"))), (2, b"v2", ())]
+    assert got == expected[fetched_from:]
     assert unpacked.next_fetch_offset == 3
 
 
