@@ -17,4 +17,6 @@ MODELS: dict[str, type[Message]] = {
     "dead_letter": DeadLetter,
 }
 
-__all__ = ["MODELS", "Anomaly", "AnomalyKind", "DeadLetter", "LateOrder", "Order", "Payment", "Recovery", "recovery_id_for"]
+__all__ = [
+    "MODELS", "Anomaly", "AnomalyKind", "DeadLetter", "LateOrder", "Order", "Payment", "Recovery", "recovery_id_for",
+]

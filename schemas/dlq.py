@@ -74,8 +74,8 @@ class DeadLetter(Message):
     value_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     value_truncated: bool = False
     value_redacted: bool = Field(False, description="metadata left out (SLIPGUARD_MINIMISE_PERSONAL_DATA): value_b64 "
-                                                    "is the record without its metadata, absent if the record was not a "
-                                                    "JSON object; value_size and value_sha256 describe the original")
+                                                    "is the record without its metadata, absent if the record was not "
+                                                    "a JSON object; value_size and value_sha256 describe the original")
     error: str = Field(max_length=4000)
     failed_at: Timestamp
 

@@ -23,7 +23,7 @@ import math
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar, Union, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -54,8 +54,8 @@ _ORDER_GIVEN = ("order_id", "user_id", "amount", "currency", "created_at")
 _RECOVERY_GIVEN = ("recovery_id", "order_id", "payment", "deadline", "detected_at")
 assert all(len(c) == 3 for c in ISO_4217)  # the model's 3-character bound is implied by membership
 
-MetaValue = Union[str, int, float, bool, None]
-Meta = Union[dict[str, MetaValue], None, UnsetType]
+MetaValue = str | int | float | bool | None
+Meta = dict[str, MetaValue] | None | UnsetType
 
 
 class _Payment(msgspec.Struct, forbid_unknown_fields=True):

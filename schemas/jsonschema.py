@@ -12,7 +12,11 @@ JSON_DIR = Path(__file__).parent / "json"
 
 def render(name: str) -> str:
     schema = MODELS[name].model_json_schema(mode="serialization")
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"slipguard/{name}.schema.json", **schema}
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"slipguard/{name}.schema.json",
+        **schema,
+    }
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 

@@ -14,4 +14,5 @@ class LateOrder(Message):
     order: Order
     payment_id: Identifier
     recovery_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
-    lateness_seconds: float = Field(ge=0, description="Order event time minus the payment's deadline, or 0 if not past it.")
+    lateness_seconds: float = Field(
+        ge=0, description="Order event time minus the payment's deadline, or 0 if not past it.")

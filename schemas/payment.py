@@ -31,9 +31,10 @@ class Payment(Message):
     def signing_string(self) -> str:
         """`payment_id|order_id|user_id|amount|currency|status|paid_at_ms`, as the contract says."""
         amount = format(self.amount.normalize(), "f")
-        return "|".join(
-            (self.payment_id, self.order_id, self.user_id, amount, self.currency, self.status, str(epoch_ms(self.paid_at)))
-        )
+        return "|".join((
+            self.payment_id, self.order_id, self.user_id, amount, self.currency, self.status,
+            str(epoch_ms(self.paid_at)),
+        ))
 
     def expected_signature(self, key: bytes) -> str:
         return hmac.new(key, self.signing_string().encode("utf-8"), hashlib.sha256).hexdigest()

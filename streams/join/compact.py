@@ -37,7 +37,7 @@ import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -70,7 +70,7 @@ class Fresh:
         return entry(self.t, pack_payment(self.payment), self.flags, self.trace)
 
 
-Pending = Union[bytes, Fresh]  # a pending payment: packed, or fresh since the last commit
+Pending = bytes | Fresh  # a pending payment: packed, or fresh since the last commit
 
 
 def pack_payment(p: Payment) -> bytes:

@@ -3,6 +3,7 @@ it fails (abort, or a new producer under the same transactional.id)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -127,7 +128,8 @@ class JoinProducer:
         remaining = self.producer.flush(60)
         if remaining or self.delivery_failures:
             failed, self.delivery_failures = self.delivery_failures, 0
-            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records undelivered, {failed} failed"))
+            raise KafkaException(
+                KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records undelivered, {failed} failed"))
 
     def retrying(self, call: Callable[[], object], what: str, *, hard: float,
                  limit: float = TXN_RETRY_SECONDS) -> None:
@@ -174,10 +176,8 @@ class JoinProducer:
                 raise JoinFailed(duplicate_instance(self.s)) from cause
         log.warning("starting over with a new producer (%s)", cause.args[0] if cause.args else cause)
         if not wedged:
-            try:
+            with contextlib.suppress(KafkaException):  # a fatally failed producer may refuse; it is dropped either way
                 self.producer.purge()
-            except KafkaException:
-                pass  # a fatally failed producer may refuse; it is dropped either way
         self.producer = Producer(self.conf)
         self.in_txn = False
         if self.eos and not self.init_transactions(timeout=None):

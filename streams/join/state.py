@@ -59,7 +59,7 @@ class BufferedOrder:
     __slots__ = ("cmp", "paid_id", "paid_raw", "paid_t", "persisted", "raw", "trace", "ts")
 
     def __init__(self, ts: int, raw: bytes, cmp: Cmp | None, paid_id: str | None = None, paid_t: int = 0,
-                 paid_raw: bytes | None = None, persisted: bool = False, trace: bytes | None = None):
+                 paid_raw: bytes | None = None, persisted: bool = False, trace: bytes | None = None) -> None:
         self.ts, self.raw, self.cmp, self.persisted = ts, raw, cmp, persisted
         self.paid_id, self.paid_t, self.paid_raw = paid_id, paid_t, paid_raw
         self.trace = trace  # the order record's traceparent, while it waits for its payment
@@ -72,7 +72,7 @@ class RecoveredPayment:
     __slots__ = ("deadline", "late", "payment_id", "persisted", "raw", "recovered_at", "trace")
 
     def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool = False, persisted: bool = False,
-                 recovered_at: int = 0, trace: bytes | None = None):
+                 recovered_at: int = 0, trace: bytes | None = None) -> None:
         self.payment_id, self.deadline, self.raw, self.late, self.persisted = payment_id, deadline, raw, late, persisted
         self.recovered_at = recovered_at  # wall clock (ms) when the recovery was emitted
         self.trace = trace  # the payment's traceparent

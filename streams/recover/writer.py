@@ -263,7 +263,8 @@ class Writer:
 
     async def _dead_letter(self, record: Record, error: str, summary: str) -> None:
         try:
-            await self.send_dead_letter(*self.dead_letter_of(record, error))  # delivered before the record is acknowledged
+            # delivered before the record is acknowledged
+            await self.send_dead_letter(*self.dead_letter_of(record, error))
         except Exception as exc:
             raise DeadLetterNotSent(record, self.s.dlq_topic, exc) from exc
         metrics.DLQ_RECORDS.labels("recover", "invalid").inc()

@@ -98,7 +98,8 @@ def _time(ms: int) -> str:
 def signed_payment(pid: str, oid: str, ts: int, *, amount: str = "10.50", status: str = "succeeded",
                    key: bytes = KEY, paid_at: int | None = None, uid: str = "u1") -> bytes:
     p = Payment.decode(json.dumps({"payment_id": pid, "order_id": oid, "user_id": uid, "amount": amount,
-                                   "currency": "CNY", "status": status, "paid_at": _time(ts if paid_at is None else paid_at),
+                                   "currency": "CNY", "status": status,
+                                   "paid_at": _time(ts if paid_at is None else paid_at),
                                    "metadata": {"game": "baccarat"}}).encode())
     return p.model_copy(update={"signature": p.expected_signature(key)}).encode()
 

@@ -115,7 +115,7 @@ def test_format_2_carries_no_packed_payment_anywhere() -> None:
     h = Harness()
     for oid in ("m", "r", "w"):
         h.pay(BASE, oid=oid, trace=TP, amount=Decimal("12.30"))
-    first = [c for c in h.join.state.take_changes()]
+    first = list(h.join.state.take_changes())
     h.order(BASE + 10, oid="m")
     h.pay(BASE + T + G, oid="z")
     h.order(BASE + T + G, oid="z")

@@ -23,7 +23,8 @@ def _as_read(p: Payment) -> Payment:
 
 
 @settings(max_examples=400, deadline=None)
-@given(payments, st.integers(946_684_800_000, 2**48), st.booleans(), st.sampled_from([None, TP, b"x" * 255, b"y" * 256]))
+@given(payments, st.integers(946_684_800_000, 2**48), st.booleans(),
+       st.sampled_from([None, TP, b"x" * 255, b"y" * 256]))
 def test_a_payment_comes_back_out_of_its_entry_as_the_model_decoded_it(p: Payment, t: int, late: bool,
                                                                         trace: bytes | None) -> None:
     p = _as_read(p)
@@ -48,8 +49,8 @@ def test_a_payment_comes_back_out_of_its_entry_as_the_model_decoded_it(p: Paymen
 def test_raw_payment_records_are_read_too() -> None:
     """Matched pairs and recovered payments may hold a payment's JSON (from an older release,
     or an order that came first): payment() and payment_id_of() read both forms."""
-    raw = b'{"payment_id":"p-1","order_id":"o-1","user_id":"u","amount":"1.50","currency":"EUR",' \
-          b'"status":"succeeded","paid_at":"2026-11-27T08:00:00+08:00"}'
+    raw = (b'{"payment_id":"p-1","order_id":"o-1","user_id":"u","amount":"1.50","currency":"EUR",'
+           b'"status":"succeeded","paid_at":"2026-11-27T08:00:00+08:00"}')
     p = Payment.decode(raw)
     assert compact.payment(raw, "o-1") == p and compact.payment_id_of(raw) == "p-1"
     part = compact.pack_payment(p)
@@ -58,7 +59,8 @@ def test_raw_payment_records_are_read_too() -> None:
 
 
 def test_an_entry_is_smaller_than_the_record_it_replaces() -> None:
-    raw = b'{"payment_id":"p7-0","order_id":"o7-0","user_id":"u42445","amount":"198.72","currency":"HKD",' \
-          b'"status":"succeeded","paid_at":"2027-01-15T08:00:00.000+00:00","metadata":{"game":"baccarat","round":30000000}}'
+    raw = (b'{"payment_id":"p7-0","order_id":"o7-0","user_id":"u42445","amount":"198.72","currency":"HKD",'
+           b'"status":"succeeded","paid_at":"2027-01-15T08:00:00.000+00:00",'
+           b'"metadata":{"game":"baccarat","round":30000000}}')
     e = compact.entry(1_800_000_000_000, compact.pack_payment(Payment.decode(raw)))
     assert sys.getsizeof(e) <= sys.getsizeof(raw) // 2

@@ -154,7 +154,7 @@ def test_late_order_whose_time_is_past_the_deadline_is_emitted_before_the_recove
     h.pay(BASE)
     h.order(D + 1)  # read before the payment is due: late, and the payment will still be recovered
     out = h.take()
-    assert [(l.payment_id, l.lateness_ms) for l in out.late] == [("pay-ord-1", 1)] and out.recoveries == []
+    assert [(x.payment_id, x.lateness_ms) for x in out.late] == [("pay-ord-1", 1)] and out.recoveries == []
     h.order(D + G)
     h.order(D + G, oid="other")
     h.advance()
@@ -172,7 +172,7 @@ def test_order_read_after_the_recovery_is_late_even_inside_the_window() -> None:
     assert h.recovered_ids() == ["pay-ord-1"]
     h.order(BASE + 1_000)  # out of order by more than the grace
     out = h.take()
-    assert [(l.order.order_id, l.recovery_id, l.lateness_ms) for l in out.late] == [
+    assert [(x.order.order_id, x.recovery_id, x.lateness_ms) for x in out.late] == [
         ("ord-1", out.late[0].recovery_id, 0)
     ]
     assert out.matched == 0
@@ -186,7 +186,7 @@ def test_late_order_after_recovery_reports_its_lateness() -> None:
     h.advance(D + G, True, True)
     assert h.recovered_ids() == ["pay-ord-1"]
     h.order(D + 42_000)
-    assert [l.lateness_ms for l in h.take().late] == [42_000]
+    assert [x.lateness_ms for x in h.take().late] == [42_000]
 
 
 def test_order_that_was_read_before_its_payment_but_is_past_the_deadline_is_late() -> None:
@@ -194,7 +194,7 @@ def test_order_that_was_read_before_its_payment_but_is_past_the_deadline_is_late
     h.order(D + 1)
     h.pay(BASE)
     out = h.take()
-    assert [l.lateness_ms for l in out.late] == [1] and out.matched == 0
+    assert [x.lateness_ms for x in out.late] == [1] and out.matched == 0
     h.advance(D + G, True, True)
     assert h.recovered_ids() == ["pay-ord-1"]
 
@@ -356,7 +356,8 @@ def test_payment_with_a_bad_signature_is_reported_and_never_recovered() -> None:
     signed_probe = good.model_copy(update={"order_id": "signed", "payment_id": "pay-signed"})
     signed = signed_probe.model_copy(update={"signature": signed_probe.expected_signature(key)})
     h.join.on_payment(BASE, signed, signed.encode(), h.out)
-    forged = signed.model_copy(update={"order_id": "forged", "payment_id": "pay-forged"})  # signature of another payment
+    # signature of another payment
+    forged = signed.model_copy(update={"order_id": "forged", "payment_id": "pay-forged"})
     h.join.on_payment(BASE, forged, forged.encode(), h.out)
     h.advance(D + G, True, True)
     out = h.take()
@@ -435,7 +436,7 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
         if i % 10:
             h.order(ts + 50, oid=f"o{i}")
         h.advance(ts, True, True)
-    pending, orders, recovered = h.join.sizes()
+    pending, orders, _recovered = h.join.sizes()
     window_records = (T + G) // 100
     assert pending <= window_records and orders <= window_records + 1
     timers = h.join.deadlines
@@ -474,7 +475,8 @@ def test_persisted_entries_are_tombstoned_once_gone() -> None:
     h.order(BASE + 1)  # the persisted pending payment is matched
     h.pay(BASE, oid="early")  # the persisted unmatched order is matched
     assert sorted(_changes(h), key=str) == sorted(
-        [(Store.PENDING, "ord-1", None), (Store.ORDERS, "early", None), (Store.MATCHED, 0, ["ord-1", "early"])], key=str)
+        [(Store.PENDING, "ord-1", None), (Store.ORDERS, "early", None), (Store.MATCHED, 0, ["ord-1", "early"])],
+        key=str)
     assert h.join.state.take_changes() == []
 
 
@@ -598,7 +600,8 @@ def test_pending_payments_go_to_the_changelog_as_they_are_kept_and_older_records
     decoded = changelog.decode(*changelog.encode(changes["o"])).value
     assert decoded.cmp == changes["o"].value.cmp and decoded.raw == changes["o"].value.raw
     older = struct.pack(">qB", BASE, 0) + p.encode()  # format 1: before fields (and traces)
-    fields = b"".join(bytes((len(f),)) + f for f in (p.payment_id.encode(), p.user_id.encode(), b"12.30", p.currency.encode()))
+    fields = b"".join(bytes((len(f),)) + f
+                      for f in (p.payment_id.encode(), p.user_id.encode(), b"12.30", p.currency.encode()))
     format2 = struct.pack(">qB", BASE, 1 | 4 | 8) + bytes((len(TP),)) + TP + fields + p.encode()  # late, trace, fields
     for old, late, trace in ((older, False, None), (format2, True, TP)):
         entry = changelog.decode(b"p:a", old).value

@@ -75,7 +75,7 @@ def check(case: dict) -> None:
 
     assert metrics.JOIN_INTERNAL_ERRORS._value.get() == errors, "the join failed on a record it accepted"
     counts = [sum(1 for r in mixed if r.side == side) for side in (Side.PAYMENT, Side.ORDER)]
-    assert both.sink.offsets == {(topic, 0): n for topic, n in zip(fuzz.TOPICS, counts) if n}, \
+    assert both.sink.offsets == {(topic, 0): n for topic, n in zip(fuzz.TOPICS, counts, strict=True) if n}, \
         "every record decided: the offsets stored reach the end of both partitions"
     for r in both.sink.records:
         trace = dict(r.headers).get("traceparent")

@@ -49,10 +49,13 @@ def test_a_partition_with_records_left_to_fetch_is_waited_for_past_the_time_limi
     pair = _pair()
     _hold(pair, PAYMENT, 10, 20)
     assert _run(pair, 0.0, frozenset({ORDER})) == []
-    assert _run(pair, HOLD_MAX_SECONDS * 3, frozenset({ORDER})) == [], "the orders partition has records left: wait"
-    assert _run(pair, HOLD_MAX_SECONDS * 3, frozenset({PAYMENT})) == ["p10", "p20"], "only the other side's records count"
+    assert _run(pair, HOLD_MAX_SECONDS * 3, frozenset({ORDER})) == [], \
+        "the orders partition has records left: wait"
+    assert _run(pair, HOLD_MAX_SECONDS * 3, frozenset({PAYMENT})) == ["p10", "p20"], \
+        "only the other side's records count"
     _hold(pair, ORDER, *range(1, HOLD_MAX_RECORDS + 2))
-    assert len(_run(pair, HOLD_MAX_SECONDS * 4, frozenset({PAYMENT}))) == HOLD_MAX_RECORDS + 1, "too many held: fed ahead"
+    assert len(_run(pair, HOLD_MAX_SECONDS * 4, frozenset({PAYMENT}))) == HOLD_MAX_RECORDS + 1, \
+        "too many held: fed ahead"
 
 
 def test_a_partition_read_to_its_end_does_not_hold_the_other_back() -> None:
@@ -108,7 +111,11 @@ def test_one_order_from_a_fast_clock_in_a_backlog_recovers_no_payment_whose_orde
         ip, io = ip + batch, io + batch // 2
         pair.ends[PAYMENT].fetch_end, pair.ends[ORDER].fetch_end = ip >= len(pays), io >= len(ords)
         out = Decisions()
-        for side, ts, rec in merge(pair, 0.0, lambda _pair, side: ip < len(pays) if side == PAYMENT else io < len(ords)):
+
+        def unread(_pair: Pair, side: Side, ip: int = ip, io: int = io) -> bool:  # this round's ip and io
+            return ip < len(pays) if side == PAYMENT else io < len(ords)
+
+        for side, ts, rec in merge(pair, 0.0, unread):
             feed(pair, side, ts, rec, out)
         pair.core.advance(now, pair.ends[PAYMENT].fetch_end and not pair.held[PAYMENT],
                           pair.ends[ORDER].fetch_end and not pair.held[ORDER], out)

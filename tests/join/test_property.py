@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,9 +83,11 @@ def scenarios(draw):
     while i < len(ps) or j < len(os):
         take_payment = j >= len(os) or (i < len(ps) and draw(st.booleans()))
         if take_payment:
-            steps.append(ps[i]); i += 1
+            steps.append(ps[i])
+            i += 1
         else:
-            steps.append(os[j]); j += 1
+            steps.append(os[j])
+            j += 1
         if draw(st.integers(0, 3)) == 0:
             steps.append(("advance", i == len(ps), j == len(os), draw(nows)))
     steps.append(("advance", True, True, BASE + 100 * T))
@@ -107,10 +110,10 @@ class Reference:
     def step(self, s) -> None:
         self.steps += 1
         if isinstance(s, tuple):
-            _, payments_at_end, orders_at_end, now = s
+            _, _payments_at_end, orders_at_end, now = s
             # Progress of the orders partition: the wall clock once read to its end, else the
             # largest time two consecutive order records both reach, but never past the wall clock.
-            pairs = zip(self.orders_seen, self.orders_seen[1:])
+            pairs = pairwise(self.orders_seen)  # (first, second), (second, third), ...
             confirmed = max((min(a, b) for a, b in pairs), default=-1)
             progress = now if orders_at_end else min(confirmed, now)
             for oid, (pid, t) in self.first.items():

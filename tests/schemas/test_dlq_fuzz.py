@@ -50,7 +50,8 @@ headers = st.lists(st.tuples(texts | st.sampled_from(["n" * 5000, "\ud800" * 300
                              st.none() | st.binary(max_size=64) | st.just(b"v" * 20_000)), max_size=120)
 
 
-@settings(max_examples=int(os.environ.get("SLIPGUARD_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=int(os.environ.get("SLIPGUARD_FUZZ_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(topic=texts, partition=st.integers(-5, 2**40), offset=st.integers(-5, 2**70),
        timestamp_ms=st.none() | st.integers(-(2**70), 2**70), key=values(), value=values(), error=texts,
        headers=st.none() | headers, minimise=st.booleans(), unreadable=st.booleans(),

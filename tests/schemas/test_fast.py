@@ -9,6 +9,7 @@ and that the fast path does take ordinary records (or it would be no faster).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from datetime import UTC, datetime, timedelta, timezone
@@ -32,7 +33,8 @@ def _same(a: Any, b: Any, where: str = "") -> None:
     assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
     if isinstance(a, Payment | Order | Recovery):
         assert a.__dict__.keys() == b.__dict__.keys(), where
-        assert a.model_fields_set == b.model_fields_set, f"{where}: fields given {a.model_fields_set} vs {b.model_fields_set}"
+        assert a.model_fields_set == b.model_fields_set, \
+            f"{where}: fields given {a.model_fields_set} vs {b.model_fields_set}"
         assert a.__pydantic_extra__ == b.__pydantic_extra__ and a.__pydantic_private__ == b.__pydantic_private__
         for name, value in a.__dict__.items():
             _same(value, b.__dict__[name], f"{where}.{name}")
@@ -77,11 +79,13 @@ def check(cls: type, raw: bytes) -> Any:
 
 metadata = st.dictionaries(
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8),
-    st.integers(-(2**53 - 1), 2**53 - 1) | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+    st.integers(-(2**53 - 1), 2**53 - 1)
+    | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
     | st.floats(allow_nan=False, allow_infinity=False, min_value=-(2**53 - 1), max_value=2**53 - 1)
     | st.booleans() | st.none(), max_size=5)
 offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
-times = st.datetimes(min_value=datetime(1000, 1, 1), timezones=offsets | st.just(UTC))
+# naive on purpose: hypothesis takes naive bounds and adds a zone from `timezones`
+times = st.datetimes(min_value=datetime(1000, 1, 1), timezones=offsets | st.just(UTC))  # noqa: DTZ001
 payments = st.builds(Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
                      status=st.sampled_from(["succeeded", "failed"]), paid_at=times, metadata=st.none() | metadata,
                      signature=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64))
@@ -99,7 +103,8 @@ def _texts(m: Any, rnd: random.Random) -> list[bytes]:
     rnd.shuffle(shuffled)
     nulls = doc | {k: None for k in ("metadata", "signature") if k in type(m).model_fields and k not in doc}
     return [m.encode(), json.dumps(doc).encode(), json.dumps(doc, ensure_ascii=False).encode(),
-            json.dumps(dict(shuffled), separators=(",", ":")).encode(), json.dumps(nulls, separators=(",", ":")).encode()]
+            json.dumps(dict(shuffled), separators=(",", ":")).encode(),
+            json.dumps(nulls, separators=(",", ":")).encode()]
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -137,14 +142,17 @@ def test_the_adversarial_corpus_is_decided_as_the_models_decide(name: str) -> No
 
 
 HOSTILE_VALUES: dict[str, list[Any]] = {
-    "payment_id": ["p\n", "\np", "p\u0000", "ｐ1", "p\u200b", "\ud800", "p" * 10_000],
-    "amount": ["1\n", "\u0661", "00001.5", "0.00", "000000000000.0001", "1_0", "+1", "1.0\n", "１"],
+    # the full-width look-alikes below are hostile input on purpose
+    "payment_id": ["p\n", "\np", "p\u0000", "ｐ1", "p\u200b", "\ud800", "p" * 10_000],  # noqa: RUF001 look-alike input
+    "amount": ["1\n", "\u0661", "00001.5", "0.00", "000000000000.0001", "1_0", "+1", "1.0\n",
+               "１"],  # noqa: RUF001 look-alike input
     "currency": ["EUR\n", "EUR ", "E\u0000R", "Eur"],
     "paid_at": ["2026-11-25T12:00:00Z\n", "2026-11-25T12:00:00.1234567Z", "2026-11-25T12:00:60Z",
                 "2026-11-25T12:60:00Z", "2026-11-25T12:00:00+24:00", "2026-11-25T12:00:00+05:60",
                 "2026-11-25T12:00:00-00:00", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999-23:59",
                 "2024-02-29T00:00:00Z", "2023-02-29T00:00:00Z", "2026-11-25T12:00:00.Z", "2026-11-25T12:00Z",
-                "2026-W48-3T12:00:00Z", "20261125T120000Z", "2026-11-25T12:00:00,5Z", "２０２６-11-25T12:00:00Z"],
+                "2026-W48-3T12:00:00Z", "20261125T120000Z", "2026-11-25T12:00:00,5Z",
+                "２０２６-11-25T12:00:00Z"],  # noqa: RUF001 look-alike input
     "metadata": [{"k": "\u0000"}, {"\u0000": 1}, {"k": "a\"b"}, {"k": "\\\""}, {"k": 1.0}, {"k": -0.0}, {"k": 0},
                  {"k": 2.0**53}, {"k": 1e-300}, {"k": "注单"}, {"k": "\ud83d\ude00"}, {"k": [[[]]]}, {"k": {"k": 1}}],
     "status": ["Succeeded", "succeeded\n", "succeeded\u0000"],
@@ -157,10 +165,8 @@ def _hostile_texts() -> list[bytes]:
     out = []
     for name, values in HOSTILE_VALUES.items():
         for value in values:
-            try:
+            with contextlib.suppress(UnicodeEncodeError):
                 out.append(json.dumps(doc | {name: value}).encode())
-            except UnicodeEncodeError:
-                pass
             out.append(json.dumps(doc | {name: value}, ensure_ascii=True).encode())
     key = b'"payment_id":'
     out += [
@@ -225,7 +231,8 @@ def test_generated_field_values_are_decided_as_the_model_decides(name: str, data
                | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2})?(\.[0-9]{0,8})?"
                                r"([Zz]|[+-][0-9]{2}:?[0-9]{2})?", fullmatch=True)
                | st.from_regex(r"[A-Za-z0-9._:\- ]{0,66}", fullmatch=True))
-    value = data.draw(scalars | st.lists(scalars, max_size=2) | st.dictionaries(st.text(max_size=66), scalars, max_size=34))
+    value = data.draw(scalars | st.lists(scalars, max_size=2)
+                      | st.dictionaries(st.text(max_size=66), scalars, max_size=34))
     for cls, base in ((Payment, payment()), (Order, order())):
         doc = json.loads(base.encode()) | {name: value}
         for raw in (json.dumps(doc).encode(), json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")):

@@ -27,9 +27,11 @@ times = st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)
 payments = st.builds(
     Payment, payment_id=ids, order_id=ids, user_id=ids, amount=amounts, currency=currencies,
     status=st.sampled_from(["succeeded", "failed"]), paid_at=times,
-    metadata=st.none() | st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8),
-                                          st.integers(-(2**53 - 1), 2**53 - 1) | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-                                                                  max_size=8), max_size=4),
+    metadata=st.none() | st.dictionaries(
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8),
+        st.integers(-(2**53 - 1), 2**53 - 1)
+        | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8),
+        max_size=4),
 )
 orders = st.builds(Order, order_id=ids, user_id=ids, amount=amounts, currency=currencies, created_at=times)
 
@@ -59,7 +61,8 @@ def test_output_messages_round_trip() -> None:
     p = payment()
     rec = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
                    deadline=T0 + timedelta(seconds=60), detected_at=T0 + timedelta(seconds=66))
-    late = LateOrder(order_id="ord-1", order=order(), payment_id="pay-1", recovery_id=rec.recovery_id, lateness_seconds=3.5)
+    late = LateOrder(order_id="ord-1", order=order(), payment_id="pay-1", recovery_id=rec.recovery_id,
+                     lateness_seconds=3.5)
     anomaly = Anomaly(kind="amount_mismatch", order_id="ord-1", payments=[p], order=order(), detected_at=T0)
     dead = DeadLetter(source_topic="payments", partition=0, offset=7, key_b64=DeadLetter.b64(b"k"),
                       value_b64=DeadLetter.b64(b"\xff"), error="bad", failed_at=T0)
