@@ -107,7 +107,8 @@ class JoinWorker:
         """Check the topics (creating the changelog if missing), initialise transactions
         (exactly_once), then join the group."""
         try:
-            said = ensure_join_topics(self.settings, timeout=self.settings.topic_wait / 1000, stopping=lambda: self.stopping)
+            said = ensure_join_topics(self.settings, timeout=self.settings.topic_wait / 1000,
+                                      stopping=lambda: self.stopping)
         except TopicLayoutError as exc:
             raise JoinFailed(str(exc)) from None
         if said is None:
@@ -119,9 +120,8 @@ class JoinWorker:
 
     @property
     def ready(self) -> bool:
-        """/readyz: assigned partitions restored, and the broker reachable: by the client's
-        statistics (served while the loop consumes) and by a commit not waiting for long
-        (a commit that waits for an absent broker holds the loop, and the statistics with it)."""
+        """/readyz: assigned partitions restored, and the broker reachable by the client's
+        statistics and by a commit not waiting long (one waiting holds the loop and them)."""
         return self.assigned and not self.restorer.busy and self.broker_up and not self.checkpoint.stuck(READY_COMMIT_S)
 
     @property
@@ -133,8 +133,7 @@ class JoinWorker:
         self.loop_at = time.monotonic()
 
     def _on_stats(self, stats_json: str) -> None:
-        # Served from consume(), once a second: which brokers (not bootstrap stand-ins) are up,
-        # and whether the leaders of the assigned partitions stayed up (progress.EndWatch).
+        # From consume(), once a second: brokers up (readiness), leaders that stayed up (progress.EndWatch).
         try:
             stats = json.loads(stats_json)
         except ValueError:

@@ -67,7 +67,7 @@ def test_strimzi_users_are_v1_for_strimzi_1_and_v1beta2_on_request() -> None:
     v1 = acls.strimzi_user(s, "join")
     assert v1.startswith("apiVersion: kafka.strimzi.io/v1\n")
     assert acls.strimzi_user(s, "join", api_version="v1beta2") == v1.replace("/v1\n", "/v1beta2\n", 1)
-    with pytest.raises(ValueError, match="v1beta1.*expected one of v1, v1beta2"):
+    with pytest.raises(ValueError, match=r"v1beta1.*expected one of v1, v1beta2"):
         acls.strimzi_user(s, "join", api_version="v1beta1")
 
 
