@@ -165,3 +165,65 @@ def test_fuzzed_inputs_good_ones_joined_as_planned_bad_ones_dead_lettered_worker
         assert worker.poll() is None, log.read_text()[-3000:]
     finally:
         assert stop(worker) == 0, log.read_text()[-3000:]
+
+
+def _produce_big(s, topic: str, records: list[tuple[bytes, bytes, int, list]]) -> None:
+    """(key, value, timestamp, headers) records up to the topic's limit (1,048,588 bytes):
+    the project's producer stops at 1,000,000, as the join's does."""
+    from confluent_kafka import Producer
+
+    from streams.kafka import config
+
+    failed: list[str] = []
+    p = Producer(config.producer(s, **{"message.max.bytes": 1_048_000, "batch.size": 1_048_000},
+                                 on_delivery=lambda err, _m: err is not None and failed.append(str(err))))
+    for key, value, ts, headers in records:
+        p.produce(topic, value, key, timestamp=ts, headers=headers)
+    assert p.flush(30) == 0 and not failed, failed
+
+
+def test_the_reviews_records_neither_kill_nor_stall_nor_fool_the_join(base_settings, tmp_path) -> None:
+    """The review's cases, on the real broker, with personal data minimised as the
+    Kubernetes overlays run it: a payment holding a lone surrogate (escaped, and as raw
+    bytes ED A0 80) killed the worker while its dead letter was built; a 999,000-byte
+    traceparent made the DLQ produce fail and the worker re-read the same record forever,
+    and a 1,000,000-byte one did it to a recovery; a signed payment re-published two hours
+    later was recovered with no anomaly."""
+    from schemas import Anomaly, Recovery, recovery_id_for
+    from schemas.fields import from_epoch_ms
+    from tests.factories import payment_signed
+
+    key = "review-hmac-key-of-32-bytes-long"
+    s = _settings(base_settings, commit_interval="200ms", minimise_personal_data="true", payment_hmac_key=key)
+    now = int(time.time() * 1000)
+    good = payment_signed(key.encode(), payment_id="p-ok", order_id="o-ok", paid_at=from_epoch_ms(now - 30_000))
+    replayed = payment_signed(key.encode(), order_id="replayed", paid_at=from_epoch_ms(now - 7_200_000))
+    surrogate_escaped = b'{"payment_id":"p1","order_id":"s1","user_id":"\\ud800","metadata":{"k":"v"}}'
+    surrogate_raw = b'{"payment_id":"p2","order_id":"s2","user_id":"u\xed\xa0\x80","metadata":{"k":"v"}}'
+    _produce_big(s, s.payments_topic, [
+        (b"s1", surrogate_escaped, now - 30_000, []),
+        (b"s2", surrogate_raw, now - 30_000, []),
+        (b"h1", b'{"not":"a payment"}', now - 30_000, [("traceparent", b"x" * 999_000)]),
+        (b"o-big", payment(payment_id="p-big", order_id="o-big").encode(), now - 30_000,
+         [("traceparent", b"y" * 1_000_000)]),
+        (b"replayed", replayed.encode(), now - 10_000, []),  # its event time now, its paid_at two hours ago
+        (b"o-ok", good.encode(), now - 30_000, [("traceparent", b"z" * 100)]),  # after them: not stalled
+    ])
+    log = tmp_path / "join.log"
+    worker = start(s, ["join"], log)
+    try:
+        wait_until_done(s, 6, timeout=60)
+        dead = {base64.b64decode(d.key_b64 or ""): d for d in
+                (DeadLetter.decode(m.value()) for m in consume_all(s, s.dlq_topic, 4, timeout=30))}
+        assert set(dead) == {b"s1", b"s2", b"h1", b"o-big"}, set(dead)
+        assert all(d.value_redacted for k, d in dead.items() if k in (b"s1", b"s2")), "minimised letters"
+        recoveries = {Recovery.decode(m.value()).payment.payment_id: m for m in consume_all(s, s.recovery_topic, 2)}
+        assert set(recoveries) == {"p-ok", replayed.payment_id}, "the replay is handled as usual"
+        assert Recovery.decode(recoveries[replayed.payment_id].value()).recovery_id == \
+            recovery_id_for(replayed.payment_id), "with the recovery_id of its payment_id: written once"
+        assert "traceparent" not in dict(recoveries["p-ok"].headers() or []), "a header that is no traceparent"
+        kinds = [Anomaly.decode(m.value()).kind for m in consume_all(s, s.anomalies_topic, 1, timeout=10)]
+        assert kinds == ["paid_at_skew"]
+        assert worker.poll() is None, log.read_text()[-3000:]
+    finally:
+        assert stop(worker) == 0, log.read_text()[-3000:]
