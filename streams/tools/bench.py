@@ -57,6 +57,10 @@ class WorkloadFigures:
     changelog_records_per_event: float
     pending_entries_peak: int
     released_by_hold_limits: int  # records fed ahead of their pair's other partition (merge's hold limits)
+    # The Kafka share: what the client costs the join, apart from the join's own work.
+    read_only_us_per_event: float  # consume() and the Message objects, nothing read of them but the value
+    commit_us_per_event: float  # the join's commits (changelog produce, offsets, transaction), per event
+    produce_us_per_record: float  # one produce() into an open transaction, ~200-byte records
 
 
 @dataclass
@@ -121,12 +125,22 @@ def _released() -> int:
     return int(sum(metrics.JOIN_HOLD_RELEASED.labels(limit)._value.get() for limit in ("seconds", "records")))
 
 
-def drain(s: Settings, total: int) -> tuple[float, float, int, int, int]:
+def drain(s: Settings, total: int) -> tuple[float, float, int, int, int, float]:
     """Run the join until it has consumed and committed every input record: events/s,
-    CPU seconds per million, peak pending payments, changelog records written."""
+    CPU seconds per million, peak pending payments, changelog records written, records
+    released by the hold limits, seconds spent committing."""
     written0, released0 = metrics.JOIN_CHANGELOG_RECORDS._value.get(), _released()
     worker = JoinWorker(s)
     worker.subscribe()
+    committing = [0.0]
+    commit = worker.commit
+
+    def timed_commit(**kwargs: bool) -> None:
+        t0 = time.perf_counter()
+        commit(**kwargs)
+        committing[0] += time.perf_counter() - t0
+
+    worker.commit = timed_commit  # type: ignore[method-assign]
     peak_pending = 0
     started = None
     cpu0 = time.process_time()
@@ -143,7 +157,45 @@ def drain(s: Settings, total: int) -> tuple[float, float, int, int, int]:
     cpu = time.process_time() - cpu0
     worker.close()
     return (total / took, cpu / total * 1e6, peak_pending, int(metrics.JOIN_CHANGELOG_RECORDS._value.get() - written0),
-            _released() - released0)
+            _released() - released0, committing[0])
+
+
+def read_only(s: Settings, total: int) -> float:
+    """µs per event to consume the records and make their Message objects, nothing else."""
+    c = Consumer(config.consumer(s, f"{s.join_group}-read-only", **{"enable.partition.eof": False,
+                                                                     "fetch.max.bytes": 52_428_800}))
+    c.subscribe([s.payments_topic, s.orders_topic])
+    n, started = 0, None
+    while n < total:
+        for m in c.consume(10_000, timeout=1.0):
+            if m.error():
+                continue
+            if started is None:
+                started = time.perf_counter()
+            m.value()
+            n += 1
+    took = time.perf_counter() - (started or time.perf_counter())
+    c.close()
+    return took / n * 1e6
+
+
+def produce_cost(s: Settings, records: int = 200_000) -> float:
+    """µs per produce() of a ~200-byte record into an open transaction, delivered and
+    committed (as the join writes its changelog)."""
+    p = Producer(config.producer(s, transactional_id=f"{s.join_group}-produce-cost", **{"linger.ms": 50}))
+    p.init_transactions(30)
+    p.begin_transaction()
+    value = b"v" * 200
+    started = time.perf_counter()
+    for i in range(records):
+        while True:
+            try:
+                p.produce(s.changelog_topic, value, b"p:%d" % i, i % s.partitions)
+                break
+            except BufferError:
+                p.poll(0.01)
+    p.commit_transaction(60)
+    return (time.perf_counter() - started) / records * 1e6
 
 
 def bytes_per_pending(n: int = 100_000) -> float:
@@ -269,11 +321,14 @@ def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFi
     print(f"bench [{name}]: ceiling (read + decode only) ...", file=sys.stderr, flush=True)
     ceil = ceiling(b, total)
     print(f"bench [{name}]: join ({b.processing_guarantee}, durable state) ...", file=sys.stderr, flush=True)
-    rate, cpu_per_m, peak, written, released = drain(b, total)
+    rate, cpu_per_m, peak, written, released, committing = drain(b, total)
+    print(f"bench [{name}]: the Kafka share (consume only, produce) ...", file=sys.stderr, flush=True)
     return WorkloadFigures(workload=name, events=total, ceiling_events_per_s=round(ceil), join_events_per_s=round(rate),
                            ratio=round(rate / ceil, 3), join_cpu_s_per_million=round(cpu_per_m, 2),
                            changelog_records_per_event=round(written / total, 3), pending_entries_peak=peak,
-                           released_by_hold_limits=released)
+                           released_by_hold_limits=released, read_only_us_per_event=round(read_only(b, total), 3),
+                           commit_us_per_event=round(committing / total * 1e6, 3),
+                           produce_us_per_record=round(produce_cost(b), 3))
 
 
 def run(s: Settings, events: int, partitions: int, live_rate: float, live_seconds: float,
@@ -309,6 +364,9 @@ def report(f: Figures) -> str:
             (f"[{w.workload}] changelog records per input event", f"{w.changelog_records_per_event:.3f}"),
             (f"[{w.workload}] pending payments at peak", f"{w.pending_entries_peak:,}"),
             (f"[{w.workload}] records released by the merge's hold limits", f"{w.released_by_hold_limits:,}"),
+            (f"[{w.workload}] Kafka share: consume + Message objects", f"{w.read_only_us_per_event:.2f} µs per event"),
+            (f"[{w.workload}] Kafka share: the join's commits", f"{w.commit_us_per_event:.2f} µs per event"),
+            (f"[{w.workload}] Kafka share: one produce() in a transaction", f"{w.produce_us_per_record:.2f} µs"),
         ]
     rows += [
         ("peak RSS of the process", f"{f.join_peak_rss_mb:.0f} MB"),
