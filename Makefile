@@ -7,10 +7,13 @@ PYTEST_ARGS ?=
 
 .PHONY: venv tools up down status topics demo test test-unit fuzz bench schemas image pin-image clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@# The native record path (Rust, PyO3): built where cargo is; elsewhere the Python core runs.
+	@if command -v cargo >/dev/null; then $(BIN)/pip install -q ./native; \
+	else echo "venv: cargo not found: the join runs its Python core (install Rust, then make venv, for the native one)"; fi
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -26,6 +26,11 @@ from tests.schemas.test_schemas import _ADVERSARIAL, _corpus, amounts, currencie
 
 MODELS = {"payment": Payment, "order": Order, "recovery": Recovery}
 FAST = {Payment: fast.payment, Order: fast.order, Recovery: fast.recovery}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+try:
+    import slipguard_native as NATIVE  # noqa: N812 (the module, as streams/join/native.py names it)
+except ImportError:  # not built: tests/join/test_native.py says so
+    NATIVE = None
 
 
 def _same(a: Any, b: Any, where: str = "") -> None:
@@ -60,9 +65,38 @@ def _outcome(decode: Any, raw: bytes) -> Any:
         return (type(exc), str(exc))
 
 
+def _native_view(m: Any) -> tuple:
+    """A model as the native decoder returns it (slipguard_native.decode_*)."""
+    def when(t: datetime) -> tuple[int, int]:
+        offset = t.utcoffset()
+        return (t - EPOCH) // timedelta(microseconds=1), int(offset.total_seconds()) if offset else 0
+
+    meta = m.metadata
+    if isinstance(m, Payment):
+        return (m.payment_id, m.order_id, m.user_id, str(m.amount), m.currency, m.status, when(m.paid_at), meta,
+                m.signature)
+    return m.order_id, m.user_id, str(m.amount), m.currency, when(m.created_at), meta
+
+
+def _check_native(cls: type, raw: bytes, by_model: Any) -> Any:
+    """The native decoder (when built) on one record: unsure, or the model's very values."""
+    decode = {Payment: getattr(NATIVE, "decode_payment", None), Order: getattr(NATIVE, "decode_order", None)}.get(cls)
+    if decode is None:
+        return None
+    got = decode(raw)
+    if got is not None:
+        assert not isinstance(by_model, tuple), f"native accepted what the model rejects: {by_model}: {raw[:300]!r}"
+        want = _native_view(by_model)
+        assert got[:-2] == want[:-2] and got[-1] == want[-1] or cls is Order and got[:-1] == want[:-1], (got, want)
+        meta_got, meta_want = (got[-2], want[-2]) if cls is Payment else (got[-1], want[-1])
+        _same(meta_got, meta_want, f"{cls.__name__}.metadata (native)")
+    return got
+
+
 def check(cls: type, raw: bytes) -> Any:
     """The rule on one record; returns what the fast path made (None: unsure)."""
     by_model = _outcome(cls.decode, raw)
+    _check_native(cls, raw, by_model)
     made = FAST[cls](raw)
     if made is not None:
         assert not isinstance(by_model, tuple), f"fast path accepted what the model rejects: {by_model}: {raw[:300]!r}"
@@ -126,6 +160,8 @@ def test_the_fast_path_takes_ordinary_records() -> None:
                                     deadline=datetime.now(UTC), detected_at=datetime.now(UTC)).encode())]
     for cls, raw in ordinary:
         assert check(cls, raw) is not None, raw
+        if NATIVE is not None and cls is not Recovery:
+            assert _check_native(cls, raw, cls.decode(raw)) is not None, f"native unsure of {raw!r}"
 
 
 # ---------------------------------------------------------------- adversarial records
