@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas import Payment
 from schemas.fields import ISO_4217
 from streams.join import compact
 from tests.schemas.test_fast import NATIVE, payments
@@ -35,7 +36,8 @@ def test_the_native_currencies_are_the_models() -> None:
 @given(payments.filter(lambda p: p.status == "succeeded"), st.integers(946_684_800_000, 2**48),
        st.sampled_from([0, compact.LATE, compact.PERSISTED, compact.LATE | compact.PERSISTED]),
        st.none() | st.sampled_from([b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01", b"t" * 255, b"x" * 256]))
-def test_a_native_compact_entry_is_byte_for_byte_the_pythons(p, t: int, flags: int, trace: bytes | None) -> None:  # noqa: ANN001
+def test_a_native_compact_entry_is_byte_for_byte_the_pythons(p: Payment, t: int, flags: int,
+                                                               trace: bytes | None) -> None:
     raw = p.encode()
     want = compact.entry(t, compact.pack_payment(p), flags, trace)
     assert NATIVE.pack_payment(raw, t, flags, trace) == want

@@ -87,9 +87,9 @@ def _check_native(cls: type, raw: bytes, by_model: Any) -> Any:
     if got is not None:
         assert not isinstance(by_model, tuple), f"native accepted what the model rejects: {by_model}: {raw[:300]!r}"
         want = _native_view(by_model)
-        assert got[:-2] == want[:-2] and got[-1] == want[-1] or cls is Order and got[:-1] == want[:-1], (got, want)
-        meta_got, meta_want = (got[-2], want[-2]) if cls is Payment else (got[-1], want[-1])
-        _same(meta_got, meta_want, f"{cls.__name__}.metadata (native)")
+        meta = 7 if cls is Payment else 5  # the metadata's place: compared value by value, type by type
+        assert got[:meta] + got[meta + 1:] == want[:meta] + want[meta + 1:], (got, want)
+        _same(got[meta], want[meta], f"{cls.__name__}.metadata (native)")
     return got
 
 
