@@ -1,12 +1,16 @@
 //! slipguard's join record path in Rust, for Python (PyO3). See native/README.md.
 
+mod core;
 mod currencies;
 mod decode;
+mod entries;
 mod json;
+mod omap;
 mod pack;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyTuple};
 
 use decode::{Meta, Metadata, Time};
 
@@ -67,6 +71,187 @@ fn plain_amount(text: &str) -> String {
     decode::plain_amount(text)
 }
 
+
+/// A metadata dict as the models keep it (flat: str, int within ±(2^53-1), float, bool, None).
+fn metadata_of(d: Option<&Bound<'_, PyDict>>) -> PyResult<Option<Metadata>> {
+    let Some(d) = d else { return Ok(None) };
+    let mut out = Vec::with_capacity(d.len());
+    for (k, v) in d.iter() {
+        let key: String = k.extract()?;
+        let value = if v.is_none() {
+            Meta::Null
+        } else if v.is_instance_of::<PyBool>() {
+            Meta::Bool(v.extract()?)
+        } else if v.is_instance_of::<PyInt>() {
+            Meta::Int(v.extract()?)
+        } else if v.is_instance_of::<PyFloat>() {
+            Meta::Float(v.extract()?)
+        } else {
+            Meta::Str(v.extract()?)
+        };
+        out.push((key, value));
+    }
+    Ok(Some(out))
+}
+
+fn currency_of(code: &str) -> PyResult<&'static str> {
+    currencies::CURRENCIES.iter().copied().find(|c| *c == code)
+        .ok_or_else(|| PyValueError::new_err(format!("not an ISO 4217 code: {code:?}")))
+}
+
+/// A payment's fields as Python gives them for a record the native decoder was unsure of
+/// and the model accepted (streams/join/native.py: payment_fields).
+type PaymentFields<'py> = (String, String, String, String, String, bool, i64, i32, Option<Bound<'py, PyDict>>, Option<Vec<u8>>);
+type OrderFields<'py> = (String, String, String, String, i64, i32, Option<Bound<'py, PyDict>>);
+
+fn payment_of(f: PaymentFields<'_>) -> PyResult<decode::Payment> {
+    let (payment_id, order_id, user_id, amount, currency, succeeded, epoch_us, offset_s, meta, sig) = f;
+    let signature = match sig {
+        None => None,
+        Some(s) => Some(<[u8; 32]>::try_from(s.as_slice()).map_err(|_| PyValueError::new_err("a signature is 32 bytes"))?),
+    };
+    Ok(decode::Payment { payment_id, order_id, user_id, amount, currency: currency_of(&currency)?, succeeded,
+                         paid_at: Time { epoch_us, offset_s }, metadata: metadata_of(meta.as_ref())?, signature })
+}
+
+fn order_of(f: OrderFields<'_>) -> PyResult<decode::Order> {
+    let (order_id, user_id, amount, currency, epoch_us, offset_s, meta) = f;
+    Ok(decode::Order { order_id, user_id, amount, currency: currency_of(&currency)?,
+                       created_at: Time { epoch_us, offset_s }, metadata: metadata_of(meta.as_ref())? })
+}
+
+/// The join's rules for one pair, natively (core::Core), driven record by record: for the
+/// differential tests against streams.join.core.PartitionJoin.
+#[pyclass(unsendable)]
+struct Core {
+    inner: core::Core,
+}
+
+fn decision<'py>(py: Python<'py>, d: &core::Decision) -> PyResult<Bound<'py, PyTuple>> {
+    let bytes = |b: &[u8]| PyBytes::new(py, b);
+    let tr = |t: &Vec<Vec<u8>>| PyTuple::new(py, t.iter().map(|x| PyBytes::new(py, x)));
+    Ok(match d {
+        core::Decision::Recover { order_id, record, deadline, traces } => {
+            ("recover", order_id, bytes(record), deadline, tr(traces)?).into_pyobject(py)?
+        }
+        core::Decision::Late { order, order_ts, payment_id, lateness, traces } => {
+            ("late", bytes(order), order_ts, payment_id, lateness, tr(traces)?).into_pyobject(py)?
+        }
+        core::Decision::Flag { kind, order_id, payments, order, traces } => {
+            let pays = PyTuple::new(py, payments.iter().map(|x| PyBytes::new(py, x)))?;
+            ("flag", kind, order_id, pays, order.as_deref().map(bytes), tr(traces)?).into_pyobject(py)?
+        }
+    })
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (timeout_ms, grace_ms, late_horizon_ms, hmac_keys=Vec::new()))]
+    fn new(timeout_ms: i64, grace_ms: i64, late_horizon_ms: i64, hmac_keys: Vec<Vec<u8>>) -> Self {
+        Core { inner: core::Core::new(core::Params { timeout_ms, grace_ms, late_horizon_ms, hmac_keys }) }
+    }
+
+    /// False when the native decoder is unsure of the record (the model decides it).
+    #[pyo3(signature = (ts, raw, trace=None))]
+    fn on_payment(&mut self, ts: i64, raw: &[u8], trace: Option<&[u8]>) -> bool {
+        match decode::payment(raw) {
+            Some(p) => {
+                self.inner.on_payment(ts, p, raw, trace);
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[pyo3(signature = (ts, raw, trace=None))]
+    fn on_order(&mut self, ts: i64, raw: &[u8], trace: Option<&[u8]>) -> bool {
+        match decode::order(raw) {
+            Some(o) => {
+                self.inner.on_order(ts, o, raw, trace);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A payment the native decoder was unsure of, as the model decoded it (its fields).
+    #[pyo3(signature = (ts, fields, raw, trace=None))]
+    fn on_payment_fields(&mut self, ts: i64, fields: PaymentFields<'_>, raw: &[u8], trace: Option<&[u8]>) -> PyResult<()> {
+        self.inner.on_payment(ts, payment_of(fields)?, raw, trace);
+        Ok(())
+    }
+
+    #[pyo3(signature = (ts, fields, raw, trace=None))]
+    fn on_order_fields(&mut self, ts: i64, fields: OrderFields<'_>, raw: &[u8], trace: Option<&[u8]>) -> PyResult<()> {
+        self.inner.on_order(ts, order_of(fields)?, raw, trace);
+        Ok(())
+    }
+
+    fn advance(&mut self, now_ms: i64, payments_at_end: bool, orders_at_end: bool) {
+        self.inner.advance(now_ms, payments_at_end, orders_at_end);
+    }
+
+    /// (decisions, (matched, duplicates, ignored_failed)) since the last call.
+    fn take_decisions<'py>(&mut self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, (u64, u64, u64))> {
+        let list = PyList::empty(py);
+        for d in std::mem::take(&mut self.inner.decisions) {
+            list.append(decision(py, &d)?)?;
+        }
+        let c = std::mem::take(&mut self.inner.counts);
+        Ok((list, (c.matched, c.duplicates, c.ignored_failed)))
+    }
+
+    /// The net changes since the last call, as changelog records (key, value or None).
+    fn take_changes<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for (k, v) in self.inner.take_changes() {
+            list.append((PyBytes::new(py, &k), v.as_deref().map(|v| PyBytes::new(py, v))))?;
+        }
+        Ok(list)
+    }
+
+    /// Rebuild from the changelog's last value per key, in the order read.
+    #[pyo3(signature = (latest, now_ms=0))]
+    fn restore(&mut self, latest: Vec<(Vec<u8>, Option<Vec<u8>>)>, now_ms: i64) -> PyResult<()> {
+        self.inner.restore(&latest, now_ms).map_err(|core::Unreadable(why)| PyValueError::new_err(why))
+    }
+
+    fn sizes(&self) -> (usize, usize, usize) {
+        self.inner.sizes()
+    }
+
+    fn oldest_pending_time(&mut self) -> Option<i64> {
+        self.inner.oldest_pending_time()
+    }
+
+    fn timer_count(&self) -> usize {
+        self.inner.timer_count()
+    }
+
+    /// What it remembers, in the terms of tests/join/test_property.py's _state: pending
+    /// {oid: (t, flags without PERSISTED, packed part, trace)}, recovered {oid: (payment_id,
+    /// deadline, late, trace)}, orders {oid: (ts, paid_id)}.
+    fn state<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let pending = PyDict::new(py);
+        for (oid, e) in self.inner.pending.iter() {
+            let packed = e.packed();
+            let part = entries::part_of(&packed).to_vec();
+            let t = (e.t(), packed[8] & !pack::PERSISTED, PyBytes::new(py, &part), e.trace().map(|t| PyBytes::new(py, t)));
+            pending.set_item(oid, t)?;
+        }
+        let recovered = PyDict::new(py);
+        for (oid, r) in self.inner.recovered.iter() {
+            recovered.set_item(oid, (&r.payment_id, r.deadline, r.late, r.trace.as_deref().map(|t| PyBytes::new(py, t))))?;
+        }
+        let orders = PyDict::new(py);
+        for (oid, o) in self.inner.orders.iter() {
+            orders.set_item(oid, (o.ts, o.paid_id.as_deref()))?;
+        }
+        PyTuple::new(py, [pending.into_any(), orders.into_any(), recovered.into_any()])
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -75,5 +260,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_order, m)?)?;
     m.add_function(wrap_pyfunction!(pack_payment, m)?)?;
     m.add_function(wrap_pyfunction!(plain_amount, m)?)?;
+    m.add_class::<Core>()?;
     Ok(())
 }

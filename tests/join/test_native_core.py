@@ -1,0 +1,228 @@
+"""The native core (slipguard_native.Core, native/src/core.rs) held to the Python one
+(streams/join/core.py, the reference) on the same records: the same decisions in the same
+order, the same counts, the same state after every step, the same changelog records byte
+for byte at every commit, and the same behaviour after both are rebuilt from that
+changelog.
+
+The timing of the records comes from tests/join/test_property.py's scenarios (disorder,
+duplicates, second payments, orders before, inside, on the edge of and after the window,
+fast clocks, forgeries, time advancing at random points); each record is then dressed
+at random: its user, amount text and currency matching or not, metadata of every kind,
+paid_at with an offset, microseconds and a skew, signed with the current key, the
+previous one or forged, a traceparent or none, and written as producers write JSON
+(escapes, spaces, key order, explicit nulls). A record the native decoder is unsure of
+goes in as the model's fields, as the pipeline does, and so do some it is sure of.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import Order, Payment
+from streams.join import changelog, compact
+from streams.join.core import Decisions, JoinParams, PartitionJoin
+from streams.join.native import NATIVE, order_fields, payment_fields
+from tests.join.harness import BASE, G, H, T, at
+from tests.join.test_property import Ev, scenarios
+from tests.schemas.test_fast import _texts, metadata, offsets
+
+pytestmark = pytest.mark.skipif(NATIVE is None, reason="slipguard_native not built (no cargo)")
+
+KEY = b"native-differential-hmac-key-32b"
+PREVIOUS = b"the-previous-hmac-key-of-32bytes"
+TRACES = [b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", b"t" * 255]
+
+
+# ---------------------------------------------------------------- records
+
+
+@st.composite
+def _payment(draw: st.DrawFn, e: Ev) -> bytes:
+    paid_at = at(e.ts) + timedelta(milliseconds=draw(st.sampled_from([0, 0, 0, 0, T, T + 1, -T, -T - 1, 2 * H])),
+                                   microseconds=draw(st.sampled_from([0, 0, 1, 999])))
+    if draw(st.booleans()):
+        paid_at = paid_at.astimezone(draw(offsets))
+    p = Payment(payment_id=e.pid, order_id=e.oid, user_id=draw(st.sampled_from(["u1", "u1", "u1", "u2", "U-2:x.y"])),
+                amount=Decimal(draw(st.sampled_from(["10.50", "10.50", "10.5", "10.51", "1E+1", "0.0001"]))),
+                currency=draw(st.sampled_from(["CNY", "CNY", "CNY", "USD"])), status=e.status, paid_at=paid_at,
+                metadata=draw(st.none() | metadata))
+    key = draw(st.sampled_from([KEY, KEY, KEY, PREVIOUS]))
+    sig = "0" * 64 if e.forged else p.expected_signature(key)
+    p = p.model_copy(update={"signature": draw(st.sampled_from([sig, sig, sig, None])) if e.forged else sig})
+    raw = draw(st.sampled_from(_texts(p, random.Random(draw(st.integers(0, 9))))))
+    return _lower_case_t(raw) if draw(st.integers(0, 9)) == 0 else raw
+
+
+@st.composite
+def _order(draw: st.DrawFn, e: Ev) -> bytes:
+    created_at = at(e.ts) + timedelta(microseconds=draw(st.sampled_from([0, 0, 1, 999])))
+    if draw(st.booleans()):
+        created_at = created_at.astimezone(draw(offsets))
+    o = Order(order_id=e.oid, user_id=draw(st.sampled_from(["u1", "u1", "u1", "u3"])),
+              amount=Decimal(draw(st.sampled_from(["10.50", "10.50", "10.500", "10.5", "9.99"]))),
+              currency=draw(st.sampled_from(["CNY", "CNY", "CNY", "EUR"])), created_at=created_at,
+              metadata=draw(st.none() | metadata))
+    raw = draw(st.sampled_from(_texts(o, random.Random(draw(st.integers(0, 9))))))
+    return _lower_case_t(raw) if draw(st.integers(0, 9)) == 0 else raw
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[Any]:
+    """Scenario steps with each record dressed: ("pay" | "order", ts, raw, trace, via_fields),
+    or ("advance", payments_at_end, orders_at_end, now)."""
+    out: list[Any] = []
+    for s in draw(scenarios()):
+        if isinstance(s, tuple):
+            out.append(s)
+            if draw(st.integers(0, 5)) == 0:  # the late horizon's edge of what this advance recovers
+                out.append((*s[:3], s[3] + H + draw(st.sampled_from([-1, 0]))))
+            continue
+        raw = draw(_payment(s) if s.kind == "pay" else _order(s))
+        trace = draw(st.sampled_from([None, None, *TRACES]))
+        out.append((s.kind, s.ts, raw, trace, draw(st.integers(0, 4)) == 0))
+    return out
+
+
+# ---------------------------------------------------------------- the two cores, side by side
+
+
+def _payment_of(record: bytes, oid: str) -> bytes:
+    return compact.payment(record, oid).encode()
+
+
+def _python_decisions(out: Decisions) -> list[tuple]:
+    """Decisions as comparable tuples, in the order the worker writes them."""
+    got: list[tuple] = [("recover", r.payment.order_id, r.payment.encode(), r.deadline_ms, r.traces)
+                        for r in out.recoveries]
+    got += [("late", x.order.encode(), x.order_ts, x.payment_id, x.lateness_ms, x.traces) for x in out.late]
+    got += [("flag", f.kind, f.order_id, tuple(p.encode() for p in f.payments),
+             None if f.order is None else f.order.encode(), f.traces) for f in out.anomalies]
+    return got
+
+
+def _native_decisions(decisions: list[tuple]) -> list[tuple]:
+    by_kind: dict[str, list[tuple]] = {"recover": [], "late": [], "flag": []}
+    for d in decisions:
+        if d[0] == "recover":
+            _, oid, record, deadline, traces = d
+            by_kind["recover"].append(("recover", oid, _payment_of(record, oid), deadline, traces))
+        elif d[0] == "late":
+            _, order, ts, pid, lateness, traces = d
+            by_kind["late"].append(("late", Order.decode(order).encode(), ts, pid, lateness, traces))
+        else:
+            _, kind, oid, payments, order, traces = d
+            by_kind["flag"].append(("flag", kind, oid, tuple(_payment_of(p, oid) for p in payments),
+                                    None if order is None else Order.decode(order).encode(), traces))
+    return by_kind["recover"] + by_kind["late"] + by_kind["flag"]
+
+
+def _python_state(join: PartitionJoin) -> tuple:
+    pending = {oid: e if isinstance(e, bytes) else e.packed() for oid, e in join.pending.items()}
+    return (
+        {oid: (compact.t_of(e), compact.flags_of(e) & ~compact.PERSISTED, compact.part_of(e), compact.trace_of(e))
+         for oid, e in pending.items()},
+        {oid: (e.ts, e.paid_id) for oid, e in join.orders.items()},
+        {oid: (e.payment_id, e.deadline, e.late, e.trace) for oid, e in join.recovered.items()},
+    )
+
+
+class Twins:
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        self.keys = keys
+        self.py = PartitionJoin(JoinParams(T, G, H, keys))
+        self.nat = NATIVE.Core(T, G, H, list(keys))
+        self.unsure = self.sure = 0
+
+    def step(self, s: tuple) -> None:
+        out = Decisions()
+        if s[0] == "advance":
+            _, payments_at_end, orders_at_end, now = s
+            self.py.advance(now, payments_at_end, orders_at_end, out)
+            self.nat.advance(now, payments_at_end, orders_at_end)
+        else:
+            kind, ts, raw, trace, via_fields = s
+            if kind == "pay":
+                p = Payment.decode(raw)
+                self.py.on_payment(ts, p, raw, out, trace)
+                sure = not via_fields and self.nat.on_payment(ts, raw, trace)
+                if not sure:
+                    self.nat.on_payment_fields(ts, payment_fields(p), raw, trace)
+            else:
+                o = Order.decode(raw)
+                self.py.on_order(ts, o, raw, out, trace)
+                sure = not via_fields and self.nat.on_order(ts, raw, trace)
+                if not sure:
+                    self.nat.on_order_fields(ts, order_fields(o), raw, trace)
+            self.sure += sure
+            self.unsure += not sure and not via_fields
+        decisions, counts = self.nat.take_decisions()
+        assert _native_decisions(decisions) == _python_decisions(out), s
+        assert counts == (out.matched, out.duplicates, out.ignored_failed), s
+        assert self.nat.oldest_pending_time() == self.py.oldest_pending_time()
+        assert self.nat.sizes() == self.py.sizes()
+        assert self.nat.state() == _python_state(self.py)
+
+    def commit(self, log: dict[bytes, bytes | None]) -> None:
+        want = [changelog.encode(c) for c in self.py.state.take_changes()]
+        got = self.nat.take_changes()
+        assert got == want, "the same changelog records, byte for byte, in the same order"
+        log.update(want)
+
+    def restore(self, log: dict[bytes, bytes | None], now: int) -> None:
+        """Both rebuilt from the compacted changelog, in the order a restore reads it."""
+        latest = {k: v for k, v in log.items() if v is not None}
+        self.py = PartitionJoin(JoinParams(T, G, H, self.keys))
+        changelog.restore_into(self.py, latest, now)
+        self.nat = NATIVE.Core(T, G, H, list(self.keys))
+        self.nat.restore(list(latest.items()), now)
+        assert self.nat.state() == _python_state(self.py)
+        assert self.nat.sizes() == self.py.sizes()
+        assert self.nat.oldest_pending_time() == self.py.oldest_pending_time()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(streams(), st.sampled_from([(KEY, PREVIOUS), (KEY,), ()]), st.randoms(use_true_random=False))
+def test_the_native_core_decides_stores_and_restores_as_the_python_core(steps: list, keys: tuple[bytes, ...],
+                                                                          rnd: random.Random) -> None:
+    twins = Twins(keys)
+    log: dict[bytes, bytes | None] = {}
+    now = BASE
+    for s in steps:
+        twins.step(s)
+        if s[0] == "advance":
+            now = s[3]
+        r = rnd.random()
+        if r < 0.3:
+            twins.commit(log)
+        if r < 0.08:
+            twins.restore(log, now)
+    twins.commit(log)
+    twins.restore(log, now)
+
+
+def _lower_case_t(raw: bytes) -> bytes:
+    """The time written with a lower-case "t" (RFC 3339 allows it; the native decoder leaves it to the model)."""
+    return re.sub(rb'("(?:paid|created)_at": ?"[0-9]{4}-[0-9]{2}-[0-9]{2})T', rb"\1t", raw)
+
+
+def test_records_the_native_decoder_is_unsure_of_go_in_as_the_models_fields() -> None:
+    """The fallback path: a time with a lower-case t is left to the model natively, then
+    handed over as the model's fields and decided the same."""
+    twins = Twins((KEY,))
+    p = Payment(payment_id="p1", order_id="o1", user_id="u1", amount=Decimal("10.50"), currency="CNY",
+                status="succeeded", paid_at=at(BASE))
+    raw = _lower_case_t(p.model_copy(update={"signature": p.expected_signature(KEY)}).encode())
+    assert b"t12:00" in raw and Payment.decode(raw).paid_at == at(BASE)
+    assert not NATIVE.Core(T, G, H, [KEY]).on_payment(BASE, raw, None), "left to the model"
+    twins.step(("pay", BASE, raw, None, False))
+    assert twins.unsure == 1
+    twins.step(("advance", True, True, BASE + T + G))
+    assert twins.nat.sizes() == (0, 0, 1)
