@@ -86,4 +86,9 @@ def read(message: Any) -> tuple[Headers | None, str | None]:
     try:
         return _HEADERS(message), None
     except Exception as exc:  # noqa: BLE001 (SystemError for a header name that is not UTF-8)
-        return None, f"the record's headers cannot be read ({type(exc).__name__}: a header name that is not UTF-8?)"
+        return None, unreadable(exc)
+
+
+def unreadable(exc: BaseException) -> str:
+    """Why a record's headers could not be read (`exc`: what reading them raised)."""
+    return f"the record's headers cannot be read ({type(exc).__name__}: a header name that is not UTF-8?)"

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
         3, ge=2, le=3, description="the changelog format the join writes: 3 (compact pending payments), or 2 while "
                        "a release before it still runs or may be rolled back to (it reads only 2); this release "
                        "reads both")
+    core: Literal["native", "python"] | None = Field(
+        None, description="the join's record path: native (Rust, slipguard_native; the default where it is built) "
+                          "or python (the reference, and the fallback where it is not built)")
     topic_wait: DurationMs = duration("30s", gt=0, description="how long the join waits at start for its input "
                                                               "topics to appear (created alongside a deployment)")
 
@@ -149,6 +152,16 @@ class Settings(BaseSettings):
         if self.payment_hmac_previous_key is not None and self.payment_hmac_key is None:
             raise ValueError("SLIPGUARD_PAYMENT_HMAC_PREVIOUS_KEY is set without SLIPGUARD_PAYMENT_HMAC_KEY; set the "
                              "current key too (a rotation accepts both), or unset both to turn signature checks off")
+        return self
+
+    @model_validator(mode="after")
+    def _native_core_built(self) -> Settings:
+        if self.core == "native":
+            try:
+                import slipguard_native  # noqa: F401
+            except ImportError:
+                raise ValueError("SLIPGUARD_CORE=native, but slipguard_native is not built in this environment: "
+                                 "run `make venv` where cargo is, or set SLIPGUARD_CORE=python") from None
         return self
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 //! slipguard's join record path in Rust, for Python (PyO3). See native/README.md.
 
+mod batch;
 mod core;
 mod currencies;
 mod decode;
@@ -101,10 +102,10 @@ fn currency_of(code: &str) -> PyResult<&'static str> {
 
 /// A payment's fields as Python gives them for a record the native decoder was unsure of
 /// and the model accepted (streams/join/native.py: payment_fields).
-type PaymentFields<'py> = (String, String, String, String, String, bool, i64, i32, Option<Bound<'py, PyDict>>, Option<Vec<u8>>);
-type OrderFields<'py> = (String, String, String, String, i64, i32, Option<Bound<'py, PyDict>>);
+pub(crate) type PaymentFields<'py> = (String, String, String, String, String, bool, i64, i32, Option<Bound<'py, PyDict>>, Option<Vec<u8>>);
+pub(crate) type OrderFields<'py> = (String, String, String, String, i64, i32, Option<Bound<'py, PyDict>>);
 
-fn payment_of(f: PaymentFields<'_>) -> PyResult<decode::Payment> {
+pub(crate) fn payment_of(f: PaymentFields<'_>) -> PyResult<decode::Payment> {
     let (payment_id, order_id, user_id, amount, currency, succeeded, epoch_us, offset_s, meta, sig) = f;
     let signature = match sig {
         None => None,
@@ -114,7 +115,7 @@ fn payment_of(f: PaymentFields<'_>) -> PyResult<decode::Payment> {
                          paid_at: Time { epoch_us, offset_s }, metadata: metadata_of(meta.as_ref())?, signature })
 }
 
-fn order_of(f: OrderFields<'_>) -> PyResult<decode::Order> {
+pub(crate) fn order_of(f: OrderFields<'_>) -> PyResult<decode::Order> {
     let (order_id, user_id, amount, currency, epoch_us, offset_s, meta) = f;
     Ok(decode::Order { order_id, user_id, amount, currency: currency_of(&currency)?,
                        created_at: Time { epoch_us, offset_s }, metadata: metadata_of(meta.as_ref())? })
@@ -123,11 +124,11 @@ fn order_of(f: OrderFields<'_>) -> PyResult<decode::Order> {
 /// The join's rules for one pair, natively (core::Core), driven record by record: for the
 /// differential tests against streams.join.core.PartitionJoin.
 #[pyclass(unsendable)]
-struct Core {
-    inner: core::Core,
+pub(crate) struct Core {
+    pub(crate) inner: core::Core,
 }
 
-fn decision<'py>(py: Python<'py>, d: &core::Decision) -> PyResult<Bound<'py, PyTuple>> {
+pub(crate) fn decision<'py>(py: Python<'py>, d: &core::Decision) -> PyResult<Bound<'py, PyTuple>> {
     let bytes = |b: &[u8]| PyBytes::new(py, b);
     let tr = |t: &Vec<Vec<u8>>| PyTuple::new(py, t.iter().map(|x| PyBytes::new(py, x)));
     Ok(match d {
@@ -233,23 +234,27 @@ impl Core {
     /// {oid: (t, flags without PERSISTED, packed part, trace)}, recovered {oid: (payment_id,
     /// deadline, late, trace)}, orders {oid: (ts, paid_id)}.
     fn state<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let pending = PyDict::new(py);
-        for (oid, e) in self.inner.pending.iter() {
-            let packed = e.packed();
-            let part = entries::part_of(&packed).to_vec();
-            let t = (e.t(), packed[8] & !pack::PERSISTED, PyBytes::new(py, &part), e.trace().map(|t| PyBytes::new(py, t)));
-            pending.set_item(oid, t)?;
-        }
-        let recovered = PyDict::new(py);
-        for (oid, r) in self.inner.recovered.iter() {
-            recovered.set_item(oid, (&r.payment_id, r.deadline, r.late, r.trace.as_deref().map(|t| PyBytes::new(py, t))))?;
-        }
-        let orders = PyDict::new(py);
-        for (oid, o) in self.inner.orders.iter() {
-            orders.set_item(oid, (o.ts, o.paid_id.as_deref()))?;
-        }
-        PyTuple::new(py, [pending.into_any(), orders.into_any(), recovered.into_any()])
+        state_of(py, &mut self.inner)
     }
+}
+
+pub(crate) fn state_of<'py>(py: Python<'py>, core: &mut core::Core) -> PyResult<Bound<'py, PyTuple>> {
+    let pending = PyDict::new(py);
+    for (oid, e) in core.pending.iter() {
+        let packed = e.packed();
+        let part = entries::part_of(&packed).to_vec();
+        let t = (e.t(), packed[8] & !pack::PERSISTED, PyBytes::new(py, &part), e.trace().map(|t| PyBytes::new(py, t)));
+        pending.set_item(oid, t)?;
+    }
+    let recovered = PyDict::new(py);
+    for (oid, r) in core.recovered.iter() {
+        recovered.set_item(oid, (&r.payment_id, r.deadline, r.late, r.trace.as_deref().map(|t| PyBytes::new(py, t))))?;
+    }
+    let orders = PyDict::new(py);
+    for (oid, o) in core.orders.iter() {
+        orders.set_item(oid, (o.ts, o.paid_id.as_deref()))?;
+    }
+    PyTuple::new(py, [pending.into_any(), orders.into_any(), recovered.into_any()])
 }
 
 #[pymodule]
@@ -261,5 +266,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack_payment, m)?)?;
     m.add_function(wrap_pyfunction!(plain_amount, m)?)?;
     m.add_class::<Core>()?;
+    m.add_class::<batch::Pipeline>()?;
     Ok(())
 }

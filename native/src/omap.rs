@@ -67,6 +67,14 @@ impl<K: Hash + Eq + Clone, V> OMap<K, V> {
         self.slots.iter().filter_map(|s| s.as_ref().map(|(k, v)| (k, v)))
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.slots.iter_mut().filter_map(|s| s.as_mut().map(|(k, v)| (&*k, v)))
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.iter_mut().map(|(_, v)| v)
+    }
+
     fn compact(&mut self) {
         self.slots.retain(|s| s.is_some());
         for (i, s) in self.slots.iter().enumerate() {

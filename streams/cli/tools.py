@@ -58,7 +58,11 @@ def _bench_ab(settings: Settings, args: argparse.Namespace) -> int:
     if unknown or not names:
         print(f"slipguard bench-ab: --workloads takes {', '.join(WORKLOADS)}; got {args.workloads!r}", file=sys.stderr)
         return 2
-    print(run(settings, args.against, args.runs, args.events, args.bench_partitions, names))
+    cores = [c for c in args.cores.split(",") if c]
+    if any(c not in ("native", "python") for c in cores):
+        print(f"slipguard bench-ab: --cores takes native, python; got {args.cores!r}", file=sys.stderr)
+        return 2
+    print(run(settings, args.against, args.runs, args.events, args.bench_partitions, names, cores))
     return 0
 
 
@@ -104,7 +108,8 @@ def register(commands: Commands) -> None:
         ("bench", "measure the join on the local broker and print figures", _bench,
          {"events": 1_000_000, "bench-partitions": 6, "live-rate": 2_000.0, "live-seconds": 20.0}),
         ("bench-ab", "measure this tree's join against another commit's, interleaved on the same records", _bench_ab,
-         {"against": "HEAD~1", "runs": 5, "events": 500_000, "bench-partitions": 6, "workloads": "spread,delayed"}),
+         {"against": "HEAD~1", "runs": 5, "events": 500_000, "bench-partitions": 6, "workloads": "spread,delayed",
+          "cores": ""}),
         ("bench-failover", "measure how long partitions stop when a join worker goes away", _bench_failover,
          {"logs": ".stack/bench-failover", "cases": "all", "protocols": "consumer,classic"}),
         ("bench-writer", "measure the recovery writer into PostgreSQL and print figures", _bench_writer,

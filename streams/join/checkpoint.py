@@ -10,9 +10,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter
 
 from schemas.headers import OutHeaders
-from streams.join import Denied, JoinFailed, changelog
+from streams.join import Denied, JoinFailed
 from streams.join.producer import JoinProducer, is_fenced
-from streams.join.state import Change
 from streams.kafka.calls import Wedged
 from streams.ops import metrics
 from streams.retry import Stopped
@@ -102,7 +101,7 @@ class Checkpoint:
     def due(self, interval_ms: float) -> bool:
         return self.has_work and (time.monotonic() - self.last_commit) * 1000 >= interval_ms
 
-    def commit(self, changes: Callable[[], list[tuple[int, Change]]]) -> bool:
+    def commit(self, changes: Callable[[], list[tuple[int, bytes, bytes | None]]]) -> bool:
         """Commit one interval's work (see the class docstring); False if it was dropped
         and must be read again. `changes`: called once, inside the transaction."""
         if self.abandoned or (not self.has_work and not self.out.in_txn):
@@ -128,17 +127,16 @@ class Checkpoint:
         self.forget()
         return True
 
-    def _write_and_commit(self, offsets: list[TopicPartition], changes: Callable[[], list[tuple[int, Change]]]) -> int:
+    def _write_and_commit(self, offsets: list[TopicPartition],
+                          changes: Callable[[], list[tuple[int, bytes, bytes | None]]]) -> int:
         # Step 1 (at_least_once): the outputs first.
         if not self.eos:
             self.out.producer.flush()
         # Step 2: the state's net changes, each to its pair's changelog partition.
         self._begin()
         topic = self.s.changelog_topic
-        pending = changes()
-        fmt = self.s.changelog_format
-        for partition, change in pending:
-            key, value = changelog.encode(change, fmt)
+        pending = changes()  # (partition, key, value) in the configured format (the record path encodes)
+        for partition, key, value in pending:
             self.out.produce(topic, key, value, partition)
         # Step 3: offsets with the transaction (exactly_once), or after everything is delivered.
         consumer = self.consumer()

@@ -38,17 +38,25 @@ def accept(side: Side, ts: int, m: Message, headers: Headers | None, latest_ok_m
     if headers:
         size += header_bytes(headers)
     if size > MAX_INPUT_BYTES:
-        raise ValueError(f"record of {size} bytes (key, value and headers) is over the join's limit of "
-                         f"{MAX_INPUT_BYTES} bytes for one payment or order")
+        raise ValueError(too_big(size))
     value = raw if raw is not None else b""  # a tombstone: the model says why not
     rec = _FAST[side](value)
     if rec is None:
         rec = _MODEL[side].decode(value)
     if key != rec.order_id.encode():
-        raise ValueError(f"record key {key!r} is not the order_id {rec.order_id!r}: producers must key by order_id")
+        raise ValueError(wrong_key(key, rec.order_id))
     if ts < 0:
         raise ValueError(bad_time(m.timestamp()[1], latest_ok_ms - max_future_ms, max_future_ms))
     return rec
+
+
+def too_big(size: int) -> str:
+    return (f"record of {size} bytes (key, value and headers) is over the join's limit of {MAX_INPUT_BYTES} bytes "
+            "for one payment or order")
+
+
+def wrong_key(key: bytes | None, order_id: str) -> str:
+    return f"record key {key!r} is not the order_id {order_id!r}: producers must key by order_id"
 
 
 def header_bytes(headers: Headers) -> int:

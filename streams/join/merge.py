@@ -28,7 +28,7 @@ _EOF = KafkaError._PARTITION_EOF
 log = logging.getLogger("slipguard.join")
 
 Held = deque[tuple[int, Message]]  # (event time, record) fetched, not fed yet
-Unread = Callable[["Pair", Side], bool]  # whether a partition of the pair has records not yet fetched
+Unread = Callable[[int, Side], bool]  # whether (partition, side) has records not yet fetched
 
 
 def _held() -> tuple[Held, Held]:
@@ -118,7 +118,7 @@ def merge(pair: Pair, now: float, unread: Unread) -> Iterator[tuple[Side, int, M
     other = Side.ORDER if side == Side.PAYMENT else Side.PAYMENT
     fetched_all = pair.ends[other].fetch_end
     if fetched_all or len(rest) > HOLD_MAX_RECORDS or (
-            now - pair.holding_since > HOLD_MAX_SECONDS and not unread(pair, other)):
+            now - pair.holding_since > HOLD_MAX_SECONDS and not unread(pair.partition, other)):
         if not fetched_all:
             RELEASED.labels("records" if len(rest) > HOLD_MAX_RECORDS else "seconds").inc(len(rest))
         while rest:

@@ -17,20 +17,21 @@ Tests drive it the same way (tests/join/test_fuzz.py), with a recorder for the s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from confluent_kafka import Message
 
 from schemas import headers as record_headers
-from streams.join import intake
+from streams.join import changelog, intake
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
 from streams.join.merge import Pair, Unread, hold, merge
 from streams.join.outputs import Outputs, Sink
-from streams.join.state import Change
 from streams.ops import metrics
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
+
+Record = tuple[int, bytes, bytes | None]  # a changelog record: (partition, key, value or None)
 
 
 class InternalError(Exception):
@@ -109,25 +110,29 @@ class Pipeline:
 
     def _internal_error(self, m: Message, headers: record_headers.Headers | None, unreadable: str | None,
                         exc: Exception) -> None:
-        log.error("internal error on %s [%s] at offset %s; the record goes to the DLQ", m.topic(), m.partition(),
-                  m.offset(), exc_info=exc)
-        metrics.JOIN_INTERNAL_ERRORS.inc()
-        error = InternalError(f"internal error of the join ({type(exc).__name__}: {exc}); please report it with this "
-                              "dead letter")
-        self.outputs.dead_letter(m, headers, unreadable, error, self.now_ms, reason="internal_error")
+        internal_error(self.outputs, m, headers, unreadable, exc, self.now_ms)
 
     # ------------------------------------------------------------ commits and ownership
 
-    def changes(self) -> list[tuple[int, Change]]:
-        """Every pair's net state changes since the last commit (for the changelog)."""
-        return [(p, c) for p, pair in self.pairs.items() for c in pair.core.state.take_changes()]
+    def changes(self) -> list[Record]:
+        """Every pair's net state changes since the last commit, as changelog records in
+        the configured format: (partition, key, value or None)."""
+        fmt = self.s.changelog_format
+        return [(p, *changelog.encode(c, fmt)) for p, pair in self.pairs.items()
+                for c in pair.core.state.take_changes()]
 
-    def install(self, restored: dict[int, PartitionJoin]) -> None:
+    def install(self, restored: Mapping[int, PartitionJoin]) -> None:
         self.pairs.update({p: Pair(core, p) for p, core in restored.items()})
 
-    def drop(self, parts: set[int]) -> None:
+    def drop(self, parts: Iterable[int]) -> None:
         for p in parts:
             self.pairs.pop(p, None)
+
+    def clear(self) -> None:
+        self.pairs.clear()
+
+    def partitions(self) -> list[int]:
+        return list(self.pairs)
 
     def update_gauges(self, now_ms: int) -> None:
         pending = orders = recovered = 0
@@ -138,9 +143,46 @@ class Pipeline:
             first = pair.core.oldest_pending_time()
             if first is not None:
                 oldest = first if oldest is None else min(oldest, first)
-        metrics.JOIN_PENDING_PAYMENTS.set(pending)
-        metrics.JOIN_PENDING_ORDERS.set(orders)
-        metrics.JOIN_RECOVERED_REMEMBERED.set(recovered)
-        metrics.JOIN_OLDEST_PENDING.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
-        for topic in self.topic_of:
-            metrics.ASSIGNED_PARTITIONS.labels(self.s.join_group, topic).set(len(self.pairs))
+        set_gauges(self.s, len(self.pairs), pending, orders, recovered, oldest, now_ms)
+
+    # ------------------------------------------------------------ what the worker asks
+
+    def pending_count(self) -> int:
+        return sum(len(pair.core.pending) for pair in self.pairs.values())
+
+    def held_count(self) -> int:
+        return sum(len(h) for pair in self.pairs.values() for h in pair.held)
+
+    def stale_ends(self, epoch: int) -> list[tuple[int, Side]]:
+        """The ends seen before `epoch`: (partition, side), to be confirmed with the leader."""
+        return [(p, side) for p, pair in self.pairs.items() for side in (Side.PAYMENT, Side.ORDER)
+                if pair.ends[side].stale(epoch)]
+
+    def confirm_end(self, partition: int, side: Side, end_offset: int, epoch: int) -> bool:
+        pair = self.pairs.get(partition)
+        return pair is not None and pair.ends[side].confirm(end_offset, epoch)
+
+    def fetched_to(self, partition: int, side: Side) -> int:
+        pair = self.pairs.get(partition)
+        return 0 if pair is None else pair.ends[side].fetched_to
+
+
+def internal_error(outputs: Outputs, m: Message, headers: record_headers.Headers | None, unreadable: str | None,
+                   exc: BaseException, now_ms: int) -> None:
+    """The join failed on a record it had accepted: logged, counted, and the record to the DLQ."""
+    log.error("internal error on %s [%s] at offset %s; the record goes to the DLQ", m.topic(), m.partition(),
+              m.offset(), exc_info=exc)
+    metrics.JOIN_INTERNAL_ERRORS.inc()
+    error = InternalError(f"internal error of the join ({type(exc).__name__}: {exc}); please report it with this "
+                          "dead letter")
+    outputs.dead_letter(m, headers, unreadable, error, now_ms, reason="internal_error")
+
+
+def set_gauges(s: Settings, pairs: int, pending: int, orders: int, recovered: int, oldest: int | None,
+               now_ms: int) -> None:
+    metrics.JOIN_PENDING_PAYMENTS.set(pending)
+    metrics.JOIN_PENDING_ORDERS.set(orders)
+    metrics.JOIN_RECOVERED_REMEMBERED.set(recovered)
+    metrics.JOIN_OLDEST_PENDING.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
+    for topic in (s.payments_topic, s.orders_topic):
+        metrics.ASSIGNED_PARTITIONS.labels(s.join_group, topic).set(pairs)

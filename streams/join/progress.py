@@ -31,14 +31,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_END, TopicPartition
-
-if TYPE_CHECKING:
-    from streams.join.merge import Pair
 
 SETTLE_S = 10.0
 log = logging.getLogger("slipguard.join")
@@ -162,23 +159,30 @@ class EndWatch:
         return seen_in == self.epoch and self.clock() >= self.trusted_from
 
 
-def confirm_ends(pairs: Mapping[int, Pair], topics: Sequence[str], watch: EndWatch,
+class Ends(Protocol):
+    """What confirm_ends asks of the record path (pipeline.Pipeline, native.NativePipeline)."""
+
+    def stale_ends(self, epoch: int) -> Sequence[tuple[int, int]]: ...
+
+    def confirm_end(self, partition: int, side: Any, end_offset: int, epoch: int) -> bool: ...
+
+
+def confirm_ends(path: Ends, topics: Sequence[str], watch: EndWatch,
                  ask: Callable[[list[TopicPartition]], list[TopicPartition] | None]) -> int:
     """Ask the leaders (`ask`: ListOffsets, with read_committed the last stable offset)
     for the end of each partition whose end was seen before the current epoch, and trust
     it where nothing is unread; where something is, its records are on their way and
     their own end will follow. Returns how many were confirmed."""
     epoch = watch.epoch
-    stale = [TopicPartition(topics[side], p, OFFSET_END) for p, pair in pairs.items()
-             for side in (0, 1) if pair.ends[side].stale(epoch)]
+    stale = [TopicPartition(topics[side], p, OFFSET_END) for p, side in path.stale_ends(epoch)]
     if not stale:
         return 0
     ends = ask(stale)
     if ends is None or epoch != watch.epoch:
         return 0
     sides = {topic: side for side, topic in enumerate(topics)}
-    confirmed = sum(1 for tp in ends if tp.error is None and tp.offset >= 0 and tp.partition in pairs
-                    and pairs[tp.partition].ends[sides[tp.topic]].confirm(tp.offset, epoch))
+    confirmed = sum(1 for tp in ends if tp.error is None and tp.offset >= 0
+                    and path.confirm_end(tp.partition, sides[tp.topic], tp.offset, epoch))
     if confirmed:
         log.info("after the broker was away: %d of %d ends of partition confirmed", confirmed, len(stale))
     return confirmed

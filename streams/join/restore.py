@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -24,6 +25,7 @@ from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
 
+Latest = dict[bytes, bytes | None]  # a changelog partition: the last value read per key
 RESTORE_STALL_SECONDS = 120.0  # a restore without progress for this long gives up
 _EOF = KafkaError._PARTITION_EOF
 
@@ -50,8 +52,10 @@ class Restorer:
     """
 
     def __init__(self, settings: Settings, params: JoinParams, now_ms: Callable[[], int],
-                 stopping: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool], native: Callable[[JoinParams, Latest, int], Any] | None = None) -> None:
+        """`native`: restores a native core (streams.join.native.restore); None: the Python core."""
         self.s, self.params, self.now_ms, self.stopping = settings, params, now_ms, stopping
+        self.native = native
         self.topic = settings.changelog_topic
         # Large fetches: a restore reads whole partitions as fast as it can. A short fetch
         # wait: the end of a partition is known only from an empty fetch, which the broker
@@ -89,7 +93,7 @@ class Restorer:
         if dropped:
             self._assign()
 
-    def step(self, seconds: float) -> dict[int, PartitionJoin]:
+    def step(self, seconds: float) -> dict[int, Any]:
         """Read for up to `seconds`; once every pair under way is complete, return them."""
         now = self.last_step = time.monotonic()
         unknown = [p for p, job in self.jobs.items() if job.high is None]
@@ -135,10 +139,10 @@ class Restorer:
             return {}
         return self._finish(list(jobs))  # together: one restore, one log line, as they were assigned
 
-    def restore_now(self, parts: list[int]) -> dict[int, PartitionJoin] | None:
+    def restore_now(self, parts: list[int]) -> dict[int, Any] | None:
         """Restore these (and whatever else is under way) before returning; None if a stop came first."""
         self.start(parts)
-        restored: dict[int, PartitionJoin] = {}
+        restored: dict[int, Any] = {}
         while self.busy:
             if self.stopping():
                 return None
@@ -166,17 +170,21 @@ class Restorer:
     def _assign(self) -> None:
         self.consumer.assign([TopicPartition(self.topic, p, job.position) for p, job in self.jobs.items()])
 
-    def _finish(self, parts: list[int]) -> dict[int, PartitionJoin]:
+    def _finish(self, parts: list[int]) -> dict[int, Any]:
+        """The pairs' cores (PartitionJoin, or native cores), rebuilt from what was read."""
         if not parts:
             return {}
         now_ms = self.now_ms()
-        cores = {}
+        cores: dict[int, Any] = {}
         started = min(self.jobs[p].started for p in parts)
         collecting = gc.isenabled()
         gc.disable()  # a burst of long-lived objects and no cycles: collections here only cost (~15 %)
         try:
             for p in sorted(parts):
                 job = self.jobs.pop(p)
+                if self.native is not None:
+                    cores[p] = self.native(self.params, job.latest, now_ms)
+                    continue
                 core = cores[p] = PartitionJoin(self.params)
                 changelog.restore_into(core, job.latest, now_ms)
         finally:

@@ -15,15 +15,16 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused
+from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused, native
 from streams.join.checkpoint import Checkpoint
-from streams.join.core import JoinParams, PartitionJoin, Side
+from streams.join.core import JoinParams, Side
 from streams.join.membership import Membership, raise_for
-from streams.join.merge import Pair
+from streams.join.native import NativePipeline, uses_native
 from streams.join.pipeline import Pipeline
 from streams.join.progress import EndWatch, confirm_ends
 from streams.join.restore import Restorer
@@ -63,9 +64,11 @@ class JoinWorker:
         metrics.JOIN_ORDER_TIMEOUT.labels(settings.join_group).set(settings.order_timeout / 1000)
         self.membership = Membership(settings, self._on_stats, lambda: self.stopping, self._alive)
         self.checkpoint = Checkpoint(settings, lambda: self.membership.consumer, lambda: self.stopping)
-        self.pipeline = Pipeline(settings, self.params, self.checkpoint)
-        self.pairs: dict[int, Pair] = self.pipeline.pairs
-        self.restorer = Restorer(settings, self.params, now_ms, lambda: self.stopping)
+        self.native = uses_native(settings)
+        self.pipeline: Pipeline | NativePipeline = (NativePipeline if self.native else Pipeline)(
+            settings, self.params, self.checkpoint)
+        self.restorer = Restorer(settings, self.params, now_ms, lambda: self.stopping,
+                                 native.restore if self.native else None)
 
     @property
     def consumer(self) -> Consumer:  # (replaced when the group refuses it: membership.py)
@@ -106,6 +109,8 @@ class JoinWorker:
     def subscribe(self) -> None:
         """Check the topics (creating the changelog if missing), initialise transactions
         (exactly_once), then join the group."""
+        log.info("join core: %s", f"native (slipguard_native {native.NATIVE.__version__})"
+                 if self.native and native.NATIVE is not None else "python")
         try:
             said = ensure_join_topics(self.settings, timeout=self.settings.topic_wait / 1000,
                                       stopping=lambda: self.stopping)
@@ -166,7 +171,7 @@ class JoinWorker:
             self._wake_fetchers()
         self.checkpoint.poll()
         if self.restorer.busy:
-            self._install(self.restorer.step(RESTORE_SLICE if self.pairs else 1.0))
+            self._install(self.restorer.step(RESTORE_SLICE if self.pipeline.partitions() else 1.0))
         raise_for(self.pipeline.take(msgs, self.now_ms(), self.ends.epoch))
         monotonic = time.monotonic()
         decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
@@ -179,9 +184,9 @@ class JoinWorker:
         if self.checkpoint.due(self.settings.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
             self.commit()
 
-    def _unread(self, pair: Pair, side: Side) -> bool:
+    def _unread(self, partition: int, side: Side) -> bool:
         """merge's question after HOLD_MAX_SECONDS: records left to fetch (librdkafka issue 1854)?"""
-        return unfetched(self.consumer, self.topic_of[side], pair.partition, pair.ends[side].fetched_to)
+        return unfetched(self.consumer, self.topic_of[side], partition, self.pipeline.fetched_to(partition, side))
 
     def commit(self, *, handing_over: bool = False) -> None:
         """Commit (checkpoint.Checkpoint); work that could not be committed is read again,
@@ -204,13 +209,13 @@ class JoinWorker:
                 log.debug("could not read the partitions' ends: %s", exc)
                 return None
 
-        confirm_ends(self.pairs, self.topic_of, self.ends, ask)
+        confirm_ends(self.pipeline, self.topic_of, self.ends, ask)
 
     def _rewind(self) -> None:
         """Forget uncommitted work: state from the changelog, positions from the committed offsets."""
         self.checkpoint.forget()
         parts = sorted({tp.partition for tp in self.consumer.assignment()})
-        self.pairs.clear()
+        self.pipeline.clear()
         restored = self.restorer.restore_now(parts)
         if restored is not None:
             self._install(restored)
@@ -234,13 +239,14 @@ class JoinWorker:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
-        parts = sorted({tp.partition for tp in partitions} - set(self.pairs))
+        held = self.pipeline.partitions()
+        parts = sorted({tp.partition for tp in partitions} - set(held))
         consumer.pause([tp for tp in partitions if tp.partition in parts])
         log.info("assigned partitions %s; restoring their state", parts)
         self.restorer.start(parts)
-        self.wake_fetchers = bool(self.pairs)  # the pairs kept go on (see _wake_fetchers)
+        self.wake_fetchers = bool(held)  # the pairs kept go on (see _wake_fetchers)
 
-    def _install(self, restored: dict[int, PartitionJoin]) -> None:
+    def _install(self, restored: Mapping[int, Any]) -> None:
         """Take restored pairs into the loop: from their committed offsets (a seek after the
         resume: a pause right after an assign can lose the assigned position, librdkafka
         issue 2190), records read meanwhile dropped."""
@@ -269,8 +275,9 @@ class JoinWorker:
         woken by the resume (bench-failover, KIP-848, librdkafka's fetch debug log). A
         ListOffsets request through each leader wakes it; the answer is not needed."""
         self.wake_fetchers = False
+        held = set(self.pipeline.partitions())
         query = [TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in self.consumer.assignment()
-                 if tp.partition in self.pairs]
+                 if tp.partition in held]
         if not query:
             return
         try:

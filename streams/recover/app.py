@@ -111,8 +111,12 @@ def build_app(s: Settings, make_writer: MakeWriter = Writer) -> tuple[faust.App,
             metrics.ASSIGNED_PARTITIONS.labels(s.recover_group, topic).set(held)
 
     @app.on_partitions_assigned.connect
-    async def assigned(_app: Any, /, *_args: Any, **_kwargs: Any) -> None:
+    async def assigned(_app: Any, /, *args: Any, **kwargs: Any) -> None:
         metrics.REBALANCES.labels(s.recover_group, "assign").inc()
+        # ready as soon as partitions are held, not at the next readiness tick (which checks again)
+        held = kwargs.get("assigned", args[0] if args else ())
+        if held:
+            writer.ready = True
 
     @app.on_partitions_revoked.connect
     async def revoked(_app: Any, /, *_args: Any, **_kwargs: Any) -> None:

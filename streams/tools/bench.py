@@ -34,7 +34,7 @@ from typing import NamedTuple
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from schemas import Order, Payment, Recovery, fast
-from streams.join import changelog, compact
+from streams.join import changelog, compact, native
 from streams.join.core import Decisions, JoinParams, PartitionJoin
 from streams.join.restore import Restorer
 from streams.join.state import Change, Store
@@ -99,11 +99,16 @@ def _bench_settings(s: Settings, partitions: int, **over: object) -> Settings:
 
 
 def ceiling(s: Settings, total: int) -> float:
-    """Read and decode every input record, nothing else: the most a Python consumer can do here."""
+    """Read and decode every input record, nothing else: the most a Python consumer can do
+    here (with the native decoder where the join runs native)."""
     c = Consumer(config.consumer(s, f"{s.join_group}-ceiling", **{"enable.partition.eof": False,
                                                                    "fetch.max.bytes": 52_428_800}))
     c.subscribe([s.payments_topic, s.orders_topic])
     payments = s.payments_topic
+    if native.uses_native(s) and native.NATIVE is not None:  # the native decoder, the model where it is unsure
+        decoders = {True: native.NATIVE.decode_payment, False: native.NATIVE.decode_order}
+    else:
+        decoders = {True: lambda v: fast.decode(Payment, v), False: lambda v: fast.decode(Order, v)}
     n = 0
     started = None
     while n < total:
@@ -113,7 +118,9 @@ def ceiling(s: Settings, total: int) -> float:
                 continue
             if started is None:
                 started = time.perf_counter()
-            fast.decode(Payment if m.topic() == payments else Order, value)  # as the join decodes
+            is_payment = m.topic() == payments
+            if decoders[is_payment](value) is None:  # as the join decodes
+                fast.decode(Payment if is_payment else Order, value)
             n += 1
     took = time.perf_counter() - (started or time.perf_counter())
     c.close()
@@ -149,7 +156,7 @@ def drain(s: Settings, total: int) -> tuple[float, float, int, int, int, float]:
         done = worker.pipeline.fed
         if started is None and done:
             started, cpu0 = time.perf_counter(), time.process_time()
-        peak_pending = max(peak_pending, sum(len(p.core.pending) for p in worker.pairs.values()))
+        peak_pending = max(peak_pending, worker.pipeline.pending_count())
         if done >= total:
             break
     worker.commit()
@@ -245,7 +252,8 @@ def restore_rate(s: Settings, entries: int = 1_000_000) -> tuple[float, float]:
     del pays
     gc.collect()
     params = JoinParams(r.order_timeout, r.grace, r.late_horizon, r.hmac_keys)
-    restorer = Restorer(r, params, lambda: int(time.time() * 1000), lambda: False)
+    restorer = Restorer(r, params, lambda: int(time.time() * 1000), lambda: False,
+                        native.restore if native.uses_native(r) else None)
     started = time.perf_counter()
     restored = restorer.restore_now(list(range(r.partitions)))
     took = time.perf_counter() - started

@@ -6,7 +6,9 @@ Each workload of `slipguard bench` (WORKLOADS) is produced once; then, run after
 each tree's join drains it in a process of its own (a fresh group, so it reads from the
 start), in alternating order: events/s and CPU seconds per million events, each run and
 the medians. A tree is `git archive REF streams schemas`, or this tree's copied at the
-start, run with its own code only.
+start, run with its own code only. `cores` runs this tree once per join core
+(SLIPGUARD_CORE: "native", "python"), each a side of its own; the reference tree runs
+with its own default.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ print(json.dumps({"events_per_s": rate, "cpu_s_per_million": cpu}))
 class Side:
     name: str
     tree: Path
+    core: str | None = None  # SLIPGUARD_CORE for this side; None: the tree's default
     events_per_s: list[float] = field(default_factory=list)
     cpu_s_per_million: list[float] = field(default_factory=list)
 
@@ -63,9 +66,12 @@ def snapshot(into: Path) -> Path:
     return into
 
 
-def drain_in(tree: Path, s: Settings, total: int) -> dict[str, float]:
+def drain_in(tree: Path, s: Settings, total: int, core: str | None = None) -> dict[str, float]:
     """One drain of the workload's topics by `tree`'s join, in a fresh group."""
     env = s.derive(join_group=f"ab-{uuid.uuid4().hex[:8]}").to_env() | {"PYTHONPATH": str(tree)}
+    env.pop("SLIPGUARD_CORE", None)  # (a tree older than the setting refuses it)
+    if core is not None:
+        env["SLIPGUARD_CORE"] = core
     run = subprocess.run([sys.executable, "-c", _DRAIN, str(total)], cwd=tree, env=env, capture_output=True,
                          text=True, timeout=1800)
     if run.returncode != 0:
@@ -73,9 +79,13 @@ def drain_in(tree: Path, s: Settings, total: int) -> dict[str, float]:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def run(s: Settings, against: str, runs: int, events: int, partitions: int, workloads: list[str]) -> str:
+def run(s: Settings, against: str, runs: int, events: int, partitions: int, workloads: list[str],
+        cores: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="slipguard-ab-") as tmp:
-        sides = [Side(against, archive(against, Path(tmp) / "ref")), Side("this tree", snapshot(Path(tmp) / "here"))]
+        here = snapshot(Path(tmp) / "here")
+        sides = [Side(against, archive(against, Path(tmp) / "ref"))]
+        choices: list[str | None] = [*cores] if cores else [None]
+        sides += [Side(f"this tree, {core}" if core else "this tree", here, core) for core in choices]
         lines = [(f"bench-ab: {against} against this tree, {runs} runs each, interleaved, {partitions} partitions, "
                   f"{s.processing_guarantee}")]
         for name in workloads:
@@ -86,18 +96,20 @@ def run(s: Settings, against: str, runs: int, events: int, partitions: int, work
                 side.cpu_s_per_million.clear()
             for i in range(runs):
                 for side in (sides if i % 2 == 0 else sides[::-1]):
-                    got = drain_in(side.tree, b, total)
+                    got = drain_in(side.tree, b, total, side.core)
                     side.events_per_s.append(got["events_per_s"])
                     side.cpu_s_per_million.append(got["cpu_s_per_million"])
                     print(f"bench-ab [{name}] run {i + 1} {side.name}: {got['events_per_s']:,.0f} events/s, "
                           f"{got['cpu_s_per_million']:.2f} s CPU per million", file=sys.stderr, flush=True)
             lines += [_row(name, side) for side in sides]
-            ref, here = (statistics.median(side.events_per_s) for side in sides)
-            lines.append(f"  [{name}] this tree / {against}: {here / ref:.3f} (medians of events/s)")
+            ref = statistics.median(sides[0].events_per_s)
+            for side in sides[1:]:
+                lines.append(f"  [{name}] {side.name} / {against}: "
+                             f"{statistics.median(side.events_per_s) / ref:.3f} (medians of events/s)")
         return "\n".join(lines)
 
 
 def _row(name: str, side: Side) -> str:
     runs = ", ".join(f"{x:,.0f}" for x in side.events_per_s)
-    return (f"  [{name}] {side.name:>12}: median {statistics.median(side.events_per_s):,.0f} events/s, "
+    return (f"  [{name}] {side.name:>18}: median {statistics.median(side.events_per_s):,.0f} events/s, "
             f"{statistics.median(side.cpu_s_per_million):.2f} s CPU per million (runs: {runs})")

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from streams.join.native import NATIVE
 from tests.integration.test_join import _LiveTraffic, _owned, _settings, _wait_for
 from tests.integration.workers import (
     assert_recovered_once,
@@ -20,6 +21,11 @@ from tests.integration.workers import (
 )
 
 # The last release before changelog format 3 (packed pending payments): it reads only format 2.
+
+def native_built() -> bool:
+    return NATIVE is not None
+
+
 BEFORE_FORMAT_3 = "c5563cba8cefdfa301a4a5d63de53c1b21038e20"
 
 
@@ -229,6 +235,60 @@ def test_a_rolling_upgrade_to_changelog_format_3_and_a_rollback_under_load_lose_
         assert _owned(logs["new3"]) == [0, 1, 2, 3] and _restored_pending(logs["new3"]) > 0
         for name, log in logs.items():
             assert "Traceback" not in log.read_text(), f"{name}: {log.read_text()[-3000:]}"
+    finally:
+        for name, w in workers.items():
+            if w.poll() is None:
+                assert stop(w) == 0, logs[name].read_text()[-3000:]
+
+
+@pytest.mark.skipif(not native_built(), reason="the native core is not built here (make venv builds it where cargo is)")
+def test_native_and_python_workers_restore_each_others_changelog_in_a_rolling_upgrade_under_load(base_settings,
+                                                                                                tmp_path) -> None:
+    """The changelog format is shared by the two cores: Python workers, then native ones
+    rolled in one by one under live traffic, then one rolled back to Python, then native
+    again. Each restores pending state the other core wrote; every recovery once."""
+    s = _settings(base_settings, commit_interval="200ms")
+    names = ("py1", "py2", "rs1", "py3", "rs2", "rs3")
+    logs = {name: tmp_path / f"{name}.log" for name in names}
+    workers = {}
+
+    def add(name: str) -> None:
+        workers[name] = start(s, ["join"], logs[name], instance_id=None,
+                              core="native" if name.startswith("rs") else "python")
+        _wait_for(lambda: _owned(logs[name]), f"{name} got partitions", timeout=60)
+
+    def leave(name: str) -> None:
+        assert stop(workers[name]) == 0, logs[name].read_text()[-3000:]
+
+    try:
+        add("py1")
+        add("py2")
+        traffic = _LiveTraffic(s, 36_000, seed=45, seconds=30)
+        wait_for_progress(s, traffic.total, 0.1)
+        leave("py1")
+        add("rs1")  # native restores what Python wrote
+        wait_for_progress(s, traffic.total, 0.3)
+        leave("py2")  # rs1 takes every partition: pending state of both cores' writing
+        _wait_for(lambda: _owned(logs["rs1"]) == [0, 1, 2, 3], "rs1 holds every partition", timeout=60)
+        wait_for_progress(s, traffic.total, 0.45)
+        add("py3")  # rolled back: Python restores what native wrote
+        leave("rs1")
+        _wait_for(lambda: _owned(logs["py3"]) == [0, 1, 2, 3], "py3 holds every partition", timeout=60)
+        wait_for_progress(s, traffic.total, 0.6)
+        add("rs2")
+        add("rs3")
+        leave("py3")
+        assert traffic.running(), "all of it under live traffic"
+        traffic.join()
+        wait_until_done(s, traffic.total, timeout=180)
+        assert_recovered_once(s, traffic.exp.recovered)
+        for name in ("rs1", "py3"):
+            assert _restored_pending(logs[name]) > 0, f"{name} restored pending payments the other core wrote"
+        for name, log in logs.items():
+            text = log.read_text()
+            core = "native" if name.startswith("rs") else "python"
+            assert f"join core: {core}" in text, f"{name} ran the {core} core: {text[:2000]}"
+            assert "Traceback" not in text, f"{name}: {text[-3000:]}"
     finally:
         for name, w in workers.items():
             if w.poll() is None:

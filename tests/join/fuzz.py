@@ -27,9 +27,11 @@ from confluent_kafka import KafkaError, Message
 from schemas import DeadLetter, Order, Payment, recovery_id_for
 from schemas.fields import epoch_ms
 from schemas.headers import valid_traceparent
-from streams.join import changelog, intake
+from streams.join import intake
+from streams.join import native as native_core
 from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.merge import MIN_EVENT_MS
+from streams.join.native import NativePipeline
 from streams.join.pipeline import Pipeline
 from streams.kafka.topics import PRODUCER_BATCH_BYTES
 from streams.settings import Settings
@@ -312,18 +314,25 @@ class Run:
 
     sink: Recorder
     changelog: dict[bytes, bytes | None]
-    pipeline: Pipeline
+    pipeline: Pipeline | NativePipeline
 
 
 def run(records: list[Rec], *, s: Settings, now: Callable[[int], int], rnd: random.Random,
-        restore_check: Callable[[PartitionJoin, dict[bytes, bytes | None]], None] | None = None) -> Run:
-    """Feed `records` (each side in its order) through a Pipeline in random batches, as a
-    consumer fetches them, with commits (changelog written, and restore checked) at
-    random points. `now(step)`: the wall clock at each step."""
+        restore_check: Callable[[Any, dict[bytes, bytes | None]], None] | None = None,
+        native: bool = False) -> Run:
+    """Feed `records` (each side in its order) through a Pipeline (`native`: a
+    NativePipeline) in random batches, as a consumer fetches them, with commits (changelog
+    written, and `restore_check(pipeline, changelog)` called) at random points.
+    `now(step)`: the wall clock at each step."""
     sink = Recorder()
     params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
-    pipe = Pipeline(s, params, sink)
-    pipe.install({0: PartitionJoin(params)})
+    pipe: Pipeline | NativePipeline
+    if native:
+        pipe = NativePipeline(s, params, sink)
+        pipe.install({0: native_core.new_core(params)})
+    else:
+        pipe = Pipeline(s, params, sink)
+        pipe.install({0: PartitionJoin(params)})
     sides = ([r for r in records if r.side == Side.PAYMENT], [r for r in records if r.side == Side.ORDER])
     fetched = [0, 0]
     log: dict[bytes, bytes | None] = {}
@@ -345,7 +354,7 @@ def run(records: list[Rec], *, s: Settings, now: Callable[[int], int], rnd: rand
         out = pipe.merge(step * 0.1, lambda _epoch: True,
                          lambda _pair, side: fetched[side] < len(sides[side]))
         pipe.advance(out, wall)
-        done = fetched == [len(sides[0]), len(sides[1])] and not any(pipe.pairs[0].held)
+        done = fetched == [len(sides[0]), len(sides[1])] and not pipe.held_count()
         if done:  # then the wall clock passes every deadline (+ grace): each payment is decided
             last = max((r.ts for r in records if r.ts < wall + MAX_FUTURE), default=wall)
             pipe.advance(pipe.merge(step * 0.1, lambda _epoch: True, lambda _pair, _side: False),
@@ -353,14 +362,13 @@ def run(records: list[Rec], *, s: Settings, now: Callable[[int], int], rnd: rand
         if done or rnd.random() < 0.2:
             _commit(pipe, log)
             if restore_check is not None:
-                restore_check(pipe.pairs[0].core, log)
+                restore_check(pipe, log)
         if done:
             return Run(sink, log, pipe)
 
 
-def _commit(pipe: Pipeline, log: dict[bytes, bytes | None]) -> None:
-    for _partition, change in pipe.changes():
-        key, value = changelog.encode(change)
+def _commit(pipe: Pipeline | NativePipeline, log: dict[bytes, bytes | None]) -> None:
+    for _partition, key, value in pipe.changes():
         assert weight(key, value, None) <= RECORD_LIMIT, "a changelog record over the limit"
         log[key] = value
 

@@ -28,9 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.headers import valid_traceparent
-from streams.join import changelog, compact
+from streams.join import changelog, compact, native
 from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.intake import MAX_INPUT_BYTES
+from streams.join.native import NativePipeline
+from streams.join.pipeline import Pipeline
 from streams.ops import metrics
 from tests.join import fuzz
 from tests.join.fuzz import BASE, Rec, T
@@ -47,10 +49,16 @@ def _state(core: PartitionJoin) -> tuple:
             {oid: (e.payment_id, e.deadline, e.late, e.trace) for oid, e in core.recovered.items()})
 
 
-def _restores_the_same(core: PartitionJoin, log: dict[bytes, bytes | None]) -> None:
+def _restores_the_same(pipe: Pipeline, log: dict[bytes, bytes | None]) -> None:
     restored = PartitionJoin(JoinParams(T, fuzz.G, fuzz.H, (fuzz.KEY,)))
     changelog.restore_into(restored, {k: v for k, v in log.items() if v is not None})
-    assert _state(restored) == _state(core), "restore of the changelog gives the same state"
+    assert _state(restored) == _state(pipe.pairs[0].core), "restore of the changelog gives the same state"
+
+
+def _restores_the_same_natively(pipe: NativePipeline, log: dict[bytes, bytes | None]) -> None:
+    latest = {k: v for k, v in log.items() if v is not None}
+    restored = native.restore(JoinParams(T, fuzz.G, fuzz.H, (fuzz.KEY,)), latest, 0)
+    assert restored.state() == pipe.native.state(0), "a native restore of the changelog gives the same state"
 
 
 def check(case: dict) -> None:
@@ -72,6 +80,13 @@ def check(case: dict) -> None:
 
     alone = fuzz.run(honest, s=s, now=now, rnd=random.Random(case["seed"]))
     both = fuzz.run(mixed, s=s, now=now, rnd=random.Random(case["seed"] + 1), restore_check=_restores_the_same)
+    if native.NATIVE is not None:  # the native record path, on the same batches: the very same work
+        nat = fuzz.run(mixed, s=s, now=now, rnd=random.Random(case["seed"] + 1),
+                       restore_check=_restores_the_same_natively, native=True)
+        assert [(r.topic, r.key, r.value, r.headers) for r in nat.sink.records] == \
+            [(r.topic, r.key, r.value, r.headers) for r in both.sink.records], "the native path produces the same"
+        assert nat.sink.offsets == both.sink.offsets
+        assert nat.changelog == both.changelog, "the native path writes the same changelog records"
 
     assert metrics.JOIN_INTERNAL_ERRORS._value.get() == errors, "the join failed on a record it accepted"
     counts = [sum(1 for r in mixed if r.side == side) for side in (Side.PAYMENT, Side.ORDER)]
@@ -93,6 +108,7 @@ def check(case: dict) -> None:
             refused.add(where)
     assert set(letters) == refused, "the DLQ holds exactly the records the contract refuses"
     # State is bounded whatever came in.
+    assert isinstance(both.pipeline, Pipeline)
     assert max(fuzz.entry_weights(both.pipeline.pairs[0].core), default=0) <= ENTRY_MAX
     # The honest records decide as they do alone, but for what interacting ones may add.
     oids = {r.oid for r in honest}

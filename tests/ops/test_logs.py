@@ -45,18 +45,6 @@ def test_logged_validation_errors_name_fields_never_values() -> None:
     assert "amount" in text and "123456.789012" not in text
 
 
-@pytest.fixture
-def root_logging():
-    """setup_logging replaces the root logger's handlers: put them back after the test."""
-    from streams.ops import logs
-
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, logs._SECRETS[:]
-    yield
-    root.handlers[:], logs._SECRETS[:] = saved[0], saved[2]
-    root.setLevel(saved[1])
-
-
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_tracebacks_and_stacks_never_carry_the_database_password(capsys, root_logging, log_format: str) -> None:
     import psycopg
