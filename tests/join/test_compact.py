@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -64,3 +65,61 @@ def test_an_entry_is_smaller_than_the_record_it_replaces() -> None:
            b'"metadata":{"game":"baccarat","round":30000000}}')
     e = compact.entry(1_800_000_000_000, compact.pack_payment(Payment.decode(raw)))
     assert sys.getsizeof(e) <= sys.getsizeof(raw) // 2
+
+
+def _part() -> tuple[Payment, bytes]:
+    p = _as_read(Payment.decode(
+        b'{"payment_id":"p-1","order_id":"o-1","user_id":"u","amount":"12.30","currency":"EUR",'
+        b'"status":"succeeded","paid_at":"2026-11-27T08:00:00+08:00"}'))
+    return p, compact.pack_payment(p)
+
+
+def test_an_entry_made_without_flags_is_neither_late_nor_persisted() -> None:
+    _, part = _part()
+    assert compact.flags_of(compact.entry(1_800_000_000_000, part)) == compact.COMPACT
+    assert compact.flags_of(compact.entry(1_800_000_000_000, part, trace=TP)) == compact.COMPACT | compact.TRACE
+
+
+@pytest.mark.parametrize("trace", [None, TP])
+@pytest.mark.parametrize("bit", [compact.LATE, compact.PERSISTED])
+def test_a_flag_set_on_a_packed_entry_changes_that_bit_and_nothing_else(trace: bytes | None, bit: int) -> None:
+    _, part = _part()
+    e = compact.entry(1_800_000_000_000, part, 0, trace)
+    flagged = compact.with_flag(e, bit)
+    assert compact.flags_of(flagged) == compact.flags_of(e) | bit
+    assert (compact.t_of(flagged), compact.trace_of(flagged), compact.part_of(flagged)) == (
+        1_800_000_000_000, trace, part)
+    assert compact.with_flag(flagged, bit) == flagged == compact.flagged(e, bit)
+
+
+def test_a_trace_of_any_length_up_to_the_limit_comes_back_out_with_its_payment() -> None:
+    p, part = _part()
+    for n in range(1, compact.MAX_TRACE + 1):
+        trace = bytes(range(n))
+        e = compact.entry(1_800_000_000_000, part, compact.LATE, trace)
+        assert compact.trace_of(e) == trace and compact.part_of(e) == part, n
+        assert compact.payment(compact.part_of(e), "o-1") == p
+
+
+@pytest.mark.parametrize(("order_over", "kinds"), [
+    ({"amount": Decimal("12.3")}, []),  # the same amount, spelled otherwise
+    ({"amount": Decimal("12.30")}, []),
+    ({"amount": Decimal("11")}, ["amount_mismatch"]),
+    ({"amount": Decimal("12.31")}, ["amount_mismatch"]),
+    ({"currency": "USD"}, ["currency_mismatch"]),
+    ({"user_id": "user-2"}, ["user_mismatch"]),
+])
+def test_a_payment_packed_at_a_commit_is_compared_with_its_order_as_the_one_read(order_over: dict,
+                                                                                   kinds: list[str]) -> None:
+    from tests.join.harness import BASE, Harness
+
+    for commit in (False, True):
+        h = Harness()
+        p = h.pay(BASE, amount=Decimal("12.30"))
+        if commit:
+            h.join.state.take_changes()
+            assert type(h.join.pending["ord-1"]) is bytes
+        h.order(BASE + 1, **({"amount": Decimal("12.30")} | order_over))
+        out = h.take()
+        assert out.matched == 1 and [a.kind for a in out.anomalies] == kinds, commit
+        assert all(a.payments == (p,) for a in out.anomalies)
