@@ -4,10 +4,10 @@ the writer's recoveries), in front of the models.
 The models stay the contract. `decode(cls, raw)` first tries a fast path (msgspec's
 native JSON parser into plain types, then the models' own field rules in a few
 direct calls) and returns its instance only when that path is sure of it; in every
-other case (anything unusual: extra fields, whitespace before a colon, escapes that
-make a key count unsure, any value the fast path does not check as the model does) it
-asks the model, which accepts or says why not. So what is accepted or rejected, and
-every error message, is the model's: the fast path can only be stricter, never looser.
+other case (anything unusual: extra fields, escapes that make a key count unsure, any
+value the fast path does not check as the model does) it asks the model, which accepts
+or says why not. So what is accepted or rejected, and every error message, is the
+model's: the fast path can only be stricter, never looser.
 tests/schemas/test_fast.py checks, on generated and adversarial records, that every
 record the fast path accepts is one the model accepts with the same values, field by
 field, and that it does accept the ordinary ones (or it would be no faster).
