@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from confluent_kafka import KafkaError
+
 from streams.join.core import Decisions, JoinParams, PartitionJoin, Side
-from streams.join.merge import HOLD_MAX_RECORDS, HOLD_MAX_SECONDS, Pair, merge
+from streams.join.merge import HOLD_MAX_RECORDS, HOLD_MAX_SECONDS, MIN_EVENT_MS, Pair, hold, merge
 from streams.ops.metrics import JOIN_HOLD_RELEASED
 
 PAYMENT, ORDER = Side.PAYMENT, Side.ORDER
@@ -121,3 +123,93 @@ def test_one_order_from_a_fast_clock_in_a_backlog_recovers_no_payment_whose_orde
                           pair.ends[ORDER].fetch_end and not pair.held[ORDER], out)
         recovered += [r.payment.payment_id for r in out.recoveries]
     assert recovered == [], f"{len(recovered)} of {n} payments recovered while their orders were unread"
+
+
+class _Msg:
+    """What hold() reads of a confluent_kafka.Message (which cannot be built by hand)."""
+
+    def __init__(self, topic: str, partition: int, offset: int, ts: int = 0, error: KafkaError | None = None) -> None:
+        self._topic, self._partition, self._offset, self._ts, self._error = topic, partition, offset, ts, error
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, self._ts
+
+
+SIDES = {"payments": PAYMENT, "orders": ORDER}
+NOW = 1_800_000_000_000
+
+
+def test_hold_counts_what_it_holds_per_side_and_skips_partitions_and_topics_it_does_not_hold() -> None:
+    """A record or an end of a partition revoked meanwhile (its next owner reads it again),
+    or of another topic, is passed over; the records after it are held."""
+    pair = _pair()
+    eof = KafkaError(KafkaError._PARTITION_EOF)
+    msgs = [_Msg("orders", 0, 0, NOW), _Msg("payments", 1, 0, NOW), _Msg("payments", 1, 1, error=eof),
+            _Msg("elsewhere", 0, 0, error=eof), _Msg("orders", 0, 1, NOW + 1), _Msg("payments", 0, 0, NOW + 2)]
+    counts, errors = hold({0: pair}, SIDES, msgs, NOW + 10)
+    assert counts == [1, 2] and errors == []
+    assert [(ts, m.offset()) for ts, m in pair.held[ORDER]] == [(NOW, 0), (NOW + 1, 1)]
+    assert [(ts, m.offset()) for ts, m in pair.held[PAYMENT]] == [(NOW + 2, 0)]
+    assert not pair.ends[PAYMENT].fetch_end and not pair.ends[ORDER].fetch_end
+
+
+def test_a_record_stamped_on_2000_01_01_is_held_with_its_time_and_one_a_millisecond_earlier_goes_to_the_dlq() -> None:
+    pair = _pair()
+    hold({0: pair}, SIDES, [_Msg("orders", 0, 0, MIN_EVENT_MS), _Msg("orders", 0, 1, MIN_EVENT_MS - 1)], NOW)
+    assert [ts for ts, _m in pair.held[ORDER]] == [MIN_EVENT_MS, -1]
+
+
+def test_a_partition_holds_up_to_exactly_the_limits_and_a_release_by_time_is_counted_as_such() -> None:
+    seconds, records = JOIN_HOLD_RELEASED.labels("seconds"), JOIN_HOLD_RELEASED.labels("records")
+    before = seconds._value.get(), records._value.get()
+    pair = _pair()
+    pair.held[PAYMENT].extend((t, "p") for t in range(HOLD_MAX_RECORDS))
+    assert _run(pair, 0.0) == [], "HOLD_MAX_RECORDS held: still waiting"
+    assert _run(pair, HOLD_MAX_SECONDS) == [], f"{HOLD_MAX_SECONDS} s: still waiting"
+    assert len(_run(pair, HOLD_MAX_SECONDS + 0.001)) == HOLD_MAX_RECORDS
+    assert (seconds._value.get() - before[0], records._value.get() - before[1]) == (HOLD_MAX_RECORDS, 0)
+
+
+def test_records_released_because_too_many_are_held_are_counted_as_such() -> None:
+    seconds, records = JOIN_HOLD_RELEASED.labels("seconds"), JOIN_HOLD_RELEASED.labels("records")
+    before = seconds._value.get(), records._value.get()
+    pair = _pair()
+    pair.held[ORDER].extend((t, "o") for t in range(HOLD_MAX_RECORDS + 1))
+    assert len(_run(pair, 0.0, frozenset({PAYMENT}))) == HOLD_MAX_RECORDS + 1
+    assert (seconds._value.get() - before[0], records._value.get() - before[1]) == (0, HOLD_MAX_RECORDS + 1)
+
+
+def test_whether_records_are_left_to_fetch_is_asked_of_the_pairs_other_partition() -> None:
+    """As the worker asks it: the partition's fetch position against its high watermark (10)."""
+    pair = _pair()
+    _hold(pair, PAYMENT, 10)
+
+    def unread(p: Pair, side: Side) -> bool:
+        return p.ends[side].fetched_to < 10
+
+    pair.ends[ORDER].fetched_to = 9
+    assert [m for _s, _t, m in merge(pair, 0.0, unread)] == []
+    assert [m for _s, _t, m in merge(pair, HOLD_MAX_SECONDS + 1, unread)] == [], "the orders partition has one left"
+    pair.ends[ORDER].fetched_to = 10
+    assert [m for _s, _t, m in merge(pair, HOLD_MAX_SECONDS + 1, unread)] == ["p10"]
+
+
+def test_a_pair_with_nothing_held_yields_nothing_and_a_wait_starts_with_its_next_record() -> None:
+    pair = _pair()
+    assert _run(pair, 0.0) == [] and pair.holding_since is None
+    _hold(pair, PAYMENT, 10)
+    assert _run(pair, 1.0) == []
+    assert _run(pair, 1.0 + HOLD_MAX_SECONDS) == [], "waiting since 1 s, not since the empty merge"
+    assert _run(pair, 1.1 + HOLD_MAX_SECONDS) == ["p10"]

@@ -3,11 +3,15 @@ as they look before, during and after a broker kill -9, recorded on the local br
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaError
+import logging
+from dataclasses import dataclass
+
+import pytest
+from confluent_kafka import OFFSET_END, KafkaError
 
 from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.merge import Pair, hold
-from streams.join.progress import EndWatch
+from streams.join.progress import EndWatch, confirm_ends
 
 TOPICS = ("payments", "orders")
 
@@ -156,3 +160,161 @@ def test_hold_counts_records_stamped_more_than_grace_ahead_and_leaves_the_dlq_bo
     hold(pairs, sides, msgs, now + max_future, ahead_ms=now + grace)
     assert counted._value.get() - before == 2, "stamped more than GRACE ahead, but not far enough for the DLQ"
     assert [ts for ts, _m in pair.held[Side.ORDER]] == [now, now + grace, now + grace + 1, now + max_future, -1]
+
+
+def _leaders(*leaders: tuple[str, int, int], brokers: dict[int, str] | None = None, waiting: int = 0,
+             idle_us: int = 400_000) -> dict:
+    """A report of partitions (topic, partition, leader) and brokers {nodeid: state},
+    the placeholder of unassigned partitions listed first, as librdkafka lists it."""
+    listed = {f"127.0.0.1:{9092 + n}/{n}": {"nodeid": n, "state": state, "disconnects": 0, "waitresp_cnt": waiting,
+                                           "rxidle": idle_us, "txidle": idle_us}
+              for n, state in (brokers or {1: "UP"}).items()}
+    topics: dict = {t: {"partitions": {"-1": {"partition": -1, "desired": False, "broker": -1}}} for t in TOPICS}
+    for topic, p, leader in leaders:
+        topics[topic]["partitions"][str(p)] = {"partition": p, "desired": True, "broker": leader}
+    return {"brokers": listed, "topics": topics}
+
+
+def test_partition_0_and_broker_0_are_watched_like_any_other() -> None:
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    ours = [("payments", 0, 0), ("payments", 1, 1), ("orders", 0, 0), ("orders", 1, 1)]
+    watch.observe(_leaders(*ours, brokers={0: "UP", 1: "UP"}))
+    assert watch.epoch == 0 and watch.trusts(0), "broker 0 up: nothing away"
+    watch.observe(_leaders(("payments", 0, 0), ("payments", 1, 1), ("orders", 1, 1), brokers={0: "DOWN", 1: "UP"}))
+    assert watch.epoch == 1, "partition 0's leader, broker 0, is down (behind the placeholder of unassigned ones)"
+
+
+def test_a_report_that_does_not_know_one_of_our_topics_yet_reads_the_other() -> None:
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    report = _leaders(("orders", 0, 1))
+    del report["topics"]["payments"]
+    watch.observe(report)
+    assert watch.epoch == 0
+    report["brokers"]["127.0.0.1:9093/1"]["state"] = "TRY_CONNECT"
+    watch.observe(report)
+    assert watch.epoch == 1
+
+
+def test_a_report_lacking_what_is_read_never_fails_an_unknown_leader_is_away_a_missing_count_is_zero() -> None:
+    """librdkafka's reports carry all of it; a report without some (another version, a
+    client that knows no broker yet) is still read, on the safe side."""
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    for empty in ({}, {"topics": {"payments": {}}}, {"brokers": {}, "topics": {"payments": {"partitions": {}}}}):
+        watch.observe(empty)
+    assert watch.epoch == 0, "no partition of ours known: none away"
+    partition = {"partition": 0, "desired": True, "broker": 1}
+    watch.observe({"topics": {"payments": {"partitions": {"0": partition}}}})
+    assert watch.epoch == 1, "no broker known: its leader is away"
+    watch.observe({"brokers": {"b": {"state": "UP"}}, "topics": {"payments": {"partitions": {"0": dict(partition,
+                                                                                                    broker=-1)}}}})
+    assert watch.epoch == 2, "a broker without a node id is no leader"
+    bare = {"nodeid": 1, "state": "UP"}  # no disconnects, rxidle, txidle, waitresp_cnt
+    no_number = {"desired": True, "broker": 7}
+    watch.observe({"brokers": {"b1": bare}, "topics": {"payments": {"partitions": {"0": partition, "x": no_number}}}})
+    assert watch.epoch == 2, "a partition without a number is not one of ours; nothing says broker 1 is away"
+    no_leader = {"partition": 0, "desired": True}
+    watch.observe({"brokers": {"b1": bare}, "topics": {"payments": {"partitions": {"0": no_leader}}}})
+    assert watch.epoch == 3, "a partition without a leader: away"
+    idle = dict(bare, disconnects=1, rxidle=5_000_000, txidle=5_000_000)
+    watch.observe({"brokers": {"b1": bare}, "topics": {"payments": {"partitions": {"0": partition}}}})
+    assert watch.epoch == 3
+    watch.observe({"brokers": {"b1": idle}, "topics": {"payments": {"partitions": {"0": partition}}}})
+    assert watch.epoch == 4, "one disconnect since the report without a count, none waiting: away for the drop only"
+    watch.observe({"brokers": {"b1": idle}, "topics": {"payments": {"partitions": {"0": partition}}}})
+    assert watch.epoch == 4, "idle, with no request said to be waiting: not away"
+
+
+@pytest.mark.parametrize(("waiting", "idle_us", "away"), [
+    (1, 3_000_001, True), (1, 3_000_000, False), (0, 3_000_001, False), (3, 10_000_000, True),
+])
+def test_a_leader_with_a_request_waiting_and_nothing_sent_or_received_for_over_3_s_is_away(
+        waiting: int, idle_us: int, away: bool) -> None:
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    watch.observe(_leaders(("payments", 0, 1), waiting=waiting, idle_us=idle_us))
+    assert watch.epoch == (1 if away else 0)
+
+
+def test_an_outage_is_logged_once_naming_what_was_away(caplog: pytest.LogCaptureFixture) -> None:
+    watch = EndWatch(TOPICS, settle_s=10, clock=_Clock())
+    down = _leaders(("payments", 0, 2), ("orders", 0, 1), brokers={1: "UP", 2: "DOWN"})
+    with caplog.at_level(logging.WARNING, logger="slipguard.join"):
+        watch.observe(down)
+        watch.observe(down)
+        watch.observe(_leaders(("payments", 0, 1)))
+        watch.observe(_leaders(("payments", 0, 1), waiting=1, idle_us=3_500_000))
+    then = ": no end of partition counts (no recovery by the clock) until 10s after it is back"
+    assert [r.getMessage() for r in caplog.records] == [f"no leader connected for payments [0]{then}",
+                                                        f"broker 1 has not answered for 3.5s{then}"]
+
+
+@dataclass
+class _End:
+    """A partition's end as the leader gives it (confluent_kafka's TopicPartition, whose
+    error cannot be set by hand)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: KafkaError | None = None
+
+
+def _pairs(**ends: tuple[int, int]) -> dict[int, Pair]:
+    """Pairs with an end seen: {"payments_0": (fetched_to, epoch seen in), ...}."""
+    pairs: dict[int, Pair] = {}
+    for name, (fetched_to, epoch) in ends.items():
+        topic, p = name.rsplit("_", 1)
+        pair = pairs.setdefault(int(p), Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000)), int(p)))
+        end = pair.ends[TOPICS.index(topic)]
+        end.fetched_to, end.fetch_end, end.end_epoch = fetched_to, True, epoch
+    return pairs
+
+
+def _after_an_outage() -> EndWatch:
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    watch.observe(_stats(leader=-1, brokers=False))
+    watch.observe(_stats())
+    assert watch.epoch == 1 and watch.settled
+    return watch
+
+
+def test_an_end_seen_before_an_outage_counts_again_once_its_leader_says_nothing_is_unread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    watch = _after_an_outage()
+    pairs = _pairs(payments_0=(10, 0), orders_0=(20, 1), orders_1=(7, 0), payments_2=(5, 0), payments_3=(0, 0),
+                   payments_4=(9, 0))
+    asked = []
+
+    def ask(stale: list) -> list:
+        asked.extend((tp.topic, tp.partition, tp.offset) for tp in stale)
+        timed_out = KafkaError(KafkaError._TIMED_OUT)
+        return [_End("payments", 0, 10), _End("orders", 1, 9), _End("payments", 2, 5, timed_out),
+                _End("payments", 3, 0), _End("payments", 4, -1), _End("payments", 9, 0)]
+
+    with caplog.at_level(logging.INFO, logger="slipguard.join"):
+        assert confirm_ends(pairs, TOPICS, watch, ask) == 2
+    assert asked == [("payments", 0, OFFSET_END), ("orders", 1, OFFSET_END), ("payments", 2, OFFSET_END),
+                     ("payments", 3, OFFSET_END), ("payments", 4, OFFSET_END)], "the ends seen before the outage"
+    counts = {(TOPICS[side], p): pair.ends[side].update(False, watch.trusts)
+              for p, pair in pairs.items() for side in (Side.PAYMENT, Side.ORDER) if pair.ends[side].fetch_end}
+    assert counts == {("payments", 0): True, ("orders", 0): True, ("orders", 1): False, ("payments", 2): False,
+                      ("payments", 3): True, ("payments", 4): False}, \
+        "confirmed: fetched to the leader's end (offset 0 too); not: records left, an error, no offset"
+    assert "2 of 5 ends of partition confirmed" in caplog.text
+
+
+def test_nothing_is_confirmed_without_a_stale_end_an_answer_or_the_same_epoch_throughout() -> None:
+    watch = _after_an_outage()
+    fresh = _pairs(payments_0=(10, 1))
+    asked = []
+    assert confirm_ends(fresh, TOPICS, watch, lambda stale: asked.append(stale) or []) == 0
+    assert asked == [], "nothing stale: nothing asked"
+    pairs = _pairs(payments_0=(10, 0))
+    assert confirm_ends(pairs, TOPICS, watch, lambda stale: None) == 0, "no answer"
+    assert not pairs[0].ends[Side.PAYMENT].update(False, watch.trusts)
+
+    def ask_while_the_broker_goes_away(stale: list) -> list:
+        watch.observe(_stats(leader=-1, brokers=False))
+        return [_End("payments", 0, 10)]
+
+    assert confirm_ends(pairs, TOPICS, watch, ask_while_the_broker_goes_away) == 0, "an answer from the epoch before"
+    assert pairs[0].ends[Side.PAYMENT].end_epoch == 0
