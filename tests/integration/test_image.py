@@ -94,7 +94,9 @@ class Container:
 
 
 def _env(s) -> dict[str, str]:
-    return s.to_env() | {"SLIPGUARD_METRICS_PORT": "0"}
+    env = s.to_env() | {"SLIPGUARD_METRICS_PORT": "0"}
+    env.pop("SLIPGUARD_CORE", None)  # the image's default core: native, as it is built
+    return env
 
 
 def test_the_image_runs_the_join_and_the_writer_end_to_end_and_stops_cleanly_on_sigterm(image, base_settings,
@@ -121,6 +123,8 @@ def test_the_image_runs_the_join_and_the_writer_end_to_end_and_stops_cleanly_on_
         codes = {name: c.proc.wait(60) for name, c in (("join", join), ("writer", writer))}  # type: ignore[union-attr]
         assert codes == {"join": 0, "writer": 0}, {n: logs[n].read_text()[-3000:] for n in logs}
         assert "join worker stopped cleanly" in logs["join"].read_text()
+        assert "join core: native (slipguard_native " in logs["join"].read_text(), \
+            "the image's join runs the native record path its builder stage compiled"
         for log in logs.values():
             assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
         assert join.changed_files(started) == [] and writer.changed_files(started) == [], \

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from streams.join import changelog, compact
-from streams.join.core import JoinParams, PartitionJoin
-from tests.join.harness import BASE, FAR, Decimal, G, H, Harness, T
+from tests.join.harness import BASE, FAR, Decimal, G, Harness, T
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Every format a release wrote, oldest first; the last is what this release writes.
@@ -42,7 +41,7 @@ def scenario(fmt: int = 3) -> dict[bytes, bytes | None]:
     h.advance(BASE + 50)  # d is past its deadline by the wall clock and the payments' progress
     assert [r.payment.order_id for r in h.take().recoveries] == ["d"]
     latest: dict[bytes, bytes | None] = {}
-    for change in h.join.state.take_changes():
+    for change in h.commit():
         key, value = changelog.encode(change, fmt)
         latest[key] = value
     return latest
@@ -50,10 +49,8 @@ def scenario(fmt: int = 3) -> dict[bytes, bytes | None]:
 
 def after_restore(latest: dict[bytes, bytes | None]) -> dict:
     """What a join restored from `latest` decides when its inputs go on."""
-    restored = PartitionJoin(JoinParams(T, G, H))
-    changelog.restore_into(restored, latest, now_ms=BASE + 60)
     h = Harness()
-    h.join = restored
+    h.restore(latest, BASE + 60)
     h.pay(BASE + 100, oid="o")  # the waiting order's payment: a match, no recovery
     h.order(BASE + 200, oid="d")  # the recovered payment's order: late
     h.order(BASE + 210, oid="c")  # the matched pair's order again: nothing new
@@ -115,14 +112,14 @@ def test_format_2_carries_no_packed_payment_anywhere() -> None:
     h = Harness()
     for oid in ("m", "r", "w"):
         h.pay(BASE, oid=oid, trace=TP, amount=Decimal("12.30"))
-    first = list(h.join.state.take_changes())
+    first = list(h.commit())
     h.order(BASE + 10, oid="m")
     h.pay(BASE + T + G, oid="z")
     h.order(BASE + T + G, oid="z")
     h.order(BASE + T + G, oid="y")
     h.advance()
     assert len(h.take().recoveries) == 2
-    second = h.join.state.take_changes()
+    second = h.commit()
     logs = {}
     for fmt in (2, 3):
         latest: dict[bytes, bytes | None] = {}

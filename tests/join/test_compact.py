@@ -117,7 +117,7 @@ def test_a_payment_packed_at_a_commit_is_compared_with_its_order_as_the_one_read
         h = Harness()
         p = h.pay(BASE, amount=Decimal("12.30"))
         if commit:
-            h.join.state.take_changes()
+            h.commit()
             assert type(h.join.pending["ord-1"]) is bytes
         h.order(BASE + 1, **({"amount": Decimal("12.30")} | order_over))
         out = h.take()

@@ -265,7 +265,7 @@ def test_a_forged_payment_stamped_ahead_moves_no_progress_and_evicts_no_order() 
     assert "real" in h.join.orders, "the buffered order is still there for its payment"
     assert h.join.payments.time < BASE + 30 * 60_000
     signed = payment_signed(key, order_id="real", paid_at=at(BASE + 2_000))
-    h.join.on_payment(BASE + 2_000, signed, signed.encode(), h.out)
+    h.feed_payment(BASE + 2_000, signed)
     assert h.take().matched == 1
 
 
@@ -355,10 +355,10 @@ def test_payment_with_a_bad_signature_is_reported_and_never_recovered() -> None:
     good = h.pay(BASE, oid="good", signature=None)  # unsigned: bad
     signed_probe = good.model_copy(update={"order_id": "signed", "payment_id": "pay-signed"})
     signed = signed_probe.model_copy(update={"signature": signed_probe.expected_signature(key)})
-    h.join.on_payment(BASE, signed, signed.encode(), h.out)
+    h.feed_payment(BASE, signed)
     # signature of another payment
     forged = signed.model_copy(update={"order_id": "forged", "payment_id": "pay-forged"})
-    h.join.on_payment(BASE, forged, forged.encode(), h.out)
+    h.feed_payment(BASE, forged)
     h.advance(D + G, True, True)
     out = h.take()
     assert [r.payment.payment_id for r in out.recoveries] == ["pay-signed"]
@@ -405,7 +405,7 @@ def test_a_signed_payment_replayed_hours_later_is_flagged_and_keeps_its_recovery
     replay_at = BASE + 2 * H
     h.advance(replay_at, True, True)  # the pair's window is long closed: it is forgotten
     assert h.join.sizes() == (0, 0, 0)
-    h.join.on_payment(replay_at, original, original.encode(), h.out)
+    h.feed_payment(replay_at, original)
     assert [(a.kind, a.payments) for a in h.take().anomalies] == [("paid_at_skew", (original,))]
     h.advance(replay_at + T + G, True, True)
     [recovery] = h.take().recoveries
@@ -451,7 +451,7 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
 def _changes(h: Harness) -> list[tuple[int, object, object]]:
     """take_changes() as (store, key, order ids of a bundle | "value" | None)."""
     out = []
-    for c in h.join.state.take_changes():
+    for c in h.commit():
         value = c.value
         shown = [oid for oid, _ in value] if isinstance(value, list) else (None if value is None else "value")
         out.append((c.store, c.key, shown))
@@ -477,7 +477,7 @@ def test_persisted_entries_are_tombstoned_once_gone() -> None:
     assert sorted(_changes(h), key=str) == sorted(
         [(Store.PENDING, "ord-1", None), (Store.ORDERS, "early", None), (Store.MATCHED, 0, ["ord-1", "early"])],
         key=str)
-    assert h.join.state.take_changes() == []
+    assert h.commit() == []
 
 
 def test_a_bundle_is_deleted_once_all_its_pairs_have_expired() -> None:
@@ -503,7 +503,7 @@ def test_bundles_are_capped_by_encoded_bytes_whatever_the_payments_weigh() -> No
     for i in range(3_000):
         h.pay(BASE + i, oid=f"o{i}", metadata=heavy)
         h.order(BASE + i, oid=f"o{i}")
-    bundles = [(c.key, c.value) for c in h.join.state.take_changes() if c.store == Store.MATCHED]
+    bundles = [(c.key, c.value) for c in h.commit() if c.store == Store.MATCHED]
     sizes = [len(changelog.encode_value(Store.MATCHED, v)) for _, v in bundles]
     assert len(bundles) >= 3 and max(sizes) <= BUNDLE_MAX_BYTES
     assert sorted(oid for _, v in bundles for oid, _ in v) == sorted(f"o{i}" for i in range(3_000))
@@ -519,17 +519,15 @@ def test_state_restored_from_the_changelog_makes_the_same_decisions() -> None:
     live.order(D + G - 1, oid="x")
     live.advance(BASE + T + G, payments_at_end=False, orders_at_end=False)
     log: dict[bytes, bytes | None] = {}
-    for change in live.join.state.take_changes():
+    for change in live.commit():
         key, value = changelog.encode(change)
         log[key] = value
     live.take()
 
-    restored = PartitionJoin(JoinParams(T, G, H))
-    changelog.restore_into(restored, log)
-    assert restored.sizes() == live.join.sizes()
-
     clone = Harness()
-    clone.join = restored
+    clone.restore(log)
+    assert clone.join.sizes() == live.join.sizes()
+
     for h in (live, clone):
         h.pay(BASE + 100, oid="c")  # matches the buffered order c
         h.pay(BASE + 1, oid="b", pid="pay-other")  # b was matched: a second payment
@@ -552,11 +550,11 @@ def test_a_recovery_carries_its_payments_trace_also_after_a_restore() -> None:
     live = Harness()
     live.pay(BASE, oid="a", trace=TP)
     log: dict[bytes, bytes | None] = {}
-    for change in live.join.state.take_changes():
+    for change in live.commit():
         key, value = changelog.encode(change)
         log[key] = value
     restored = Harness()
-    changelog.restore_into(restored.join, log)
+    restored.restore(log)
     restored.advance(BASE + T + G, payments_at_end=True, orders_at_end=True)
     assert [r.traces for r in restored.take().recoveries] == [(TP,)]
 
@@ -579,7 +577,7 @@ def test_entries_without_a_trace_and_with_one_round_trip_through_the_changelog()
     h.order(BASE - T - 1, oid="o1", trace=TO)
     h.order(BASE - T - 1, oid="o2")
     restored = PartitionJoin(JoinParams(T, G, H))
-    for change in h.join.state.take_changes():
+    for change in h.commit():
         restored.restore(changelog.decode(*changelog.encode(change)))
     assert {k: compact.trace_of(e) for k, e in restored.pending.items()} == {"p1": TP, "p2": None}
     assert {k: e.trace for k, e in restored.orders.items()} == {"o1": TO, "o2": None}
@@ -593,7 +591,7 @@ def test_pending_payments_go_to_the_changelog_as_they_are_kept_and_older_records
     h = Harness()
     p = h.pay(BASE, oid="a", amount=Decimal("12.30"), trace=TP)
     h.order(BASE - T - 1, oid="o", amount=Decimal("7"))
-    changes = {c.key: c for c in h.join.state.take_changes()}
+    changes = {c.key: c for c in h.commit()}
     key, value = changelog.encode(changes["a"])
     assert value is h.join.pending["a"] and compact.flags_of(value) & compact.PERSISTED
     assert changelog.decode(key, value).value == value
@@ -622,7 +620,7 @@ def test_payments_packed_at_a_commit_are_the_same_payments_after_a_match_a_recov
     log = {}
 
     def commit() -> None:
-        for change in h.join.state.take_changes():
+        for change in h.commit():
             key, value = changelog.encode(change)
             log[key] = value
 
@@ -637,11 +635,9 @@ def test_payments_packed_at_a_commit_are_the_same_payments_after_a_match_a_recov
     assert out.matched == 2 and not out.anomalies
     assert [(r.payment, r.traces) for r in out.recoveries] == [(paid["r"], (TP,)), (paid["w"], (TP,))]
     commit()
-    restored = PartitionJoin(JoinParams(T, G, H))
-    changelog.restore_into(restored, {k: v for k, v in log.items() if v is not None}, now_ms=BASE)
-    for join in (h.join, restored):
-        again = Harness()
-        again.join = join
+    restored = Harness()
+    restored.restore({k: v for k, v in log.items() if v is not None}, BASE)
+    for again in (h, restored):
         for oid in ("m", "r"):
             again.pay(BASE + 20, oid=oid)  # the same payment_id: a duplicate, dropped
             second = again.pay(BASE + 20, oid=oid, pid=f"second-{oid}")

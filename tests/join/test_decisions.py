@@ -54,7 +54,7 @@ def test_a_mismatch_names_its_order_and_references_both_inputs_the_deciding_one_
     else:
         p = h.pay(BASE, oid="m", trace=TP)
         if arrival.endswith("commit"):
-            h.join.state.take_changes()  # the pending payment is packed: rebuilt for the report
+            h.commit()  # the pending payment is packed: rebuilt for the report
         o = h.order(BASE, oid="m", trace=TO, amount=Decimal("1.00"))
         traces = (TO, TP)
     out = h.take()

@@ -7,7 +7,6 @@ Same conventions as test_core.py: T = 60 s timeout, G = 5 s grace, H = 1 h horiz
 from __future__ import annotations
 
 from streams.join import changelog
-from streams.join.core import JoinParams, PartitionJoin
 from tests.join.harness import BASE, G, H, Harness, T
 
 
@@ -31,9 +30,7 @@ def test_a_matched_pair_is_remembered_until_payments_pass_the_window_of_its_late
 def _restored(h: Harness) -> Harness:
     """A core rebuilt, value by value, from what the live one gives the changelog now."""
     clone = Harness()
-    clone.join = PartitionJoin(JoinParams(T, G, H))
-    for change in h.join.state.take_changes():
-        clone.join.restore(changelog.decode(*changelog.encode(change)))
+    clone.restore(dict(changelog.encode(change) for change in h.commit()))
     return clone
 
 

@@ -196,8 +196,9 @@ def test_whether_records_are_left_to_fetch_is_asked_of_the_pairs_other_partition
     pair = _pair()
     _hold(pair, PAYMENT, 10)
 
-    def unread(p: Pair, side: Side) -> bool:
-        return p.ends[side].fetched_to < 10
+    def unread(partition: int, side: Side) -> bool:
+        assert partition == pair.partition
+        return pair.ends[side].fetched_to < 10
 
     pair.ends[ORDER].fetched_to = 9
     assert [m for _s, _t, m in merge(pair, 0.0, unread)] == []

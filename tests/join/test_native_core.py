@@ -27,11 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import Order, Payment
-from streams.join import changelog, compact
+from streams.join import changelog
 from streams.join.core import Decisions, JoinParams, PartitionJoin
 from streams.join.native import NATIVE, order_fields, payment_fields
 from tests.join.harness import BASE, G, H, T, at
 from tests.join.test_property import Ev, scenarios
+from tests.join.twins import native_decisions, python_decisions, python_state
 from tests.schemas.test_fast import _texts, metadata, offsets
 
 pytestmark = pytest.mark.skipif(NATIVE is None, reason="slipguard_native not built (no cargo)")
@@ -94,46 +95,6 @@ def streams(draw: st.DrawFn) -> list[Any]:
 # ---------------------------------------------------------------- the two cores, side by side
 
 
-def _payment_of(record: bytes, oid: str) -> bytes:
-    return compact.payment(record, oid).encode()
-
-
-def _python_decisions(out: Decisions) -> list[tuple]:
-    """Decisions as comparable tuples, in the order the worker writes them."""
-    got: list[tuple] = [("recover", r.payment.order_id, r.payment.encode(), r.deadline_ms, r.traces)
-                        for r in out.recoveries]
-    got += [("late", x.order.encode(), x.order_ts, x.payment_id, x.lateness_ms, x.traces) for x in out.late]
-    got += [("flag", f.kind, f.order_id, tuple(p.encode() for p in f.payments),
-             None if f.order is None else f.order.encode(), f.traces) for f in out.anomalies]
-    return got
-
-
-def _native_decisions(decisions: list[tuple]) -> list[tuple]:
-    by_kind: dict[str, list[tuple]] = {"recover": [], "late": [], "flag": []}
-    for d in decisions:
-        if d[0] == "recover":
-            _, oid, record, deadline, traces = d
-            by_kind["recover"].append(("recover", oid, _payment_of(record, oid), deadline, traces))
-        elif d[0] == "late":
-            _, order, ts, pid, lateness, traces = d
-            by_kind["late"].append(("late", Order.decode(order).encode(), ts, pid, lateness, traces))
-        else:
-            _, kind, oid, payments, order, traces = d
-            by_kind["flag"].append(("flag", kind, oid, tuple(_payment_of(p, oid) for p in payments),
-                                    None if order is None else Order.decode(order).encode(), traces))
-    return by_kind["recover"] + by_kind["late"] + by_kind["flag"]
-
-
-def _python_state(join: PartitionJoin) -> tuple:
-    pending = {oid: e if isinstance(e, bytes) else e.packed() for oid, e in join.pending.items()}
-    return (
-        {oid: (compact.t_of(e), compact.flags_of(e) & ~compact.PERSISTED, compact.part_of(e), compact.trace_of(e))
-         for oid, e in pending.items()},
-        {oid: (e.ts, e.paid_id) for oid, e in join.orders.items()},
-        {oid: (e.payment_id, e.deadline, e.late, e.trace) for oid, e in join.recovered.items()},
-    )
-
-
 class Twins:
     def __init__(self, keys: tuple[bytes, ...]) -> None:
         self.keys = keys
@@ -164,11 +125,11 @@ class Twins:
             self.sure += sure
             self.unsure += not sure and not via_fields
         decisions, counts = self.nat.take_decisions()
-        assert _native_decisions(decisions) == _python_decisions(out), s
+        assert native_decisions(decisions) == python_decisions(out), s
         assert counts == (out.matched, out.duplicates, out.ignored_failed), s
         assert self.nat.oldest_pending_time() == self.py.oldest_pending_time()
         assert self.nat.sizes() == self.py.sizes()
-        assert self.nat.state() == _python_state(self.py)
+        assert self.nat.state() == python_state(self.py)
 
     def commit(self, log: dict[bytes, bytes | None]) -> None:
         want = [changelog.encode(c) for c in self.py.state.take_changes()]
@@ -183,7 +144,7 @@ class Twins:
         changelog.restore_into(self.py, latest, now)
         self.nat = NATIVE.Core(T, G, H, list(self.keys))
         self.nat.restore(list(latest.items()), now)
-        assert self.nat.state() == _python_state(self.py)
+        assert self.nat.state() == python_state(self.py)
         assert self.nat.sizes() == self.py.sizes()
         assert self.nat.oldest_pending_time() == self.py.oldest_pending_time()
 

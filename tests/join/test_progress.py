@@ -11,7 +11,9 @@ from confluent_kafka import OFFSET_END, KafkaError
 
 from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.merge import Pair, hold
+from streams.join.pipeline import Pipeline
 from streams.join.progress import EndWatch, confirm_ends
+from streams.settings import load_settings
 
 TOPICS = ("payments", "orders")
 
@@ -258,6 +260,13 @@ class _End:
     error: KafkaError | None = None
 
 
+def _path(pairs: dict[int, Pair]) -> Pipeline:
+    """The record path holding `pairs`, as confirm_ends asks it."""
+    pipe = Pipeline(load_settings(bootstrap_servers="127.0.0.1:1"), JoinParams(5_000, 1_000, 60_000), sink=None)
+    pipe.pairs = pairs
+    return pipe
+
+
 def _pairs(**ends: tuple[int, int]) -> dict[int, Pair]:
     """Pairs with an end seen: {"payments_0": (fetched_to, epoch seen in), ...}."""
     pairs: dict[int, Pair] = {}
@@ -291,7 +300,7 @@ def test_an_end_seen_before_an_outage_counts_again_once_its_leader_says_nothing_
                 _End("payments", 3, 0), _End("payments", 4, -1), _End("payments", 9, 0)]
 
     with caplog.at_level(logging.INFO, logger="slipguard.join"):
-        assert confirm_ends(pairs, TOPICS, watch, ask) == 2
+        assert confirm_ends(_path(pairs), TOPICS, watch, ask) == 2
     assert asked == [("payments", 0, OFFSET_END), ("orders", 1, OFFSET_END), ("payments", 2, OFFSET_END),
                      ("payments", 3, OFFSET_END), ("payments", 4, OFFSET_END)], "the ends seen before the outage"
     counts = {(TOPICS[side], p): pair.ends[side].update(False, watch.trusts)
@@ -306,15 +315,16 @@ def test_nothing_is_confirmed_without_a_stale_end_an_answer_or_the_same_epoch_th
     watch = _after_an_outage()
     fresh = _pairs(payments_0=(10, 1))
     asked = []
-    assert confirm_ends(fresh, TOPICS, watch, lambda stale: asked.append(stale) or []) == 0
+    assert confirm_ends(_path(fresh), TOPICS, watch, lambda stale: asked.append(stale) or []) == 0
     assert asked == [], "nothing stale: nothing asked"
     pairs = _pairs(payments_0=(10, 0))
-    assert confirm_ends(pairs, TOPICS, watch, lambda stale: None) == 0, "no answer"
+    assert confirm_ends(_path(pairs), TOPICS, watch, lambda stale: None) == 0, "no answer"
     assert not pairs[0].ends[Side.PAYMENT].update(False, watch.trusts)
 
     def ask_while_the_broker_goes_away(stale: list) -> list:
         watch.observe(_stats(leader=-1, brokers=False))
         return [_End("payments", 0, 10)]
 
-    assert confirm_ends(pairs, TOPICS, watch, ask_while_the_broker_goes_away) == 0, "an answer from the epoch before"
+    assert confirm_ends(_path(pairs), TOPICS, watch, ask_while_the_broker_goes_away) == 0, \
+        "an answer from the epoch before"
     assert pairs[0].ends[Side.PAYMENT].end_epoch == 0

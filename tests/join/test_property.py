@@ -204,7 +204,7 @@ def test_state_restored_from_the_changelog_equals_the_live_state_at_every_commit
         _apply(h, s)
         h.take()
         if data.draw(st.integers(0, 3)) == 0:
-            for change in h.join.state.take_changes():
+            for change in h.commit():
                 key, value = changelog.encode(change)
                 log[key] = value
             compacted = {k: v for k, v in log.items() if v is not None}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from streams.join import changelog
-from streams.join.core import JoinParams, PartitionJoin
 from streams.join.state import BUNDLE_MAX_BYTES, PAIR_OVERHEAD, BufferedOrder, Change, JoinState, Store
 from tests.join.harness import BASE, FAR, G, H, Harness, T
 
@@ -19,7 +18,7 @@ Log = dict[bytes, bytes | None]
 def _commit(h: Harness, log: Log) -> list[tuple[Store, object, object]]:
     """One commit into `log`; the changes as (store, key, order ids of a bundle | "value" | None)."""
     shown = []
-    for change in h.join.state.take_changes():
+    for change in h.commit():
         key, value = changelog.encode(change)
         log[key] = value
         v = change.value
@@ -31,8 +30,7 @@ def _commit(h: Harness, log: Log) -> list[tuple[Store, object, object]]:
 def _restored(log: Log, now_ms: int = BASE) -> Harness:
     """A join restored from the compacted `log`, as a worker taking over the partition makes it."""
     h = Harness()
-    h.join = PartitionJoin(JoinParams(T, G, H))
-    changelog.restore_into(h.join, {k: v for k, v in log.items() if v is not None}, now_ms=now_ms)
+    h.restore({k: v for k, v in log.items() if v is not None}, now_ms)
     return h
 
 
@@ -256,7 +254,7 @@ def test_bundles_stay_under_the_cap_with_ids_of_any_length(oid_len: int, pid_len
         oid = f"{i:0{oid_len}d}"
         h.pay(BASE + i, oid=oid, pid=f"{i:0{pid_len}d}", metadata=meta)
         h.order(BASE + i, oid=oid)
-    bundles = [c.value for c in h.join.state.take_changes() if c.store == Store.MATCHED]
+    bundles = [c.value for c in h.commit() if c.store == Store.MATCHED]
     sizes = [len(changelog.encode_value(Store.MATCHED, b)) for b in bundles if isinstance(b, list)]
     assert len(sizes) >= 2 and max(sizes) <= BUNDLE_MAX_BYTES
     assert sum(len(b) for b in bundles if isinstance(b, list)) == n
