@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/s
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@# The native record path (Rust, PyO3): built where cargo is; elsewhere the Python core runs.
-	@if command -v cargo >/dev/null; then $(BIN)/pip install -q ./native; \
+	@# Its build is kept in ~/.cache/slipguard/cargo-target: a clean checkout rebuilds only what changed.
+	@if command -v cargo >/dev/null; then CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$HOME/.cache/slipguard/cargo-target} \
+	  $(BIN)/pip install -q ./native; \
 	else echo "venv: cargo not found: the join runs its Python core (install Rust, then make venv, for the native one)"; fi
 	@touch $(STAMP)
 
@@ -39,10 +41,19 @@ topics: up
 demo: up
 	$(BIN)/slipguard demo
 
-# The whole suite: unit, property and integration tests on the real local stack.
+# The whole suite: unit, property and integration tests on the real local stack, the join
+# on its default core (native where built); then the tests that run join workers again on
+# the Python core (SLIPGUARD_CORE=python), the reference and fallback. (The pure tests of
+# the core already run both: tests/join/harness.py drives a native twin beside the Python one.)
+PYTHON_CORE_TESTS := tests/integration/test_join.py tests/integration/test_hostile_inputs.py \
+	tests/integration/test_fuzz_records.py tests/integration/test_join_restore.py tests/integration/test_dlq.py
 test: up tools
 	bash deploy/local/stack.sh kafka3-fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@if $(BIN)/python -c "import slipguard_native" 2>/dev/null; then \
+	  echo "test: again on the Python core: $(PYTHON_CORE_TESTS)"; \
+	  SLIPGUARD_CORE=python $(BIN)/python -m pytest $(PYTEST_ARGS:.stack/junit.xml=.stack/junit-python-core.xml) \
+	    $(PYTHON_CORE_TESTS); fi
 
 # Pure logic only; no broker or database needed.
 test-unit: venv tools

@@ -6,7 +6,8 @@ Each workload of `slipguard bench` (WORKLOADS) is produced once; then, run after
 each tree's join drains it in a process of its own (a fresh group, so it reads from the
 start), in alternating order: events/s and CPU seconds per million events, each run and
 the medians. A tree is `git archive REF streams schemas`, or this tree's copied at the
-start, run with its own code only. `cores` runs this tree once per join core
+start, run with its own code only. REF may name several commits (A,B,C): each is a side,
+compared with the first (to find which commit of a range cost what). `cores` runs this tree once per join core
 (SLIPGUARD_CORE: "native", "python"), each a side of its own; the reference tree runs
 with its own default.
 """
@@ -27,13 +28,20 @@ from streams.settings import Settings
 from streams.tools import bench
 
 ROOT = Path(__file__).resolve().parents[2]
-# Runs in either tree: bench.drain has kept this signature.
+# Runs in either tree: bench.drain has kept this signature (it lived in streams/bench.py
+# before the layout step; tune_gc came later).
 _DRAIN = """
 import json, sys
-from streams.join.worker import tune_gc
 from streams.settings import load_settings
-from streams.tools import bench
-tune_gc()
+try:
+    from streams.tools import bench
+except ImportError:
+    from streams import bench
+try:
+    from streams.join.worker import tune_gc
+    tune_gc()
+except ImportError:
+    pass
 rate, cpu, *_ = bench.drain(load_settings(), int(sys.argv[1]))
 print(json.dumps({"events_per_s": rate, "cpu_s_per_million": cpu}))
 """
@@ -83,7 +91,8 @@ def run(s: Settings, against: str, runs: int, events: int, partitions: int, work
         cores: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="slipguard-ab-") as tmp:
         here = snapshot(Path(tmp) / "here")
-        sides = [Side(against, archive(against, Path(tmp) / "ref"))]
+        refs = [r for r in against.split(",") if r]
+        sides = [Side(ref, archive(ref, Path(tmp) / f"ref-{i}")) for i, ref in enumerate(refs)]
         choices: list[str | None] = [*cores] if cores else [None]
         sides += [Side(f"this tree, {core}" if core else "this tree", here, core) for core in choices]
         lines = [(f"bench-ab: {against} against this tree, {runs} runs each, interleaved, {partitions} partitions, "
@@ -104,7 +113,7 @@ def run(s: Settings, against: str, runs: int, events: int, partitions: int, work
             lines += [_row(name, side) for side in sides]
             ref = statistics.median(sides[0].events_per_s)
             for side in sides[1:]:
-                lines.append(f"  [{name}] {side.name} / {against}: "
+                lines.append(f"  [{name}] {side.name} / {refs[0]}: "
                              f"{statistics.median(side.events_per_s) / ref:.3f} (medians of events/s)")
         return "\n".join(lines)
 
