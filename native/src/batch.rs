@@ -104,7 +104,7 @@ enum Reject {
     Internal(PyErr),
 }
 
-#[pyclass(unsendable)]
+#[pyclass]
 pub struct Pipeline {
     params: core::Params,
     topics: [String; 2],

@@ -123,7 +123,7 @@ pub(crate) fn order_of(f: OrderFields<'_>) -> PyResult<decode::Order> {
 
 /// The join's rules for one pair, natively (core::Core), driven record by record: for the
 /// differential tests against streams.join.core.PartitionJoin.
-#[pyclass(unsendable)]
+#[pyclass]
 pub(crate) struct Core {
     pub(crate) inner: core::Core,
 }

@@ -187,3 +187,37 @@ def test_records_the_native_decoder_is_unsure_of_go_in_as_the_models_fields() ->
     assert twins.unsure == 1
     twins.step(("advance", True, True, BASE + T + G))
     assert twins.nat.sizes() == (0, 0, 1)
+
+
+def test_native_objects_made_in_one_thread_are_used_in_another() -> None:
+    """A worker is built in one thread and run in another (an application embedding the
+    join; `slipguard bench`'s live phase; librdkafka's rebalance callbacks run in the
+    thread that consumes): the native classes are not bound to the thread that made them."""
+    import threading
+
+    from streams.join import native
+    from streams.settings import load_settings
+    from tests.factories import payment
+    from tests.join.fuzz import Recorder
+
+    s = load_settings(bootstrap_servers="127.0.0.1:1")
+    params = JoinParams(T, G, H)
+    pipe = native.NativePipeline(s, params, Recorder())
+    core = native.new_core(params)
+    raw = payment(order_id="o-thread", paid_at=at(BASE)).encode()
+    got: list[object] = []
+
+    def elsewhere() -> None:
+        try:
+            assert core.on_payment(BASE, raw, None), "the native decoder is sure of it"
+            pipe.install({0: core})
+            got.append((pipe.partitions(), pipe.pending_count()))
+        except BaseException as exc:  # noqa: BLE001 (a PanicException is a BaseException)
+            got.append(exc)
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join(10)
+    assert got == [([0], 1)], got
+    assert pipe.pending_count() == 1 and pipe.partitions() == [0], "and back in the thread that made them"
+
