@@ -349,7 +349,9 @@ impl Pipeline {
 
     /// Step 2 (merge.merge and the feed): each pair's held records in event-time order
     /// into its core; then which partitions are read to their end (`trusts(epoch)`).
-    /// `unread(partition, side)`: records left to fetch. Returns the dead letters (message,
+    /// `unread(partition, side, fetched_to)`: records left to fetch past `fetched_to` (given,
+    /// so that the callback needs nothing of this object: it is borrowed for the whole call,
+    /// and a call back into it would be refused). Returns the dead letters (message,
     /// headers, why unreadable, kind, detail), the next offsets decided per (side,
     /// partition), and the records released by (too many, too long).
     fn merge<'py>(&mut self, py: Python<'py>, monotonic: f64, trusts: &Bound<'py, PyAny>, unread: &Bound<'py, PyAny>)
@@ -382,7 +384,7 @@ impl Pipeline {
                         let rest = pair.held[side].len();
                         let release = fetched_all || rest > HOLD_MAX_RECORDS || {
                             monotonic - pair.holding_since.unwrap_or(monotonic) > HOLD_MAX_SECONDS
-                                && !unread.call1((part, other))?.is_truthy()?
+                                && !unread.call1((part, other, pair.ends[other].fetched_to))?.is_truthy()?
                         };
                         if release {
                             if !fetched_all {

@@ -28,7 +28,10 @@ _EOF = KafkaError._PARTITION_EOF
 log = logging.getLogger("slipguard.join")
 
 Held = deque[tuple[int, Message]]  # (event time, record) fetched, not fed yet
-Unread = Callable[[int, Side], bool]  # whether (partition, side) has records not yet fetched
+# Whether (partition, side) has records not yet fetched past `fetched_to`, the next offset
+# the application got (given: the callback asks nothing of the record path, which the
+# native one could not answer while it merges).
+Unread = Callable[[int, Side, int], bool]
 
 
 def _held() -> tuple[Held, Held]:
@@ -116,9 +119,10 @@ def merge(pair: Pair, now: float, unread: Unread) -> Iterator[tuple[Side, int, M
     if merged or pair.holding_since is None:
         pair.holding_since = now
     other = Side.ORDER if side == Side.PAYMENT else Side.PAYMENT
-    fetched_all = pair.ends[other].fetch_end
+    end = pair.ends[other]
+    fetched_all = end.fetch_end
     if fetched_all or len(rest) > HOLD_MAX_RECORDS or (
-            now - pair.holding_since > HOLD_MAX_SECONDS and not unread(pair.partition, other)):
+            now - pair.holding_since > HOLD_MAX_SECONDS and not unread(pair.partition, other, end.fetched_to)):
         if not fetched_all:
             RELEASED.labels("records" if len(rest) > HOLD_MAX_RECORDS else "seconds").inc(len(rest))
         while rest:

@@ -184,9 +184,9 @@ class JoinWorker:
         if self.checkpoint.due(self.settings.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
             self.commit()
 
-    def _unread(self, partition: int, side: Side) -> bool:
+    def _unread(self, partition: int, side: Side, fetched_to: int) -> bool:
         """merge's question after HOLD_MAX_SECONDS: records left to fetch (librdkafka issue 1854)?"""
-        return unfetched(self.consumer, self.topic_of[side], partition, self.pipeline.fetched_to(partition, side))
+        return unfetched(self.consumer, self.topic_of[side], partition, fetched_to)
 
     def commit(self, *, handing_over: bool = False) -> None:
         """Commit (checkpoint.Checkpoint); work that could not be committed is read again,

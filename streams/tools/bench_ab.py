@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.kafka.topics import create_topics
 from streams.settings import Settings
 from streams.tools import bench
 
@@ -76,7 +77,9 @@ def snapshot(into: Path) -> Path:
 
 def drain_in(tree: Path, s: Settings, total: int, core: str | None = None) -> dict[str, float]:
     """One drain of the workload's topics by `tree`'s join, in a fresh group."""
-    env = s.derive(join_group=f"ab-{uuid.uuid4().hex[:8]}").to_env() | {"PYTHONPATH": str(tree)}
+    group = s.derive(join_group=f"ab-{uuid.uuid4().hex[:8]}")
+    create_topics(group)  # its changelog: a join older than 2026-11-26 does not create it
+    env = group.to_env() | {"PYTHONPATH": str(tree)}
     env.pop("SLIPGUARD_CORE", None)  # (a tree older than the setting refuses it)
     if core is not None:
         env["SLIPGUARD_CORE"] = core

@@ -352,12 +352,12 @@ def run(records: list[Rec], *, s: Settings, now: Callable[[int], int], rnd: rand
         wall = now(step)
         pipe.take(batch, wall, 0)
         out = pipe.merge(step * 0.1, lambda _epoch: True,
-                         lambda _pair, side: fetched[side] < len(sides[side]))
+                         lambda _partition, side, _fetched_to: fetched[side] < len(sides[side]))
         pipe.advance(out, wall)
         done = fetched == [len(sides[0]), len(sides[1])] and not pipe.held_count()
         if done:  # then the wall clock passes every deadline (+ grace): each payment is decided
             last = max((r.ts for r in records if r.ts < wall + MAX_FUTURE), default=wall)
-            pipe.advance(pipe.merge(step * 0.1, lambda _epoch: True, lambda _pair, _side: False),
+            pipe.advance(pipe.merge(step * 0.1, lambda _epoch: True, lambda _partition, _side, _fetched_to: False),
                          max(wall, last + s.order_timeout + s.grace))
         if done or rnd.random() < 0.2:
             _commit(pipe, log)

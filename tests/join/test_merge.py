@@ -21,7 +21,7 @@ def _hold(pair: Pair, kind: Side, *times: int) -> None:
 
 def _run(pair: Pair, now: float, unread: frozenset[Side] = frozenset()) -> list[str]:
     """Merge at `now`; `unread`: the sides the worker would find records left to fetch in."""
-    return [m for _side, _ts, m in merge(pair, now, lambda _pair, side: side in unread)]
+    return [m for _side, _ts, m in merge(pair, now, lambda _partition, side, _fetched_to: side in unread)]
 
 
 def test_records_of_both_partitions_are_fed_in_event_time_order() -> None:
@@ -114,7 +114,7 @@ def test_one_order_from_a_fast_clock_in_a_backlog_recovers_no_payment_whose_orde
         pair.ends[PAYMENT].fetch_end, pair.ends[ORDER].fetch_end = ip >= len(pays), io >= len(ords)
         out = Decisions()
 
-        def unread(_pair: Pair, side: Side, ip: int = ip, io: int = io) -> bool:  # this round's ip and io
+        def unread(_partition: int, side: Side, _fetched_to: int, ip: int = ip, io: int = io) -> bool:  # this round's
             return ip < len(pays) if side == PAYMENT else io < len(ords)
 
         for side, ts, rec in merge(pair, 0.0, unread):
@@ -196,9 +196,9 @@ def test_whether_records_are_left_to_fetch_is_asked_of_the_pairs_other_partition
     pair = _pair()
     _hold(pair, PAYMENT, 10)
 
-    def unread(partition: int, side: Side) -> bool:
-        assert partition == pair.partition
-        return pair.ends[side].fetched_to < 10
+    def unread(partition: int, side: Side, fetched_to: int) -> bool:
+        assert partition == pair.partition and fetched_to == pair.ends[side].fetched_to
+        return fetched_to < 10
 
     pair.ends[ORDER].fetched_to = 9
     assert [m for _s, _t, m in merge(pair, 0.0, unread)] == []
