@@ -24,16 +24,26 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
 
 
+# The longest duration any setting takes: 100 years. Event times plus any sum of settings
+# stay far inside a signed 64-bit count of milliseconds (the native core's and Kafka's), so
+# no setting can make a time wrap around.
+MAX_DURATION_MS = 100 * 365 * 86_400_000
+
+
 def parse_duration_ms(value: Any) -> int:
     """'60s', '1h', '250ms', '5' (seconds) or a number of seconds -> whole milliseconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 60s, 5m or 1h")
     if isinstance(value, (int, float)):
-        return int(value * 1000)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError("expected a duration such as 60s, 5m, 1h or 250ms")
-    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+        ms = value * 1000
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("expected a duration such as 60s, 5m, 1h or 250ms")
+        ms = float(match.group(1)) * _UNIT_MS[match.group(2)]
+    if not -MAX_DURATION_MS <= ms <= MAX_DURATION_MS:  # (also infinities and NaN)
+        raise ValueError(f"{value!r} is longer than any setting takes (at most 100 years)")
+    return int(ms)
 
 
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from schemas.headers import valid_traceparent
 from streams.join import changelog, compact, native
@@ -173,3 +174,27 @@ def _keep(case: dict) -> None:
 @pytest.mark.parametrize("path", sorted(CORPUS.glob("*.json")), ids=lambda p: p.stem)
 def test_every_case_the_fuzzer_found_stays_fixed(path: Path) -> None:
     check(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("setting", ["order_timeout", "grace", "late_horizon", "max_future"])
+def test_each_time_setting_at_its_bound_decides_the_same_on_both_cores(setting: str) -> None:
+    """No setting can make a time wrap around: each duration takes at most
+    MAX_DURATION_MS (100 years; more is a settings error), and at that bound the two cores
+    decide and write the same (a sum that wrapped in the native core once sent every record
+    to the DLQ)."""
+    from streams.settings import MAX_DURATION_MS
+
+    with pytest.raises(ValidationError, match="at most 100 years"):
+        fuzz.settings(**{setting: f"{MAX_DURATION_MS + 1}ms"})
+    with pytest.raises(ValidationError):
+        fuzz.settings(**{setting: "1e400"})
+    s = fuzz.settings(**{setting: f"{MAX_DURATION_MS}ms"})
+    records = fuzz.honest(20, 7)
+    now = lambda step: BASE + step * 200  # noqa: E731
+    py = fuzz.run(records, s=s, now=now, rnd=random.Random(3))
+    assert not fuzz.dead_letters(py.sink, s.dlq_topic), "honest records are never refused"
+    if native.NATIVE is not None:
+        nat = fuzz.run(records, s=s, now=now, rnd=random.Random(3), native=True)
+        assert [(r.topic, r.key, r.value) for r in nat.sink.records] == [(r.topic, r.key, r.value)
+                                                                          for r in py.sink.records]
+        assert nat.changelog == py.changelog and nat.sink.offsets == py.sink.offsets
