@@ -670,8 +670,29 @@ impl Core {
 
 pub struct Unreadable(pub String);
 
+/// A time read from the changelog: milliseconds within ±2^53 (285,000 years), so that it plus
+/// any sum of settings (each at most 100 years) cannot wrap. Anything else is unreadable.
 fn be_i64(v: &[u8], at: usize) -> Result<i64, Unreadable> {
-    v.get(at..at + 8).map(|b| i64::from_be_bytes(b.try_into().expect("8"))).ok_or_else(|| Unreadable("short".into()))
+    let t = v.get(at..at + 8).map(|b| i64::from_be_bytes(b.try_into().expect("8")))
+        .ok_or_else(|| Unreadable("short".into()))?;
+    if t.unsigned_abs() > 1 << 53 {
+        return Err(Unreadable(format!("a time out of range: {t}")));
+    }
+    Ok(t)
+}
+
+/// A packed pending payment as restore takes it: its time, its trace within the value, and
+/// a payment part after it; otherwise unreadable (never an index out of range later).
+fn check_packed(e: &[u8]) -> Result<(), Unreadable> {
+    be_i64(e, 0)?;
+    let flags = *e.get(8).ok_or_else(|| Unreadable("short".into()))?;
+    let part = if flags & pack::TRACE != 0 {
+        let n = *e.get(9).ok_or_else(|| Unreadable("short trace".into()))? as usize;
+        e.get(10 + n..).ok_or_else(|| Unreadable("short trace".into()))?
+    } else {
+        &e[9..]
+    };
+    entries::read_part(part).map(|_| ()).ok_or_else(|| Unreadable("a packed payment part".into()))
 }
 
 fn read_fields(v: &[u8], mut at: usize, count: usize) -> Result<(Vec<String>, usize), Unreadable> {
@@ -718,6 +739,7 @@ impl Core {
                 .map_err(|_| Unreadable("key not UTF-8".into()))?;
             match key.get(..2) {
                 Some(b"p:") if v.len() > 8 && v[8] & (pack::PERSISTED | pack::COMPACT) == pack::PERSISTED | pack::COMPACT => {
+                    check_packed(v)?;
                     packed.push((oid, v.clone()));
                 }
                 Some(b"p:") => self.restore_pending_old(&oid, v, now)?,
@@ -838,6 +860,7 @@ impl Core {
         let t = be_i64(v, 0)?;
         let flags = *v.get(8).ok_or_else(|| Unreadable("short".into()))?;
         if flags & pack::COMPACT != 0 {  // format 3 written without PERSISTED: as it is, persisted now
+            check_packed(v)?;
             let mut e = v.to_vec();
             e[8] |= pack::PERSISTED;
             self.pending.insert(oid.to_string(), Pending::Packed(e));
@@ -855,7 +878,8 @@ impl Core {
             at = read_fields(v, at, 4)?.1;
         }
         let _ = now;
-        let p = decode::payment(&v[at..]).ok_or_else(|| Unreadable("a payment the native decoder is unsure of".into()))?;
+        let record = v.get(at..).ok_or_else(|| Unreadable("short".into()))?;
+        let p = decode::payment(record).ok_or_else(|| Unreadable("a payment the native decoder is unsure of".into()))?;
         let e = pack::entry(t, &pack::part(&p), (flags & pack::LATE) | pack::PERSISTED, trace.as_deref());
         self.pending.insert(oid.to_string(), Pending::Packed(e));
         Ok(())

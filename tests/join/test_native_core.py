@@ -30,6 +30,7 @@ from schemas import Order, Payment
 from streams.join import changelog
 from streams.join.core import Decisions, JoinParams, PartitionJoin
 from streams.join.native import NATIVE, order_fields, payment_fields
+from tests.factories import order
 from tests.join.harness import BASE, G, H, T, at
 from tests.join.test_property import Ev, scenarios
 from tests.join.twins import native_decisions, python_decisions, python_state
@@ -221,3 +222,62 @@ def test_native_objects_made_in_one_thread_are_used_in_another() -> None:
     assert got == [([0], 1)], got
     assert pipe.pending_count() == 1 and pipe.partitions() == [0], "and back in the thread that made them"
 
+
+
+def _valid_changelog() -> list[tuple[bytes, bytes]]:
+    """Every kind of changelog value the join writes: pending (packed, traced or not), orders,
+    recovered payments, a bundle of matched pairs."""
+    from tests.join.harness import Harness
+
+    h = Harness(twin=False)
+    h.pay(BASE, oid="pend", trace=TRACES[0])
+    h.pay(BASE, oid="plain")
+    h.order(BASE + 5, oid="lonely", trace=TRACES[0])
+    h.pay(BASE, oid="pair")
+    h.order(BASE + 1, oid="pair")
+    h.pay(BASE - 10 * T, oid="rec", trace=TRACES[0])
+    h.advance(BASE - 8 * T, True, True)
+    return [(k, v) for k, v in (changelog.encode(c) for c in h.commit()) if v is not None]
+
+
+@st.composite
+def crafted(draw: st.DrawFn) -> list[tuple[bytes, bytes | None]]:
+    """Changelog values as someone with write access to the changelog might craft them: valid
+    ones cut short, with flag bytes flipped, times at the extremes, bytes overwritten, or junk."""
+    out: list[tuple[bytes, bytes | None]] = []
+    for key, value in _valid_changelog():
+        how = draw(st.sampled_from(["keep", "cut", "flag", "time", "byte", "junk", "none"]))
+        v = bytearray(value)
+        if how == "cut":
+            v = v[:draw(st.integers(0, len(v)))]
+        elif how == "flag" and len(v) > 8:
+            v[8] = draw(st.integers(0, 255))
+        elif how == "time" and len(v) >= 8:
+            t = draw(st.sampled_from([2**63 - 1, -(2**63), 2**53 + 1, -1, 0]))
+            v[:8] = t.to_bytes(8, "big", signed=True)
+        elif how == "byte" and v:
+            v[draw(st.integers(0, len(v) - 1))] = draw(st.integers(0, 255))
+        elif how == "junk":
+            v = bytearray(draw(st.binary(max_size=64)))
+        out.append((key, None if how == "none" else bytes(v)))
+    return out
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crafted())
+def test_a_crafted_changelog_is_refused_with_an_error_or_restored_and_never_panics_later(latest: list) -> None:
+    """The native core takes what it can vouch for and refuses the rest with a ValueError at
+    restore; nothing it takes may fail afterwards (a panic is a BaseException no worker catches)."""
+    core = NATIVE.Core(T, G, H, [])
+    try:
+        core.restore(latest, BASE)
+    except ValueError:
+        return
+    for now in (BASE, BASE + T + G + 1, BASE + 100 * H):
+        core.advance(now, True, True)
+        core.take_decisions()
+        core.take_changes()
+        core.state()
+        core.oldest_pending_time()
+    core.on_order(BASE + 2, order(order_id="pend", created_at=at(BASE + 2)).encode(), None)
+    core.take_decisions()
