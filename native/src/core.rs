@@ -258,7 +258,7 @@ impl Core {
             f.flags |= pack::PERSISTED;
         }
         let t = f.t;
-        self.pending.insert(oid.to_string(), Pending::Fresh(f));
+        self.pending.insert(oid.to_string(), Pending::Fresh(Box::new(f)));
         self.deadlines.add(oid, t);
     }
 

@@ -6,7 +6,7 @@ use crate::pack;
 
 /// A pending payment: fresh (as read, since the last commit) or packed (compact.py).
 pub enum Pending {
-    Fresh(Fresh),
+    Fresh(Box<Fresh>),
     Packed(Vec<u8>),
 }
 

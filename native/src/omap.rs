@@ -2,22 +2,28 @@
 //! added again goes to the end. The native core iterates its maps where the Python core
 //! iterates its dicts (timer rebuilds, the changelog's net changes), so that both write
 //! the same records in the same order.
+//!
+//! Built as CPython builds a dict: the entries in a vector in insertion order, and a hash
+//! table of indices into it (hashbrown's HashTable), so each key is stored once.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
 
 pub struct OMap<K, V> {
     slots: Vec<Option<(K, V)>>,
-    index: HashMap<K, usize>,
+    index: HashTable<usize>,
+    hasher: RandomState,
 }
 
-impl<K: Hash + Eq + Clone, V> Default for OMap<K, V> {
+impl<K: Hash + Eq, V> Default for OMap<K, V> {
     fn default() -> Self {
-        Self { slots: Vec::new(), index: HashMap::new() }
+        Self { slots: Vec::new(), index: HashTable::new(), hasher: RandomState::new() }
     }
 }
 
-impl<K: Hash + Eq + Clone, V> OMap<K, V> {
+impl<K: Hash + Eq, V> OMap<K, V> {
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -26,31 +32,43 @@ impl<K: Hash + Eq + Clone, V> OMap<K, V> {
         self.index.is_empty()
     }
 
+    fn find(&self, k: &K) -> Option<usize> {
+        let slots = &self.slots;
+        self.index.find(self.hasher.hash_one(k), |&i| slots[i].as_ref().is_some_and(|(key, _)| key == k)).copied()
+    }
+
     pub fn get(&self, k: &K) -> Option<&V> {
-        self.index.get(k).and_then(|&i| self.slots[i].as_ref().map(|(_, v)| v))
+        self.find(k).and_then(|i| self.slots[i].as_ref().map(|(_, v)| v))
     }
 
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        let i = *self.index.get(k)?;
+        let i = self.find(k)?;
         self.slots[i].as_mut().map(|(_, v)| v)
     }
 
     pub fn contains_key(&self, k: &K) -> bool {
-        self.index.contains_key(k)
+        self.find(k).is_some()
     }
 
     /// Set the value; a new key goes to the end, an existing one keeps its place.
     pub fn insert(&mut self, k: K, v: V) {
-        if let Some(&i) = self.index.get(&k) {
+        if let Some(i) = self.find(&k) {
             self.slots[i] = Some((k, v));
             return;
         }
-        self.index.insert(k.clone(), self.slots.len());
+        let hash = self.hasher.hash_one(&k);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let i = slots.len();
+        self.index.insert_unique(hash, i, |&j| hasher.hash_one(&slots[j].as_ref().expect("indexed").0));
         self.slots.push(Some((k, v)));
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        let i = self.index.remove(k)?;
+        let slots = &self.slots;
+        let entry = self.index.find_entry(self.hasher.hash_one(k), |&i| {
+            slots[i].as_ref().is_some_and(|(key, _)| key == k)
+        }).ok()?;
+        let (i, _) = entry.remove();
         let (_, v) = self.slots[i].take()?;
         if self.slots.len() > 32 && self.index.len() * 2 < self.slots.len() {
             self.compact();
@@ -75,12 +93,15 @@ impl<K: Hash + Eq + Clone, V> OMap<K, V> {
         self.iter_mut().map(|(_, v)| v)
     }
 
+    /// Drop the emptied slots, keeping the order, and index the rest again.
     fn compact(&mut self) {
         self.slots.retain(|s| s.is_some());
-        for (i, s) in self.slots.iter().enumerate() {
-            if let Some((k, _)) = s {
-                *self.index.get_mut(k).expect("indexed") = i;
-            }
+        self.slots.shrink_to(self.slots.len() * 3 / 2);
+        self.index.clear();
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        for (i, s) in slots.iter().enumerate() {
+            let k = &s.as_ref().expect("kept").0;
+            self.index.insert_unique(hasher.hash_one(k), i, |&j| hasher.hash_one(&slots[j].as_ref().expect("kept").0));
         }
     }
 }

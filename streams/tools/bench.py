@@ -5,7 +5,7 @@ In one run, for each of two workloads (WORKLOADS):
 2. the ceiling: a confluent-kafka consumer that only reads and decodes the same records;
 3. the join (one in-process worker, the configured guarantee, durable state on) drains
    it: events/s, CPU per million events, changelog records per input event, peak pending;
-then:
+and the same join in Kafka Streams (kstreams_peer.py) on the same records; then:
 4. memory per pending entry, measured on the core alone with tracemalloc;
 5. restore: a changelog of 1 M pending payments read back by the restorer (records/s);
 6. detection latency at a steady live rate: emit time minus deadline, p50 and p99.
@@ -43,6 +43,7 @@ from streams.kafka import config
 from streams.kafka.topics import create_topics
 from streams.ops import metrics
 from streams.settings import Settings
+from streams.tools import kstreams_peer
 from streams.tools.loadgen import Shares, merged, plan, produce
 
 
@@ -61,6 +62,9 @@ class WorkloadFigures:
     read_only_us_per_event: float  # consume() and the Message objects, nothing read of them but the value
     commit_us_per_event: float  # the join's commits (changelog produce, offsets, transaction), per event
     produce_us_per_record: float  # one produce() into an open transaction, ~200-byte records
+    # The Kafka Streams peer (kstreams_peer.py) on the same records; None where java or mvn is missing.
+    kstreams_events_per_s: float | None = None
+    kstreams_cpu_s_per_million: float | None = None
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Figures:
     workloads: list[WorkloadFigures]
     join_peak_rss_mb: float
     bytes_per_pending_entry: float
+    bytes_per_pending_entry_native: float | None
     restore_entries: int
     restore_records_per_s: float
     restore_seconds: float
@@ -205,6 +210,44 @@ def produce_cost(s: Settings, records: int = 200_000) -> float:
     return (time.perf_counter() - started) / records * 1e6
 
 
+def _malloc_in_use() -> int:
+    """Bytes the C allocator has handed out and not had back (glibc's mallinfo2): where the
+    native core's allocations go, which tracemalloc does not see."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def bytes_per_pending_native(n: int = 100_000) -> float | None:
+    """bytes_per_pending for the native core (None where it is not built): the C allocator's
+    bytes in use before and after n payments are pending in a native Core, past a commit."""
+    if native.NATIVE is None:
+        return None
+    pays, _, _ = plan(n, start_ms=1_800_000_000_000, spacing_ms=1, timeout_ms=3_600_000,
+                      shares=Shares(missing=1.0, late=0, duplicates=0, second_payment=0, failed=0, mismatch=0))
+    records = [(ts, raw) for _, _, raw, ts in pays]
+    del pays
+    gc.collect()
+    before = _malloc_in_use()
+    core = native.new_core(JoinParams(3_600_000, 5_000, 3_600_000))
+    for ts, raw in records:
+        if not core.on_payment(ts, raw, None):
+            raise AssertionError("the native decoder is sure of the bench's payments")
+    del ts, raw
+    core.take_changes()  # (returned to Python and dropped at once)
+    gc.collect()
+    after = _malloc_in_use()
+    assert core.sizes()[0] == n, "every payment is pending"
+    return (after - before) / n
+
+
 def bytes_per_pending(n: int = 100_000) -> float:
     """Memory the core keeps per pending payment, everything counted: its compact entry,
     its order_id (the map's key, allocated by the decoder while tracing), its timer, the
@@ -331,12 +374,23 @@ def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFi
     print(f"bench [{name}]: join ({b.processing_guarantee}, durable state) ...", file=sys.stderr, flush=True)
     rate, cpu_per_m, peak, written, released, committing = drain(b, total)
     print(f"bench [{name}]: the Kafka share (consume only, produce) ...", file=sys.stderr, flush=True)
+    read_us, produce_us = read_only(b, total), produce_cost(b)
+    peer: tuple[float | None, float | None] = (None, None)
+    why = kstreams_peer.available()
+    if why:
+        print(f"bench [{name}]: no Kafka Streams peer: {why}", file=sys.stderr, flush=True)
+    else:
+        print(f"bench [{name}]: Kafka Streams {kstreams_peer.KAFKA_STREAMS} leftJoin, exactly_once_v2 ...",
+              file=sys.stderr, flush=True)
+        rate_ks, cpu_ks = kstreams_peer.drain(b, total, kstreams_peer.command())
+        peer = (round(rate_ks), round(cpu_ks, 2))
     return WorkloadFigures(workload=name, events=total, ceiling_events_per_s=round(ceil), join_events_per_s=round(rate),
                            ratio=round(rate / ceil, 3), join_cpu_s_per_million=round(cpu_per_m, 2),
                            changelog_records_per_event=round(written / total, 3), pending_entries_peak=peak,
-                           released_by_hold_limits=released, read_only_us_per_event=round(read_only(b, total), 3),
+                           released_by_hold_limits=released, read_only_us_per_event=round(read_us, 3),
                            commit_us_per_event=round(committing / total * 1e6, 3),
-                           produce_us_per_record=round(produce_cost(b), 3))
+                           produce_us_per_record=round(produce_us, 3), kstreams_events_per_s=peer[0],
+                           kstreams_cpu_s_per_million=peer[1])
 
 
 def run(s: Settings, events: int, partitions: int, live_rate: float, live_seconds: float,
@@ -346,6 +400,7 @@ def run(s: Settings, events: int, partitions: int, live_rate: float, live_second
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("bench: memory per pending entry ...", file=sys.stderr, flush=True)
     per_entry = bytes_per_pending()
+    per_entry_native = bytes_per_pending_native()
     print(f"bench: restoring a changelog of {restore_entries:,} entries ...", file=sys.stderr, flush=True)
     restore_per_s, restore_s = restore_rate(_bench_settings(s, partitions), restore_entries)
     print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", file=sys.stderr,
@@ -354,6 +409,7 @@ def run(s: Settings, events: int, partitions: int, live_rate: float, live_second
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
     return Figures(partitions=partitions, guarantee=s.processing_guarantee, workloads=figures,
                    join_peak_rss_mb=round(rss_mb, 1), bytes_per_pending_entry=round(per_entry),
+                   bytes_per_pending_entry_native=None if per_entry_native is None else round(per_entry_native),
                    restore_entries=restore_entries, restore_records_per_s=round(restore_per_s),
                    restore_seconds=round(restore_s, 2), live_rate_per_s=live_rate,
                    detection_latency_p50_s=round(q[49], 3), detection_latency_p99_s=round(q[98], 3),
@@ -376,9 +432,17 @@ def report(f: Figures) -> str:
             (f"[{w.workload}] Kafka share: the join's commits", f"{w.commit_us_per_event:.2f} µs per event"),
             (f"[{w.workload}] Kafka share: one produce() in a transaction", f"{w.produce_us_per_record:.2f} µs"),
         ]
+        if w.kstreams_events_per_s:
+            rows += [
+                (f"[{w.workload}] Kafka Streams {kstreams_peer.KAFKA_STREAMS} leftJoin, exactly_once_v2",
+                 f"{w.kstreams_events_per_s:,.0f} events/s, {w.kstreams_cpu_s_per_million:.2f} s CPU per million"),
+                (f"[{w.workload}] join / Kafka Streams", f"{w.join_events_per_s / w.kstreams_events_per_s:.2f}"),
+            ]
     rows += [
         ("peak RSS of the process", f"{f.join_peak_rss_mb:.0f} MB"),
-        ("memory per pending entry", f"{f.bytes_per_pending_entry:,.0f} B"),
+        ("memory per pending entry (Python core, tracemalloc)", f"{f.bytes_per_pending_entry:,.0f} B"),
+        ("memory per pending entry (native core, the C allocator)",
+         "not built" if f.bytes_per_pending_entry_native is None else f"{f.bytes_per_pending_entry_native:,.0f} B"),
         (f"restore of {f.restore_entries:,} changelog entries",
          f"{f.restore_records_per_s:,.0f} records/s, {f.restore_seconds:.1f} s"),
         ("live rate", f"{f.live_rate_per_s:,.0f} events/s"),

@@ -15,12 +15,14 @@ with its own default.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,21 +60,46 @@ class Side:
 
 
 def archive(ref: str, into: Path) -> Path:
-    """`streams/` and `schemas/` as they were at `ref`."""
-    out = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "streams", "schemas"], capture_output=True)
+    """`streams/`, `schemas/` and `native/` (where it had one) as they were at `ref`, its
+    native module built from its own crate."""
+    has_native = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{ref}:native/Cargo.toml"],
+                                capture_output=True).returncode == 0
+    parts = ["streams", "schemas"] + (["native"] if has_native else [])
+    out = subprocess.run(["git", "-C", str(ROOT), "archive", ref, *parts], capture_output=True)
     if out.returncode != 0:
         raise SystemExit(f"slipguard bench-ab: git archive {ref}: {out.stderr.decode().strip()}")
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=out.stdout, check=True)
-    return into
+    return build_native(into)
 
 
 def snapshot(into: Path) -> Path:
-    """This tree's `streams/` and `schemas/` as they are now (edits made while the bench
-    runs do not reach it)."""
-    for part in ("streams", "schemas"):
-        shutil.copytree(ROOT / part, into / part, ignore=shutil.ignore_patterns("__pycache__"))
-    return into
+    """This tree's `streams/`, `schemas/` and `native/` as they are now (edits made while the
+    bench runs do not reach it), its native module built from that crate."""
+    for part in ("streams", "schemas", "native"):
+        if (ROOT / part).exists():
+            shutil.copytree(ROOT / part, into / part, ignore=shutil.ignore_patterns("__pycache__", "target", "*.so"))
+    return build_native(into)
+
+
+def build_native(tree: Path) -> Path:
+    """Build the tree's own crate (if it has one) into the tree, beside `streams/`: run with
+    PYTHONPATH=tree, each side imports its own slipguard_native, not the one installed here.
+    A tree without a crate imports none (its join has no native core, or runs the Python one)."""
+    crate = tree / "native"
+    if not (crate / "Cargo.toml").exists():
+        (tree / "slipguard_native.py").write_text("raise ImportError('this tree has no native crate')\n")
+        return tree
+    wheels = tree / ".wheels"
+    env = os.environ | {"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR",
+                                                           str(Path.home() / ".cache/slipguard/cargo-target-ab"))}
+    print(f"bench-ab: building {crate} ...", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "maturin", "build", "--release", "-q", "-m", str(crate / "Cargo.toml"),
+                    "-o", str(wheels)], check=True, env=env, stdout=subprocess.DEVNULL)
+    [wheel] = wheels.glob("slipguard_native-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tree)
+    return tree
 
 
 def drain_in(tree: Path, s: Settings, total: int, core: str | None = None) -> dict[str, float]:
