@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -35,7 +36,7 @@ def command() -> list[str]:
     """Compile the peer (Maven resolves Kafka Streams once into ~/.m2) and its java command."""
     classpath = ROOT / "target" / "classpath.txt"
     subprocess.run(["mvn", "-q", "-B", "compile", "dependency:build-classpath",
-                    f"-Dmdep.outputFile={classpath}"], cwd=ROOT, check=True)
+                    f"-Dmdep.outputFile={classpath}"], cwd=ROOT, check=True, stdout=sys.stderr)  # (not the report)
     return ["java", "-Xmx1g", "-cp", f"{ROOT / 'target' / 'classes'}:{classpath.read_text().strip()}", "slipguard.Peer"]
 
 
