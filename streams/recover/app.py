@@ -97,10 +97,8 @@ def build_app(s: Settings, make_writer: MakeWriter = Writer) -> tuple[faust.App,
         if stream_ack is not None:
             await writer.flush_if_due(stream_ack)
 
-    @app.timer(1.0)
-    async def readiness() -> None:
-        if not writer.lock.locked():  # a batch being retried updates it itself
-            writer.last_loop = time.monotonic()
+    def holding() -> None:
+        """Readiness and the assigned-partitions gauges, from the consumer's assignment."""
         try:
             assigned = app.consumer.assignment()
         except Exception:  # noqa: BLE001 (consumer not started yet)
@@ -110,13 +108,16 @@ def build_app(s: Settings, make_writer: MakeWriter = Writer) -> tuple[faust.App,
             held = sum(1 for tp in assigned if tp.topic == topic)
             metrics.ASSIGNED_PARTITIONS.labels(s.recover_group, topic).set(held)
 
+    @app.timer(1.0)
+    async def readiness() -> None:
+        if not writer.lock.locked():  # a batch being retried updates it itself
+            writer.last_loop = time.monotonic()
+        holding()
+
     @app.on_partitions_assigned.connect
-    async def assigned(_app: Any, /, *args: Any, **kwargs: Any) -> None:
+    async def assigned(_app: Any, /, *_args: Any, **_kwargs: Any) -> None:
         metrics.REBALANCES.labels(s.recover_group, "assign").inc()
-        # ready as soon as partitions are held, not at the next readiness tick (which checks again)
-        held = kwargs.get("assigned", args[0] if args else ())
-        if held:
-            writer.ready = True
+        holding()  # ready, and its gauges set, as soon as partitions are held: not at the next tick
 
     @app.on_partitions_revoked.connect
     async def revoked(_app: Any, /, *_args: Any, **_kwargs: Any) -> None:

@@ -14,6 +14,7 @@ with its own default.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -90,6 +91,9 @@ def build_native(tree: Path) -> Path:
     if not (crate / "Cargo.toml").exists():
         (tree / "slipguard_native.py").write_text("raise ImportError('this tree has no native crate')\n")
         return tree
+    if importlib.util.find_spec("maturin") is None or shutil.which("cargo") is None:
+        raise SystemExit("slipguard bench-ab: building the compared trees' native crates needs maturin and cargo "
+                         "(make venv installs maturin; cargo from rustup)")
     wheels = tree / ".wheels"
     env = os.environ | {"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR",
                                                            str(Path.home() / ".cache/slipguard/cargo-target-ab"))}
