@@ -216,6 +216,16 @@ impl Pipeline {
         Ok(())
     }
 
+    fn pair(&mut self, part: i32) -> &mut Pair {
+        self.pairs.get_mut(&part).expect("a held record's pair is held")
+    }
+
+    /// A record the native decoder is unsure of, as the model decides it: its fields, or
+    /// the model's refusal as a rejection (the record's dead letter).
+    fn model_fields(&self, py: Python<'_>, side: usize, raw: &[u8]) -> Result<Py<PyAny>, Reject> {
+        self.fallback.call1(py, (side, PyBytes::new(py, raw))).map_err(|e| reject(py, &self.rejected, e))
+    }
+
     fn intake(&mut self, py: Python<'_>, part: i32, side: usize, ts: i64, m: &Bound<'_, PyAny>,
               headers: &Bound<'_, PyAny>) -> Result<(), Reject> {
         let internal = Reject::Internal;
@@ -235,27 +245,22 @@ impl Pipeline {
             Some(hs) => traceparent(hs).map_err(internal)?,
             None => None,
         };
-        let pair = self.pairs.get_mut(&part).expect("a held record's pair is held");
         if side == PAYMENT {
             let p = match decode::payment(raw) {
                 Some(p) => p,
-                None => {
-                    let fields = self.fallback.call1(py, (side, PyBytes::new(py, raw))).map_err(|e| reject(py, &self.rejected, e))?;
-                    crate::payment_of(fields.extract(py).map_err(internal)?).map_err(internal)?
-                }
+                None => crate::payment_of(self.model_fields(py, side, raw)?.extract(py).map_err(internal)?)
+                    .map_err(internal)?,
             };
             check(key, &p.order_id, ts)?;
-            pair.core.on_payment(ts, p, raw, trace.as_deref());
+            self.pair(part).core.on_payment(ts, p, raw, trace.as_deref());
         } else {
             let o = match decode::order(raw) {
                 Some(o) => o,
-                None => {
-                    let fields = self.fallback.call1(py, (side, PyBytes::new(py, raw))).map_err(|e| reject(py, &self.rejected, e))?;
-                    crate::order_of(fields.extract(py).map_err(internal)?).map_err(internal)?
-                }
+                None => crate::order_of(self.model_fields(py, side, raw)?.extract(py).map_err(internal)?)
+                    .map_err(internal)?,
             };
             check(key, &o.order_id, ts)?;
-            pair.core.on_order(ts, o, raw, trace.as_deref());
+            self.pair(part).core.on_order(ts, o, raw, trace.as_deref());
         }
         Ok(())
     }
