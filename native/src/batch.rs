@@ -507,14 +507,6 @@ impl Pipeline {
         self.pairs.get_mut(&partition).is_some_and(|p| p.ends[side].confirm(end_offset, epoch))
     }
 
-    fn fetched_to(&self, partition: i32, side: usize) -> i64 {
-        self.pairs.get(&partition).map_or(0, |p| p.ends[side].fetched_to)
-    }
-
-    fn at_end(&self, partition: i32, side: usize) -> bool {
-        self.pairs.get(&partition).is_some_and(|p| p.ends[side].at_end)
-    }
-
     /// The state of one pair's core, as Core.state() says it (tests).
     fn state<'py>(&mut self, py: Python<'py>, partition: i32) -> PyResult<Bound<'py, PyTuple>> {
         let pair = self.pairs.get_mut(&partition).ok_or_else(|| PyRuntimeError::new_err("no such pair"))?;

@@ -205,9 +205,6 @@ class NativePipeline:
     def confirm_end(self, partition: int, side: int, end_offset: int, epoch: int) -> bool:
         return bool(self.native.confirm_end(partition, side, end_offset, epoch))
 
-    def fetched_to(self, partition: int, side: int) -> int:
-        return int(self.native.fetched_to(partition, side))
-
 
 def uses_native(settings: Settings) -> bool:
     """The core this worker runs: SLIPGUARD_CORE, by default native where it is built."""

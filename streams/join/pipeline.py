@@ -162,10 +162,6 @@ class Pipeline:
         pair = self.pairs.get(partition)
         return pair is not None and pair.ends[side].confirm(end_offset, epoch)
 
-    def fetched_to(self, partition: int, side: Side) -> int:
-        pair = self.pairs.get(partition)
-        return 0 if pair is None else pair.ends[side].fetched_to
-
 
 def internal_error(outputs: Outputs, m: Message, headers: record_headers.Headers | None, unreadable: str | None,
                    exc: BaseException, now_ms: int) -> None:
