@@ -44,22 +44,40 @@ ENTRY_MAX = MAX_INPUT_BYTES + 512  # a record, its packed or trace overhead
 
 
 def _state(core: PartitionJoin) -> tuple:
+    """(pending, orders, recovered) as the native core's state() gives them."""
     return ({oid: (compact.t_of(e), compact.flags_of(e) & ~compact.PERSISTED, compact.part_of(e)
                    if type(e) is bytes else compact.pack_payment(e.payment), compact.trace_of(e))  # type: ignore[union-attr]
              for oid, e in core.pending.items()},
+            {oid: (e.ts, e.paid_id) for oid, e in core.orders.items()},
             {oid: (e.payment_id, e.deadline, e.late, e.trace) for oid, e in core.recovered.items()})
+
+
+def _same_after_restore(restored: tuple, live: tuple) -> None:
+    """A restore of the changelog gives the live state: pending payments, orders and
+    recovered payments alike, but for one thing by design. A matched pair lives in a bundle
+    of the pairs matched in its commit, and a bundle is deleted when its last pair expires:
+    a pair the live core has forgotten may come back with its bundle (and is forgotten again
+    at the restored core's first expiry). So matched pairs: the live ones all come back, and
+    what else comes back is a matched pair too."""
+    (pending, orders, recovered), (live_pending, live_orders, live_recovered) = restored, live
+    assert pending == live_pending, "a restore gives the same pending payments"
+    assert recovered == live_recovered, "a restore gives the same recovered payments"
+    assert {oid: orders.get(oid) for oid in live_orders} == live_orders, "every order the live core holds comes back"
+    back = {oid: v for oid, v in orders.items() if oid not in live_orders}
+    assert all(paid_id is not None for _, paid_id in back.values()), \
+        f"only a forgotten matched pair may come back with its bundle, not a waiting order: {back}"
 
 
 def _restores_the_same(pipe: Pipeline, log: dict[bytes, bytes | None]) -> None:
     restored = PartitionJoin(JoinParams(T, fuzz.G, fuzz.H, (fuzz.KEY,)))
     changelog.restore_into(restored, {k: v for k, v in log.items() if v is not None})
-    assert _state(restored) == _state(pipe.pairs[0].core), "restore of the changelog gives the same state"
+    _same_after_restore(_state(restored), _state(pipe.pairs[0].core))
 
 
 def _restores_the_same_natively(pipe: NativePipeline, log: dict[bytes, bytes | None]) -> None:
     latest = {k: v for k, v in log.items() if v is not None}
     restored = native.restore(JoinParams(T, fuzz.G, fuzz.H, (fuzz.KEY,)), latest, 0)
-    assert restored.state() == pipe.native.state(0), "a native restore of the changelog gives the same state"
+    _same_after_restore(restored.state(), pipe.native.state(0))
 
 
 def check(case: dict) -> None:
