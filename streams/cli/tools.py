@@ -42,9 +42,18 @@ def _loadgen(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.tools.bench import report, run
+    from streams.tools.bench import available_cores, report, run
 
-    figures = run(settings, args.events, args.bench_partitions, args.live_rate, args.live_seconds)
+    cores = [c for c in args.cores.split(",") if c] or available_cores()
+    if any(c not in available_cores() for c in cores):
+        print(f"slipguard bench: --cores takes {', '.join(available_cores())} here; got {args.cores!r}",
+              file=sys.stderr)
+        return 2
+    if args.runs < 1:
+        print(f"slipguard bench: --runs takes 1 or more; got {args.runs}", file=sys.stderr)
+        return 2
+    figures = run(settings, args.events, args.bench_partitions, args.live_rate, args.live_seconds, args.runs, cores,
+                  args.restore_entries)
     print(json.dumps(asdict(figures)) if args.json else report(figures))
     return 0
 
@@ -106,7 +115,8 @@ def register(commands: Commands) -> None:
 
     for name, about, handler, flags in (
         ("bench", "measure the join on the local broker and print figures", _bench,
-         {"events": 1_000_000, "bench-partitions": 6, "live-rate": 2_000.0, "live-seconds": 20.0}),
+         {"events": 1_000_000, "bench-partitions": 6, "live-rate": 2_000.0, "live-seconds": 20.0, "runs": 5,
+          "cores": "", "restore-entries": 1_000_000}),
         ("bench-ab", "measure this tree's join against another commit's, interleaved on the same records", _bench_ab,
          {"against": "HEAD~1", "runs": 5, "events": 500_000, "bench-partitions": 6, "workloads": "spread,delayed",
           "cores": ""}),

@@ -4,11 +4,13 @@ In one run, for each of two workloads (WORKLOADS):
 1. pre-produce it (about 1 M events, payments and orders) into fresh topics;
 2. the ceiling: a confluent-kafka consumer that only reads and decodes the same records;
 3. the join (one in-process worker, the configured guarantee, durable state on) drains
-   it: events/s, CPU per million events, changelog records per input event, peak pending;
-and the same join in Kafka Streams (kstreams_peer.py) on the same records; then:
-4. memory per pending entry, measured on the core alone with tracemalloc;
-5. restore: a changelog of 1 M pending payments read back by the restorer (records/s);
-6. detection latency at a steady live rate: emit time minus deadline, p50 and p99.
+   it, RUNS times per join core (SLIPGUARD_CORE: native and python where native is built),
+   each drain in a fresh group, the cores interleaved: medians of events/s, CPU per
+   million events, changelog records per input event; peak pending;
+and the same join in Kafka Streams (kstreams_peer.py) on the same records, once; then:
+4. memory per pending entry, measured on each core alone (tracemalloc; the C allocator);
+5. per core, restore: a changelog of 1 M pending payments read back by the restorer;
+6. per core, detection latency at a steady live rate: emit time minus deadline, p50, p99.
 
 Workloads: "spread" (orders within +-2 s of their payment, one order id every 3 ms of
 event time: most pairs match within one commit) and "delayed" (orders 0-3 s after their
@@ -48,41 +50,60 @@ from streams.tools.loadgen import Shares, merged, plan, produce
 
 
 @dataclass
-class WorkloadFigures:
-    workload: str
-    events: int
-    ceiling_events_per_s: float
+class CoreFigures:
+    """One join core (SLIPGUARD_CORE) on one workload: medians of `runs` drains, each in a
+    fresh group, the cores interleaved run by run on the same records."""
+
+    core: str
+    runs_events_per_s: list[float]
     join_events_per_s: float
-    ratio: float
+    ratio: float  # join / ceiling, medians
     join_cpu_s_per_million: float
     changelog_records_per_event: float
     pending_entries_peak: int
     released_by_hold_limits: int  # records fed ahead of their pair's other partition (merge's hold limits)
+    commit_us_per_event: float  # the join's commits (changelog produce, offsets, transaction), per event
+
+
+@dataclass
+class WorkloadFigures:
+    workload: str
+    events: int
+    ceiling_events_per_s: float
+    cores: list[CoreFigures]
     # The Kafka share: what the client costs the join, apart from the join's own work.
     read_only_us_per_event: float  # consume() and the Message objects, nothing read of them but the value
-    commit_us_per_event: float  # the join's commits (changelog produce, offsets, transaction), per event
     produce_us_per_record: float  # one produce() into an open transaction, ~200-byte records
-    # The Kafka Streams peer (kstreams_peer.py) on the same records; None where java or mvn is missing.
+    # The Kafka Streams peer (kstreams_peer.py) on the same records, one run; None where java or mvn is missing.
     kstreams_events_per_s: float | None = None
     kstreams_cpu_s_per_million: float | None = None
+
+
+@dataclass
+class CoreWide:
+    """What one core does beyond the workloads: restore and live detection latency."""
+
+    core: str
+    restore_records_per_s: float
+    restore_seconds: float
+    detection_latency_p50_s: float
+    detection_latency_p99_s: float
+    recoveries_expected: int
+    recoveries_seen: int
 
 
 @dataclass
 class Figures:
     partitions: int
     guarantee: str
+    runs: int
     workloads: list[WorkloadFigures]
     join_peak_rss_mb: float
     bytes_per_pending_entry: float
     bytes_per_pending_entry_native: float | None
     restore_entries: int
-    restore_records_per_s: float
-    restore_seconds: float
     live_rate_per_s: float
-    detection_latency_p50_s: float
-    detection_latency_p99_s: float
-    recoveries_expected: int
-    recoveries_seen: int
+    cores: list[CoreWide]
 
 
 ALL_MISSING = Shares(missing=1.0, late=0, duplicates=0, second_payment=0, failed=0, mismatch=0)
@@ -367,12 +388,39 @@ def produce_workload(s: Settings, name: str, events: int) -> tuple[Settings, int
     return b, total
 
 
-def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFigures:
+def _core_runs(b: Settings, total: int, ceil: float, cores: list[str], runs: int) -> list[CoreFigures]:
+    """Each core drains the workload `runs` times, each time in a fresh group, the cores
+    interleaved (alternating which goes first) so that a slower moment of the machine falls
+    on both."""
+    got: dict[str, list[tuple[float, float, int, int, int, float]]] = {core: [] for core in cores}
+    for i in range(runs):
+        for core in cores if i % 2 == 0 else cores[::-1]:
+            group = b.derive(join_group=f"{b.join_group}-{core}-{i}", core=core)
+            create_topics(group)  # its own changelog
+            got[core].append(drain(group, total))
+            rate, cpu = got[core][-1][:2]
+            print(f"bench [{b.payments_topic}] run {i + 1} {core}: {rate:,.0f} events/s, {cpu:.2f} s CPU per million",
+                  file=sys.stderr, flush=True)
+    out = []
+    for core, results in got.items():
+        rates, cpus, peaks, written, released, committing = zip(*results, strict=True)
+        rate = statistics.median(rates)
+        out.append(CoreFigures(
+            core=core, runs_events_per_s=[round(r) for r in rates], join_events_per_s=round(rate),
+            ratio=round(rate / ceil, 3), join_cpu_s_per_million=round(statistics.median(cpus), 2),
+            changelog_records_per_event=round(statistics.median(written) / total, 3), pending_entries_peak=max(peaks),
+            released_by_hold_limits=round(statistics.median(released)),
+            commit_us_per_event=round(statistics.median(committing) / total * 1e6, 3)))
+    return out
+
+
+def workload(s: Settings, name: str, events: int, partitions: int, cores: list[str], runs: int) -> WorkloadFigures:
     b, total = produce_workload(s.derive(partitions=partitions), name, events)
     print(f"bench [{name}]: ceiling (read + decode only) ...", file=sys.stderr, flush=True)
     ceil = ceiling(b, total)
-    print(f"bench [{name}]: join ({b.processing_guarantee}, durable state) ...", file=sys.stderr, flush=True)
-    rate, cpu_per_m, peak, written, released, committing = drain(b, total)
+    print(f"bench [{name}]: join ({b.processing_guarantee}, durable state), {runs} runs of {', '.join(cores)} ...",
+          file=sys.stderr, flush=True)
+    per_core = _core_runs(b, total, ceil, cores, runs)
     print(f"bench [{name}]: the Kafka share (consume only, produce) ...", file=sys.stderr, flush=True)
     read_us, produce_us = read_only(b, total), produce_cost(b)
     peer: tuple[float | None, float | None] = (None, None)
@@ -384,74 +432,90 @@ def workload(s: Settings, name: str, events: int, partitions: int) -> WorkloadFi
               file=sys.stderr, flush=True)
         rate_ks, cpu_ks = kstreams_peer.drain(b, total, kstreams_peer.command())
         peer = (round(rate_ks), round(cpu_ks, 2))
-    return WorkloadFigures(workload=name, events=total, ceiling_events_per_s=round(ceil), join_events_per_s=round(rate),
-                           ratio=round(rate / ceil, 3), join_cpu_s_per_million=round(cpu_per_m, 2),
-                           changelog_records_per_event=round(written / total, 3), pending_entries_peak=peak,
-                           released_by_hold_limits=released, read_only_us_per_event=round(read_us, 3),
-                           commit_us_per_event=round(committing / total * 1e6, 3),
-                           produce_us_per_record=round(produce_us, 3), kstreams_events_per_s=peer[0],
-                           kstreams_cpu_s_per_million=peer[1])
+    return WorkloadFigures(workload=name, events=total, ceiling_events_per_s=round(ceil), cores=per_core,
+                           read_only_us_per_event=round(read_us, 3), produce_us_per_record=round(produce_us, 3),
+                           kstreams_events_per_s=peer[0], kstreams_cpu_s_per_million=peer[1])
 
 
-def run(s: Settings, events: int, partitions: int, live_rate: float, live_seconds: float,
-        restore_entries: int = 1_000_000) -> Figures:
+def available_cores() -> list[str]:
+    """The cores this install can run: both where the native one is built."""
+    return ["native", "python"] if native.NATIVE is not None else ["python"]
+
+
+def core_wide(s: Settings, core: str, partitions: int, live_rate: float, live_seconds: float,
+              restore_entries: int) -> CoreWide:
+    c = s.derive(core=core)
+    print(f"bench [{core}]: restoring a changelog of {restore_entries:,} entries ...", file=sys.stderr, flush=True)
+    restore_per_s, restore_s = restore_rate(_bench_settings(c, partitions), restore_entries)
+    print(f"bench [{core}]: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...",
+          file=sys.stderr, flush=True)
+    lat, want, seen = live_latency(_bench_settings(c, partitions), live_rate, live_seconds)
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+    return CoreWide(core=core, restore_records_per_s=round(restore_per_s), restore_seconds=round(restore_s, 2),
+                    detection_latency_p50_s=round(q[49], 3), detection_latency_p99_s=round(q[98], 3),
+                    recoveries_expected=want, recoveries_seen=seen)
+
+
+def run(s: Settings, events: int, partitions: int, live_rate: float, live_seconds: float, runs: int = 5,
+        cores: list[str] | None = None, restore_entries: int = 1_000_000) -> Figures:
     tune_gc()  # as `slipguard join` does
-    figures = [workload(s, name, events, partitions) for name in WORKLOADS]
+    cores = cores or available_cores()
+    figures = [workload(s, name, events, partitions, cores, runs) for name in WORKLOADS]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("bench: memory per pending entry ...", file=sys.stderr, flush=True)
     per_entry = bytes_per_pending()
     per_entry_native = bytes_per_pending_native()
-    print(f"bench: restoring a changelog of {restore_entries:,} entries ...", file=sys.stderr, flush=True)
-    restore_per_s, restore_s = restore_rate(_bench_settings(s, partitions), restore_entries)
-    print(f"bench: live detection latency at {live_rate:.0f} events/s for {live_seconds:.0f}s ...", file=sys.stderr,
-          flush=True)
-    lat, want, seen = live_latency(_bench_settings(s, partitions), live_rate, live_seconds)
-    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
-    return Figures(partitions=partitions, guarantee=s.processing_guarantee, workloads=figures,
+    wide = [core_wide(s, core, partitions, live_rate, live_seconds, restore_entries) for core in cores]
+    return Figures(partitions=partitions, guarantee=s.processing_guarantee, runs=runs, workloads=figures,
                    join_peak_rss_mb=round(rss_mb, 1), bytes_per_pending_entry=round(per_entry),
                    bytes_per_pending_entry_native=None if per_entry_native is None else round(per_entry_native),
-                   restore_entries=restore_entries, restore_records_per_s=round(restore_per_s),
-                   restore_seconds=round(restore_s, 2), live_rate_per_s=live_rate,
-                   detection_latency_p50_s=round(q[49], 3), detection_latency_p99_s=round(q[98], 3),
-                   recoveries_expected=want, recoveries_seen=seen)
+                   restore_entries=restore_entries, live_rate_per_s=live_rate, cores=wide)
 
 
 def report(f: Figures) -> str:
-    rows = [("partitions / guarantee", f"{f.partitions} / {f.guarantee}")]
+    """A table with a column per core (medians of f.runs drains each; a row with one cell is
+    the same for every core), then the JSON."""
+    cores = [c.core for c in f.cores]
+    memory = {"native": f"{f.bytes_per_pending_entry_native or 0:,.0f} (C allocator)",
+              "python": f"{f.bytes_per_pending_entry:,.0f} (tracemalloc)"}
+    rows: list[tuple[str, list[str]]] = [
+        ("", cores), ("partitions / guarantee / runs", [f"{f.partitions} / {f.guarantee} / {f.runs}"])]
     for w in f.workloads:
+        n, by = f"[{w.workload}]", w.cores
         rows += [
-            (f"[{w.workload}] input events", f"{w.events:,}"),
-            (f"[{w.workload}] ceiling: read + decode only", f"{w.ceiling_events_per_s:,.0f} events/s"),
-            (f"[{w.workload}] join (durable state, one process)", f"{w.join_events_per_s:,.0f} events/s"),
-            (f"[{w.workload}] join / ceiling", f"{w.ratio:.2f}"),
-            (f"[{w.workload}] join CPU", f"{w.join_cpu_s_per_million:.2f} s per million events"),
-            (f"[{w.workload}] changelog records per input event", f"{w.changelog_records_per_event:.3f}"),
-            (f"[{w.workload}] pending payments at peak", f"{w.pending_entries_peak:,}"),
-            (f"[{w.workload}] records released by the merge's hold limits", f"{w.released_by_hold_limits:,}"),
-            (f"[{w.workload}] Kafka share: consume + Message objects", f"{w.read_only_us_per_event:.2f} µs per event"),
-            (f"[{w.workload}] Kafka share: the join's commits", f"{w.commit_us_per_event:.2f} µs per event"),
-            (f"[{w.workload}] Kafka share: one produce() in a transaction", f"{w.produce_us_per_record:.2f} µs"),
+            (f"{n} input events", [f"{w.events:,}"]),
+            (f"{n} ceiling: read + decode only, events/s", [f"{w.ceiling_events_per_s:,.0f}"]),
+            (f"{n} join, events/s (median)", [f"{c.join_events_per_s:,.0f}" for c in by]),
+            (f"{n} join, each run, k events/s", [" ".join(f"{r / 1000:.0f}" for r in c.runs_events_per_s) for c in by]),
+            (f"{n} join / ceiling", [f"{c.ratio:.2f}" for c in by]),
+            (f"{n} join CPU, s per million events", [f"{c.join_cpu_s_per_million:.2f}" for c in by]),
+            (f"{n} changelog records per input event", [f"{c.changelog_records_per_event:.3f}" for c in by]),
+            (f"{n} pending payments at peak", [f"{c.pending_entries_peak:,}" for c in by]),
+            (f"{n} records released by the merge's hold limits", [f"{c.released_by_hold_limits:,}" for c in by]),
+            (f"{n} Kafka share: the join's commits, µs per event", [f"{c.commit_us_per_event:.2f}" for c in by]),
+            (f"{n} Kafka share: consume + Message objects, µs per event", [f"{w.read_only_us_per_event:.2f}"]),
+            (f"{n} Kafka share: one produce() in a transaction, µs", [f"{w.produce_us_per_record:.2f}"]),
         ]
         if w.kstreams_events_per_s:
             rows += [
-                (f"[{w.workload}] Kafka Streams {kstreams_peer.KAFKA_STREAMS} leftJoin, exactly_once_v2",
-                 f"{w.kstreams_events_per_s:,.0f} events/s, {w.kstreams_cpu_s_per_million:.2f} s CPU per million"),
-                (f"[{w.workload}] join / Kafka Streams", f"{w.join_events_per_s / w.kstreams_events_per_s:.2f}"),
+                (f"{n} Kafka Streams {kstreams_peer.KAFKA_STREAMS} leftJoin, exactly_once_v2, one run",
+                 [f"{w.kstreams_events_per_s:,.0f} events/s, {w.kstreams_cpu_s_per_million:.2f} s CPU per million"]),
+                (f"{n} join / Kafka Streams", [f"{c.join_events_per_s / w.kstreams_events_per_s:.2f}" for c in by]),
             ]
     rows += [
-        ("peak RSS of the process", f"{f.join_peak_rss_mb:.0f} MB"),
-        ("memory per pending entry (Python core, tracemalloc)", f"{f.bytes_per_pending_entry:,.0f} B"),
-        ("memory per pending entry (native core, the C allocator)",
-         "not built" if f.bytes_per_pending_entry_native is None else f"{f.bytes_per_pending_entry_native:,.0f} B"),
-        (f"restore of {f.restore_entries:,} changelog entries",
-         f"{f.restore_records_per_s:,.0f} records/s, {f.restore_seconds:.1f} s"),
-        ("live rate", f"{f.live_rate_per_s:,.0f} events/s"),
-        ("detection latency p50 / p99 (emit - deadline, grace 1 s)",
-         f"{f.detection_latency_p50_s:.3f} s / {f.detection_latency_p99_s:.3f} s"),
-        ("live recoveries seen / expected", f"{f.recoveries_seen} / {f.recoveries_expected}"),
+        ("peak RSS of the process, MB", [f"{f.join_peak_rss_mb:.0f}"]),
+        ("memory per pending payment, B", [memory[c] for c in cores]),
+        (f"restore of {f.restore_entries:,} changelog entries, records/s",
+         [f"{c.restore_records_per_s:,.0f} ({c.restore_seconds:.1f} s)" for c in f.cores]),
+        (f"detection latency p50 / p99, s (emit - deadline, grace 1 s, {f.live_rate_per_s:,.0f} events/s)",
+         [f"{c.detection_latency_p50_s:.3f} / {c.detection_latency_p99_s:.3f}" for c in f.cores]),
+        ("live recoveries seen / expected", [f"{c.recoveries_seen} / {c.recoveries_expected}" for c in f.cores]),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows) + "\n" + json.dumps(asdict(f))
+    width = max(len(label) for label, _ in rows)
+    column = max(len(cell) for _, cells in rows if len(cells) > 1 for cell in cells[:-1]) if len(cores) > 1 else 0
+    return "\n".join(f"{label.ljust(width)}  {'  '.join(c.ljust(column) for c in cells[:-1])}"
+                     f"{'  ' if len(cells) > 1 else ''}{cells[-1]}".rstrip() for label, cells in rows) \
+        + "\n" + json.dumps(asdict(f))
 
 
 # ---------------------------------------------------------------- the recovery writer
