@@ -69,12 +69,13 @@ class Settings(BaseSettings):
                                    description="Kafka bootstrap servers, host:port[,host:port]")
     database_url: SecretStr = Field(SecretStr(LOCAL_DATABASE_URL), description="PostgreSQL connection URL")
 
-    payments_topic: str = "payments"
-    orders_topic: str = "orders"
-    recovery_topic: str = "orders.recovery"
-    late_topic: str = "orders.late"
-    anomalies_topic: str = "payments.anomalies"
-    dlq_topic: str = "slipguard.dlq"
+    payments_topic: str = Field("payments", description="the payments input (as many partitions as orders)")
+    orders_topic: str = Field("orders", description="the orders input (as many partitions as payments)")
+    recovery_topic: str = Field("orders.recovery", description="output: payments whose order did not come in time")
+    late_topic: str = Field("orders.late", description="output: orders that came after their payment was recovered")
+    anomalies_topic: str = Field("payments.anomalies", description="output: mismatched pairs, duplicate payments, "
+                                                                       "bad signatures, paid_at skew")
+    dlq_topic: str = Field("slipguard.dlq", description="output: records that could not be decoded or validated")
 
     order_timeout: DurationMs = duration("60s", gt=0, description="how long a payment waits for its order")
     grace: DurationMs = duration("5s", ge=0, description="allowed out-of-orderness past the deadline")
@@ -82,10 +83,13 @@ class Settings(BaseSettings):
                                                                 "after their recovery")
     max_future: DurationMs = duration("1h", gt=0, description="how far ahead of the worker's clock a record's "
                                                               "timestamp may be; further goes to the DLQ")
-    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once", description="exactly_once: each recovery once for read_committed readers, whatever "
+                                    "crashes; at_least_once: it may repeat, with the same recovery_id")
 
-    join_group: str = Field("slipguard-join", min_length=1)
-    recover_group: str = Field("slipguard-recover", min_length=1)
+    join_group: str = Field("slipguard-join", min_length=1,
+                            description="the join's consumer group; its changelog is <group>-state-changelog")
+    recover_group: str = Field("slipguard-recover", min_length=1, description="the recovery writer's consumer group")
     payment_hmac_key: SecretStr | None = Field(None, description="unset: signatures not checked")
     payment_hmac_previous_key: SecretStr | None = Field(
         None, description="during a key rotation, the key payments were signed with before: a payment signed "
@@ -94,8 +98,9 @@ class Settings(BaseSettings):
         False, description="leave payments' and orders' metadata out of anomalies and of dead letters (whose "
                            "value then keeps only the record without its metadata, and whose error names fields, "
                            "never values)")
-    metrics_port: int | None = Field(None, ge=0, le=65535,
-                                     description="9400 for join, 9401 for recover; 0 turns it off")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="the port of /metrics, /healthz and /readyz: unset, 9400 for join, 9401 "
+                                          "for recover, 9402 for lag --serve; 0 turns it off")
     metrics_host: str = Field("127.0.0.1", min_length=1, max_length=253,
                               description="address the metrics endpoint binds: 127.0.0.1 (this host only), "
                                           "0.0.0.0 (every interface: what a container scraped by Prometheus or "
@@ -127,17 +132,20 @@ class Settings(BaseSettings):
                                                               "topics to appear (created alongside a deployment)")
 
     # Kafka security: passed through to every client the program makes.
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_ca_location: str | None = None
-    kafka_ssl_certificate_location: str | None = None
-    kafka_ssl_key_location: str | None = None
-    kafka_ssl_key_password: SecretStr | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_username: str | None = Field(None, description="the SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="the SASL password")
+    kafka_ssl_ca_location: str | None = Field(None, description="a CA certificate file (PEM) to verify the brokers by")
+    kafka_ssl_certificate_location: str | None = Field(None, description="a client certificate (PEM), for TLS "
+                                                                               "client authentication")
+    kafka_ssl_key_location: str | None = Field(None, description="the client certificate's private key (PEM)")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="the client key's password")
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line")
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -228,6 +236,26 @@ class Settings(BaseSettings):
         return {"join": 9400, "recover": 9401}.get(command, 0)
 
 
+# The settings by what they are about, in the order `--help` and the configuration page
+# show them. Every setting is in exactly one group (tests/test_settings.py).
+SETTING_GROUPS: dict[str, tuple[str, ...]] = {
+    "Kafka connection": ("bootstrap_servers",),
+    "Kafka security": ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+                       "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location",
+                       "kafka_ssl_key_location", "kafka_ssl_key_password"),
+    "topics": ("payments_topic", "orders_topic", "recovery_topic", "late_topic", "anomalies_topic", "dlq_topic"),
+    "consumer groups": ("join_group", "recover_group", "instance_id"),
+    "the join's rules": ("order_timeout", "grace", "late_horizon", "max_future"),
+    "the join's tuning": ("processing_guarantee", "group_protocol", "batch_size", "commit_interval",
+                          "changelog_format", "core", "topic_wait"),
+    "topics slipguard creates": ("partitions", "replication_factor", "min_insync_replicas"),
+    "signatures and personal data": ("payment_hmac_key", "payment_hmac_previous_key", "minimise_personal_data"),
+    "PostgreSQL": ("database_url",),
+    "metrics endpoint": ("metrics_port", "metrics_host"),
+    "logging": ("log_level", "log_format"),
+}
+
+
 class ConfigError(Exception):
     """Bad configuration: its message is one line naming the setting and what is wrong."""
 
@@ -264,13 +292,46 @@ def secrets_from_files(environ: Mapping[str, str] = os.environ) -> dict[str, str
     return found
 
 
-def load_settings(secret_files: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+def read_env_file(path: str) -> dict[str, str]:
+    """SLIPGUARD_* variables from a file of NAME=value lines, as `slipguard demo` writes
+    them (blank lines and # comments skipped; `export ` and quotes around a value allowed).
+    A line that is not NAME=value, or a name that is no setting, is a one-line ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"bad configuration: --env-file: cannot read {path} ({exc.strerror})") from None
+    known = {f"SLIPGUARD_{n.upper()}" for n in Settings.model_fields}
+    known |= {f"SLIPGUARD_{n.upper()}_FILE" for n in SECRET_FIELDS}
+    found = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, sep, value = text.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in known:
+            what = f"{name} is not a setting" if sep else "expected NAME=value"
+            raise ConfigError(f"bad configuration: --env-file {path}, line {number}: {what}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[name] = value
+    return found
+
+
+def load_settings(secret_files: Mapping[str, str] | None = None, env_file: str | None = None,
+                  **overrides: Any) -> Settings:
     """Build Settings from the environment (secrets also from files, see
-    secrets_from_files), with command-line overrides on top: `overrides` as values,
-    `secret_files` as {secret setting: path of the file holding it} (its flag)."""
+    secrets_from_files), over what `env_file` holds (read_env_file: the environment wins),
+    with command-line overrides on top: `overrides` as values, `secret_files` as
+    {secret setting: path of the file holding it} (its flag)."""
+    from_file = read_env_file(env_file) if env_file else {}
+    environ = from_file | dict(os.environ)
+    in_file = {k.removeprefix("SLIPGUARD_").lower(): v for k, v in from_file.items()
+               if k not in os.environ and not k.endswith("_FILE")}
     from_flags = {name: read_secret_file(path, f"--{name.replace('_', '-')}-file")
                   for name, path in (secret_files or {}).items() if path is not None}
-    given = secrets_from_files() | from_flags | {k: v for k, v in overrides.items() if v is not None}
+    given = in_file | secrets_from_files(environ) | from_flags | {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)
     except ValidationError as exc:

@@ -170,7 +170,7 @@ def test_secret_flags_take_files_and_win_over_the_environment(tmp_path, monkeypa
         (tmp_path / name).write_text(value + "\n")
         flags.append(f"--{name.replace('_', '-')}-file={tmp_path / name}")
     monkeypatch.setenv("SLIPGUARD_DATABASE_URL", "postgresql://w:from-env@db:5432/slipguard")
-    s = settings_from(build_parser().parse_args(["join", *flags]))
+    s = settings_from(build_parser().parse_args(["recover", *flags]))
     assert s.database_url.get_secret_value() == values["database_url"], "the flag wins, as every flag does"
     assert s.hmac_keys == (b"n" * 32, b"o" * 32)
     assert s.kafka_sasl_password.get_secret_value() == "sasl-from-flag-file"
@@ -178,6 +178,57 @@ def test_secret_flags_take_files_and_win_over_the_environment(tmp_path, monkeypa
 
 
 def test_an_unreadable_secret_file_flag_is_one_clear_line(capsys, tmp_path) -> None:
-    assert main(["topics", "create", f"--database-url-file={tmp_path / 'missing'}"]) == 2
+    assert main(["recover", f"--database-url-file={tmp_path / 'missing'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--database-url-file: cannot read" in err and "missing" in err, err
+
+
+def _from_file(tmp_path, text: str, *words: str):
+    from streams.cli import build_parser, settings_from
+
+    (tmp_path / "run.env").write_text(text)
+    return settings_from(build_parser().parse_args(["lag", "--env-file", str(tmp_path / "run.env"), *words]))
+
+
+def test_an_env_file_gives_settings_under_the_environment_and_the_flags(monkeypatch, tmp_path) -> None:
+    text = ("# slipguard demo 120000\n\nSLIPGUARD_PAYMENTS_TOPIC=demo.120000.payments\n"
+            "export SLIPGUARD_JOIN_GROUP='slipguard-demo-120000-join'\nSLIPGUARD_ORDER_TIMEOUT=\"5s\"\n")
+    s = _from_file(tmp_path, text)
+    assert (s.payments_topic, s.join_group, s.order_timeout) == ("demo.120000.payments", "slipguard-demo-120000-join",
+                                                                5_000)
+    assert _from_file(tmp_path, text, "--join-group=g").join_group == "g", "a flag wins over the file"
+    monkeypatch.setenv("SLIPGUARD_PAYMENTS_TOPIC", "from-env")
+    assert _from_file(tmp_path, text).payments_topic == "from-env", "the environment wins over the file"
+
+
+def test_an_env_file_may_name_a_secret_file(tmp_path) -> None:
+    (tmp_path / "url").write_text("postgresql://w:pw@db:5432/x\n")
+    s = _from_file(tmp_path, f"SLIPGUARD_DATABASE_URL_FILE={tmp_path / 'url'}\n")
+    assert s.database_url.get_secret_value() == "postgresql://w:pw@db:5432/x"
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("SLIPGUARD_PAYMENT_TOPIC=x\n", "line 1: SLIPGUARD_PAYMENT_TOPIC is not a setting"),
+    ("# ok\nPAYMENTS_TOPIC=x\n", "line 2: PAYMENTS_TOPIC is not a setting"),
+    ("SLIPGUARD_GRACE 5s\n", "line 1: expected NAME=value"),
+    ("SLIPGUARD_GRACE=soon\n", "SLIPGUARD_GRACE: expected a duration"),
+])
+def test_a_bad_env_file_is_one_line_naming_the_line(capsys, tmp_path, text: str, said: str) -> None:
+    (tmp_path / "run.env").write_text(text)
+    assert main(["lag", "--env-file", str(tmp_path / "run.env")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err, err
+
+
+def test_a_missing_env_file_is_one_line(capsys, tmp_path) -> None:
+    assert main(["lag", "--env-file", str(tmp_path / "nope.env")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--env-file: cannot read" in err and "nope.env" in err, err
+
+
+def test_every_setting_is_in_exactly_one_group_and_described() -> None:
+    from streams.settings import SETTING_GROUPS, Settings
+
+    grouped = [name for names in SETTING_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(Settings.model_fields)
+    assert [name for name, f in Settings.model_fields.items() if not f.description] == []

@@ -30,7 +30,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     given = vars(args)
     overrides = {k.removeprefix("setting_"): v for k, v in given.items() if k.startswith("setting_")}
     files = {k.removeprefix("secret_file_"): v for k, v in given.items() if k.startswith("secret_file_")}
-    return load_settings(secret_files=files, **overrides)
+    return load_settings(secret_files=files, env_file=given.get("env_file"), **overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,14 +1,17 @@
-"""Every setting is also a command-line flag (`--order-timeout` for SLIPGUARD_ORDER_TIMEOUT),
-except that a secret's flag takes a file holding it (`--database-url-file PATH`, as
-SLIPGUARD_DATABASE_URL_FILE): any user of the host can read a process's command line."""
+"""Every setting a command uses is also one of its flags (`--order-timeout` for
+SLIPGUARD_ORDER_TIMEOUT), grouped in its `--help` as SETTING_GROUPS has them, except that a
+secret's flag takes a file holding it (`--database-url-file PATH`, as
+SLIPGUARD_DATABASE_URL_FILE): any user of the host can read a process's command line.
+A setting a command does not use is not a flag of it (`slipguard lag --changelog-format`
+is refused), though the environment may still hold it for the commands that do."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeAlias
 
-from streams.settings import SECRET_FIELDS, Settings
+from streams.settings import SECRET_FIELDS, SETTING_GROUPS, Settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers returns
@@ -27,6 +30,16 @@ class _SecretAsValue(argparse.Action):
                        f"SLIPGUARD_{name.upper()} or SLIPGUARD_{name.upper()}_FILE\n")
 
 
+class _SecretNotUsed(argparse.Action):
+    """`--database-url VALUE` on a command that does not use it: refused without repeating
+    the value (argparse's own error would print it as an unrecognized argument)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.exit(2, f"slipguard: {parser.prog} does not use {option_string} (and a secret is never given on the "
+                       f"command line: any user of the host can read it there)\n")
+
+
 def _add_secret_flag(group: argparse._ArgumentGroup, name: str) -> None:
     flag = "--" + name.replace("_", "-")
     group.add_argument(f"{flag}-file", dest=f"secret_file_{name}", metavar="PATH", default=None,
@@ -34,26 +47,57 @@ def _add_secret_flag(group: argparse._ArgumentGroup, name: str) -> None:
     group.add_argument(flag, dest=f"refused_{name}", nargs="?", action=_SecretAsValue, help=argparse.SUPPRESS)
 
 
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (each also SLIPGUARD_<NAME>)")
-    for name, field in Settings.model_fields.items():
-        if name in SECRET_FIELDS:
-            _add_secret_flag(group, name)
+def _default(name: str) -> str:
+    default = Settings.model_fields[name].default
+    if default is None or name in SECRET_FIELDS:
+        return ""
+    return f" (default {default})"
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, uses: Collection[str]) -> None:
+    """The flags of the settings a command uses, grouped as SETTING_GROUPS has them; every
+    secret's refusal on every command (argparse would otherwise echo the value it refuses)."""
+    unknown = set(uses) - set(Settings.model_fields)
+    if unknown:
+        raise ValueError(f"not settings: {', '.join(sorted(unknown))}")
+    where = parser.add_argument_group(
+        "settings", "Each setting below is also an environment variable SLIPGUARD_<NAME> (--order-timeout: "
+                    "SLIPGUARD_ORDER_TIMEOUT). Flags win over the environment, the environment over --env-file.")
+    where.add_argument("--env-file", dest="env_file", metavar="PATH", default=None,
+                       help="read SLIPGUARD_* settings from this file (NAME=value lines, as `slipguard demo` writes "
+                            "them)")
+    for title, names in SETTING_GROUPS.items():
+        used = [n for n in names if n in uses]
+        if not used:
             continue
-        group.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=f"setting_{name}",
-            metavar=name.upper(),
-            default=None,
-            help=field.description or f"SLIPGUARD_{name.upper()}",
-        )
+        group = parser.add_argument_group(title)
+        for name in used:
+            if name in SECRET_FIELDS:
+                _add_secret_flag(group, name)
+                continue
+            group.add_argument("--" + name.replace("_", "-"), dest=f"setting_{name}", metavar=name.upper(),
+                               default=None, help=f"{Settings.model_fields[name].description}{_default(name)}")
+    for name in SECRET_FIELDS:
+        if name not in uses:
+            parser.add_argument("--" + name.replace("_", "-"), dest=f"refused_{name}", nargs="?",
+                                action=_SecretNotUsed, help=argparse.SUPPRESS)
 
 
-def command(parent: Commands, name: str, about: str, handler: Handler) -> argparse.ArgumentParser:
-    """A (sub)command that takes every setting as a flag and runs `handler`."""
-    parser = parent.add_parser(name, help=about)
-    add_settings_flags(parser)
-    parser.set_defaults(handler=handler)
+def settings_in(*groups: str) -> tuple[str, ...]:
+    """The settings of some of SETTING_GROUPS, for a command's `uses`."""
+    return tuple(name for title in groups for name in SETTING_GROUPS[title])
+
+
+# What every command that speaks to Kafka uses.
+KAFKA_CLIENT = settings_in("Kafka connection", "Kafka security", "logging")
+
+
+def command(parent: Commands, name: str, about: str, handler: Handler,
+            uses: Collection[str]) -> argparse.ArgumentParser:
+    """A (sub)command that takes the settings it `uses` as flags and runs `handler`."""
+    parser = parent.add_parser(name, help=about, description=about)
+    add_settings_flags(parser, uses)
+    parser.set_defaults(handler=handler, uses=frozenset(uses))
     return parser
 
 

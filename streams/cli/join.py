@@ -8,7 +8,7 @@ import sys
 
 from confluent_kafka import KafkaException
 
-from streams.cli.flags import Commands, command
+from streams.cli.flags import KAFKA_CLIENT, Commands, command, settings_in
 from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
@@ -39,5 +39,8 @@ def _join(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    join = command(commands, "join", "run one member of the join consumer group", _join)
+    uses = (*KAFKA_CLIENT, "join_group", "instance_id",
+            *settings_in("topics", "the join's rules", "the join's tuning", "topics slipguard creates",
+                         "signatures and personal data", "metrics endpoint"))
+    join = command(commands, "join", "run one member of the join consumer group", _join, uses)
     join.add_argument("--max-seconds", type=float, default=None, help="stop after this long (for tests and demos)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streams.cli.flags import Commands, command, group
+from streams.cli.flags import KAFKA_CLIENT, Commands, command, group, settings_in
 from streams.settings import Settings
 
 
@@ -56,8 +56,12 @@ def _lag(settings: Settings, args: argparse.Namespace) -> int:
 def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from streams.ops.dlq import letters, misdirected, replayable
+    from streams.ops.dlq import absent, letters, misdirected, replayable
 
+    missing = absent(settings)
+    if missing is not None:
+        print(f"slipguard dlq list: {missing}", file=sys.stderr)
+        return 1
     found = letters(settings, since=args.since, reason=args.reason)
     problems = [misdirected(settings, x) or replayable(x) for x in found]
     if args.json:
@@ -132,12 +136,16 @@ def _print_replay(lines: list[str], as_json: bool) -> None:
 
 
 def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.ops.dlq import ReplayError, corrections, letters, replay
+    from streams.ops.dlq import ReplayError, absent, corrections, letters, replay
 
     problem = _replay_choice_error(args)
     if problem is not None:
         print(f"slipguard dlq replay: {problem}", file=sys.stderr)
         return 2
+    missing = absent(settings)
+    if missing is not None:
+        print(f"slipguard dlq replay: {missing}", file=sys.stderr)
+        return 1
     first, last = _offsets(args.offsets) if args.offsets is not None else (None, None)
     try:
         fixed = corrections(args.file) if args.file else {}
@@ -262,9 +270,12 @@ def register(commands: Commands) -> None:
     from streams.kafka import acls  # (names only: no client is loaded)
 
     topics = group(commands, "topics", "create or verify topics")
-    command(topics, "create", "create or verify every topic; payments and orders co-partitioned", _topics_create)
+    command(topics, "create", "create or verify every topic; payments and orders co-partitioned", _topics_create,
+            (*KAFKA_CLIENT, *settings_in("topics", "topics slipguard creates"), "join_group", "grace"))
 
-    lag = command(commands, "lag", "consumer lag per group, topic and partition", _lag)
+    lag = command(commands, "lag", "consumer lag per group, topic and partition", _lag,
+                  (*KAFKA_CLIENT, "payments_topic", "orders_topic", "recovery_topic", "late_topic", "join_group",
+                   "recover_group", *settings_in("metrics endpoint")))
     lag.add_argument("--group", action="append", help="a consumer group (repeatable); default: join and recover groups")
     lag.add_argument("--topic", action="append", help="a topic the groups read (repeatable); default: slipguard's "
                                                       "own topics for its groups, every topic for other groups")
@@ -276,7 +287,7 @@ def register(commands: Commands) -> None:
 
     acl = command(commands, "acls", "the Kafka ACLs each role needs (join, writer, lag, admin), from the settings' "
                                     "topic and group names: as kafka-acls.sh commands, Strimzi entries, or applied",
-                  _acls)
+                  _acls, (*KAFKA_CLIENT, *settings_in("topics"), "join_group", "recover_group"))
     acl.add_argument("--role", action="append", choices=("join", "writer", "lag", "admin"),
                      help="a role (repeatable); default: all four")
     acl.add_argument("--principal", help="the principal to grant to; default User:slipguard-<role>")
@@ -288,14 +299,17 @@ def register(commands: Commands) -> None:
 
     ex = command(commands, "explain", "what slipguard knows about one order: a timeline from the one partition its "
                                       "id hashes to (inputs, the join's state, outputs) and its PostgreSQL rows",
-                 _explain)
+                 _explain, (*KAFKA_CLIENT, "payments_topic", "orders_topic", "recovery_topic", "late_topic",
+                            "anomalies_topic", "join_group", "order_timeout", "database_url"))
     ex.add_argument("order_id", metavar="ORDER_ID")
     ex.add_argument("--since", type=_since, help="read the topics from this time (RFC 3339); default: all they hold")
     ex.add_argument("--json", action="store_true", help="print JSON (and no progress)")
     ex.add_argument("--no-database", action="store_true", help="do not read PostgreSQL")
 
     rs = command(commands, "reset", "replay the join from a time: empty its changelog and move its input offsets "
-                                    "(refused while the group has members)", _reset)
+                                    "(refused while the group has members)", _reset,
+                 (*KAFKA_CLIENT, "payments_topic", "orders_topic", "join_group", "order_timeout", "grace",
+                  "late_horizon"))
     rs.add_argument("--group", help="the join's group (default: SLIPGUARD_JOIN_GROUP)")
     rs.add_argument("--to-datetime", type=_since, help="replay so that outputs from this time (RFC 3339) on are "
                                                        "derived again")
@@ -305,12 +319,14 @@ def register(commands: Commands) -> None:
     rs.add_argument("--json", action="store_true", help="print the plan as JSON (and no progress)")
 
     dlq = group(commands, "dlq", "list or replay the dead-letter queue")
-    ls = command(dlq, "list", "what is in the DLQ: offset, time, source record, error", _dlq_list)
+    letters = (*KAFKA_CLIENT, "payments_topic", "orders_topic", "dlq_topic")
+    ls = command(dlq, "list", "what is in the DLQ: offset, time, source record, error", _dlq_list, letters)
     ls.add_argument("--since", type=_since, help="failed at or after this time (RFC 3339)")
     ls.add_argument("--reason", help="the error contains this text")
     ls.add_argument("--json", action="store_true", help="print JSON")
     rp = command(dlq, "replay", "re-publish dead letters to their source topic, once each, and only to the join's "
-                                "inputs (payments, orders); shows what it will do and asks first", _dlq_replay)
+                                "inputs (payments, orders); shows what it will do and asks first", _dlq_replay,
+                 (*letters, "replication_factor"))
     rp.add_argument("--offsets", help="DLQ offsets A-B (inclusive) or one offset")
     rp.add_argument("--reason", help="only those whose error contains this text")
     rp.add_argument("--file", help='corrected values: JSON lines {"dlq": "P:O", "value": {...}}')

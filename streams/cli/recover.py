@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streams.cli.flags import Commands, command, group
+from streams.cli.flags import KAFKA_CLIENT, Commands, command, group, settings_in
 from streams.settings import Settings
 
 
@@ -36,6 +36,9 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    command(commands, "recover", "run one member of the recovery-writer group (faust-streaming)", _recover)
+    uses = (*KAFKA_CLIENT, "recovery_topic", "late_topic", "dlq_topic", "recover_group", "database_url",
+            *settings_in("signatures and personal data", "metrics endpoint"))
+    command(commands, "recover", "run one member of the recovery-writer group (faust-streaming)", _recover, uses)
     db = group(commands, "db", "database schema")
-    command(db, "migrate", "create or upgrade the schema; idempotent", _migrate)
+    command(db, "migrate", "create or upgrade the schema; idempotent", _migrate,
+            ("database_url", *settings_in("logging")))

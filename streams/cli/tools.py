@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from streams.cli.flags import Commands, command
+from streams.cli.flags import KAFKA_CLIENT, Commands, command, settings_in
 from streams.settings import Settings
 
 
@@ -98,12 +98,18 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    d = command(commands, "demo", "the main job end to end on the local stack, with a checked summary", _demo)
+    # The demo sets its own names (prefixed), rules (shortened), instance id and metrics ports.
+    demo_uses = (*KAFKA_CLIENT, *settings_in("topics", "the join's tuning", "topics slipguard creates",
+                                             "signatures and personal data"), "join_group", "recover_group",
+                 "database_url")
+    d = command(commands, "demo", "the main job end to end on the local stack, with a checked summary", _demo,
+                demo_uses)
     d.add_argument("--rate", type=float, default=1_000, help="events/s of live traffic")
     d.add_argument("--seconds", type=float, default=30, help="how long traffic is produced")
     d.add_argument("--json", action="store_true", help="print the summary as JSON (the running account goes to stderr)")
 
-    lg = command(commands, "loadgen", "produce realistic payment and order traffic", _loadgen)
+    lg = command(commands, "loadgen", "produce realistic payment and order traffic", _loadgen,
+                 (*KAFKA_CLIENT, "payments_topic", "orders_topic", "order_timeout"))
     lg.add_argument("--count", type=int, default=10_000, help="orders (each with a payment, most with an order)")
     lg.add_argument("--rate", type=float, default=0, help="events/s with live timestamps; 0: as fast as possible")
     for share in ("missing", "late", "duplicates", "second_payment", "mismatch", "failed"):
@@ -113,6 +119,9 @@ def register(commands: Commands) -> None:
     lg.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     lg.add_argument("--json", action="store_true", help="print what was produced and expected as JSON only")
 
+    # The benchmarks make their own topics and groups; they measure the join as configured.
+    bench_uses = (*KAFKA_CLIENT, *settings_in("the join's rules", "the join's tuning", "topics slipguard creates",
+                                              "signatures and personal data"), "database_url")
     for name, about, handler, flags in (
         ("bench", "measure the join on the local broker and print figures", _bench,
          {"events": 1_000_000, "bench-partitions": 6, "live-rate": 2_000.0, "live-seconds": 20.0, "runs": 5,
@@ -125,7 +134,7 @@ def register(commands: Commands) -> None:
         ("bench-writer", "measure the recovery writer into PostgreSQL and print figures", _bench_writer,
          {"rows": 50_000, "steady-rate": 1_000.0, "steady-seconds": 15.0}),
     ):
-        cmd = command(commands, name, about, handler)
+        cmd = command(commands, name, about, handler, bench_uses)
         for flag, default in flags.items():
             cmd.add_argument(f"--{flag}", type=type(default), default=default, help=f"default {default}")
         cmd.add_argument("--json", action="store_true", help="print the figures as JSON only (phases go to stderr)")

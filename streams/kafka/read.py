@@ -46,6 +46,17 @@ def partition_count(s: Settings, topic: str) -> int | None:
         c.close()
 
 
+def topic_names(s: Settings) -> list[str]:
+    """The cluster's topics, Kafka's own (`__*`) left out; none when the broker does not answer."""
+    c = Consumer(config.consumer(s, f"slipguard-reader-{uuid.uuid4().hex[:8]}"))
+    try:
+        return sorted(t for t in c.list_topics(timeout=10).topics if not t.startswith("__"))
+    except KafkaException:
+        return []
+    finally:
+        c.close()
+
+
 def read(s: Settings, topic: str, partitions: list[int] | None = None, *, since_ms: int | None = None,
          progress: Progress | None = None) -> Iterator[Record]:
     """Every committed record of `topic` (or of some of its partitions) up to its end now,

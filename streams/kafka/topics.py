@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from streams.kafka import config
 from streams.kafka.acls import denied
 from streams.kafka.calls import group_refused, topic_refused
 from streams.retry import Retry, Stopped
-from streams.settings import Settings
+from streams.settings import TOPIC_SETTINGS, Settings
 
 log = logging.getLogger("slipguard.topics")
 
@@ -364,6 +364,30 @@ def check_writable(settings: Settings, role: str, topic: str) -> None:
         log.warning("could not check Write on %s: %s", topic, failed[0].str() if failed else "no answer in 10 s")
 
 
+def not_found(settings: Settings, missing: list[str], existing: Iterable[str]) -> str:
+    """One line for a command whose topics are not there: which, where, and which of the
+    cluster's topics look like slipguard's under other names (one of its topic names after
+    a prefix, as the demo's `demo.<run>.payments`), so that the user learns where the
+    records are instead of watching the command retry."""
+    defaults = {str(Settings.model_fields[f"{t}_topic"].default) for t in TOPIC_SETTINGS}
+    prefixes: dict[str, int] = {}
+    for topic in existing:
+        for name in defaults:
+            prefix = topic.removesuffix(name)
+            if prefix != topic and prefix and prefix[-1] in ".-_":
+                prefixes[prefix] = prefixes.get(prefix, 0) + 1
+    where = f"{', '.join(missing)} not found on {settings.bootstrap_servers}"
+    if not prefixes:
+        return f"topic(s) {where}, and no topic there looks like slipguard's: `slipguard topics create` makes them"
+    shown = sorted(prefixes, reverse=True)[:3]
+    more = f" and {len(prefixes) - 3} more" if len(prefixes) > 3 else ""
+    named = ", ".join(f"{p}* ({prefixes[p]})" for p in shown)
+    demo = next((p for p in shown if p.startswith("demo.")), None)
+    hint = (f"; for the demo's: --env-file .stack/demo/{demo.removeprefix('demo.').strip('.')}.env" if demo
+            else "; give their names as flags, SLIPGUARD_*_TOPIC or --env-file")
+    return f"topic(s) {where}; topics like slipguard's there: {named}{more}{hint}"
+
+
 class _Missing(Exception):
     def __init__(self, missing: list[str]) -> None:
         super().__init__(f"missing: {', '.join(missing)}")
@@ -393,8 +417,8 @@ def ensure_join_topics(settings: Settings, *, timeout: float = 30.0,
                                "is the broker reachable?") from None
     missing = [t for t in inputs if t not in have]
     if missing:
-        raise TopicLayoutError(f"input topic(s) {', '.join(missing)} not found (or not readable with this "
-                               "principal's ACLs); create them with `slipguard topics create`")
+        raise TopicLayoutError(f"input {not_found(settings, missing, have)} (or not readable with this "
+                               "principal's ACLs)")
     counts = {t: have[t] for t in inputs}
     changelog = settings.changelog_topic
     if changelog in have:

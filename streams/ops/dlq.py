@@ -23,7 +23,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import DeadLetter
 from streams.kafka import config
-from streams.kafka.read import read
+from streams.kafka.read import partition_count, read, topic_names
+from streams.kafka.topics import not_found
 from streams.settings import Settings
 
 
@@ -45,6 +46,16 @@ class Letter:
 
 def replayed_topic(s: Settings) -> str:
     return f"{s.dlq_topic}.replayed"
+
+
+def absent(s: Settings) -> str | None:
+    """One line when the DLQ topic is not there (which topics look like slipguard's), else None."""
+    try:
+        if partition_count(s, s.dlq_topic) is not None:
+            return None
+    except KafkaException:
+        return None  # the broker does not answer: reading says so
+    return not_found(s, [s.dlq_topic], topic_names(s))
 
 
 def read_topic(s: Settings, topic: str) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:

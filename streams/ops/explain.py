@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from schemas import Anomaly, LateOrder, Order, Payment, Recovery
 from streams.join import changelog
 from streams.kafka.partition import partition_for
-from streams.kafka.read import Progress, partition_count, read
+from streams.kafka.read import Progress, partition_count, read, topic_names
+from streams.kafka.topics import not_found
 from streams.settings import Settings
 
 
@@ -65,7 +66,7 @@ def explain(s: Settings, order_id: str, *, since_ms: int | None = None, progress
     events: list[Event] = []
     count = partition_count(s, s.payments_topic)
     if count is None:
-        raise LookupError(f"topic {s.payments_topic} not found on {s.bootstrap_servers}")
+        raise LookupError(not_found(s, [s.payments_topic], topic_names(s)))
     partition = partition_for(order_id.encode(), count)
 
     def decoded(model: Any, where: str, r: Any, describe: Callable[[Any], tuple[str, dict]]) -> None:

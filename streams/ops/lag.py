@@ -38,6 +38,7 @@ from streams.kafka import config
 from streams.kafka.acls import denied
 from streams.kafka.calls import group_refused, topic_refused, transient
 from streams.kafka.consumed import offset_of
+from streams.kafka.topics import not_found
 from streams.retry import Retry
 from streams.settings import Settings
 
@@ -81,14 +82,17 @@ class LagReader:
     def partitions(self, topics: list[str]) -> list[tuple[str, int]]:
         def query() -> list[tuple[str, int]]:
             meta = self._ends.list_topics(timeout=min(5.0, self.timeout))
+            absent = [t for t in topics if t not in meta.topics]
+            for t in absent:
+                if topic_refused(self._ends, t, min(5.0, self.timeout)):  # left out of the listing
+                    raise LagError(denied(self.s, "lag", "TOPIC", t))
+            if absent:  # the broker answered and has no such topic: retrying will not make one
+                raise LagError(not_found(self.s, absent, meta.topics))
             out = []
             for t in topics:
-                tm = meta.topics.get(t)
-                if tm is None and topic_refused(self._ends, t, min(5.0, self.timeout)):  # left out of the listing
-                    raise LagError(denied(self.s, "lag", "TOPIC", t))
-                if tm is None or tm.error is not None:
-                    err = tm.error if tm is not None else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
-                    raise KafkaException(err)
+                tm = meta.topics[t]
+                if tm.error is not None:  # (a leader away: retried)
+                    raise KafkaException(tm.error)
                 out += [(t, p) for p in sorted(tm.partitions)]
             return out
 
