@@ -1,0 +1,1 @@
+"""The docs site: its generated pages and pictures (generate.py, svg.py)."""
