@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv tools up down status topics demo test test-unit fuzz bench schemas image pin-image clean
+.PHONY: venv tools up down status topics demo test test-unit fuzz bench schemas docs docs-serve image pin-image clean
 
 $(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -93,5 +93,15 @@ bench: up
 schemas: venv
 	$(BIN)/python -m schemas.jsonschema
 
+# The docs site (mkdocs.yml, docs/): the pages and pictures that come from the code written
+# again (docs/generate.py), then built strictly into site/; docs-serve serves it while you edit.
+docs: venv
+	$(BIN)/python -m docs.generate
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: venv
+	$(BIN)/python -m docs.generate
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict -a 127.0.0.1:8000
+
 clean: down
-	rm -rf .stack $(VENV)
+	rm -rf .stack $(VENV) site

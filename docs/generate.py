@@ -118,15 +118,21 @@ def messages() -> str:
            ("The fields of each message, from its JSON Schema in `schemas/json/` (itself generated from the models in "
            "`schemas/` by `make schemas`). What each topic carries and the compatibility policy: "
            "[Messages and schemas](../messages.md).\n")]
-    for path in sorted((ROOT / "schemas" / "json").glob("*.schema.json")):
-        schema = json.loads(path.read_text())
-        out.append(f"\n## {schema['title']}\n\n`schemas/json/{path.name}`\n\n"
-                   "| field | type | required | what it holds |\n|---|---|---|---|\n")
-        required = set(schema.get("required", []))
-        for name, prop in schema["properties"].items():
-            out.append(f"| `{name}` | {_type(prop)} | {'yes' if name in required else 'no'} | "
-                       f"{_cell(prop.get('description', ''))} |\n")
+    schemas = [json.loads(path.read_text()) for path in sorted((ROOT / "schemas" / "json").glob("*.schema.json"))]
+    titles = {schema["title"] for schema in schemas}
+    for path, schema in zip(sorted((ROOT / "schemas" / "json").glob("*.schema.json")), schemas, strict=True):
+        out.append(f"\n## {schema['title']}\n\n`schemas/json/{path.name}`\n\n{_fields(schema)}")
+        for name, part in schema.get("$defs", {}).items():
+            if name not in titles:  # (a message's own part; the others have their section)
+                out.append(f"\n### {name}\n\n{_fields(part)}")
     return "".join(out)
+
+
+def _fields(schema: dict[str, Any]) -> str:
+    required = set(schema.get("required", []))
+    rows = [f"| `{name}` | {_type(prop)} | {'yes' if name in required else 'no'} | "
+            f"{_cell(prop.get('description', ''))} |\n" for name, prop in schema["properties"].items()]
+    return "| field | type | required | what it holds |\n|---|---|---|---|\n" + "".join(rows)
 
 
 def _type(prop: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 * `content-type`: `application/json`;
 * `slipguard-type`: the message name, as in schemas/json/<name>.schema.json;
-* `slipguard-schema-version`: the message's schema version (see README: compatibility);
+* `slipguard-schema-version`: the message's schema version (see docs/messages.md: compatibility);
 * `traceparent`: the W3C trace context of the input the record came from, when that
   input had a valid one (version 00: 55 characters, lowercase hex, ids not all zero; a
   record with two `traceparent` headers has none); any other value is dropped, never
@@ -33,7 +33,7 @@ from schemas.recovery import SCHEMA_VERSION as RECOVERY_VERSION
 CONTENT_TYPE = b"application/json"
 TRACEPARENT = "traceparent"
 LINKS = "slipguard-links"
-# name -> current version; a breaking change is a new version on a new topic (README: compatibility)
+# name -> current version; a breaking change is a new version on a new topic (docs/messages.md: compatibility)
 SCHEMA_VERSIONS = dict.fromkeys(MODELS, 1) | {"recovery": RECOVERY_VERSION}
 _NAME = {model: name for name, model in MODELS.items()}
 _BASE: dict[type[Message], OutHeaders] = {model: [("content-type", CONTENT_TYPE), ("slipguard-type", name.encode()),

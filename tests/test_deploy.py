@@ -89,7 +89,7 @@ def test_the_image_lock_pins_every_dependency_with_hashes_within_pyproject_range
     for dep in deps:
         req = Requirement(dep)
         name = canonicalize_name(req.name)
-        assert name in pinned, f"{req.name} is not in requirements.lock: re-run pip-compile (README: Deploying)"
+        assert name in pinned, f"{req.name} is not in requirements.lock: re-run pip-compile (docs/deploying.md)"
         assert req.specifier.contains(pinned[name]), f"{req.name}=={pinned[name]} outside {req.specifier}"
     blocks = re.split(r"^(?=[A-Za-z0-9_.-]+==)", lock, flags=re.M)[1:]
     assert blocks and all("--hash=sha256:" in b for b in blocks), "every pin carries its hashes"

@@ -131,7 +131,7 @@ kafka_down() {
 }
 
 # SCRAM-SHA-512 users for the SASL_SSL listener, once per cluster (a fresh format loses
-# them): the super user `admin` and one principal per role (README: security). Passwords
+# them): the super user `admin` and one principal per role (docs/security.md). Passwords
 # are generated and kept as files under .stack/secrets, as Kubernetes mounts secrets.
 scram_users() {
   [ -f "$KAFKA_DIR/data/.slipguard-scram" ] && return

@@ -18,7 +18,7 @@ CACHE=${SLIPGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slipguard}/k8s
 say() { echo "tools: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-# The versions the manifests are checked against (README: Deploying). Kubernetes' is in
+# The versions the manifests are checked against (docs/deploying.md). Kubernetes' is in
 # deploy/local/apiserver/go.mod, Strimzi's in deploy/local/pom-strimzi.xml.
 KEDA_VERSION=v2.21.0                 # github.com/kedacore/keda/v2, config/crd/bases
 PROMETHEUS_OPERATOR_VERSION=v0.85.0  # github.com/prometheus-operator/prometheus-operator

@@ -63,7 +63,7 @@ def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], la
     merged first, so it holds up nothing behind it. One stamped after `ahead_ms` (the
     worker's clock + GRACE) but not that far is counted (slipguard_join_records_stamped_
     ahead_total): a producer whose clock is fast, two of whose records in a row in a
-    backlog can move progress past orders still unread (README: bad clocks, forged
+    backlog can move progress past orders still unread (docs/concepts/time-safety.md: bad clocks, forged
     records). A record of a partition not held (revoked meanwhile) is dropped: its next
     owner reads it again.
     """

@@ -1,5 +1,5 @@
 """The Kafka permissions each part of slipguard needs: the one source for `slipguard acls`,
-the README's commands, the Strimzi `KafkaUser` entries and the secured-broker tests.
+the docs' commands (docs/security.md), the Strimzi `KafkaUser` entries and the secured-broker tests.
 
 Least privilege, per role, from the settings' own names (topics, groups, the join's
 transactional-id prefix):

@@ -53,7 +53,7 @@ def _tune(settings: Settings, group: str, timeout: float) -> str:
     except KafkaException as exc:
         return (f"group {group}: cannot read its configs ({exc.args[0].str()}); a crashed worker's partitions move "
                 f"after the broker's group.consumer.session.timeout.ms (45 s by default); grant this principal "
-                "AlterConfigs on the group to let the join set 10 s (README: when the cluster is not calm)")
+                "AlterConfigs on the group to let the join set 10 s (docs/operating/cluster.md)")
     have = {name: entries[name] for name in want if name in entries}
     if any(e.source == ConfigSource.GROUP_CONFIG.value for e in have.values()):
         return (f"group {group}: session timeout {_seconds(have, SESSION)}, heartbeat {_seconds(have, HEARTBEAT)} "
@@ -67,7 +67,7 @@ def _tune(settings: Settings, group: str, timeout: float) -> str:
                 f"{want[HEARTBEAT] / 1000:g}s as group configs ({exc.args[0].str()}), so a crashed worker's "
                 f"partitions move after its session timeout, {_seconds(have, SESSION)}; to shorten it, lower the "
                 "broker's group.consumer.min.session.timeout.ms and group.consumer.min.heartbeat.interval.ms, or "
-                "grant this principal AlterConfigs on the group (README: when the cluster is not calm)")
+                "grant this principal AlterConfigs on the group (docs/operating/cluster.md)")
     return (f"group {group}: session timeout {want[SESSION] / 1000:g}s, heartbeat {want[HEARTBEAT] / 1000:g}s (set "
             f"as group configs): a crashed worker's partitions move after {want[SESSION] / 1000:g}s")
 

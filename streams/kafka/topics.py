@@ -98,7 +98,7 @@ def check_co_partitioned(client: Any, settings: Settings) -> None:
         found = ", ".join(f"{t}={n}" for t, n in counts.items())
         raise TopicLayoutError(f"payments, orders and the changelog must have the same partition count to be "
                                f"joined; found {found}. Stop every join worker, make the counts equal "
-                               "(see README: adding partitions), then start them again")
+                               "(see docs/deploying.md: scaling rules), then start them again")
 
 
 def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
@@ -184,7 +184,7 @@ def too_small_for_the_join(admin: AdminClient, settings: Settings, timeout: floa
 def _skew_admitted(admin: AdminClient, settings: Settings, timeout: float) -> list[str]:
     """A warning for payments or orders if the broker takes records stamped more than GRACE
     ahead of their append time: in a backlog one record from a clock that fast moves the
-    partition's progress past payments whose orders are still unread (README: a fast clock
+    partition's progress past payments whose orders are still unread (docs/concepts/time-safety.md: a fast clock
     in a backlog). Said, not changed: the topics belong to the services that write them.
     Nothing is said when this principal may not read the topics' configs."""
     inputs = [settings.payments_topic, settings.orders_topic]
@@ -208,7 +208,7 @@ def _skew_admitted(admin: AdminClient, settings: Settings, timeout: float) -> li
         lines.append(f"warning  {resource.name}: takes records stamped {how} ahead of "
                      f"their append time ({ahead.name}); in a backlog two in a row from a clock that fast can time out "
                      f"payments whose orders are still unread: set it well below GRACE ({_duration(settings.grace)}) "
-                     "(README: bad clocks, forged records)")
+                     "(docs/concepts/time-safety.md)")
     return lines
 
 

@@ -233,7 +233,7 @@ class Writer:
             await self._isolate(items, exc)
         except psycopg.errors.ProgrammingError as exc:  # no table, no permission: retrying cannot fix it
             _fatal(f"PostgreSQL refused the writer's statements ({type(exc).__name__}: {_first_line(exc)}); run "
-                   "`slipguard db migrate` and check the writer role's grants (README: the database); nothing was "
+                   "`slipguard db migrate` and check the writer role's grants (docs/concepts/writer.md); nothing was "
                    "acknowledged")
 
     async def _isolate(self, items: list[tuple[Item, Record]], exc: Exception) -> None:

@@ -38,7 +38,7 @@ def _plan(seed: int, now: int) -> list[Rec]:
     records among them; none from a fast clock (two in a row may move progress, as the
     contract allows: tests/join/test_fuzz.py checks that one alone moves nothing), and
     copies near their originals (a copy later than the window is a new payment to the
-    join: README, out of order by more than the window)."""
+    join: docs/concepts/time-safety.md, out of order by more than the window)."""
     rnd = random.Random(seed)
     honest = fuzz.honest(HONEST, seed, start=now - 400_000, spacing=20)
     payments = [r for r in honest if r.side == Side.PAYMENT]

@@ -194,7 +194,7 @@ def _restored_pending(log) -> int:
 def test_a_rolling_upgrade_to_changelog_format_3_and_a_rollback_under_load_lose_and_double_nothing(base_settings,
                                                                                                  tmp_path) -> None:
     """Workers of the release before format 3 (run from this repository's history) and of
-    this one in one group under live traffic, as README's upgrade says: the new release
+    this one in one group under live traffic, as docs/upgrades.md says: the new release
     first writes format 2, and an old worker restores what it wrote (a pod rolled back);
     then the old ones are replaced, and the last writes format 3 and restores what the
     others left. Pending state crosses releases and formats at every step; every recovery once."""

@@ -107,10 +107,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _readme_grants() -> list[str]:
-    """The writer's GRANT statements as the README gives them (README: the database)."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## The recovery writer and the database"):]
+def _documented_grants() -> list[str]:
+    """The writer's GRANT statements as the docs give them (docs/concepts/writer.md)."""
+    section = (ROOT / "docs" / "concepts" / "writer.md").read_text()
     block = section[section.index("```sql") + 6:section.index("```", section.index("```sql") + 6)]
     grants = [line for line in block.splitlines() if line.startswith("GRANT ")]
     assert len(grants) >= 3, block
@@ -119,7 +118,7 @@ def _readme_grants() -> list[str]:
 
 def _writer_database(plain, tmp: Path) -> tuple[str, str]:
     """A schema of the test's own, migrated as the owner, and a role with only the
-    writer's grants, the README's statements run as they are (in the test's schema, for
+    writer's grants, the documented statements run as they are (in the test's schema, for
     the test's role); returns the writer's verify-full URL and its password."""
     tag = plain.join_group.split("-")[0]
     owner = plain.database_url.get_secret_value()
@@ -131,7 +130,7 @@ def _writer_database(plain, tmp: Path) -> tuple[str, str]:
     in_schema = f"{owner}{sep}options=-csearch_path%3D{tag}"
     migrate(in_schema)
     with psycopg.connect(in_schema, autocommit=True) as conn:
-        for grant in _readme_grants():
+        for grant in _documented_grants():
             conn.execute(grant.replace("SCHEMA public", f"SCHEMA {tag}")
                          .replace("slipguard_writer", f"{tag}_writer"))  # type: ignore[arg-type]
     port = re.search(r":(\d+)/", owner).group(1)  # type: ignore[union-attr]

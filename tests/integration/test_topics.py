@@ -134,7 +134,7 @@ def test_subscriber_topics_are_stored_with_a_compression_every_client_reads(base
 
 def test_topics_create_warns_when_payments_or_orders_take_records_stamped_further_ahead_than_grace(
         base_settings, capsys) -> None:
-    """README: bad clocks. The broker's default (Kafka 4: 1 h ahead of the
+    """docs/concepts/time-safety.md. The broker's default (Kafka 4: 1 h ahead of the
     append time) is warned about, and named; a bound below GRACE, or broker-stamped
     times, are not. The topics' configs are said, not changed."""
     import time

@@ -149,7 +149,7 @@ def test_hold_notes_each_end_of_partition_with_the_epoch_it_was_seen_in() -> Non
 
 def test_hold_counts_records_stamped_more_than_grace_ahead_and_leaves_the_dlq_bound_ones_to_the_dlq() -> None:
     """slipguard_join_records_stamped_ahead_total{topic}: a producer with a fast clock
-    shows before a backlog makes it costly (README: bad clocks, forged records)."""
+    shows before a backlog makes it costly (docs/concepts/time-safety.md)."""
     from streams.ops.metrics import JOIN_STAMPED_AHEAD
 
     pair = Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000)))

@@ -101,7 +101,7 @@ def test_each_overlay_is_admitted_applied_and_read_back_as_written(cluster, over
     stored = cluster.kubectl("get", "statefulsets", "-n", namespace, "-o", "name").stdout
     assert stored == "", "a dry run stores nothing"
 
-    # For real, as README says (kubectl apply -k), then every object read back.
+    # For real, as docs/deploying.md says (kubectl apply -k), then every object read back.
     done = cluster.kubectl("apply", "--validate=strict", "--warnings-as-errors", "-k",
                            str(ROOT / "deploy" / "k8s" / "overlays" / overlay))
     assert done.returncode == 0, done.stderr

@@ -1,5 +1,5 @@
-"""The ACLs per role (streams/kafka/acls.py): least privilege, and the README shows what
-`slipguard acls` prints (one source)."""
+"""The ACLs per role (streams/kafka/acls.py): least privilege, and the security page of the
+docs shows what `slipguard acls` prints (one source)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from streams.kafka import acls
 from streams.settings import Settings
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+SECURITY_PAGE = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
 
 
 def _defaults() -> Settings:
@@ -23,14 +23,14 @@ def _defaults() -> Settings:
         return Settings()
 
 
-def test_readme_lists_exactly_what_slipguard_acls_prints() -> None:
+def test_the_docs_list_exactly_what_slipguard_acls_prints() -> None:
     s = _defaults()
     commands = []
     for role in acls.ROLES:
         commands += [f"# {role}: User:slipguard-{role}", *acls.kafka_acls_commands(s, role, f"User:slipguard-{role}")]
     block = "```sh\n" + "\n".join(commands) + "\n```"
-    assert block in README
-    assert "```yaml\n" + acls.strimzi_user(s, "join") + "\n```" in README
+    assert block in SECURITY_PAGE
+    assert "```yaml\n" + acls.strimzi_user(s, "join") + "\n```" in SECURITY_PAGE
 
 
 def test_each_role_gets_only_what_it_uses() -> None:

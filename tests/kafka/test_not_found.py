@@ -13,6 +13,7 @@ import pytest
 from streams.kafka.topics import not_found
 from streams.settings import Settings
 
+
 @pytest.fixture(autouse=True)
 def _defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     import os

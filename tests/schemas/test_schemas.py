@@ -287,7 +287,7 @@ def test_a_record_that_repeats_a_key_is_rejected_wherever_the_key_is() -> None:
 
 
 def test_a_subscriber_built_from_todays_schemas_accepts_a_record_with_a_new_optional_field() -> None:
-    """The compatibility policy (README): adding an optional field is not a new schema
+    """The compatibility policy (docs/messages.md): adding an optional field is not a new schema
     version, so today's JSON Schemas and today's models must accept tomorrow's records."""
     p = payment()
     r = Recovery(recovery_id=recovery_id_for(p.payment_id), order_id=p.order_id, payment=p,
