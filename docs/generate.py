@@ -82,10 +82,19 @@ def configuration() -> str:
             f = Settings.model_fields[name]
             flag = f"--{name.replace('_', '-')}" + ("-file PATH" if name in SECRET_FIELDS else "")
             default = _default_text(name, s)
-            used = ", ".join(f"`{w}`" for w in users[name])
+            used = _used_by(users[name], list(commands))
             out.append(f"| `SLIPGUARD_{name.upper()}` | `{flag}` | {default} | {_cell(f.description or '')} | "
                        f"{used} |\n")
     return "".join(out)
+
+
+def _used_by(users: list[str], every: list[str]) -> str:
+    left_out = [w for w in every if w not in users]
+    if not left_out:
+        return "every command"
+    if len(left_out) <= 2:
+        return "every command but " + " and ".join(f"`{w}`" for w in left_out)
+    return ", ".join(f"`{w}`" for w in users)
 
 
 def _default_text(name: str, s: Settings) -> str:
@@ -168,8 +177,8 @@ def window_svg(s: Settings) -> str:
     tl.span("payments", -w, w, "window", f"window: t ± {_seconds(s.order_timeout)} (ORDER_TIMEOUT)")
     tl.mark("payments", 0, "payment", "payment, time t", below=True)
     tl.mark("orders", -w / 3, "order", "before its payment: matches", below=True)
-    tl.mark("orders", w * 0.6, "order", "after it: matches", below=True)
-    tl.mark("orders", w * 1.2, "off", "outside: not this payment's", below=True, hollow=True)
+    tl.mark("orders", w * 0.5, "order", "after it: matches", below=True)
+    tl.mark("orders", w * 1.25, "off", "outside: not this payment's", hollow=True)
     tl.note("The order may come first or second; whichever the join reads second completes the match.")
     return tl.svg(_ticks(-w, w, s))
 
