@@ -114,8 +114,7 @@ def test_a_crafted_letter_is_never_replayed_outside_the_joins_inputs(settings, c
     before = {t: _written(s, t) for t in crafted[:2]}
     assert before == {s.recovery_topic: 0, s.changelog_topic: 0}
 
-    flags = [f"--dlq-topic={s.dlq_topic}", f"--payments-topic={s.payments_topic}", f"--orders-topic={s.orders_topic}",
-             f"--recovery-topic={s.recovery_topic}", f"--join-group={s.join_group}"]
+    flags = [f"--dlq-topic={s.dlq_topic}", f"--payments-topic={s.payments_topic}", f"--orders-topic={s.orders_topic}"]
     assert main(["dlq", "replay", "--offsets=0-3", "--yes", *flags]) == 0
     out = capsys.readouterr().out.splitlines()
     for n, topic in enumerate(crafted):
