@@ -54,7 +54,7 @@ class Pair:
 
 
 def hold(pairs: dict[int, Pair], sides: dict[str, Side], msgs: list[Message], latest_ok_ms: int,
-         epoch: int = 0, ahead_ms: int | None = None) -> tuple[list[int], list[Message]]:
+         epoch: int, ahead_ms: int | None = None) -> tuple[list[int], list[Message]]:
     """Put a consumed batch into its pairs' `held` queues. Returns how many records per
     side, and the consumer errors other than ends of partition (membership.raise_for
     says what they mean). An end of partition is noted with `epoch` (progress.EndWatch).

@@ -6,6 +6,8 @@ Same conventions as test_core.py: T = 60 s timeout, G = 5 s grace, H = 1 h horiz
 
 from __future__ import annotations
 
+import pytest
+
 from streams.join import changelog
 from tests.join.harness import BASE, G, H, Harness, T
 
@@ -27,14 +29,19 @@ def test_a_matched_pair_is_remembered_until_payments_pass_the_window_of_its_late
     assert h.join.sizes() == (0, 0, 0), "past its window: forgotten"
 
 
-def _restored(h: Harness) -> Harness:
-    """A core rebuilt, value by value, from what the live one gives the changelog now."""
+def _restored(h: Harness, fmt: int = 3) -> Harness:
+    """A core rebuilt, value by value, from what the live one gives the changelog now (in
+    changelog format `fmt`: 2 is what a worker of the release before format 3 wrote)."""
     clone = Harness()
-    clone.restore(dict(changelog.encode(change) for change in h.commit()))
+    clone.restore(dict(changelog.encode(change, fmt) for change in h.commit()))
     return clone
 
 
-def test_a_core_restored_from_the_changelog_times_out_and_forgets_exactly_when_the_live_one_does() -> None:
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_a_core_restored_from_the_changelog_times_out_and_forgets_exactly_when_the_live_one_does(fmt: int) -> None:
+    """Whichever format the changelog was written in: a pending payment of format 2 is
+    restored one by one (core.restore), of format 3 in one pass (restore_pending); each
+    path schedules its timer."""
     live = Harness()
     recovered_at = BASE - 9 * T + G
     live.pay(BASE - 10 * T, oid="recovered")
@@ -45,7 +52,7 @@ def test_a_core_restored_from_the_changelog_times_out_and_forgets_exactly_when_t
     live.pay(BASE + 2_000, oid="matched")
     live.order(BASE + 3_000, oid="matched")
     live.take()
-    clone = _restored(live)
+    clone = _restored(live, fmt)
     assert clone.join.sizes() == live.join.sizes() == (1, 2, 1)
     edges = [BASE + T + G, BASE + T + G + 1_000, BASE + T + G + 3_000, recovered_at + H, BASE + T + G + H]
     recovered = []

@@ -14,7 +14,7 @@ from tests.join.test_progress import _Msg
 
 def _hold(*msgs: _Msg) -> tuple[Pair, list]:
     pair = Pair(PartitionJoin(JoinParams(5_000, 1_000, 60_000)))
-    _counts, errors = hold({0: pair}, {"payments": Side.PAYMENT, "orders": Side.ORDER}, list(msgs), 2**62)
+    _counts, errors = hold({0: pair}, {"payments": Side.PAYMENT, "orders": Side.ORDER}, list(msgs), 2**62, epoch=0)
     return pair, errors
 
 

@@ -158,7 +158,7 @@ def test_hold_counts_what_it_holds_per_side_and_skips_partitions_and_topics_it_d
     eof = KafkaError(KafkaError._PARTITION_EOF)
     msgs = [_Msg("orders", 0, 0, NOW), _Msg("payments", 1, 0, NOW), _Msg("payments", 1, 1, error=eof),
             _Msg("elsewhere", 0, 0, error=eof), _Msg("orders", 0, 1, NOW + 1), _Msg("payments", 0, 0, NOW + 2)]
-    counts, errors = hold({0: pair}, SIDES, msgs, NOW + 10)
+    counts, errors = hold({0: pair}, SIDES, msgs, NOW + 10, epoch=0)
     assert counts == [1, 2] and errors == []
     assert [(ts, m.offset()) for ts, m in pair.held[ORDER]] == [(NOW, 0), (NOW + 1, 1)]
     assert [(ts, m.offset()) for ts, m in pair.held[PAYMENT]] == [(NOW + 2, 0)]
@@ -167,7 +167,7 @@ def test_hold_counts_what_it_holds_per_side_and_skips_partitions_and_topics_it_d
 
 def test_a_record_stamped_on_2000_01_01_is_held_with_its_time_and_one_a_millisecond_earlier_goes_to_the_dlq() -> None:
     pair = _pair()
-    hold({0: pair}, SIDES, [_Msg("orders", 0, 0, MIN_EVENT_MS), _Msg("orders", 0, 1, MIN_EVENT_MS - 1)], NOW)
+    hold({0: pair}, SIDES, [_Msg("orders", 0, 0, MIN_EVENT_MS), _Msg("orders", 0, 1, MIN_EVENT_MS - 1)], NOW, epoch=0)
     assert [ts for ts, _m in pair.held[ORDER]] == [MIN_EVENT_MS, -1]
 
 

@@ -159,7 +159,7 @@ def test_hold_counts_records_stamped_more_than_grace_ahead_and_leaves_the_dlq_bo
     before = counted._value.get()
     msgs = [_Msg("orders", 0, now), _Msg("orders", 1, now + grace), _Msg("orders", 2, now + grace + 1),
             _Msg("orders", 3, now + max_future), _Msg("orders", 4, now + max_future + 1)]
-    hold(pairs, sides, msgs, now + max_future, ahead_ms=now + grace)
+    hold(pairs, sides, msgs, now + max_future, epoch=0, ahead_ms=now + grace)
     assert counted._value.get() - before == 2, "stamped more than GRACE ahead, but not far enough for the DLQ"
     assert [ts for ts, _m in pair.held[Side.ORDER]] == [now, now + grace, now + grace + 1, now + max_future, -1]
 
