@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv tools up down status topics demo test test-unit fuzz bench schemas docs docs-serve image pin-image clean
+.PHONY: venv tools up down status cluster-up cluster-down topics demo test test-unit fuzz bench schemas docs docs-serve image pin-image clean
 
 $(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,13 @@ down:
 
 status:
 	bash deploy/local/stack.sh status
+
+# The three-broker cluster behind Toxiproxy (tests/cluster); `make down` stops it too.
+cluster-up:
+	bash deploy/local/stack.sh cluster-up
+
+cluster-down:
+	bash deploy/local/stack.sh cluster-down
 
 topics: up
 	$(BIN)/slipguard topics create
