@@ -1,0 +1,223 @@
+"""One fault test's run on the cluster: the join under both guarantees, the writer, the lag
+exporter and live traffic, as real processes (tests/integration/workers.py), then one check.
+
+Both guarantees run at once, under the same fault: an `exactly_once` group and an
+`at_least_once` group, each on its own payments and orders topics with its own traffic
+(distinct payment ids), both writing to one set of output topics, which one writer puts
+into one PostgreSQL schema. The groups' names are chosen so that both hash to the same
+`__consumer_offsets` partition: one broker is both groups' coordinator, so killing it hits
+both. Half the cost of running each test twice, and the same fault for both."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+
+from schemas import LateOrder, Recovery, recovery_id_for
+from streams.kafka.topics import create_topics
+from streams.settings import Settings
+from tests.cluster.cluster import ROOT, Cluster
+from tests.cluster.invariants import Guarantee, Observed, Poller, Recovered, figures, violations
+from tests.integration.test_join import TIMEOUT_MS, _LiveTraffic, _owned
+from tests.integration.test_lag import _free_port
+from tests.integration.test_recover import writer_settings
+from tests.integration.workers import committed_total, read_to_end, start
+
+GUARANTEES = ("exactly_once", "at_least_once")
+REPORTS = ROOT / ".stack" / "cluster" / "reports"
+
+
+def java_hash(text: str) -> int:
+    """Java's String.hashCode, which places a group on a `__consumer_offsets` partition."""
+    h = 0
+    for unit in text.encode("utf-16-be").hex(" ", 2).split():
+        h = (31 * h + int(unit, 16)) & 0xFFFFFFFF
+    return h
+
+
+def offsets_partition(group: str, partitions: int = 10) -> int:
+    """Kafka's: Utils.abs(groupId.hashCode()) % partitions (Math.abs, and 0 for MIN_VALUE)."""
+    h = java_hash(group)
+    h = h - (1 << 32) if h >= 1 << 31 else h
+    return (0 if h == -(1 << 31) else abs(h)) % partitions
+
+
+class Run:
+    def __init__(self, cluster: Cluster, base: Settings, tmp_path: Path, name: str, *, seed: int) -> None:
+        self.cluster, self.tmp, self.name, self.seed = cluster, tmp_path, name, seed
+        eos = writer_settings(base).derive(commit_interval="200ms", processing_guarantee="exactly_once")
+        assert eos.order_timeout == TIMEOUT_MS
+        prefix = eos.join_group.removesuffix("-join")
+        alos_prefix = next(f"{prefix}a{n}" for n in range(1000)
+                           if offsets_partition(f"{prefix}a{n}-join") == offsets_partition(eos.join_group))
+        alos = eos.derive(payments_topic=f"{alos_prefix}.payments", orders_topic=f"{alos_prefix}.orders",
+                          join_group=f"{alos_prefix}-join", processing_guarantee="at_least_once")
+        create_topics(alos)
+        self.settings = {"exactly_once": eos, "at_least_once": alos}
+        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+        self.traffic: dict[str, _LiveTraffic] = {}
+        self.poller = Poller()
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------ processes
+    def _start(self, name: str, s: Settings, command: list[str], **over: object) -> str:
+        port = _free_port()
+        log = self.tmp / f"{name.replace('/', '-')}.log"
+        self.procs[name] = (start(s, command, log, metrics_port=port, **over), log)
+        self.poller.watch(name, port) if command[0] != "lag" else setattr(self.poller, "exporter", port)
+        return name
+
+    def worker(self, guarantee: str, name: str, *, proxy_set: int | None = None) -> str:
+        """A join worker; with `proxy_set`, it bootstraps from that set of proxies alone."""
+        over: dict[str, object] = {"instance_id": name}
+        if proxy_set is not None:
+            over["bootstrap_servers"] = self.cluster.sets[proxy_set]
+        return self._start(f"{guarantee}/{name}", self.settings[guarantee], ["join"], **over)
+
+    def writer(self) -> str:
+        return self._start("writer", self.settings["exactly_once"], ["recover"])
+
+    def exporter(self) -> str:
+        eos, alos = self.settings["exactly_once"], self.settings["at_least_once"]
+        args = ["lag", "--serve", "--interval", "0.5"]
+        for g in (eos.join_group, alos.join_group, eos.recover_group):
+            args += ["--group", g]
+        for t in (eos.payments_topic, eos.orders_topic, alos.payments_topic, alos.orders_topic, eos.recovery_topic,
+                  eos.late_topic):
+            args += ["--topic", t]
+        return self._start("exporter", eos, args)
+
+    def everything(self, workers: tuple[str, ...] = ("w1",)) -> None:
+        """Per guarantee the named workers, the writer and the exporter; ready."""
+        for g in GUARANTEES:
+            for w in workers:
+                self.worker(g, w)
+        self.writer()
+        self.exporter()
+        self.wait_ready()
+
+    def log(self, name: str) -> str:
+        return self.procs[name][1].read_text() if self.procs[name][1].exists() else ""
+
+    def owned(self, name: str) -> list[int]:
+        """The partitions a join worker holds now, by its log (restored, revoked, lost)."""
+        return _owned(self.procs[name][1]) or []
+
+    def ready(self, name: str) -> bool:
+        readings = self.poller.readiness.get(name, [])
+        return bool(readings) and readings[-1][1] == 200
+
+    def wait_ready(self, names: list[str] | None = None, timeout: float = 90) -> None:
+        names = names or [n for n in self.procs if n != "exporter"]
+        self.wait(lambda: all(self.ready(n) for n in names), f"{names} ready", timeout)
+
+    def wait(self, condition, what: str, timeout: float = 90) -> float:
+        started = time.monotonic()
+        while not condition():
+            for name, (proc, _log) in self.procs.items():
+                assert proc.poll() is None, f"{name} exited ({proc.returncode}) while waiting until {what}:\n" + \
+                    self.log(name)[-3000:]
+            assert time.monotonic() - started < timeout, f"timed out after {timeout}s waiting until {what}"
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    # ------------------------------------------------------------ traffic
+    def start_traffic(self, seconds: float, per_second: int = 300) -> None:
+        """Live traffic for each group: `per_second` orders' worth of payments and orders."""
+        for i, g in enumerate(GUARANTEES):
+            self.traffic[g] = _LiveTraffic(self.settings[g], int(seconds * per_second), seed=self.seed + i,
+                                           seconds=seconds)
+
+    def progress(self, guarantee: str) -> int:
+        s = self.settings[guarantee]
+        return committed_total(s, s.join_group, [s.payments_topic, s.orders_topic], s.partitions) or 0
+
+    def wait_progress(self, fraction: float, timeout: float = 90) -> None:
+        for g, t in self.traffic.items():
+            self.wait(lambda g=g, t=t: self.progress(g) >= fraction * t.total, f"{g} at {fraction:.0%}", timeout)
+
+    # ------------------------------------------------------------ the check
+    def expected(self) -> list[Guarantee]:
+        return [Guarantee(g, self.settings[g].join_group, {pid: "o" + pid[1:] for pid in t.exp.recovered}, t.exp.late,
+                          once=g == "exactly_once") for g, t in self.traffic.items()]
+
+    def finish(self, timeout: float = 180) -> None:
+        """Traffic produced, every input committed by its group, every recovery written."""
+        for t in self.traffic.values():
+            t.join()
+        for g, t in self.traffic.items():
+            self.wait(lambda g=g, t=t: self.progress(g) >= t.total, f"{g} committed all {t.total} inputs", timeout)
+        want = sum(len(t.exp.recovered) for t in self.traffic.values())
+        self.wait(lambda: self._rows() >= want, f"{want} recovered rows written", timeout)
+        time.sleep(2)  # anything more the writer would write
+
+    def _db(self) -> psycopg.Connection:
+        return psycopg.connect(self.settings["exactly_once"].database_url.get_secret_value(), autocommit=True)
+
+    def _rows(self) -> int:
+        with self._db() as conn:
+            return conn.execute("SELECT count(*) FROM orders WHERE source = 'recovery'").fetchone()[0]
+
+    def observe(self) -> Observed:
+        s = self.settings["exactly_once"]
+        expected = self.expected()
+        seen = Observed()
+        for value in read_to_end(s, s.recovery_topic, sum(len(g.recovered) for g in expected), 60, 1.0):
+            r = Recovery.decode(value)
+            seen.recoveries.append(Recovered(r.payment.payment_id, r.order_id,
+                                             (r.detected_at - r.deadline).total_seconds()))
+        seen.late = [LateOrder.decode(v).order_id
+                     for v in read_to_end(s, s.late_topic, sum(len(g.late) for g in expected), 30, 0.5)]
+        with self._db() as conn:
+            seen.rows.update(dict(conn.execute(
+                "SELECT order_id, count(*) FROM orders WHERE source = 'recovery' GROUP BY 1").fetchall()))
+            seen.written.update(dict(conn.execute(
+                "SELECT recovery_id::text, count(*) FROM recovery_audit WHERE outcome <> 'rejected' GROUP BY 1")))
+            seen.outcomes.update(dict(conn.execute("SELECT outcome, count(*) FROM recovery_audit GROUP BY 1")))
+            seen.reconciled = {r[0] for r in conn.execute(
+                "SELECT order_id FROM orders WHERE reconciled_at IS NOT NULL")}
+        seen.exited = {name: proc.poll() for name, (proc, _log) in self.procs.items()}
+        self.poller.stop()
+        seen.readiness, seen.lag = self.poller.readiness, self.poller.lag
+        return seen
+
+    def check(self, outages: dict[str, tuple[float, float]] | None = None, **facts: object) -> dict[str, object]:
+        """The invariants, after finish(); the figures, with `facts` of the fault, go to
+        .stack/cluster/reports/<test>.json and are returned."""
+        seen = self.observe()
+        expected = self.expected()
+        ids = {pid: str(recovery_id_for(pid)) for g in expected for pid in g.recovered}
+        broken = violations(expected, seen, outages=outages, recovery_ids=ids)
+        report = {"test": self.name, "seconds": round(time.monotonic() - self.started, 1), **facts,
+                  **figures(expected, seen), "violations": broken}
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        (REPORTS / f"{self.name}.json").write_text(json.dumps(report, indent=2, default=str))
+        print(json.dumps(report, default=str))
+        tails = "".join(f"\n---- {n} ----\n{self.log(n)[-1500:]}" for n in self.procs)
+        assert not broken, "\n".join(broken) + tails
+        return report
+
+    def close(self, *, clean: bool) -> None:
+        """Stops everything (SIGTERM); with `clean`, each must have stopped cleanly (exit 0)."""
+        self.poller.stop()
+        for t in self.traffic.values():
+            t.halt.set()
+        codes = {}
+        for proc, _log in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, (proc, _log) in self.procs.items():
+            try:
+                codes[name] = proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait(10)
+        if clean:
+            bad = {n: c for n, c in codes.items() if c != 0}
+            assert not bad, f"not stopped cleanly: {bad}" + "".join(f"\n---- {n} ----\n{self.log(n)[-2000:]}"
+                                                                   for n in bad)
