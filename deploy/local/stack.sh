@@ -88,12 +88,12 @@ kafka_java() { java -cp "$KAFKA_DIR/libs/*" -Dlog4j2.configurationFile="$ROOT/de
   -Dkafka.logs.dir="$KAFKA_DIR/logs" "$@"; }
 
 # A Kafka node in the background: its directory (server.properties; logs/ and kafka.pid
-# are written there) and its JVM's memory options.
+# are written there) and its JVM's options (memory).
 kafka_start() {
-  local dir=$1 memory=$2
+  local dir=$1 options=$2
   mkdir -p "$dir/logs"
-  # shellcheck disable=SC2086  # (memory: several options)
-  nohup setsid java $memory -XX:+UseG1GC -cp "$KAFKA_DIR/libs/*" \
+  # shellcheck disable=SC2086  # (several options)
+  nohup setsid java $options -XX:+UseG1GC -cp "$KAFKA_DIR/libs/*" \
     -Dlog4j2.configurationFile="$ROOT/deploy/local/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
     kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
   echo $! >"$dir/kafka.pid"
@@ -302,7 +302,9 @@ CLUSTER_LISTENER_PORT=${SLIPGUARD_CLUSTER_LISTENER_PORT:-29142}  # brokers' clie
 CLUSTER_INTERNAL_PORT=${SLIPGUARD_CLUSTER_INTERNAL_PORT:-29172}  # replication
 CLUSTER_CONTROLLER_PORT=${SLIPGUARD_CLUSTER_CONTROLLER_PORT:-29182}
 TOXIPROXY_PORT=${SLIPGUARD_TOXIPROXY_PORT:-29191}                # Toxiproxy's HTTP API
-CLUSTER_MEMORY=${SLIPGUARD_CLUSTER_MEMORY:--Xms192m -Xmx384m -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1}
+# Small heaps and few JVM threads: three nodes share two cores with the workers. C1 only
+# (TieredStopAtLevel=1): a node restarted mid-test starts in about half the CPU time.
+CLUSTER_JVM=${SLIPGUARD_CLUSTER_JVM:--Xms192m -Xmx384m -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1 -XX:TieredStopAtLevel=1}
 TOXIPROXY_DIR=$CLUSTER_DIR/toxiproxy
 TOXIPROXY_BIN=${SLIPGUARD_TOXIPROXY_BIN:-${SLIPGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slipguard}/k8s/bin/toxiproxy-server}
 
@@ -383,7 +385,7 @@ node_start() {
     kafka_format "$dir" "$(cat "$CLUSTER_DIR/cluster.id")"
   fi
   say "starting cluster node $n (client port $(proxy_port 0 "$n") through Toxiproxy; log: $dir/logs/server.log)"
-  kafka_start "$dir" "$CLUSTER_MEMORY"
+  kafka_start "$dir" "$CLUSTER_JVM"
 }
 
 # The ids of the nodes that answer a real client through their shared proxies.
@@ -394,6 +396,8 @@ cluster_answering() {
 nodes_answer() {  # node ids: each is running and answers
   local n
   for n in "$@"; do node_pid "$n" >/dev/null || die "cluster node $n exited; see $(node_dir "$n")/logs/server.log"; done
+  # (A client's JVM costs seconds of CPU that a starting node needs: none before its port is open.)
+  for n in "$@"; do port_open $((CLUSTER_LISTENER_PORT + n - 1)) || return 1; done
   local answering; answering=$(cluster_answering | tr '\n' ' ')
   for n in "$@"; do [[ " $answering " == *" $n "* ]] || return 1; done
 }

@@ -60,7 +60,7 @@ class Run:
         create_topics(alos)
         self.settings = {"exactly_once": eos, "at_least_once": alos}
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
-        self.traffic: dict[str, _LiveTraffic] = {}
+        self.traffic: dict[str, list[_LiveTraffic]] = {g: [] for g in GUARANTEES}  # consecutive segments
         self.poller = Poller()
         self.started = time.monotonic()
 
@@ -128,31 +128,43 @@ class Run:
 
     # ------------------------------------------------------------ traffic
     def start_traffic(self, seconds: float, per_second: int = 300) -> None:
-        """Live traffic for each group: `per_second` orders' worth of payments and orders."""
+        """Live traffic for each group: `per_second` orders' worth of payments and orders
+        (a segment; segments follow one another, each of its own order ids)."""
         for i, g in enumerate(GUARANTEES):
-            self.traffic[g] = _LiveTraffic(self.settings[g], int(seconds * per_second), seed=self.seed + i,
-                                           seconds=seconds)
+            seed = self.seed + 2 * len(self.traffic[g]) + i
+            self.traffic[g].append(_LiveTraffic(self.settings[g], int(seconds * per_second), seed=seed,
+                                                seconds=seconds))
+
+    def traffic_running(self) -> bool:
+        return any(t.running() for segments in self.traffic.values() for t in segments)
+
+    def total(self, guarantee: str) -> int:
+        return sum(t.total for t in self.traffic[guarantee])
 
     def progress(self, guarantee: str) -> int:
         s = self.settings[guarantee]
         return committed_total(s, s.join_group, [s.payments_topic, s.orders_topic], s.partitions) or 0
 
     def wait_progress(self, fraction: float, timeout: float = 90) -> None:
-        for g, t in self.traffic.items():
-            self.wait(lambda g=g, t=t: self.progress(g) >= fraction * t.total, f"{g} at {fraction:.0%}", timeout)
+        for g in self.traffic:
+            self.wait(lambda g=g: self.progress(g) >= fraction * self.total(g), f"{g} at {fraction:.0%}", timeout)
 
     # ------------------------------------------------------------ the check
     def expected(self) -> list[Guarantee]:
-        return [Guarantee(g, self.settings[g].join_group, {pid: "o" + pid[1:] for pid in t.exp.recovered}, t.exp.late,
-                          once=g == "exactly_once") for g, t in self.traffic.items()]
+        return [Guarantee(g, self.settings[g].join_group,
+                          {pid: "o" + pid[1:] for t in segments for pid in t.exp.recovered},
+                          {o for t in segments for o in t.exp.late}, once=g == "exactly_once")
+                for g, segments in self.traffic.items()]
 
     def finish(self, timeout: float = 180) -> None:
         """Traffic produced, every input committed by its group, every recovery written."""
-        for t in self.traffic.values():
-            t.join()
-        for g, t in self.traffic.items():
-            self.wait(lambda g=g, t=t: self.progress(g) >= t.total, f"{g} committed all {t.total} inputs", timeout)
-        want = sum(len(t.exp.recovered) for t in self.traffic.values())
+        for segments in self.traffic.values():
+            for t in segments:
+                t.join()
+        for g in self.traffic:
+            self.wait(lambda g=g: self.progress(g) >= self.total(g), f"{g} committed all {self.total(g)} inputs",
+                      timeout)
+        want = sum(len(g.recovered) for g in self.expected())
         self.wait(lambda: self._rows() >= want, f"{want} recovered rows written", timeout)
         time.sleep(2)  # anything more the writer would write
 
@@ -202,11 +214,21 @@ class Run:
         assert not broken, "\n".join(broken) + tails
         return report
 
+    def _delete_topics(self) -> None:
+        """The run's topics go (a node restarted later restarts faster with fewer logs)."""
+        admin = self.cluster.admin(self.settings["exactly_once"])
+        prefixes = tuple(s.join_group.removesuffix("-join") + "." for s in self.settings.values()) + \
+            tuple(s.join_group + "-" for s in self.settings.values())
+        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
+        for future in admin.delete_topics(topics, operation_timeout=30).values() if topics else ():
+            future.result(timeout=60)
+
     def close(self, *, clean: bool) -> None:
         """Stops everything (SIGTERM); with `clean`, each must have stopped cleanly (exit 0)."""
         self.poller.stop()
-        for t in self.traffic.values():
-            t.halt.set()
+        for segments in self.traffic.values():
+            for t in segments:
+                t.halt.set()
         codes = {}
         for proc, _log in self.procs.values():
             if proc.poll() is None:
@@ -217,6 +239,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes[name] = proc.wait(10)
+        self._delete_topics()
         if clean:
             bad = {n: c for n, c in codes.items() if c != 0}
             assert not bad, f"not stopped cleanly: {bad}" + "".join(f"\n---- {n} ----\n{self.log(n)[-2000:]}"

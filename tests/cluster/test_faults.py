@@ -5,6 +5,7 @@ as real processes, and ends with the same check (tests/cluster/invariants.py).""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from tests.cluster.harness import Run
@@ -15,7 +16,7 @@ def test_kill_9_of_the_broker_leading_a_workers_partitions(run: Run) -> None:
     (round-robin leadership over 3 brokers and 4 partitions: it leads a payments and an
     orders partition of each worker); started again 10 s later."""
     run.everything()
-    run.start_traffic(seconds=30)
+    run.start_traffic(seconds=25)
     run.wait_progress(0.3)
     eos = run.settings["exactly_once"]
     victim = run.cluster.leaders(eos, eos.payments_topic)[0]
@@ -24,6 +25,7 @@ def test_kill_9_of_the_broker_leading_a_workers_partitions(run: Run) -> None:
     assert all(parts for topics in led.values() for parts in topics.values()), led
     run.cluster.node("kill", victim)
     killed_at = time.monotonic()
+    assert run.traffic_running(), "killed under live traffic"
     time.sleep(10)
     start_s = run.cluster.node("start", victim)
     run.finish()
@@ -38,7 +40,7 @@ def test_kill_of_the_transaction_coordinator_while_a_transaction_is_open(run: Ru
     eos = run.settings["exactly_once"]
     run.settings["exactly_once"] = eos.derive(commit_interval="1s")
     run.everything()
-    run.start_traffic(seconds=30)
+    run.start_traffic(seconds=25)
     run.wait_progress(0.3)
     txn_id = f"{eos.join_group}-w1"
     for _ in range(5):
@@ -50,6 +52,7 @@ def test_kill_of_the_transaction_coordinator_while_a_transaction_is_open(run: Ru
     assert victim == run.cluster.transaction_coordinator(eos, txn_id), "FindCoordinator agrees"
     run.cluster.node("kill", victim)
     killed_at = time.monotonic()
+    assert run.traffic_running(), "killed under live traffic"
     time.sleep(10)
     run.cluster.node("start", victim)
     moved_to = run.cluster.transaction_coordinator(eos, txn_id)
@@ -65,7 +68,7 @@ def test_kill_of_the_group_coordinator_while_a_worker_joins(run: Run) -> None:
     harness names the groups so that one broker coordinates both). The rebalance must
     complete on the new coordinator, the newcomers take partitions, nothing doubles."""
     run.everything()
-    run.start_traffic(seconds=30)
+    run.start_traffic(seconds=25)
     run.wait_progress(0.2)
     coordinators = {g: run.cluster.group_coordinator(s, s.join_group) for g, s in run.settings.items()}
     victim = coordinators["exactly_once"]
@@ -74,6 +77,7 @@ def test_kill_of_the_group_coordinator_while_a_worker_joins(run: Run) -> None:
     run.wait(lambda: all("joining group" in run.log(n) for n in joining), "the newcomers heartbeat", 60)
     run.cluster.node("kill", victim)
     killed_at = time.monotonic()
+    assert run.traffic_running(), "killed under live traffic"
     rebalanced = [n for n in joining if "restored partitions" in run.log(n)]
     time.sleep(10)
     run.cluster.node("start", victim)
@@ -90,17 +94,28 @@ def test_kill_of_the_group_coordinator_while_a_worker_joins(run: Run) -> None:
 def test_rolling_restart_of_all_three_brokers_under_load(run: Run) -> None:
     """Each broker in turn stopped cleanly (SIGTERM: controlled shutdown) and started, the
     next one only once every partition is fully replicated again, as an operator rolls a
-    cluster."""
+    cluster; traffic flows from before the first stop to after the last start."""
     run.everything()
-    run.start_traffic(seconds=70)
-    run.wait_progress(0.1)
-    steps = {}
-    for node in (1, 2, 3):
-        stop_s = run.cluster.node("stop", node)
-        start_s = run.cluster.node("start", node)
-        steps[node] = {"stop_s": round(stop_s, 1), "start_s": round(start_s, 1),
-                       "in_sync_s": round(run.cluster.wait_fully_replicated(run.settings["exactly_once"]), 1)}
-    assert any(t.running() for t in run.traffic.values()), "restarted under load"
+    steps: dict[int, dict[str, float]] = {}
+
+    def roll() -> None:
+        for node in (1, 2, 3):
+            stop_s = run.cluster.node("stop", node)
+            start_s = run.cluster.node("start", node)
+            steps[node] = {"stop_s": round(stop_s, 1), "start_s": round(start_s, 1),
+                           "in_sync_s": round(run.cluster.wait_fully_replicated(run.settings["exactly_once"]), 1)}
+            print(f"node {node} rolled: {steps[node]}", flush=True)
+
+    run.start_traffic(seconds=10)
+    run.wait_progress(0.2)
+    roller = threading.Thread(target=roll, daemon=True)
+    roller.start()
+    while roller.is_alive():  # traffic as long as the roll takes, 10 s segments
+        run.start_traffic(seconds=10)
+        for segments in run.traffic.values():
+            segments[-1].join()
+    assert len(steps) == 3, f"the roll stopped: {steps}"
+    run.start_traffic(seconds=5)
     run.finish()
     run.check(fault="rolling restart of nodes 1, 2, 3", steps=steps)
 
@@ -118,12 +133,13 @@ def test_one_broker_slow_for_half_a_minute(run: Run) -> None:
     eos = run.settings["exactly_once"]
     txn_id = f"{eos.join_group}-w1"
     victim = run.cluster.transaction_coordinator(eos, txn_id)
-    run.start_traffic(seconds=SLOW_S + 15)
+    run.start_traffic(seconds=SLOW_S + 10)
     run.wait_progress(0.1)
     for proxy in run.cluster.proxies_of_node(victim):
         run.cluster.toxiproxy.latency(proxy, 1000)
     slow_at = time.monotonic()
     time.sleep(SLOW_S)
+    assert run.traffic_running(), "slow under live traffic, all along"
     run.cluster.toxiproxy.reset()
     led = {t: sorted(p for p, n in run.cluster.leaders(s, t).items() if n == victim)
            for s in run.settings.values() for t in (s.payments_topic, s.orders_topic)}
@@ -150,7 +166,7 @@ def test_a_worker_cut_off_from_every_broker_is_fenced_and_rejoins(run: Run) -> N
     run.wait_ready()
     workers = [n for n in run.procs if "/" in n]
     run.wait(lambda: all(run.owned(n) for n in workers), "both workers of each group own partitions")
-    run.start_traffic(seconds=CUT_S + 25)
+    run.start_traffic(seconds=CUT_S + 20)
     run.wait_progress(0.2)
     cut = [f"{g}/w1" for g in run.settings]
     for k in (1, 2):
@@ -158,6 +174,7 @@ def test_a_worker_cut_off_from_every_broker_is_fenced_and_rejoins(run: Run) -> N
             run.cluster.toxiproxy.disable(proxy)
     cut_at = time.monotonic()
     time.sleep(CUT_S)
+    assert run.traffic_running(), "cut off under live traffic, all along"
     for k in (1, 2):
         for proxy in run.cluster.proxies_of_set(k):
             run.cluster.toxiproxy.enable(proxy)
