@@ -286,13 +286,24 @@ process_signal() {  # pid file, name, signal, what it does
 
 # ---------------------------------------------------------------- The three-broker cluster
 # Three KRaft nodes (broker and controller each) with replication 3 and min.insync.replicas
-# 2, and Toxiproxy between every client and every broker (tests/cluster). Clients bootstrap
-# from the shared proxies (CLIENT listener) or from one of the per-client sets (SETk
-# listeners): set k's proxies lead only to the brokers' SETk listeners, which advertise set
-# k's proxies, so a client bootstrapped on set k reaches no broker by any other way, and
-# disabling its proxies cuts it off alone. Replication and the quorum (INTERNAL,
-# CONTROLLER) do not go through the proxies. Ports, each base overridable (node i at
-# base + i - 1):
+# 2, and Toxiproxy between every client and every broker (tests/cluster). Replication and
+# the quorum (INTERNAL, CONTROLLER listeners) do not go through the proxies.
+#
+# Per-client proxies, and why they hold: a broker answers Metadata and FindCoordinator with
+# the endpoints of the listener the request arrived on (KIP-103), so every address a client
+# ever learns (partition leaders, group and transaction coordinators) is an advertised
+# address of the listener it bootstrapped on. Each broker has a client listener per proxy
+# set: CLIENT (advertising the shared proxies, what every client uses by default) and SETk
+# (advertising set k's proxies; Toxiproxy forwards set k's proxy of node i to node i's SETk
+# listener). A client bootstrapped on set k's proxies therefore connects to set k's proxies
+# only; disabling them closes its connections and refuses new ones, and no other client's
+# connection is touched. Two sets: two clients (or groups of clients) cut off
+# independently; another set is another listener on every node. (Not taken: per-client
+# toxics on one proxy, which Toxiproxy does not have; rewriting addresses in the client,
+# which librdkafka allows only from C, resolve_cb / connect_cb; a network namespace per
+# worker, real too, but each with its own routes and rules to keep.)
+#
+# Ports, each base overridable (node i at base + i - 1):
 CLUSTER_DIR=$STACK/cluster
 CLUSTER_NODES="1 2 3"
 CLUSTER_SETS="1 2"                                               # per-client proxy sets

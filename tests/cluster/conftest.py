@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from streams.settings import Settings, load_settings
 from tests.cluster.cluster import DESCRIPTION, Cluster
 from tests.cluster.harness import Run
+from tests.integration.conftest import answering
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,13 +32,8 @@ def cluster() -> Cluster:
 
 @pytest.fixture(scope="session")
 def cluster_settings(cluster: Cluster) -> Settings:
-    s = load_settings().derive(bootstrap_servers=cluster.bootstrap)
-    try:
-        with psycopg.connect(s.database_url.get_secret_value(), connect_timeout=5) as conn:
-            conn.execute("select 1")
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL does not answer ({exc}); run `make up` first")
-    return s
+    return answering(load_settings().derive(bootstrap_servers=cluster.bootstrap),
+                     "start the cluster (deploy/local/stack.sh cluster-up) and PostgreSQL (make up)")
 
 
 @pytest.fixture

@@ -28,9 +28,10 @@ def test_kill_9_of_the_broker_leading_a_workers_partitions(run: Run) -> None:
     assert run.traffic_running(), "killed under live traffic"
     time.sleep(10)
     start_s = run.cluster.node("start", victim)
+    away_s = time.monotonic() - killed_at
     run.finish()
     run.check(fault=f"node {victim} killed -9, started 10 s later", led=led, start_s=round(start_s, 1),
-              away_s=round(time.monotonic() - killed_at, 1))
+              away_s=round(away_s, 1))
 
 
 def test_kill_of_the_transaction_coordinator_while_a_transaction_is_open(run: Run) -> None:
@@ -55,11 +56,11 @@ def test_kill_of_the_transaction_coordinator_while_a_transaction_is_open(run: Ru
     assert run.traffic_running(), "killed under live traffic"
     time.sleep(10)
     run.cluster.node("start", victim)
+    away_s = time.monotonic() - killed_at
     moved_to = run.cluster.transaction_coordinator(eos, txn_id)
     run.finish()
     run.check(fault=f"node {victim} (transaction coordinator of {txn_id}) killed -9 with its transaction open, "
-              "started 10 s later", open_transaction=state, coordinator_after=moved_to,
-              away_s=round(time.monotonic() - killed_at, 1))
+              "started 10 s later", open_transaction=state, coordinator_after=moved_to, away_s=round(away_s, 1))
 
 
 def test_kill_of_the_group_coordinator_while_a_worker_joins(run: Run) -> None:
@@ -81,13 +82,14 @@ def test_kill_of_the_group_coordinator_while_a_worker_joins(run: Run) -> None:
     rebalanced = [n for n in joining if "restored partitions" in run.log(n)]
     time.sleep(10)
     run.cluster.node("start", victim)
+    away_s = time.monotonic() - killed_at
     took = run.wait(lambda: all(run.owned(n) for n in run.procs if "/" in n), "every worker owns partitions",
                     120)
     after = {g: run.cluster.group_coordinator(s, s.join_group) for g, s in run.settings.items()}
     run.finish()
     run.check(fault=f"node {victim} (coordinator of both groups) killed -9 while a second worker joined each",
               coordinator_after=after, rebalanced_before_the_kill=rebalanced,
-              all_owning_s_after_restart=round(took, 1), away_s=round(time.monotonic() - killed_at, 1),
+              all_owning_s_after_restart=round(took, 1), away_s=round(away_s, 1),
               owned={n: run.owned(n) for n in run.procs if "/" in n})
 
 
@@ -141,11 +143,13 @@ def test_one_broker_slow_for_half_a_minute(run: Run) -> None:
     time.sleep(SLOW_S)
     assert run.traffic_running(), "slow under live traffic, all along"
     run.cluster.toxiproxy.reset()
+    slow_s = time.monotonic() - slow_at
+    coordinators = {g: run.cluster.group_coordinator(s, s.join_group) for g, s in run.settings.items()}
     led = {t: sorted(p for p, n in run.cluster.leaders(s, t).items() if n == victim)
            for s in run.settings.values() for t in (s.payments_topic, s.orders_topic)}
     run.finish()
     run.check(fault=f"node {victim} (transaction coordinator of {txn_id}) 1 s slower on every response for "
-              f"{SLOW_S} s", slow_s=round(time.monotonic() - slow_at, 1), led=led)
+              f"{SLOW_S} s", slow_s=round(slow_s, 1), led=led, group_coordinators=coordinators)
 
 
 CUT_S = 20
