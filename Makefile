@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv tools up down status topics demo test test-unit fuzz bench schemas docs docs-serve image pin-image clean
+.PHONY: venv tools up down status cluster-up cluster-down topics demo test test-cluster test-unit fuzz bench schemas docs docs-serve image pin-image clean
 
 $(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,13 @@ down:
 status:
 	bash deploy/local/stack.sh status
 
+# The three-broker cluster behind Toxiproxy (tests/cluster); `make down` stops it too.
+cluster-up:
+	bash deploy/local/stack.sh cluster-up
+
+cluster-down:
+	bash deploy/local/stack.sh cluster-down
+
 topics: up
 	$(BIN)/slipguard topics create
 
@@ -47,13 +54,25 @@ demo: up
 # the core already run both: tests/join/harness.py drives a native twin beside the Python one.)
 PYTHON_CORE_TESTS := tests/integration/test_join.py tests/integration/test_hostile_inputs.py \
 	tests/integration/test_fuzz_records.py tests/integration/test_join_restore.py tests/integration/test_dlq.py
+#
+# Last, the fault tests on the three-broker cluster (tests/cluster, marker `cluster`), in a
+# run of their own with the cluster started for them and stopped after (about 7 minutes):
+# the single-node runs above neither wait for it nor share a broker with it.
 test: up tools
 	bash deploy/local/stack.sh kafka3-fetch
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not cluster" $(PYTEST_ARGS)
 	@if $(BIN)/python -c "import slipguard_native" 2>/dev/null; then \
 	  echo "test: again on the Python core: $(PYTHON_CORE_TESTS)"; \
 	  SLIPGUARD_CORE=python $(BIN)/python -m pytest $(PYTEST_ARGS:.stack/junit.xml=.stack/junit-python-core.xml) \
 	    $(PYTHON_CORE_TESTS); fi
+	$(MAKE) --no-print-directory test-cluster PYTEST_ARGS="$(PYTEST_ARGS:.stack/junit.xml=.stack/junit-cluster.xml)"
+
+# The fault tests alone: the cluster up, the tests, the cluster down (kept up when they fail,
+# to look at; `make cluster-down` or `make down` stops it).
+test-cluster: up tools
+	bash deploy/local/stack.sh cluster-up
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS) tests/cluster
+	bash deploy/local/stack.sh cluster-down
 
 # Pure logic only; no broker or database needed.
 test-unit: venv tools

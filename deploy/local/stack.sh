@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The local stack: a real single-node Apache Kafka (KRaft) from Maven Central and a real
-# PostgreSQL from the machine's installed binaries.
+# PostgreSQL from the machine's installed binaries; on demand, a replicated three-broker
+# cluster behind Toxiproxy for the fault tests (tests/cluster).
 #
 #   deploy/local/stack.sh up | down | status | kafka-restart clean|hard|fresh | kafka-freeze | kafka-thaw | ...
+#   deploy/local/stack.sh cluster-up | cluster-down | cluster-status
+#   deploy/local/stack.sh cluster-broker kill|stop|start|restart|freeze|thaw N   (N = 1, 2, 3)
 #
-# Everything lives under .stack/ (git-ignored). `up` is idempotent and waits until each
-# service answers a real client; `down` stops only what `up` started.
+# Everything lives under .stack/ (git-ignored). `up` and `cluster-up` are idempotent and
+# wait until each service answers a real client; `down` stops what `up` and `cluster-up`
+# started, `cluster-down` the cluster alone.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -49,7 +53,8 @@ tls_make() {
 }
 
 # ---------------------------------------------------------------- Kafka
-kafka_pid() { [ -f "$KAFKA_DIR/kafka.pid" ] && kill -0 "$(cat "$KAFKA_DIR/kafka.pid")" 2>/dev/null && cat "$KAFKA_DIR/kafka.pid"; }
+pid_in() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && cat "$1"; }
+kafka_pid() { pid_in "$KAFKA_DIR/kafka.pid"; }
 
 kafka_fetch() { jars_fetch "$ROOT/deploy/local/pom.xml" "$KAFKA_DIR/libs" "Apache Kafka"; }
 
@@ -82,6 +87,35 @@ jars_fetch() {  # pom, libs directory, what
 kafka_java() { java -cp "$KAFKA_DIR/libs/*" -Dlog4j2.configurationFile="$ROOT/deploy/local/log4j2.properties" \
   -Dkafka.logs.dir="$KAFKA_DIR/logs" "$@"; }
 
+# A Kafka node in the background: its directory (server.properties; logs/ and kafka.pid
+# are written there) and its JVM's options (memory).
+kafka_start() {
+  local dir=$1 options=$2
+  mkdir -p "$dir/logs"
+  # shellcheck disable=SC2086  # (several options)
+  nohup setsid java $options -XX:+UseG1GC -cp "$KAFKA_DIR/libs/*" \
+    -Dlog4j2.configurationFile="$ROOT/deploy/local/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
+    kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
+  echo $! >"$dir/kafka.pid"
+}
+
+kafka_format() {  # a node's directory, the cluster id
+  kafka_java kafka.tools.StorageTool format -t "$2" -c "$1/server.properties" \
+    >"$1/logs/format.log" 2>&1 || die "Kafka storage format failed; see $1/logs/format.log"
+}
+
+# Calls `check` every second until it succeeds: within `seconds`, or the stack gives up
+# naming `what`. `check` may die itself (a process that exited).
+await() {
+  local seconds=$1 what=$2 i; shift 2
+  for i in $(seq 1 "$seconds"); do "$@" && return; sleep 1; done
+  die "$what within $seconds s"
+}
+
+kafka_answers() {  # bootstrap servers: a real client (the broker's API versions) gets an answer
+  kafka_java org.apache.kafka.tools.BrokerApiVersionsCommand --bootstrap-server "$1" 2>/dev/null
+}
+
 kafka_up() {
   if kafka_pid >/dev/null; then say "kafka already running (pid $(kafka_pid)) on 127.0.0.1:$KAFKA_PORT"; return; fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is busy but not by this stack's Kafka; stop that process or set SLIPGUARD_KAFKA_PORT"
@@ -95,39 +129,40 @@ kafka_up() {
     "$ROOT/deploy/local/server.properties" >"$KAFKA_DIR/server.properties"
   if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
     say "formatting Kafka storage (KRaft)"
-    local cluster_id
-    cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid)
-    kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" \
-      >"$KAFKA_DIR/logs/format.log" 2>&1 || die "Kafka storage format failed; see $KAFKA_DIR/logs/format.log"
+    kafka_format "$KAFKA_DIR" "$(kafka_java kafka.tools.StorageTool random-uuid)"
   fi
   say "starting Kafka on 127.0.0.1:$KAFKA_PORT (log: $KAFKA_DIR/logs/server.log)"
-  nohup setsid java -Xms512m -Xmx1g -XX:+UseG1GC -cp "$KAFKA_DIR/libs/*" \
-    -Dlog4j2.configurationFile="$ROOT/deploy/local/log4j2.properties" -Dkafka.logs.dir="$KAFKA_DIR/logs" \
-    kafka.Kafka "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/logs/stdout.log" 2>&1 &
-  echo $! >"$KAFKA_DIR/kafka.pid"
-  local i
-  for i in $(seq 1 120); do
-    kafka_pid >/dev/null || die "Kafka exited during start; see $KAFKA_DIR/logs/server.log and $KAFKA_DIR/logs/stdout.log"
-    if port_open "$KAFKA_PORT" && kafka_java org.apache.kafka.tools.BrokerApiVersionsCommand \
-        --bootstrap-server "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1; then
-      say "kafka ready on 127.0.0.1:$KAFKA_PORT (SASL_SSL on 127.0.0.1:$SECURE_PORT)"
-      scram_users
-      return
-    fi
-    sleep 1
-  done
-  die "Kafka did not answer on 127.0.0.1:$KAFKA_PORT within 120 s; see $KAFKA_DIR/logs/server.log"
+  kafka_start "$KAFKA_DIR" "-Xms512m -Xmx1g"
+  await 120 "Kafka did not answer on 127.0.0.1:$KAFKA_PORT; see $KAFKA_DIR/logs/server.log" kafka_single_answers
+  say "kafka ready on 127.0.0.1:$KAFKA_PORT (SASL_SSL on 127.0.0.1:$SECURE_PORT)"
+  scram_users
 }
 
-kafka_down() {
+kafka_single_answers() {
+  kafka_pid >/dev/null || die "Kafka exited during start; see $KAFKA_DIR/logs/server.log and $KAFKA_DIR/logs/stdout.log"
+  port_open "$KAFKA_PORT" && kafka_answers "127.0.0.1:$KAFKA_PORT" >/dev/null
+}
+
+kafka_down() { process_stop "$KAFKA_DIR/kafka.pid" kafka; }
+
+process_stop() {  # pid file, name: SIGTERM (a Kafka node shuts down in a controlled way), SIGKILL after 60 s
   local pid
-  if pid=$(kafka_pid); then
-    say "stopping kafka (pid $pid)"
+  if pid=$(pid_in "$1"); then
+    say "stopping $2 (pid $pid)"
     kill "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
   fi
-  rm -f "$KAFKA_DIR/kafka.pid"
+  rm -f "$1"
+}
+
+process_kill() {  # pid file, name: SIGKILL, as a crash does
+  local pid
+  pid=$(pid_in "$1") || die "$2 is not running"
+  kill -9 "$pid"
+  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  rm -f "$1"
+  say "$2 (pid $pid) killed (SIGKILL)"
 }
 
 # SCRAM-SHA-512 users for the SASL_SSL listener, once per cluster (a fresh format loses
@@ -154,15 +189,9 @@ scram_users() {
 # `fresh`, the data directory is wiped and formatted anew: a brand-new cluster, whose
 # group coordinators answer COORDINATOR_NOT_AVAILABLE / NOT_COORDINATOR for a while.
 kafka_restart() {
-  local pid
   case "$1" in
     clean) kafka_down ;;
-    hard)
-      pid=$(kafka_pid) || die "kafka is not running"
-      kill -9 "$pid"
-      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      rm -f "$KAFKA_DIR/kafka.pid"
-      say "kafka (pid $pid) killed (SIGKILL)" ;;
+    hard) process_kill "$KAFKA_DIR/kafka.pid" kafka ;;
     fresh) kafka_down; rm -rf "$KAFKA_DIR/data"; say "kafka data wiped; formatting a new cluster" ;;
     *) die "kafka-restart takes clean, hard or fresh" ;;
   esac
@@ -246,21 +275,205 @@ pg_stop_only() { pg_down; }
 
 # A broker that stops answering (a long GC pause, a network partition) without a restart:
 # its connections stay open and nothing comes back until it is thawed.
-kafka_signal() {
+kafka_signal() { process_signal "$KAFKA_DIR/kafka.pid" kafka "$@"; }
+
+process_signal() {  # pid file, name, signal, what it does
   local pid
-  pid=$(kafka_pid) || die "kafka is not running"
-  kill "-$1" "$pid"
-  say "kafka (pid $pid): $2"
+  pid=$(pid_in "$1") || die "$2 is not running"
+  kill "-$3" "$pid"
+  say "$2 (pid $pid): $4"
+}
+
+# ---------------------------------------------------------------- The three-broker cluster
+# Three KRaft nodes (broker and controller each) with replication 3 and min.insync.replicas
+# 2, and Toxiproxy between every client and every broker (tests/cluster). Replication and
+# the quorum (INTERNAL, CONTROLLER listeners) do not go through the proxies.
+#
+# Per-client proxies, and why they hold: a broker answers Metadata and FindCoordinator with
+# the endpoints of the listener the request arrived on (KIP-103), so every address a client
+# ever learns (partition leaders, group and transaction coordinators) is an advertised
+# address of the listener it bootstrapped on. Each broker has a client listener per proxy
+# set: CLIENT (advertising the shared proxies, what every client uses by default) and SETk
+# (advertising set k's proxies; Toxiproxy forwards set k's proxy of node i to node i's SETk
+# listener). A client bootstrapped on set k's proxies therefore connects to set k's proxies
+# only; disabling them closes its connections and refuses new ones, and no other client's
+# connection is touched. Two sets: two clients (or groups of clients) cut off
+# independently; another set is another listener on every node. (Not taken: per-client
+# toxics on one proxy, which Toxiproxy does not have; rewriting addresses in the client,
+# which librdkafka allows only from C, resolve_cb / connect_cb; a network namespace per
+# worker, real too, but each with its own routes and rules to keep.)
+#
+# Ports, each base overridable (node i at base + i - 1):
+CLUSTER_DIR=$STACK/cluster
+CLUSTER_NODES="1 2 3"
+CLUSTER_SETS="1 2"                                               # per-client proxy sets
+CLUSTER_PORT=${SLIPGUARD_CLUSTER_PORT:-29092}                    # shared proxies: what clients bootstrap from
+CLUSTER_SET_PORT=${SLIPGUARD_CLUSTER_SET_PORT:-29112}            # set k's proxies: + 10 (k - 1)
+CLUSTER_LISTENER_PORT=${SLIPGUARD_CLUSTER_LISTENER_PORT:-29142}  # brokers' client listeners behind them: + 10 k
+CLUSTER_INTERNAL_PORT=${SLIPGUARD_CLUSTER_INTERNAL_PORT:-29172}  # replication
+CLUSTER_CONTROLLER_PORT=${SLIPGUARD_CLUSTER_CONTROLLER_PORT:-29182}
+TOXIPROXY_PORT=${SLIPGUARD_TOXIPROXY_PORT:-29191}                # Toxiproxy's HTTP API
+# Small heaps and few JVM threads: three nodes share two cores with the workers. C1 only
+# (TieredStopAtLevel=1): a node restarted mid-test starts in about half the CPU time.
+CLUSTER_JVM=${SLIPGUARD_CLUSTER_JVM:--Xms192m -Xmx384m -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1 -XX:TieredStopAtLevel=1}
+TOXIPROXY_DIR=$CLUSTER_DIR/toxiproxy
+TOXIPROXY_BIN=${SLIPGUARD_TOXIPROXY_BIN:-${SLIPGUARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slipguard}/k8s/bin/toxiproxy-server}
+
+node_dir() { echo "$CLUSTER_DIR/node-$1"; }
+node_pid() { pid_in "$(node_dir "$1")/kafka.pid"; }
+proxy_port() { if [ "$1" = 0 ]; then echo $((CLUSTER_PORT + $2 - 1)); else echo $((CLUSTER_SET_PORT + 10 * ($1 - 1) + $2 - 1)); fi; }
+proxy_name() { if [ "$1" = 0 ]; then echo "kafka-$2"; else echo "set$1-kafka-$2"; fi; }
+listener_name() { if [ "$1" = 0 ]; then echo CLIENT; else echo "SET$1"; fi; }
+set_bootstrap() { local i out=""; for i in $CLUSTER_NODES; do out+="${out:+,}127.0.0.1:$(proxy_port "$1" "$i")"; done; echo "$out"; }
+
+cluster_ports() {  # every port the cluster binds
+  local i k
+  echo "$TOXIPROXY_PORT"
+  for i in $CLUSTER_NODES; do
+    echo $((CLUSTER_INTERNAL_PORT + i - 1)) $((CLUSTER_CONTROLLER_PORT + i - 1))
+    for k in 0 $CLUSTER_SETS; do echo "$(proxy_port "$k" "$i")" $((CLUSTER_LISTENER_PORT + 10 * k + i - 1)); done
+  done
+}
+
+node_properties() {
+  local n=$1 i k voters="" listeners advertised protocols="CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT"
+  for i in $CLUSTER_NODES; do voters+="${voters:+,}$i@127.0.0.1:$((CLUSTER_CONTROLLER_PORT + i - 1))"; done
+  listeners="INTERNAL://127.0.0.1:$((CLUSTER_INTERNAL_PORT + n - 1)),CONTROLLER://127.0.0.1:$((CLUSTER_CONTROLLER_PORT + n - 1))"
+  advertised="INTERNAL://127.0.0.1:$((CLUSTER_INTERNAL_PORT + n - 1))"
+  for k in 0 $CLUSTER_SETS; do
+    listeners+=",$(listener_name "$k")://127.0.0.1:$((CLUSTER_LISTENER_PORT + 10 * k + n - 1))"
+    advertised+=",$(listener_name "$k")://127.0.0.1:$(proxy_port "$k" "$n")"
+    protocols+=",$(listener_name "$k"):PLAINTEXT"
+  done
+  sed -e "s#@NODE@#$n#" -e "s#@DATA@#$(node_dir "$n")/data#" -e "s#@VOTERS@#$voters#" \
+    -e "s#@LISTENERS@#$listeners#" -e "s#@ADVERTISED@#$advertised#" -e "s#@PROTOCOLS@#$protocols#" \
+    "$ROOT/deploy/local/cluster.properties"
+}
+
+# What the tests read: where to bootstrap (shared and per set), Toxiproxy's API, the proxies.
+cluster_description() {
+  local i k sets="" proxies=""
+  for k in $CLUSTER_SETS; do sets+="${sets:+, }\"$k\": \"$(set_bootstrap "$k")\""; done
+  for i in $CLUSTER_NODES; do
+    for k in 0 $CLUSTER_SETS; do proxies+="${proxies:+, }{\"node\": $i, \"set\": $k, \"name\": \"$(proxy_name "$k" "$i")\"}"; done
+  done
+  printf '{"bootstrap": "%s", "sets": {%s}, "toxiproxy": "http://127.0.0.1:%s", "proxies": [%s]}\n' \
+    "$(set_bootstrap 0)" "$sets" "$TOXIPROXY_PORT" "$proxies"
+}
+
+toxiproxy_up() {
+  if pid_in "$TOXIPROXY_DIR/toxiproxy.pid" >/dev/null; then return; fi
+  [ -x "$TOXIPROXY_BIN" ] || bash "$ROOT/deploy/local/tools.sh" toxiproxy
+  mkdir -p "$TOXIPROXY_DIR"
+  local i k config=""
+  for i in $CLUSTER_NODES; do
+    for k in 0 $CLUSTER_SETS; do
+      config+="${config:+,}{\"name\": \"$(proxy_name "$k" "$i")\", \"listen\": \"127.0.0.1:$(proxy_port "$k" "$i")\","
+      config+=" \"upstream\": \"127.0.0.1:$((CLUSTER_LISTENER_PORT + 10 * k + i - 1))\", \"enabled\": true}"
+    done
+  done
+  echo "[$config]" >"$TOXIPROXY_DIR/proxies.json"
+  say "starting Toxiproxy (API on 127.0.0.1:$TOXIPROXY_PORT; log: $TOXIPROXY_DIR/toxiproxy.log)"
+  LOG_LEVEL=warn nohup setsid "$TOXIPROXY_BIN" -host 127.0.0.1 -port "$TOXIPROXY_PORT" \
+    -config "$TOXIPROXY_DIR/proxies.json" >"$TOXIPROXY_DIR/toxiproxy.log" 2>&1 &
+  echo $! >"$TOXIPROXY_DIR/toxiproxy.pid"
+  await 30 "Toxiproxy did not answer on 127.0.0.1:$TOXIPROXY_PORT; see $TOXIPROXY_DIR/toxiproxy.log" toxiproxy_answers
+}
+
+toxiproxy_answers() {
+  pid_in "$TOXIPROXY_DIR/toxiproxy.pid" >/dev/null || die "Toxiproxy exited during start; see $TOXIPROXY_DIR/toxiproxy.log"
+  port_open "$(proxy_port 0 3)" && "$(dirname "$TOXIPROXY_BIN")/toxiproxy-cli" -h "127.0.0.1:$TOXIPROXY_PORT" list >/dev/null 2>&1
+}
+
+node_start() {
+  local n=$1 dir
+  dir=$(node_dir "$n")
+  if node_pid "$n" >/dev/null; then return; fi
+  mkdir -p "$dir/logs"
+  node_properties "$n" >"$dir/server.properties"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    [ -f "$CLUSTER_DIR/cluster.id" ] || kafka_java kafka.tools.StorageTool random-uuid >"$CLUSTER_DIR/cluster.id"
+    kafka_format "$dir" "$(cat "$CLUSTER_DIR/cluster.id")"
+  fi
+  say "starting cluster node $n (client port $(proxy_port 0 "$n") through Toxiproxy; log: $dir/logs/server.log)"
+  kafka_start "$dir" "$CLUSTER_JVM"
+}
+
+# The ids of the nodes that answer a real client through their shared proxies.
+cluster_answering() {
+  kafka_answers "$(set_bootstrap 0)" | sed -n 's/^[0-9.]*:[0-9]* (id: \([0-9]*\) rack: [^)]*) -> (.*/\1/p' | sort -u
+}
+
+nodes_answer() {  # node ids: each is running and answers
+  local n
+  for n in "$@"; do node_pid "$n" >/dev/null || die "cluster node $n exited; see $(node_dir "$n")/logs/server.log"; done
+  # (A client's JVM costs seconds of CPU that a starting node needs: none before its port is open.)
+  for n in "$@"; do port_open $((CLUSTER_LISTENER_PORT + n - 1)) || return 1; done
+  local answering; answering=$(cluster_answering | tr '\n' ' ')
+  for n in "$@"; do [[ " $answering " == *" $n "* ]] || return 1; done
+}
+
+cluster_up() {
+  mkdir -p "$CLUSTER_DIR"
+  local n port starting=""
+  if ! pid_in "$TOXIPROXY_DIR/toxiproxy.pid" >/dev/null && ! node_pid 1 >/dev/null && ! node_pid 2 >/dev/null \
+      && ! node_pid 3 >/dev/null; then
+    for port in $(cluster_ports); do
+      port_open "$port" && die "port $port is busy but not by this stack's cluster; stop that process or set the SLIPGUARD_CLUSTER_*_PORT and SLIPGUARD_TOXIPROXY_PORT variables (deploy/local/stack.sh)"
+    done
+  fi
+  kafka_fetch
+  toxiproxy_up
+  for n in $CLUSTER_NODES; do node_pid "$n" >/dev/null || { node_start "$n"; starting+=" $n"; }; done
+  cluster_description >"$CLUSTER_DIR/cluster.json"
+  # (Formed once a majority of the voters has elected a leader; each node answers once it has caught up.)
+  # shellcheck disable=SC2086
+  await 180 "the cluster's nodes did not all answer; see $CLUSTER_DIR/node-*/logs/server.log" nodes_answer $CLUSTER_NODES
+  say "cluster ready${starting:+ (started:$starting)}: bootstrap $(set_bootstrap 0); per-client sets$(for k in $CLUSTER_SETS; do printf ' %s: %s' "$k" "$(set_bootstrap "$k")"; done); Toxiproxy API 127.0.0.1:$TOXIPROXY_PORT ($CLUSTER_DIR/cluster.json)"
+}
+
+cluster_down() {
+  local n
+  for n in $CLUSTER_NODES; do process_stop "$(node_dir "$n")/kafka.pid" "cluster node $n" & done
+  wait
+  process_stop "$TOXIPROXY_DIR/toxiproxy.pid" toxiproxy
+}
+
+cluster_broker() {
+  local action=$1 n=${2:-}
+  [[ " $CLUSTER_NODES " == *" $n "* ]] || die "cluster-broker $action takes a node: one of $CLUSTER_NODES"
+  local pidfile; pidfile=$(node_dir "$n")/kafka.pid
+  case "$action" in
+    kill) process_kill "$pidfile" "cluster node $n" ;;
+    stop) process_stop "$pidfile" "cluster node $n" ;;
+    start) node_start "$n"; await 180 "cluster node $n did not answer; see $(node_dir "$n")/logs/server.log" nodes_answer "$n"
+           say "cluster node $n answers" ;;
+    restart) cluster_broker stop "$n"; cluster_broker start "$n" ;;
+    freeze) process_signal "$pidfile" "cluster node $n" STOP "frozen (SIGSTOP)" ;;
+    thaw) process_signal "$pidfile" "cluster node $n" CONT "thawed (SIGCONT)" ;;
+    *) die "cluster-broker takes kill, stop, start, restart, freeze or thaw, and a node" ;;
+  esac
+}
+
+cluster_status() {
+  local n
+  for n in $CLUSTER_NODES; do
+    if node_pid "$n" >/dev/null; then echo "cluster node $n: running (pid $(node_pid "$n")) 127.0.0.1:$(proxy_port 0 "$n") (proxied)"
+    else echo "cluster node $n: stopped"; fi
+  done
+  if pid_in "$TOXIPROXY_DIR/toxiproxy.pid" >/dev/null; then echo "toxiproxy: running (pid $(pid_in "$TOXIPROXY_DIR/toxiproxy.pid")) API 127.0.0.1:$TOXIPROXY_PORT"
+  else echo "toxiproxy: stopped"; fi
 }
 
 status() {
   if kafka_pid >/dev/null; then echo "kafka: running (pid $(kafka_pid)) 127.0.0.1:$KAFKA_PORT"; else echo "kafka: stopped"; fi
   if url_answers "${SLIPGUARD_DATABASE_URL:-$LOCAL_DB_URL}"; then echo "postgres: answering"; else echo "postgres: not answering"; fi
+  if [ -d "$CLUSTER_DIR" ]; then cluster_status; fi
 }
 
 case "${1:-}" in
   up) kafka_up; pg_up ;;
-  down) kafka_down; pg_down ;;
+  down) kafka_down; pg_down; cluster_down ;;
   status) status ;;
   kafka-up) kafka_up ;;
   kafka-down) kafka_down ;;
@@ -271,5 +484,9 @@ case "${1:-}" in
   pg-down) pg_stop_only ;;
   kafka-tool) shift; kafka_fetch; kafka_java "$@" ;;
   kafka3-fetch) kafka3_fetch ;;
-  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS|kafka3-fetch" >&2; exit 2 ;;
+  cluster-up) cluster_up ;;
+  cluster-down) cluster_down ;;
+  cluster-status) cluster_status ;;
+  cluster-broker) cluster_broker "${2:-}" "${3:-}" ;;
+  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS|kafka3-fetch|cluster-up|cluster-down|cluster-status|cluster-broker kill|stop|start|restart|freeze|thaw N" >&2; exit 2 ;;
 esac

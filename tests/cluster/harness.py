@@ -1,0 +1,318 @@
+"""One fault test's run on the cluster: the join under both guarantees, the writer, the lag
+exporter and live traffic, as real processes (tests/integration/workers.py), then one check.
+
+Both guarantees run at once, under the same fault: an `exactly_once` group and an
+`at_least_once` group, each on its own payments and orders topics with its own traffic
+(distinct payment ids), both writing to one set of output topics, which one writer puts
+into one PostgreSQL schema. The groups' names are chosen so that both hash to the same
+`__consumer_offsets` partition: one broker is both groups' coordinator, so killing it hits
+both. Half the cost of running each test twice, and the same fault for both."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from schemas import LateOrder, Recovery, recovery_id_for
+from streams.kafka.topics import create_topics
+from streams.settings import Settings
+from tests.cluster.cluster import ROOT, Cluster
+from tests.cluster.invariants import Guarantee, Observed, Poller, Recovered, figures, violations
+from tests.integration.test_join import TIMEOUT_MS, _LiveTraffic, _owned
+from tests.integration.test_lag import _free_port
+from tests.integration.test_recover import writer_settings
+from tests.integration.workers import committed_total, read_to_end, start
+
+GUARANTEES = ("exactly_once", "at_least_once")
+
+#: A bug this suite found and slipguard does not fix yet: under at_least_once a worker cut
+#: off from the brokers past its session timeout, when it reconnects, writes its stale state
+#: to the changelog (Checkpoint.commit step 2) before its offset commit is refused
+#: (UNKNOWN_MEMBER_ID: step 3). Its writes land after those of the partitions' new owner,
+#: whose tombstones of the payments it matched meanwhile they overwrite; the next owner
+#: restores those payments as pending, resumes after their orders (the new owner's committed
+#: offsets) and recovers them, falsely. (exactly_once is safe: the transaction carrying the
+#: state is refused with the offsets, KIP-447.) Only this is let through, as an expected
+#: failure, by the cut-off test.
+KNOWN_ZOMBIE_WRITE = ("known bug: at_least_once writes a lost partition's stale state to the changelog "
+                      "before its offset commit is refused, and the next owner recovers payments already matched.")
+REPORTS = ROOT / ".stack" / "cluster" / "reports"
+
+
+def java_hash(text: str) -> int:
+    """Java's String.hashCode, which places a group on a `__consumer_offsets` partition."""
+    h = 0
+    for unit in text.encode("utf-16-be").hex(" ", 2).split():
+        h = (31 * h + int(unit, 16)) & 0xFFFFFFFF
+    return h
+
+
+def offsets_partition(group: str, partitions: int = 10) -> int:
+    """Kafka's: Utils.abs(groupId.hashCode()) % partitions (Math.abs, and 0 for MIN_VALUE)."""
+    h = java_hash(group)
+    h = h - (1 << 32) if h >= 1 << 31 else h
+    return (0 if h == -(1 << 31) else abs(h)) % partitions
+
+
+class Run:
+    def __init__(self, cluster: Cluster, base: Settings, tmp_path: Path, name: str, *, seed: int) -> None:
+        self.cluster, self.tmp, self.name, self.seed = cluster, tmp_path, name, seed
+        eos = writer_settings(base).derive(commit_interval="200ms", processing_guarantee="exactly_once")
+        assert eos.order_timeout == TIMEOUT_MS
+        prefix = eos.join_group.removesuffix("-join")
+        alos_prefix = next(f"{prefix}a{n}" for n in range(1000)
+                           if offsets_partition(f"{prefix}a{n}-join") == offsets_partition(eos.join_group))
+        alos = eos.derive(payments_topic=f"{alos_prefix}.payments", orders_topic=f"{alos_prefix}.orders",
+                          join_group=f"{alos_prefix}-join", processing_guarantee="at_least_once")
+        create_topics(alos)
+        self.settings = {"exactly_once": eos, "at_least_once": alos}
+        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+        self.traffic: dict[str, list[_LiveTraffic]] = {g: [] for g in GUARANTEES}  # consecutive segments
+        self.seeds: dict[str, set[int]] = {g: set() for g in GUARANTEES}  # their plans' (payment ids p<seed>-<i>)
+        self.poller = Poller()
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------ processes
+    def _start(self, name: str, s: Settings, command: list[str], **over: object) -> str:
+        port = _free_port()
+        log = self.tmp / f"{name.replace('/', '-')}.log"
+        self.procs[name] = (start(s, command, log, metrics_port=port, **over), log)
+        self.poller.watch(name, port) if command[0] != "lag" else setattr(self.poller, "exporter", port)
+        return name
+
+    def worker(self, guarantee: str, name: str, *, proxy_set: int | None = None) -> str:
+        """A join worker; with `proxy_set`, it bootstraps from that set of proxies alone."""
+        over: dict[str, object] = {"instance_id": name}
+        if proxy_set is not None:
+            over["bootstrap_servers"] = self.cluster.sets[proxy_set]
+        return self._start(f"{guarantee}/{name}", self.settings[guarantee], ["join"], **over)
+
+    def writer(self) -> str:
+        return self._start("writer", self.settings["exactly_once"], ["recover"])
+
+    def exporter(self) -> str:
+        eos, alos = self.settings["exactly_once"], self.settings["at_least_once"]
+        args = ["lag", "--serve", "--interval", "0.5"]
+        for g in (eos.join_group, alos.join_group, eos.recover_group):
+            args += ["--group", g]
+        for t in (eos.payments_topic, eos.orders_topic, alos.payments_topic, alos.orders_topic, eos.recovery_topic,
+                  eos.late_topic):
+            args += ["--topic", t]
+        return self._start("exporter", eos, args)
+
+    def everything(self, workers: tuple[str, ...] = ("w1",)) -> None:
+        """Per guarantee the named workers, the writer and the exporter; ready."""
+        for g in GUARANTEES:
+            for w in workers:
+                self.worker(g, w)
+        self.writer()
+        self.exporter()
+        self.wait_ready()
+
+    def log(self, name: str) -> str:
+        return self.procs[name][1].read_text() if self.procs[name][1].exists() else ""
+
+    def owned(self, name: str) -> list[int]:
+        """The partitions a join worker holds now, by its log (restored, revoked, lost)."""
+        return _owned(self.procs[name][1]) or []
+
+    def ready(self, name: str) -> bool:
+        readings = self.poller.readiness.get(name, [])
+        return bool(readings) and readings[-1][1] == 200
+
+    def wait_ready(self, names: list[str] | None = None, timeout: float = 90) -> None:
+        names = names or [n for n in self.procs if n != "exporter"]
+        self.wait(lambda: all(self.ready(n) for n in names), f"{names} ready", timeout)
+
+    def wait(self, condition, what: str, timeout: float = 90) -> float:
+        started = time.monotonic()
+        while not condition():
+            for name, (proc, _log) in self.procs.items():
+                assert proc.poll() is None, f"{name} exited ({proc.returncode}) while waiting until {what}:\n" + \
+                    self.log(name)[-3000:]
+            assert time.monotonic() - started < timeout, f"timed out after {timeout}s waiting until {what}"
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    # ------------------------------------------------------------ traffic
+    def start_traffic(self, seconds: float, per_second: int = 300) -> None:
+        """Live traffic for each group: `per_second` orders' worth of payments and orders
+        (a segment; segments follow one another, each of its own order ids)."""
+        for i, g in enumerate(GUARANTEES):
+            seed = self.seed + 2 * len(self.traffic[g]) + i
+            self.seeds[g].add(seed)
+            self.traffic[g].append(_LiveTraffic(self.settings[g], int(seconds * per_second), seed=seed,
+                                                seconds=seconds))
+
+    def traffic_running(self) -> bool:
+        return any(t.running() for segments in self.traffic.values() for t in segments)
+
+    def total(self, guarantee: str) -> int:
+        return sum(t.total for t in self.traffic[guarantee])
+
+    def progress(self, guarantee: str) -> int:
+        s = self.settings[guarantee]
+        return committed_total(s, s.join_group, [s.payments_topic, s.orders_topic], s.partitions) or 0
+
+    def wait_progress(self, fraction: float, timeout: float = 90) -> None:
+        for g in self.traffic:
+            self.wait(lambda g=g: self.progress(g) >= fraction * self.total(g), f"{g} at {fraction:.0%}", timeout)
+
+    # ------------------------------------------------------------ the check
+    def expected(self) -> list[Guarantee]:
+        return [Guarantee(g, self.settings[g].join_group,
+                          {pid: "o" + pid[1:] for t in segments for pid in t.exp.recovered},
+                          {o for t in segments for o in t.exp.late}, once=g == "exactly_once")
+                for g, segments in self.traffic.items()]
+
+    def finish(self, timeout: float = 180) -> None:
+        """Traffic produced, every input committed by its group, every recovery written."""
+        for segments in self.traffic.values():
+            for t in segments:
+                t.join()
+        for g in self.traffic:
+            self.wait(lambda g=g: self.progress(g) >= self.total(g), f"{g} committed all {self.total(g)} inputs",
+                      timeout)
+        want = sum(len(g.recovered) for g in self.expected())
+        self.wait(lambda: self._rows() >= want, f"{want} recovered rows written", timeout)
+        time.sleep(2)  # anything more the writer would write
+
+    def _db(self) -> psycopg.Connection:
+        return psycopg.connect(self.settings["exactly_once"].database_url.get_secret_value(), autocommit=True)
+
+    def _rows(self) -> int:
+        with self._db() as conn:
+            return conn.execute("SELECT count(*) FROM orders WHERE source = 'recovery'").fetchone()[0]
+
+    def observe(self) -> Observed:
+        s = self.settings["exactly_once"]
+        expected = self.expected()
+        seen = Observed()
+        for value in read_to_end(s, s.recovery_topic, sum(len(g.recovered) for g in expected), 60, 1.0):
+            r = Recovery.decode(value)
+            seen.recoveries.append(Recovered(r.payment.payment_id, r.order_id,
+                                             (r.detected_at - r.deadline).total_seconds()))
+        seen.late = [LateOrder.decode(v).order_id
+                     for v in read_to_end(s, s.late_topic, sum(len(g.late) for g in expected), 30, 0.5)]
+        with self._db() as conn:
+            seen.rows.update(dict(conn.execute(
+                "SELECT order_id, count(*) FROM orders WHERE source = 'recovery' GROUP BY 1").fetchall()))
+            seen.written.update(dict(conn.execute(
+                "SELECT recovery_id::text, count(*) FROM recovery_audit WHERE outcome <> 'rejected' GROUP BY 1")))
+            seen.outcomes.update(dict(conn.execute("SELECT outcome, count(*) FROM recovery_audit GROUP BY 1")))
+            seen.reconciled = {r[0] for r in conn.execute(
+                "SELECT order_id FROM orders WHERE reconciled_at IS NOT NULL")}
+        seen.exited = {name: proc.poll() for name, (proc, _log) in self.procs.items()}
+        self.poller.stop()
+        seen.readiness, seen.lag = self.poller.readiness, self.poller.lag
+        return seen
+
+    def check(self, outages: dict[str, tuple[float, float]] | None = None, *, known_zombie_write: bool = False,
+              **facts: object) -> dict[str, object]:
+        """The invariants, after finish(); the figures, with `facts` of the fault, go to
+        .stack/cluster/reports/<test>.json and are returned. `known_zombie_write`: the
+        known bug (KNOWN_ZOMBIE_WRITE) alone makes the test an expected failure."""
+        seen = self.observe()
+        expected = self.expected()
+        ids = {pid: str(recovery_id_for(pid)) for g in expected for pid in g.recovered}
+        broken = violations(expected, seen, outages=outages, recovery_ids=ids)
+        report = {"test": self.name, "seconds": round(time.monotonic() - self.started, 1), **facts,
+                  **figures(expected, seen), "violations": broken}
+        invented = sorted({r.payment_id for r in seen.recoveries} - set(ids))
+        if invented:
+            report["false_recoveries"] = self.forensics(invented[:20])
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        (REPORTS / f"{self.name}.json").write_text(json.dumps(report, indent=2, default=str))
+        print(json.dumps(report, default=str))
+        tails = "".join(f"\n---- {n} ----\n{self.log(n)[-1500:]}" for n in self.procs)
+        if known_zombie_write and broken and invented and self._only_the_known_zombie_write(broken, invented):
+            pytest.xfail(f"{KNOWN_ZOMBIE_WRITE} Here: {len(invented)} false recoveries under at_least_once, "
+                         f"nothing else broken; details in {REPORTS / (self.name + '.json')}")
+        assert not broken, "\n".join(broken) + tails
+        return report
+
+    def _only_the_known_zombie_write(self, broken: list[str], invented: list[str]) -> bool:
+        """Every invented recovery is the at_least_once group's, and nothing else is broken
+        but what those false recoveries break (their rows and audit rows)."""
+        alos_seeds = self.seeds["at_least_once"]
+        if not all(int(pid[1:].split("-")[0]) in alos_seeds for pid in invented):
+            return False
+        rest = [b for b in broken if not b.startswith(("false recovery:", "PostgreSQL: 0 recovered orders without",
+                                                       "PostgreSQL: audit rows for"))]
+        return not rest
+
+    def _delete_topics(self) -> None:
+        """The run's topics go (a node restarted later restarts faster with fewer logs)."""
+        admin = self.cluster.admin(self.settings["exactly_once"])
+        prefixes = tuple(s.join_group.removesuffix("-join") + "." for s in self.settings.values()) + \
+            tuple(s.join_group + "-" for s in self.settings.values())
+        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
+        for future in admin.delete_topics(topics, operation_timeout=30).values() if topics else ():
+            future.result(timeout=60)
+
+    def forensics(self, payment_ids: list[str]) -> list[dict[str, object]]:
+        """Where false recoveries and their orders are: each recovery's partition, offset,
+        deadline and detection, and its order's partition, offset and timestamp."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from streams.kafka import config
+
+        wanted = {pid: {"payment_id": pid} for pid in payment_ids}
+        by_order = {"o" + pid[1:]: pid for pid in payment_ids}
+        s = self.settings["exactly_once"]
+        c = Consumer(config.consumer(s, f"forensics-{self.seed}"))
+        try:
+            for topic in [s.recovery_topic] + [t for x in self.settings.values()
+                                               for t in (x.orders_topic, x.payments_topic)]:
+                parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+                c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+                idle = 0
+                while idle < 3:
+                    batch = c.consume(5000, timeout=1)
+                    idle = idle + 1 if not batch else 0
+                    for m in batch:
+                        if m.error() is not None or m.key() is None:
+                            continue
+                        oid = m.key().decode()
+                        if oid not in by_order:
+                            continue
+                        entry = wanted[by_order[oid]]
+                        where = {"partition": m.partition(), "offset": m.offset(), "timestamp_ms": m.timestamp()[1]}
+                        if topic == s.recovery_topic:  # (the groups share it)
+                            r = Recovery.decode(m.value())
+                            entry.setdefault("recoveries", []).append(
+                                where | {"deadline": str(r.deadline), "detected_at": str(r.detected_at)})
+                        else:
+                            entry.setdefault(topic, []).append(where)
+        finally:
+            c.close()
+        return list(wanted.values())
+
+    def close(self, *, clean: bool) -> None:
+        """Stops everything (SIGTERM); with `clean`, each must have stopped cleanly (exit 0)."""
+        self.poller.stop()
+        for segments in self.traffic.values():
+            for t in segments:
+                t.halt.set()
+        codes = {}
+        for proc, _log in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, (proc, _log) in self.procs.items():
+            try:
+                codes[name] = proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait(10)
+        if clean:  # (a failed run's topics are kept, to look at)
+            self._delete_topics()
+        if clean:
+            bad = {n: c for n, c in codes.items() if c != 0}
+            assert not bad, f"not stopped cleanly: {bad}" + "".join(f"\n---- {n} ----\n{self.log(n)[-2000:]}"
+                                                                   for n in bad)

@@ -1,0 +1,100 @@
+"""The fault tests' checker catches each broken invariant (a test that cannot fail is a
+defect): from a run that keeps every promise, one promise is broken at a time. Pure: no
+cluster needed (these run with the unit tests)."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import pytest
+
+from tests.cluster.invariants import Guarantee, Observed, Recovered, Scrape, figures, longest_stops, violations
+
+EOS = Guarantee("exactly_once", "g-eos", {"p1-1": "o1-1", "p1-2": "o1-2"}, {"o1-3"}, once=True)
+ALOS = Guarantee("at_least_once", "g-alos", {"p2-1": "o2-1"}, set(), once=False)
+IDS = {"p1-1": "r11", "p1-2": "r12", "p2-1": "r21"}
+OUTAGE = {"exactly_once/w1": (10.0, 20.0)}
+KEY = ("g-eos", "t.payments", "0")
+
+
+def _good() -> Observed:
+    seen = Observed()
+    seen.recoveries = [Recovered("p1-1", "o1-1", 1.2), Recovered("p1-2", "o1-2", 1.4),
+                       Recovered("p2-1", "o2-1", 1.1), Recovered("p2-1", "o2-1", 6.0)]  # (at least once: may repeat)
+    seen.late = ["o1-3"]
+    seen.rows = Counter({"o1-1": 1, "o1-2": 1, "o2-1": 1})
+    seen.written = Counter({"r11": 1, "r12": 1, "r21": 1})
+    seen.outcomes = Counter({"inserted": 3})
+    seen.reconciled = {"o1-3"}
+    seen.exited = {"exactly_once/w1": None, "writer": None}
+    seen.readiness = {"exactly_once/w1": [(1.0, None), (5.0, 200), (12.0, 503), (18.0, 503), (22.0, 200)],
+                      "writer": [(1.0, 200), (22.0, 200)]}
+    seen.lag = [Scrape(0.5, None), Scrape(1.0, 200, {KEY: 0.0}, {KEY: 10.0}, 0.3),
+                Scrape(15.0, 200, {KEY: 0.0}, {KEY: 20.0}, 12.0), Scrape(21.0, 200, {KEY: 20.0}, {KEY: 20.0}, 0.4)]
+    return seen
+
+
+def _check(seen: Observed) -> list[str]:
+    return violations([EOS, ALOS], seen, outages=OUTAGE, recovery_ids=IDS)
+
+
+def test_a_run_that_keeps_every_promise_passes() -> None:
+    assert _check(_good()) == []
+
+
+def _broken(change) -> list[str]:
+    seen = copy.deepcopy(_good())
+    change(seen)
+    return _check(seen)
+
+
+@pytest.mark.parametrize(("what", "change", "says"), [
+    ("double publish under exactly_once", lambda s: s.recoveries.append(Recovered("p1-1", "o1-1", 2.0)),
+     "more than once"),
+    ("a lost recovery", lambda s: s.recoveries.pop(1), "due recoveries missing"),
+    ("a false recovery", lambda s: s.recoveries.append(Recovered("p9-9", "o9-9", 1.0)), "false recovery"),
+    ("a lost late order", lambda s: s.late.clear(), "late orders not on orders.late"),
+    ("an invented late order", lambda s: s.late.append("o1-1"), "reported late"),
+    ("a row missing", lambda s: s.rows.pop("o1-2"), "without a row"),
+    ("a row for an order that came back", lambda s: s.rows.update({"o1-9": 1}), "not missing"),
+    ("a row written twice", lambda s: s.rows.update({"o1-1": 1}), "more than once"),
+    ("an audit row twice", lambda s: s.written.update({"r11": 1}), "audit rows"),
+    ("an audit row missing", lambda s: s.written.pop("r21"), "audit rows"),
+    ("an outcome other than inserted", lambda s: s.outcomes.update({"already_present": 1}), "outcomes"),
+    ("a late order not reconciled", lambda s: s.reconciled.clear(), "not reconciled"),
+    ("a worker down for good", lambda s: s.exited.update({"exactly_once/w1": -9}), "is down"),
+    ("not ready at the end", lambda s: s.readiness["writer"].append((30.0, 503)), "not ready at the end"),
+    ("ready all through a real outage", lambda s: s.readiness.update(
+        {"exactly_once/w1": [(5.0, 200), (12.0, 200), (18.0, 200), (22.0, 200)]}), "ready all through"),
+    ("never ready after the outage", lambda s: s.readiness.update(
+        {"exactly_once/w1": [(5.0, 200), (12.0, 503), (22.0, 503), (30.0, 503)]}), "never ready again"),
+    ("the exporter not answering", lambda s: s.lag.insert(2, Scrape(8.0, None)), "did not answer"),
+    ("a lag series vanishing", lambda s: s.lag[2].series.clear(), "vanished"),
+    ("lag unrefreshed too long", lambda s: setattr(s.lag[2], "age", 45.0), "unrefreshed"),
+    ("lag stale at the end", lambda s: setattr(s.lag[-1], "age", 9.0), "not fresh"),
+])
+def test_each_broken_invariant_is_caught(what: str, change, says: str) -> None:
+    found = _broken(change)
+    assert found, f"{what}: not caught"
+    assert any(says in line for line in found), f"{what}: caught as {found}"
+
+
+def test_at_least_once_may_repeat_but_exactly_once_may_not() -> None:
+    strict = copy.deepcopy(ALOS)
+    strict.once = True
+    assert any("more than once" in v for v in violations([EOS, strict], _good(), outages=OUTAGE, recovery_ids=IDS))
+
+
+def test_figures_say_what_an_operator_saw() -> None:
+    f = figures([EOS, ALOS], _good())
+    assert f["exactly_once"] == {"recoveries": 2, "duplicates": 0, "lateness_p50_s": 1.3, "lateness_max_s": 1.4,
+                                 "longest_partition_stop_s": 14.0}
+    assert f["at_least_once"]["duplicates"] == 1
+    assert f["not_ready_s"] == {"exactly_once/w1": 10.0, "writer": 0}  # (from its first ready answer on)
+    assert f["lag_refresh_age_max_s"] == 12.0
+
+
+def test_a_partition_caught_up_is_not_stopped() -> None:
+    idle = [Scrape(t, 200, {KEY: 5.0}, {KEY: 5.0}, 0.1) for t in (0.0, 10.0, 20.0)]
+    assert longest_stops(idle, "g-eos") == {}
