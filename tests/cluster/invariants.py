@@ -68,12 +68,15 @@ class Scrape:
     took: float = 0.0  # how long the exporter took to answer
 
 
-def violations(expected: list[Guarantee], seen: Observed, *, outages: dict[str, tuple[float, float]] | None = None,
+Outages = dict[str, list[tuple[float, float]]]
+
+
+def violations(expected: list[Guarantee], seen: Observed, *, outages: Outages | None = None,
                recovery_ids: dict[str, str] | None = None) -> list[str]:
     """Every broken invariant, one line each (empty: all hold).
 
-    `outages`: process -> (start, end) of a real outage for it (monotonic times): it must
-    say not ready during it, and ready after. `recovery_ids`: payment id -> recovery id,
+    `outages`: process -> (start, end) of each real outage for it (monotonic times): it
+    must say not ready during each, and ready after. `recovery_ids`: payment id -> recovery id,
     to check the audit rows by the id the writer keys them by."""
     out: list[str] = []
     counts = Counter(r.payment_id for r in seen.recoveries)
@@ -99,7 +102,7 @@ def violations(expected: list[Guarantee], seen: Observed, *, outages: dict[str, 
     out += _rows(expected, seen, recovery_ids)
     out += [f"{name} is down (exit {code})" for name, code in sorted(seen.exited.items()) if code is not None]
     out += _readiness(seen, outages or {})
-    out += _lag(seen, outages or {})
+    out += _lag(seen)
     return out
 
 
@@ -126,21 +129,20 @@ def _rows(expected: list[Guarantee], seen: Observed, recovery_ids: dict[str, str
     return out
 
 
-def _readiness(seen: Observed, outages: dict[str, tuple[float, float]]) -> list[str]:
+def _readiness(seen: Observed, outages: Outages) -> list[str]:
     out = []
     for name, readings in sorted(seen.readiness.items()):
         if not readings or readings[-1][1] != 200:
             out.append(f"{name} is not ready at the end (last /readyz: {readings[-1][1] if readings else 'none'})")
-        if name in outages:
-            start, end = outages[name]
+        for start, end in outages.get(name, []):
             if not any(code != 200 for t, code in readings if start <= t <= end + 5):
-                out.append(f"{name} said it was ready all through its outage")
+                out.append(f"{name} said it was ready all through its outage at t={start:.1f}")
             if not any(code == 200 for t, code in readings if t > end):
-                out.append(f"{name} never ready again after its outage")
+                out.append(f"{name} never ready again after its outage at t={start:.1f}")
     return out
 
 
-def _lag(seen: Observed, outages: dict[str, tuple[float, float]]) -> list[str]:
+def _lag(seen: Observed) -> list[str]:
     if not seen.lag:
         return ["the lag exporter was never scraped"]
     out = []

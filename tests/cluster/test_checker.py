@@ -14,7 +14,7 @@ from tests.cluster.invariants import Guarantee, Observed, Recovered, Scrape, fig
 EOS = Guarantee("exactly_once", "g-eos", {"p1-1": "o1-1", "p1-2": "o1-2"}, {"o1-3"}, once=True)
 ALOS = Guarantee("at_least_once", "g-alos", {"p2-1": "o2-1"}, set(), once=False)
 IDS = {"p1-1": "r11", "p1-2": "r12", "p2-1": "r21"}
-OUTAGE = {"exactly_once/w1": (10.0, 20.0)}
+OUTAGE = {"exactly_once/w1": [(10.0, 20.0)]}
 KEY = ("g-eos", "t.payments", "0")
 
 
@@ -84,6 +84,16 @@ def test_at_least_once_may_repeat_but_exactly_once_may_not() -> None:
     strict = copy.deepcopy(ALOS)
     strict.once = True
     assert any("more than once" in v for v in violations([EOS, strict], _good(), outages=OUTAGE, recovery_ids=IDS))
+
+
+def test_each_of_several_outages_of_one_process_is_checked() -> None:
+    """(The soak cuts one worker off more than once.) The first outage is seen, the second
+    is not: that one alone is reported."""
+    seen = _good()
+    seen.readiness["exactly_once/w1"] += [(32.0, 200), (38.0, 200), (42.0, 200)]
+    found = violations([EOS, ALOS], seen, outages={"exactly_once/w1": [(10.0, 20.0), (30.0, 40.0)]},
+                       recovery_ids=IDS)
+    assert found == ["exactly_once/w1 said it was ready all through its outage at t=30.0"]
 
 
 def test_figures_say_what_an_operator_saw() -> None:
