@@ -1,0 +1,179 @@
+"""The soak's memory watch (tests/cluster/soak.py): each process's RSS, partitions and join
+state sampled over the run, a table of them at the end of each minute, and a verdict on
+growth.
+
+How growth is judged. With steady traffic the join's state is bounded by its windows:
+pending payments by ORDER_TIMEOUT + GRACE, recovered payments remembered by LATE_HORIZON
+after their recovery. Once a process has lived that long (its warm-up) under traffic, its
+memory holds what the windows justify, and should stand. So, per process incarnation (one
+pid), RSS is read at calm points: just before each fault, and at the end of the traffic,
+when nothing happened for CALM_S before (no fault, no membership change: a rebalance or a
+backlog caught up is a burst the windows do not bound). The last such reading after its
+warm-up is compared with the first. It grows if it rose by more than GROWTH_MB_MIN and
+GROWTH_SHARE of the first, unless the process holds more partitions than it did then
+(more partitions, more state). An incarnation with fewer than two calm readings is not
+judged (a short run, or a process restarted late): the verdict says so rather than pass
+it. Allocators keep freed memory, so a burst's peak may stay in RSS; a rise between two
+calm points, with the same partitions held, does not come from one.
+(Calm points rather than whole fault-free minutes: on a machine where a broker takes
+30 s to start, a fault, its repair and a membership change leave less than a minute of
+a two-minute slot.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tests.cluster.invariants import http_get
+from tests.cluster.schedule import clock
+
+GROWTH_MB_MIN = 16.0
+GROWTH_SHARE = 0.10
+CALM_S = 30.0
+
+STATE_GAUGES = ("slipguard_join_pending_payments", "slipguard_join_buffered_orders",
+                "slipguard_join_recovered_remembered")
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # seconds after the traffic started
+    name: str
+    pid: int
+    rss_mb: float
+    partitions: int | None  # partitions assigned, over its topics (its /metrics)
+    state: int | None  # a join worker's state entries: pending, buffered orders, remembered recoveries
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def gauges(text: str) -> tuple[int | None, int | None]:
+    """(partitions assigned, join state entries) from a worker's /metrics text."""
+    partitions = state = None
+    for line in text.splitlines():
+        name = line.split(" ", 1)[0].split("{", 1)[0]
+        if name == "slipguard_assigned_partitions":
+            partitions = (partitions or 0) + int(float(line.rsplit(" ", 1)[1]))
+        elif name in STATE_GAUGES:
+            state = (state or 0) + int(float(line.rsplit(" ", 1)[1]))
+    return partitions, state
+
+
+class Sampler:
+    """Every `every` s in the background: `processes()` (name -> (pid, metrics port)) read
+    from /proc and their /metrics."""
+
+    def __init__(self, processes: Callable[[], dict[str, tuple[int, int | None]]], t0: float,
+                 every: float = 5.0) -> None:
+        self.processes, self.t0, self.every = processes, t0, every
+        self.samples: list[Sample] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            for name, (pid, port) in self.processes().items():
+                rss = rss_mb(pid)
+                if rss is None:
+                    continue
+                partitions, state = gauges(http_get(port, "/metrics", timeout=3)[1]) if port else (None, None)
+                self.samples.append(Sample(round(time.monotonic() - self.t0, 1), name, pid, round(rss, 1),
+                                           partitions, state))
+            self._done.wait(self.every)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(30)
+
+
+# ------------------------------------------------------------------ when to read
+
+
+def calm(points: list[float], busy: list[tuple[float, float]], calm_s: float = CALM_S) -> list[float]:
+    """The points no busy interval touched in the `calm_s` before them."""
+    return [p for p in points if not any(a <= p and b > p - calm_s for a, b in busy)]
+
+
+def at(samples: list[Sample], name: str, t: float, every: float = 5.0) -> Sample | None:
+    """The process's last sample up to `t`, if it was running then."""
+    mine = [s for s in samples if s.name == name and t - 2 * every < s.t <= t]
+    return mine[-1] if mine else None
+
+
+def table(samples: list[Sample], minutes: int, marks: dict[int, str], value: Callable[[Sample], str],
+          every: float = 5.0) -> list[str]:
+    """One row per process, one column per minute: `value` of its sample at the minute's
+    end ('-': not running then; '*': a new incarnation since the minute before).
+    `marks`: minute -> what happened in it (a fault 'F', a membership change 'M'; else 'q')."""
+    names = list(dict.fromkeys(s.name for s in samples))
+    width = max([len(n) for n in names] + [6])
+    rows = ["minute".ljust(width) + "".join(f"{m:>8}" for m in range(1, minutes + 1)),
+            "".ljust(width) + "".join(f"{marks.get(m, 'q'):>8}" for m in range(1, minutes + 1))]
+    for name in names:
+        cells, pid = [], None
+        for m in range(1, minutes + 1):
+            s = at(samples, name, 60 * m, every)
+            cell = "-" if s is None else value(s) + ("*" if pid is not None and s.pid != pid else "")
+            pid = s.pid if s is not None else pid
+            cells.append(f"{cell:>8}")
+        rows.append(name.ljust(width) + "".join(cells))
+    return rows
+
+
+@dataclass
+class Judged:
+    name: str
+    pid: int
+    first: Sample
+    last: Sample
+    points: list[float]  # the calm points it was read at
+
+    @property
+    def rise_mb(self) -> float:
+        return self.last.rss_mb - self.first.rss_mb
+
+    @property
+    def limit_mb(self) -> float:
+        return max(GROWTH_MB_MIN, GROWTH_SHARE * self.first.rss_mb)
+
+    @property
+    def more_partitions(self) -> bool:
+        return (self.last.partitions or 0) > (self.first.partitions or 0)
+
+    @property
+    def grows(self) -> bool:
+        return self.rise_mb > self.limit_mb and not self.more_partitions
+
+    def line(self) -> str:
+        verdict = "GROWS" if self.grows else "steady"
+        why = " (holds more partitions)" if self.more_partitions and self.rise_mb > self.limit_mb else ""
+        state = (f", state {self.first.state:,} -> {self.last.state:,} entries"
+                 if self.first.state is not None and self.last.state is not None else "")
+        when = ", ".join(clock(p) for p in self.points)
+        return (f"{self.name} (pid {self.pid}): {self.first.rss_mb:.0f} -> {self.last.rss_mb:.0f} MB "
+                f"({self.rise_mb:+.0f} MB, limit {self.limit_mb:.0f}) at calm points {when}{state}: {verdict}{why}")
+
+
+def judge(samples: list[Sample], points: list[float], warm_up: float, every: float = 5.0) -> list[Judged]:
+    """Each incarnation read at two calm points or more after its warm-up (from its first
+    sample, or the traffic's start if it was running before)."""
+    out = []
+    for name, pid in dict.fromkeys((s.name, s.pid) for s in samples):
+        born = max(0.0, min(s.t for s in samples if s.pid == pid))
+        read = [(p, s) for p in points if p >= born + warm_up
+                and (s := at(samples, name, p, every)) is not None and s.pid == pid]
+        if len(read) >= 2:
+            out.append(Judged(name, pid, read[0][1], read[-1][1], [p for p, _ in read]))
+    return out
