@@ -4,17 +4,22 @@ growth.
 
 How growth is judged. With steady traffic the join's state is bounded by its windows:
 pending payments by ORDER_TIMEOUT + GRACE, recovered payments remembered by LATE_HORIZON
-after their recovery. Once a process has lived that long (its warm-up) under traffic, its
-memory holds what the windows justify, and should stand. So, per process incarnation (one
-pid), RSS is read at calm points: just before each fault, and at the end of the traffic,
-when nothing happened for CALM_S before (no fault, no membership change: a rebalance or a
-backlog caught up is a burst the windows do not bound). The last such reading after its
-warm-up is compared with the first. It grows if it rose by more than GROWTH_MB_MIN and
-GROWTH_SHARE of the first, unless the process holds more partitions than it did then
-(more partitions, more state). An incarnation with fewer than two calm readings is not
-judged (a short run, or a process restarted late): the verdict says so rather than pass
-it. Allocators keep freed memory, so a burst's peak may stay in RSS; a rise between two
-calm points, with the same partitions held, does not come from one.
+after their recovery. Faults add bursts the windows do not bound but the clients' own
+limits do: a stalled worker's consumer prefetches up to librdkafka's
+queued.max.messages.kbytes (64 MiB), its producer buffers what a slow broker does not
+take, a restore reads a partition's whole state; and allocators keep what a burst took
+(RSS stays at its high-water mark). So a process's memory is expected to rise during the
+first faults of each kind and then stand; a leak goes on rising.
+
+The verdict, per process incarnation (one pid): RSS is read at calm points (just before
+each fault, and at the end of the traffic, when nothing happened for CALM_S before: no
+fault, no membership change). The baseline is its first calm reading once it has lived
+through its warm-up (ORDER_TIMEOUT + GRACE + LATE_HORIZON: the state's bound reached) and
+through one fault of each kind the run deals (each burst's bound reached); its last calm
+reading is compared with it. It grows if it rose by more than GROWTH_MB_MIN and
+GROWTH_SHARE of the baseline, unless the process holds more partitions than it did then
+(more partitions, more state). An incarnation without two such readings is not judged (a
+short run, or a process restarted late): the verdict says so rather than pass it.
 (Calm points rather than whole fault-free minutes: on a machine where a broker takes
 30 s to start, a fault, its repair and a membership change leave less than a minute of
 a two-minute slot.)"""
@@ -139,6 +144,7 @@ class Judged:
     first: Sample
     last: Sample
     points: list[float]  # the calm points it was read at
+    peak_mb: float  # its highest RSS sampled
 
     @property
     def rise_mb(self) -> float:
@@ -163,17 +169,31 @@ class Judged:
                  if self.first.state is not None and self.last.state is not None else "")
         when = ", ".join(clock(p) for p in self.points)
         return (f"{self.name} (pid {self.pid}): {self.first.rss_mb:.0f} -> {self.last.rss_mb:.0f} MB "
-                f"({self.rise_mb:+.0f} MB, limit {self.limit_mb:.0f}) at calm points {when}{state}: {verdict}{why}")
+                f"({self.rise_mb:+.0f} MB, limit {self.limit_mb:.0f}) at calm points {when}{state}, "
+                f"peak {self.peak_mb:.0f} MB: {verdict}{why}")
 
 
-def judge(samples: list[Sample], points: list[float], warm_up: float, every: float = 5.0) -> list[Judged]:
-    """Each incarnation read at two calm points or more after its warm-up (from its first
-    sample, or the traffic's start if it was running before)."""
-    out = []
+def judge(samples: list[Sample], points: list[float], warm_up: float, faults: list[tuple[float, str]],
+          every: float = 5.0) -> tuple[list[Judged], list[str]]:
+    """Each incarnation read at two calm points or more after its warm-up and one fault of
+    each kind of `faults` ((start, kind), in the run's schedule) since it started; and a
+    line for each that is not, saying why."""
+    judged, not_judged = [], []
+    kinds = {kind for _, kind in faults}
     for name, pid in dict.fromkeys((s.name, s.pid) for s in samples):
-        born = max(0.0, min(s.t for s in samples if s.pid == pid))
-        read = [(p, s) for p in points if p >= born + warm_up
+        mine = [s for s in samples if s.pid == pid]
+        born = max(0.0, mine[0].t - every)  # (the traffic's start, for a process running before it)
+        struck = {kind: min((at for at, k in faults if k == kind and at >= born), default=None) for kind in kinds}
+        missing = sorted(k for k, at in struck.items() if at is None)
+        since = max([born + warm_up] + [at for at in struck.values() if at is not None])
+        read = [(p, s) for p in points if p >= since
                 and (s := at(samples, name, p, every)) is not None and s.pid == pid]
-        if len(read) >= 2:
-            out.append(Judged(name, pid, read[0][1], read[-1][1], [p for p, _ in read]))
-    return out
+        if len(read) >= 2 and not missing:
+            judged.append(Judged(name, pid, read[0][1], read[-1][1], [p for p, _ in read],
+                                 max(s.rss_mb for s in mine)))
+        else:
+            why = (f"no {', '.join(missing)} since it started" if missing
+                   else f"{len(read)} calm reading(s) from {clock(since)} on, 2 needed")
+            not_judged.append(f"{name} (pid {pid}, {mine[0].rss_mb:.0f} -> {mine[-1].rss_mb:.0f} MB, peak "
+                              f"{max(s.rss_mb for s in mine):.0f}): not judged, {why}")
+    return judged, not_judged

@@ -59,30 +59,50 @@ def test_a_point_is_calm_when_nothing_happened_in_the_half_minute_before_it() ->
 
 
 def _samples(name: str, pid: int, rss: dict[int, float], partitions: int = 4, state: int = 1000) -> list[Sample]:
-    """One sample at each given minute's end."""
-    return [Sample(60.0 * m - 1, name, pid, mb, partitions, state) for m, mb in rss.items()]
+    """One sample at each given minute's end (minute 0: at the traffic's start)."""
+    return [Sample(max(0.0, 60.0 * m - 1), name, pid, mb, partitions, state) for m, mb in rss.items()]
+
+
+FAULTS_RUN = [(0.0, "leader_kill"), (120.0, "slow_broker")]
 
 
 def test_memory_standing_between_calm_points_is_steady_and_rising_grows() -> None:
-    steady = _samples("exactly_once/w1", 11, {1: 90, 2: 140, 3: 120, 4: 180, 5: 124})
-    rising = _samples("at_least_once/w1", 12, {1: 90, 2: 110, 3: 120, 4: 130, 5: 160})
-    judged = {j.name: j for j in judge(steady + rising, points=[60, 180, 300], warm_up=70)}
-    assert (judged["exactly_once/w1"].points, judged["exactly_once/w1"].grows) == ([180, 300], False)
-    assert judged["at_least_once/w1"].grows and judged["at_least_once/w1"].rise_mb == 40
-    assert "GROWS" in judged["at_least_once/w1"].line()
+    steady = _samples("exactly_once/w1", 11, {0: 60, 1: 90, 2: 140, 3: 120, 4: 180, 5: 124})
+    rising = _samples("at_least_once/w1", 12, {0: 60, 1: 90, 2: 110, 3: 120, 4: 130, 5: 160})
+    judged, not_judged = judge(steady + rising, [60, 180, 300], 70, FAULTS_RUN)
+    by = {j.name: j for j in judged}
+    assert not_judged == []
+    assert (by["exactly_once/w1"].points, by["exactly_once/w1"].grows) == ([180, 300], False)
+    assert by["exactly_once/w1"].peak_mb == 180
+    assert by["at_least_once/w1"].grows and by["at_least_once/w1"].rise_mb == 40
+    assert "GROWS" in by["at_least_once/w1"].line()
+
+
+def test_the_baseline_comes_after_one_fault_of_each_kind() -> None:
+    """A burst's high-water mark, reached in the first slow-broker fault, is the baseline."""
+    after_first_faults = _samples("exactly_once/w1", 11, {0: 60, 1: 90, 3: 120, 5: 175, 7: 178, 9: 180})
+    faults = [(60.0, "leader_kill"), (240.0, "slow_broker"), (420.0, "slow_broker")]
+    judged, _ = judge(after_first_faults, [59.5, 179.5, 299.5, 419.5, 540.0], 70, faults)
+    assert [(j.points, j.first.rss_mb, j.grows) for j in judged] == [([299.5, 419.5, 540.0], 175, False)]
+    judged, not_judged = judge(after_first_faults, [59.5, 179.5, 299.5], 70, [*faults, (500.0, "cut_off")])
+    assert judged == [] and "0 calm reading(s) from 08:20 on" in not_judged[0]  # (a cut_off at 08:20 came last)
 
 
 def test_more_partitions_justify_more_memory_and_a_short_life_is_not_judged() -> None:
-    more = _samples("exactly_once/w2", 21, {1: 90, 3: 100}, partitions=2) + _samples("exactly_once/w2", 21, {5: 160})
+    more = _samples("exactly_once/w2", 21, {0: 60, 3: 100}, partitions=2) + _samples("exactly_once/w2", 21, {5: 160})
     young = _samples("writer1", 31, {4: 60, 5: 200})
-    judged = judge(more + young, points=[180, 240, 300], warm_up=70)
+    judged, not_judged = judge(more + young, [180, 240, 300], 70, FAULTS_RUN[:1])
     assert [(j.name, j.grows) for j in judged] == [("exactly_once/w2", False)]
     assert "holds more partitions" in judged[0].line()
+    assert not_judged == ["writer1 (pid 31, 60 -> 200 MB, peak 200): not judged, no leader_kill since it started"]
 
 
 def test_a_restarted_process_is_judged_on_its_own_and_marked_in_the_table() -> None:
     samples = _samples("writer1", 1, {1: 50, 2: 52, 3: 51}) + _samples("writer1", 2, {5: 300, 6: 301})
-    assert [(j.pid, j.grows) for j in judge(samples, points=[60, 120, 180, 300, 360], warm_up=30)] == [(1, False)]
+    judged, not_judged = judge(samples, [60, 120, 180, 300, 360], 30, [])
+    assert [(j.pid, j.grows) for j in judged] == [(1, False)]
+    assert not_judged == [("writer1 (pid 2, 300 -> 301 MB, peak 301): not judged, 1 calm reading(s) from 05:24 on, "
+                           "2 needed")]
     rows = table(samples, 6, {4: "M"}, lambda s: f"{s.rss_mb:.0f}")
     assert rows[1].split() == ["q", "q", "q", "M", "q", "q"]
     assert rows[2].split() == ["writer1", "50", "52", "51", "-", "300*", "301"]
