@@ -10,6 +10,7 @@ checker is pure, so tests/cluster/test_checker.py shows it catching each broken 
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import statistics
 import threading
@@ -225,13 +226,17 @@ def _not_ready_seconds(readings: list[tuple[float, int | None]]) -> float:
 
 def http_get(port: int, path: str, timeout: float = 10) -> tuple[int | None, str]:
     """(status, body); None: no answer within `timeout` (Prometheus' own default scrape
-    timeout is 10 s)."""
+    timeout is 10 s), or one cut short (a process stopping while it answers: the soak's
+    poller thread died of an IncompleteRead once, and with it every later reading)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
+        try:
+            return exc.code, exc.read().decode()
+        except (OSError, http.client.HTTPException):
+            return exc.code, ""
+    except (OSError, http.client.HTTPException):
         return None, ""
 
 

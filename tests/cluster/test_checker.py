@@ -5,11 +5,22 @@ cluster needed (these run with the unit tests)."""
 from __future__ import annotations
 
 import copy
+import socket
+import threading
 from collections import Counter
 
 import pytest
 
-from tests.cluster.invariants import Guarantee, Observed, Recovered, Scrape, figures, longest_stops, violations
+from tests.cluster.invariants import (
+    Guarantee,
+    Observed,
+    Recovered,
+    Scrape,
+    figures,
+    http_get,
+    longest_stops,
+    violations,
+)
 
 EOS = Guarantee("exactly_once", "g-eos", {"p1-1": "o1-1", "p1-2": "o1-2"}, {"o1-3"}, once=True)
 ALOS = Guarantee("at_least_once", "g-alos", {"p2-1": "o2-1"}, set(), once=False)
@@ -108,3 +119,19 @@ def test_figures_say_what_an_operator_saw() -> None:
 def test_a_partition_caught_up_is_not_stopped() -> None:
     idle = [Scrape(t, 200, {KEY: 5.0}, {KEY: 5.0}, 0.1) for t in (0.0, 10.0, 20.0)]
     assert longest_stops(idle, "g-eos") == {}
+
+
+def test_an_answer_cut_short_is_no_answer() -> None:
+    """A process stopping while it answers (the soak stops workers under the poller)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def answer_half() -> None:
+            conn, _ = server.accept()
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nok")
+            conn.close()
+
+        threading.Thread(target=answer_half, daemon=True).start()
+        assert http_get(server.getsockname()[1], "/readyz", timeout=5) == (None, "")
