@@ -26,10 +26,12 @@ a two-minute slot.)"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tests.cluster.invariants import http_get
 from tests.cluster.schedule import clock
@@ -68,10 +70,16 @@ def gauges(text: str) -> tuple[int | None, int | None]:
     partitions = state = None
     for line in text.splitlines():
         name = line.split(" ", 1)[0].split("{", 1)[0]
+        if name != "slipguard_assigned_partitions" and name not in STATE_GAUGES:
+            continue
+        try:
+            value = int(float(line.rsplit(" ", 1)[1]))
+        except (ValueError, OverflowError):  # (NaN, or a line cut short)
+            continue
         if name == "slipguard_assigned_partitions":
-            partitions = (partitions or 0) + int(float(line.rsplit(" ", 1)[1]))
-        elif name in STATE_GAUGES:
-            state = (state or 0) + int(float(line.rsplit(" ", 1)[1]))
+            partitions = (partitions or 0) + value
+        else:
+            state = (state or 0) + value
     return partitions, state
 
 
@@ -80,8 +88,10 @@ class Sampler:
     from /proc and their /metrics."""
 
     def __init__(self, processes: Callable[[], dict[str, tuple[int, int | None]]], t0: float,
-                 every: float = 5.0) -> None:
-        self.processes, self.t0, self.every = processes, t0, every
+                 every: float = 5.0, path: Path | None = None) -> None:
+        """`path`: each sample is also appended there as a JSON line as it is taken (a run
+        that dies keeps them)."""
+        self.processes, self.t0, self.every, self.path = processes, t0, every, path
         self.samples: list[Sample] = []
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory", daemon=True)
@@ -94,8 +104,11 @@ class Sampler:
                 if rss is None:
                     continue
                 partitions, state = gauges(http_get(port, "/metrics", timeout=3)[1]) if port else (None, None)
-                self.samples.append(Sample(round(time.monotonic() - self.t0, 1), name, pid, round(rss, 1),
-                                           partitions, state))
+                sample = Sample(round(time.monotonic() - self.t0, 1), name, pid, round(rss, 1), partitions, state)
+                self.samples.append(sample)
+                if self.path is not None:
+                    with self.path.open("a") as f:
+                        f.write(json.dumps(asdict(sample)) + "\n")
             self._done.wait(self.every)
 
     def stop(self) -> None:

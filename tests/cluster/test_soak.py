@@ -3,9 +3,14 @@ run with the unit tests. The soak itself runs on the cluster (`make soak`)."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 import pytest
 
-from tests.cluster.memory import Sample, calm, gauges, judge, table
+from tests.cluster.memory import Sample, Sampler, calm, gauges, judge, table
 from tests.cluster.schedule import FAULTS, UNAIMED, Member, eligible, plan
 from tests.cluster.soak import members
 
@@ -117,6 +122,17 @@ def test_gauges_read_partitions_and_state_from_a_workers_metrics() -> None:
         'slipguard_assigned_partitions{group="g",topic="p"} 2.0',
         'slipguard_assigned_partitions{group="g",topic="o"} 2.0',
         "slipguard_join_pending_payments_created 1.7e9",
+        "slipguard_join_buffered_orders NaN",
     ])
     assert gauges(text) == (4, 500)
     assert gauges("") == (None, None)
+
+
+def test_the_sampler_keeps_each_sample_on_disk_as_it_goes(tmp_path: Path) -> None:
+    path = tmp_path / "memory.jsonl"
+    sampler = Sampler(lambda: {"me": (os.getpid(), None)}, time.monotonic(), every=0.05, path=path)
+    time.sleep(0.3)
+    sampler.stop()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) >= 2 and lines[0]["name"] == "me" and lines[0]["rss_mb"] > 1
+    assert len(lines) == len(sampler.samples)
