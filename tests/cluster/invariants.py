@@ -69,7 +69,7 @@ class Scrape:
     took: float = 0.0  # how long the exporter took to answer
 
 
-Outages = dict[str, list[tuple[float, float]]]
+Outages = dict[str, tuple[float, float] | list[tuple[float, float]]]  # one (start, end), or several
 
 
 def violations(expected: list[Guarantee], seen: Observed, *, outages: Outages | None = None,
@@ -135,7 +135,8 @@ def _readiness(seen: Observed, outages: Outages) -> list[str]:
     for name, readings in sorted(seen.readiness.items()):
         if not readings or readings[-1][1] != 200:
             out.append(f"{name} is not ready at the end (last /readyz: {readings[-1][1] if readings else 'none'})")
-        for start, end in outages.get(name, []):
+        spans = outages.get(name, [])
+        for start, end in [spans] if isinstance(spans, tuple) else spans:
             if not any(code != 200 for t, code in readings if start <= t <= end + 5):
                 out.append(f"{name} said it was ready all through its outage at t={start:.1f}")
             if not any(code == 200 for t, code in readings if t > end):

@@ -25,7 +25,7 @@ from tests.cluster.invariants import (
 EOS = Guarantee("exactly_once", "g-eos", {"p1-1": "o1-1", "p1-2": "o1-2"}, {"o1-3"}, once=True)
 ALOS = Guarantee("at_least_once", "g-alos", {"p2-1": "o2-1"}, set(), once=False)
 IDS = {"p1-1": "r11", "p1-2": "r12", "p2-1": "r21"}
-OUTAGE = {"exactly_once/w1": [(10.0, 20.0)]}
+OUTAGE = {"exactly_once/w1": (10.0, 20.0)}
 KEY = ("g-eos", "t.payments", "0")
 
 

@@ -192,6 +192,6 @@ def test_a_worker_cut_off_from_every_broker_is_fenced_and_rejoins(run: Run) -> N
         run.wait(lambda n=n: "lost partitions" in run.log(n) and run.owned(n), f"{n} fenced, then rejoined", 120)
     rejoined_s = round(time.monotonic() - back_at, 1)
     run.finish()
-    run.check(outages={n: [(cut_at, back_at)] for n in cut}, known_zombie_write=True,
+    run.check(outages=dict.fromkeys(cut, (cut_at, back_at)), known_zombie_write=True,
               fault=f"w1 of each group cut off from every broker for {CUT_S} s (its proxies disabled)",
               rejoined_within_s=rejoined_s, owned={n: run.owned(n) for n in workers})
