@@ -294,7 +294,7 @@ pg_stop_only() { pg_down; }
 # returns only once the standby has it on disk. (With an asynchronous standby, a commit the
 # writer was told of can be missing from the promoted standby, after the writer
 # acknowledged its Kafka records: lost.) `pg-primary-kill` kills the postmaster and every
-# backend at once (SIGKILL to its process group: a machine lost), `pg-promote` makes the
+# process it started at once (SIGKILL: a machine lost), `pg-promote` makes the
 # standby the primary (pg_ctl promote), and `pg-failover-reset` puts the stack back as
 # `up` left it: the standby gone, the primary running (after crash recovery, if it was
 # killed), no synchronous standby required, no slot holding WAL.
@@ -361,13 +361,16 @@ pg_standby_up() {
 }
 
 pg_primary_kill() {
-  local data pid
+  local data pid pids
   data=$(pg_data_dir)
   pg_running "$data" || die "the stack's PostgreSQL is not running"
   pid=$(head -1 "$data/postmaster.pid")
-  kill -9 -- "-$pid"  # pg_ctl starts the postmaster in a session of its own: its backends are in its group
-  for _ in $(seq 1 100); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-  say "primary PostgreSQL (pid $pid) and its backends killed (SIGKILL)"
+  # The postmaster and every process it started, at once: each backend leads a process group
+  # of its own, and left alone it would exit only once it noticed the postmaster gone.
+  pids="$pid $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"
+  kill -9 $pids 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 $pids 2>/dev/null || break; sleep 0.1; done
+  say "primary PostgreSQL (pid $pid) and its $(($(echo $pids | wc -w) - 1)) processes killed (SIGKILL)"
 }
 
 pg_promote() {
