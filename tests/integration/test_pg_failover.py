@@ -19,6 +19,7 @@ import pytest
 
 from streams.db import migrate
 from streams.kafka.topics import create_topics
+from streams.settings import Settings
 from streams.tools.loadgen import Shares
 from tests.integration.conftest import isolated
 from tests.integration.invariants import assert_rows_once, assert_up, audit_rows, wait_for_audit_rows
@@ -64,6 +65,21 @@ def _in_schema(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
+def _on_both(base_settings, primary_url: str, standby_port: int) -> tuple[Settings, str, str]:
+    """Isolated settings whose database URL names the primary and the standby
+    (target_session_attrs=read-write) in a schema of their own, migrated; and that schema
+    on the primary alone and on the standby alone."""
+    schema = f"t{int(time.time() * 1000) % 10**10}"
+    with psycopg.connect(primary_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    port = urlsplit(primary_url).port
+    both = primary_url.replace(f":{port}/", f":{port},127.0.0.1:{standby_port}/")
+    s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
+                 database_url=_in_schema(f"{both}?target_session_attrs=read-write", schema))
+    migrate(s.database_url.get_secret_value())
+    return s, _in_schema(primary_url, schema), _in_schema(_at(primary_url, standby_port), schema)
+
+
 def _frozen_walsender(primary: str) -> tuple[int, object]:
     """Stop the primary's WAL sender to the standby (SIGSTOP): what is committed from now on
     is on the primary alone, and each COMMIT waits for the standby (SyncRep). Returns its
@@ -75,14 +91,16 @@ def _frozen_walsender(primary: str) -> tuple[int, object]:
         return row[0], conn.execute("SELECT clock_timestamp()").fetchone()[0]
 
 
-def _wait_for_a_commit_the_standby_lacks(primary: str, since: object, timeout: float = 15) -> None:
-    """A COMMIT sent after the WAL sender stopped, waiting for the standby: its commit
-    record is on the primary's disk only (a waiting commit is not yet visible to others,
-    so it cannot be counted)."""
+def _wait_for_a_commit_the_standby_lacks(primary: str, since: object, pid: int | None = None,
+                                         timeout: float = 15) -> None:
+    """A COMMIT sent after the WAL sender stopped (by the backend `pid`, else any), waiting
+    for the standby: its commit record is on the primary's disk only (a waiting commit is
+    not yet visible to others, so it cannot be counted)."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(primary, autocommit=True) as conn:
         while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
-                               "AND query = 'COMMIT' AND query_start > %s", (since,)).fetchone()[0]:
+                               "AND query = 'COMMIT' AND query_start > %s AND pid = coalesce(%s, pid)",
+                               (since, pid)).fetchone()[0]:
             assert time.monotonic() < deadline, "no COMMIT of the writer's waited for the standby"
             time.sleep(0.05)
 
@@ -97,17 +115,8 @@ def test_primary_killed_and_standby_promoted_under_live_traffic_every_row_once(b
     audit row exactly once in the new primary, every late order reconciled, the writer not
     ready during the outage and ready after, no worker down. The writer's stall is printed."""
     primary_url, standby_port = failover
-    schema = f"t{int(time.time() * 1000) % 10**10}"
-    with psycopg.connect(primary_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    primary = _in_schema(primary_url, schema)
-    standby = _in_schema(_at(primary_url, standby_port), schema)
-    both = primary_url.replace(f":{urlsplit(primary_url).port}/",
-                               f":{urlsplit(primary_url).port},127.0.0.1:{standby_port}/")
-    s = isolated(base_settings, order_timeout="5s", grace="1s", commit_interval="200ms",
-                 database_url=_in_schema(f"{both}?target_session_attrs=read-write", schema))
+    s, primary, standby = _on_both(base_settings, primary_url, standby_port)
     create_topics(s)
-    migrate(s.database_url.get_secret_value())
 
     ports = {name: _free_port() for name in ("join", "writer", "lag")}
     logs = {name: tmp_path / f"{name}.log" for name in ports}
@@ -173,3 +182,73 @@ def test_primary_killed_and_standby_promoted_under_live_traffic_every_row_once(b
         for name, proc, log in workers:
             assert stop(proc) == 0, f"{name}: " + log.read_text()[-3000:]
 
+
+
+
+def _backend_of(writer) -> int:
+    return writer.conn.info.backend_pid
+
+
+def test_a_commit_the_synchronous_standby_did_not_confirm_is_not_acknowledged(base_settings, failover) -> None:
+    """Two writers, each with a batch whose COMMIT waits for the synchronous standby (its
+    WAL sender stopped). One wait is cancelled (pg_cancel_backend, as an operator clears a
+    stuck session): PostgreSQL reports the COMMIT done, with a WARNING, its rows on the
+    primary alone. The other writer's session is terminated (pg_terminate_backend): the
+    COMMIT is done locally, the writer is told nothing, retries, and finds its rows
+    present, so its retry writes nothing and waits for no standby. Neither batch may be
+    acknowledged on that. The primary is then killed and the standby promoted: every
+    record acknowledged must have its rows there, once."""
+    import asyncio
+
+    from streams.recover.writer import Record, Writer
+    from tests.integration.test_recover import _recovery
+
+    primary_url, standby_port = failover
+    s, _, standby = _on_both(base_settings, primary_url, standby_port)
+    acked: dict[str, list[int]] = {"cancelled": [], "terminated": []}
+    walsender = 0
+
+    async def send_dead_letter(*_: object) -> None:
+        raise AssertionError("no record of these is a dead letter")
+
+    def acker(name: str):
+        async def ack(token: int) -> None:
+            acked[name].append(token)
+        return ack
+
+    async def run() -> dict[str, list[int]]:
+        nonlocal walsender
+        writers = {name: Writer(s, send_dead_letter) for name in acked}
+        for n, (name, writer) in enumerate(writers.items()):
+            await writer.connection()
+            for i in range(5 * n, 5 * n + 5):
+                await writer.add(Record(s.recovery_topic, n, i, None, [], b"k", _recovery(i).encode(), token=i),
+                                 acker(name))
+        walsender, frozen_at = _frozen_walsender(primary_url)
+        flushing = [asyncio.ensure_future(writer.flush(acker(name))) for name, writer in writers.items()]
+        with psycopg.connect(primary_url, autocommit=True) as conn:
+            for name, writer in writers.items():
+                pid = _backend_of(writer)
+                await asyncio.to_thread(_wait_for_a_commit_the_standby_lacks, primary_url, frozen_at, pid)
+                kill = "pg_cancel_backend" if name == "cancelled" else "pg_terminate_backend"
+                assert conn.execute(f"SELECT {kill}(%s)", (pid,)).fetchone() == (True,)
+        await asyncio.sleep(2)  # the cancelled COMMIT has returned; the terminated writer has retried
+        before_the_kill = {name: list(tokens) for name, tokens in acked.items()}
+        await asyncio.to_thread(_stack, "pg-primary-kill", standby_port)
+        walsender = 0
+        await asyncio.to_thread(_stack, "pg-promote", standby_port)
+        await asyncio.wait_for(asyncio.gather(*flushing), 60)
+        for writer in writers.values():
+            if writer.conn is not None:
+                await writer.conn.close()
+        return before_the_kill
+
+    try:
+        before_the_kill = asyncio.run(run())
+    finally:
+        if walsender:
+            os.kill(walsender, signal.SIGCONT)
+    assert_rows_once(standby, {f"pay-{i}" for i in range(10)}, set())
+    assert before_the_kill == {"cancelled": [], "terminated": []}, \
+        "acknowledged while the synchronous standby had not confirmed the commit"
+    assert acked == {"cancelled": [0, 1, 2, 3, 4], "terminated": [5, 6, 7, 8, 9]}
