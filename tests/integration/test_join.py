@@ -70,10 +70,10 @@ def test_end_to_end_every_missing_order_is_recovered_once_and_late_orders_and_an
 class _LiveTraffic:
     """Payments and orders produced at their timestamps (from now on), in a background thread."""
 
-    def __init__(self, s, count: int, seed: int, seconds: float, shares: Shares = Shares()) -> None:
+    def __init__(self, s, count: int, seed: int, seconds: float) -> None:
         start_ms = int(time.time() * 1000) + 500
         pays, ords, self.exp = plan(count, start_ms=start_ms, spacing_ms=seconds * 1000 / count,
-                                    timeout_ms=TIMEOUT_MS, shares=shares, seed=seed)
+                                    timeout_ms=TIMEOUT_MS, seed=seed)
         self.total = self.exp.payments + self.exp.orders
         self.error: BaseException | None = None
         self.halt = threading.Event()
