@@ -212,7 +212,7 @@ def test_postgres_primary_killed_and_standby_promoted(run: Run) -> None:
         for g, s in run.settings.items():
             run.settings[g] = s.derive(database_url=f.both(url))
         run.everything()
-        run.start_traffic(seconds=20)
+        run.start_traffic(seconds=15)  # recoveries from ~6 s on; the primary killed at ~8 s
         run.wait(lambda: rows_at(url) >= 20, "recoveries written", 60)
         f.wait_for_a_commit_the_standby_lacks(f.frozen_walsender())
         waiting_at = time.monotonic()
