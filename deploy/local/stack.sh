@@ -348,8 +348,10 @@ pg_standby_up() {
                              WHERE slot_name = '$PG_SLOT' AND NOT active" >/dev/null
   rm -rf "$standby"; mkdir -p "$standby"; chmod 700 "$standby"
   [ "$(id -u)" = 0 ] && chown postgres: "$standby"
+  # (--no-sync: a test's standby, copied in seconds rather than waiting for the disk; the
+  # copy takes time with the size of the stack's database, which the tests' schemas grow.)
   say "copying the primary into $standby (pg_basebackup, slot $PG_SLOT)"
-  as_pg "$bin/pg_basebackup" -d "$conninfo" -D "$standby" -R -C -S "$PG_SLOT" -X stream -c fast \
+  as_pg "$bin/pg_basebackup" -d "$conninfo" -D "$standby" -R -C -S "$PG_SLOT" -X stream -c fast --no-sync \
     >"$STACK/pg-basebackup.log" 2>&1 || die "pg_basebackup failed; see $STACK/pg-basebackup.log"
   pg_start "$standby" "$PG_STANDBY_PORT" "the PostgreSQL standby"
   pg_wait_sql "$data" "$PG_PORT" "SELECT state FROM pg_stat_replication WHERE application_name = '$PG_SLOT'" \
