@@ -3,7 +3,8 @@
 # PostgreSQL from the machine's installed binaries; on demand, a replicated three-broker
 # cluster behind Toxiproxy for the fault tests (tests/cluster).
 #
-#   deploy/local/stack.sh up | down | status | kafka-restart clean|hard|fresh | kafka-freeze | kafka-thaw | ...
+#   deploy/local/stack.sh up | down | status | kafka-restart clean|hard|fresh | kafka-freeze | kafka-thaw |
+#                         pg-standby-up | pg-primary-kill | pg-promote | pg-failover-reset | ...
 #   deploy/local/stack.sh cluster-up | cluster-down | cluster-status
 #   deploy/local/stack.sh cluster-broker kill|stop|start|restart|freeze|thaw N   (N = 1, 2, 3)
 #
@@ -223,6 +224,22 @@ pg_data_dir() {
   mkdir -p "$STACK"; echo "$d" >"$STACK/pg.location"; echo "$d"
 }
 
+# A cluster of the stack's (the primary, or the failover standby) started on its port; each
+# has its own data directory, which is also its Unix socket directory.
+pg_start() {  # data directory, port, what
+  local bin; bin=$(pg_bin) || die "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql, or set SLIPGUARD_PG_BIN"
+  say "starting $3 on 127.0.0.1:$2 (log: $1/server.log)"
+  as_pg "$bin/pg_ctl" -D "$1" -l "$1/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $2 -k $1 -c max_connections=200 -c fsync=on -c ssl=on" start >/dev/null \
+    || die "$3 did not start; see $1/server.log"
+}
+
+# One statement as the superuser, through the cluster's Unix socket; prints the rows.
+pg_sql() {  # data directory, port, sql
+  local bin; bin=$(pg_bin) || return 1
+  as_pg "$bin/psql" -h "$1" -p "$2" -U slipguard -d postgres -Atqc "$3"
+}
+
 url_answers() { [ -n "${1:-}" ] && command -v psql >/dev/null && PGCONNECT_TIMEOUT=3 psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
 
 pg_up() {
@@ -248,12 +265,8 @@ pg_up() {
   tls_make
   install -m 600 "$TLS_DIR/postgres.key" "$data/server.key"; install -m 644 "$TLS_DIR/postgres.pem" "$data/server.crt"
   [ "$(id -u)" = 0 ] && chown postgres: "$data/server.key" "$data/server.crt"
-  say "starting PostgreSQL on 127.0.0.1:$PG_PORT (log: $data/server.log)"
-  as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $data -c max_connections=200 -c fsync=on -c ssl=on" start >/dev/null \
-    || die "PostgreSQL did not start; see $data/server.log"
-  if ! as_pg "$bin/psql" -h "$data" -p "$PG_PORT" -U slipguard -d postgres -Atqc \
-      "select 1 from pg_database where datname='slipguard'" | grep -q 1; then
+  pg_start "$data" "$PG_PORT" PostgreSQL
+  if ! pg_sql "$data" "$PG_PORT" "select 1 from pg_database where datname='slipguard'" | grep -q 1; then
     as_pg "$bin/createdb" -h "$data" -p "$PG_PORT" -U slipguard slipguard
   fi
   for _ in $(seq 1 30); do url_answers "$LOCAL_DB_URL" && { say "postgres ready: $LOCAL_DB_URL"; return; }; sleep 1; done
@@ -272,6 +285,127 @@ pg_down() {
 
 # The recovery writer's test needs PostgreSQL to go away and come back; these do just that.
 pg_stop_only() { pg_down; }
+
+# ---------------------------------------------------------------- PostgreSQL failover
+# A streaming-replication standby of the stack's PostgreSQL, for the failover test
+# (tests/integration/test_pg_failover.py): copied from the running primary with
+# pg_basebackup (-R: it follows the primary through a replication slot, over TLS, as a role
+# that may only replicate), started on its own port, then made synchronous: a commit
+# returns only once the standby has it on disk. (With an asynchronous standby, a commit the
+# writer was told of can be missing from the promoted standby, after the writer
+# acknowledged its Kafka records: lost.) `pg-primary-kill` kills the postmaster and every
+# process it started at once (SIGKILL: a machine lost), `pg-promote` makes the
+# standby the primary (pg_ctl promote), and `pg-failover-reset` puts the stack back as
+# `up` left it: the standby gone, the primary running (after crash recovery, if it was
+# killed), no synchronous standby required, no slot holding WAL.
+PG_STANDBY_PORT=${SLIPGUARD_PG_STANDBY_PORT:-$((PG_PORT + 1))}
+PG_REPLICATOR=slipguard_replicator
+PG_SLOT=slipguard_standby  # the slot's name, and the standby's application_name
+
+pg_standby_dir() { echo "$(pg_data_dir)-standby"; }
+
+pg_running() { [ -f "$1/postmaster.pid" ] && kill -0 "$(head -1 "$1/postmaster.pid")" 2>/dev/null; }
+
+# Its connection to the primary; the password is kept under .stack/secrets, as the Kafka users' are.
+pg_replication_conninfo() {
+  local pwfile=$SECRETS/pg-$PG_REPLICATOR.password
+  mkdir -p "$SECRETS"; chmod 700 "$SECRETS"
+  [ -s "$pwfile" ] || { openssl rand -hex 16 | tr -d '\n' >"$pwfile"; chmod 600 "$pwfile"; }
+  echo "host=127.0.0.1 port=$PG_PORT user=$PG_REPLICATOR password=$(cat "$pwfile") application_name=$PG_SLOT" \
+    "sslmode=verify-full sslrootcert=$TLS_DIR/ca.pem"
+}
+
+# synchronous_standby_names on the primary (empty: none), applied at once.
+pg_synchronous() {  # data directory, port, names
+  pg_sql "$1" "$2" "ALTER SYSTEM SET synchronous_standby_names = '$3'" >/dev/null
+  pg_sql "$1" "$2" "SELECT pg_reload_conf()" >/dev/null
+}
+
+pg_wait_sql() {  # data directory, port, sql, expected output, what
+  for _ in $(seq 1 120); do [ "$(pg_sql "$1" "$2" "$3" 2>/dev/null)" = "$4" ] && return; sleep 0.5; done
+  die "$5 not within 60 s; see $1/server.log"
+}
+
+pg_standby_up() {
+  local bin data standby conninfo
+  bin=$(pg_bin) || die "PostgreSQL binaries not found: apt-get install postgresql, or set SLIPGUARD_PG_BIN"
+  pg_up
+  data=$(pg_data_dir); standby=$(pg_standby_dir)
+  pg_running "$data" || die "the standby is made from the stack's own PostgreSQL, which is not running here"
+  if pg_running "$standby"; then say "standby already running on 127.0.0.1:$PG_STANDBY_PORT"; return; fi
+  port_open "$PG_STANDBY_PORT" && die "port $PG_STANDBY_PORT is busy; stop that process or set SLIPGUARD_PG_STANDBY_PORT"
+  [ "$(pg_sql "$data" "$PG_PORT" "SHOW wal_level")" != minimal ] \
+    || die "the primary runs with wal_level=minimal: set wal_level=replica and restart it"
+  conninfo=$(pg_replication_conninfo)
+  # (A password on psql's command line for a moment: the local stack's own role.)
+  pg_sql "$data" "$PG_PORT" "SELECT 1 FROM pg_roles WHERE rolname = '$PG_REPLICATOR'" | grep -q 1 \
+    || pg_sql "$data" "$PG_PORT" "CREATE ROLE $PG_REPLICATOR REPLICATION LOGIN" >/dev/null
+  pg_sql "$data" "$PG_PORT" "ALTER ROLE $PG_REPLICATOR PASSWORD '$(cat "$SECRETS/pg-$PG_REPLICATOR.password")'" >/dev/null
+  # Left by a run that was not reset: the copy must not require a synchronous standby of its own
+  # once promoted, and a slot left over would refuse -C.
+  pg_synchronous "$data" "$PG_PORT" ""
+  pg_sql "$data" "$PG_PORT" "SELECT pg_drop_replication_slot('$PG_SLOT') FROM pg_replication_slots
+                             WHERE slot_name = '$PG_SLOT' AND NOT active" >/dev/null
+  rm -rf "$standby"; mkdir -p "$standby"; chmod 700 "$standby"
+  [ "$(id -u)" = 0 ] && chown postgres: "$standby"
+  # (--no-sync: a test's standby, copied in seconds rather than waiting for the disk; the
+  # copy takes time with the size of the stack's database, which the tests' schemas grow.)
+  say "copying the primary into $standby (pg_basebackup, slot $PG_SLOT)"
+  as_pg "$bin/pg_basebackup" -d "$conninfo" -D "$standby" -R -C -S "$PG_SLOT" -X stream -c fast --no-sync \
+    >"$STACK/pg-basebackup.log" 2>&1 || die "pg_basebackup failed; see $STACK/pg-basebackup.log"
+  pg_start "$standby" "$PG_STANDBY_PORT" "the PostgreSQL standby"
+  pg_wait_sql "$data" "$PG_PORT" "SELECT state FROM pg_stat_replication WHERE application_name = '$PG_SLOT'" \
+    streaming "the standby streaming from the primary"
+  pg_synchronous "$data" "$PG_PORT" "$PG_SLOT"
+  pg_wait_sql "$data" "$PG_PORT" "SELECT sync_state FROM pg_stat_replication WHERE application_name = '$PG_SLOT'" \
+    sync "the standby synchronous"
+  say "standby streaming (synchronous) on 127.0.0.1:$PG_STANDBY_PORT"
+}
+
+pg_primary_kill() {
+  local data pid pids
+  data=$(pg_data_dir)
+  pg_running "$data" || die "the stack's PostgreSQL is not running"
+  pid=$(head -1 "$data/postmaster.pid")
+  # The postmaster and every process it started, at once: each backend leads a process group
+  # of its own, and left alone it would exit only once it noticed the postmaster gone.
+  pids="$pid $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"
+  kill -9 $pids 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 $pids 2>/dev/null || break; sleep 0.1; done
+  say "primary PostgreSQL (pid $pid) and its $(($(echo $pids | wc -w) - 1)) processes killed (SIGKILL)"
+}
+
+pg_promote() {
+  local bin standby
+  bin=$(pg_bin) || die "PostgreSQL binaries not found"
+  standby=$(pg_standby_dir)
+  pg_running "$standby" || die "no standby is running: deploy/local/stack.sh pg-standby-up"
+  as_pg "$bin/pg_ctl" -D "$standby" -w -t 60 promote >/dev/null || die "pg_ctl promote failed; see $standby/server.log"
+  say "standby promoted: the primary is now 127.0.0.1:$PG_STANDBY_PORT"
+}
+
+pg_standby_down() {
+  local bin standby
+  standby=$(pg_standby_dir); bin=$(pg_bin) || return 0
+  if pg_running "$standby"; then
+    say "stopping the postgres standby"
+    as_pg "$bin/pg_ctl" -D "$standby" -m immediate -w stop >/dev/null || true
+  fi
+}
+
+pg_failover_reset() {
+  local data
+  data=$(pg_data_dir)
+  pg_standby_down
+  rm -rf "$(pg_standby_dir)"
+  pg_up
+  pg_synchronous "$data" "$PG_PORT" ""
+  pg_wait_sql "$data" "$PG_PORT" "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$PG_SLOT' AND active" 0 \
+    "the standby's slot released"
+  pg_sql "$data" "$PG_PORT" "SELECT pg_drop_replication_slot('$PG_SLOT') FROM pg_replication_slots
+                             WHERE slot_name = '$PG_SLOT'" >/dev/null
+  say "failover reset: no standby; the primary on 127.0.0.1:$PG_PORT, asynchronous, no slot"
+}
 
 # A broker that stops answering (a long GC pause, a network partition) without a restart:
 # its connections stay open and nothing comes back until it is thawed.
@@ -468,12 +602,13 @@ cluster_status() {
 status() {
   if kafka_pid >/dev/null; then echo "kafka: running (pid $(kafka_pid)) 127.0.0.1:$KAFKA_PORT"; else echo "kafka: stopped"; fi
   if url_answers "${SLIPGUARD_DATABASE_URL:-$LOCAL_DB_URL}"; then echo "postgres: answering"; else echo "postgres: not answering"; fi
+  if pg_running "$(pg_standby_dir)"; then echo "postgres standby: running 127.0.0.1:$PG_STANDBY_PORT"; fi
   if [ -d "$CLUSTER_DIR" ]; then cluster_status; fi
 }
 
 case "${1:-}" in
   up) kafka_up; pg_up ;;
-  down) kafka_down; pg_down; cluster_down ;;
+  down) kafka_down; pg_down; pg_standby_down; cluster_down ;;
   status) status ;;
   kafka-up) kafka_up ;;
   kafka-down) kafka_down ;;
@@ -482,11 +617,15 @@ case "${1:-}" in
   kafka-restart) kafka_restart "${2:-clean}" ;;
   pg-up) pg_up ;;
   pg-down) pg_stop_only ;;
+  pg-standby-up) pg_standby_up ;;
+  pg-primary-kill) pg_primary_kill ;;
+  pg-promote) pg_promote ;;
+  pg-failover-reset) pg_failover_reset ;;
   kafka-tool) shift; kafka_fetch; kafka_java "$@" ;;
   kafka3-fetch) kafka3_fetch ;;
   cluster-up) cluster_up ;;
   cluster-down) cluster_down ;;
   cluster-status) cluster_status ;;
   cluster-broker) cluster_broker "${2:-}" "${3:-}" ;;
-  *) echo "usage: $0 up|down|status|pg-up|pg-down|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS|kafka3-fetch|cluster-up|cluster-down|cluster-status|cluster-broker kill|stop|start|restart|freeze|thaw N" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|pg-up|pg-down|pg-standby-up|pg-primary-kill|pg-promote|pg-failover-reset|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS|kafka3-fetch|cluster-up|cluster-down|cluster-status|cluster-broker kill|stop|start|restart|freeze|thaw N" >&2; exit 2 ;;
 esac

@@ -71,8 +71,9 @@ class BufferedOrder:
 class RecoveredPayment:
     __slots__ = ("deadline", "late", "payment_id", "persisted", "raw", "recovered_at", "trace")
 
-    def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool = False, persisted: bool = False,
-                 recovered_at: int = 0, trace: bytes | None = None) -> None:
+    def __init__(self, payment_id: str, deadline: int, raw: bytes, late: bool, *, recovered_at: int,
+                 trace: bytes | None, persisted: bool = False) -> None:
+        """(`persisted` is JoinState's to set: put() and install() do.)"""
         self.payment_id, self.deadline, self.raw, self.late, self.persisted = payment_id, deadline, raw, late, persisted
         self.recovered_at = recovered_at  # wall clock (ms) when the recovery was emitted
         self.trace = trace  # the payment's traceparent

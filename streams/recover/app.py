@@ -103,7 +103,7 @@ def build_app(s: Settings, make_writer: MakeWriter = Writer) -> tuple[faust.App,
             assigned = app.consumer.assignment()
         except Exception:  # noqa: BLE001 (consumer not started yet)
             assigned = set()
-        writer.ready = bool(assigned)
+        writer.assigned = bool(assigned)
         for topic in (s.recovery_topic, s.late_topic):
             held = sum(1 for tp in assigned if tp.topic == topic)
             metrics.ASSIGNED_PARTITIONS.labels(s.recover_group, topic).set(held)

@@ -36,6 +36,23 @@ surrogateescape: lossless, and told apart from any name that was UTF-8 by its lo
 surrogates (writer.py sends such a record to the DLQ). No aiokafka code is copied: the
 Python reader is handed a buffer whose slices decode leniently.
 
+And the offsets it commits. faust commits the end of the longest run of acknowledged
+offsets, and fills the offsets it was never given (a read_committed consumer is never
+given a transaction's marker, nor an aborted transaction's records) from gaps it notes
+in its fetch loop (`Consumer._add_gap`, `_new_offset`). In faust-streaming 0.15 a noted
+gap also holds the offset of the record after it, which is acknowledged as well: the
+offset is then twice in the run, the run breaks there, and each commit (one a second)
+moves a partition only to the next transaction's marker. With the join's many small
+transactions the group's offsets fell ever further behind (seen on the real broker: the
+rows all written, the lag standing). And the marker that ends a partition's last
+transaction was never passed. So the consumer keeps its own account, by offset:
+delivered and not yet acknowledged (`_pending`), the last delivered (`_last`), and
+where each fetch left the partition's position (`_fetched`: taken in the consumer
+thread, as the records are handed over). The offset committed is the lowest delivered
+one not yet acknowledged; with none, the position after the last fetch whose records
+have all been delivered (past markers and aborted records, up to the last stable
+offset), else the last delivered plus one (`_new_offset`).
+
 Written for the versions in WRITTEN_FOR (pinned in pyproject.toml). `missing()` lists
 what an upgrade removed; a test fails on it, and on a version outside these.
 """
@@ -65,6 +82,10 @@ OVERRIDDEN = (
     (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer"),
     (faust_aiokafka, "Transport"),
     (Service, "wait_first"),
+    (faust_consumer.Consumer, "_new_offset"),
+    (faust_consumer.Consumer, "_filter_tps_with_pending_acks"),
+    (faust_consumer.Consumer, "perform_seek"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records"),
     (aiokafka_fetcher, "MemoryRecords"),
     (memory_records, "_MemoryRecordsPy"),
     (default_records, "_DefaultRecordBatchPy"),
@@ -82,6 +103,24 @@ class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._isolation_level = "read_committed"  # aiokafka builds its Fetcher from this in start()
         install_lenient_reader()
         return consumer
+
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: Any = None,
+                             max_records: Any = None) -> Any:
+        """faust's, noting for each assigned partition its position once these records are
+        taken (aiokafka moves it past markers and aborted records) and their last offset."""
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        fetched: dict[Any, tuple[int, int]] = self.consumer._fetched  # type: ignore[attr-defined]  # (ours)
+        subscription = consumer._subscription.subscription
+        assignment: Any = subscription.assignment if subscription is not None else None
+        for tp in consumer.assignment() if assignment is not None else ():
+            state = assignment.state_value(tp)
+            if state is None or not state.has_valid_position:
+                continue
+            got = records.get(tp) if records else None
+            before = fetched.get(tp)
+            last = got[-1].offset if got else (before[1] if before else -1)
+            fetched[tp] = (state.position, last)
+        return records
 
 
 @types.coroutine
@@ -112,8 +151,77 @@ def _waits_on(coro: Any, event: asyncio.Event) -> bool:
 
 
 class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[Any, set[int]] = {}  # tp -> offsets delivered, not yet acknowledged
+        self._last: dict[Any, int] = {}  # tp -> the last offset delivered
+        self._fetched: dict[Any, tuple[int, int]] = {}  # tp -> (position after a fetch, last offset fetched)
+        deliver = self.callback
+
+        def callback(message: Any) -> Any:  # the fetch loop's callback(message): noted, then faust's coroutine
+            self._delivering(message)
+            return deliver(message)
+
+        self.callback = callback
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _forget(self, tps: Any) -> None:
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self._last.pop(tp, None)
+            self._fetched.pop(tp, None)
+
+    def _delivering(self, message: Any) -> None:
+        """Noted as the fetch loop hands `message` on (faust tracks it only once its stream
+        takes it from the stream's queue)."""
+        if self.app.topics.acks_enabled_for(message.topic):
+            self._pending.setdefault(message.tp, set()).add(message.offset)
+            self._last[message.tp] = message.offset
+
+    def ack(self, message: Any) -> bool:
+        done = super().ack(message)
+        pending = self._pending.get(message.tp)
+        if pending is not None:
+            pending.discard(message.offset)
+        return done
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit (the module's docstring): every offset below it was
+        acknowledged or never given to this consumer."""
+        pending = self._pending.get(tp)
+        last = self._last.get(tp)
+        if pending:
+            upto: int | None = min(pending)
+        else:
+            upto = None if last is None else last + 1
+            fetched = self._fetched.get(tp)
+            if fetched is not None and fetched[1] <= (-1 if last is None else last):
+                upto = fetched[0] if upto is None else max(upto, fetched[0])
+        if upto is not None:
+            acked = self._acked[tp]
+            acked[:] = [o for o in acked if o >= upto]
+            self._acked_index[tp].intersection_update(acked)
+            self._gap.pop(tp, None)
+        return upto
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Any:
+        """faust's partitions with acknowledgements, and those a fetch moved (past markers)."""
+        seen = set(self._acked) | set(self._fetched)
+        return (tp for tp in seen if topics is None or tp in topics or tp.topic in topics)
+
+    async def perform_seek(self) -> None:
+        self._forget(list(self._pending) + list(self._last) + list(self._fetched))
+        await super().perform_seek()
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        self._forget([partition])
+        await super().seek(partition, offset)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._forget(revoked)
+        await super().on_partitions_revoked(revoked)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         """The fetch loop's `wait_first(callback(message), self.suspend_flow.wait())`,
@@ -238,6 +346,9 @@ def missing() -> list[str]:
     if DRAIN_CALL not in "".join(inspect.getsource(faust_consumer.Consumer._drain_messages).split()):
         gone.append(f"faust.transport.consumer.Consumer._drain_messages calling {DRAIN_CALL} "
                     "(taken in place by wait_first)")
+    if "callback=self.callback" not in "".join(inspect.getsource(faust_consumer.Consumer._drain_messages).split()):
+        gone.append("faust.transport.consumer.Consumer._drain_messages delivering with self.callback "
+                    "(wrapped to note each delivered offset)")
     if FETCH_RECORDS not in "".join(inspect.getsource(aiokafka_fetcher.Fetcher._proc_fetch_request).split()):
         gone.append(f"aiokafka's Fetcher._proc_fetch_request reading batches with {FETCH_RECORDS} "
                     "(see _LenientRecords)")

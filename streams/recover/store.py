@@ -6,7 +6,8 @@ gets one audit row (a written outcome is unique per recovery_id, a rejection per
 read: so a redelivery adds nothing, and a rejected record claiming a real recovery's id
 never takes that recovery's row; migration 0002). A late order is
 kept in late_orders and marks the recovered row as reconciled, whichever of the two is
-written first.
+written first. A batch is done once its COMMIT is answered without a warning, and its
+COMMIT always waits for a synchronous standby, if the server has one (DURABLE).
 """
 
 from __future__ import annotations
@@ -73,6 +74,23 @@ WHERE o.recovery_id = l.recovery_id AND o.order_id = l.order_id AND o.reconciled
 """
 
 
+# Every batch writes WAL, also one whose rows are all there already (a redelivery; a retry
+# after a COMMIT whose answer was lost: ON CONFLICT DO NOTHING writes nothing). A
+# transaction that writes no WAL commits without waiting for a synchronous standby, so such
+# a retry would be answered at once while the rows it found may be on this server alone (a
+# COMMIT whose wait was cut short commits locally: pg_terminate_backend, pg_cancel_backend).
+# With WAL of its own, its COMMIT waits for the standby, which confirms every commit before
+# it, the earlier attempt's too. A transactional logical message: a few bytes of WAL, no
+# table, no grant (logical decoding consumers, if any, see it under this prefix).
+DURABLE = "SELECT pg_logical_emit_message(true, 'slipguard-writer', '')"
+
+
+class CommitNotConfirmed(psycopg.OperationalError):
+    """PostgreSQL answered the COMMIT with a warning. The one case known: its wait for a
+    synchronous standby was cancelled, and the transaction committed on this server alone.
+    Retried as a lost connection is (the retry waits for the standby again: DURABLE)."""
+
+
 @dataclass(frozen=True)
 class Item:
     """One decoded record of a batch, with where it came from."""
@@ -112,7 +130,29 @@ async def write_batch(conn: psycopg.AsyncConnection, items: list[Item],
     outcomes: Counter[str] = Counter()
     recoveries = [i for i in items if isinstance(i.message, Recovery)]
     lates = [i.message for i in items if isinstance(i.message, LateOrder)]
-    async with conn.transaction(), conn.cursor() as cur:
+    committing = False
+    warnings: list[str] = []
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        if committing and diag.severity_nonlocalized == "WARNING":
+            warnings.append(diag.message_primary or "")
+
+    conn.add_notice_handler(on_notice)
+    try:
+        async with conn.transaction():
+            await _statements(conn, recoveries, lates, hmac_keys, outcomes)
+            committing = True  # the block's end is the COMMIT
+    finally:
+        conn.remove_notice_handler(on_notice)
+    if warnings:
+        raise CommitNotConfirmed(f"PostgreSQL answered the COMMIT with a warning: {warnings[0]}")
+    return outcomes
+
+
+async def _statements(conn: psycopg.AsyncConnection, recoveries: list[Item], lates: list[LateOrder],
+                      hmac_keys: tuple[bytes, ...] | None, outcomes: Counter[str]) -> None:
+    async with conn.cursor() as cur:
+        await cur.execute(DURABLE)
         if recoveries:
             await cur.execute(INSERT_RECOVERED, _recovery_columns(recoveries, hmac_keys))
             for (outcome,) in await cur.fetchall():
@@ -127,4 +167,3 @@ async def write_batch(conn: psycopg.AsyncConnection, items: list[Item],
         ids = [i.message.recovery_id for i in recoveries] + [m.recovery_id for m in lates]
         await cur.execute(RECONCILE, (ids,))
         outcomes["reconciled"] += cur.rowcount
-    return outcomes

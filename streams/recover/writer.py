@@ -98,7 +98,14 @@ class Writer:
         self.in_flight: asyncio.Future[None] | None = None
         self.conn: psycopg.AsyncConnection | None = None
         self.last_loop = time.monotonic()
-        self.ready = False
+        self.assigned = False  # partitions held (app.py)
+        self.database_took_last = True  # the last write tried was committed (or none was tried yet)
+
+    @property
+    def ready(self) -> bool:
+        """/readyz: partitions held, and PostgreSQL not away: false from the first failed attempt
+        to write a batch (the database down, failing over, read-only) until one succeeds."""
+        return self.assigned and self.database_took_last
 
     async def connection(self) -> psycopg.AsyncConnection:
         if self.conn is None or self.conn.closed:
@@ -217,10 +224,12 @@ class Writer:
                     await self.conn.close()
                     self.conn = None
                 raise
+            self.database_took_last = True
             for outcome, n in outcomes.items():
                 metrics.WRITER_ROWS.labels(outcome).inc(n)
 
         def unavailable(exc: BaseException, delay: float) -> None:
+            self.database_took_last = False
             metrics.WRITER_DB_ERRORS.inc()
             metrics.WRITER_RETRIES.inc()
             log.warning("PostgreSQL unavailable (%s); retrying the batch of %d in %.1fs, nothing acknowledged",

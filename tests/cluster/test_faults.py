@@ -1,6 +1,6 @@
 """Faults of a replicated cluster under live traffic (issue 29): brokers killed, restarted
 and slowed, coordinators lost mid-transaction and mid-rebalance, a worker cut off from
-every broker. Each run holds the join (both guarantees), the writer and the lag exporter
+every broker, the PostgreSQL primary lost. Each run holds the join (both guarantees), the writer and the lag exporter
 as real processes, and ends with the same check (tests/cluster/invariants.py)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import threading
 import time
 
 from tests.cluster.harness import Run
+from tests.integration.pg_failover import failover, rows_at
 
 
 def test_kill_9_of_the_broker_leading_a_workers_partitions(run: Run) -> None:
@@ -195,3 +196,41 @@ def test_a_worker_cut_off_from_every_broker_is_fenced_and_rejoins(run: Run) -> N
     run.check(outages=dict.fromkeys(cut, (cut_at, back_at)), known_zombie_write=True,
               fault=f"w1 of each group cut off from every broker for {CUT_S} s (its proxies disabled)",
               rejoined_within_s=rejoined_s, owned={n: run.owned(n) for n in workers})
+
+
+def test_postgres_primary_killed_and_standby_promoted(run: Run) -> None:
+    """The writer's database fails over under live traffic, the brokers untouched. A
+    synchronous standby is made beside the stack's PostgreSQL (stack.sh pg-standby-up) and
+    every process given both (a multi-host URL, target_session_attrs=read-write). Once
+    recoveries are written, the primary's WAL sender is stopped, so that the writer's next
+    COMMIT is on the primary alone, waiting for the standby; the primary is killed -9 then
+    (the writer cannot know whether that COMMIT took), and the standby promoted 1 s later.
+    That batch must be written again on the new primary, once; the writer not ready from
+    its first failed write until it writes again."""
+    url = run.settings["exactly_once"].database_url.get_secret_value()  # the primary, the run's schema
+    with failover(url) as f:
+        for g, s in run.settings.items():
+            run.settings[g] = s.derive(database_url=f.both(url))
+        run.everything()
+        run.start_traffic(seconds=15)  # recoveries from ~6 s on; the primary killed at ~8 s
+        run.wait(lambda: rows_at(url) >= 20, "recoveries written", 60)
+        f.wait_for_a_commit_the_standby_lacks(f.frozen_walsender())
+        waiting_at = time.monotonic()
+        time.sleep(0.5)  # the COMMIT waits that long for a slow standby, then the primary is lost
+        assert run.traffic_running(), "killed under live traffic"
+        killed_at = time.monotonic()
+        f.kill_primary()
+        time.sleep(1)  # (a real failover takes longer to decide)
+        f.promote()
+        promoted_at = time.monotonic()
+        standby = f.on_standby(url)
+        at_promotion = rows_at(standby)
+        run.wait(lambda: rows_at(standby) > at_promotion, "the writer writes on the new primary", 60)
+        resumed_at = time.monotonic()
+        run.finish()
+        run.check(outages={"writer": (killed_at, resumed_at)},
+                  fault="PostgreSQL primary killed -9 with a COMMIT of the writer's waiting for its synchronous "
+                  "standby; the standby promoted 1 s later",
+                  writer_wrote_again_after_kill_s=round(resumed_at - killed_at, 1),
+                  writer_wrote_again_after_promotion_s=round(resumed_at - promoted_at, 1),
+                  writer_stalled_s=round(resumed_at - waiting_at, 1))

@@ -166,8 +166,10 @@ def test_writer_rides_out_a_frozen_or_restarted_broker_and_writes_every_row_once
             _stack("kafka-thaw")
             frozen = False
         else:
-            subprocess.run(["bash", str(STACK), "kafka-restart", "hard"], check=True, capture_output=True, timeout=240)
+            # Counted before the kill: the restart waits for the broker to answer again, and
+            # meanwhile the writer may finish the records it had fetched already.
             assert _wait_rows(s, 0) < len(first), "killed mid-stream"
+            subprocess.run(["bash", str(STACK), "kafka-restart", "hard"], check=True, capture_output=True, timeout=240)
         _broker_answers(s)
         _produce_recoveries(s, second)
         _wait_rows(s, 22_000, timeout=180)

@@ -97,3 +97,50 @@ def test_holds_tells_whether_a_payments_timer_is_in_its_bucket() -> None:
     timers.add("a", BASE)
     assert timers.holds("a", BASE) and timers.holds("a", BASE + 7)  # the same bucket
     assert not timers.holds("b", BASE) and not timers.holds("a", BASE + 8)
+
+
+class _Counting(dict):  # type: ignore[type-arg]
+    """The pending payments, counting the look-ups `due` makes: the timers' work."""
+
+    looked_up = 0
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def]
+        self.looked_up += 1
+        return super().get(key, default)
+
+
+def _scan(timers: Deadlines, due: int, pending: _Counting) -> tuple[list[str], int]:
+    """What `due` gives at `due` (removing each, as the core does), and the look-ups it made."""
+    before, got = pending.looked_up, []
+    for oid, _e, _deadline in timers.due(due, pending):
+        got.append(oid)
+        del pending[oid]
+    return got, pending.looked_up - before
+
+
+def test_nothing_is_looked_at_before_the_first_bucket_is_due() -> None:
+    """A bucket holds the deadlines D .. D + 7: before D no timer is due, and neither
+    any_due nor due looks at a single payment (each advance asks)."""
+    pending = _Counting(_entries(BASE + 2, BASE + 5))
+    timers = Deadlines(T)
+    for oid, e in pending.items():
+        timers.add(oid, compact.t_of(e))
+    assert not timers.any_due(D - 1) and timers.any_due(D)
+    assert _scan(timers, D - 1, pending) == ([], 0)
+    assert _scan(timers, D + 1, pending) == ([], 2), "at D + 1 the bucket is due in part: both looked at"
+
+
+def test_a_bucket_due_in_part_is_looked_at_once_at_each_progress_and_whole_once_its_last_ms_is_due() -> None:
+    """Progress often stands still between advances: a bucket due in part is scanned
+    again only when progress moves (or a payment joins it). At D + 6 the bucket's last
+    millisecond (D + 7) is not due yet: it is still due in part."""
+    pending = _Counting(_entries(BASE + 2, BASE + 7))  # deadlines D + 2 and D + 7
+    timers = Deadlines(T)
+    for oid, e in pending.items():
+        timers.add(oid, compact.t_of(e))
+    assert _scan(timers, D + 2, pending) == (["o0"], 2)
+    assert _scan(timers, D + 2, pending) == ([], 0), "the same progress: not scanned again"
+    assert _scan(timers, D + 6, pending) == ([], 1), "progress moved: scanned again, the rest still waits"
+    assert _scan(timers, D + 6, pending) == ([], 0)
+    assert _scan(timers, D + 7, pending) == (["o1"], 1), "whole: the bucket goes"
+    assert timers.buckets() == 0 and len(timers) == 0
