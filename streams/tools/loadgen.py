@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from streams.kafka import config
 from streams.settings import Settings
@@ -73,6 +73,11 @@ def _order(oid: str, uid: str, amount: str, cur: str, ts: int, game: str) -> byt
             f'"created_at":"{created}","metadata":{{"game":"{game}"}}}}').encode()
 
 
+def paid_at_ms(start_ms: int, spacing_ms: float, i: int) -> int:
+    """The timestamp of a plan's `i`-th payment (its first, succeeded or failed)."""
+    return start_ms + int(i * spacing_ms)
+
+
 def plan(count: int, *, start_ms: int, spacing_ms: float, timeout_ms: int, shares: Shares = Shares(),
          seed: int = 7, prefix: str = "o") -> tuple[list[Record], list[Record], Expected]:
     """`count` orders' worth of payments and orders, each topic in publish order.
@@ -86,7 +91,7 @@ def plan(count: int, *, start_ms: int, spacing_ms: float, timeout_ms: int, share
     exp = Expected()
     jitter = min(shares.jitter_ms, timeout_ms)
     for i in range(count):
-        t = start_ms + int(i * spacing_ms)
+        t = paid_at_ms(start_ms, spacing_ms, i)
         oid = f"{prefix}{seed}-{i}"
         key = oid.encode()
         uid = f"u{rnd.randrange(100_000)}"
@@ -140,9 +145,13 @@ def merged(pays: list[Record], ords: list[Record]) -> Iterator[Record]:
 
 
 def produce(settings: Settings, records: list[Record] | Iterator[Record], *, rate: float | None = None,
-            realtime: bool = False, progress: Callable[[str, int, int], None] | None = None, total: int = 0) -> int:
+            realtime: bool = False, progress: Callable[[str, int, int], None] | None = None, total: int = 0,
+            on_delivery: Callable[[KafkaError | None, Message], None] | None = None) -> int:
     """Produce records; with `rate`, at most that many per second; with `realtime`, each at its timestamp;
-    `progress(what, done, total)` every 1,000 records."""
+    `progress(what, done, total)` every 1,000 records. `on_delivery(error, message)`: each
+    record's delivery report, served as soon as it comes (the producer is polled after each
+    record and while it waits), so that the time it is called is close to the broker's
+    acknowledgement."""
     producer = Producer(config.producer(settings) | {"linger.ms": 20})
     topics = (settings.payments_topic, settings.orders_topic)
     started = time.monotonic()
@@ -150,7 +159,10 @@ def produce(settings: Settings, records: list[Record] | Iterator[Record], *, rat
     for kind, key, value, ts in records:
         if realtime:
             wait = ts / 1000 - time.time()
-            if wait > 0:
+            if wait > 0 and on_delivery is not None:
+                while (wait := ts / 1000 - time.time()) > 0:
+                    producer.poll(wait)  # (returns at the first report: served at once, not after the wait)
+            elif wait > 0:
                 producer.poll(0)
                 time.sleep(wait)
         elif rate:
@@ -160,11 +172,13 @@ def produce(settings: Settings, records: list[Record] | Iterator[Record], *, rat
                 time.sleep(ahead)
         while True:
             try:
-                producer.produce(topics[kind], value, key, timestamp=ts)
+                producer.produce(topics[kind], value, key, timestamp=ts, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.05)
         n += 1
+        if on_delivery is not None:
+            producer.poll(0)
         if n % 1_000 == 0:
             if n % 10_000 == 0:
                 producer.poll(0)

@@ -70,20 +70,22 @@ def test_end_to_end_every_missing_order_is_recovered_once_and_late_orders_and_an
 class _LiveTraffic:
     """Payments and orders produced at their timestamps (from now on), in a background thread."""
 
-    def __init__(self, s, count: int, seed: int, seconds: float) -> None:
-        start_ms = int(time.time() * 1000) + 500
-        pays, ords, self.exp = plan(count, start_ms=start_ms, spacing_ms=seconds * 1000 / count,
+    def __init__(self, s, count: int, seed: int, seconds: float, on_delivery=None) -> None:
+        """`on_delivery(error, message)`: each record's delivery report (loadgen.produce)."""
+        self.seed, self.count, self.start_ms = seed, count, int(time.time() * 1000) + 500
+        self.spacing_ms = seconds * 1000 / count
+        pays, ords, self.exp = plan(count, start_ms=self.start_ms, spacing_ms=self.spacing_ms,
                                     timeout_ms=TIMEOUT_MS, seed=seed)
         self.total = self.exp.payments + self.exp.orders
         self.error: BaseException | None = None
         self.halt = threading.Event()
         records = itertools.takewhile(lambda _: not self.halt.is_set(), merged(pays, ords))
-        self.thread = threading.Thread(target=self._run, args=(s, records), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(s, records, on_delivery), daemon=True)
         self.thread.start()
 
-    def _run(self, s, records) -> None:
+    def _run(self, s, records, on_delivery) -> None:
         try:
-            produce(s, records, realtime=True)
+            produce(s, records, realtime=True, on_delivery=on_delivery)
         except BaseException as exc:  # noqa: BLE001 (reported by join())
             self.error = exc
 
