@@ -24,7 +24,18 @@ from schemas import LateOrder, Recovery, recovery_id_for
 from streams.kafka.topics import create_topics
 from streams.settings import Settings
 from tests.cluster.cluster import ROOT, Cluster
-from tests.cluster.invariants import Guarantee, Observed, Outages, Poller, Recovered, figures, violations
+from tests.cluster.deliveries import Deliveries, Segment, place, seed_of
+from tests.cluster.invariants import (
+    Guarantee,
+    Observed,
+    Outages,
+    Poller,
+    Recovered,
+    by_contract,
+    figures,
+    violations,
+)
+from tests.cluster.recoveries import Classified, classify
 from tests.integration.test_join import TIMEOUT_MS, _LiveTraffic, _owned
 from tests.integration.test_lag import _free_port
 from tests.integration.test_recover import writer_settings
@@ -85,6 +96,7 @@ class Run:
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
         self.traffic: dict[str, list[_LiveTraffic]] = {g: [] for g in GUARANTEES}  # consecutive segments
         self.seeds: dict[str, set[int]] = {g: set() for g in GUARANTEES}  # their plans' (payment ids p<seed>-<i>)
+        self.segments: dict[str, list[Segment]] = {g: [] for g in GUARANTEES}  # where their orders landed
         self.poller = Poller()
         self.started = time.monotonic()
 
@@ -160,8 +172,11 @@ class Run:
         for i, g in enumerate(GUARANTEES):
             seed = self.seed + 2 * len(self.traffic[g]) + i
             self.seeds[g].add(seed)
-            self.traffic[g].append(_LiveTraffic(self.settings[g], int(seconds * per_second), seed=seed,
-                                                seconds=seconds))
+            count = int(seconds * per_second)
+            deliveries = Deliveries(self.settings[g].orders_topic, count)
+            t = _LiveTraffic(self.settings[g], count, seed=seed, seconds=seconds, on_delivery=deliveries)
+            self.traffic[g].append(t)
+            self.segments[g].append(Segment(seed, t.start_ms, t.spacing_ms, deliveries))
 
     def traffic_running(self) -> bool:
         return any(t.running() for segments in self.traffic.values() for t in segments)
@@ -179,10 +194,31 @@ class Run:
 
     # ------------------------------------------------------------ the check
     def expected(self) -> list[Guarantee]:
+        """Per group, what its plans make due (the contract may make more due: judge)."""
         return [Guarantee(g, self.settings[g].join_group,
                           {pid: "o" + pid[1:] for t in segments for pid in t.exp.recovered},
                           {o for t in segments for o in t.exp.late}, once=g == "exactly_once")
                 for g, segments in self.traffic.items()]
+
+    def classify(self, seen: Observed) -> tuple[dict[str, Classified], dict[str, dict[str, int]]]:
+        """Each group's recovered payments by the contract (tests/cluster/recoveries.py),
+        their orders placed by the traffic's delivery reports; and per group what the
+        reports could not say (records of the orders partitions looked at that no report
+        accounts for, reports of failed deliveries or not recorded: 0 expected)."""
+        first: dict[str, int] = {}  # payment id -> its first recovery's detected_at
+        for r in seen.recoveries:
+            first[r.payment_id] = min(first.get(r.payment_id, r.recovered_at_ms), r.recovered_at_ms)
+        out, notes = {}, {}
+        for g, segments in self.traffic.items():
+            mine = {pid: at for pid, at in first.items() if seed_of(pid) in self.seeds[g]}
+            planned = {pid: "o" + pid[1:] for t in segments for pid in t.exp.recovered}
+            s = self.settings[g]
+            placed = place(self.segments[g], set(mine) - set(planned), s.order_timeout)
+            out[g] = classify(planned, {o for t in segments for o in t.exp.late},
+                              sum(t.exp.matched for t in segments), mine, placed.orders, s.grace)
+            notes[g] = {"orders_records_unaccounted": placed.unseen,
+                        "order_reports_failed": sum(x.deliveries.failed for x in self.segments[g])}
+        return out, notes
 
     def finish(self, timeout: float = 180) -> None:
         """Traffic produced, every input committed by its group, every recovery written."""
@@ -217,7 +253,8 @@ class Run:
         for value in read_to_end(s, s.recovery_topic, sum(len(g.recovered) for g in expected), 60, 1.0):
             r = Recovery.decode(value)
             seen.recoveries.append(Recovered(r.payment.payment_id, r.order_id,
-                                             (r.detected_at - r.deadline).total_seconds()))
+                                             (r.detected_at - r.deadline).total_seconds(),
+                                             round(r.detected_at.timestamp() * 1000)))
         seen.late = [LateOrder.decode(v).order_id
                      for v in read_to_end(s, s.late_topic, sum(len(g.late) for g in expected), 30, 0.5)]
         with self._db() as conn:
@@ -237,11 +274,12 @@ class Run:
         """The invariants, after finish(); the figures, with `facts` of the fault, go to
         .stack/cluster/reports/<name>.json."""
         seen = self.observe()
-        expected = self.expected()
+        classified, notes = self.classify(seen)
+        expected = [by_contract(g, classified[g.name]) for g in self.expected()]
         ids = {pid: str(recovery_id_for(pid)) for g in expected for pid in g.recovered}
         broken = violations(expected, seen, outages=outages, recovery_ids=ids)
         report = {"test": self.name, "seconds": round(time.monotonic() - self.started, 1), **facts,
-                  **figures(expected, seen), "violations": broken}
+                  **figures(expected, seen), "delivery_reports": notes, "violations": broken}
         invented = sorted({r.payment_id for r in seen.recoveries} - set(ids))
         if invented:
             report["false_recoveries"] = self.forensics(invented[:20])

@@ -4,7 +4,9 @@
 readers see them, the rows in PostgreSQL, the processes) and the observers gathered what
 happened during it (each worker's /readyz, the lag exporter's series); `violations` holds
 them to the contract and returns what is broken, one line each; `figures` says what an
-operator would have seen. Every fault test ends with `assert not violations(...)`; the
+operator would have seen. What is due is the plan's, and, by the contract's progress rule,
+the recoveries of orders that came in their window but late (`by_contract`, from
+tests/cluster/recoveries.py). Every fault test ends with `assert not violations(...)`; the
 checker is pure, so tests/cluster/test_checker.py shows it catching each broken invariant.
 """
 
@@ -18,7 +20,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from tests.cluster.recoveries import Classified
 
 #: once a fault is over, how fresh the exporter's lag must be again, and how long a
 #: refresh may fail in a row during a partial fault (one broker of three away) before the
@@ -30,13 +34,29 @@ LAG_GAP_MAX_S = 30.0
 @dataclass
 class Guarantee:
     """What one join group must have done: its expected recoveries (payment id -> order
-    id) and late orders, and whether each recovery must appear exactly once."""
+    id) and late orders, and whether each recovery must appear exactly once. By the
+    contract (tests/cluster/recoveries.py) the expected include, beyond the plan's, the
+    recoveries of payments whose order came in its window but late by the contract's
+    progress (with their late orders); `false` holds the evidence of each false recovery
+    classified, `classes` how many payments of each kind there were."""
 
     name: str
     group: str  # its consumer group
     recovered: dict[str, str]
     late: set[str]
     once: bool
+    false: dict[str, str] = field(default_factory=dict)  # payment id -> why its recovery is false
+    classes: dict[str, int] | None = None
+
+
+def by_contract(planned: Guarantee, classified: Classified) -> Guarantee:
+    """What the contract makes due, from what the plan does: also the recoveries it allows
+    of payments whose order came in their window (late by disorder, or in flight), each
+    once under exactly_once, its order on orders.late and its row reconciled; the false
+    ones with their evidence, and the count of each kind."""
+    return replace(planned, recovered=planned.recovered | classified.also_recovered,
+                   late=planned.late | set(classified.also_recovered.values()),
+                   false=planned.false | classified.false, classes=dict(classified.counts))
 
 
 @dataclass
@@ -44,6 +64,7 @@ class Recovered:
     payment_id: str
     order_id: str
     lateness_s: float  # detected_at - deadline
+    recovered_at_ms: int = 0  # detected_at: the worker's wall clock when it decided
 
 
 @dataclass
@@ -84,8 +105,9 @@ def violations(expected: list[Guarantee], seen: Observed, *, outages: Outages | 
     everything = {pid for g in expected for pid in g.recovered}
     invented = set(counts) - everything
     if invented:
-        out.append(f"false recovery: {len(invented)} payments recovered that had their order, "
-                   f"e.g. {sorted(invented)[:3]}")
+        why = {pid: w for g in expected for pid, w in g.false.items()}
+        out.append(f"false recovery: {len(invented)} payments recovered that the contract does not allow, e.g. "
+                   + "; ".join(why.get(pid, pid) for pid in sorted(invented)[:3]))
     for g in expected:
         lost = set(g.recovered) - set(counts)
         if lost:
@@ -177,7 +199,8 @@ def _lag(seen: Observed) -> list[str]:
 def figures(expected: list[Guarantee], seen: Observed) -> dict[str, object]:
     """What an operator would have seen: per group, recoveries' lateness past their
     deadline, duplicates, the longest stop of a partition's committed offset while it had
-    lag; per process, seconds not ready; the exporter's longest refresh gap."""
+    lag, and its payments by kind (Guarantee.classes); per process, seconds not ready; the
+    exporter's longest refresh gap."""
     out: dict[str, object] = {}
     for g in expected:
         mine = [r for r in seen.recoveries if r.payment_id in g.recovered]
@@ -188,7 +211,7 @@ def figures(expected: list[Guarantee], seen: Observed) -> dict[str, object]:
             "lateness_p50_s": round(statistics.median(late), 2) if late else None,
             "lateness_max_s": round(late[-1], 2) if late else None,
             "longest_partition_stop_s": round(max(stops.values()), 1) if stops else None,
-        }
+        } | ({"classes": g.classes} if g.classes is not None else {})
     out["not_ready_s"] = {name: round(_not_ready_seconds(readings), 1)
                           for name, readings in sorted(seen.readiness.items())}
     ages = [s.age for s in seen.lag if s.age is not None]

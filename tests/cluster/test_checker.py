@@ -16,11 +16,13 @@ from tests.cluster.invariants import (
     Observed,
     Recovered,
     Scrape,
+    by_contract,
     figures,
     http_get,
     longest_stops,
     violations,
 )
+from tests.cluster.recoveries import Landed, classify
 
 EOS = Guarantee("exactly_once", "g-eos", {"p1-1": "o1-1", "p1-2": "o1-2"}, {"o1-3"}, once=True)
 ALOS = Guarantee("at_least_once", "g-alos", {"p2-1": "o2-1"}, set(), once=False)
@@ -135,3 +137,78 @@ def test_an_answer_cut_short_is_no_answer() -> None:
 
         threading.Thread(target=answer_half, daemon=True).start()
         assert http_get(server.getsockname()[1], "/readyz", timeout=5) == (None, "")
+
+
+# ------------------------------------------------------------------ recoveries by the contract
+# EOS's plan, plus: p1-4 (its order o1-4 landed behind later records: late by disorder),
+# p1-5 (o1-5 appended after the recovery: in flight), p1-6 (o1-6 in the log well before:
+# false). Deadline 5,000, GRACE 1,000.
+
+LATE_BY_CONTRACT = {
+    "p1-4": Landed("o1-4", 5_000, 0, 10, 4_000, 4_500, 6_500),
+    "p1-5": Landed("o1-5", 5_000, 1, 11, 4_000, 8_000, 5_500),
+    "p1-6": Landed("o1-6", 5_000, 1, 12, 4_000, 3_000, 5_500),
+}
+
+
+def _by_contract(recovered_at: dict[str, int]) -> list[Guarantee]:
+    planned = dict(EOS.recovered)
+    at = dict.fromkeys(planned, 6_100) | recovered_at
+    c = classify(planned, set(), 20, at, {pid: LATE_BY_CONTRACT[pid] for pid in recovered_at}, 1_000)
+    return [by_contract(EOS, c), ALOS]
+
+
+def _late_by_contract(seen: Observed) -> Observed:
+    """The join did what the contract says of p1-4 and p1-5: recovered, their orders late."""
+    seen.recoveries += [Recovered("p1-4", "o1-4", 2.0, 7_000), Recovered("p1-5", "o1-5", 2.0, 7_000)]
+    seen.late += ["o1-4", "o1-5"]
+    seen.rows.update({"o1-4": 1, "o1-5": 1})
+    seen.written.update({"r14": 1, "r15": 1})
+    seen.outcomes.update({"inserted": 2})
+    seen.reconciled |= {"o1-4", "o1-5"}
+    return seen
+
+
+IDS_BY_CONTRACT = IDS | {"p1-4": "r14", "p1-5": "r15", "p1-6": "r16"}
+
+
+def test_recoveries_late_by_disorder_or_in_flight_are_due_with_their_late_orders() -> None:
+    expected = _by_contract({"p1-4": 7_000, "p1-5": 7_000})
+    assert violations(expected, _late_by_contract(_good()), outages=OUTAGE, recovery_ids=IDS_BY_CONTRACT) == []
+    assert expected[0].classes == {"matched": 18, "recovered_missing": 2, "recovered_late": 0,
+                                   "late_by_disorder": 1, "late_in_flight": 1, "false": 0}
+    assert figures(expected, _late_by_contract(_good()))["exactly_once"]["classes"] == expected[0].classes
+
+
+@pytest.mark.parametrize(("what", "change", "says"), [
+    ("its late order not reported", lambda s: s.late.remove("o1-5"), "late orders not on orders.late"),
+    ("its row not reconciled", lambda s: s.reconciled.remove("o1-4"), "not reconciled"),
+    ("its recovery twice under exactly_once", lambda s: s.recoveries.append(Recovered("p1-4", "o1-4", 3.0, 7_500)),
+     "more than once"),
+    ("its row missing", lambda s: s.rows.pop("o1-4"), "without a row"),
+])
+def test_a_recovery_late_by_the_contract_is_held_to_every_promise_of_a_due_one(what: str, change, says: str) -> None:
+    seen = _late_by_contract(_good())
+    change(seen)
+    found = violations(_by_contract({"p1-4": 7_000, "p1-5": 7_000}), seen, outages=OUTAGE,
+                       recovery_ids=IDS_BY_CONTRACT)
+    assert any(says in line for line in found), f"{what}: caught as {found}"
+
+
+def test_a_false_recovery_is_reported_with_its_evidence_and_its_late_order_as_invented() -> None:
+    seen = _good()
+    seen.recoveries.append(Recovered("p1-6", "o1-6", 9.0, 15_000))
+    seen.late.append("o1-6")
+    found = violations(_by_contract({"p1-6": 15_000}), seen, outages=OUTAGE, recovery_ids=IDS_BY_CONTRACT)
+    false = next(line for line in found if line.startswith("false recovery: 1 payments"))
+    for evidence in ("p1-6", "deadline 5000", "recovered_at 15000", "partition 1 offset 12", "stamped 4000",
+                     "P 5500", "acked 3000"):
+        assert evidence in false, (evidence, false)
+    assert any("1 orders reported late that were not" in line for line in found), found
+
+
+def test_an_order_reported_late_whose_payment_was_never_recovered_is_invented() -> None:
+    seen = _good()
+    seen.late.append("o1-4")
+    found = violations(_by_contract({}), seen, outages=OUTAGE, recovery_ids=IDS)
+    assert any("1 orders reported late that were not" in line for line in found), found
