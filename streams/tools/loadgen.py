@@ -160,8 +160,11 @@ def produce(settings: Settings, records: list[Record] | Iterator[Record], *, rat
         if realtime:
             wait = ts / 1000 - time.time()
             if wait > 0 and on_delivery is not None:
-                while (wait := ts / 1000 - time.time()) > 0:
-                    producer.poll(wait)  # (returns at the first report: served at once, not after the wait)
+                # poll returns as reports come (each is served at once, not after the wait);
+                # it counts whole milliseconds, and would spin through the last one
+                while (wait := ts / 1000 - time.time()) >= 0.001:
+                    producer.poll(wait)
+                time.sleep(max(0.0, wait))
             elif wait > 0:
                 producer.poll(0)
                 time.sleep(wait)
