@@ -84,6 +84,15 @@ test-cluster: up tools
 MINUTES ?= 30
 RATE    ?= 5000
 SEED    ?=
+# The soak's own ports (tests/cluster/soak.py PORTS says why; test_soak.py holds the two
+# equal): below Linux's ephemeral range (32768-60999), clear of stack.sh's defaults.
+soak: export SLIPGUARD_CLUSTER_PORT ?= 31092
+soak: export SLIPGUARD_CLUSTER_SET_PORT ?= 31112
+soak: export SLIPGUARD_CLUSTER_LISTENER_PORT ?= 31142
+soak: export SLIPGUARD_CLUSTER_INTERNAL_PORT ?= 31172
+soak: export SLIPGUARD_CLUSTER_CONTROLLER_PORT ?= 31182
+soak: export SLIPGUARD_TOXIPROXY_PORT ?= 31191
+soak: export SLIPGUARD_PG_PORT ?= 31432
 soak: venv
 	bash deploy/local/stack.sh pg-up
 	bash deploy/local/stack.sh cluster-up

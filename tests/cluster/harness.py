@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,13 +100,14 @@ class Run:
         self.segments: dict[str, list[Segment]] = {g: [] for g in GUARANTEES}  # where their orders landed
         self.poller = Poller()
         self.started = time.monotonic()
+        self.free_port: Callable[[], int] = _free_port  # each process's metrics port
 
     # ------------------------------------------------------------ processes
     def log_path(self, name: str) -> Path:
         return self.tmp / f"{name.replace('/', '-')}.log"
 
     def _start(self, name: str, s: Settings, command: list[str], **over: object) -> str:
-        port = _free_port()
+        port = self.free_port()
         log = self.log_path(name)
         self.procs[name] = (start(s, command, log, metrics_port=port, **over), log)
         self.poller.watch(name, port) if command[0] != "lag" else setattr(self.poller, "exporter", port)

@@ -18,9 +18,10 @@ KNOWN_ZOMBIE_WRITE: an at_least_once worker cut off past its session timeout wri
 state, and payments already matched are recovered falsely) is named when it is all that
 is broken.
 
-Needs the cluster (deploy/local/stack.sh cluster-up) and PostgreSQL (stack.sh pg-up), with
-the same SLIPGUARD_CLUSTER_*, SLIPGUARD_TOXIPROXY_PORT and SLIPGUARD_PG_PORT as they were
-started with: the faults start and stop nodes through stack.sh.
+Needs the cluster (deploy/local/stack.sh cluster-up) and PostgreSQL (stack.sh pg-up), on
+the soak's own ports (PORTS; `make soak` starts both there), or with the same
+SLIPGUARD_CLUSTER_*, SLIPGUARD_TOXIPROXY_PORT and SLIPGUARD_PG_PORT as they were started
+with: the faults start and stop nodes through stack.sh.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +59,39 @@ SESSION_S = 10.0  # the join group's session timeout (set by the join as a group
 #: timeout and their new owner restores them; a join restores and catches up.
 SETTLE_S = 20.0
 SAMPLE_S = 5.0
+#: The soak's own ports, all below Linux's ephemeral range (32768-60999 by default,
+#: net.ipv4.ip_local_port_range), where a client's source port can hold a port a node is
+#: about to bind (a 30-minute run's node 3 could not bind 49154 in a rolling restart), and
+#: clear of stack.sh's defaults (Kafka 9092-9094, PostgreSQL 25432 and its standby 25433,
+#: the cluster 29092-29191), so that a soak does not meet another worktree's stack on them.
+#: The cluster's bases mirror the defaults' layout (31092-31191: stack.sh, "Ports"). The
+#: Makefile's soak target sets the same (test_soak checks); a variable already set wins.
+PORTS = {"SLIPGUARD_CLUSTER_PORT": 31092, "SLIPGUARD_CLUSTER_SET_PORT": 31112,
+         "SLIPGUARD_CLUSTER_LISTENER_PORT": 31142, "SLIPGUARD_CLUSTER_INTERNAL_PORT": 31172,
+         "SLIPGUARD_CLUSTER_CONTROLLER_PORT": 31182, "SLIPGUARD_TOXIPROXY_PORT": 31191, "SLIPGUARD_PG_PORT": 31432}
+#: each process's metrics port (/metrics, /readyz), in turn: a new one each start
+METRICS_PORTS = range(31300, 31400)
+
+
+class PortBlock:
+    """The next free port of a block, in turn (the fault tests take any free port, which
+    the kernel gives from the ephemeral range)."""
+
+    def __init__(self, ports: Sequence[int]) -> None:
+        self.ports, self.next = ports, 0
+
+    def __call__(self) -> int:
+        for _ in range(len(self.ports)):
+            port = self.ports[self.next % len(self.ports)]
+            self.next += 1
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        raise RuntimeError(f"soak: no free port among {self.ports[0]}-{self.ports[-1]}: stop what holds them "
+                           "(ss -ltnp) or change METRICS_PORTS in tests/cluster/soak.py")
 
 
 class Soak:
@@ -361,7 +396,7 @@ def _cluster() -> Cluster:
         raise SystemExit(f"soak: {DESCRIPTION} is missing: start the cluster (deploy/local/stack.sh cluster-up)")
     cluster = Cluster.described()
     port = cluster.bootstrap.split(",")[0].rsplit(":", 1)[1]
-    want = os.environ.get("SLIPGUARD_CLUSTER_PORT", "29092")
+    want = os.environ.get("SLIPGUARD_CLUSTER_PORT", str(PORTS["SLIPGUARD_CLUSTER_PORT"]))
     if port != want:
         raise SystemExit(f"soak: the cluster in {DESCRIPTION} bootstraps on port {port}, but SLIPGUARD_CLUSTER_PORT "
                          f"is {want}: stack.sh would start nodes on other ports. Export the SLIPGUARD_CLUSTER_* and "
@@ -401,6 +436,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    for name, port in PORTS.items():  # (stack.sh, which the faults call, reads them too)
+        os.environ.setdefault(name, str(port))
     if args.pg_failover:
         print(f"soak: --pg-failover: {PG_FAILOVER_MISSING}", file=sys.stderr)
         return 2
@@ -418,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_clients(logs / "clients.log")
     cluster.healthy(base)
     run = Run(cluster, base, logs, f"soak-{seed}", seed=seed)
+    run.free_port = PortBlock(METRICS_PORTS)
     for g in GUARANTEES:
         run.settings[g] = run.settings[g].derive(late_horizon=args.late_horizon)
     soak = Soak(run, cast, time.monotonic())
@@ -517,7 +555,8 @@ def _header(args: argparse.Namespace, seed: int, cluster: Cluster, cast: list[Me
             per_second: float) -> None:
     print(f"soak: seed {seed} ({args.minutes:g} min, {args.rate:.0f} events/s = {per_second:.0f} orders/s for each "
           f"of {len(GUARANTEES)} groups, a fault every {args.every:.0f} s; late horizon {args.late_horizon})")
-    print(f"cluster: {cluster.bootstrap} (Toxiproxy {cluster.toxiproxy.url}); stack.sh: {STACK}")
+    print(f"cluster: {cluster.bootstrap} (Toxiproxy {cluster.toxiproxy.url}); stack.sh: {STACK}; PostgreSQL port "
+          f"{os.environ['SLIPGUARD_PG_PORT']}; metrics ports {METRICS_PORTS.start}-{METRICS_PORTS.stop - 1}")
     print("processes: " + ", ".join(f"{m.name}" + (f" (proxy set {m.proxy_set})" if m.proxy_set else "")
                                     for m in cast) + ", exporter")
     print("PostgreSQL failover: off (" + PG_FAILOVER_MISSING + ")")

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.cluster.cluster import ROOT, STACK
 from tests.cluster.memory import Sample, Sampler, calm, gauges, judge, table
 from tests.cluster.schedule import FAULTS, UNAIMED, Member, eligible, plan
-from tests.cluster.soak import members
+from tests.cluster.soak import METRICS_PORTS, PORTS, PortBlock, members
 
 CAST = members(2, 1, 2)
 
@@ -136,3 +139,56 @@ def test_the_sampler_keeps_each_sample_on_disk_as_it_goes(tmp_path: Path) -> Non
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) >= 2 and lines[0]["name"] == "me" and lines[0]["rss_mb"] > 1
     assert len(lines) == len(sampler.samples)
+
+
+# ------------------------------------------------------------------ the soak's ports
+
+EPHEMERAL_FROM = 32768  # Linux's default net.ipv4.ip_local_port_range: 32768-60999
+
+
+def _stack_defaults() -> dict[str, int]:
+    """SLIPGUARD_*_PORT -> its default in stack.sh (NAME=${SLIPGUARD_X:-N})."""
+    text = STACK.read_text()
+    assert 'CLUSTER_NODES="1 2 3"' in text and 'CLUSTER_SETS="1 2"' in text, "the layout cluster_ports() assumes"
+    found = {m[1]: int(m[2]) for m in re.finditer(r"\$\{(SLIPGUARD_\w+PORT):-(\d+)\}", text)}
+    return found | {"SLIPGUARD_PG_STANDBY_PORT": found["SLIPGUARD_PG_PORT"] + 1}  # (its default: the primary's + 1)
+
+
+def _bound(env: dict[str, int]) -> set[int]:
+    """Every port a stack on `env` binds: stack.sh's cluster_ports() and PostgreSQL's."""
+    out = {env["SLIPGUARD_TOXIPROXY_PORT"], env["SLIPGUARD_PG_PORT"], env["SLIPGUARD_PG_PORT"] + 1}
+    for i in range(3):
+        out |= {env["SLIPGUARD_CLUSTER_INTERNAL_PORT"] + i, env["SLIPGUARD_CLUSTER_CONTROLLER_PORT"] + i,
+                env["SLIPGUARD_CLUSTER_PORT"] + i}
+        out |= {env["SLIPGUARD_CLUSTER_SET_PORT"] + 10 * (k - 1) + i for k in (1, 2)}
+        out |= {env["SLIPGUARD_CLUSTER_LISTENER_PORT"] + 10 * k + i for k in (0, 1, 2)}
+    return out
+
+
+def test_the_soaks_ports_are_below_the_ephemeral_range_and_clear_of_the_stacks_defaults() -> None:
+    defaults = _stack_defaults()
+    taken = _bound(defaults) | {defaults["SLIPGUARD_KAFKA_PORT"], defaults["SLIPGUARD_KAFKA_CONTROLLER_PORT"],
+                                defaults["SLIPGUARD_KAFKA_SECURE_PORT"]}
+    ours = _bound(PORTS) | set(METRICS_PORTS)
+    assert len(_bound(PORTS)) == 2 + 1 + 3 * (3 + 2 + 3), "no two of the soak's ports are one"
+    assert max(ours) < EPHEMERAL_FROM
+    assert not ours & taken, sorted(ours & taken)
+    assert not set(METRICS_PORTS) & _bound(PORTS)
+
+
+def test_make_soak_starts_the_stack_on_the_soaks_ports() -> None:
+    exported = dict(re.findall(r"^soak: export (SLIPGUARD_\w+) \?= (\d+)$", (ROOT / "Makefile").read_text(), re.M))
+    assert {k: int(v) for k, v in exported.items()} == PORTS
+
+
+def test_a_port_of_the_block_in_use_is_passed_over_and_the_block_is_taken_in_turn() -> None:
+    with socket.socket() as busy, socket.socket() as probe:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+        probe.close()
+        block = PortBlock([busy.getsockname()[1], free])
+        assert [block(), block()] == [free, free]
+        with pytest.raises(RuntimeError, match="no free port"):
+            PortBlock([busy.getsockname()[1]])()
