@@ -13,10 +13,12 @@ and two writers. w1 of each group bootstraps from a per-client proxy set of its 
 that it alone can be cut off. The invariants are per guarantee: each due recovery once
 for read_committed readers under exactly_once, at least once under at_least_once; for
 both, no false recovery, every row and audit row once, no process down for good, ready at
-the end, the lag series continuous. A bug known and not fixed yet (harness.
-KNOWN_ZOMBIE_WRITE: an at_least_once worker cut off past its session timeout writes stale
-state, and payments already matched are recovered falsely) is named when it is all that
-is broken.
+the end, the lag series continuous. A payment recovered although its order was produced
+is due when the contract makes it so (late by disorder, or in flight:
+tests/cluster/recoveries.py), and false otherwise; the count of each kind is printed. A
+bug known and not fixed yet (harness.KNOWN_ZOMBIE_WRITE: an at_least_once worker cut off
+past its session timeout writes stale state, and payments already matched are recovered
+falsely) is named when it is all that is broken.
 
 Needs the cluster (deploy/local/stack.sh cluster-up) and PostgreSQL (stack.sh pg-up), on
 the soak's own ports (PORTS; `make soak` starts both there), or with the same
@@ -581,6 +583,13 @@ def _results(verdict: Verdict, broken: list[str], facts: dict[str, object], stal
     print("\n== invariants")
     for g in GUARANTEES:
         print(f"{g}: {json.dumps(report[g])}")
+    print("payments by the contract (tests/cluster/recoveries.py; late_*: recovered although the order came in its "
+          "window, and allowed; false: violations):")
+    for g in GUARANTEES:
+        figures = report[g]
+        assert isinstance(figures, dict)
+        print(f"  {g}: " + ", ".join(f"{kind} {n:,}" for kind, n in figures.get("classes", {}).items()))
+    print(f"delivery reports (0 expected): {json.dumps(report.get('delivery_reports'))}")
     print(f"not ready (s; a process away by the schedule counts): {json.dumps(report['not_ready_s'])}")
     print(f"lag: refresh age max {report['lag_refresh_age_max_s']} s, slowest scrape {report['lag_scrape_max_s']} s; "
           "older than 10 s: " + (", ".join(f"{clock(e['from_s'])}-{clock(e['to_s'])} (up to {e['age_max_s']} s)"
