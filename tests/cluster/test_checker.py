@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import socket
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -212,3 +213,59 @@ def test_an_order_reported_late_whose_payment_was_never_recovered_is_invented() 
     seen.late.append("o1-4")
     found = violations(_by_contract({}), seen, outages=OUTAGE, recovery_ids=IDS)
     assert any("1 orders reported late that were not" in line for line in found), found
+
+
+def test_a_runs_recovered_payments_are_placed_by_its_delivery_reports_and_classified() -> None:
+    """Run.classify's wiring, without a cluster: two groups' segments, a recovery of each
+    kind; detected_at of the first recovery when there are several."""
+    from types import SimpleNamespace
+
+    from streams.tools.loadgen import Expected
+    from tests.cluster.deliveries import Deliveries, Segment
+    from tests.cluster.harness import Run
+
+    t0 = int(time.time()) * 1000 - 10_000  # (deadlines 5 s ago: the orders are acknowledged after them)
+    d = Deliveries("eos.orders", 4, t0)
+    for offset, (i, ts) in enumerate([(3, t0 + 20), (0, t0 + 9_000), (1, t0 + 9_100), (2, t0 + 10)]):
+        d(None, _Msg(f"o40-{i}".encode(), offset, ts))
+    run = Run.__new__(Run)
+    run.traffic = {"exactly_once": [SimpleNamespace(exp=Expected(recovered={"p40-9"}, matched=4))],
+                   "at_least_once": [SimpleNamespace(exp=Expected())]}
+    run.seeds = {"exactly_once": {40}, "at_least_once": {41}}
+    run.segments = {"exactly_once": [Segment(40, t0, 1.0, d)], "at_least_once": []}
+    run.settings = {g: SimpleNamespace(order_timeout=5_000, grace=1_000, join_group=f"{g}-join")  # type: ignore[misc]
+                    for g in run.traffic}
+    acked = {i: d.landed(i)[3] for i in range(4)}  # type: ignore[index]
+    seen = Observed(recoveries=[
+        Recovered("p40-1", "o40-1", 1.0, t0 + 7_000), Recovered("p40-1", "o40-1", 1.0, acked[1] + 60_000),
+        Recovered("p40-2", "o40-2", 1.0, t0 + 9_500), Recovered("p40-3", "o40-3", 1.0, acked[3] + 10_000),
+        Recovered("p40-9", "o40-9", 1.0, t0 + 9_500)])
+    classified, notes = run.classify(seen)
+    eos = classified["exactly_once"]
+    assert eos.counts == {"matched": 1, "recovered_missing": 1, "recovered_late": 0, "late_by_disorder": 1,
+                          "late_in_flight": 1, "false": 1}, eos.false
+    assert eos.also_recovered == {"p40-1": "o40-1", "p40-2": "o40-2"} and list(eos.false) == ["p40-3"]
+    assert classified["at_least_once"].counts["false"] == 0
+    assert notes["exactly_once"] == {"orders_records_unaccounted": 0, "order_reports_failed": 0}
+    due = by_contract(run.expected()[0], eos)
+    assert due.recovered == {"p40-9": "o40-9", "p40-1": "o40-1", "p40-2": "o40-2"} and due.late == {"o40-1", "o40-2"}
+
+
+class _Msg:
+    def __init__(self, key: bytes, offset: int, ts: int) -> None:
+        self._k, self._o, self._ts = key, offset, ts
+
+    def topic(self) -> str:
+        return "eos.orders"
+
+    def key(self) -> bytes:
+        return self._k
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._o
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, self._ts
