@@ -285,6 +285,8 @@ class Run:
         invented = sorted({r.payment_id for r in seen.recoveries} - set(ids))
         if invented:
             report["false_recoveries"] = self.forensics(invented[:20])
+            report["false_by_contract"] = {g: [c.false[pid] for pid in sorted(c.false)[:100]]
+                                           for g, c in classified.items() if c.false}
         REPORTS.mkdir(parents=True, exist_ok=True)
         path = REPORTS / f"{self.name}.json"
         path.write_text(json.dumps(report, indent=2, default=str))
