@@ -41,15 +41,14 @@ class Deliveries:
         if error is not None:
             self.failed += 1
             return
-        key = msg.key()
-        i = int(key.rsplit(b"-", 1)[1]) if isinstance(key, bytes) else -1
-        if not 0 <= i < len(self.offset):
-            self.failed += 1  # (not one of this plan's orders: none is expected)
-            return
         try:  # (an exception here would end the traffic's producer)
+            key = msg.key()
+            i = int(key.rsplit(b"-", 1)[1]) if isinstance(key, bytes) else -1
+            if not 0 <= i < len(self.offset):
+                raise ValueError(f"not one of this plan's orders: {key!r}")
             self.timestamp[i], self.acked[i] = msg.timestamp()[1] - self.base_ms, acked - self.base_ms
             self.partition[i], self.offset[i] = msg.partition() or 0, msg.offset() or 0
-        except OverflowError:
+        except (ValueError, OverflowError):
             self.failed += 1
 
     def landed(self, i: int) -> tuple[int, int, int, int] | None:

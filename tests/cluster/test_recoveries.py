@@ -197,7 +197,8 @@ def test_a_report_the_arrays_cannot_hold_is_counted_not_raised() -> None:
     d = Deliveries("orders", 2, base_ms=0)
     d(None, _Msg("orders", b"o5-0", 0, 0, 2**40))  # type: ignore[arg-type]  (2**40 ms after the base)
     d(None, _Msg("orders", b"o5-9", 0, 1, 5))  # type: ignore[arg-type]  (not of this plan)
-    assert d.failed == 2 and d.landed(0) is None
+    d(None, _Msg("orders", b"o5-x", 0, 2, 5))  # type: ignore[arg-type]
+    assert d.failed == 3 and d.landed(0) is None
 
 
 @pytest.mark.parametrize(("pid", "seed"), [("p136966-1023", 136966), ("p1-2b", None), ("o1-2", None)])
