@@ -108,9 +108,10 @@ def judge(payment_id: str, order: Landed | None, recovered_at_ms: int, grace_ms:
         return Kind.LATE_BY_DISORDER, f"{where}: the records before it confirm deadline + GRACE ({due})"
     if recovered_at_ms < order.acked_ms + IN_FLIGHT_EPSILON_MS:
         return Kind.LATE_IN_FLIGHT, f"{where}: decided before the order was acknowledged"
-    return Kind.FALSE, (f"{where}: the order was in the log {recovered_at_ms - order.acked_ms} ms before the "
-                        f"recovery, and the records before it confirm only {due - order.progress_before_ms} ms "
-                        "short of deadline + GRACE")
+    short = ("nothing" if order.progress_before_ms == NOTHING else
+             f"{due - order.progress_before_ms} ms short of deadline + GRACE")
+    return Kind.FALSE, (f"{where}: the order was acknowledged {recovered_at_ms - order.acked_ms} ms before the "
+                        f"recovery (in the log at least that long), and the records before it confirm {short}")
 
 
 @dataclass

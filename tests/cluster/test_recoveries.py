@@ -99,8 +99,11 @@ def test_an_order_in_the_log_well_before_the_recovery_with_progress_short_is_a_f
     kind, why = judge("p1-1", _order(DUE - 1_500, DEADLINE - 3_000, offset=41), DUE + 10_000, GRACE)
     assert kind == Kind.FALSE
     for evidence in ("p1-1", f"deadline {DEADLINE}", f"recovered_at {DUE + 10_000}", "partition 2", "offset 41",
-                     f"stamped {DEADLINE - 3_000}", f"P {DUE - 1_500}", f"acked {DEADLINE - 3_000}"):
+                     f"stamped {DEADLINE - 3_000}", f"P {DUE - 1_500}", f"acked {DEADLINE - 3_000}",
+                     "acknowledged 14000 ms before the recovery", "1500 ms short of deadline + GRACE"):
         assert evidence in why, (evidence, why)
+    _, why = judge("p1-1", _order(NOTHING, DEADLINE), DUE + 10, GRACE)
+    assert why.endswith("the records before it confirm nothing")
 
 
 def test_no_recovery_before_the_wall_clock_passes_deadline_plus_grace_whatever_the_records() -> None:
