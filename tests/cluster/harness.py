@@ -162,11 +162,15 @@ class Run:
         for segments in self.traffic.values():
             for t in segments:
                 t.join()
-        for g in self.traffic:
-            self.wait(lambda g=g: self.progress(g) >= self.total(g), f"{g} committed all {self.total(g)} inputs",
-                      timeout)
         want = sum(len(g.recovered) for g in self.expected())
-        self.wait(lambda: self._rows() >= want, f"{want} recovered rows written", timeout)
+        try:
+            for g in self.traffic:
+                self.wait(lambda g=g: self.progress(g) >= self.total(g), f"{g} committed all {self.total(g)} inputs",
+                          timeout)
+            self.wait(lambda: self._rows() >= want, f"{want} recovered rows written", timeout)
+        except AssertionError as exc:  # a run that never finishes is judged too: what is missing, and where
+            self.check(timed_out=str(exc).splitlines()[0])
+            raise
         time.sleep(2)  # anything more the writer would write
 
     def _db(self) -> psycopg.Connection:
