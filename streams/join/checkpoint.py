@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter
 
 from schemas.headers import OutHeaders
 from streams.join import Denied, JoinFailed
+from streams.join.fence import SCAN_SLACK_S, Fence
 from streams.join.producer import JoinProducer, is_fenced
 from streams.kafka.calls import Wedged
 from streams.ops import metrics
@@ -28,6 +29,9 @@ class Checkpoint:
 
     1. at_least_once: flush the outputs produced since the last commit;
     2. write the net state changes of every pair to its changelog partition;
+       at_least_once: only once the group coordinator has confirmed that this member
+       still owns its partitions, and within bounds that keep it from landing after the
+       partitions' next owner has read them (fence.Fence);
     3. exactly_once: send the consumed offsets to the open transaction and commit it, so
        outputs, state and offsets become visible together, or not at all;
        at_least_once: flush the state, and only then commit the offsets, so a crash
@@ -48,7 +52,8 @@ class Checkpoint:
         """`consumer()`: the worker's consumer now (it is replaced when the group refuses it)."""
         self.s, self.consumer, self.stopping = settings, consumer, stopping
         self.eos = settings.processing_guarantee == "exactly_once"
-        self.out = JoinProducer(settings, stopping)
+        self.fence = Fence(stopping)  # at_least_once
+        self.out = JoinProducer(settings, stopping, delivery_timeout_s=self.fence.bounds.delivery_s)
         self.offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, decided since the commit
         self.has_work = False  # processed or produced something since the last commit
         self.abandoned = False  # nothing more may be committed or flushed by this process
@@ -74,6 +79,20 @@ class Checkpoint:
         where = (topic, partition)
         if offset > self.offsets.get(where, -1):
             self.offsets[where] = offset
+
+    def bound(self, window_s: float) -> None:
+        """at_least_once: the fence for the group's window (Membership.window_s), once joined."""
+        if not self.eos:
+            self.out.bound_delivery(self.fence.bound(window_s).delivery_s)
+
+    def remember(self, committed: Iterable[TopicPartition]) -> None:
+        """The group's committed offsets of pairs taken into the loop (read at assignment,
+        and again after a rewind): what the fence confirms membership with."""
+        self.fence.remember(committed)
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Pairs handed over or lost: their offsets are no longer this member's to commit."""
+        self.fence.release(partitions)
 
     def init_transactions(self) -> bool:
         """exactly_once: fence an earlier incarnation of this worker's transactional.id;
@@ -131,21 +150,25 @@ class Checkpoint:
                           changes: Callable[[], list[tuple[int, bytes, bytes | None]]]) -> int:
         # Step 1 (at_least_once): the outputs first.
         if not self.eos:
-            self.out.producer.flush()
+            self.out.flush_all()
         # Step 2: the state's net changes, each to its pair's changelog partition.
         self._begin()
         topic = self.s.changelog_topic
         pending = changes()  # (partition, key, value) in the configured format (the record path encodes)
-        for partition, key, value in pending:
-            self.out.produce(topic, key, value, partition)
-        # Step 3: offsets with the transaction (exactly_once), or after everything is delivered.
         consumer = self.consumer()
+        if self.eos:
+            for partition, key, value in pending:
+                self.out.produce(topic, key, value, partition)
+        elif pending:
+            self.fence.write(consumer, self.out, topic, pending)
+        # Step 3: offsets with the transaction (exactly_once), or after everything is delivered.
         if self.eos:
             self.out.commit_transaction(offsets, consumer.consumer_group_metadata())
         else:
             self.out.flush_all()
             if offsets:
                 consumer.commit(offsets=offsets, asynchronous=False)
+                self.fence.remember(offsets)
         return len(pending)
 
     # ------------------------------------------------------------ when something fails
@@ -173,6 +196,14 @@ class Checkpoint:
             self._replace(exc)
         else:
             log.warning("commit failed (%s); reading the uncommitted records again", err)
+            self._settle()
+
+    def _settle(self) -> None:
+        """at_least_once, a commit failed: what it produced is delivered or failed (within
+        the fence's delivery bound) before the state is read back, and its delivery
+        failures are not the next commit's."""
+        self.out.producer.flush(self.fence.bounds.delivery_s + SCAN_SLACK_S)
+        self.out.delivery_failures = 0
 
     def on_client_error(self, exc: KafkaException) -> None:
         """A client error outside the commit (a produce or begin_transaction refused): a

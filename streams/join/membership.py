@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, Message
 
 from streams.join import Denied, InstanceHeld, JoinFailed, ProtocolRefused
 from streams.kafka import config
-from streams.kafka.groups import tune_group_timeouts
+from streams.kafka.groups import group_timeouts_s, tune_group_timeouts
 from streams.kafka.versions import offers_kip848
 from streams.settings import Settings
 
@@ -91,7 +91,17 @@ class Membership:
         self.consumer = Consumer(self.conf())
         self.held_since: float | None = None  # the instance id refused since (monotonic)
         self.session_s = 45.0  # the group's KIP-848 session timeout (tune_group_timeouts)
+        self._window_s = (config.SESSION_TIMEOUT_MS - config.HEARTBEAT_INTERVAL_MS) / 1000  # KIP-848: read at join
         self.callbacks: dict[str, Any] = {}
+
+    @property
+    def window_s(self) -> float:
+        """How long the coordinator keeps a member that has stopped heartbeating after it
+        last confirmed it (fence.Fence): the session timeout less one
+        heartbeat interval. Classic: the member's own; KIP-848: the group's, read at join
+        (the join's wanted 10 s and 1 s when they cannot be read)."""
+        return self._window_s if self.protocol == "consumer" else \
+            (config.SESSION_TIMEOUT_MS - config.HEARTBEAT_INTERVAL_MS) / 1000
 
     def conf(self) -> dict[str, Any]:
         conf = {"enable.partition.eof": True, "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
@@ -117,6 +127,9 @@ class Membership:
         if self.protocol == "consumer":
             said, self.session_s = tune_group_timeouts(self.s, self.s.join_group)
             log.log(logging.INFO if self.session_s <= config.SESSION_TIMEOUT_MS / 1000 else logging.WARNING, "%s", said)
+            session, heartbeat = group_timeouts_s(self.s, self.s.join_group) or (
+                config.SESSION_TIMEOUT_MS / 1000, config.HEARTBEAT_INTERVAL_MS / 1000)
+            self._window_s = session - heartbeat
         self._subscribe()
 
     def _subscribe(self) -> None:

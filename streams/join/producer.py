@@ -47,7 +47,9 @@ class JoinProducer:
     """A producer (transactional with exactly_once) that survives being fenced, failing
     fatally or hanging: `replace()` starts a new one under the same transactional.id."""
 
-    def __init__(self, settings: Settings, stopping: Callable[[], bool]) -> None:
+    def __init__(self, settings: Settings, stopping: Callable[[], bool], *, delivery_timeout_s: float = 300.0) -> None:
+        """`delivery_timeout_s` (at_least_once): librdkafka's message.timeout.ms, how long a
+        record may take to be delivered before it fails (fence.Fence)."""
         self.s, self.stopping = settings, stopping
         self.eos = settings.processing_guarantee == "exactly_once"
         self.in_txn = False
@@ -60,7 +62,8 @@ class JoinProducer:
         self.transactional_id = f"{settings.join_group}-{settings.worker_id()}"
         self.conf = config.producer(
             settings, transactional_id=self.transactional_id if self.eos else None,
-            **({"transaction.timeout.ms": 10_000} if self.eos else {}),
+            **({"transaction.timeout.ms": 10_000} if self.eos
+               else {"message.timeout.ms": int(delivery_timeout_s * 1000)}),
             **{"delivery.report.only.error": True, "on_delivery": self._on_delivery, "linger.ms": 50},
         )
         self.producer = Producer(self.conf)
@@ -103,6 +106,27 @@ class JoinProducer:
             Retry(f"produce to {topic}", deadline=None, retriable=lambda e: isinstance(e, BufferError),
                   first_delay=0.05, max_delay=0.05, sleep=self.producer.poll, quiet_for=60.0,
                   stopping=self.stopping).call(once)
+
+    def offer(self, topic: str, key: bytes | str, value: bytes | None, partition: int) -> bool:
+        """Produce one record now, or False when the local queue is full (after letting
+        deliveries drain for a moment): the caller decides whether to wait longer."""
+        try:
+            self.producer.produce(topic, value, key, partition)
+        except BufferError:
+            self.producer.poll(0.05)
+            return False
+        return True
+
+    def bound_delivery(self, seconds: float) -> None:
+        """at_least_once: records fail if not delivered within `seconds` (message.timeout.ms),
+        from the next one produced on. The producer is made anew; what the old one holds is
+        delivered first (at its own bound)."""
+        ms = int(seconds * 1000)
+        if self.eos or self.conf.get("message.timeout.ms") == ms:
+            return
+        self.producer.flush(self.conf["message.timeout.ms"] / 1000 + 2)
+        self.conf["message.timeout.ms"] = ms
+        self.producer = Producer(self.conf)
 
     def poll(self) -> None:
         self.producer.poll(0)

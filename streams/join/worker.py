@@ -100,6 +100,7 @@ class JoinWorker:
                     self.membership.instance_held(exc)
                 except ProtocolRefused as exc:
                     self.membership.protocol_refused(exc)
+                    self.checkpoint.bound(self.membership.window_s)
             self.commit()
         except Denied as exc:
             self.checkpoint.give_up()
@@ -127,6 +128,7 @@ class JoinWorker:
         if not self.checkpoint.init_transactions():
             return
         self.membership.join(on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.checkpoint.bound(self.membership.window_s)
 
     @property
     def ready(self) -> bool:
@@ -263,6 +265,7 @@ class JoinWorker:
                                   "read the group's committed offsets", stopping=lambda: self.stopping)
         except KafkaException as exc:
             raise JoinFailed(f"cannot read the group's committed offsets: {exc.args[0]}") from exc
+        self.checkpoint.remember(committed)
         self.consumer.resume(assigned)
         for tp in committed:
             try:
@@ -306,6 +309,7 @@ class JoinWorker:
         self._drop(parts)
 
     def _drop(self, parts: set[int]) -> None:
+        self.checkpoint.release(parts)
         self.restorer.cancel(parts)
         self.pipeline.drop(parts)
         self.pipeline.update_gauges(self.now_ms())

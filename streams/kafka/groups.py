@@ -85,13 +85,21 @@ def group_session_timeout_s(settings: Settings, group: str, *, timeout: float = 
     """The group's KIP-848 session timeout in seconds (the broker's default, 45 s, when it
     cannot be read); a classic member's is at most the broker's group.max.session.timeout.ms,
     and slipguard's own 10 s."""
+    timeouts = group_timeouts_s(settings, group, timeout=timeout)
+    return 45.0 if timeouts is None else max(timeouts[0], config.SESSION_TIMEOUT_MS / 1000)
+
+
+def group_timeouts_s(settings: Settings, group: str, *, timeout: float = 10.0) -> tuple[float, float] | None:
+    """The KIP-848 group's session timeout and heartbeat interval in seconds, as the broker
+    applies them (the group's own configs, else the broker's defaults); None when they
+    cannot be read."""
     admin = AdminClient(config.admin(settings))
     resource = ConfigResource(ResourceType.GROUP, group)
     try:
         entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result()
-        return max(int(entries[SESSION].value), config.SESSION_TIMEOUT_MS) / 1000
+        return int(entries[SESSION].value) / 1000, int(entries[HEARTBEAT].value) / 1000
     except (KafkaException, KeyError, TypeError, ValueError):
-        return 45.0
+        return None
 
 
 def _seconds(entries: dict[str, ConfigEntry], name: str) -> str:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from schemas import LateOrder, Recovery, recovery_id_for
 from streams.kafka.topics import create_topics
@@ -44,17 +43,6 @@ from tests.integration.workers import committed_total, read_to_end, start
 
 GUARANTEES = ("exactly_once", "at_least_once")
 
-#: A bug this suite found and slipguard does not fix yet: under at_least_once a worker cut
-#: off from the brokers past its session timeout, when it reconnects, writes its stale state
-#: to the changelog (Checkpoint.commit step 2) before its offset commit is refused
-#: (UNKNOWN_MEMBER_ID: step 3). Its writes land after those of the partitions' new owner,
-#: whose tombstones of the payments it matched meanwhile they overwrite; the next owner
-#: restores those payments as pending, resumes after their orders (the new owner's committed
-#: offsets) and recovers them, falsely. (exactly_once is safe: the transaction carrying the
-#: state is refused with the offsets, KIP-447.) Only this is let through, as an expected
-#: failure, by the cut-off test.
-KNOWN_ZOMBIE_WRITE = ("known bug: at_least_once writes a lost partition's stale state to the changelog "
-                      "before its offset commit is refused, and the next owner recovers payments already matched.")
 REPORTS = ROOT / ".stack" / "cluster" / "reports"
 
 
@@ -78,7 +66,6 @@ class Verdict:
     report: dict[str, object]  # the figures, the facts and the violations
     broken: list[str]  # the violations, one line each
     invented: list[str]  # payment ids recovered that had their order
-    only_the_known_bug: bool  # broken, and by KNOWN_ZOMBIE_WRITE alone
     path: Path  # where the report was written
 
 
@@ -227,14 +214,18 @@ class Run:
         for segments in self.traffic.values():
             for t in segments:
                 t.join()
-        for g in self.traffic:
-            self.wait(lambda g=g: self.progress(g) >= self.total(g), f"{g} committed all {self.total(g)} inputs",
-                      timeout)
         # Each expected row, not a count of rows: false recoveries' rows would make up for
         # missing ones, and the check would read the topics before the last came.
         want = {oid for g in self.expected() for oid in g.recovered.values()}
-        self.wait(lambda: self._rows() >= len(want) and want <= self._recovered_orders(),
-                  f"{len(want)} recovered rows written", timeout)
+        try:
+            for g in self.traffic:
+                self.wait(lambda g=g: self.progress(g) >= self.total(g), f"{g} committed all {self.total(g)} inputs",
+                          timeout)
+            self.wait(lambda: self._rows() >= len(want) and want <= self._recovered_orders(),
+                      f"{len(want)} recovered rows written", timeout)
+        except AssertionError as exc:  # a run that never finishes is judged too: what is missing, and where
+            self.check(timed_out=str(exc).splitlines()[0])
+            raise
         time.sleep(2)  # anything more the writer would write
 
     def _db(self) -> psycopg.Connection:
@@ -290,32 +281,16 @@ class Run:
         REPORTS.mkdir(parents=True, exist_ok=True)
         path = REPORTS / f"{self.name}.json"
         path.write_text(json.dumps(report, indent=2, default=str))
-        known = bool(broken and invented and self._only_the_known_zombie_write(broken, invented))
-        return Verdict(report, broken, invented, known, path)
+        return Verdict(report, broken, invented, path)
 
-    def check(self, outages: Outages | None = None, *, known_zombie_write: bool = False,
-              **facts: object) -> dict[str, object]:
+    def check(self, outages: Outages | None = None, **facts: object) -> dict[str, object]:
         """The invariants, after finish(), as a test's assertion; the figures are returned
-        (and written, see judge). `known_zombie_write`: the known bug (KNOWN_ZOMBIE_WRITE)
-        alone makes the test an expected failure."""
+        (and written, see judge)."""
         verdict = self.judge(outages, **facts)
         print(json.dumps(verdict.report, default=str))
         tails = "".join(f"\n---- {n} ----\n{self.log(n)[-1500:]}" for n in self.procs)
-        if known_zombie_write and verdict.only_the_known_bug:
-            pytest.xfail(f"{KNOWN_ZOMBIE_WRITE} Here: {len(verdict.invented)} false recoveries under at_least_once, "
-                         f"nothing else broken; details in {verdict.path}")
         assert not verdict.broken, "\n".join(verdict.broken) + tails
         return verdict.report
-
-    def _only_the_known_zombie_write(self, broken: list[str], invented: list[str]) -> bool:
-        """Every invented recovery is the at_least_once group's, and nothing else is broken
-        but what those false recoveries break (their rows and audit rows)."""
-        alos_seeds = self.seeds["at_least_once"]
-        if not all(int(pid[1:].split("-")[0]) in alos_seeds for pid in invented):
-            return False
-        rest = [b for b in broken if not b.startswith(("false recovery:", "PostgreSQL: 0 recovered orders without",
-                                                       "PostgreSQL: audit rows for"))]
-        return not rest
 
     def _delete_topics(self) -> None:
         """The run's topics go (a node restarted later restarts faster with fewer logs)."""

@@ -15,10 +15,7 @@ for read_committed readers under exactly_once, at least once under at_least_once
 both, no false recovery, every row and audit row once, no process down for good, ready at
 the end, the lag series continuous. A payment recovered although its order was produced
 is due when the contract makes it so (late by disorder, or in flight:
-tests/cluster/recoveries.py), and false otherwise; the count of each kind is printed. A
-bug known and not fixed yet (harness.KNOWN_ZOMBIE_WRITE: an at_least_once worker cut off
-past its session timeout writes stale state, and payments already matched are recovered
-falsely) is named when it is all that is broken.
+tests/cluster/recoveries.py), and false otherwise; the count of each kind is printed.
 
 Needs the cluster (deploy/local/stack.sh cluster-up) and PostgreSQL (stack.sh pg-up), on
 the soak's own ports (PORTS; `make soak` starts both there), or with the same
@@ -46,7 +43,7 @@ import pytest
 
 from streams.settings import Settings, load_settings
 from tests.cluster.cluster import DESCRIPTION, NODES, ROOT, STACK, Cluster
-from tests.cluster.harness import GUARANTEES, KNOWN_ZOMBIE_WRITE, Run, Verdict
+from tests.cluster.harness import GUARANTEES, Run, Verdict
 from tests.cluster.invariants import Outages
 from tests.cluster.memory import CALM_S, Judged, Sample, Sampler, calm, judge, table
 from tests.cluster.schedule import MEMBERSHIP_AFTER_S, Member, Slot, clock, plan
@@ -525,10 +522,6 @@ def _finish(run: Run, soak: Soak, sampler: Sampler, args: argparse.Namespace, se
     _results(verdict, broken, facts, stale, sampler.samples, soak, points, judged + not_judged, int(seconds // 60),
              warm_up)
     grows = [j for j in judged if j.grows]
-    known = verdict.only_the_known_bug and broken == verdict.broken
-    if broken and known and not grows:
-        print(f"\nsoak: EXPECTED FAILURE, the known bug alone: {KNOWN_ZOMBIE_WRITE}")
-        return 0
     print(f"\nsoak: {'FAILED' if broken or grows else 'passed'} (report: {verdict.path})")
     return 1 if broken or grows else 0
 
