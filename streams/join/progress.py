@@ -24,6 +24,17 @@ leaders are all back: the producers, which retry their connections with a backof
 to librdkafka's reconnect.backoff.max.ms (10 s by default), have then had time to
 deliver what they buffered. Clock recoveries wait that long after an outage; nothing is
 recovered early.
+
+**A loop that stood still** (a commit or a rebalance callback that waited on a dead
+coordinator for 20 s, a long pause of the process) makes every end it saw before stale
+in the same way, without any leader going away: orders were appended meanwhile that the
+join has not fetched, and after the stall its fetch queues may even be refilled from the
+broker, so that the first batch brings none of them. Taking the wall clock as progress
+then recovered 141 payments whose orders had been in the log for 20 s (the cluster's
+group-coordinator kill, exactly_once). So a stall longer than `stall_s(grace)` starts a
+new epoch too (`EndWatch.stalled`), after the batch consumed at its end: ends count
+again once seen, or confirmed with the leader, after it. No settling time: the leaders
+stayed up, and the producers were not held back.
 """
 
 from __future__ import annotations
@@ -43,6 +54,13 @@ log = logging.getLogger("slipguard.join")
 # (frozen, a long GC pause, a network partition: its connection stays up). It answers a
 # fetch within fetch.wait.max.ms (500 ms) and the fetcher idles at most 1 s in between.
 UNANSWERED_S = 3.0
+
+
+def stall_s(grace_ms: int) -> float:
+    """How long the loop may stand still before the ends it saw are stale: an order
+    appended promptly is fetched well within this, and a payment is recovered only once
+    the clock is GRACE past its deadline, so a shorter stall cannot hide its order."""
+    return min(1.0, grace_ms / 2000)
 
 
 class Confirmed:
@@ -149,6 +167,13 @@ class EndWatch:
             self.trusted_from = math.inf
         elif self.trusted_from == math.inf:
             self.trusted_from = self.clock() + self.settle_s
+
+    def stalled(self, seconds: float) -> None:
+        """The loop stood still for `seconds` (see the module docstring): every end seen
+        so far is stale, and counts only once confirmed."""
+        log.info("the join's loop stood still for %.1fs: ends of partition seen before count once confirmed again",
+                 seconds)
+        self.epoch += 1
 
     @property
     def settled(self) -> bool:

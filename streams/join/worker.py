@@ -26,7 +26,7 @@ from streams.join.core import JoinParams, Side
 from streams.join.membership import Membership, raise_for
 from streams.join.native import NativePipeline, uses_native
 from streams.join.pipeline import Pipeline
-from streams.join.progress import EndWatch, confirm_ends
+from streams.join.progress import EndWatch, confirm_ends, stall_s
 from streams.join.restore import Restorer
 from streams.kafka.acls import denied
 from streams.kafka.calls import Wedged, bounded, patiently
@@ -66,6 +66,9 @@ class JoinWorker:
         self.wake_fetchers = False  # partitions were resumed: wake librdkafka's fetchers (_wake_fetchers)
         self.ends = EndWatch(self.topic_of)  # whether an end of partition counts (after a broker outage)
         self.ends_asked = 0.0  # when _confirm_ends last asked the leaders (monotonic)
+        self.consumed_at = time.monotonic()  # when consume() last returned (a stall: progress.EndWatch.stalled)
+        self.stall_s = stall_s(settings.grace)
+        self.rewind_due = False  # a hand-over's commit failed with partitions kept: read them again (step)
         metrics.JOIN_ORDER_TIMEOUT.labels(settings.join_group).set(settings.order_timeout / 1000)
         self.membership = Membership(settings, self._on_stats, lambda: self.stopping, self._alive)
         self.checkpoint = Checkpoint(settings, lambda: self.membership.consumer, lambda: self.stopping)
@@ -174,12 +177,19 @@ class JoinWorker:
         """One batch: consume, decide, produce; commit when the interval has passed."""
         msgs = self.consumer.consume(self.settings.batch_size, timeout=0.05)
         self.loop_at = time.monotonic()
+        stood, self.consumed_at = self.loop_at - self.consumed_at, self.loop_at
+        if self.rewind_due:
+            self.rewind_due = False
+            self._rewind()
+            return
         if self.wake_fetchers:
             self._wake_fetchers()
         self.checkpoint.poll()
         if self.restorer.busy:
             self._install(self.restorer.step(RESTORE_SLICE if self.pipeline.partitions() else 1.0))
         raise_for(self.pipeline.take(msgs, self.now_ms(), self.ends.epoch))
+        if stood > self.stall_s:  # the ends seen until now (this batch's too) may hide what came meanwhile
+            self.ends.stalled(stood)
         monotonic = time.monotonic()
         decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
         if self.ends.settled and monotonic - self.ends_asked >= 1.0:
@@ -196,10 +206,15 @@ class JoinWorker:
         return unfetched(self.consumer, self.topic_of[side], partition, fetched_to)
 
     def commit(self, *, handing_over: bool = False) -> None:
-        """Commit (checkpoint.Checkpoint); work that could not be committed is read again,
-        unless the partitions are being handed over (their next owner reads it)."""
-        if not self.checkpoint.commit(self.pipeline.changes) and not handing_over and not self.checkpoint.abandoned:
-            self._rewind()
+        """Commit (checkpoint.Checkpoint); work that could not be committed is read again:
+        the partitions handed over by their next owner, the ones kept (KIP-848 moves only
+        some) by this worker, once the hand-over is done (rewind_due: their outputs went
+        with the aborted transaction, and only reading them again emits them)."""
+        if not self.checkpoint.commit(self.pipeline.changes) and not self.checkpoint.abandoned:
+            if handing_over:
+                self.rewind_due = True
+            else:
+                self._rewind()
         self.pipeline.update_gauges(self.now_ms())
 
     def _confirm_ends(self) -> None:
@@ -307,6 +322,7 @@ class JoinWorker:
         log.warning("lost partitions %s (session timed out?); dropping uncommitted work", sorted(parts))
         self.checkpoint.drop()
         self._drop(parts)
+        self.rewind_due = bool(self.pipeline.partitions())  # any kept had their uncommitted work dropped too
 
     def _drop(self, parts: set[int]) -> None:
         self.checkpoint.release(parts)

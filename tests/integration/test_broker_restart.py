@@ -10,6 +10,8 @@ broker is restarted with deploy/local/stack.sh; each test leaves it running.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -221,6 +223,39 @@ def test_an_end_of_partition_seen_before_a_broker_outage_recovers_nothing_and_an
         assert orders.flush(60) == 0, "the order buffered during the outage was delivered"
         ids = recovered_ids(s, 1, timeout=60, settle=5)
         assert ids == ["p-lost"], f"recovered {ids}: p-late's order was on its way, p-lost's never came"
+        assert worker.poll() is None, log.read_text()[-3000:]
+    finally:
+        assert stop(worker) == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_an_end_of_partition_seen_before_the_worker_stood_still_recovers_nothing(base_settings, tmp_path,
+                                                                                guarantee) -> None:
+    """The same two payments, every partition read to its end; this time the broker stays
+    up and the worker stands still (SIGSTOP, 6 s: within its session) while p-late's
+    order is produced, promptly, inside its window. Its deadline + GRACE passes during
+    the stall. The end seen before it must not count: p-late is matched, never recovered
+    (the cluster's group-coordinator kill held a worker in a commit for 20 s, and it then
+    recovered 141 payments whose orders had been in the log all that time); p-lost is
+    recovered once the worker runs again."""
+    s = isolated(base_settings, order_timeout="4s", grace="1s", commit_interval="200ms",
+                 processing_guarantee=guarantee, group_protocol="consumer")
+    worker, _port, log = _ready_worker(s, tmp_path)
+    try:
+        now = int(time.time() * 1000)
+        lost = payment(payment_id="p-lost", order_id="o-lost")
+        answered = payment(payment_id="p-late", order_id="o-late")
+        produce(s, s.payments_topic, [(p.order_id.encode(), p.encode(), now) for p in (lost, answered)])
+        time.sleep(1.0)  # the worker has read both payments and is at every partition's end
+        os.killpg(worker.pid, signal.SIGSTOP)
+        try:
+            produce(s, s.orders_topic, [(b"o-late", order(order_id="o-late").encode(), now + 1_000)])
+            time.sleep(6)  # deadline + GRACE (now + 5 s) passes
+        finally:
+            os.killpg(worker.pid, signal.SIGCONT)
+        ids = recovered_ids(s, 1, timeout=60, settle=5)
+        assert ids == ["p-lost"], f"recovered {ids}: p-late's order was in the log before its deadline"
+        assert "stood still" in log.read_text(), "the worker noticed it stood still"
         assert worker.poll() is None, log.read_text()[-3000:]
     finally:
         assert stop(worker) == 0, log.read_text()[-3000:]

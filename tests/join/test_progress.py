@@ -12,7 +12,7 @@ from confluent_kafka import OFFSET_END, KafkaError
 from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.merge import Pair, hold
 from streams.join.pipeline import Pipeline
-from streams.join.progress import EndWatch, confirm_ends
+from streams.join.progress import EndWatch, confirm_ends, stall_s
 from streams.settings import load_settings
 
 TOPICS = ("payments", "orders")
@@ -69,6 +69,22 @@ def test_an_end_seen_before_an_outage_never_counts_again_and_new_ones_wait_for_t
     clock.now += 0.2
     assert watch.trusts(after) and watch.settled
     assert not watch.trusts(before), "an end seen before the outage stays stale"
+
+
+def test_after_the_loop_stood_still_an_end_seen_before_counts_only_once_confirmed_with_no_settle_time() -> None:
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=10, clock=clock)
+    watch.observe(_stats())
+    before = watch.epoch
+    assert watch.trusts(before)
+    watch.stalled(6.0)
+    assert not watch.trusts(before), "an end seen before the stall is stale"
+    assert watch.trusts(watch.epoch) and watch.settled, "one seen (or confirmed) after it counts at once"
+
+
+@pytest.mark.parametrize(("grace_ms", "stall"), [(1_000, 0.5), (5_000, 1.0), (200, 0.1), (60_000, 1.0)])
+def test_a_stall_counts_from_half_the_grace_and_at_most_a_second(grace_ms: int, stall: float) -> None:
+    assert stall_s(grace_ms) == stall
 
 
 def test_a_leader_not_connected_or_reconnected_between_two_reports_is_an_outage() -> None:
