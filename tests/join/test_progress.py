@@ -80,6 +80,14 @@ def test_after_the_loop_stood_still_an_end_seen_before_counts_only_once_confirme
     watch.stalled(6.0)
     assert not watch.trusts(before), "an end seen before the stall is stale"
     assert watch.trusts(watch.epoch) and watch.settled, "one seen (or confirmed) after it counts at once"
+    between = watch.epoch
+    watch.stalled(2.0)
+    assert not watch.trusts(between), "a second stall makes the ends seen since the first stale"
+    watch.observe(_stats(leader=-1, brokers=False))  # then an outage: no epoch comes back
+    clock.now += 20
+    watch.observe(_stats())
+    clock.now += 11
+    assert watch.settled and not any(watch.trusts(e) for e in (before, between, watch.epoch - 1))
 
 
 @pytest.mark.parametrize(("grace_ms", "stall"), [(1_000, 0.5), (5_000, 1.0), (200, 0.1), (60_000, 1.0)])
