@@ -330,7 +330,7 @@ impl Core {
                 }
                 Some(e) => {
                     let packed = e.packed();
-                    *e = Pending::Packed(packed.clone());
+                    *e = Pending::Packed(packed.as_slice().into());
                     out.push((key, Some(packed)));
                 }
             }
@@ -749,7 +749,7 @@ impl Core {
             }
         }
         for (oid, v) in packed {
-            self.pending.insert(oid, Pending::Packed(v));
+            self.pending.insert(oid, Pending::Packed(v.into_boxed_slice()));
         }
         self.deadlines.rebuild(&self.pending);
         Ok(())
@@ -863,7 +863,7 @@ impl Core {
             check_packed(v)?;
             let mut e = v.to_vec();
             e[8] |= pack::PERSISTED;
-            self.pending.insert(oid.to_string(), Pending::Packed(e));
+            self.pending.insert(oid.to_string(), Pending::Packed(e.into_boxed_slice()));
             return Ok(());
         }
         let mut at = 9;
@@ -881,7 +881,7 @@ impl Core {
         let record = v.get(at..).ok_or_else(|| Unreadable("short".into()))?;
         let p = decode::payment(record).ok_or_else(|| Unreadable("a payment the native decoder is unsure of".into()))?;
         let e = pack::entry(t, &pack::part(&p), (flags & pack::LATE) | pack::PERSISTED, trace.as_deref());
-        self.pending.insert(oid.to_string(), Pending::Packed(e));
+        self.pending.insert(oid.to_string(), Pending::Packed(e.into_boxed_slice()));
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use crate::pack;
 /// A pending payment: fresh (as read, since the last commit) or packed (compact.py).
 pub enum Pending {
     Fresh(Box<Fresh>),
-    Packed(Vec<u8>),
+    Packed(Box<[u8]>),
 }
 
 pub struct Fresh {
@@ -81,7 +81,7 @@ impl Pending {
                 pack::entry(f.t, &pack::part(&f.payment), f.flags | pack::PERSISTED, f.trace.as_deref())
             }
             Pending::Packed(e) => {
-                let mut e = e.clone();
+                let mut e = e.to_vec();
                 e[8] |= pack::PERSISTED;
                 e
             }
