@@ -9,9 +9,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::decode::{self, Order as OrderRec, Payment};
-use crate::entries::{self, Fresh, Order, Pending, Recovered};
+use crate::entries::{self, Fresh, Order, Recovered};
 use crate::omap::OMap;
 use crate::pack;
+use crate::pending::PendingMap;
 
 pub const SHIFT: u32 = 3;
 const BUNDLE_MAX_BYTES: usize = 512 * 1024;
@@ -108,7 +109,7 @@ impl Deadlines {
         self.partial_due = -1;
     }
 
-    fn rebuild(&mut self, pending: &OMap<String, Pending>) {
+    fn rebuild(&mut self, pending: &PendingMap) {
         let mut buckets: HashMap<i64, Vec<String>> = HashMap::new();
         let mut order = Vec::new();
         for (oid, e) in pending.iter() {
@@ -116,7 +117,7 @@ impl Deadlines {
             buckets.entry(n).or_insert_with(|| {
                 order.push(n);
                 Vec::new()
-            }).push(oid.clone());
+            }).push(oid.to_string());
         }
         self.heap = order.into_iter().map(Reverse).collect();
         self.buckets = buckets;
@@ -124,13 +125,13 @@ impl Deadlines {
         self.partial_due = -1;
     }
 
-    fn tidy(&mut self, pending: &OMap<String, Pending>) {
+    fn tidy(&mut self, pending: &PendingMap) {
         if self.count > 64 && self.count > 2 * pending.len() {
             self.rebuild(pending);
         }
     }
 
-    fn oldest(&mut self, pending: &OMap<String, Pending>) -> Option<i64> {
+    fn oldest(&mut self, pending: &PendingMap) -> Option<i64> {
         while let Some(&Reverse(number)) = self.heap.peek() {
             let times: Vec<i64> = self.buckets[&number].iter()
                 .filter_map(|oid| pending.get(oid).map(|e| e.t()))
@@ -178,7 +179,7 @@ pub type Record = (Vec<u8>, Option<Vec<u8>>);
 
 pub struct Core {
     pub p: Params,
-    pub pending: OMap<String, Pending>,
+    pub pending: PendingMap,
     pub orders: OMap<String, Order>,
     pub recovered: OMap<String, Recovered>,
     dirty: [OMap<String, bool>; 3],
@@ -202,7 +203,7 @@ impl Core {
         let timeout = p.timeout_ms;
         Self {
             p,
-            pending: OMap::default(),
+            pending: PendingMap::default(),
             orders: OMap::default(),
             recovered: OMap::default(),
             dirty: [OMap::default(), OMap::default(), OMap::default()],
@@ -258,7 +259,7 @@ impl Core {
             f.flags |= pack::PERSISTED;
         }
         let t = f.t;
-        self.pending.insert(oid.to_string(), Pending::Fresh(Box::new(f)));
+        self.pending.insert_fresh(oid, f);
         self.deadlines.add(oid, t);
     }
 
@@ -277,10 +278,10 @@ impl Core {
         self.recovered_expiry.add(at, seq, oid, id);
     }
 
-    fn delete_pending(&mut self, oid: &str) -> Option<Pending> {
-        let e = self.pending.remove(&oid.to_string())?;
-        self.touch(Store::Pending, oid, e.flags() & pack::PERSISTED != 0);
-        Some(e)
+    fn delete_pending(&mut self, oid: &str) {
+        if let Some(flags) = self.pending.remove(oid) {
+            self.touch(Store::Pending, oid, flags & pack::PERSISTED != 0);
+        }
     }
 
     fn delete_order(&mut self, oid: &str) -> Option<Order> {
@@ -306,14 +307,9 @@ impl Core {
     }
 
     fn mark_late(&mut self, oid: &str) {
-        let persisted = match self.pending.get_mut(&oid.to_string()) {
-            Some(e) => {
-                e.set_flag(pack::LATE);
-                e.flags() & pack::PERSISTED != 0
-            }
-            None => return,
-        };
-        self.touch(Store::Pending, oid, persisted);
+        if let Some(flags) = self.pending.set_flag(oid, pack::LATE) {
+            self.touch(Store::Pending, oid, flags & pack::PERSISTED != 0);
+        }
     }
 
     /// Net changes since the last call, as changelog records (state.take_changes).
@@ -322,17 +318,13 @@ impl Core {
         let dirty = std::mem::take(&mut self.dirty[0]);
         for (oid, &in_log) in dirty.iter() {
             let key = [b"p:".as_slice(), oid.as_bytes()].concat();
-            match self.pending.get_mut(oid) {
+            match self.pending.persist(oid) {
                 None => {
                     if in_log {
                         out.push((key, None));
                     }
                 }
-                Some(e) => {
-                    let packed = e.packed();
-                    *e = Pending::Packed(packed.as_slice().into());
-                    out.push((key, Some(packed)));
-                }
+                Some(packed) => out.push((key, Some(packed))),
             }
         }
         let dirty = std::mem::take(&mut self.dirty[1]);
@@ -553,7 +545,7 @@ impl Core {
     }
 
     fn match_payment(&mut self, oid: &str, t: i64, ts: i64, o: &OrderRec, raw: &[u8], trace: Option<&[u8]>) {
-        let e = self.pending.get(&oid.to_string()).expect("there");
+        let e = self.pending.get(oid).expect("there");
         let (pid, uid, amount, currency) = e.match_fields();
         let paid = e.record();
         let ptrace = e.trace().map(<[u8]>::to_vec);
@@ -617,12 +609,14 @@ impl Core {
     }
 
     fn recover(&mut self, oid: &str, deadline: i64, now: i64) {
-        let e = self.delete_pending(oid).expect("there");
+        let e = self.pending.get(oid).expect("there");
         let trace = e.trace().map(<[u8]>::to_vec);
         let record = e.record();
+        let (payment_id, late) = (e.payment_id(), e.flags() & pack::LATE != 0);
+        self.delete_pending(oid);
         let id = self.next_id();
-        let r = Recovered { id, payment_id: e.payment_id(), deadline, raw: record.clone(), late: e.flags() & pack::LATE != 0,
-                            persisted: false, recovered_at: now, trace: trace.clone() };
+        let r = Recovered { id, payment_id, deadline, raw: record.clone(), late, persisted: false, recovered_at: now,
+                            trace: trace.clone() };
         self.put_recovered(oid, r);
         self.decisions.push(Decision::Recover { order_id: oid.to_string(), record, deadline, traces: traces(&[trace.as_deref()]) });
     }
@@ -749,7 +743,7 @@ impl Core {
             }
         }
         for (oid, v) in packed {
-            self.pending.insert(oid, Pending::Packed(v.into_boxed_slice()));
+            self.pending.insert_packed(&oid, &v);
         }
         self.deadlines.rebuild(&self.pending);
         Ok(())
@@ -863,7 +857,7 @@ impl Core {
             check_packed(v)?;
             let mut e = v.to_vec();
             e[8] |= pack::PERSISTED;
-            self.pending.insert(oid.to_string(), Pending::Packed(e.into_boxed_slice()));
+            self.pending.insert_packed(oid, &e);
             return Ok(());
         }
         let mut at = 9;
@@ -881,7 +875,7 @@ impl Core {
         let record = v.get(at..).ok_or_else(|| Unreadable("short".into()))?;
         let p = decode::payment(record).ok_or_else(|| Unreadable("a payment the native decoder is unsure of".into()))?;
         let e = pack::entry(t, &pack::part(&p), (flags & pack::LATE) | pack::PERSISTED, trace.as_deref());
-        self.pending.insert(oid.to_string(), Pending::Packed(e.into_boxed_slice()));
+        self.pending.insert_packed(oid, &e);
         Ok(())
     }
 }
