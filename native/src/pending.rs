@@ -266,22 +266,25 @@ impl PendingMap {
         (0..).zip(self.slots.iter()).filter_map(|(i, s)| s.get().map(|(_, e)| (i, e)))
     }
 
-    /// When most slots are free: drop them, keeping the order, and index the rest again.
-    /// Where each slot went (u32::MAX: a free one), for the timers; None when it waits.
+    /// When most slots are free: drop them, keeping the order. Where each slot went
+    /// (SlotId::MAX: a free one), for the timers; None when it waits.
     pub fn compact(&mut self) -> Option<Vec<SlotId>> {
         if self.slots.len() <= 32 || self.free * 2 <= self.slots.len() {
             return None;
         }
-        let mut next = 0;
-        let moved = self.slots.iter().map(|s| if s.is_free() { SlotId::MAX } else { next += 1; next - 1 }).collect();
+        let mut next: SlotId = 0;
+        let moved: Vec<SlotId> = self.slots.iter().map(|s| {
+            if s.is_free() {
+                return SlotId::MAX;
+            }
+            next += 1;
+            next - 1
+        }).collect();
         self.slots.retain(|s| !s.is_free());
         self.slots.shrink_to(self.slots.len() * 3 / 2);
         self.free = 0;
-        self.index.clear();
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        for (i, s) in (0u32..).zip(slots.iter()).filter(|(_, s)| s.get().is_some()) {
-            let k = s.key().expect("live");
-            self.index.insert_unique(hasher.hash_one(k), i, |&j| hasher.hash_one(slots[j as usize].key().expect("live")));
+        for i in self.index.iter_mut() {
+            *i = moved[*i as usize];
         }
         Some(moved)
     }
