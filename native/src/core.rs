@@ -9,9 +9,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::decode::{self, Order as OrderRec, Payment};
-use crate::entries::{self, Fresh, Order, Pending, Recovered};
+use crate::entries::{self, Fresh, Order, Recovered};
 use crate::omap::OMap;
 use crate::pack;
+use crate::pending::{PendingMap, SlotId};
 
 pub const SHIFT: u32 = 3;
 const BUNDLE_MAX_BYTES: usize = 512 * 1024;
@@ -68,10 +69,14 @@ impl Confirmed {
     }
 }
 
-/// Timers of pending payments in deadline buckets (timers.Deadlines).
+/// Timers of pending payments in deadline buckets (timers.Deadlines). A bucket holds
+/// pending slots (pending.rs), where timers.py's hold order_ids: 4 bytes a payment, no
+/// copy of its key. A slot stands for the order_id in it: a removed entry's slot stays
+/// (a ghost, its order_id alone) until its timer goes, and each timer that goes (a bucket
+/// popped, one not kept, their rebuild) releases its slot.
 struct Deadlines {
     timeout: i64,
-    buckets: HashMap<i64, Vec<String>>,
+    buckets: HashMap<i64, Vec<SlotId>>,
     heap: BinaryHeap<Reverse<i64>>,
     count: usize,
     partial_due: i64,
@@ -82,12 +87,12 @@ impl Deadlines {
         Self { timeout, buckets: HashMap::new(), heap: BinaryHeap::new(), count: 0, partial_due: -1 }
     }
 
-    fn add(&mut self, oid: &str, t: i64) {
+    fn add(&mut self, slot: SlotId, t: i64) {
         let number = (t + self.timeout) >> SHIFT;
         match self.buckets.get_mut(&number) {
-            Some(b) => b.push(oid.to_string()),
+            Some(b) => b.push(slot),
             None => {
-                self.buckets.insert(number, vec![oid.to_string()]);
+                self.buckets.insert(number, vec![slot]);
                 self.heap.push(Reverse(number));
             }
         }
@@ -101,22 +106,33 @@ impl Deadlines {
         self.heap.peek().is_some_and(|Reverse(n)| n << SHIFT <= due)
     }
 
-    fn pop(&mut self) {
+    /// Drop the first bucket, its slots released already.
+    fn pop_released(&mut self) {
         if let Some(Reverse(n)) = self.heap.pop() {
             self.count -= self.buckets.remove(&n).map_or(0, |b| b.len());
         }
         self.partial_due = -1;
     }
 
-    fn rebuild(&mut self, pending: &OMap<String, Pending>) {
-        let mut buckets: HashMap<i64, Vec<String>> = HashMap::new();
+    fn pop(&mut self, pending: &mut PendingMap) {
+        if let Some(&Reverse(n)) = self.heap.peek() {
+            for &slot in self.buckets.get(&n).into_iter().flatten() {
+                pending.release(slot);
+            }
+        }
+        self.pop_released();
+    }
+
+    fn rebuild(&mut self, pending: &mut PendingMap) {
+        pending.release_all();
+        let mut buckets: HashMap<i64, Vec<SlotId>> = HashMap::new();
         let mut order = Vec::new();
-        for (oid, e) in pending.iter() {
+        for (slot, e) in pending.iter_slots() {
             let n = (e.t() + self.timeout) >> SHIFT;
             buckets.entry(n).or_insert_with(|| {
                 order.push(n);
                 Vec::new()
-            }).push(oid.clone());
+            }).push(slot);
         }
         self.heap = order.into_iter().map(Reverse).collect();
         self.buckets = buckets;
@@ -124,24 +140,32 @@ impl Deadlines {
         self.partial_due = -1;
     }
 
-    fn tidy(&mut self, pending: &OMap<String, Pending>) {
+    fn tidy(&mut self, pending: &mut PendingMap) {
         if self.count > 64 && self.count > 2 * pending.len() {
             self.rebuild(pending);
         }
     }
 
-    fn oldest(&mut self, pending: &OMap<String, Pending>) -> Option<i64> {
+    fn oldest(&mut self, pending: &mut PendingMap) -> Option<i64> {
         while let Some(&Reverse(number)) = self.heap.peek() {
             let times: Vec<i64> = self.buckets[&number].iter()
-                .filter_map(|oid| pending.get(oid).map(|e| e.t()))
+                .filter_map(|&slot| pending.resolve(slot).map(|live| pending.at(live).1.t()))
                 .filter(|t| (t + self.timeout) >> SHIFT == number)
                 .collect();
             if let Some(&t) = times.iter().min() {
                 return Some(t);
             }
-            self.pop();
+            self.pop(pending);
         }
         None
+    }
+
+    /// The slots moved (PendingMap::compact).
+    fn moved(&mut self, to: &[SlotId]) {
+        for slot in self.buckets.values_mut().flatten() {
+            *slot = to[*slot as usize];
+            debug_assert!(*slot != SlotId::MAX, "a timer's slot is kept");
+        }
     }
 }
 
@@ -178,7 +202,7 @@ pub type Record = (Vec<u8>, Option<Vec<u8>>);
 
 pub struct Core {
     pub p: Params,
-    pub pending: OMap<String, Pending>,
+    pub pending: PendingMap,
     pub orders: OMap<String, Order>,
     pub recovered: OMap<String, Recovered>,
     dirty: [OMap<String, bool>; 3],
@@ -202,7 +226,7 @@ impl Core {
         let timeout = p.timeout_ms;
         Self {
             p,
-            pending: OMap::default(),
+            pending: PendingMap::default(),
             orders: OMap::default(),
             recovered: OMap::default(),
             dirty: [OMap::default(), OMap::default(), OMap::default()],
@@ -258,8 +282,8 @@ impl Core {
             f.flags |= pack::PERSISTED;
         }
         let t = f.t;
-        self.pending.insert(oid.to_string(), Pending::Fresh(Box::new(f)));
-        self.deadlines.add(oid, t);
+        let slot = self.pending.insert_fresh(oid, f);
+        self.deadlines.add(slot, t);
     }
 
     fn put_order(&mut self, oid: &str, mut o: Order) {
@@ -277,10 +301,10 @@ impl Core {
         self.recovered_expiry.add(at, seq, oid, id);
     }
 
-    fn delete_pending(&mut self, oid: &str) -> Option<Pending> {
-        let e = self.pending.remove(&oid.to_string())?;
-        self.touch(Store::Pending, oid, e.flags() & pack::PERSISTED != 0);
-        Some(e)
+    fn delete_pending(&mut self, oid: &str) {
+        if let Some(flags) = self.pending.remove(oid) {
+            self.touch(Store::Pending, oid, flags & pack::PERSISTED != 0);
+        }
     }
 
     fn delete_order(&mut self, oid: &str) -> Option<Order> {
@@ -306,14 +330,9 @@ impl Core {
     }
 
     fn mark_late(&mut self, oid: &str) {
-        let persisted = match self.pending.get_mut(&oid.to_string()) {
-            Some(e) => {
-                e.set_flag(pack::LATE);
-                e.flags() & pack::PERSISTED != 0
-            }
-            None => return,
-        };
-        self.touch(Store::Pending, oid, persisted);
+        if let Some(flags) = self.pending.set_flag(oid, pack::LATE) {
+            self.touch(Store::Pending, oid, flags & pack::PERSISTED != 0);
+        }
     }
 
     /// Net changes since the last call, as changelog records (state.take_changes).
@@ -322,17 +341,13 @@ impl Core {
         let dirty = std::mem::take(&mut self.dirty[0]);
         for (oid, &in_log) in dirty.iter() {
             let key = [b"p:".as_slice(), oid.as_bytes()].concat();
-            match self.pending.get_mut(oid) {
+            match self.pending.persist(oid) {
                 None => {
                     if in_log {
                         out.push((key, None));
                     }
                 }
-                Some(e) => {
-                    let packed = e.packed();
-                    *e = Pending::Packed(packed.clone());
-                    out.push((key, Some(packed)));
-                }
+                Some(packed) => out.push((key, Some(packed))),
             }
         }
         let dirty = std::mem::take(&mut self.dirty[1]);
@@ -553,7 +568,7 @@ impl Core {
     }
 
     fn match_payment(&mut self, oid: &str, t: i64, ts: i64, o: &OrderRec, raw: &[u8], trace: Option<&[u8]>) {
-        let e = self.pending.get(&oid.to_string()).expect("there");
+        let e = self.pending.get(oid).expect("there");
         let (pid, uid, amount, currency) = e.match_fields();
         let paid = e.record();
         let ptrace = e.trace().map(<[u8]>::to_vec);
@@ -579,8 +594,16 @@ impl Core {
         if self.deadlines.any_due(due) {
             self.time_out(due, now);
         }
-        self.deadlines.tidy(&self.pending);
+        self.deadlines.tidy(&mut self.pending);
+        self.compact_pending();
         self.expire(payments_progress, now);
+    }
+
+    /// Compact the pending slots when most are free, the timers' slots moved with them.
+    fn compact_pending(&mut self) {
+        if let Some(to) = self.pending.compact() {
+            self.deadlines.moved(&to);
+        }
     }
 
     fn time_out(&mut self, due: i64, now: i64) {
@@ -592,37 +615,47 @@ impl Core {
             if !whole && due == self.deadlines.partial_due {
                 return;
             }
-            let oids = self.deadlines.buckets.get(&number).cloned().unwrap_or_default();
+            let slots = self.deadlines.buckets.get(&number).cloned().unwrap_or_default();
             let mut keep = Vec::new();
-            for oid in &oids {
-                let Some(e) = self.pending.get(oid) else { continue };
+            for &slot in &slots {
+                // the entry pending under the slot's order_id now, if any (the timer's order_id looked up)
+                let Some(live) = self.pending.resolve(slot) else {
+                    self.pending.release(slot);
+                    continue;
+                };
+                let (oid, e) = self.pending.at(live);
                 let deadline = e.t() + self.p.timeout_ms;
                 if deadline >> SHIFT != number {
+                    self.pending.release(slot);
                     continue;
                 }
                 if deadline > due {
-                    keep.push(oid.clone());
+                    keep.push(slot);
                     continue;
                 }
-                self.recover(oid, deadline, now);
+                let oid = oid.to_string();
+                self.recover(&oid, deadline, now);
+                self.pending.release(slot);
             }
             if !keep.is_empty() {
-                self.deadlines.count -= oids.len() - keep.len();
+                self.deadlines.count -= slots.len() - keep.len();
                 self.deadlines.buckets.insert(number, keep);
                 self.deadlines.partial_due = due;
                 return;
             }
-            self.deadlines.pop();
+            self.deadlines.pop_released();
         }
     }
 
     fn recover(&mut self, oid: &str, deadline: i64, now: i64) {
-        let e = self.delete_pending(oid).expect("there");
+        let e = self.pending.get(oid).expect("there");
         let trace = e.trace().map(<[u8]>::to_vec);
         let record = e.record();
+        let (payment_id, late) = (e.payment_id(), e.flags() & pack::LATE != 0);
+        self.delete_pending(oid);
         let id = self.next_id();
-        let r = Recovered { id, payment_id: e.payment_id(), deadline, raw: record.clone(), late: e.flags() & pack::LATE != 0,
-                            persisted: false, recovered_at: now, trace: trace.clone() };
+        let r = Recovered { id, payment_id, deadline, raw: record.clone(), late, persisted: false, recovered_at: now,
+                            trace: trace.clone() };
         self.put_recovered(oid, r);
         self.decisions.push(Decision::Recover { order_id: oid.to_string(), record, deadline, traces: traces(&[trace.as_deref()]) });
     }
@@ -658,7 +691,9 @@ impl Core {
     }
 
     pub fn oldest_pending_time(&mut self) -> Option<i64> {
-        self.deadlines.oldest(&self.pending)
+        let t = self.deadlines.oldest(&mut self.pending);
+        self.compact_pending();
+        t
     }
 
     pub fn timer_count(&self) -> usize {
@@ -749,9 +784,10 @@ impl Core {
             }
         }
         for (oid, v) in packed {
-            self.pending.insert(oid, Pending::Packed(v));
+            self.pending.insert_packed(&oid, &v);
         }
-        self.deadlines.rebuild(&self.pending);
+        self.deadlines.rebuild(&mut self.pending);
+        self.compact_pending();
         Ok(())
     }
 
@@ -863,7 +899,7 @@ impl Core {
             check_packed(v)?;
             let mut e = v.to_vec();
             e[8] |= pack::PERSISTED;
-            self.pending.insert(oid.to_string(), Pending::Packed(e));
+            self.pending.insert_packed(oid, &e);
             return Ok(());
         }
         let mut at = 9;
@@ -881,7 +917,7 @@ impl Core {
         let record = v.get(at..).ok_or_else(|| Unreadable("short".into()))?;
         let p = decode::payment(record).ok_or_else(|| Unreadable("a payment the native decoder is unsure of".into()))?;
         let e = pack::entry(t, &pack::part(&p), (flags & pack::LATE) | pack::PERSISTED, trace.as_deref());
-        self.pending.insert(oid.to_string(), Pending::Packed(e));
+        self.pending.insert_packed(oid, &e);
         Ok(())
     }
 }

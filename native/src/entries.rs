@@ -4,10 +4,12 @@
 use crate::decode::{self, Payment};
 use crate::pack;
 
-/// A pending payment: fresh (as read, since the last commit) or packed (compact.py).
-pub enum Pending {
-    Fresh(Box<Fresh>),
-    Packed(Vec<u8>),
+/// A pending payment, as its map (pending.rs) holds it: fresh (as read, since the last
+/// commit) or packed (compact.py).
+#[derive(Clone, Copy)]
+pub enum Pending<'a> {
+    Fresh(&'a Fresh),
+    Packed(&'a [u8]),
 }
 
 pub struct Fresh {
@@ -18,7 +20,7 @@ pub struct Fresh {
     pub raw: Vec<u8>,
 }
 
-impl Pending {
+impl<'a> Pending<'a> {
     pub fn t(&self) -> i64 {
         match self {
             Pending::Fresh(f) => f.t,
@@ -33,15 +35,8 @@ impl Pending {
         }
     }
 
-    pub fn set_flag(&mut self, bit: u8) {
-        match self {
-            Pending::Fresh(f) => f.flags |= bit,
-            Pending::Packed(e) => e[8] |= bit,
-        }
-    }
-
-    pub fn trace(&self) -> Option<&[u8]> {
-        match self {
+    pub fn trace(&self) -> Option<&'a [u8]> {
+        match *self {
             Pending::Fresh(f) => f.trace.as_deref(),
             Pending::Packed(e) => (e[8] & pack::TRACE != 0).then(|| &e[10..10 + e[9] as usize]),
         }
@@ -81,7 +76,7 @@ impl Pending {
                 pack::entry(f.t, &pack::part(&f.payment), f.flags | pack::PERSISTED, f.trace.as_deref())
             }
             Pending::Packed(e) => {
-                let mut e = e.clone();
+                let mut e = e.to_vec();
                 e[8] |= pack::PERSISTED;
                 e
             }

@@ -8,6 +8,7 @@ mod entries;
 mod json;
 mod omap;
 mod pack;
+mod pending;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

@@ -13,7 +13,7 @@ use hashbrown::HashTable;
 
 pub struct OMap<K, V> {
     slots: Vec<Option<(K, V)>>,
-    index: HashTable<usize>,
+    index: HashTable<u32>, // slot indices (4 bytes, not 8, a key in the table)
     hasher: RandomState,
 }
 
@@ -34,7 +34,8 @@ impl<K: Hash + Eq, V> OMap<K, V> {
 
     fn find(&self, k: &K) -> Option<usize> {
         let slots = &self.slots;
-        self.index.find(self.hasher.hash_one(k), |&i| slots[i].as_ref().is_some_and(|(key, _)| key == k)).copied()
+        self.index.find(self.hasher.hash_one(k), |&i| slots[i as usize].as_ref().is_some_and(|(key, _)| key == k))
+            .map(|&i| i as usize)
     }
 
     pub fn get(&self, k: &K) -> Option<&V> {
@@ -58,18 +59,18 @@ impl<K: Hash + Eq, V> OMap<K, V> {
         }
         let hash = self.hasher.hash_one(&k);
         let (slots, hasher) = (&self.slots, &self.hasher);
-        let i = slots.len();
-        self.index.insert_unique(hash, i, |&j| hasher.hash_one(&slots[j].as_ref().expect("indexed").0));
+        let i = u32::try_from(slots.len()).expect("fewer than 2^32 slots");
+        self.index.insert_unique(hash, i, |&j| hasher.hash_one(&slots[j as usize].as_ref().expect("indexed").0));
         self.slots.push(Some((k, v)));
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
         let slots = &self.slots;
         let entry = self.index.find_entry(self.hasher.hash_one(k), |&i| {
-            slots[i].as_ref().is_some_and(|(key, _)| key == k)
+            slots[i as usize].as_ref().is_some_and(|(key, _)| key == k)
         }).ok()?;
         let (i, _) = entry.remove();
-        let (_, v) = self.slots[i].take()?;
+        let (_, v) = self.slots[i as usize].take()?;
         if self.slots.len() > 32 && self.index.len() * 2 < self.slots.len() {
             self.compact();
         }
@@ -99,9 +100,9 @@ impl<K: Hash + Eq, V> OMap<K, V> {
         self.slots.shrink_to(self.slots.len() * 3 / 2);
         self.index.clear();
         let (slots, hasher) = (&self.slots, &self.hasher);
-        for (i, s) in slots.iter().enumerate() {
+        for (i, s) in (0u32..).zip(slots.iter()) {
             let k = &s.as_ref().expect("kept").0;
-            self.index.insert_unique(hasher.hash_one(k), i, |&j| hasher.hash_one(&slots[j].as_ref().expect("kept").0));
+            self.index.insert_unique(hasher.hash_one(k), i, |&j| hasher.hash_one(&slots[j as usize].as_ref().expect("kept").0));
         }
     }
 }

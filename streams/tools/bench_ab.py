@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -94,6 +95,14 @@ def build_native(tree: Path) -> Path:
     if importlib.util.find_spec("maturin") is None or shutil.which("cargo") is None:
         raise SystemExit("slipguard bench-ab: building the compared trees' native crates needs maturin and cargo "
                          "(make venv installs maturin; cargo from rustup)")
+    # Cargo takes a crate for built when its files are older than the last build in the
+    # target directory, which the trees share and whose record of that build leaves out
+    # which tree it was of: another tree's crate, built later, would be taken for this one.
+    # Touched now, each tree's crate is built from its own files.
+    now = time.time()
+    for f in crate.rglob("*"):
+        if f.is_file():
+            os.utime(f, (now, now))
     wheels = tree / ".wheels"
     env = os.environ | {"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR",
                                                            str(Path.home() / ".cache/slipguard/cargo-target-ab"))}

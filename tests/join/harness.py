@@ -57,6 +57,7 @@ class Harness:
         assert self.twin.state() == python_state(self.join), "the native core's state differs"
         assert self.twin.sizes() == self.join.sizes()
         assert self.twin.oldest_pending_time() == self.join.oldest_pending_time()
+        assert self.twin.timer_count() == len(self.join.deadlines), "the timers count what Python's count"
 
     def pay(self, ts: int, oid: str = "ord-1", pid: str | None = None, status: str = "succeeded",
             forged: bool = False, trace: bytes | None = None, **over) -> Payment:

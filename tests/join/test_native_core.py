@@ -129,6 +129,7 @@ class Twins:
         assert native_decisions(decisions) == python_decisions(out), s
         assert counts == (out.matched, out.duplicates, out.ignored_failed), s
         assert self.nat.oldest_pending_time() == self.py.oldest_pending_time()
+        assert self.nat.timer_count() == len(self.py.deadlines)
         assert self.nat.sizes() == self.py.sizes()
         assert self.nat.state() == python_state(self.py)
 
@@ -148,6 +149,7 @@ class Twins:
         assert self.nat.state() == python_state(self.py)
         assert self.nat.sizes() == self.py.sizes()
         assert self.nat.oldest_pending_time() == self.py.oldest_pending_time()
+        assert self.nat.timer_count() == len(self.py.deadlines)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -57,6 +57,53 @@ def test_the_stale_timer_of_a_replayed_order_id_holds_up_no_other_payment_in_its
     assert h.recovered_ids() == ["pay-y"]
 
 
+def test_an_order_id_pending_again_in_the_bucket_of_its_old_timer_is_timed_out_where_the_old_timer_stands() -> None:
+    """x is matched and forgotten, then its payment replayed with an event time in the same
+    bucket: the bucket holds x, w, y, x, z. Its first x is looked up again and finds the
+    replayed payment, so that comes before y, as timers.py gives it; while the bucket is
+    due in part, both x's are kept. (The native core's timers name slots, not order_ids:
+    the old slot keeps its order_id for this.)"""
+    h = Harness()
+    h.pay(BASE, oid="x")
+    h.pay(BASE + 1, oid="w")
+    h.pay(BASE + 4, oid="y")
+    h.order(BASE + 2, oid="x")
+    h.advance(BASE + 2 * T + G, payments_at_end=True, orders_at_end=False)  # x's pair expires; no order progress
+    assert "x" not in h.join.orders and h.recovered_ids() == []
+    h.pay(BASE + 3, oid="x", pid="pay-x-again")
+    h.pay(BASE + 6, oid="z")
+    assert len(h.join.deadlines) == 5
+    h.advance(D + G + 2, payments_at_end=True, orders_at_end=True)  # due in part: w's deadline, not the others'
+    assert h.recovered_ids() == ["pay-w"]
+    assert len(h.join.deadlines) == 4, "x, y, x, z kept"
+    h.advance(D + G + 7, payments_at_end=True, orders_at_end=True)
+    assert h.recovered_ids() == ["pay-x-again", "pay-y", "pay-z"]
+    assert len(h.join.deadlines) == 0
+
+
+def test_an_old_timer_still_finds_its_order_id_after_the_slots_were_compacted() -> None:
+    """As above, with 40 earlier payments timed out between x's match and its replay: most
+    of the native core's pending slots free, it compacts them, and x's old timer, moved
+    with its slot, still finds the replayed payment first."""
+    h = Harness()
+    for i in range(40):
+        h.pay(BASE - 8 * (i + 1), oid=f"e{i}")
+    h.pay(BASE, oid="x")
+    h.pay(BASE + 1, oid="w")
+    h.pay(BASE + 4, oid="y")
+    h.order(BASE + 2, oid="x")
+    h.advance(BASE + 2 * T + G, payments_at_end=True, orders_at_end=False)  # x's pair expires; no order progress
+    h.advance(D - 1 + G, payments_at_end=True, orders_at_end=True)  # every bucket before x's
+    assert sorted(h.recovered_ids()) == sorted(f"pay-e{i}" for i in range(40))
+    h.pay(BASE + 3, oid="x", pid="pay-x-again")
+    h.pay(BASE + 6, oid="z")
+    h.advance(D + G + 2, payments_at_end=True, orders_at_end=True)
+    assert h.recovered_ids() == ["pay-w"]
+    assert len(h.join.deadlines) == 4, "x, y, x, z kept"
+    h.advance(D + G + 7, payments_at_end=True, orders_at_end=True)
+    assert h.recovered_ids() == ["pay-x-again", "pay-y", "pay-z"]
+
+
 def _entries(*times: int) -> dict[str, compact.Pending]:
     return {f"o{i}": compact.entry(t, b"") for i, t in enumerate(times)}
 
