@@ -30,9 +30,8 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from functools import partial
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import config
 from streams.kafka.acls import denied
@@ -127,16 +126,26 @@ class LagReader:
         return {(tp.topic, tp.partition): tp.offset for tp in got if tp.error is None and tp.offset >= 0}
 
     def log_ends(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        def one(t: str, p: int) -> int:
-            return self._ends.get_watermark_offsets(TopicPartition(t, p), timeout=min(5.0, self.timeout))[1]
+        """Every partition's log end (high watermark) in one call: librdkafka sends one
+        ListOffsets per leader, all at once, so a slow broker costs one of its round trips,
+        not one per partition it leads (a partition at a time, a broker answering 1 s late
+        kept the exporter's figures 31-36 s old). (Not AdminClient.list_offsets:
+        confluent-kafka-python issue 1901, memory growing with each call.)"""
+        if not tps:
+            return {}
 
-        out = {}
-        for t, p in tps:
-            try:
-                out[(t, p)] = _retry(f"read the end of {t} [{p}]", self.timeout).call(partial(one, t, p))
-            except KafkaException as exc:
-                raise LagError(f"cannot read the log end of {t} [{p}]: {exc.args[0]}") from None
-        return out
+        def query() -> dict[tuple[str, int], int]:
+            got = self._ends.offsets_for_times([TopicPartition(t, p, OFFSET_END) for t, p in tps],
+                                               timeout=min(5.0, self.timeout))
+            for tp in got:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+            return {(tp.topic, tp.partition): tp.offset for tp in got}
+
+        try:
+            return _retry(f"read the ends of {len(tps)} partitions", self.timeout).call(query)
+        except KafkaException as exc:
+            raise LagError(f"cannot read the log ends: {exc.args[0]}") from None
 
     def next_record_times(self, wanted: dict[tuple[str, int], int], ends: dict[tuple[str, int], int]
                           ) -> dict[tuple[str, int], int | None]:
