@@ -190,6 +190,7 @@ class JoinWorker:
         raise_for(self.pipeline.take(msgs, self.now_ms(), self.ends.epoch))
         if stood > self.stall_s:  # the ends seen until now (this batch's too) may hide what came meanwhile
             self.ends.stalled(stood)
+            self.ends_asked = 0.0  # confirmed with the leaders now, not a second later
         monotonic = time.monotonic()
         decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
         if self.ends.settled and monotonic - self.ends_asked >= 1.0:
