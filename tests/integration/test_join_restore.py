@@ -9,8 +9,8 @@ from confluent_kafka import Producer
 
 from schemas import Payment
 from streams.join import compact
-from streams.join.changelog import encode_key, encode_value
-from streams.join.core import JoinParams
+from streams.join.changelog import encode_key, encode_value, restore_into
+from streams.join.core import JoinParams, PartitionJoin
 from streams.join.restore import Restorer
 from streams.join.state import Store
 from streams.kafka import config
@@ -77,3 +77,42 @@ def test_the_changelog_end_is_waited_for_while_its_leader_is_not_known_yet(base_
     finally:
         creator.join()
         restorer.close()
+
+
+def test_a_restore_holds_the_partitions_live_state_not_every_key_of_its_history(base_settings) -> None:
+    """Until the log cleaner has run, a changelog partition holds a record and then a
+    tombstone for nearly every payment that was pending across a commit: its history grows
+    with time, its live state does not. A restore that kept each key's tombstone held the
+    whole history in memory at once (in a 30-minute soak the join workers' RSS rose to
+    1.4 GB, their state at 10,000-20,000 entries, restores reading for up to 4 s). Here 20,000
+    payments pass through one partition, 50 live at a time: the restore holds 50."""
+    s = isolated(base_settings)
+    create_topics(s)
+    total, live = 20_000, 50
+    p = Producer(config.producer(s))
+    keys = []
+    for i in range(total):
+        key, value = _pending(payment(payment_id=f"pay-{i}", order_id=f"ord-{i}"))
+        keys.append(key)
+        p.produce(s.changelog_topic, value, key, 0)
+        if i >= live:
+            p.produce(s.changelog_topic, None, keys[i - live], 0)  # matched: its pending entry deleted
+        p.poll(0)
+    assert p.flush(30) == 0
+    held: list[int] = []
+
+    def restore(params, latest, now_ms):
+        held.append(len(latest))
+        core = PartitionJoin(params)
+        restore_into(core, latest, now_ms)
+        return core
+
+    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
+    restorer = Restorer(s, params, lambda: int(time.time() * 1000), lambda: False, restore)
+    try:
+        restored = restorer.restore_now([0])
+    finally:
+        restorer.close()
+    assert restored is not None
+    assert sorted(restored[0].pending) == sorted(f"ord-{i}" for i in range(total - live, total))
+    assert held == [live], f"the restore held {held} keys for {live} live ones"
