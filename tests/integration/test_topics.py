@@ -9,6 +9,7 @@ from streams.cli import main
 from streams.kafka import config
 from streams.kafka.topics import (
     CHANGELOG_MAX_MESSAGE_BYTES,
+    CHANGELOG_SEGMENT_MS,
     TopicLayoutError,
     ensure_join_topics,
     existing_partitions,
@@ -80,6 +81,8 @@ def test_join_creates_its_missing_changelog_compacted_and_co_partitioned(base_se
     conf = admin.describe_configs([res])[res].result()
     assert conf["cleanup.policy"].value == "compact"
     assert int(conf["max.message.bytes"].value) == CHANGELOG_MAX_MESSAGE_BYTES
+    # Cleaned within minutes, tombstones included: a restore reads live state, not hours of churn.
+    assert int(conf["segment.ms"].value) == int(conf["delete.retention.ms"].value) == CHANGELOG_SEGMENT_MS == 600_000
     assert ensure_join_topics(s).endswith("verified (3 partitions, compacted)")
 
 
