@@ -23,6 +23,7 @@ log = logging.getLogger("slipguard.join")
 TXN_RETRY_SECONDS = 60.0  # how long a commit is retried before the transaction is given up
 ABORT_RETRY_SECONDS = 30.0  # how long an abort is retried before the producer is replaced
 CALL_SLACK = 10.0  # a transactional call's hard deadline beyond its own timeout (which librdkafka may ignore)
+FAILURE_LOG_S = 10.0  # failed deliveries to one topic with one error: one line this often (_log_failure)
 FENCED_LIMIT, FENCED_WINDOW = 3, 60.0  # fenced this often this fast: another worker has our instance id
 # Errors that mean another producer took this worker's transactional.id (or the
 # coordinator bumped its epoch after a transaction outlived its timeout).
@@ -56,6 +57,7 @@ class JoinProducer:
         self.delivery_failures = 0
         self.unfixable: tuple[str, KafkaError] | None = None  # a delivery error that retrying cannot fix
         self.fenced_at: list[float] = []  # when this worker's producer was last fenced
+        self._failures_logged: dict[tuple[str, int], list[float]] = {}  # (topic, code) -> [logged at, not logged since]
         # Unique per process unless SLIPGUARD_INSTANCE_ID is set: zombie fencing comes from
         # the consumer group (KIP-447), and a stable id lets a restarted worker fence its
         # own predecessor at once instead of waiting for the broker to abort its transaction.
@@ -137,7 +139,21 @@ class JoinProducer:
             if err.code() in UNFIXABLE and self.unfixable is None:
                 self.unfixable = (msg.topic() or "", err)
             if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):  # purged on purpose
-                log.error("delivery to %s failed: %s", msg.topic(), err)
+                self._log_failure(msg.topic() or "", err)
+
+    def _log_failure(self, topic: str, err: KafkaError) -> None:
+        """One line per topic and error every FAILURE_LOG_S, with how many were not logged:
+        a transaction's records time out together (the soak logged 209 identical lines in
+        one millisecond when a coordinator went away), and the line that matters, the
+        commit's, follows them."""
+        now, key = time.monotonic(), (topic, err.code())
+        last = self._failures_logged.get(key)
+        if last is not None and now - last[0] < FAILURE_LOG_S:
+            last[1] += 1
+            return
+        more = f" ({int(last[1])} more since the last line)" if last is not None and last[1] else ""
+        log.error("delivery to %s failed: %s%s", topic, err, more)
+        self._failures_logged[key] = [now, 0]
 
     def commit_transaction(self, offsets: list[TopicPartition], group_metadata: object) -> None:
         """Add the consumed offsets to the open transaction, and commit it."""
