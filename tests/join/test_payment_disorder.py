@@ -12,6 +12,8 @@ The soak's shape, with its settings (ORDER_TIMEOUT 5 s, GRACE 1 s): the order at
 
 from __future__ import annotations
 
+import pytest
+
 from tests.join.harness import BASE, Harness
 
 TIMEOUT, GRACE, HORIZON = 5_000, 1_000, 300_000
@@ -50,3 +52,21 @@ def test_an_unmatched_order_is_forgotten_the_late_horizon_after_its_window() -> 
     assert "lonely" in h.join.orders
     h.advance(ORDER + TIMEOUT + GRACE + HORIZON)
     assert "lonely" not in h.join.orders
+
+
+@pytest.mark.xfail(strict=True, reason="a matched pair is kept only until the payments partition passes its window "
+                   "(remembering every pair for the late horizon is not bounded by the windows): a duplicate "
+                   "delivered later than that is taken for a new payment")
+def test_a_duplicate_landing_behind_later_payments_is_dropped() -> None:
+    """p239912-18846: paid at 07:18:55.338 (payments 1 @ 96483), matched with its order;
+    the same payment again at 07:18:55.825 (@ 98463), delivered with the held-up batch."""
+    h = Harness(TIMEOUT, GRACE, HORIZON)
+    h.order(ORDER + 120, oid="o-18846")
+    h.pay(PAID - 48, oid="o-18846", pid="p-18846")
+    assert h.take().matched == 1
+    _others(h, PAID + 100, PAID + 6_100, "other")
+    h.advance(PAID + 6_200)
+    h.pay(PAID + 439, oid="o-18846", pid="p-18846")
+    _others(h, PAID + 6_200, PAID + 7_300, "next")
+    h.advance(PAID + 7_300)
+    assert "p-18846" not in [r.payment.payment_id for r in h.take().recoveries]
