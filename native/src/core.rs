@@ -211,6 +211,8 @@ pub struct Core {
     next_bundle: i64,
     deadlines: Deadlines,
     order_expiry: Expiry,
+    /// Unmatched orders past their window, by the wall clock (see expire).
+    kept_orders: Expiry,
     recovered_expiry: Expiry,
     seq: u64,
     ids: u64,
@@ -235,6 +237,7 @@ impl Core {
             next_bundle: 0,
             deadlines: Deadlines::new(timeout),
             order_expiry: Expiry::default(),
+            kept_orders: Expiry::default(),
             recovered_expiry: Expiry::default(),
             seq: 0,
             ids: 0,
@@ -503,7 +506,14 @@ impl Core {
         let cmp = o.cmp.take();
         let order_raw = std::mem::take(&mut o.raw);
         let order_trace = o.trace.take();
+        let window = self.p.timeout_ms + self.p.grace_ms;
+        let kept = (o.ts + window <= self.payments_progress).then(|| (o.expires_at(window), o.id));
         self.changed_order(oid);
+        if let Some((expiry, id)) = kept {
+            // kept past its window (expire): a matched pair's life now
+            let seq = self.next_seq();
+            self.order_expiry.add(expiry, seq, oid, id);
+        }
         self.counts.matched += 1;
         if let Some((uid, amount, currency)) = cmp {
             let mine = (&p.user_id, &p.amount, p.currency);
@@ -660,15 +670,29 @@ impl Core {
         self.decisions.push(Decision::Recover { order_id: oid.to_string(), record, deadline, traces: traces(&[trace.as_deref()]) });
     }
 
+    /// Matched pairs once the payments partition is past their window; unmatched orders
+    /// once it is and the wall clock is late_horizon past their window too (a payment may
+    /// land behind payments stamped later than its order's window: it must still match its
+    /// order, read before it); recovered payments late_horizon after their recovery.
     fn expire(&mut self, payments_progress: i64, now: i64) {
         let window = self.window();
+        let horizon = self.p.late_horizon_ms;
         while let Some((oid, id)) = self.order_expiry.pop_due(payments_progress) {
             let Some(o) = self.orders.get(&oid).filter(|o| o.id == id) else { continue };
             let expiry = o.expires_at(window);
             if expiry > payments_progress {
                 let seq = self.next_seq();
                 self.order_expiry.add(expiry, seq, &oid, id);
+            } else if o.paid_id.is_none() && expiry + horizon > now {
+                let seq = self.next_seq();
+                self.kept_orders.add(expiry, seq, &oid, id);
             } else {
+                self.delete_order(&oid);
+            }
+        }
+        while let Some((oid, id)) = self.kept_orders.pop_due(now - horizon) {
+            // (matched by a late payment meanwhile: match_order scheduled it)
+            if self.orders.get(&oid).is_some_and(|o| o.id == id && o.paid_id.is_none()) {
                 self.delete_order(&oid);
             }
         }

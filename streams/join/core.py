@@ -26,8 +26,10 @@ The rules are the contract's "Join semantics", in one place:
   handled as usual (its recovery, if any, keeps the recovery_id of its payment_id).
 * A matched pair whose user, amount or currency disagree is matched and reported.
 * With an HMAC key, a payment without a valid signature is reported, never recovered.
-* Unmatched orders are kept until the payments partition is past their window (+ grace),
-  matched pairs as long (to recognise duplicates), recovered payments for late_horizon
+* Unmatched orders are kept until the payments partition is past their window (+ grace)
+  and, by the worker's clock, late_horizon longer (a payment landing in its partition
+  behind payments stamped later still matches its order), matched pairs until the
+  payments partition is past their window (to recognise duplicates), recovered payments for late_horizon
   after the recovery was emitted, by the worker's clock (so a payment recovered hours
   after its deadline, catching up a backlog, still recognises its late order).
 * Time is safe against bad clocks and forged records: a partition's progress never runs
@@ -153,6 +155,8 @@ class PartitionJoin:
         seq = sequence()
         self._order_expiry: Expiry[BufferedOrder] = Expiry(seq)
         self._recovered_expiry: Expiry[RecoveredPayment] = Expiry(seq)
+        # Unmatched orders past their window, by the wall clock (see _expire).
+        self._kept_orders: Expiry[BufferedOrder] = Expiry(seq)
         self.payments = Confirmed()  # each partition's progress by its records
         self.orders_read = Confirmed()
         self.payments_progress = -1  # how far payments were seen at the last advance (expiry of orders)
@@ -230,6 +234,9 @@ class PartitionJoin:
         """The payment `p` matches the order waiting for it."""
         buffered.paid_id, buffered.paid_t, buffered.paid_raw = p.payment_id, ts, raw
         self.state.changed(ORDERS, oid)
+        window = self.params.timeout_ms + self.params.grace_ms
+        if buffered.ts + window <= self.payments_progress:  # kept past its window (_expire): a pair's life now
+            self._order_expiry.add(buffered.expires_at(window), oid, buffered)
         out.matched += 1
         cmp, theirs = (p.user_id, p.amount, p.currency), buffered.cmp
         if cmp != theirs:
@@ -310,14 +317,23 @@ class PartitionJoin:
         out.recoveries.append(Recover(compact.payment_in(e, oid), deadline, _traces(trace)))
 
     def _expire(self, payments_progress: int, now_ms: int) -> None:
-        """Orders and matched pairs once the payments partition is past their window;
+        """Matched pairs once the payments partition is past their window; unmatched
+        orders once it is and the wall clock is late_horizon past their window too (a
+        payment may land behind payments stamped later than its order's window: one of
+        several producers held up; it must still match its order, read before it);
         recovered payments late_horizon after their recovery, by the wall clock."""
         window = self.params.timeout_ms + self.params.grace_ms
+        horizon = self.params.late_horizon_ms
         for oid, entry in self._order_expiry.due(payments_progress, self.orders):
             expiry = entry.expires_at(window)
             if expiry > payments_progress:
                 self._order_expiry.add(expiry, oid, entry)  # matched since: lives longer
+            elif entry.paid_id is None and expiry + horizon > now_ms:
+                self._kept_orders.add(expiry, oid, entry)  # forgotten once now - horizon passes it
             else:
+                self.state.delete(ORDERS, oid)
+        for oid, entry in self._kept_orders.due(now_ms - horizon, self.orders):
+            if entry.paid_id is None:  # (matched by a late payment: _match_order scheduled it)
                 self.state.delete(ORDERS, oid)
         self.state.expire_bundles(payments_progress)
         for oid, _ in self._recovered_expiry.due(now_ms - self.params.late_horizon_ms, self.recovered):

@@ -282,7 +282,8 @@ def test_one_far_future_order_does_not_hold_up_the_expiry_of_those_behind_it() -
         h.order(BASE + i, oid=f"o{i}")
     h.pay(BASE + T + G + 2_000, oid="late-payment")
     h.pay(BASE + T + G + 2_000, oid="late-payment-2")
-    h.advance(BASE + T + G + 2_000, payments_at_end=False, orders_at_end=False)
+    # (an unmatched order is kept the late horizon longer, by the wall clock: test_payment_disorder)
+    h.advance(BASE + T + G + H + 2_000, payments_at_end=False, orders_at_end=False)
     assert set(h.join.orders) == {"far"}, "everything past its window expired, whatever was inserted first"
 
 
@@ -419,12 +420,17 @@ def test_a_failed_or_forged_payment_is_never_flagged_for_skew() -> None:
     assert [a.kind for a in h.take().anomalies] == ["bad_signature"]
 
 
-def test_unmatched_orders_expire_once_payments_are_past_their_window() -> None:
+def test_unmatched_orders_expire_once_payments_are_past_their_window_and_the_clock_past_the_horizon() -> None:
+    """Payments past the window alone keep it (a payment may still land behind them:
+    test_payment_disorder); the wall clock the late horizon past it too forgets it."""
     h = Harness()
     h.order(BASE)
     h.advance(BASE + T + G - 1, payments_at_end=True, orders_at_end=True)
     assert h.join.sizes()[1] == 1
     h.advance(BASE + T + G, payments_at_end=True, orders_at_end=True)
+    h.advance(BASE + T + G + H - 1, payments_at_end=False, orders_at_end=True)
+    assert h.join.sizes()[1] == 1
+    h.advance(BASE + T + G + H, payments_at_end=False, orders_at_end=True)
     assert h.join.sizes()[1] == 0
 
 

@@ -54,7 +54,8 @@ def test_a_core_restored_from_the_changelog_times_out_and_forgets_exactly_when_t
     live.take()
     clone = _restored(live, fmt)
     assert clone.join.sizes() == live.join.sizes() == (1, 2, 1)
-    edges = [BASE + T + G, BASE + T + G + 1_000, BASE + T + G + 3_000, recovered_at + H, BASE + T + G + H]
+    edges = [BASE + T + G, BASE + T + G + 1_000, BASE + T + G + 3_000, recovered_at + H, BASE + T + G + H,
+             BASE + T + G + 1_000 + H]  # (the unmatched order: kept the horizon past its window)
     recovered = []
     for now in sorted({t + d for t in edges for d in (-1, 0)}):
         for h in (live, clone):

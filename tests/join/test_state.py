@@ -41,7 +41,7 @@ def test_an_unmatched_order_that_expires_is_deleted_from_the_changelog() -> None
     h, log = Harness(), {}
     h.order(BASE, oid="x")
     assert _commit(h, log) == [(Store.ORDERS, "x", "value")]
-    h.advance(BASE + T + G, payments_at_end=True, orders_at_end=True)
+    h.advance(BASE + T + G + H, payments_at_end=True, orders_at_end=True)  # (kept the horizon past its window)
     assert h.join.sizes() == (0, 0, 0)
     assert _commit(h, log) == [(Store.ORDERS, "x", None)]
     assert _restored(log).join.sizes() == (0, 0, 0), "a restart does not bring it back"
@@ -62,7 +62,7 @@ def test_an_order_restored_from_the_changelog_is_deleted_from_it_when_it_expires
     h.order(BASE, oid="x")
     _commit(h, log)
     again = _restored(log)
-    again.advance(BASE + T + G, payments_at_end=True, orders_at_end=True)
+    again.advance(BASE + T + G + H, payments_at_end=True, orders_at_end=True)
     assert _commit(again, log) == [(Store.ORDERS, "x", None)]
 
 

@@ -1,0 +1,72 @@
+"""A payment that lands late in its own partition, behind payments stamped later (one of
+several producers held up by a broker fault), found in the soak (soak-239874, exactly_once
+07:19:02.665, at_least_once 07:19:15.135, ...): its order, stamped before it and read
+before it, had been forgotten when the payments partition's progress passed the order's
+window, so the payment went pending and was recovered by the orders' progress although
+its order had matched it ("whichever arrives first", the contract's "Join semantics").
+
+The soak's shape, with its settings (ORDER_TIMEOUT 5 s, GRACE 1 s): the order at
+07:18:54.821 (orders 1 @ 90551), the payment at 07:18:55.386 (payments 1 @ 98456, about
+2,000 records behind payments stamped up to 07:19:01.5), recovered at 07:19:02.665.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.join.harness import BASE, Harness
+
+TIMEOUT, GRACE, HORIZON = 5_000, 1_000, 300_000
+ORDER = BASE  # 07:18:54.821
+PAID = BASE + 565  # 07:18:55.386
+
+
+def _others(h: Harness, start: int, end: int, prefix: str) -> None:
+    """Payments of other orders, each with its order, stamped start..end (one every 100 ms)."""
+    for i, ts in enumerate(range(start, end + 1, 100)):
+        h.order(ts - 50, oid=f"{prefix}{i}")
+        h.pay(ts, oid=f"{prefix}{i}")
+
+
+def test_a_payment_landing_behind_later_payments_still_matches_its_order_read_before_it() -> None:
+    h = Harness(TIMEOUT, GRACE, HORIZON)
+    h.order(ORDER, oid="o-18907")
+    h.advance(ORDER + 100)
+    # The other producers' payments (and their orders) go on; the held-up one's do not.
+    _others(h, PAID + 100, PAID + 6_100, "other")
+    h.advance(PAID + 6_200)  # payments confirmed past the order's window (ORDER + 6 s)
+    h.pay(PAID, oid="o-18907", pid="p-18907")  # the held-up producer delivers
+    _others(h, PAID + 6_200, PAID + 7_300, "next")  # orders confirm deadline + GRACE
+    h.advance(PAID + 7_300)
+    out = h.take()
+    assert "p-18907" not in [r.payment.payment_id for r in out.recoveries], "its order was read before it"
+    assert out.matched >= 1
+    assert "o-18907" not in h.join.orders, "matched past its window: the pair goes at once"
+
+
+def test_an_unmatched_order_is_forgotten_the_late_horizon_after_its_window() -> None:
+    h = Harness(TIMEOUT, GRACE, HORIZON)
+    h.order(ORDER, oid="lonely")
+    _others(h, PAID + 100, PAID + 6_100, "other")
+    h.advance(ORDER + TIMEOUT + GRACE + HORIZON - 1)
+    assert "lonely" in h.join.orders
+    h.advance(ORDER + TIMEOUT + GRACE + HORIZON)
+    assert "lonely" not in h.join.orders
+
+
+@pytest.mark.xfail(strict=True, reason="a matched pair is kept only until the payments partition passes its window "
+                   "(remembering every pair for the late horizon is not bounded by the windows): a duplicate "
+                   "delivered later than that is taken for a new payment")
+def test_a_duplicate_landing_behind_later_payments_is_dropped() -> None:
+    """p239912-18846: paid at 07:18:55.338 (payments 1 @ 96483), matched with its order;
+    the same payment again at 07:18:55.825 (@ 98463), delivered with the held-up batch."""
+    h = Harness(TIMEOUT, GRACE, HORIZON)
+    h.order(ORDER + 120, oid="o-18846")
+    h.pay(PAID - 48, oid="o-18846", pid="p-18846")
+    assert h.take().matched == 1
+    _others(h, PAID + 100, PAID + 6_100, "other")
+    h.advance(PAID + 6_200)
+    h.pay(PAID + 439, oid="o-18846", pid="p-18846")
+    _others(h, PAID + 6_200, PAID + 7_300, "next")
+    h.advance(PAID + 7_300)
+    assert "p-18846" not in [r.payment.payment_id for r in h.take().recoveries]
