@@ -164,7 +164,7 @@ class EndWatch:
                 # of records acknowledged by the old one.
                 key = (topic, part["partition"])
                 known = part.get("leader", leader)
-                if known >= 0:
+                if isinstance(known, int) and known >= 0:
                     before = self._leaders.get(key, known)
                     if before != known:
                         moved = f"the leader of {topic} [{key[1]}] moved from broker {before} to {known}"
