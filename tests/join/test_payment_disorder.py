@@ -70,3 +70,30 @@ def test_a_duplicate_landing_behind_later_payments_is_dropped() -> None:
     _others(h, PAID + 6_200, PAID + 7_300, "next")
     h.advance(PAID + 7_300)
     assert "p-18846" not in [r.payment.payment_id for r in h.take().recoveries]
+
+
+def test_an_order_and_its_payment_both_held_up_match_when_the_order_is_read_first() -> None:
+    """p240088-16770 (soak-239874, exactly_once, broker 2 killed at 07:41:03: it led both
+    partitions 0): the order (stamped 07:40:54.673) landed at orders 0 @ 491527 behind
+    orders confirming 07:41:03.034, the payment (07:40:54.682) at payments 0 @ 523360
+    behind payments confirming 07:41:04.219. The join read the order first, forgot it once
+    the payments' progress passed its window, and recovered the payment at 07:41:04.802;
+    no late order was ever written (none on orders.late, committed or aborted), which is
+    what shows the order was read before the payment. By the contract the payment matches
+    ("whichever arrives first"); the checker counted the recovery late by disorder, by the
+    orders partition alone, and so missed its late order instead (12 of them)."""
+    order_ts, paid = BASE + 9_873, BASE + 9_882  # 07:40:54.673 and .682 (BASE as 07:40:44.800)
+    h = Harness(TIMEOUT, GRACE, HORIZON)
+    _others(h, order_ts - 1_000, order_ts - 100, "before")  # the partitions' records until the kill
+    h.advance(order_ts)
+    # The held-up producers deliver: the others' records stamped up to 9 s later first, then ours.
+    _others(h, order_ts + 100, order_ts + 9_400, "other")
+    h.advance(order_ts + 9_400)
+    h.order(order_ts, oid="o-16770")
+    h.advance(order_ts + 9_500)  # the payments' progress is past the order's window by now
+    h.pay(paid, oid="o-16770", pid="p-16770")
+    h.advance(order_ts + 10_000)
+    h.advance(order_ts + 20_000, payments_at_end=True, orders_at_end=True)
+    out = h.take()
+    assert "p-16770" not in [r.payment.payment_id for r in out.recoveries], "its order was read before it"
+    assert "o-16770" not in [x.order.order_id for x in out.late]

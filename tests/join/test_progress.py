@@ -352,3 +352,43 @@ def test_nothing_is_confirmed_without_a_stale_end_an_answer_or_the_same_epoch_th
     assert confirm_ends(_path(pairs), TOPICS, watch, ask_while_the_broker_goes_away) == 0, \
         "an answer from the epoch before"
     assert pairs[0].ends[Side.PAYMENT].end_epoch == 0
+
+
+def test_a_leader_moving_between_two_live_brokers_makes_the_ends_seen_before_stale_and_waits_the_settle_time(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """soak-239874, at_least_once, 07:30:13.925: a preferred-leader election moved orders 2
+    and 3 from broker 2 to broker 1, both up; 0.6 s later the join took an end of those
+    partitions for the wall clock and recovered 5 payments whose orders (stamped 1.8 s
+    after them) broker 2 had acknowledged 4 s before; the lag exporter's ListOffsets got
+    'Leader high watermark is not caught up' at 07:30:14.8."""
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=10, clock=clock)
+    both = {1: "UP", 2: "UP"}
+    watch.observe(_leaders(("payments", 2, 2), ("orders", 2, 2), brokers=both))
+    watch.observe(_leaders(("payments", 2, 2), ("orders", 2, 2), brokers=both))
+    before = watch.epoch
+    assert watch.trusts(before), "no move yet: nothing changes"
+    with caplog.at_level(logging.WARNING, logger="slipguard.join"):
+        watch.observe(_leaders(("payments", 2, 2), ("orders", 2, 1), brokers=both))
+    assert watch.epoch == before + 1 and not watch.trusts(before), "an end seen before the move is stale"
+    assert not watch.trusts(watch.epoch) and not watch.settled, "and a new one waits the settle time"
+    moved = ("the leader of orders [2] moved from broker 2 to 1: no end of partition counts (no recovery by the "
+             "clock) for 10s")
+    assert [r.getMessage() for r in caplog.records] == [moved]
+    clock.now += 10
+    watch.observe(_leaders(("payments", 2, 2), ("orders", 2, 1), brokers=both))
+    assert watch.trusts(before + 1), "settled on the new leader"
+
+
+def test_a_partition_newly_assigned_or_back_from_an_outage_is_no_move() -> None:
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=10, clock=clock)
+    watch.observe(_leaders(("orders", 0, 1), brokers={1: "UP", 2: "UP"}))
+    watch.observe(_leaders(("orders", 0, 1), ("orders", 1, 2), brokers={1: "UP", 2: "UP"}))
+    assert watch.epoch == 0 and watch.trusts(0), "a partition seen for the first time"
+    watch.observe(_leaders(("orders", 0, -1), ("orders", 1, 2), brokers={2: "UP"}))  # broker 1 killed
+    assert watch.epoch == 1
+    watch.observe(_leaders(("orders", 0, 2), ("orders", 1, 2), brokers={2: "UP"}))  # orders 0 on broker 2 now
+    assert watch.epoch == 1, "back from the outage: its own settle time, no second epoch"
+    clock.now += 10
+    assert watch.trusts(1)
