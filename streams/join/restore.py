@@ -7,6 +7,7 @@ the pairs it already has: a rebalance that moves some partitions stops none of t
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import time
@@ -28,6 +29,27 @@ log = logging.getLogger("slipguard.join")
 Latest = dict[bytes, bytes | None]  # a changelog partition: the last value read per key
 RESTORE_STALL_SECONDS = 120.0  # a restore without progress for this long gives up
 _EOF = KafkaError._PARTITION_EOF
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory a restore freed back to the OS. A restore reads the changelog's
+    churn (every record the log cleaner has not removed yet), and the C allocator keeps
+    the pages the client's buffers and records used: restoring 50 live entries from
+    600,000 records left a process at 237 MB of RSS, 61 MB after malloc_trim (measured
+    2026-12-07), and the soak's workers, restoring again after each fault, rose to 1.1 GB.
+    glibc's malloc_trim(0) releases the free pages of every arena; it takes milliseconds."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 @dataclass
@@ -201,6 +223,7 @@ class Restorer:
         took = time.monotonic() - started
         metrics.JOIN_RESTORE_SECONDS.observe(took)
         self._assign()
+        release_freed_memory()
         sizes = [core.sizes() for core in cores.values()]
         log.info("restored partitions %s in %.2fs: %d pending payments, %d orders, %d recovered remembered",
                  sorted(cores), took, sum(x[0] for x in sizes), sum(x[1] for x in sizes), sum(x[2] for x in sizes))
