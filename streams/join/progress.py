@@ -59,6 +59,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_END, TopicPartition
 
 SETTLE_S = 10.0
+HELD_LOG_S = 30.0  # while no end counts for an away leader: one line this often, with the reason
 log = logging.getLogger("slipguard.join")
 # A leader that has not answered for this long while a request waits for it is away too
 # (frozen, a long GC pause, a network partition: its connection stays up). It answers a
@@ -144,6 +145,8 @@ class EndWatch:
         self.trusted_from = -math.inf  # monotonic: ends count from then on
         self._disconnects: dict[int, int] = {}
         self._leaders: dict[tuple[str, int], int] = {}  # (topic, partition) -> its leader at the last report
+        self.away_since: float | None = None  # monotonic: reports have said a leader is away since then
+        self._held_logged = 0.0  # monotonic: the last "still away" line
 
     def observe(self, stats: dict[str, Any]) -> None:
         """One statistics report (the parsed JSON of librdkafka's stats_cb)."""
@@ -156,8 +159,10 @@ class EndWatch:
                     continue  # the unassigned-partition placeholder, or not ours
                 leader = part.get("broker", -1)
                 leaders.add(leader)
-                if brokers.get(leader, {}).get("state") != "UP":
-                    away = f"no leader connected for {topic} [{part.get('partition')}]"
+                state = brokers.get(leader, {}).get("state")
+                if state != "UP":
+                    away = (f"no leader connected for {topic} [{part.get('partition')}] "
+                            f"(fetched from broker {leader}: {state or 'unknown'}; leader {part.get('leader', '?')})")
                 # A leader that moved between two live brokers (a preferred-leader election,
                 # a reassignment): its end may be the new leader's, whose high watermark is
                 # not caught up yet (ListOffsets says OFFSET_NOT_AVAILABLE meanwhile), short
@@ -182,12 +187,21 @@ class EndWatch:
                     away = f"broker {nodeid} has not answered for {idle / 1e6:.1f}s"  # connected
             self._disconnects[nodeid] = dropped
         if away:
+            now = self.clock()
             if self.trusted_from != math.inf:
                 log.warning("%s: no end of partition counts (no recovery by the clock) until %.0fs after it is "
                             "back", away, self.settle_s)
+                self.away_since = self._held_logged = now
+            elif self.away_since is not None and now - self._held_logged >= HELD_LOG_S:
+                # Recoveries by the clock wait for this: an idle partition's payments stay
+                # pending, and an operator should know why (not only once, at the start).
+                self._held_logged = now
+                log.warning("still %s, for %.0fs: no end of partition counts (no recovery by the clock)", away,
+                            now - self.away_since)
             self.epoch += 1
             self.trusted_from = math.inf
         elif self.trusted_from == math.inf:
+            self.away_since = None
             self.trusted_from = self.clock() + self.settle_s
         elif moved:
             log.warning("%s: no end of partition counts (no recovery by the clock) for %.0fs", moved, self.settle_s)

@@ -197,7 +197,7 @@ def _leaders(*leaders: tuple[str, int, int], brokers: dict[int, str] | None = No
               for n, state in (brokers or {1: "UP"}).items()}
     topics: dict = {t: {"partitions": {"-1": {"partition": -1, "desired": False, "broker": -1}}} for t in TOPICS}
     for topic, p, leader in leaders:
-        topics[topic]["partitions"][str(p)] = {"partition": p, "desired": True, "broker": leader}
+        topics[topic]["partitions"][str(p)] = {"partition": p, "desired": True, "broker": leader, "leader": leader}
     return {"brokers": listed, "topics": topics}
 
 
@@ -269,8 +269,30 @@ def test_an_outage_is_logged_once_naming_what_was_away(caplog: pytest.LogCapture
         watch.observe(_leaders(("payments", 0, 1)))
         watch.observe(_leaders(("payments", 0, 1), waiting=1, idle_us=3_500_000))
     then = ": no end of partition counts (no recovery by the clock) until 10s after it is back"
-    assert [r.getMessage() for r in caplog.records] == [f"no leader connected for payments [0]{then}",
-                                                        f"broker 1 has not answered for 3.5s{then}"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no leader connected for payments [0] (fetched from broker 2: DOWN; leader 2){then}",
+        f"broker 1 has not answered for 3.5s{then}"]
+
+
+def test_a_leader_away_for_long_is_logged_again_every_30_s(caplog: pytest.LogCaptureFixture) -> None:
+    """Clock recoveries wait while a leader is away: an idle partition's payments stay
+    pending. One line at the start is not enough for an operator looking an hour later
+    (and a cut-off test's tail recoveries stayed pending with nothing in the log)."""
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=10, clock=clock)
+    down = _leaders(("orders", 1, 2), brokers={1: "UP", 2: "TRY_CONNECT"})
+    with caplog.at_level(logging.WARNING, logger="slipguard.join"):
+        for _ in range(65):
+            watch.observe(down)
+            clock.now += 1
+        watch.observe(_leaders(("orders", 1, 1)))
+        watch.observe(down)
+    lines = [r.getMessage() for r in caplog.records]
+    away = "no leader connected for orders [1] (fetched from broker 2: TRY_CONNECT; leader 2)"
+    assert lines == [f"{away}: no end of partition counts (no recovery by the clock) until 10s after it is back",
+                     f"still {away}, for 30s: no end of partition counts (no recovery by the clock)",
+                     f"still {away}, for 60s: no end of partition counts (no recovery by the clock)",
+                     f"{away}: no end of partition counts (no recovery by the clock) until 10s after it is back"]
 
 
 @dataclass
