@@ -11,6 +11,7 @@ both. Half the cost of running each test twice, and the same fault for both."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -44,6 +45,14 @@ from tests.integration.workers import committed_total, read_to_end, start
 GUARANTEES = ("exactly_once", "at_least_once")
 
 REPORTS = ROOT / ".stack" / "cluster" / "reports"
+OWN_LINES = 60  # a failed check prints this many of each process's last lines of its own
+
+
+def _own_lines(log: str, n: int = OWN_LINES) -> str:
+    """A process's last `n` lines that are not librdkafka's (which start with "%" and
+    flood a log during a fault: the 1,500 characters printed before held 8 of its own)."""
+    own = [line for line in log.splitlines() if not line.startswith("%")]
+    return "\n".join(own[-n:])
 
 
 def java_hash(text: str) -> int:
@@ -288,7 +297,14 @@ class Run:
         (and written, see judge)."""
         verdict = self.judge(outages, **facts)
         print(json.dumps(verdict.report, default=str))
-        tails = "".join(f"\n---- {n} ----\n{self.log(n)[-1500:]}" for n in self.procs)
+        if verdict.broken:  # the logs kept beside the report, and each process's own lines in the output
+            kept = REPORTS / f"{self.name}-logs"
+            kept.mkdir(parents=True, exist_ok=True)
+            for _proc, path in self.procs.values():
+                if path.exists():
+                    shutil.copy(path, kept / path.name)
+        tails = "".join(f"\n---- {n} (its own lines; every line in {REPORTS}) ----\n{_own_lines(self.log(n))}"
+                        for n in self.procs)
         assert not verdict.broken, "\n".join(verdict.broken) + tails
         return verdict.report
 

@@ -269,3 +269,13 @@ class _Msg:
 
     def timestamp(self) -> tuple[int, int]:
         return 1, self._ts
+
+
+def test_a_failed_check_prints_each_process_s_own_lines_not_librdkafka_s() -> None:
+    """The cut-off test's failure in CI printed 1,500 characters of each log: 8 lines of
+    the worker's own among librdkafka's, none from its last three minutes."""
+    from tests.cluster.harness import _own_lines
+
+    log = "\n".join(["2026 INFO a", *[f"%6|1|FAIL|x| [thrd:1]: disconnected {i}" for i in range(500)], "2026 INFO b"])
+    assert _own_lines(log) == "2026 INFO a\n2026 INFO b"
+    assert _own_lines("\n".join(f"line {i}" for i in range(100)), 3) == "line 97\nline 98\nline 99"
