@@ -45,6 +45,18 @@ group-coordinator kill, exactly_once). So a stall longer than `stall_s(grace)` s
 new epoch too (`EndWatch.stalled`), after the batch consumed at its end: ends count
 again once seen, or confirmed with the leader, after it. No settling time: the leaders
 stayed up, and the producers were not held back.
+
+**A queue that holds more** (a batch that came back full) makes every end seen so far
+stale in the same way (`EndWatch.queued`), after that batch. librdkafka prefetches far
+ahead of the loop (up to queued.min.messages per partition) and queues an end of
+partition behind the records of the fetch that reached it: records fetched after it wait
+behind it in the queue, and the loop sees that end seconds after the fetch that gave it.
+Catching up after a rebalance, the at_least_once worker took an end of orders 0 at offset
+112235 or below (the high watermark of a fetch before 08:45:46.07), consumed after
+08:45:49.4, for the partition read to its end, and recovered at 08:45:50.791 25 payments
+whose orders (112241..112446, acknowledged 4.2-4.7 s before) were in its queue behind it
+(soak-104610). A batch that is not full emptied the queue: an end seen in it has nothing
+fetched behind it.
 """
 
 from __future__ import annotations
@@ -213,6 +225,13 @@ class EndWatch:
         so far is stale, and counts only once confirmed."""
         log.info("the join's loop stood still for %.1fs: ends of partition seen before count once confirmed again",
                  seconds)
+        self.epoch += 1
+
+    def queued(self) -> None:
+        """A batch came back full: the client's queue may hold records behind every end seen
+        so far (see the module docstring). They count only once seen again in a batch that
+        emptied the queue, or confirmed with the leader. Quiet: a backlog does this on every
+        batch."""
         self.epoch += 1
 
     @property

@@ -188,17 +188,19 @@ class JoinWorker:
         if self.restorer.busy:
             self._install(self.restorer.step(RESTORE_SLICE if self.pipeline.partitions() else 1.0))
         raise_for(self.pipeline.take(msgs, self.now_ms(), self.ends.epoch))
+        # Caught up, commit every interval: outputs become visible quickly. Working through
+        # a backlog (full batches), less often: each commit is a few broker round trips.
+        backlog = len(msgs) >= self.settings.batch_size
         if stood > self.stall_s:  # the ends seen until now (this batch's too) may hide what came meanwhile
             self.ends.stalled(stood)
             self.ends_asked = 0.0  # confirmed with the leaders now, not a second later
+        elif backlog:  # the queue holds more: records fetched after the ends seen may wait behind them
+            self.ends.queued()
         monotonic = time.monotonic()
         decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
         if self.ends.settled and monotonic - self.ends_asked >= 1.0:
             self._confirm_ends()
         self.pipeline.advance(decisions, self.now_ms())
-        # Caught up, commit every interval: outputs become visible quickly. Working through
-        # a backlog (full batches), less often: each commit is a few broker round trips.
-        backlog = len(msgs) >= self.settings.batch_size
         if self.checkpoint.due(self.settings.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
             self.commit()
 

@@ -90,6 +90,20 @@ def test_after_the_loop_stood_still_an_end_seen_before_counts_only_once_confirme
     assert watch.settled and not any(watch.trusts(e) for e in (before, between, watch.epoch - 1))
 
 
+def test_after_a_full_batch_an_end_seen_before_counts_only_once_seen_again_or_confirmed_quietly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """soak-104610, 08:45:50.791: an end consumed seconds after its fetch, records behind it in the queue."""
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=10, clock=clock)
+    watch.observe(_stats())
+    before = watch.epoch
+    with caplog.at_level(logging.DEBUG, logger="slipguard.join"):
+        watch.queued()
+    assert not watch.trusts(before), "an end seen in or before a full batch is stale"
+    assert watch.trusts(watch.epoch) and watch.settled, "one seen (or confirmed) after it counts at once"
+    assert caplog.records == [], "a backlog does this on every batch: nothing logged"
+
+
 @pytest.mark.parametrize(("grace_ms", "stall"), [(1_000, 0.5), (5_000, 1.0), (200, 0.1), (60_000, 1.0)])
 def test_a_stall_counts_from_half_the_grace_and_at_most_a_second(grace_ms: int, stall: float) -> None:
     assert stall_s(grace_ms) == stall

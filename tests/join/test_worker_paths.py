@@ -9,19 +9,21 @@ restart while a partition's other half was not yet fetched or its leader away.""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 
 from streams.join import native
 from streams.join.core import JoinParams, PartitionJoin
 from streams.join.merge import HOLD_MAX_SECONDS
 from streams.join.native import NATIVE, NativePipeline
 from streams.join.pipeline import Pipeline
+from streams.join.progress import EndWatch, stall_s
 from streams.join.worker import JoinWorker
 from streams.settings import load_settings
-from tests.factories import payment
+from tests.factories import order, payment
 from tests.join.fuzz import Recorder
 from tests.join.harness import BASE, at
 
@@ -69,3 +71,84 @@ def test_a_pair_held_past_the_limit_asks_the_worker_and_the_worker_answers_from_
     left = high < 0 or high > 0  # not fetched since assigned, or records past offset 0
     assert pipe.held_count() == (1 if left else 0), "held while orders are left to fetch, else fed"
     assert pipe.fed == (0 if left else 1)
+
+
+class _Queue:
+    """The consumer's local queue: librdkafka prefetches far ahead of the loop (up to
+    queued.min.messages per partition) and queues each end of partition behind the records
+    of the fetch that reached it, so records fetched later wait behind that end."""
+
+    def __init__(self, batches: list[list[Message]]) -> None:
+        self.batches = batches
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        batch = self.batches.pop(0)
+        assert len(batch) <= num_messages
+        return batch
+
+
+def _eof(topic: str, offset: int) -> Message:
+    return Message(topic=topic, partition=0, offset=offset, error=KafkaError(KafkaError._PARTITION_EOF))
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_an_end_seen_in_a_full_batch_does_not_count_records_fetched_after_it_may_wait_in_the_queue(core: str) -> None:
+    """soak-104610, at_least_once, 08:45:50.791: catching up after a rebalance (full batches,
+    the loop seconds behind librdkafka's fetcher), the join took an end of orders 0 seen at
+    offset <= 112235 (the high watermark of a fetch before 08:45:46.07) for the partition
+    read to its end, made the wall clock its progress and recovered 25 payments whose orders
+    (112241..112446, acknowledged 4.2-4.7 s before) were already fetched, in the queue behind
+    that end. A batch that comes back full says the queue holds more: no end counts until
+    one is seen in a batch that emptied the queue, or confirmed with the leader."""
+    s = load_settings(bootstrap_servers="127.0.0.1:1", batch_size=4)
+    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
+    sink = Recorder()
+    pipe: Pipeline | NativePipeline
+    if core == "native":
+        pipe = NativePipeline(s, params, sink)
+        pipe.install({0: native.new_core(params)})
+    else:
+        pipe = Pipeline(s, params, sink)
+        pipe.install({0: PartitionJoin(params)})
+    pays, ords = s.payments_topic, s.orders_topic
+
+    def rec(topic: str, offset: int, value: bytes, key: bytes, ts: int) -> Message:
+        return Message(topic=topic, partition=0, offset=offset, key=key, value=value, timestamp=(1, ts))
+
+    pay = payment(payment_id="p1", order_id="o1", paid_at=at(BASE)).encode()
+    late_for = BASE + s.order_timeout + s.grace + 500  # the wall clock: past deadline + GRACE
+    unmatched = payment(payment_id="p9", order_id="o9", paid_at=at(BASE + 1)).encode()  # its order never comes
+    batches = [
+        # not full: the queue emptied; the payments pending, orders confirmed up to BASE
+        [rec(pays, 0, pay, b"o1", BASE), rec(pays, 1, unmatched, b"o9", BASE + 1), _eof(pays, 2)],
+        # full: it ends with an end of orders seen by a fetch long before; o1 waits behind it
+        [rec(ords, 0, order(order_id="o0", created_at=at(BASE)).encode(), b"o0", BASE),
+         rec(ords, 1, order(order_id="o2", created_at=at(BASE + 100)).encode(), b"o2", BASE + 100),
+         _eof(ords, 2), _eof(pays, 2)],
+        # the next batch: the order, 2 s after its payment, inside the window
+        [rec(ords, 2, order(order_id="o1", created_at=at(BASE + 2_000)).encode(), b"o1", BASE + 2_000)],
+        # the queue empty, the partition read to its end: the wall clock recovers the other payment
+        [_eof(ords, 3)],
+    ]
+    clock = [BASE]
+    worker = SimpleNamespace(
+        settings=s, consumer=_Queue(batches), pipeline=pipe, ends=EndWatch((pays, ords)), now_ms=lambda: clock[0],
+        stall_s=stall_s(s.grace), consumed_at=0.0, loop_at=0.0, rewind_due=False, wake_fetchers=False,
+        restorer=SimpleNamespace(busy=False), ends_asked=0.0, confirmed=[],
+        checkpoint=SimpleNamespace(poll=lambda: None, due=lambda _interval: False))
+    worker._unread = lambda partition, side, fetched_to: False
+    worker._confirm_ends = lambda: worker.confirmed.append(worker.ends.epoch)  # the leader not asked here
+
+    def step(now_ms: int) -> None:
+        clock[0] = now_ms
+        worker.consumed_at = time.monotonic()  # no stall
+        JoinWorker.step(worker)  # type: ignore[arg-type]
+
+    step(BASE + 300)
+    assert sink.of(s.recovery_topic) == []
+    step(late_for)
+    assert sink.of(s.recovery_topic) == [], "an end seen in a full batch does not make the wall clock the progress"
+    step(late_for + 10)
+    assert sink.of(s.recovery_topic) == [], "the order came: matched; the other payment waits for an end"
+    step(late_for + 20)
+    assert [r.key for r in sink.of(s.recovery_topic)] == [b"o9"], "an end seen in a batch that emptied the queue counts"
