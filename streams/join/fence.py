@@ -88,7 +88,8 @@ class Fence:
         gone = set(partitions)
         self.committed = {k: v for k, v in self.committed.items() if k[1] not in gone}
 
-    def write(self, consumer: Consumer, out: JoinProducer, topic: str, changes: list[Change]) -> None:
+    def write(self, consumer: Consumer, out: JoinProducer, topic: str, changes: list[Change],
+              until: float | None = None) -> float:
         """What a member that lost its partitions without knowing it (cut off past its
         session timeout) could still write after its successor: outputs (commit step 1; at
         worst duplicates, with the same recovery_id); state produced once it is no member
@@ -96,8 +97,13 @@ class Fence:
         (never: delivered within the bounds or failed). Left open: a request already on the
         wire that a real network partition holds in TCP buffers past the window, and a
         record produced after a long pause that librdkafka sends in the microseconds before
-        the purge."""
-        until = self._confirm(consumer)
+        the purge.
+
+        `until`: a confirmation still valid until then (monotonic), as an earlier write of
+        the same commit returned it; past it, or None, this member is confirmed anew.
+        Returns until when this write's confirmation is valid."""
+        if until is None or time.monotonic() >= until:
+            until = self._confirm(consumer)
         for partition, key, value in changes:
             while True:
                 if time.monotonic() >= until:  # a long write (a full queue): confirmed again
@@ -110,6 +116,7 @@ class Fence:
                     break
                 if self.stopping():
                     raise Stopped("stopped while writing the state to the changelog")
+        return until
 
     def _confirm(self, consumer: Consumer) -> float:
         """Ask the group coordinator whether this member still owns its partitions: a
