@@ -253,6 +253,64 @@ def restore_into(core: PartitionJoin, latest: dict[bytes, bytes | None], now_ms:
     core.restore_pending(pending)
 
 
+def drop_handled(latest: dict[bytes, bytes | None], timeout_ms: int) -> list[bytes]:
+    """Take out of `latest` each pending payment that the changelog also holds as handled:
+    the same payment (payment_id and event time) recovered under its order's r: key, or
+    matched in a pair of a bundle. Returns their keys, for the next commit to delete.
+
+    A live join never holds a payment both pending and handled: it stops pending when it
+    is recovered or matched, in the interval whose commit writes the recovery or the pair
+    and the pending key's tombstone. An at_least_once commit has no transaction and can
+    fail part way; it sends an interval's tombstones only once all its new values have
+    landed (checkpoint.phases), so a failed commit leaves either some new values and no
+    tombstone (harmless: the records read again after the rewind find what they made),
+    or all of its new values and some of its tombstones: a pending key beside its own
+    recovery or pair, which this resolves toward handled (the recovery was delivered
+    before any state: commit step 1). Its key must then be deleted (Checkpoint.delete):
+    left in the log, it would be pending again at a restore once the recovery or the
+    pair's bundle is gone, with nothing left to tell.
+
+    Only the same payment is taken out: a pair lingering in a bundle after it expired
+    (bundles go when all their pairs have) does not hide a later payment for its order."""
+    pending = [key for key, value in latest.items() if key[:2] == b"p:" and value is not None]
+    if not pending:
+        return []
+    recovered = PREFIX[Store.RECOVERED]
+    handled: dict[bytes, list[tuple[str, int]]] = {}  # order_id -> (payment_id, event time) handled
+    for key in pending:
+        value = latest.get(recovered + key[2:])
+        if value is not None:
+            entry = decode(recovered + key[2:], value).value
+            assert isinstance(entry, RecoveredPayment)
+            handled.setdefault(key[2:], []).append((entry.payment_id, entry.deadline - timeout_ms))
+    bundle_prefix = PREFIX[Store.MATCHED]
+    bundles = [value for key, value in latest.items() if key[:2] == bundle_prefix and value]
+    if bundles:
+        wanted = {key[2:] for key in pending}
+        unpack, size = _PAIR.unpack_from, _PAIR.size
+        for value in bundles:  # the pairs' order ids only, unless one is wanted
+            at, end = 0, len(value)
+            while at < end:
+                n_oid, n_pid, n_raw, _, paid_t = unpack(value, at)
+                at += size
+                oid = value[at : at + n_oid]
+                if oid in wanted:
+                    pid = value[at + n_oid : at + n_oid + n_pid].decode()
+                    handled.setdefault(oid, []).append((pid, paid_t))
+                at += n_oid + n_pid + n_raw
+    dropped = []
+    for oid, done in handled.items():
+        key = PREFIX[Store.PENDING] + oid
+        value = latest[key]
+        assert value is not None
+        entry = value if value[8] & compact.COMPACT else decode(key, value).value
+        assert isinstance(entry, bytes)
+        if (compact.payment_id_in(entry), compact.t_of(entry)) in done:
+            del latest[key]
+            dropped.append(key)
+    return dropped
+
+
 # ---------------------------------------------------------------- reading it from outside the join
 
 

@@ -20,6 +20,30 @@ from streams.settings import Settings
 
 log = logging.getLogger("slipguard.join")
 
+Record = tuple[int, bytes, bytes | None]  # (changelog partition, key, value or tombstone)
+
+
+def phases(changes: list[Record], stale: list[Record]) -> tuple[list[Record], list[Record]]:
+    """at_least_once: a commit's changelog writes, in the order it sends them, each phase
+    flushed before the next is sent (Checkpoint, step 2): the new values with the
+    tombstones of `stale` keys (a restore found them handled), then the interval's other
+    tombstones.
+
+    With no transaction, a failed flush can leave any part of what it sent delivered
+    (librdkafka keeps the order of what it delivers, not its gaps: a record that times
+    out can be followed by one that lands; enable.gapless.guarantee, off here, would not
+    cover timeouts either). So a failed commit leaves some of its new values and none of
+    its tombstones (harmless: its records, read again, find what they made), or all of
+    its new values and some of its tombstones: a pending payment beside its own
+    recovery or pair, which a restore resolves (changelog.drop_handled). A stale key's
+    tombstone may land alone: its payment was handled."""
+    puts = [c for c in changes if c[2] is not None]
+    written = {(partition, key) for partition, key, _ in puts}
+    deletes = [c for c in stale if (c[0], c[1]) not in written]  # (a key given a value now: it wins)
+    stale_keys = {(partition, key) for partition, key, _ in deletes}
+    return deletes + puts, [c for c in changes if c[2] is None and (c[0], c[1]) not in stale_keys]
+
+
 class Checkpoint:
     """The worker's work since the last commit, and its commit: the one owner of the
     interval's transaction. Work enters only through `produce` (an output) and
@@ -31,11 +55,14 @@ class Checkpoint:
     2. write the net state changes of every pair to its changelog partition;
        at_least_once: only once the group coordinator has confirmed that this member
        still owns its partitions, and within bounds that keep it from landing after the
-       partitions' next owner has read them (fence.Fence);
+       partitions' next owner has read them (fence.Fence); and in two phases (`phases`),
+       each flushed before the next is sent: (a) the new values, with the tombstones of
+       keys a restore found already handled (`delete`), then (b) the other tombstones,
+       so that a commit failing part way leaves what a restore can resolve;
     3. exactly_once: send the consumed offsets to the open transaction and commit it, so
        outputs, state and offsets become visible together, or not at all;
-       at_least_once: flush the state, and only then commit the offsets, so a crash
-       repeats work (same recovery_id) but never loses it;
+       at_least_once: with the state flushed (2b), commit the offsets, so a crash repeats
+       work (same recovery_id) but never loses it;
     4. count the committed outputs in the metrics (staged until here).
 
     A step that fails is retried while its error is retriable (for TXN_RETRY_SECONDS: the
@@ -61,6 +88,9 @@ class Checkpoint:
         self.staged: dict[Counter, int] = {}  # counter -> outputs produced but not committed yet
         self.staged_latencies: list[float] = []
         self.committing_since: float | None = None  # a commit under way since (monotonic)
+        # changelog partition -> keys a restore found already handled (changelog.drop_handled),
+        # deleted at the next commit, first
+        self.stale: dict[int, list[bytes]] = {}
 
     def _begin(self) -> None:
         """Work is under way: with exactly_once, inside a transaction (the one place it begins)."""
@@ -92,7 +122,17 @@ class Checkpoint:
 
     def release(self, partitions: Iterable[int]) -> None:
         """Pairs handed over or lost: their offsets are no longer this member's to commit."""
-        self.fence.release(partitions)
+        gone = set(partitions)
+        self.fence.release(gone)
+        self.stale = {p: keys for p, keys in self.stale.items() if p not in gone}
+
+    def delete(self, partition: int, keys: list[bytes]) -> None:
+        """Changelog keys of a pair just restored that its restore found already handled
+        (changelog.drop_handled): deleted at the next commit, before anything else is."""
+        if keys:
+            self.stale[partition] = list(keys)
+        else:
+            self.stale.pop(partition, None)
 
     def init_transactions(self) -> bool:
         """exactly_once: fence an earlier incarnation of this worker's transactional.id;
@@ -155,21 +195,24 @@ class Checkpoint:
         self._begin()
         topic = self.s.changelog_topic
         pending = changes()  # (partition, key, value) in the configured format (the record path encodes)
+        stale: list[Record] = [(partition, key, None) for partition, keys in self.stale.items() for key in keys]
         consumer = self.consumer()
         if self.eos:
-            for partition, key, value in pending:
+            for partition, key, value in stale + pending:
                 self.out.produce(topic, key, value, partition)
-        elif pending:
-            self.fence.write(consumer, self.out, topic, pending)
+        else:
+            until = None  # one confirmation for both phases while it lasts (fence.Fence.write)
+            for phase in phases(pending, stale):
+                if phase:
+                    until = self.fence.write(consumer, self.out, topic, phase, until)
+                    self.out.flush_all()  # (2a failed: no tombstone is sent)
         # Step 3: offsets with the transaction (exactly_once), or after everything is delivered.
         if self.eos:
             self.out.commit_transaction(offsets, consumer.consumer_group_metadata())
-        else:
-            self.out.flush_all()
-            if offsets:
-                consumer.commit(offsets=offsets, asynchronous=False)
-                self.fence.remember(offsets)
-        return len(pending)
+        elif offsets:  # (outputs and state flushed: steps 1 and 2)
+            consumer.commit(offsets=offsets, asynchronous=False)
+            self.fence.remember(offsets)
+        return len(stale) + len(pending)
 
     # ------------------------------------------------------------ when something fails
 
@@ -237,7 +280,9 @@ class Checkpoint:
         self.forget()
 
     def forget(self) -> None:
-        """Drop what was staged for the commit (committed and counted, or read again)."""
+        """Drop what was staged for the commit (committed and counted, or read again: the
+        restore that follows finds the stale keys again)."""
+        self.stale.clear()
         self.staged.clear()
         self.staged_latencies.clear()
         self.offsets.clear()

@@ -93,6 +93,9 @@ class Restorer:
                                                     "queued.max.messages.kbytes": 262_144}))
         self.watermarks = self._new_watermarks()
         self.jobs: dict[int, _Job] = {}
+        # partition -> keys its last restore found already handled (changelog.drop_handled):
+        # the worker has the next commit delete them (Checkpoint.delete)
+        self.handled: dict[int, list[bytes]] = {}
         self.known = False  # the changelog's metadata is in the restore consumer's cache
         self.last_progress = time.monotonic()
         self.last_step = time.monotonic()
@@ -212,6 +215,8 @@ class Restorer:
         try:
             for p in sorted(parts):
                 job = self.jobs.pop(p)
+                # A failed at_least_once commit's leftovers, out before either core sees them.
+                self.handled[p] = changelog.drop_handled(job.latest, self.params.timeout_ms)
                 if self.native is not None:
                     cores[p] = self.native(self.params, job.latest, now_ms)
                     continue
@@ -225,6 +230,11 @@ class Restorer:
         self._assign()
         release_freed_memory()
         sizes = [core.sizes() for core in cores.values()]
+        handled = sum(len(self.handled[p]) for p in cores)
+        if handled:
+            log.warning("restored partitions %s: %d payments pending beside their own recovery or matched pair "
+                        "(a failed at_least_once commit's leftovers) are not pending; deleting them", sorted(cores),
+                        handled)
         log.info("restored partitions %s in %.2fs: %d pending payments, %d orders, %d recovered remembered",
                  sorted(cores), took, sum(x[0] for x in sizes), sum(x[1] for x in sizes), sum(x[2] for x in sizes))
         return cores

@@ -284,6 +284,8 @@ class JoinWorker:
         except KafkaException as exc:
             raise JoinFailed(f"cannot read the group's committed offsets: {exc.args[0]}") from exc
         self.checkpoint.remember(committed)
+        for p in restored:
+            self.checkpoint.delete(p, self.restorer.handled.pop(p, []))
         self.consumer.resume(assigned)
         for tp in committed:
             try:

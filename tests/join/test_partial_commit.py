@@ -14,9 +14,12 @@ same points and restores exactly the last commit's state (what exactly_once gets
 transaction): the same payments recovered (repeats with the same recovery_id are allowed
 under at_least_once), none missing, none more; and a restart once all is done brings
 nothing back. Traffic, disorder and the worker's reading are test_disorder_property's;
-commits at random points, some failing with a random part of their records delivered, as
-the commit's write order allows. Both cores (the Harness drives the native twin and holds
-it to the Python core, restores included).
+commits at random points, some failing with any part of their records delivered that
+the commit's write order (checkpoint.phases) allows, and restores resolving what that
+leaves (changelog.drop_handled), as the worker does. Both cores (the Harness drives the
+native twin and holds it to the Python core, restores included). Not held: a payment
+read again after its matched pair has gone (state ahead of the committed offsets: the
+known gap, a strict expected failure at the end).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.join import changelog
+from streams.join import changelog, checkpoint
 from tests.join.harness import BASE, Harness, T
 from tests.join.test_disorder_property import CHECKS, Rec, Scenario, scenarios
 
@@ -36,15 +39,8 @@ Log = dict[bytes, bytes | None]
 MAX_FAILURES = 3
 
 
-def write_order(records: list[Record], stale: list[Record]) -> list[list[Record]]:
-    """The at_least_once commit's changelog writes, each phase flushed before the next is
-    sent: everything at once (any part of it may land)."""
-    return [stale + records]
-
-
-def settle(latest: Log, timeout_ms: int) -> list[bytes]:
-    """What a restore does to the changelog it read before a core gets it: nothing."""
-    return []
+phases = checkpoint.phases  # an at_least_once commit's changelog writes, each phase flushed before the next
+settle = changelog.drop_handled  # what a restore does to the changelog it read before a core gets it
 
 
 @dataclass
@@ -54,21 +50,49 @@ class Worker:
     h: Harness
     log: Log = field(default_factory=dict)
     stale: list[Record] = field(default_factory=list)  # keys a restore found already handled: deleted next commit
+    # Orders whose pair reached the log, or would have but expired first: if their payment
+    # is read again after the pair is gone, it is taken for a new one (the known gap, below)
+    gap: set[str] = field(default_factory=set)
     recovered: set[str] = field(default_factory=set)
+    beside_pair: set[str] = field(default_factory=set)  # recovered while its own order was held matched
     late: set[str] = field(default_factory=set)
 
-    def take(self) -> None:
+    def take(self, paired: frozenset[str] = frozenset()) -> None:
+        """`paired`: order ids held as matched pairs before the step (a recovery of one is
+        never the known gap)."""
         out = self.h.take()
         self.recovered |= {r.payment.payment_id for r in out.recoveries}
+        self.beside_pair |= {r.payment.payment_id for r in out.recoveries if r.payment.order_id in paired}
         self.late |= {x.order.order_id for x in out.late}
 
     def records(self) -> list[Record]:
         return [(0, *changelog.encode(c)) for c in self.h.commit()]
 
+    def commit(self) -> None:
+        """A commit that succeeds: every phase lands."""
+        records = self.records()
+        for phase in phases(records, self.stale):
+            self.deliver(phase)
+        self.gap |= _unpaired_deletes(records)
+        self.stale = []
+
+    def deliver(self, records: list[Record]) -> None:
+        _deliver(self.log, records)
+        self.gap |= {oid for _, k, v in records if v is not None and changelog.is_bundle(k)
+                     for oid, _ in changelog.decode(k, v).value}  # type: ignore[union-attr]
+
     def restore(self, now: int) -> None:
+        """As the worker restores (restore.Restorer: what a failed commit left resolved first)."""
         latest = {k: v for k, v in self.log.items() if v is not None}
         self.stale = [(0, k, None) for k in settle(latest, self.h.join.params.timeout_ms)]
         self.h.restore(latest, now)
+
+
+def _unpaired_deletes(records: list[Record]) -> set[str]:
+    """Order ids whose unmatched order a commit deletes with no pair for it in a bundle."""
+    paired = {oid for _, k, v in records if v is not None and changelog.is_bundle(k)
+              for oid, _ in changelog.decode(k, v).value}  # type: ignore[union-attr]
+    return {k[2:].decode() for _, k, v in records if v is None and k[:2] == b"o:"} - paired
 
 
 def _deliver(log: Log, records: list[Record]) -> None:
@@ -91,6 +115,7 @@ def _positions(sc: Scenario) -> list[tuple[int, int]]:
 
 
 def _feed(w: Worker, s: tuple, now: int, p_end: bool, o_end: bool) -> None:
+    paired = frozenset(oid for oid, e in w.h.join.orders.items() if e.paid_id is not None)
     if s[0] == "advance":
         w.h.advance(now, p_end, o_end)
     else:
@@ -99,7 +124,7 @@ def _feed(w: Worker, s: tuple, now: int, p_end: bool, o_end: bool) -> None:
             w.h.pay(r.ts, oid=r.oid, pid=r.pid)
         else:
             w.h.order(r.ts, oid=r.oid)
-    w.take()
+    w.take(paired)
 
 
 def _run(sc: Scenario, data: st.DataObject) -> None:
@@ -127,45 +152,46 @@ def _run(sc: Scenario, data: st.DataObject) -> None:
         if data.draw(st.integers(0, 2), label="commit") == 0 or i == len(sc.steps) - 1:
             fail = (i not in failed_at and len(failed_at) < MAX_FAILURES and i < len(sc.steps) - 1
                     and data.draw(st.booleans(), label="fails"))
-            exact_records, phases = exact.records(), write_order(partial.records(), partial.stale)
             if not fail:
-                _deliver(exact.log, exact.stale + exact_records)
-                for phase in phases:
-                    _deliver(partial.log, phase)
-                exact.stale = partial.stale = []
+                _deliver(exact.log, exact.stale + exact.records())  # (exactly_once: all at once)
+                exact.stale = []
+                partial.commit()
                 committed = i
             else:
                 failed_at.add(i)
-                # The phases before the failing one were delivered whole (else it would not
-                # have been sent); of the failing one, any part; of the later ones, nothing.
-                sent = [n for n, phase in enumerate(phases) if phase]
+                exact.records()  # (none of it lands)
+                records = partial.records()
+                partial.gap |= _unpaired_deletes(records)
+                # The phases before the failing one land whole (else it would not have been
+                # sent); of the failing one, any part; of the later ones, nothing.
+                written = phases(records, partial.stale)
+                sent = [n for n, phase in enumerate(written) if phase]
                 if sent:
                     failing = data.draw(st.sampled_from(sent), label="failing phase")
-                    for phase in phases[:failing]:
-                        _deliver(partial.log, phase)
-                    landed = data.draw(st.lists(st.booleans(), min_size=len(phases[failing]),
-                                                max_size=len(phases[failing])), label="delivered")
-                    _deliver(partial.log, [r for r, ok in zip(phases[failing], landed, strict=True) if ok])
+                    for phase in written[:failing]:
+                        partial.deliver(phase)
+                    landed = data.draw(st.lists(st.booleans(), min_size=len(written[failing]),
+                                                max_size=len(written[failing])), label="delivered")
+                    partial.deliver([r for r, ok in zip(written[failing], landed, strict=True) if ok])
                 for w in (exact, partial):
                     w.restore(clock)
                 i = committed + 1
                 continue
         i += 1
-    assert partial.recovered == exact.recovered, (
-        f"false recoveries {sorted(partial.recovered - exact.recovered)}, "
-        f"lost recoveries {sorted(exact.recovered - partial.recovered)}")
+    false = partial.recovered - exact.recovered
+    known = {pid for pid in false if pid.replace("p", "o", 1) in partial.gap and pid not in partial.beside_pair}
+    assert false == known, f"false recoveries {sorted(false - known)}"
+    assert not exact.recovered - partial.recovered, f"lost recoveries {sorted(exact.recovered - partial.recovered)}"
     # A restart once everything is done (committed above): nothing comes back.
     for w in (exact, partial):
         before = set(w.recovered)
         w.restore(clock)
         w.h.advance(clock + 2 * (horizon + timeout + grace), True, True)
         w.take()
-        assert w.recovered == before, f"came back after a restart: {sorted(w.recovered - before)}"
+        assert w.recovered == before, f"{w is partial} came back after a restart: {sorted(w.recovered - before)}"
         assert w.h.join.sizes()[0] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: any part of a failed at_least_once commit can land, and a "
-                   "restore takes the changelog as it is")
 @settings(max_examples=300, deadline=None, suppress_health_check=CHECKS)
 @given(scenarios(), st.data())
 def test_a_commit_failing_with_part_of_its_state_delivered_recovers_what_a_clean_rewind_does(
@@ -187,20 +213,19 @@ def _interval(first: str, then: str) -> tuple[Worker, list[Record]]:
             w.h.pay(BASE, oid="O", pid="P")
         w.take()
         if kind == first:
-            _deliver(w.log, w.records())
+            w.commit()
     return w, w.records()
 
 
 def _deliveries(first: str, then: str) -> list[tuple[Worker, list[Record]]]:
-    """Each part of the failed commit that its write order lets land, with a fresh worker."""
+    """Each part of the failed commit's records that can land, with a fresh worker."""
     out = []
-    phases = write_order(_interval(first, then)[1], [])
-    for failing, phase in enumerate(phases):
+    for failing, phase in enumerate(phases(_interval(first, then)[1], [])):
         for mask in range(1 << len(phase)):
             w, records = _interval(first, then)
-            phases = write_order(records, [])
-            delivered = [r for earlier in phases[:failing] for r in earlier]
-            out.append((w, delivered + [r for n, r in enumerate(phases[failing]) if mask >> n & 1]))
+            written = phases(records, [])
+            delivered = [r for earlier in written[:failing] for r in earlier]
+            out.append((w, delivered + [r for n, r in enumerate(written[failing]) if mask >> n & 1]))
     return out
 
 
@@ -216,12 +241,11 @@ def _rewind(w: Worker, delivered: list[Record], then: str) -> None:
     w.take()
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: any part of a failed at_least_once commit can land, and a "
-                   "restore takes the changelog as it is")
 def test_an_order_committed_then_matched_by_a_payment_in_a_failed_commit_is_matched_again() -> None:
     """The brief's case: the order's tombstone delivered, the pair's bundle not, and the
     payment read again finds no order."""
     assert sorted(v is None for _, _, v in _interval("order", "pay")[1]) == [False, True]  # bundle, tombstone
+    assert [[v is None for _, _, v in phase] for phase in phases(_interval("order", "pay")[1], [])] == [[False], [True]]
     for w, delivered in _deliveries("order", "pay"):
         _rewind(w, delivered, "pay")
         assert w.recovered == set(), f"false recovery with {[k for _, k, _ in delivered]} delivered"
@@ -231,10 +255,40 @@ def test_a_payment_committed_then_matched_by_an_order_in_a_failed_commit_stays_m
     """The bundle delivered, the pending payment's tombstone not; and a restart after the
     pair's bundle is gone does not bring the payment back."""
     for w, delivered in _deliveries("pay", "order"):
+        if b"m:000000000000" in [k for _, k, _ in delivered]:  # its pair landed: restored not pending
+            restored = Worker(Harness(), log=dict(w.log))
+            _deliver(restored.log, delivered)
+            restored.restore(BASE)
+            left = (0, b"p:O", None) not in delivered  # its tombstone did not land
+            assert restored.h.join.sizes()[0] == 0 and restored.stale == [(0, b"p:O", None)] * left
         _rewind(w, delivered, "order")
         assert w.recovered == set(), f"false recovery with {[k for _, k, _ in delivered]} delivered"
-        _deliver(w.log, w.stale + w.records())  # the pair expired: its bundle deleted
+        w.commit()  # (the pair expired: its bundle deleted)
         w.restore(BASE + 10 * T)
         w.h.advance(BASE + 20 * T, True, True)
         w.take()
         assert w.recovered == set(), f"came back after its pair's bundle went ({[k for _, k, _ in delivered]})"
+
+
+@pytest.mark.xfail(strict=True, reason="known gap, not fixed: a payment read again after its pair's window is taken "
+                   "for a new one (test_payment_disorder.py's xfail); here the pair expired in the interval that "
+                   "matched it, so no bundle ever held it, and the order's tombstone landed")
+def test_a_payment_matched_and_expired_in_a_failed_commit_is_not_recovered_when_read_again() -> None:
+    """The order committed; the payment read, matched, and its pair's window passed (a
+    backlog read to its end), all in one interval whose commit fails once the order's
+    tombstone has landed, or whose offsets commit fails: read again, the payment finds
+    neither its order nor its pair. (Before the two phases the same followed.)"""
+    w = Worker(Harness())
+    w.h.order(BASE, oid="O")
+    w.commit()
+    w.h.pay(BASE, oid="O", pid="P")
+    w.h.advance(BASE + 2 * T, True, True)  # the pair's window passed: it is gone before the commit
+    records = w.records()
+    assert [k for _, k, v in records] == [b"o:O"] and _unpaired_deletes(records) == {"O"}
+    for phase in phases(records, []):
+        _deliver(w.log, phase)  # ... and the offsets commit fails
+    w.restore(BASE + 2 * T)
+    w.h.pay(BASE, oid="O", pid="P")
+    w.h.advance(BASE + 3 * T, True, True)
+    w.take()
+    assert w.recovered == set()
