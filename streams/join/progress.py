@@ -157,6 +157,9 @@ class EndWatch:
         self.trusted_from = -math.inf  # monotonic: ends count from then on
         self._disconnects: dict[int, int] = {}
         self._leaders: dict[tuple[str, int], int] = {}  # (topic, partition) -> its leader at the last report
+        # The last new epoch came from a full batch (queued), not from an outage, a move or a
+        # stall: confirming its ends is routine and not logged (a backlog does it every second).
+        self.routine = False
         self.away_since: float | None = None  # monotonic: reports have said a leader is away since then
         self._held_logged = 0.0  # monotonic: the last "still away" line
 
@@ -211,6 +214,7 @@ class EndWatch:
                 log.warning("still %s, for %.0fs: no end of partition counts (no recovery by the clock)", away,
                             now - self.away_since)
             self.epoch += 1
+            self.routine = False
             self.trusted_from = math.inf
         elif self.trusted_from == math.inf:
             self.away_since = None
@@ -218,6 +222,7 @@ class EndWatch:
         elif moved:
             log.warning("%s: no end of partition counts (no recovery by the clock) for %.0fs", moved, self.settle_s)
             self.epoch += 1
+            self.routine = False
             self.trusted_from = max(self.trusted_from, self.clock() + self.settle_s)
 
     def stalled(self, seconds: float) -> None:
@@ -226,13 +231,15 @@ class EndWatch:
         log.info("the join's loop stood still for %.1fs: ends of partition seen before count once confirmed again",
                  seconds)
         self.epoch += 1
+        self.routine = False
 
     def queued(self) -> None:
         """A batch came back full: the client's queue may hold records behind every end seen
         so far (see the module docstring). They count only once seen again in a batch that
         emptied the queue, or confirmed with the leader. Quiet: a backlog does this on every
-        batch."""
+        batch (and its confirmations are not logged: `routine`)."""
         self.epoch += 1
+        self.routine = True
 
     @property
     def settled(self) -> bool:
@@ -267,6 +274,6 @@ def confirm_ends(path: Ends, topics: Sequence[str], watch: EndWatch,
     sides = {topic: side for side, topic in enumerate(topics)}
     confirmed = sum(1 for tp in ends if tp.error is None and tp.offset >= 0
                     and path.confirm_end(tp.partition, sides[tp.topic], tp.offset, epoch))
-    if confirmed:
+    if confirmed and not watch.routine:
         log.info("after the broker was away: %d of %d ends of partition confirmed", confirmed, len(stale))
     return confirmed

@@ -96,6 +96,7 @@ class Restorer:
         # partition -> keys its last restore found already handled (changelog.drop_handled):
         # the worker has the next commit delete them (Checkpoint.delete)
         self.handled: dict[int, list[bytes]] = {}
+        self.resolve = settings.processing_guarantee != "exactly_once"
         self.known = False  # the changelog's metadata is in the restore consumer's cache
         self.last_progress = time.monotonic()
         self.last_step = time.monotonic()
@@ -216,7 +217,13 @@ class Restorer:
             for p in sorted(parts):
                 job = self.jobs.pop(p)
                 # A failed at_least_once commit's leftovers, out before either core sees them.
-                self.handled[p] = changelog.drop_handled(job.latest, self.params.timeout_ms)
+                # Not looked for under exactly_once, whose commits are atomic: it costs about
+                # 0.45 s per million pending entries and 0.3 s per million bundled pairs
+                # (20-30 % of a native restore). A group switched from at_least_once keeps a
+                # leftover of its last failed commit: a payment pending beside its recovery or
+                # pair, recovered (again) at its deadline.
+                self.handled[p] = (changelog.drop_handled(job.latest, self.params.timeout_ms) if self.resolve
+                                   else [])
                 if self.native is not None:
                     cores[p] = self.native(self.params, job.latest, now_ms)
                     continue

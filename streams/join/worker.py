@@ -196,10 +196,16 @@ class JoinWorker:
             self.ends_asked = 0.0  # confirmed with the leaders now, not a second later
         elif backlog:  # the queue holds more: records fetched after the ends seen may wait behind them
             self.ends.queued()
+        # Confirmed before the merge, which judges the ends: a confirmation (fetched to the
+        # leader's end: nothing of that partition left in the queue) is for this epoch, and
+        # the next full batch starts another. Asked after the merge, a backlog's full
+        # batches made every confirmation stale before it was used: an idle partition's end
+        # never counted while they lasted, and with a dead orders stream and a small batch
+        # size (or a fast one), nothing was recovered by the clock at all.
         monotonic = time.monotonic()
-        decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
         if self.ends.settled and monotonic - self.ends_asked >= 1.0:
             self._confirm_ends()
+        decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
         self.pipeline.advance(decisions, self.now_ms())
         if self.checkpoint.due(self.settings.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
             self.commit()

@@ -9,7 +9,7 @@ from confluent_kafka import Producer
 
 from schemas import Payment
 from streams.join import compact
-from streams.join.changelog import encode_key, encode_value, restore_into
+from streams.join.changelog import encode, encode_key, encode_value, restore_into
 from streams.join.core import JoinParams, PartitionJoin
 from streams.join.restore import Restorer
 from streams.join.state import Store
@@ -17,6 +17,7 @@ from streams.kafka import config
 from streams.kafka.topics import create_topics
 from tests.factories import payment
 from tests.integration.conftest import isolated
+from tests.join.harness import BASE, Harness, T
 
 
 def _pending(p: Payment) -> tuple[bytes, bytes]:
@@ -116,3 +117,35 @@ def test_a_restore_holds_the_partitions_live_state_not_every_key_of_its_history(
     assert restored is not None
     assert sorted(restored[0].pending) == sorted(f"ord-{i}" for i in range(total - live, total))
     assert held == [live], f"the restore held {held} keys for {live} live ones"
+
+
+def test_a_failed_at_least_once_commit_s_leftover_is_resolved_by_the_restore_under_at_least_once_only(
+        base_settings) -> None:
+    """A payment recovered in an interval whose at_least_once commit failed in its second
+    phase: its recovered entry landed (phase 1), its pending key's tombstone did not
+    (checkpoint.phases). The restore on the real broker takes it for handled and names its
+    key for the next commit to delete (changelog.drop_handled, restore.Restorer._finish);
+    under exactly_once (atomic commits) it is not looked for."""
+    h = Harness(timeout=T, grace=1_000, horizon=3_600_000)
+    h.pay(BASE, oid="ord-x", pid="pay-x")
+    h.take()
+    first = [encode(c) for c in h.commit()]  # p:ord-x pending
+    h.advance(BASE + T + 2_000, True, True)
+    assert h.recovered_ids() == ["pay-x"]
+    second = [(k, v) for k, v in map(encode, h.commit()) if v is not None]  # r:ord-x; its p: tombstone lost
+    assert [k for k, _ in second] == [b"r:ord-x"]
+    for guarantee, resolved in (("at_least_once", True), ("exactly_once", False)):
+        s = isolated(base_settings.model_copy(update={"processing_guarantee": guarantee}))
+        create_topics(s)
+        producer = Producer(config.producer(s))
+        for key, value in first + second:
+            producer.produce(s.changelog_topic, value, key, 0)
+        assert producer.flush(10) == 0
+        restorer = _restorer(s)
+        try:
+            restored = restorer.restore_now([0])
+        finally:
+            restorer.close()
+        assert restored is not None
+        assert ("ord-x" in restored[0].pending) is not resolved, guarantee
+        assert restorer.handled[0] == ([b"p:ord-x"] if resolved else []), guarantee

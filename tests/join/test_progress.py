@@ -428,3 +428,30 @@ def test_a_partition_newly_assigned_or_back_from_an_outage_is_no_move() -> None:
     assert watch.epoch == 1, "back from the outage: its own settle time, no second epoch"
     clock.now += 10
     assert watch.trusts(1)
+
+
+def test_confirmations_after_a_full_batch_are_not_logged_those_after_an_outage_or_a_stall_are(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A backlog's full batches make the ends stale on every batch (EndWatch.queued) and an
+    idle partition's end is confirmed every second: a line each time would fill the log
+    with "after the broker was away" while no broker was."""
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    watch.observe(_stats())
+
+    def confirm() -> int:
+        pairs = _pairs(payments_0=(10, watch.epoch - 1))
+        return confirm_ends(_path(pairs), TOPICS, watch, lambda stale: [_End("payments", 0, 10)])
+
+    with caplog.at_level(logging.INFO, logger="slipguard.join"):
+        watch.queued()
+        assert confirm() == 1
+        assert "confirmed" not in caplog.text, "a full batch: routine"
+        watch.stalled(2.0)
+        assert confirm() == 1
+        assert "1 of 1 ends of partition confirmed" in caplog.text, "after a stall: said"
+        caplog.clear()
+        watch.queued()
+        watch.observe(_stats(leader=-1, brokers=False))
+        watch.observe(_stats())
+        assert confirm() == 1
+        assert "1 of 1 ends of partition confirmed" in caplog.text, "after an outage: said"

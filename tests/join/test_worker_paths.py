@@ -13,14 +13,14 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.join import native
 from streams.join.core import JoinParams, PartitionJoin
 from streams.join.merge import HOLD_MAX_SECONDS
 from streams.join.native import NATIVE, NativePipeline
 from streams.join.pipeline import Pipeline
-from streams.join.progress import EndWatch, stall_s
+from streams.join.progress import EndWatch, confirm_ends, stall_s
 from streams.join.worker import JoinWorker
 from streams.settings import load_settings
 from tests.factories import order, payment
@@ -152,3 +152,72 @@ def test_an_end_seen_in_a_full_batch_does_not_count_records_fetched_after_it_may
     assert sink.of(s.recovery_topic) == [], "the order came: matched; the other payment waits for an end"
     step(late_for + 20)
     assert [r.key for r in sink.of(s.recovery_topic)] == [b"o9"], "an end seen in a batch that emptied the queue counts"
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("full", [True, False])
+def test_a_dead_orders_stream_still_recovers_by_the_clock_while_every_batch_is_full(core: str, full: bool) -> None:
+    """The contract: an idle or dead orders stream still causes recoveries. Payments keep
+    coming fast enough that every batch is full (a small batch size, a fast stream, a
+    backlog); each full batch makes the ends seen so far stale (EndWatch.queued), and the
+    orders partition, idle, is never signalled again: only the leader's confirmation,
+    once a second, makes its end count. Confirmed after the merge that judges the ends,
+    the next full batch made it stale before it was used, and nothing was recovered
+    (found by review of 42a1042, both cores). Run with the real confirm_ends, the leader
+    answering the orders partition's end (1) and an end beyond anything fetched for the
+    payments partition (it has more to read)."""
+    s = load_settings(bootstrap_servers="127.0.0.1:1", batch_size=4)
+    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
+    sink = Recorder()
+    pipe: Pipeline | NativePipeline
+    if core == "native":
+        pipe = NativePipeline(s, params, sink)
+        pipe.install({0: native.new_core(params)})
+    else:
+        pipe = Pipeline(s, params, sink)
+        pipe.install({0: PartitionJoin(params)})
+    pays, ords = s.payments_topic, s.orders_topic
+    clock = [BASE]
+
+    def rec(topic: str, offset: int, value: bytes, key: bytes, ts: int) -> Message:
+        return Message(topic=topic, partition=0, offset=offset, key=key, value=value, timestamp=(1, ts))
+
+    unmatched = payment(payment_id="p9", order_id="o9", paid_at=at(BASE + 1)).encode()  # its order never comes
+    first = [rec(pays, 0, unmatched, b"o9", BASE + 1),
+             rec(ords, 0, order(order_id="o0", created_at=at(BASE)).encode(), b"o0", BASE), _eof(ords, 1)]
+    sent = [0]
+
+    class Stream:
+        """Payments of other orders, stamped a little behind the wall clock, `num` a batch
+        (one short when not `full`); their orders are not the point."""
+
+        def consume(self, num: int, timeout: float) -> list[Message]:
+            if first:
+                out = list(first)
+                first.clear()
+                return out
+            out = []
+            for _ in range(num if full else num - 1):
+                i = sent[0] = sent[0] + 1
+                ts = clock[0] - 200
+                out.append(rec(pays, i, payment(payment_id=f"q{i}", order_id=f"b{i}", paid_at=at(ts)).encode(),
+                               f"b{i}".encode(), ts))
+            return out
+
+    def ask(stale: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, 1 if tp.topic == ords else 10**9) for tp in stale]
+
+    worker = SimpleNamespace(
+        settings=s, consumer=Stream(), pipeline=pipe, ends=EndWatch((pays, ords)), now_ms=lambda: clock[0],
+        stall_s=stall_s(s.grace), consumed_at=0.0, loop_at=0.0, rewind_due=False, wake_fetchers=False,
+        restorer=SimpleNamespace(busy=False), ends_asked=0.0,
+        checkpoint=SimpleNamespace(poll=lambda: None, due=lambda _interval: False))
+    worker._unread = lambda partition, side, fetched_to: False
+    worker._confirm_ends = lambda: confirm_ends(pipe, (pays, ords), worker.ends, ask)  # the leader asked every step
+
+    due = BASE + 1 + s.order_timeout + s.grace
+    for i in range(40):  # the wall clock from a second before the deadline to 19 s past it
+        clock[0] = due - 1_000 + i * 500
+        worker.consumed_at = time.monotonic()  # no stall
+        JoinWorker.step(worker)  # type: ignore[arg-type]
+    assert b"o9" in [r.key for r in sink.of(s.recovery_topic)], "recovered by the clock, the batches full or not"
