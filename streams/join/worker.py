@@ -11,7 +11,6 @@ each partition has been read (progress.py), state back from the changelog (resto
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import signal
 import time
@@ -26,7 +25,7 @@ from streams.join.core import JoinParams, Side
 from streams.join.membership import Membership, raise_for
 from streams.join.native import NativePipeline, uses_native
 from streams.join.pipeline import Pipeline
-from streams.join.progress import EndWatch, confirm_ends, stall_s
+from streams.join.progress import EndWatch, confirm_ends, parse_stats, real_brokers, stall_s
 from streams.join.restore import Restorer
 from streams.kafka.acls import denied
 from streams.kafka.calls import Wedged, bounded, patiently
@@ -150,11 +149,10 @@ class JoinWorker:
     def _on_stats(self, stats_json: str) -> None:
         # From consume(), once a second: brokers up (readiness), leaders that stayed up (progress.EndWatch).
         try:
-            stats = json.loads(stats_json)
+            stats = parse_stats(stats_json)
         except ValueError:
             return
-        brokers = stats.get("brokers", {}).values()
-        self.broker_up = any(b.get("state") == "UP" for b in brokers if b.get("nodeid", -1) >= 0)
+        self.broker_up = any(b.get("state") == "UP" for b in real_brokers(stats).values())
         self.ends.observe(stats)
 
     def stop(self, *_: object) -> None:

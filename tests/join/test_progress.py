@@ -3,6 +3,7 @@ as they look before, during and after a broker kill -9, recorded on the local br
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from confluent_kafka import OFFSET_END, KafkaError
 from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.merge import Pair, hold
 from streams.join.pipeline import Pipeline
-from streams.join.progress import EndWatch, confirm_ends, stall_s
+from streams.join.progress import EndWatch, confirm_ends, parse_stats, real_brokers, stall_s
 from streams.settings import load_settings
 
 TOPICS = ("payments", "orders")
@@ -455,3 +456,38 @@ def test_confirmations_after_a_full_batch_are_not_logged_those_after_an_outage_o
         watch.observe(_stats())
         assert confirm() == 1
         assert "1 of 1 ends of partition confirmed" in caplog.text, "after an outage: said"
+
+
+def _report_with_a_leftover_handle(leftover_first: bool) -> str:
+    """A raw statistics report (JSON text) listing broker 1 twice under one name: the
+    handle in use (UP) and a decommissioned one lingering (INIT)."""
+    up = '"127.0.0.1:9093/1": {"name": "127.0.0.1:9093/1", "nodeid": 1, "state": "UP", "disconnects": 0}'
+    stale = '"127.0.0.1:9093/1": {"name": "127.0.0.1:9093/1", "nodeid": 1, "state": "INIT", "disconnects": 3}'
+    coordinator = '"GroupCoordinator": {"name": "GroupCoordinator", "nodeid": -1, "state": "INIT", "disconnects": 0}'
+    listed = [stale, up] if leftover_first else [up, stale]
+    partitions = ", ".join(f'"{p}": {{"partition": {p}, "desired": true, "broker": 1, "leader": 1}}' for p in range(2))
+    topics = ", ".join(f'"{t}": {{"partitions": {{{partitions}}}}}' for t in TOPICS)
+    return f'{{"brokers": {{{", ".join([coordinator, *listed])}}}, "topics": {{{topics}}}}}'
+
+
+@pytest.mark.parametrize("leftover_first", [True, False])
+def test_a_leftover_broker_handle_listed_beside_the_one_in_use_is_not_an_outage(
+        leftover_first: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """librdkafka can list a decommissioned broker handle beside its replacement, under
+    the same name, until the old one's thread ends; json.loads keeps the last of a repeated
+    key. Suspected (not shown) in soak-88769, where exactly_once/w2 logged its partitions'
+    leader as "broker 1: INIT" for 154 s and counted no end of partition (parse_stats)."""
+    stats = parse_stats(_report_with_a_leftover_handle(leftover_first))
+    assert sorted(b["state"] for b in stats["brokers"].values()) == ["INIT", "INIT", "UP"], "every handle kept"
+    assert real_brokers(stats)[1]["state"] == "UP"
+    assert list(real_brokers(stats)) == [1], "the bootstrap and logical handles (node id -1) are not brokers"
+    watch = EndWatch(TOPICS, settle_s=0, clock=_Clock())
+    with caplog.at_level(logging.INFO, logger="slipguard.join"):
+        for _ in range(3):
+            watch.observe(stats)
+    assert watch.epoch == 0 and watch.trusts(0), "broker 1 is up: nothing away"
+    assert [r.getMessage() for r in caplog.records] == [
+        "broker 1 is listed 2 times in the client's statistics (states "
+        + ("INIT, UP" if leftover_first else "UP, INIT") + "): counted up if one is UP"], "said once"
+    assert json.loads(_report_with_a_leftover_handle(False))["brokers"]["127.0.0.1:9093/1"]["state"] == "INIT", \
+        "what a plain json.loads saw"
