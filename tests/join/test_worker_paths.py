@@ -22,7 +22,7 @@ from streams.join.native import NATIVE, NativePipeline
 from streams.join.pipeline import Pipeline
 from streams.join.progress import EndWatch, confirm_ends, stall_s
 from streams.join.worker import JoinWorker
-from streams.settings import load_settings
+from streams.settings import Settings, load_settings
 from tests.factories import order, payment
 from tests.join.fuzz import Recorder
 from tests.join.harness import BASE, at
@@ -87,6 +87,25 @@ class _Queue:
         return batch
 
 
+def _one_pair(core: str) -> tuple[Settings, Recorder, Pipeline | NativePipeline]:
+    """Settings with batches of 4, a recorder of outputs, and a record path holding pair 0."""
+    s = load_settings(bootstrap_servers="127.0.0.1:1", batch_size=4)
+    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
+    sink = Recorder()
+    pipe: Pipeline | NativePipeline
+    if core == "native":
+        pipe = NativePipeline(s, params, sink)
+        pipe.install({0: native.new_core(params)})
+    else:
+        pipe = Pipeline(s, params, sink)
+        pipe.install({0: PartitionJoin(params)})
+    return s, sink, pipe
+
+
+def _rec(topic: str, offset: int, value: bytes, key: bytes, ts: int) -> Message:
+    return Message(topic=topic, partition=0, offset=offset, key=key, value=value, timestamp=(1, ts))
+
+
 def _eof(topic: str, offset: int) -> Message:
     return Message(topic=topic, partition=0, offset=offset, error=KafkaError(KafkaError._PARTITION_EOF))
 
@@ -100,20 +119,10 @@ def test_an_end_seen_in_a_full_batch_does_not_count_records_fetched_after_it_may
     (112241..112446, acknowledged 4.2-4.7 s before) were already fetched, in the queue behind
     that end. A batch that comes back full says the queue holds more: no end counts until
     one is seen in a batch that emptied the queue, or confirmed with the leader."""
-    s = load_settings(bootstrap_servers="127.0.0.1:1", batch_size=4)
-    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
-    sink = Recorder()
-    pipe: Pipeline | NativePipeline
-    if core == "native":
-        pipe = NativePipeline(s, params, sink)
-        pipe.install({0: native.new_core(params)})
-    else:
-        pipe = Pipeline(s, params, sink)
-        pipe.install({0: PartitionJoin(params)})
+    s, sink, pipe = _one_pair(core)
     pays, ords = s.payments_topic, s.orders_topic
 
-    def rec(topic: str, offset: int, value: bytes, key: bytes, ts: int) -> Message:
-        return Message(topic=topic, partition=0, offset=offset, key=key, value=value, timestamp=(1, ts))
+    rec = _rec
 
     pay = payment(payment_id="p1", order_id="o1", paid_at=at(BASE)).encode()
     late_for = BASE + s.order_timeout + s.grace + 500  # the wall clock: past deadline + GRACE
@@ -169,21 +178,11 @@ def test_a_dead_orders_stream_still_recovers_by_the_clock_while_every_batch_is_f
     (found by review of 42a1042, both cores). Run with the real confirm_ends, the leader
     answering the orders partition's end (1) and an end beyond anything fetched for the
     payments partition (it has more to read)."""
-    s = load_settings(bootstrap_servers="127.0.0.1:1", batch_size=4)
-    params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
-    sink = Recorder()
-    pipe: Pipeline | NativePipeline
-    if core == "native":
-        pipe = NativePipeline(s, params, sink)
-        pipe.install({0: native.new_core(params)})
-    else:
-        pipe = Pipeline(s, params, sink)
-        pipe.install({0: PartitionJoin(params)})
+    s, sink, pipe = _one_pair(core)
     pays, ords = s.payments_topic, s.orders_topic
     clock = [BASE]
 
-    def rec(topic: str, offset: int, value: bytes, key: bytes, ts: int) -> Message:
-        return Message(topic=topic, partition=0, offset=offset, key=key, value=value, timestamp=(1, ts))
+    rec = _rec
 
     unmatched = payment(payment_id="p9", order_id="o9", paid_at=at(BASE + 1)).encode()  # its order never comes
     first = [rec(pays, 0, unmatched, b"o9", BASE + 1),
