@@ -128,6 +128,37 @@ def real_brokers(stats: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return out
 
 
+def handles_said(stats: dict[str, Any], topic: str, part: dict[str, Any], received: int | None) -> str:
+    """What a report says of a partition whose leader is not UP, to tell the causes apart:
+    every handle of the node it is fetched from (a handle lists the partitions delegated to
+    it: `toppars`), and whether the partition is being fetched (`received`: its records
+    fetched since the last report, None if not known).
+
+    librdkafka connects to a broker only when it has something to send it (sparse
+    connections, the default): a handle left with nothing to fetch (its partitions paused,
+    as the join pauses a partition while restoring its state) stays INIT, with no connect
+    or disconnect, until one is fetchable again. A leader that went away shows its
+    disconnect (`disconnects`, or the handle gone and the partition fetched from -1); a
+    handle of the node that is UP beside an INIT one (see parse_stats) shows that too."""
+    p, nodeid = part.get("partition"), part.get("broker", -1)
+    name = f"{topic}-{p}"
+    handles = [b for b in stats.get("brokers", {}).values()
+               if isinstance(nodeid, int) and nodeid >= 0 and b.get("nodeid", -1) == nodeid]
+    said = "; ".join(
+        f"{b.get('name', '?')} {b.get('state', '?')} for {(b.get('stateage') or 0) / 1e6:.0f}s "
+        f"(connects {b.get('connects', '?')}, disconnects {b.get('disconnects', '?')}, "
+        f"requests waiting {b.get('waitresp_cnt', '?')}{', holds it' if name in (b.get('toppars') or {}) else ''})"
+        for b in handles) or "none listed"
+    fetched = "not known" if received is None else str(received)
+    idle = (received == 0 and part.get("fetchq_cnt", 0) == 0 and
+            any(b.get("state") == "INIT" and name in (b.get("toppars") or {}) for b in handles))
+    return (f"{topic} [{p}]: the handles of broker {nodeid}: {said}; the partition: fetch_state "
+            f"{part.get('fetch_state', '?')}, next_offset {part.get('next_offset', '?')}, fetchq "
+            f"{part.get('fetchq_cnt', '?')}, records fetched since the last report {fetched}"
+            + (" (nothing to fetch from it, so no connection made: a paused partition's leader, e.g. while its "
+               "state is restored, stays INIT)" if idle else ""))
+
+
 class Confirmed:
     """A partition's progress by its records (see the module docstring)."""
 
@@ -205,6 +236,7 @@ class EndWatch:
         self._listed_twice: set[int] = set()  # node ids seen with more than one handle (said once each)
         self.away_since: float | None = None  # monotonic: reports have said a leader is away since then
         self._held_logged = 0.0  # monotonic: the last "still away" line
+        self._received: dict[tuple[str, int], int] = {}  # (topic, partition) -> its rxmsgs at the last report
 
     def observe(self, stats: dict[str, Any]) -> None:
         """One statistics report (the parsed JSON of librdkafka's stats_cb, see parse_stats)."""
@@ -216,18 +248,24 @@ class EndWatch:
                 states = [b.get("state") for b in stats["brokers"].values() if b.get("nodeid") == nodeid]
                 log.info("broker %d is listed %d times in the client's statistics (states %s): counted up if one "
                          "is UP", nodeid, listed[nodeid], ", ".join(map(str, states)))
-        away = moved = ""
+        away = moved = why = ""
         leaders = set()
+        received_now: dict[tuple[str, int], int] = {}
         for topic in self.topics:
             for part in stats.get("topics", {}).get(topic, {}).get("partitions", {}).values():
                 if part.get("partition", -1) < 0 or not part.get("desired"):
                     continue  # the unassigned-partition placeholder, or not ours
                 leader = part.get("broker", -1)
                 leaders.add(leader)
+                received, earlier = part.get("rxmsgs"), self._received.get((topic, part["partition"]))
+                if isinstance(received, int):
+                    received_now[(topic, part["partition"])] = received
                 state = brokers.get(leader, {}).get("state")
                 if state != "UP":
                     away = (f"no leader connected for {topic} [{part.get('partition')}] "
                             f"(fetched from broker {leader}: {state or 'unknown'}; leader {part.get('leader', '?')})")
+                    why = handles_said(stats, topic, part, received - earlier
+                                       if isinstance(received, int) and earlier is not None else None)
                 # A leader that moved between two live brokers (a preferred-leader election,
                 # a reassignment): its end may be the new leader's, whose high watermark is
                 # not caught up yet (ListOffsets says OFFSET_NOT_AVAILABLE meanwhile), short
@@ -239,17 +277,18 @@ class EndWatch:
                     if before != known:
                         moved = f"the leader of {topic} [{key[1]}] moved from broker {before} to {known}"
                     self._leaders[key] = known
+        self._received = received_now
         for nodeid, broker in brokers.items():
             dropped = broker.get("disconnects", 0)
             if nodeid in leaders:
                 if dropped > self._disconnects.get(nodeid, dropped):
-                    away = f"broker {nodeid} disconnected"  # dropped and back between two reports
+                    away, why = f"broker {nodeid} disconnected", ""  # dropped and back between two reports
                 # A request waits, nothing was sent for UNANSWERED_S and nothing received:
                 # the waiting request is at least that old. (rxidle alone misleads: a
                 # fetch sent after the fetcher idled looks unanswered at once.)
                 idle = min(broker.get("rxidle", -1), broker.get("txidle", -1))
                 if broker.get("waitresp_cnt", 0) > 0 and idle > UNANSWERED_S * 1e6:
-                    away = f"broker {nodeid} has not answered for {idle / 1e6:.1f}s"  # connected
+                    away, why = f"broker {nodeid} has not answered for {idle / 1e6:.1f}s", ""  # connected
             self._disconnects[nodeid] = dropped
         if away:
             now = self.clock()
@@ -257,12 +296,16 @@ class EndWatch:
                 log.warning("%s: no end of partition counts (no recovery by the clock) until %.0fs after it is "
                             "back", away, self.settle_s)
                 self.away_since = self._held_logged = now
+                if why:
+                    log.info("%s", why)
             elif self.away_since is not None and now - self._held_logged >= HELD_LOG_S:
                 # Recoveries by the clock wait for this: an idle partition's payments stay
                 # pending, and an operator should know why (not only once, at the start).
                 self._held_logged = now
                 log.warning("still %s, for %.0fs: no end of partition counts (no recovery by the clock)", away,
                             now - self.away_since)
+                if why:
+                    log.info("%s", why)
             self.epoch += 1
             self.routine = False
             self.trusted_from = math.inf

@@ -491,3 +491,100 @@ def test_a_leftover_broker_handle_listed_beside_the_one_in_use_is_not_an_outage(
         + ("INIT, UP" if leftover_first else "UP, INIT") + "): counted up if one is UP"], "said once"
     assert json.loads(_report_with_a_leftover_handle(False))["brokers"]["127.0.0.1:9093/1"]["state"] == "INIT", \
         "what a plain json.loads saw"
+
+
+def _mock_report(orders0_handle: str, rxmsgs: int, next_offset: int, orders0_on: int = 1) -> str:
+    """A raw statistics report of a consumer of orders [0] (leader 1) and [1] (leader 2), as
+    librdkafka 2.16.0 wrote it on its mock cluster (the probe of 2026-12-07: broker 1 taken
+    out of the metadata and back, the partitions lost, assigned again and paused), cut to
+    the fields EndWatch reads and the ones that tell its causes apart. `orders0_handle`:
+    broker 1's handle ("INIT": made anew, never connected; "UP": fetching)."""
+    init = orders0_handle == "INIT"
+    one = (f'"127.0.0.1:33819/1": {{"name": "127.0.0.1:33819/1", "nodeid": 1, "nodename": "127.0.0.1:33819", '
+           f'"source": "learned", "state": "{orders0_handle}", "stateage": {7895077 if init else 2020743}, '
+           f'"outbuf_cnt": 0, "waitresp_cnt": {0 if init else 1}, "tx": {0 if init else 3298}, '
+           f'"txidle": {-1 if init else 175308}, "rx": {0 if init else 3297}, "rxidle": {-1 if init else 175319}, '
+           f'"connects": {0 if init else 1}, "disconnects": 0, "toppars": {{'
+           + ('"orders-0": {"topic": "orders", "partition": 0}' if orders0_on == 1 else "") + "}}")
+    two = ('"127.0.0.1:33213/2": {"name": "127.0.0.1:33213/2", "nodeid": 2, "nodename": "127.0.0.1:33213", '
+           '"source": "learned", "state": "UP", "stateage": 16019094, "outbuf_cnt": 0, "waitresp_cnt": 1, "tx": 2024, '
+           '"txidle": 17241, "rx": 2024, "rxidle": 17234, "connects": 1, "disconnects": 0, '
+           '"toppars": {"orders-1": {"topic": "orders", "partition": 1}}}')
+    coordinator = ('"GroupCoordinator": {"name": "GroupCoordinator", "nodeid": -1, "nodename": "127.0.0.1:33819", '
+                   '"source": "logical", "state": "UP", "stateage": 7894635, "outbuf_cnt": 0, "waitresp_cnt": 0, '
+                   '"tx": 5, "txidle": 3969141, "rx": 5, "rxidle": 3969083, "connects": 12, "disconnects": 1, '
+                   '"toppars": {}}')
+    common = '"desired": true, "unknown": false, "fetchq_cnt": 0, "fetch_state": "active", "query_offset": -1001'
+    parts = (f'"0": {{"partition": 0, "broker": {orders0_on}, "leader": 1, {common}, "next_offset": {next_offset}, '
+             f'"app_offset": -1001, "hi_offset": 3143, "rxmsgs": {rxmsgs}}}, '
+             f'"1": {{"partition": 1, "broker": 2, "leader": 2, {common}, "next_offset": 5541, "app_offset": 5541, '
+             f'"hi_offset": 5541, "rxmsgs": 8685}}, '
+             '"-1": {"partition": -1, "broker": -1, "leader": -1, "desired": false, "unknown": false, "fetchq_cnt": 0, '
+             '"fetch_state": "none", "rxmsgs": 0}')
+    return (f'{{"name": "rdkafka#consumer-3", "type": "consumer", "brokers": {{{one}, {two}, {coordinator}}}, '
+            f'"topics": {{"orders": {{"topic": "orders", "partitions": {{{parts}}}}}}}}}')
+
+
+def test_a_paused_partitions_leader_is_left_unconnected_counted_away_and_said_why(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """librdkafka connects to a broker only when it has something to send it (sparse
+    connections: rdkafka_broker.c, rd_kafka_broker_needs_connection and the consumer's
+    serve loop, which asks for a connection only for a fetchable partition; a paused one
+    is not, rdkafka_fetcher.c rd_kafka_toppar_fetch_decide). A partition the join paused
+    while restoring its state leaves its leader's handle INIT, never connected, until it
+    is resumed: every INIT of soak-88769 but one came within a second of "assigned
+    partitions ...; restoring their state", and none lasted 30 s. Still counted away, on
+    purpose: a leader this client is not connected to can go away and come back unseen,
+    and the settle time after the handle connects covers the orders its producers held
+    meanwhile. What the log says tells this apart from a leader that went away."""
+    clock = _Clock()
+    watch = EndWatch(("payments", "orders"), settle_s=10, clock=clock)
+    paused = parse_stats(_mock_report("INIT", rxmsgs=3143, next_offset=0))
+    with caplog.at_level(logging.INFO, logger="slipguard.join"):
+        for _ in range(31):
+            watch.observe(paused)
+            clock.now += 1
+    assert watch.epoch == 31 and not watch.settled, "away while paused"
+    lines = [r.getMessage() for r in caplog.records]
+    away = "no leader connected for orders [0] (fetched from broker 1: INIT; leader 1)"
+    handles = ("orders [0]: the handles of broker 1: 127.0.0.1:33819/1 INIT for 8s (connects 0, disconnects 0, "
+               "requests waiting 0, holds it); the partition: fetch_state active, next_offset 0, fetchq 0, records "
+               "fetched since the last report")
+    assert lines == [
+        f"{away}: no end of partition counts (no recovery by the clock) until 10s after it is back",
+        f"{handles} not known",
+        f"still {away}, for 30s: no end of partition counts (no recovery by the clock)",
+        (f"{handles} 0 (nothing to fetch from it, so no connection made: a paused partition's leader, e.g. while "
+         "its state is restored, stays INIT)")]
+    watch.observe(parse_stats(_mock_report("UP", rxmsgs=8695, next_offset=5552)))  # resumed: connected, fetching
+    epoch = watch.epoch
+    assert not watch.settled
+    clock.now += 10
+    assert watch.trusts(epoch)
+
+
+def test_the_reason_given_for_a_leader_away_names_the_handles_of_its_node(caplog: pytest.LogCaptureFixture) -> None:
+    """Broker 1 out of the metadata: its handle decommissioned, the partition fetched from
+    no broker (-1, librdkafka's internal one, not listed); then a handle of node 1 that
+    does not hold the partition, beside one that does (a leftover, see parse_stats)."""
+    watch = EndWatch(("payments", "orders"), settle_s=0, clock=_Clock())
+    gone = json.loads(_mock_report("UP", rxmsgs=853, next_offset=853, orders0_on=-1))
+    del gone["brokers"]["127.0.0.1:33819/1"]
+    with caplog.at_level(logging.INFO, logger="slipguard.join"):
+        watch.observe(gone)
+    assert [r.getMessage() for r in caplog.records][1] == (
+        "orders [0]: the handles of broker -1: none listed; the partition: fetch_state active, next_offset 853, "
+        "fetchq 0, records fetched since the last report not known")
+    caplog.clear()
+    watch = EndWatch(("payments", "orders"), settle_s=0, clock=_Clock())
+    both = parse_stats(_mock_report("INIT", rxmsgs=853, next_offset=853).replace(
+        '"127.0.0.1:33213/2": {', '"127.0.0.1:33819/1": {"name": "127.0.0.1:33819/1", "nodeid": 1, "state": "INIT", '
+        '"stateage": 1000000, "connects": 1, "disconnects": 1, "waitresp_cnt": 0, "toppars": {}}, '
+        '"127.0.0.1:33213/2": {'))
+    with caplog.at_level(logging.INFO, logger="slipguard.join"):
+        watch.observe(both)
+    assert watch.epoch == 1
+    assert [r.getMessage() for r in caplog.records][-1] == (
+        "orders [0]: the handles of broker 1: 127.0.0.1:33819/1 INIT for 8s (connects 0, disconnects 0, requests "
+        "waiting 0, holds it); 127.0.0.1:33819/1 INIT for 1s (connects 1, disconnects 1, requests waiting 0); the "
+        "partition: fetch_state active, next_offset 853, fetchq 0, records fetched since the last report not known")
