@@ -57,6 +57,25 @@ Catching up after a rebalance, the at_least_once worker took an end of orders 0 
 whose orders (112241..112446, acknowledged 4.2-4.7 s before) were in its queue behind it
 (soak-104610). A batch that is not full emptied the queue: an end seen in it has nothing
 fetched behind it.
+
+**A confirmation carried over a full batch** (`carry_ends`). While every batch is full
+(a fast payments stream, a backlog), each batch made the confirmation asked after the
+previous merge stale before it was used, and an idle or dead orders partition never
+counted as read to its end: its payments were never recovered by the clock. What a batch
+that is not full says, that nothing fetched waits in the queue behind the end, the high
+watermark librdkafka caches from each fetch response says per partition: every record
+fetched lies below the high watermark of the response that brought it, so when the end
+the join consumed last is at that cached value, nothing of the partition waits in the
+queue. So a confirmation (the leader's end, asked at a known time) counts in the next
+step's merge after a full batch too, where the cached high watermark is exactly the end
+the join has read to. Only that step (one consume between, as without it), only across
+that batch's `queued` (not a stall, an outage or a move), and no later than `stall_s`
+after it was asked. The cached value alone says nothing of freshness: librdkafka stops
+fetching every partition while the queue they share is over queued.min.messages (and for
+fetch.queue.backoff.ms after), and a probe (2026-12-07) saw it at an order's offset for
+1.4 s after the order was committed. It is the high watermark, not the last stable
+offset: while a transaction is open on the partition it is past any end, and nothing is
+carried.
 """
 
 from __future__ import annotations
@@ -216,6 +235,16 @@ class PartitionEnd:
         return False
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """Ends the leaders confirmed (confirm_ends): in `epoch`, asked at `asked_at` (EndWatch's
+    clock), each (partition, side, the end the leader gave)."""
+
+    epoch: int
+    asked_at: float
+    ends: tuple[tuple[int, int, int], ...]
+
+
 class EndWatch:
     """Follows librdkafka's statistics: `epoch` changes whenever a leader of an assigned
     partition is away (unknown, not connected, its connection dropped since the last
@@ -237,6 +266,8 @@ class EndWatch:
         self.away_since: float | None = None  # monotonic: reports have said a leader is away since then
         self._held_logged = 0.0  # monotonic: the last "still away" line
         self._received: dict[tuple[str, int], int] = {}  # (topic, partition) -> its rxmsgs at the last report
+        # The ends the leaders confirmed last (confirm_ends), for carry_ends: the next step only.
+        self.confirmed: Confirmation | None = None
 
     def observe(self, stats: dict[str, Any]) -> None:
         """One statistics report (the parsed JSON of librdkafka's stats_cb, see parse_stats)."""
@@ -334,6 +365,12 @@ class EndWatch:
         self.epoch += 1
         self.routine = True
 
+    def take_confirmed(self) -> Confirmation | None:
+        """The ends confirmed since the last call (by the previous step): carry_ends may
+        use them in this step, and in no later one."""
+        confirmed, self.confirmed = self.confirmed, None
+        return confirmed
+
     @property
     def settled(self) -> bool:
         return self.clock() >= self.trusted_from
@@ -361,12 +398,38 @@ def confirm_ends(path: Ends, topics: Sequence[str], watch: EndWatch,
     stale = [TopicPartition(topics[side], p, OFFSET_END) for p, side in path.stale_ends(epoch)]
     if not stale:
         return 0
+    asked_at = watch.clock()
     ends = ask(stale)
     if ends is None or epoch != watch.epoch:
         return 0
     sides = {topic: side for side, topic in enumerate(topics)}
-    confirmed = sum(1 for tp in ends if tp.error is None and tp.offset >= 0
-                    and path.confirm_end(tp.partition, sides[tp.topic], tp.offset, epoch))
-    if confirmed and not watch.routine:
-        log.info("after the broker was away: %d of %d ends of partition confirmed", confirmed, len(stale))
-    return confirmed
+    confirmed = tuple((tp.partition, sides[tp.topic], tp.offset) for tp in ends
+                      if tp.error is None and tp.offset >= 0
+                      and path.confirm_end(tp.partition, sides[tp.topic], tp.offset, epoch))
+    if confirmed:
+        watch.confirmed = Confirmation(epoch, asked_at, confirmed)
+        if not watch.routine:
+            log.info("after the broker was away: %d of %d ends of partition confirmed", len(confirmed), len(stale))
+    return len(confirmed)
+
+
+def carry_ends(path: Ends, topics: Sequence[str], watch: EndWatch, confirmed: Confirmation | None,
+               high: Callable[[str, int], int | None], limit_s: float) -> int:
+    """Right after a full batch's `queued` (see the module docstring): the ends the leaders
+    confirmed in the epoch it ended count in the new one where nothing fetched of their
+    partition waits in the queue, that is where librdkafka's cached high watermark (`high`:
+    read.cached_high) is the end the join has read to (PartitionEnd.confirm: still at an
+    end, fetched to it). Not when anything else began an epoch since (an outage, a move,
+    a stall), nor `limit_s` after the leader was asked, nor where the cached value is
+    missing, failed (< 0), or behind the leader's end (a fetch failed, or a high watermark
+    that went back: a new leader's). At most one cached read per confirmed end. Returns
+    how many were carried."""
+    if confirmed is None or confirmed.epoch != watch.epoch - 1 or not watch.routine \
+            or watch.clock() - confirmed.asked_at > limit_s:
+        return 0
+    carried = 0
+    for partition, side, end_offset in confirmed.ends:
+        cached = high(topics[side], partition)
+        if cached is not None and cached >= end_offset and path.confirm_end(partition, side, cached, watch.epoch):
+            carried += 1
+    return carried

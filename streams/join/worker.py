@@ -25,11 +25,11 @@ from streams.join.core import JoinParams, Side
 from streams.join.membership import Membership, raise_for
 from streams.join.native import NativePipeline, uses_native
 from streams.join.pipeline import Pipeline
-from streams.join.progress import EndWatch, confirm_ends, parse_stats, real_brokers, stall_s
+from streams.join.progress import EndWatch, carry_ends, confirm_ends, parse_stats, real_brokers, stall_s
 from streams.join.restore import Restorer
 from streams.kafka.acls import denied
 from streams.kafka.calls import Wedged, bounded, patiently
-from streams.kafka.read import unfetched
+from streams.kafka.read import cached_high, unfetched
 from streams.kafka.topics import TopicLayoutError, check_co_partitioned, ensure_join_topics
 from streams.ops import metrics
 from streams.retry import Stopped
@@ -176,6 +176,7 @@ class JoinWorker:
         msgs = self.consumer.consume(self.settings.batch_size, timeout=0.05)
         self.loop_at = time.monotonic()
         stood, self.consumed_at = self.loop_at - self.consumed_at, self.loop_at
+        confirmed = self.ends.take_confirmed()  # by the previous step: usable in this one only (carry_ends)
         if self.rewind_due:
             self.rewind_due = False
             self._rewind()
@@ -194,14 +195,19 @@ class JoinWorker:
             self.ends_asked = 0.0  # confirmed with the leaders now, not a second later
         elif backlog:  # the queue holds more: records fetched after the ends seen may wait behind them
             self.ends.queued()
+            # ... but not where librdkafka's cached high watermark is the end read to: the
+            # previous step's confirmations count in this merge there (progress.carry_ends).
+            carry_ends(self.pipeline, self.topic_of, self.ends, confirmed,
+                       lambda topic, partition: cached_high(self.consumer, topic, partition), self.stall_s)
         # Confirmed after the merge, used by the next step's merge: a consume comes between,
         # which brings (and so un-ends) what was appended while the leader was asked. Used
         # at once (tried in 011dd60), a confirmation answered just before orders a held-up
         # producer appended recovered 9 payments 241 ms after those orders were in the log
-        # (CI rehearsal, the transaction-coordinator test, a 5 s stall of the machine). The
-        # price: while every batch comes back full, the next step's queued() makes the
-        # confirmation stale before it is used, so an idle partition's end does not count
-        # until a batch is not full (test_worker_paths: an expected failure).
+        # (CI rehearsal, the transaction-coordinator test, a 5 s stall of the machine). A
+        # full batch in between makes it stale (queued()) except where the cached high
+        # watermark shows nothing of the partition fetched since waits in the queue
+        # (carry_ends, above): else, while every batch came back full, an idle partition's
+        # end never counted and its payments were never recovered by the clock.
         monotonic = time.monotonic()
         decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
         if self.ends.settled and monotonic - self.ends_asked >= 1.0:

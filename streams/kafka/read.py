@@ -25,14 +25,28 @@ class Record:
     value: bytes | None
 
 
+def cached_high(consumer: Consumer, topic: str, partition: int) -> int | None:
+    """The high watermark librdkafka keeps for a partition from its last fetch response
+    that held it (rd_kafka_get_watermark_offsets: no broker call, about 2-6 us): the high
+    watermark even for a read_committed client, not the last stable offset; -1001 before
+    the first fetch since assigned, -1 after a fetch that failed. Not refreshed while the
+    partition is not fetched (paused, backed off, or the consumer's queue over
+    queued.min.messages: librdkafka counts the queue all partitions share), so it says
+    what was fetched, not where the log ends now. None if the client does not know the
+    partition (revoked)."""
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1])
+    except KafkaException:
+        return None
+
+
 def unfetched(consumer: Consumer, topic: str, partition: int, fetched_to: int) -> bool:
     """Whether `consumer` has records of a partition left to fetch past `fetched_to` (the
     next offset the application got), by the high watermark librdkafka keeps from its last
-    fetch response: no broker call. Not fetched yet since it was assigned (no watermark)
-    counts as records left."""
-    try:
-        high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1]
-    except KafkaException:
+    fetch response (cached_high): no broker call. Not fetched yet since it was assigned
+    (no watermark) counts as records left."""
+    high = cached_high(consumer, topic, partition)
+    if high is None:
         return False
     return high < 0 or high > fetched_to
 

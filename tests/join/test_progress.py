@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_END, KafkaError
 from streams.join.core import JoinParams, PartitionJoin, Side
 from streams.join.merge import Pair, hold
 from streams.join.pipeline import Pipeline
-from streams.join.progress import EndWatch, confirm_ends, parse_stats, real_brokers, stall_s
+from streams.join.progress import EndWatch, carry_ends, confirm_ends, parse_stats, real_brokers, stall_s
 from streams.settings import load_settings
 
 TOPICS = ("payments", "orders")
@@ -456,6 +456,73 @@ def test_confirmations_after_a_full_batch_are_not_logged_those_after_an_outage_o
         watch.observe(_stats())
         assert confirm() == 1
         assert "1 of 1 ends of partition confirmed" in caplog.text, "after an outage: said"
+
+
+def _confirmed_after_a_full_batch(clock: _Clock) -> tuple[EndWatch, dict[int, Pair]]:
+    """A watch after a full batch (queued) and ends confirmed by the leaders in its epoch
+    (every one fetched to the leader's end), as a step's confirm_ends leaves them."""
+    watch = EndWatch(TOPICS, settle_s=0, clock=clock)
+    watch.observe(_stats())
+    watch.queued()
+    pairs = _pairs(orders_0=(5, 0), orders_1=(5, 0), payments_0=(7, 0), payments_1=(9, 0), payments_2=(9, 0))
+    ends = [_End("orders", 0, 5), _End("orders", 1, 5), _End("payments", 0, 7), _End("payments", 1, 9),
+            _End("payments", 2, 9)]
+    assert confirm_ends(_path(pairs), TOPICS, watch, lambda stale: ends) == 5
+    return watch, pairs
+
+
+def test_a_confirmation_counts_after_the_next_full_batch_where_the_cached_high_watermark_is_the_end_read_to() -> None:
+    """carry_ends: after the next step's full batch (queued), an end the leader confirmed
+    counts where librdkafka's cached high watermark is the end the join read to (nothing
+    fetched waits behind it in the queue); not where it is past it (a record fetched, or
+    a transaction open: the high watermark, not the last stable offset), unknown, failed,
+    or behind the leader's end."""
+    clock = _Clock()
+    watch, pairs = _confirmed_after_a_full_batch(clock)
+    confirmed = watch.take_confirmed()
+    assert confirmed is not None and confirmed.epoch == watch.epoch and len(confirmed.ends) == 5
+    assert watch.take_confirmed() is None, "taken once: for the next step only"
+    watch.queued()
+    assert not any(pair.ends[side].update(False, watch.trusts) for pair in pairs.values() for side in Side), \
+        "the full batch made every end stale"
+    cached = {("orders", 0): 5, ("orders", 1): 6, ("payments", 0): -1, ("payments", 1): None, ("payments", 2): 8}
+    read = []
+
+    def high(topic: str, partition: int) -> int | None:
+        read.append((topic, partition))
+        return cached[(topic, partition)]
+
+    assert carry_ends(_path(pairs), TOPICS, watch, confirmed, high, 1.0) == 1
+    assert sorted(read) == sorted(cached), "one cached read per confirmed end"
+    counts = {(TOPICS[side], p): pair.ends[side].update(False, watch.trusts)
+              for p, pair in pairs.items() for side in Side if pair.ends[side].fetch_end}
+    assert counts == {("orders", 0): True, ("orders", 1): False, ("payments", 0): False, ("payments", 1): False,
+                      ("payments", 2): False}, \
+        "carried: the cached high watermark at the end read to; not: past it, failed, unknown, behind the leader's"
+
+
+@pytest.mark.parametrize("between", ["stall", "two full batches", "an outage", "too late", "none"])
+def test_a_confirmation_is_carried_over_one_full_batch_only_and_only_soon_after_it_was_asked(between: str) -> None:
+    clock = _Clock()
+    watch, pairs = _confirmed_after_a_full_batch(clock)
+    confirmed = watch.take_confirmed()
+    if between == "stall":
+        watch.stalled(2.0)
+    elif between == "two full batches":
+        watch.queued()
+        watch.queued()
+    elif between == "an outage":
+        watch.observe(_stats(leader=-1, brokers=False))
+        watch.observe(_stats())
+        watch.queued()
+    elif between == "too late":
+        clock.now += 1.01
+        watch.queued()
+    else:
+        confirmed = None
+        watch.queued()
+    assert carry_ends(_path(pairs), TOPICS, watch, confirmed, lambda topic, partition: 5, 1.0) == 0
+    assert not pairs[0].ends[Side.ORDER].update(False, watch.trusts)
 
 
 def _report_with_a_leftover_handle(leftover_first: bool) -> str:

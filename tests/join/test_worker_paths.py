@@ -10,6 +10,7 @@ restart while a partition's other half was not yet fetched or its leader away.""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -141,7 +142,8 @@ def test_an_end_seen_in_a_full_batch_does_not_count_records_fetched_after_it_may
     ]
     clock = [BASE]
     worker = SimpleNamespace(
-        settings=s, consumer=_Queue(batches), pipeline=pipe, ends=EndWatch((pays, ords)), now_ms=lambda: clock[0],
+        settings=s, consumer=_Queue(batches), pipeline=pipe, ends=EndWatch((pays, ords)), topic_of=(pays, ords),
+        now_ms=lambda: clock[0],
         stall_s=stall_s(s.grace), consumed_at=0.0, loop_at=0.0, rewind_due=False, wake_fetchers=False,
         restorer=SimpleNamespace(busy=False), ends_asked=0.0, confirmed=[],
         checkpoint=SimpleNamespace(poll=lambda: None, due=lambda _interval: False))
@@ -163,11 +165,74 @@ def test_an_end_seen_in_a_full_batch_does_not_count_records_fetched_after_it_may
     assert [r.key for r in sink.of(s.recovery_topic)] == [b"o9"], "an end seen in a batch that emptied the queue counts"
 
 
+class _Flood:
+    """A payments stream fast enough that every batch is full (one short when not `full`),
+    of other orders, stamped a little behind the wall clock; first the unmatched payment
+    (o9) and the orders partition read to its end at 1 (one order, o0). `queued`: what
+    the orders partition has in the client's queue, delivered in the batch at step
+    `queued_until` (a record fetched after the end seen, waiting behind the payments).
+    Its `get_watermark_offsets` answers librdkafka's cached high watermark: the orders
+    partition's is `orders_high` (the end of what was fetched), the payments one's is far
+    ahead (more to read)."""
+
+    def __init__(self, s: Settings, clock: list[int], full: bool) -> None:
+        self.pays, self.ords, self.clock, self.full = s.payments_topic, s.orders_topic, clock, full
+        unmatched = payment(payment_id="p9", order_id="o9", paid_at=at(BASE + 1)).encode()  # its order: none yet
+        self.first = [_rec(self.pays, 0, unmatched, b"o9", BASE + 1),
+                      _rec(self.ords, 0, order(order_id="o0", created_at=at(BASE)).encode(), b"o0", BASE),
+                      _eof(self.ords, 1)]
+        self.sent = self.steps = 0
+        self.orders_high = 1
+        self.queued: list[Message] = []
+        self.queued_until = -1
+        self.asked: list[tuple[str, int]] = []
+
+    def consume(self, num: int, timeout: float) -> list[Message]:
+        self.steps += 1
+        if self.first:
+            out, self.first = self.first, []
+            return out
+        out = []
+        if self.steps == self.queued_until:
+            out, self.queued = self.queued, []
+        while len(out) < (num if self.full else num - 1):
+            i = self.sent = self.sent + 1
+            ts = self.clock[0] - 200
+            out.append(_rec(self.pays, i, payment(payment_id=f"q{i}", order_id=f"b{i}", paid_at=at(ts)).encode(),
+                            f"b{i}".encode(), ts))
+        return out
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
+        assert cached, "the cached watermark: no broker call in the loop"
+        self.asked.append((tp.topic, tp.partition))
+        return 0, (self.orders_high if tp.topic == self.ords else 10**9)
+
+
+def _flood_worker(s: Settings, pipe: Pipeline | NativePipeline, stream: _Flood, clock: list[int],
+                  ask: Callable[[list[TopicPartition]], list[TopicPartition]]) -> SimpleNamespace:
+    """A worker over `stream`, with the real confirm_ends asking `ask` (the leader) every step."""
+    worker = SimpleNamespace(
+        settings=s, consumer=stream, pipeline=pipe, ends=EndWatch((s.payments_topic, s.orders_topic)),
+        topic_of=(s.payments_topic, s.orders_topic), now_ms=lambda: clock[0], stall_s=stall_s(s.grace),
+        consumed_at=0.0, loop_at=0.0, rewind_due=False, wake_fetchers=False, restorer=SimpleNamespace(busy=False),
+        ends_asked=0.0,
+        checkpoint=SimpleNamespace(poll=lambda: None, due=lambda _interval: False))
+    worker._unread = lambda partition, side, fetched_to: False
+    worker._confirm_ends = lambda: confirm_ends(pipe, (s.payments_topic, s.orders_topic), worker.ends, ask)
+    return worker
+
+
+def _run(worker: SimpleNamespace, s: Settings, clock: list[int], steps: int = 40) -> None:
+    """`steps` steps, the wall clock from a second before o9's deadline + GRACE on, 500 ms a step."""
+    due = BASE + 1 + s.order_timeout + s.grace
+    for i in range(steps):
+        clock[0] = due - 1_000 + i * 500
+        worker.consumed_at = time.monotonic()  # no stall
+        JoinWorker.step(worker)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("core", CORES)
-@pytest.mark.parametrize("full", [pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-    "known, not fixed: while every batch is full, a confirmation is stale before the next step uses it; "
-    "confirming before the merge (011dd60) fixed this and recovered payments whose orders came during the "
-    "ask (CI rehearsal, 2026-12-07), so it was taken back"))), False])
+@pytest.mark.parametrize("full", [True, False])
 def test_a_dead_orders_stream_still_recovers_by_the_clock_while_every_batch_is_full(core: str, full: bool) -> None:
     """The contract: an idle or dead orders stream still causes recoveries. Payments keep
     coming fast enough that every batch is full (a small batch size, a fast stream, a
@@ -175,51 +240,56 @@ def test_a_dead_orders_stream_still_recovers_by_the_clock_while_every_batch_is_f
     orders partition, idle, is never signalled again: only the leader's confirmation,
     once a second, makes its end count. Confirmed after the merge that judges the ends,
     the next full batch made it stale before it was used, and nothing was recovered
-    (found by review of 42a1042, both cores). Run with the real confirm_ends, the leader
-    answering the orders partition's end (1) and an end beyond anything fetched for the
-    payments partition (it has more to read)."""
+    (found by review of 42a1042, both cores; a strict expected failure until carry_ends).
+    The next step's merge uses it where librdkafka's cached high watermark of the orders
+    partition is the end read to (1): nothing fetched waits behind it. Run with the real
+    confirm_ends, the leader answering the orders partition's end (1) and an end beyond
+    anything fetched for the payments partition (it has more to read)."""
     s, sink, pipe = _one_pair(core)
-    pays, ords = s.payments_topic, s.orders_topic
     clock = [BASE]
-
-    rec = _rec
-
-    unmatched = payment(payment_id="p9", order_id="o9", paid_at=at(BASE + 1)).encode()  # its order never comes
-    first = [rec(pays, 0, unmatched, b"o9", BASE + 1),
-             rec(ords, 0, order(order_id="o0", created_at=at(BASE)).encode(), b"o0", BASE), _eof(ords, 1)]
-    sent = [0]
-
-    class Stream:
-        """Payments of other orders, stamped a little behind the wall clock, `num` a batch
-        (one short when not `full`); their orders are not the point."""
-
-        def consume(self, num: int, timeout: float) -> list[Message]:
-            if first:
-                out = list(first)
-                first.clear()
-                return out
-            out = []
-            for _ in range(num if full else num - 1):
-                i = sent[0] = sent[0] + 1
-                ts = clock[0] - 200
-                out.append(rec(pays, i, payment(payment_id=f"q{i}", order_id=f"b{i}", paid_at=at(ts)).encode(),
-                               f"b{i}".encode(), ts))
-            return out
+    stream = _Flood(s, clock, full)
 
     def ask(stale: list[TopicPartition]) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition, 1 if tp.topic == ords else 10**9) for tp in stale]
+        return [TopicPartition(tp.topic, tp.partition, 1 if tp.topic == s.orders_topic else 10**9) for tp in stale]
 
-    worker = SimpleNamespace(
-        settings=s, consumer=Stream(), pipeline=pipe, ends=EndWatch((pays, ords)), now_ms=lambda: clock[0],
-        stall_s=stall_s(s.grace), consumed_at=0.0, loop_at=0.0, rewind_due=False, wake_fetchers=False,
-        restorer=SimpleNamespace(busy=False), ends_asked=0.0,
-        checkpoint=SimpleNamespace(poll=lambda: None, due=lambda _interval: False))
-    worker._unread = lambda partition, side, fetched_to: False
-    worker._confirm_ends = lambda: confirm_ends(pipe, (pays, ords), worker.ends, ask)  # the leader asked every step
-
-    due = BASE + 1 + s.order_timeout + s.grace
-    for i in range(40):  # the wall clock from a second before the deadline to 19 s past it
-        clock[0] = due - 1_000 + i * 500
-        worker.consumed_at = time.monotonic()  # no stall
-        JoinWorker.step(worker)  # type: ignore[arg-type]
+    _run(_flood_worker(s, pipe, stream, clock, ask), s, clock)
     assert b"o9" in [r.key for r in sink.of(s.recovery_topic)], "recovered by the clock, the batches full or not"
+    if full:
+        assert set(stream.asked) == {(s.orders_topic, 0)}, "the cached watermark of the confirmed end only"
+        assert len(stream.asked) <= 40, "at most once a step (once a second, with the worker's own asking)"
+    else:
+        assert stream.asked == [], "no full batch: nothing carried, nothing read"
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("high", [3, 4])
+def test_an_order_queued_behind_full_batches_keeps_its_payment_from_a_recovery_by_the_clock(core: str,
+                                                                                            high: int) -> None:
+    """The unsafe case of carry_ends: the leader confirms the orders partition's end (1),
+    then o9's order is committed (offset 1, and its transaction's marker at 2: the leader
+    answers 3 from then on) and fetched at once, and waits in the client's queue behind
+    payments for 30 steps (15 s, past o9's deadline + GRACE) while every batch is full.
+    librdkafka's cached high watermark of the orders partition is past the end the join
+    read to (`high`: 3 past the marker, 4 with a record of a transaction still open):
+    the confirmation must not count, and o9 is matched when its order comes, never
+    recovered."""
+    s, sink, pipe = _one_pair(core)
+    clock = [BASE]
+    stream = _Flood(s, clock, full=True)
+    stream.queued = [_rec(s.orders_topic, 1, order(order_id="o9", created_at=at(BASE + 500)).encode(), b"o9",
+                          BASE + 500)]
+    stream.queued_until = 31
+    log_end = [1]
+
+    def ask(stale: list[TopicPartition]) -> list[TopicPartition]:
+        out = [TopicPartition(tp.topic, tp.partition, log_end[0] if tp.topic == s.orders_topic else 10**9)
+               for tp in stale]
+        if log_end[0] == 1:  # answered just before the order came: it is fetched, and queued
+            log_end[0], stream.orders_high = 3, high
+        return out
+
+    _run(_flood_worker(s, pipe, stream, clock, ask), s, clock)
+    assert stream.steps == 40 and stream.queued == [], "the order came, at step 31"
+    assert sink.of(s.recovery_topic) == [] and sink.of(s.late_topic) == [], \
+        "an order waiting in the queue behind full batches: its payment is not recovered by the clock"
+    assert (s.orders_topic, 0) in stream.asked, "the cached watermark was read: the guard was exercised"
