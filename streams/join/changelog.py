@@ -2,7 +2,9 @@
 
 Key: b"p:" / b"o:" / b"r:" + order_id (pending payment, unmatched order, recovered
 payment), value: a small fixed header and the record. Key b"m:" + number: a bundle of
-matched pairs (order_id, payment_id, times, the first payment's bytes). A None value
+matched pairs (order_id, payment_id, times, the first payment's bytes). Key b"s:" +
+number (the same numbers as the matched pairs' bundles): a bundle of settled pairs, each
+its order_id, its payment's fingerprint and its window's end (state.py). A None value
 deletes.
 
 Formats, each still read (tests/join/test_changelog_upgrade.py restores what each wrote):
@@ -12,6 +14,9 @@ Formats, each still read (tests/join/test_changelog_upgrade.py restores what eac
    COMPACT): written as it is and restored as it is, nothing parsed. Recovered payments
    and matched pairs that came from one carry its compact payment part where format 2
    had the payment's JSON (compact.payment() reads either).
+   Settled bundles (b"s:") were added to format 3 later: a changelog without them restores
+   as before (nothing settled). Format 2 writes none (a release before format 3 does not
+   know the key); a release of format 3 before them does not read them either.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from streams.join.state import (
     Entry,
     PendingPayment,
     RecoveredPayment,
+    Settled,
     Store,
     order_cmp,
 )
@@ -37,13 +43,16 @@ from streams.join.state import (
 if TYPE_CHECKING:
     from streams.join.core import PartitionJoin
 
-PREFIX = {Store.PENDING: b"p:", Store.ORDERS: b"o:", Store.RECOVERED: b"r:", Store.MATCHED: b"m:"}
+PREFIX = {Store.PENDING: b"p:", Store.ORDERS: b"o:", Store.RECOVERED: b"r:", Store.MATCHED: b"m:",
+          Store.SETTLED: b"s:"}
 KIND = {v: k for k, v in PREFIX.items()}
-_PENDING, _ORDERS, _MATCHED = Store.PENDING, Store.ORDERS, Store.MATCHED  # globals: cheap in the restore loop
+# globals: cheap in the restore loop
+_PENDING, _ORDERS, _MATCHED, _SETTLED = Store.PENDING, Store.ORDERS, Store.MATCHED, Store.SETTLED
 _TS_FLAG = struct.Struct(">qB")
 _ORDER = struct.Struct(">qqI")  # order ts, paid_t, length of the order's bytes
 _PAIR = struct.Struct(">HHIqq")  # lengths of order_id, payment_id, payment bytes; order ts, paid_t
 _RECOVERED_AT = struct.Struct(">q")
+_SETTLED_ENTRY = struct.Struct(">HQq")  # length of order_id, the payment's fingerprint, the window's end
 # Flag byte of payment and recovered entries: bit 0 late; bit 1 a recovered_at follows
 # (wall-clock ms of the recovery); bit 2 a traceparent follows (one length byte, then
 # its bytes). Records written before a bit existed have it clear and still decode: their
@@ -70,16 +79,24 @@ class ChangelogFormatError(ValueError):
 
 def encode_key(store: Store, key: str | int) -> bytes:
     if isinstance(key, int):
-        return b"m:%012d" % key
+        return PREFIX[store] + b"%012d" % key
     return PREFIX[store] + key.encode()
 
 
-def encode_value(store: Store, entry: Entry | Bundle, fmt: int = 3, oid: str = "") -> bytes:
+def encode_value(store: Store, entry: Entry | Bundle | Settled, fmt: int = 3, oid: str = "") -> bytes:
     """`entry` under `oid` (a pending payment's order_id: needed for format 2).
 
     `fmt` 2: what the release before format 3 reads (a pending payment as its JSON with the
     fields beside it, and never a packed payment part anywhere): for a rolling upgrade from
-    it, and for as long as a rollback to it may come. Costs a rebuilt payment per entry."""
+    it, and for as long as a rollback to it may come. Costs a rebuilt payment per entry.
+    (It reads no settled bundle: `written` leaves them out of format 2.)"""
+    if store == Store.SETTLED:
+        assert isinstance(entry, list)
+        parts = []
+        for settled_oid, fp, window_end in entry:  # type: ignore[misc]
+            o = settled_oid.encode()
+            parts.append(_SETTLED_ENTRY.pack(len(o), fp, window_end) + o)
+        return b"".join(parts)
     if isinstance(entry, list):
         parts = []
         for oid, matched in entry:
@@ -164,6 +181,16 @@ def encode(change: Change, fmt: int = 3) -> tuple[bytes, bytes | None]:
     return encode_key(change.store, key), value
 
 
+def written(records: list[tuple[int, bytes, bytes | None]], fmt: int) -> list[tuple[int, bytes, bytes | None]]:
+    """Changelog records (partition, key, value) as a worker writing format `fmt` sends
+    them: format 2 leaves the settled bundles out (the release it is for cannot read them;
+    a restore from it forgets what they held, as that release did)."""
+    if fmt == 2:
+        prefix = PREFIX[Store.SETTLED]
+        return [r for r in records if not r[1].startswith(prefix)]
+    return records
+
+
 def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
     """A changelog record as a Change (value None: a tombstone). `now_ms`: the recovery
     time given to recovered entries written before it was recorded."""
@@ -173,6 +200,8 @@ def decode(key: bytes, value: bytes | None, now_ms: int = 0) -> Change:
     if kind == _MATCHED:
         number = int(key[2:])
         return Change(kind, number, None if value is None else _decode_pairs(value))
+    if kind == _SETTLED:
+        return Change(kind, int(key[2:]), None if value is None else _decode_settled(value))
     oid = key[2:].decode()
     if value is None:
         return Change(kind, oid, None)
@@ -231,20 +260,33 @@ def _decode_pairs(value: bytes) -> Bundle:
     return pairs
 
 
+def _decode_settled(value: bytes) -> Settled:
+    entries: Settled = []
+    at, end = 0, len(value)
+    unpack, size = _SETTLED_ENTRY.unpack_from, _SETTLED_ENTRY.size
+    while at < end:
+        n_oid, fp, window_end = unpack(value, at)
+        at += size
+        entries.append((value[at : at + n_oid].decode(), fp, window_end))
+        at += n_oid
+    return entries
+
+
 def restore_into(core: PartitionJoin, latest: dict[bytes, bytes | None], now_ms: int = 0) -> None:
     """Rebuild a PartitionJoin from the last value of each changelog key of its partition.
 
-    Bundles of matched pairs go first, oldest first; entries under their own keys override them.
+    Bundles of matched and settled pairs go first, oldest first (by their shared number:
+    the later one for an order wins); entries under their own keys override them.
     Pending payments in format 3 (persisted, as written) go in as they are, together (one
     pass to schedule their timeouts): a restore is mostly these.
     """
-    bundle_prefix = PREFIX[Store.MATCHED]
-    for key in sorted(k for k in latest if k.startswith(bundle_prefix)):
+    bundle_prefix, settled_prefix = PREFIX[Store.MATCHED], PREFIX[Store.SETTLED]
+    for key in sorted((k for k in latest if k.startswith((bundle_prefix, settled_prefix))), key=lambda k: k[2:]):
         core.restore(decode(key, latest[key]))
     pending_prefix, as_written = PREFIX[Store.PENDING], _PERSISTED_COMPACT
     pending: dict[str, PendingPayment] = {}
     for key, value in latest.items():
-        if value is None or key.startswith(bundle_prefix):
+        if value is None or key.startswith((bundle_prefix, settled_prefix)):
             continue
         if key.startswith(pending_prefix) and value[8] & as_written == as_written:
             pending[key[2:].decode()] = value
@@ -318,7 +360,7 @@ def drop_handled(latest: dict[bytes, bytes | None], timeout_ms: int) -> list[byt
 class Held:
     """What the changelog says the join holds for one order (for `slipguard explain`)."""
 
-    kind: str  # "pending" | "recovered" | "waiting" (an order) | "matched"
+    kind: str  # "pending" | "recovered" | "waiting" (an order) | "matched" | "settled"
     payment_id: str | None = None
     since_ms: int | None = None  # a pending payment's event time, a recovery's time
 
@@ -329,7 +371,7 @@ def keys_of(order_id: str) -> set[bytes]:
 
 
 def is_bundle(key: bytes) -> bool:
-    return key.startswith(PREFIX[Store.MATCHED])
+    return key.startswith((PREFIX[Store.MATCHED], PREFIX[Store.SETTLED]))
 
 
 def held(latest: dict[bytes, bytes | None], order_id: str) -> list[Held]:
@@ -338,8 +380,12 @@ def held(latest: dict[bytes, bytes | None], order_id: str) -> list[Held]:
     for key, value in latest.items():
         if value is None:
             continue
-        entry = decode(key, value).value
-        if isinstance(entry, bytes):
+        change = decode(key, value)
+        entry = change.value
+        if change.store == Store.SETTLED:
+            assert isinstance(entry, list)
+            found += [Held("settled") for oid, _, _ in entry if oid == order_id]  # type: ignore[misc]
+        elif isinstance(entry, bytes):
             found.append(Held("pending", compact.payment_id_in(entry), compact.t_of(entry)))
         elif isinstance(entry, RecoveredPayment):
             found.append(Held("recovered", entry.payment_id, entry.recovered_at))

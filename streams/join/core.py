@@ -29,7 +29,10 @@ The rules are the contract's "Join semantics", in one place:
 * Unmatched orders are kept until the payments partition is past their window (+ grace)
   and, by the worker's clock, late_horizon longer (a payment landing in its partition
   behind payments stamped later still matches its order), matched pairs until the
-  payments partition is past their window (to recognise duplicates), recovered payments for late_horizon
+  payments partition is past their window (to recognise duplicates), then settled: their
+  order_id and a fingerprint of their payment_id only, until the worker's clock is
+  late_horizon past their window (a duplicate, or a second payment, landing behind
+  payments stamped later is still dropped, or reported); recovered payments for late_horizon
   after the recovery was emitted, by the worker's clock (so a payment recovered hours
   after its deadline, catching up a backlog, still recognises its late order).
 * Time is safe against bad clocks and forged records: a partition's progress never runs
@@ -58,6 +61,7 @@ from streams.join.state import (
     PendingPayment,
     RecoveredPayment,
     Store,
+    fingerprint,
 )
 from streams.join.timers import Deadlines, Expiry, sequence
 
@@ -151,6 +155,7 @@ class PartitionJoin:
         self.pending = self.state.pending
         self.orders = self.state.orders
         self.recovered = self.state.recovered
+        self.settled = self.state.settled  # matched pairs past their window: order_id -> fingerprint, window end
         self.deadlines = Deadlines(params.timeout_ms)
         seq = sequence()
         self._order_expiry: Expiry[BufferedOrder] = Expiry(seq)
@@ -186,6 +191,14 @@ class PartitionJoin:
         if pending is not None or (buffered is not None and buffered.paid_id is not None) or oid in self.recovered:
             self._again(oid, p, pending, buffered, out, trace)
             return
+        if buffered is None and self.settled:
+            settled = self.settled.get(oid)
+            if settled is not None:  # its pair matched, its window closed: what it kept is a fingerprint
+                if settled >> 64 == fingerprint(p.payment_id):
+                    out.duplicates += 1
+                else:  # (the first payment's record is not kept: the report carries the second)
+                    out.anomalies.append(Flag("duplicate_payment", oid, (p,), None, _traces(trace)))
+                return
         timeout = self.params.timeout_ms
         deadline = ts + timeout
         if buffered is not None:
@@ -272,7 +285,7 @@ class PartitionJoin:
                 out.late.append(Late(o, ts, recovered.payment_id, recovery_id_for(recovered.payment_id),
                                      max(0, ts - recovered.deadline), _traces(trace, recovered.trace)))
             return
-        if oid in self.orders:
+        if oid in self.orders or (self.settled and oid in self.settled):
             out.duplicates += 1  # a repeated order event: the first one stands
             return
         self._add_order(oid, BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), trace=trace))
@@ -321,6 +334,8 @@ class PartitionJoin:
         orders once it is and the wall clock is late_horizon past their window too (a
         payment may land behind payments stamped later than its order's window: one of
         several producers held up; it must still match its order, read before it);
+        matched pairs then settle (a fingerprint of their payment) until the wall clock is
+        late_horizon past their window: a duplicate may land just as late;
         recovered payments late_horizon after their recovery, by the wall clock."""
         window = self.params.timeout_ms + self.params.grace_ms
         horizon = self.params.late_horizon_ms
@@ -332,6 +347,9 @@ class PartitionJoin:
                 self._kept_orders.add(expiry, oid, entry)  # forgotten once now - horizon passes it
             else:
                 self.state.delete(ORDERS, oid)
+                if entry.paid_id is not None and expiry + horizon > now_ms:
+                    self.state.settle(oid, fingerprint(entry.paid_id), expiry)
+        self.state.forget_settled(now_ms - horizon)
         for oid, entry in self._kept_orders.due(now_ms - horizon, self.orders):
             if entry.paid_id is None:  # (matched by a late payment: _match_order scheduled it)
                 self.state.delete(ORDERS, oid)
@@ -369,6 +387,8 @@ class PartitionJoin:
         if value is None:
             return
         window = self.params.timeout_ms + self.params.grace_ms
+        if change.store == Store.SETTLED:  # a bundle of settled pairs: forgotten by the wall clock
+            return
         if isinstance(value, list):  # a bundle of matched pairs
             for oid, matched in value:
                 self._order_expiry.add(matched.expires_at(window), oid, matched)

@@ -174,7 +174,7 @@ class NativePipeline:
     def changes(self) -> list[Record]:
         records: list[Record] = self.native.changes()
         if self.s.changelog_format == 2:  # while a release before format 3 may still read it
-            return [(p, *changelog.encode(changelog.decode(k, v), 2)) for p, k, v in records]
+            return [(p, *changelog.encode(changelog.decode(k, v), 2)) for p, k, v in changelog.written(records, 2)]
         return records
 
     def install(self, restored: Mapping[int, Any]) -> None:

@@ -118,8 +118,8 @@ class Pipeline:
         """Every pair's net state changes since the last commit, as changelog records in
         the configured format: (partition, key, value or None)."""
         fmt = self.s.changelog_format
-        return [(p, *changelog.encode(c, fmt)) for p, pair in self.pairs.items()
-                for c in pair.core.state.take_changes()]
+        return changelog.written([(p, *changelog.encode(c, fmt)) for p, pair in self.pairs.items()
+                                  for c in pair.core.state.take_changes()], fmt)
 
     def install(self, restored: Mapping[int, PartitionJoin]) -> None:
         self.pairs.update({p: Pair(core, p) for p, core in restored.items()})

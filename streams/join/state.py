@@ -10,11 +10,21 @@ becomes a tombstone.
 Matched pairs are kept (to recognise duplicate payments) until their window closes.
 They are written in bundles, one record per commit, and a bundle is deleted once all
 its pairs have expired: two changelog records per commit instead of two per order.
+
+A matched pair whose window has closed is then "settled": only its order_id, a 64-bit
+fingerprint of its payment_id and its window's end are kept, for the late horizon past
+that end by the worker's clock, so that a duplicate of its payment delivered late (one of
+several producers held up behind the others) is still dropped, and a second payment is
+still an anomaly. Settled entries go to the changelog in bundles too (key b"s:" and a
+number shared with the matched pairs' bundles, so that a restore replays both in the
+order they were written), a bundle deleted once all its entries are forgotten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import IntEnum
@@ -39,6 +49,7 @@ class Store(IntEnum):
     ORDERS = 1  # orders waiting for their payment, and matched pairs (kept to spot duplicates)
     RECOVERED = 2  # payments recovered, remembered to recognise their late order
     MATCHED = 3  # bundles of matched pairs, by bundle number (changelog only)
+    SETTLED = 4  # bundles of settled pairs (order_id, payment fingerprint, window end), by bundle number
 
 
 # ---------------------------------------------------------------- entries
@@ -81,6 +92,16 @@ class RecoveredPayment:
 
 Entry = PendingPayment | BufferedOrder | RecoveredPayment
 Bundle = list[tuple[str, BufferedOrder]]  # matched pairs: (order_id, the matched order with its payment)
+Settled = list[tuple[str, int, int]]  # settled pairs: (order_id, payment fingerprint, window end)
+
+_MASK = (1 << 64) - 1
+SETTLED_OVERHEAD = 18  # the fixed part of one encoded settled entry (changelog._SETTLED)
+
+
+def fingerprint(payment_id: str) -> int:
+    """64 bits of the payment_id's SHA-256: what a settled pair keeps of its payment. Two
+    distinct payments of one order alike by chance (2^-64) would be taken for duplicates."""
+    return int.from_bytes(hashlib.sha256(payment_id.encode()).digest()[:8], "big")
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 1.2 us to make, a restore makes millions
@@ -89,7 +110,7 @@ class Change:
 
     store: Store
     key: str | int  # an order_id, or a bundle number for MATCHED
-    value: Entry | Bundle | None
+    value: Entry | Bundle | Settled | None
 
 
 def payment_cmp(p: Payment) -> Cmp:
@@ -121,7 +142,14 @@ class JoinState:
         self._dirty: tuple[dict[str, bool], dict[str, bool], dict[str, bool]] = ({}, {}, {})
         self._bundles: list[tuple[int, int]] = []  # heap of (expiry, bundle number) of bundles in the log
         self._expired_bundles: list[int] = []
-        self._next_bundle = 0
+        self._next_bundle = 0  # shared by matched and settled bundles: a restore replays them in this order
+        # Settled pairs: order_id -> fingerprint << 64 | window end (one int: 40 bytes); the
+        # order_ids in the order they were settled (forgotten from the front: see forget_settled).
+        self.settled: dict[str, int] = {}
+        self.settled_queue: deque[str] = deque()
+        self._new_settled: dict[str, None] = {}  # settled since the last commit, in order
+        self._settled_bundles: list[tuple[int, int]] = []  # heap of (last window end, number) in the log
+        self._expired_settled: list[int] = []
 
     # ------------------------------------------------------------ changes the rules make
 
@@ -156,6 +184,33 @@ class JoinState:
         dirty = self._dirty[store]
         dirty[oid] = bool(persisted) or dirty.get(oid, False)
 
+    def settle(self, oid: str, fp: int, window_end: int) -> None:
+        """The matched pair under `oid` has left the orders (its window closed): keep its
+        payment's fingerprint (the order_id must not be in `orders`)."""
+        if oid not in self.settled:
+            self.settled_queue.append(oid)
+        self.settled[oid] = fp << 64 | (max(window_end, 0) & _MASK)
+        self._new_settled[oid] = None
+
+    def forget_settled(self, limit: int) -> None:
+        """Settled pairs whose window ended at or before `limit` (the wall clock minus the
+        late horizon), from the front of the queue: one settled out of order (a pair matched
+        late) waits for those before it, never goes early; each goes by the time the wall
+        clock is the late horizon past the payments' progress when it was settled. Bundles
+        whose entries are all forgotten become tombstones."""
+        queue, settled = self.settled_queue, self.settled
+        while queue:
+            value = settled.get(queue[0])
+            if value is not None and value & _MASK > limit:
+                break
+            oid = queue.popleft()
+            if value is not None:
+                del settled[oid]
+                self._new_settled.pop(oid, None)
+        bundles = self._settled_bundles
+        while bundles and bundles[0][0] <= limit:
+            self._expired_settled.append(heapq.heappop(bundles)[1])
+
     def expire_bundles(self, payments_progress: int) -> None:
         bundles = self._bundles
         while bundles and bundles[0][0] <= payments_progress:
@@ -182,7 +237,27 @@ class JoinState:
             self._next_bundle += 1
             heapq.heappush(self._bundles, (max(e.expires_at(self.window_ms) for _, e in bundle), number))
             changes.append(Change(Store.MATCHED, number, bundle))
+        self._settled_changes(changes)
         return changes
+
+    def _settled_changes(self, changes: list[Change]) -> None:
+        """Pairs settled since the last commit, in bundles; bundles all forgotten, as tombstones."""
+        for number in self._expired_settled:
+            changes.append(Change(Store.SETTLED, number, None))
+        self._expired_settled.clear()
+        if not self._new_settled:
+            return
+        settled = self.settled
+        entries: Settled = []
+        for oid in self._new_settled:
+            value = settled[oid]
+            entries.append((oid, value >> 64, value & _MASK))
+        self._new_settled.clear()
+        for bundle in _settled_by_size(entries):
+            number = self._next_bundle
+            self._next_bundle += 1
+            heapq.heappush(self._settled_bundles, (max(e for _, _, e in bundle), number))
+            changes.append(Change(Store.SETTLED, number, bundle))
 
     def _pending_changes(self, changes: list[Change]) -> None:
         """A pending payment waiting across this commit is packed here (compact.py)."""
@@ -237,10 +312,17 @@ class JoinState:
         store, key, value = change.store, change.key, change.value
         if value is None:
             return
+        if store == Store.SETTLED:
+            assert isinstance(key, int) and isinstance(value, list)
+            self._install_settled(key, value)  # type: ignore[arg-type]
+            return
         if type(value) is list:  # a bundle of matched pairs (Store.MATCHED)
             assert isinstance(key, int)
+            settled = self.settled
             for oid, matched in value:
                 self.orders[oid] = matched
+                if settled:
+                    settled.pop(oid, None)  # (a bundle written later: the pair is newer)
             heapq.heappush(self._bundles, (max((e.expires_at(self.window_ms) for _, e in value), default=0), key))
             self._next_bundle = max(self._next_bundle, key + 1)
             return
@@ -252,13 +334,51 @@ class JoinState:
         assert isinstance(value, (BufferedOrder, RecoveredPayment))
         value.persisted = True
         self._live[store][key] = value
+        if self.settled:
+            self.settled.pop(key, None)  # (what an order's own key holds is current: see _install_settled)
+
+    def _install_settled(self, number: int, entries: Settled) -> None:
+        """A bundle of settled pairs (bundles are installed in number order, matched and
+        settled together, so the later one for an order wins). A key of the order's own
+        (p:, o:, r:, installed after every bundle) overrides it: an order is never both
+        settled and held under its key."""
+        orders, settled, queue = self.orders, self.settled, self.settled_queue
+        for oid, fp, window_end in entries:
+            pair = orders.get(oid)
+            if pair is not None and pair.paid_id is not None:
+                del orders[oid]  # (its pair, written before it settled)
+            if oid not in settled:
+                queue.append(oid)
+            settled[oid] = fp << 64 | window_end
+        heapq.heappush(self._settled_bundles, (max((e for _, _, e in entries), default=0), number))
+        self._next_bundle = max(self._next_bundle, number + 1)
 
     def install_pending(self, entries: dict[str, PendingPayment]) -> None:
         """Many packed pending payments as the changelog holds them (PERSISTED set)."""
         self.pending.update(entries)
+        if self.settled:
+            for oid in entries:
+                self.settled.pop(oid, None)
 
     def sizes(self) -> tuple[int, int, int]:
         return len(self.pending), len(self.orders), len(self.recovered)
+
+
+def _settled_by_size(entries: Settled) -> list[Settled]:
+    """Settled entries in bundles of at most BUNDLE_MAX_BYTES encoded."""
+    bundles: list[Settled] = []
+    current: Settled = []
+    size = 0
+    for entry in entries:
+        n = SETTLED_OVERHEAD + len(entry[0]) * 4
+        if current and size + n > BUNDLE_MAX_BYTES:
+            bundles.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += n
+    if current:
+        bundles.append(current)
+    return bundles
 
 
 def _by_size(pairs: Bundle) -> list[Bundle]:

@@ -119,6 +119,9 @@ def _state(s: Settings, oid: str, partition: int, progress: Progress | None) -> 
                         "order")
         elif h.kind == "waiting":
             said.append("an order waiting for its payment")
+        elif h.kind == "settled":
+            said.append("matched, its window closed: a fingerprint of its payment is kept to recognise a duplicate "
+                        "(or a second payment) delivered late")
         else:
             said.append(f"matched: payment {h.payment_id} with its order")
     return "; ".join(said) or "nothing (never seen, or forgotten after its window)"

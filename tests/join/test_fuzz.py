@@ -44,12 +44,13 @@ ENTRY_MAX = MAX_INPUT_BYTES + 512  # a record, its packed or trace overhead
 
 
 def _state(core: PartitionJoin) -> tuple:
-    """(pending, orders, recovered) as the native core's state() gives them."""
+    """(pending, orders, recovered, settled) as the native core's state() gives them."""
     return ({oid: (compact.t_of(e), compact.flags_of(e) & ~compact.PERSISTED, compact.part_of(e)
                    if type(e) is bytes else compact.pack_payment(e.payment), compact.trace_of(e))  # type: ignore[union-attr]
              for oid, e in core.pending.items()},
             {oid: (e.ts, e.paid_id) for oid, e in core.orders.items()},
-            {oid: (e.payment_id, e.deadline, e.late, e.trace) for oid, e in core.recovered.items()})
+            {oid: (e.payment_id, e.deadline, e.late, e.trace) for oid, e in core.recovered.items()},
+            {oid: (v >> 64, v & ((1 << 64) - 1)) for oid, v in core.settled.items()})
 
 
 def _same_after_restore(restored: tuple, live: tuple) -> None:
@@ -59,9 +60,11 @@ def _same_after_restore(restored: tuple, live: tuple) -> None:
     a pair the live core has forgotten may come back with its bundle (and is forgotten again
     at the restored core's first expiry). So matched pairs: the live ones all come back, and
     what else comes back is a matched pair too."""
-    (pending, orders, recovered), (live_pending, live_orders, live_recovered) = restored, live
+    (pending, orders, recovered, settled), (live_pending, live_orders, live_recovered, live_settled) = restored, live
     assert pending == live_pending, "a restore gives the same pending payments"
     assert recovered == live_recovered, "a restore gives the same recovered payments"
+    # (settled pairs, like matched ones, are written in bundles: a forgotten one may come back with its bundle)
+    assert {oid: settled.get(oid) for oid in live_settled} == live_settled, "every settled pair comes back"
     assert {oid: orders.get(oid) for oid in live_orders} == live_orders, "every order the live core holds comes back"
     back = {oid: v for oid, v in orders.items() if oid not in live_orders}
     assert all(paid_id is not None for _, paid_id in back.values()), \

@@ -45,4 +45,5 @@ def python_state(join: PartitionJoin) -> tuple:
          for oid, e in pending.items()},
         {oid: (e.ts, e.paid_id) for oid, e in join.orders.items()},
         {oid: (e.payment_id, e.deadline, e.late, e.trace) for oid, e in join.recovered.items()},
+        {oid: (v >> 64, v & ((1 << 64) - 1)) for oid, v in join.settled.items()},
     )
