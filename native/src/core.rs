@@ -13,10 +13,12 @@ use crate::entries::{self, Fresh, Order, Recovered};
 use crate::omap::OMap;
 use crate::pack;
 use crate::pending::{PendingMap, SlotId};
+use crate::settled::{fingerprint, Settled};
 
 pub const SHIFT: u32 = 3;
 const BUNDLE_MAX_BYTES: usize = 512 * 1024;
 const PAIR_OVERHEAD: usize = 28;
+const SETTLED_OVERHEAD: usize = 18;
 
 #[derive(Clone)]
 pub struct Params {
@@ -205,9 +207,14 @@ pub struct Core {
     pub pending: PendingMap,
     pub orders: OMap<String, Order>,
     pub recovered: OMap<String, Recovered>,
+    /// Matched pairs past their window (settled.rs), forgotten by the wall clock.
+    pub settled: Settled,
     dirty: [OMap<String, bool>; 3],
     bundles: BinaryHeap<Reverse<(i64, i64)>>,
     expired_bundles: Vec<i64>,
+    /// Settled bundles in the changelog: (last window end, number); numbered with the matched ones.
+    settled_bundles: BinaryHeap<Reverse<(i64, i64)>>,
+    expired_settled: Vec<i64>,
     next_bundle: i64,
     deadlines: Deadlines,
     order_expiry: Expiry,
@@ -231,9 +238,12 @@ impl Core {
             pending: PendingMap::default(),
             orders: OMap::default(),
             recovered: OMap::default(),
+            settled: Settled::default(),
             dirty: [OMap::default(), OMap::default(), OMap::default()],
             bundles: BinaryHeap::new(),
             expired_bundles: Vec::new(),
+            settled_bundles: BinaryHeap::new(),
+            expired_settled: Vec::new(),
             next_bundle: 0,
             deadlines: Deadlines::new(timeout),
             order_expiry: Expiry::default(),
@@ -404,7 +414,48 @@ impl Core {
             self.bundles.push(Reverse((expiry, number)));
             out.push((format!("m:{number:012}").into_bytes(), Some(value)));
         }
+        self.settled_changes(&mut out);
         out
+    }
+
+    /// Pairs settled since the last commit, in bundles; bundles all forgotten, as tombstones
+    /// (state._settled_changes).
+    fn settled_changes(&mut self, out: &mut Vec<Record>) {
+        for number in std::mem::take(&mut self.expired_settled) {
+            out.push((format!("s:{number:012}").into_bytes(), None));
+        }
+        if self.settled.fresh.is_empty() {
+            return;
+        }
+        let fresh = std::mem::take(&mut self.settled.fresh);
+        let entries: Vec<(&String, u64, i64)> = fresh.iter()
+            .map(|(oid, _)| {
+                let (fp, end) = self.settled.get(oid).expect("settled since the last commit");
+                (oid, fp, end)
+            })
+            .collect();
+        let mut chunks: Vec<Vec<(&String, u64, i64)>> = Vec::new();
+        let mut current = Vec::new();
+        let mut size = 0;
+        for e in entries {
+            let n = SETTLED_OVERHEAD + e.0.chars().count() * 4;
+            if !current.is_empty() && size + n > BUNDLE_MAX_BYTES {
+                chunks.push(std::mem::take(&mut current));
+                size = 0;
+            }
+            current.push(e);
+            size += n;
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        for chunk in chunks {
+            let number = self.next_bundle;
+            self.next_bundle += 1;
+            let last = chunk.iter().map(|e| e.2).max().unwrap_or(0);
+            self.settled_bundles.push(Reverse((last, number)));
+            out.push((format!("s:{number:012}").into_bytes(), Some(entries::settled_value(&chunk))));
+        }
     }
 
     fn by_size(&self, oids: &[String]) -> Vec<Vec<String>> {
@@ -478,6 +529,18 @@ impl Core {
                                                      order: None, traces: traces(&[trace]) });
             }
             return;
+        }
+        if !self.settled.is_empty() && !self.orders.contains_key(&oid) {
+            if let Some((fp, _)) = self.settled.get(&oid) {
+                // its pair matched, its window closed: what it kept is a fingerprint
+                if fp == fingerprint(&p.payment_id) {
+                    self.counts.duplicates += 1;
+                } else {
+                    self.decisions.push(Decision::Flag { kind: "duplicate_payment", order_id: oid, payments: vec![raw.to_vec()],
+                                                         order: None, traces: traces(&[trace]) });
+                }
+                return;
+            }
         }
         let deadline = ts + timeout;
         if let Some(o) = self.orders.get(&oid) {
@@ -567,7 +630,7 @@ impl Core {
             }
             return;
         }
-        if self.orders.contains_key(&oid) {
+        if self.orders.contains_key(&oid) || (!self.settled.is_empty() && self.settled.get(&oid).is_some()) {
             self.counts.duplicates += 1;
             return;
         }
@@ -673,7 +736,9 @@ impl Core {
     /// Matched pairs once the payments partition is past their window; unmatched orders
     /// once it is and the wall clock is late_horizon past their window too (a payment may
     /// land behind payments stamped later than its order's window: it must still match its
-    /// order, read before it); recovered payments late_horizon after their recovery.
+    /// order, read before it); matched pairs then settle until the wall clock is
+    /// late_horizon past their window (a duplicate may land as late); recovered payments
+    /// late_horizon after their recovery.
     fn expire(&mut self, payments_progress: i64, now: i64) {
         let window = self.window();
         let horizon = self.p.late_horizon_ms;
@@ -687,8 +752,18 @@ impl Core {
                 let seq = self.next_seq();
                 self.kept_orders.add(expiry, seq, &oid, id);
             } else {
-                self.delete_order(&oid);
+                let paid = self.delete_order(&oid).and_then(|o| o.paid_id);
+                if let Some(pid) = paid.filter(|_| expiry + horizon > now) {
+                    // settled: a fingerprint of its payment, until the clock is the horizon past its window
+                    self.settled.set(&oid, fingerprint(&pid), expiry);
+                    self.settled.fresh.insert(oid.clone(), ());
+                }
             }
+        }
+        self.settled.forget(now - horizon);
+        while self.settled_bundles.peek().is_some_and(|Reverse((e, _))| *e <= now - horizon) {
+            let Reverse((_, n)) = self.settled_bundles.pop().expect("peeked");
+            self.expired_settled.push(n);
         }
         while let Some((oid, id)) = self.kept_orders.pop_due(now - horizon) {
             // (matched by a late payment meanwhile: match_order scheduled it)
@@ -776,26 +851,35 @@ impl Core {
     /// they were read (changelog.restore_into): bundles first (by number), then the keys of
     /// their own, packed pending payments installed together at the end.
     pub fn restore(&mut self, latest: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> Result<(), Unreadable> {
-        let mut bundles: Vec<(i64, &[u8])> = Vec::new();
+        // matched and settled bundles, in number order (shared): the later one for an order wins
+        let mut bundles: Vec<(&[u8], bool, i64, &[u8])> = Vec::new();
         for (key, value) in latest {
-            if let (Some(number), Some(v)) = (key.strip_prefix(b"m:"), value) {
+            let (Some(prefix), Some(number), Some(v)) = (key.get(..2), key.get(2..), value) else { continue };
+            if prefix == b"m:" || prefix == b"s:" {
                 let n: i64 = std::str::from_utf8(number).ok().and_then(|t| t.parse().ok())
                     .ok_or_else(|| Unreadable("bundle key".into()))?;
-                bundles.push((n, v));
+                bundles.push((number, prefix == b"s:", n, v));
             }
         }
-        bundles.sort_by(|a, b| format!("{:012}", a.0).cmp(&format!("{:012}", b.0)));
-        for (n, v) in bundles {
-            self.restore_bundle(n, v)?;
+        bundles.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, settled, n, v) in bundles {
+            if settled {
+                self.restore_settled(n, v)?;
+            } else {
+                self.restore_bundle(n, v)?;
+            }
         }
         let mut packed: Vec<(String, Vec<u8>)> = Vec::new();
         for (key, value) in latest {
             let Some(v) = value else { continue };
-            if key.starts_with(b"m:") {
+            if key.starts_with(b"m:") || key.starts_with(b"s:") {
                 continue;
             }
             let oid = String::from_utf8(key.get(2..).unwrap_or_default().to_vec())
                 .map_err(|_| Unreadable("key not UTF-8".into()))?;
+            if !self.settled.is_empty() {
+                self.settled.remove(&oid); // (what an order's own key holds is current)
+            }
             match key.get(..2) {
                 Some(b"p:") if v.len() > 8 && v[8] & (pack::PERSISTED | pack::COMPACT) == pack::PERSISTED | pack::COMPACT => {
                     check_packed(v)?;
@@ -810,6 +894,7 @@ impl Core {
         for (oid, v) in packed {
             self.pending.insert_packed(&oid, &v);
         }
+        self.settled.fresh.clear();
         self.deadlines.rebuild(&mut self.pending);
         self.compact_pending();
         Ok(())
@@ -840,10 +925,40 @@ impl Core {
             expiry = if any { expiry.max(e) } else { e };
             any = true;
             let seq = self.next_seq();
+            if !self.settled.is_empty() {
+                self.settled.remove(&oid); // (a bundle written later: the pair is newer)
+            }
             self.orders.insert(oid.clone(), o);
             self.order_expiry.add(e, seq, &oid, id);
         }
         self.bundles.push(Reverse((expiry, number)));
+        self.next_bundle = self.next_bundle.max(number + 1);
+        Ok(())
+    }
+
+    /// A bundle of settled pairs (state._install_settled): each order_id, fingerprint and
+    /// window end; a pair of the order installed before (its bundle written earlier) gives way.
+    fn restore_settled(&mut self, number: i64, v: &[u8]) -> Result<(), Unreadable> {
+        let mut at = 0;
+        let mut last = 0;
+        let mut any = false;
+        while at < v.len() {
+            let head = v.get(at..at + SETTLED_OVERHEAD).ok_or_else(|| Unreadable("short settled entry".into()))?;
+            let n_oid = u16::from_be_bytes([head[0], head[1]]) as usize;
+            let fp = u64::from_be_bytes(head[2..10].try_into().expect("8"));
+            let end = be_i64(head, 10)?;
+            at += SETTLED_OVERHEAD;
+            let oid = v.get(at..at + n_oid).ok_or_else(|| Unreadable("short settled entry".into()))?;
+            let oid = std::str::from_utf8(oid).map_err(|_| Unreadable("oid".into()))?;
+            at += n_oid;
+            if self.orders.get(&oid.to_string()).is_some_and(|o| o.paid_id.is_some()) {
+                self.orders.remove(&oid.to_string());
+            }
+            self.settled.set(oid, fp, end);
+            last = if any { last.max(end) } else { end };
+            any = true;
+        }
+        self.settled_bundles.push(Reverse((last, number)));
         self.next_bundle = self.next_bundle.max(number + 1);
         Ok(())
     }

@@ -9,6 +9,7 @@ mod json;
 mod omap;
 mod pack;
 mod pending;
+mod settled;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -233,7 +234,7 @@ impl Core {
 
     /// What it remembers, in the terms of tests/join/test_property.py's _state: pending
     /// {oid: (t, flags without PERSISTED, packed part, trace)}, recovered {oid: (payment_id,
-    /// deadline, late, trace)}, orders {oid: (ts, paid_id)}.
+    /// deadline, late, trace)}, orders {oid: (ts, paid_id)}, settled {oid: (fingerprint, end)}.
     fn state<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         state_of(py, &mut self.inner)
     }
@@ -255,7 +256,11 @@ pub(crate) fn state_of<'py>(py: Python<'py>, core: &mut core::Core) -> PyResult<
     for (oid, o) in core.orders.iter() {
         orders.set_item(oid, (o.ts, o.paid_id.as_deref()))?;
     }
-    PyTuple::new(py, [pending.into_any(), orders.into_any(), recovered.into_any()])
+    let settled = PyDict::new(py);
+    for (oid, fp, end) in core.settled.iter() {
+        settled.set_item(oid, (fp, end))?;
+    }
+    PyTuple::new(py, [pending.into_any(), orders.into_any(), recovered.into_any(), settled.into_any()])
 }
 
 #[pymodule]

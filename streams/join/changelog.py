@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from schemas import Order, Payment, fast
 from streams.join import compact
@@ -93,13 +93,13 @@ def encode_value(store: Store, entry: Entry | Bundle | Settled, fmt: int = 3, oi
     if store == Store.SETTLED:
         assert isinstance(entry, list)
         parts = []
-        for settled_oid, fp, window_end in entry:  # type: ignore[misc]
+        for settled_oid, fp, window_end in cast(Settled, entry):
             o = settled_oid.encode()
             parts.append(_SETTLED_ENTRY.pack(len(o), fp, window_end) + o)
         return b"".join(parts)
     if isinstance(entry, list):
         parts = []
-        for oid, matched in entry:
+        for oid, matched in cast(Bundle, entry):
             o, pid, raw = oid.encode(), (matched.paid_id or "").encode(), matched.paid_raw or b""
             if fmt == 2:
                 raw = _json(raw, oid)
@@ -384,7 +384,7 @@ def held(latest: dict[bytes, bytes | None], order_id: str) -> list[Held]:
         entry = change.value
         if change.store == Store.SETTLED:
             assert isinstance(entry, list)
-            found += [Held("settled") for oid, _, _ in entry if oid == order_id]  # type: ignore[misc]
+            found += [Held("settled") for oid, _, _ in cast(Settled, entry) if oid == order_id]
         elif isinstance(entry, bytes):
             found.append(Held("pending", compact.payment_id_in(entry), compact.t_of(entry)))
         elif isinstance(entry, RecoveredPayment):
@@ -392,5 +392,5 @@ def held(latest: dict[bytes, bytes | None], order_id: str) -> list[Held]:
         elif isinstance(entry, BufferedOrder):
             found.append(Held("waiting"))
         elif isinstance(entry, list):
-            found += [Held("matched", matched.paid_id) for oid, matched in entry if oid == order_id]
+            found += [Held("matched", matched.paid_id) for oid, matched in cast(Bundle, entry) if oid == order_id]
     return found

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import cast
 
 from schemas import AnomalyKind, Order, Payment, recovery_id_for
 from schemas.fields import epoch_ms
@@ -55,6 +56,7 @@ from streams.join.compact import LATE, Fresh
 from streams.join.progress import Confirmed
 from streams.join.state import (
     BufferedOrder,
+    Bundle,
     Change,
     Cmp,
     JoinState,
@@ -390,7 +392,7 @@ class PartitionJoin:
         if change.store == Store.SETTLED:  # a bundle of settled pairs: forgotten by the wall clock
             return
         if isinstance(value, list):  # a bundle of matched pairs
-            for oid, matched in value:
+            for oid, matched in cast(Bundle, value):
                 self._order_expiry.add(matched.expires_at(window), oid, matched)
             return
         key = change.key

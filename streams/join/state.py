@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from schemas import Order, Payment
 from streams.join import compact
@@ -314,19 +314,22 @@ class JoinState:
             return
         if store == Store.SETTLED:
             assert isinstance(key, int) and isinstance(value, list)
-            self._install_settled(key, value)  # type: ignore[arg-type]
+            self._install_settled(key, cast(Settled, value))
             return
         if type(value) is list:  # a bundle of matched pairs (Store.MATCHED)
             assert isinstance(key, int)
+            pairs = cast(Bundle, value)
             settled = self.settled
-            for oid, matched in value:
+            for oid, matched in pairs:
                 self.orders[oid] = matched
                 if settled:
                     settled.pop(oid, None)  # (a bundle written later: the pair is newer)
-            heapq.heappush(self._bundles, (max((e.expires_at(self.window_ms) for _, e in value), default=0), key))
+            heapq.heappush(self._bundles, (max((e.expires_at(self.window_ms) for _, e in pairs), default=0), key))
             self._next_bundle = max(self._next_bundle, key + 1)
             return
         assert isinstance(key, str)
+        if self.settled:
+            self.settled.pop(key, None)  # (what an order's own key holds is current: see _install_settled)
         if store == Store.PENDING:
             assert isinstance(value, bytes)
             self.pending[key] = compact.with_flag(value, compact.PERSISTED)
@@ -334,31 +337,32 @@ class JoinState:
         assert isinstance(value, (BufferedOrder, RecoveredPayment))
         value.persisted = True
         self._live[store][key] = value
-        if self.settled:
-            self.settled.pop(key, None)  # (what an order's own key holds is current: see _install_settled)
 
     def _install_settled(self, number: int, entries: Settled) -> None:
         """A bundle of settled pairs (bundles are installed in number order, matched and
         settled together, so the later one for an order wins). A key of the order's own
         (p:, o:, r:, installed after every bundle) overrides it: an order is never both
         settled and held under its key."""
-        orders, settled, queue = self.orders, self.settled, self.settled_queue
+        orders, settled = self.orders, self.settled
         for oid, fp, window_end in entries:
             pair = orders.get(oid)
             if pair is not None and pair.paid_id is not None:
                 del orders[oid]  # (its pair, written before it settled)
-            if oid not in settled:
-                queue.append(oid)
-            settled[oid] = fp << 64 | window_end
+            settled[oid] = fp << 64 | (max(window_end, 0) & _MASK)
         heapq.heappush(self._settled_bundles, (max((e for _, _, e in entries), default=0), number))
         self._next_bundle = max(self._next_bundle, number + 1)
 
     def install_pending(self, entries: dict[str, PendingPayment]) -> None:
-        """Many packed pending payments as the changelog holds them (PERSISTED set)."""
+        """Many packed pending payments as the changelog holds them (PERSISTED set): the
+        last step of a restore, which also lines the settled pairs up to be forgotten in
+        the order the dict keeps them (the live core's: an order_id settled again after it
+        gave way goes to the end)."""
         self.pending.update(entries)
-        if self.settled:
+        settled = self.settled
+        if settled:
             for oid in entries:
-                self.settled.pop(oid, None)
+                settled.pop(oid, None)
+        self.settled_queue = deque(settled)
 
     def sizes(self) -> tuple[int, int, int]:
         return len(self.pending), len(self.orders), len(self.recovered)

@@ -228,7 +228,7 @@ def test_native_objects_made_in_one_thread_are_used_in_another() -> None:
 
 def _valid_changelog() -> list[tuple[bytes, bytes]]:
     """Every kind of changelog value the join writes: pending (packed, traced or not), orders,
-    recovered payments, a bundle of matched pairs."""
+    recovered payments, a bundle of matched pairs, a bundle of settled pairs."""
     from tests.join.harness import Harness
 
     h = Harness(twin=False)
@@ -238,7 +238,10 @@ def _valid_changelog() -> list[tuple[bytes, bytes]]:
     h.pay(BASE, oid="pair")
     h.order(BASE + 1, oid="pair")
     h.pay(BASE - 10 * T, oid="rec", trace=TRACES[0])
+    h.pay(BASE - 10 * T, oid="settled")
+    h.order(BASE - 10 * T + 1, oid="settled")
     h.advance(BASE - 8 * T, True, True)
+    assert "settled" in h.join.settled
     return [(k, v) for k, v in (changelog.encode(c) for c in h.commit()) if v is not None]
 
 

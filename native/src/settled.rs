@@ -1,0 +1,129 @@
+//! Matched pairs past their window, "settled" (streams/join/state.py's settled): each its
+//! order_id, a 64-bit fingerprint of its payment_id and its window's end, kept until the
+//! wall clock is the late horizon past that end, so that a duplicate of its payment, or a
+//! second payment for its order, landing late is still recognised.
+//!
+//! The Python core keeps a dict and a deque of the order_ids in the order they settled,
+//! forgotten from the front. Here the entries themselves are in that order, in a deque,
+//! with a hash table of their positions (absolute: `base` is the first's), so an entry is
+//! its order_id (boxed), its fingerprint and its end, 32 bytes, plus about 10 bytes of
+//! table. A removal from the middle (a restore giving the order to a later record) leaves
+//! the slot empty; an order_id set again goes to the end, as in a dict.
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use sha2::{Digest, Sha256};
+
+use crate::omap::OMap;
+
+/// 64 bits of the payment_id's SHA-256 (state.fingerprint).
+pub fn fingerprint(payment_id: &str) -> u64 {
+    let digest = Sha256::digest(payment_id.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+struct Slot {
+    key: Option<Box<str>>, // None: removed (by a restore)
+    fp: u64,
+    end: i64,
+}
+
+// An entry is 32 bytes: the boxed order_id's pointer and length, the fingerprint, the end.
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+
+pub struct Settled {
+    slots: VecDeque<Slot>,
+    base: u64,
+    index: HashTable<u64>,
+    hasher: RandomState,
+    /// Order_ids settled since the last commit, in order (state.py's _new_settled).
+    pub fresh: OMap<String, ()>,
+}
+
+impl Default for Settled {
+    fn default() -> Self {
+        Self { slots: VecDeque::new(), base: 0, index: HashTable::new(), hasher: RandomState::new(), fresh: OMap::default() }
+    }
+}
+
+impl Settled {
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn find(&self, oid: &str) -> Option<u64> {
+        let (slots, base) = (&self.slots, self.base);
+        self.index.find(self.hasher.hash_one(oid), |&pos| slots[(pos - base) as usize].key.as_deref() == Some(oid))
+            .copied()
+    }
+
+    /// (fingerprint, window end) of the order's settled pair.
+    pub fn get(&self, oid: &str) -> Option<(u64, i64)> {
+        let pos = self.find(oid)?;
+        let s = &self.slots[(pos - self.base) as usize];
+        Some((s.fp, s.end))
+    }
+
+    /// Settle (or set again: an order_id present keeps its place). Ends before 0 are 0, as
+    /// the Python core keeps them.
+    pub fn set(&mut self, oid: &str, fp: u64, end: i64) {
+        let end = end.max(0);
+        if let Some(pos) = self.find(oid) {
+            let s = &mut self.slots[(pos - self.base) as usize];
+            s.fp = fp;
+            s.end = end;
+            return;
+        }
+        let pos = self.base + self.slots.len() as u64;
+        let hash = self.hasher.hash_one(oid);
+        let (slots, base, hasher) = (&self.slots, self.base, &self.hasher);
+        self.index.insert_unique(hash, pos, |&p| {
+            hasher.hash_one(slots[(p - base) as usize].key.as_deref().expect("indexed"))
+        });
+        self.slots.push_back(Slot { key: Some(oid.into()), fp, end });
+    }
+
+    /// The order's settled pair goes (a restore: a later record of the order wins).
+    pub fn remove(&mut self, oid: &str) {
+        let hash = self.hasher.hash_one(oid);
+        let (slots, base) = (&self.slots, self.base);
+        if let Ok(entry) = self.index.find_entry(hash, |&pos| slots[(pos - base) as usize].key.as_deref() == Some(oid)) {
+            let (pos, _) = entry.remove();
+            self.slots[(pos - self.base) as usize].key = None;
+        }
+    }
+
+    /// Forget from the front those whose window ended at or before `limit`; one with a
+    /// later end stops it (state.forget_settled).
+    pub fn forget(&mut self, limit: i64) {
+        while let Some(front) = self.slots.front() {
+            if let Some(key) = &front.key {
+                if front.end > limit {
+                    break;
+                }
+                let (hash, base) = (self.hasher.hash_one(&**key), self.base);
+                if let Ok(entry) = self.index.find_entry(hash, |&pos| pos == base) {
+                    entry.remove();
+                }
+                self.fresh.remove(&key.to_string());
+            }
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        if self.slots.is_empty() {
+            self.slots.shrink_to(1024);
+        }
+    }
+
+    /// (order_id, fingerprint, end) of each, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64, i64)> {
+        self.slots.iter().filter_map(|s| s.key.as_deref().map(|k| (k, s.fp, s.end)))
+    }
+}
