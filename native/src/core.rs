@@ -951,8 +951,11 @@ impl Core {
             let oid = v.get(at..at + n_oid).ok_or_else(|| Unreadable("short settled entry".into()))?;
             let oid = std::str::from_utf8(oid).map_err(|_| Unreadable("oid".into()))?;
             at += n_oid;
-            if self.orders.get(&oid.to_string()).is_some_and(|o| o.paid_id.is_some()) {
-                self.orders.remove(&oid.to_string());
+            if !self.orders.is_empty() {
+                let key = oid.to_string();
+                if self.orders.get(&key).is_some_and(|o| o.paid_id.is_some()) {
+                    self.orders.remove(&key);
+                }
             }
             self.settled.set(oid, fp, end);
             last = if any { last.max(end) } else { end };

@@ -269,6 +269,67 @@ def bytes_per_pending_native(n: int = 100_000) -> float | None:
     return (after - before) / n
 
 
+def _pairs(n: int, width: int) -> list[tuple[int, bytes, bytes]]:
+    """n orders and their payments, one per millisecond, ids of `width` characters."""
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    start = 1_800_000_000_000
+    out = []
+    for i in range(n):
+        ts = start + i
+        when = datetime.fromtimestamp(ts / 1000, UTC)
+        oid, pid = f"o{i:0{width - 1}d}", f"p{i:0{width - 1}d}"
+        o = Order(order_id=oid, user_id="u-1", amount=Decimal("10.5"), currency="CNY", created_at=when)
+        p = Payment(payment_id=pid, order_id=oid, user_id="u-1", amount=Decimal("10.5"), currency="CNY",
+                    status="succeeded", paid_at=when + timedelta(milliseconds=1))
+        out.append((ts, o.encode(), p.encode()))
+    return out
+
+
+def bytes_per_settled(n: int = 100_000, width: int = 6, core: str = "python") -> float | None:
+    """Memory a settled pair costs (state.py: its order_id, its payment's fingerprint, its
+    window's end), in a core of each kind (None: native not built): n pairs matched, then
+    past their window, with the late horizon ahead (settled) and without (forgotten), past a
+    commit; the difference per pair. Python: tracemalloc; native: the C allocator."""
+    if core == "native" and native.NATIVE is None:
+        return None
+    pairs = _pairs(n, width)
+    params = [JoinParams(60_000, 5_000, horizon) for horizon in (3_600_000, 1)]
+    end = pairs[-1][0] + 65_002
+    used = []
+    for p in params:
+        gc.collect()
+        if core == "native":
+            before = _malloc_in_use()
+            c = native.new_core(p)
+            for ts, o, pay in pairs:
+                c.on_order(ts, o, None)
+                c.on_payment(ts + 1, pay, None)
+            c.take_decisions()
+            c.advance(end, True, True)
+            c.take_changes()
+            gc.collect()
+            used.append(_malloc_in_use() - before)
+        else:
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            c = PartitionJoin(p)
+            out = Decisions()
+            for ts, o, pay in pairs:
+                c.on_order(ts, fast.decode(Order, o), o, out)
+                c.on_payment(ts + 1, fast.decode(Payment, pay), pay, out)
+            c.advance(end, True, True, out)
+            c.state.take_changes()
+            del out
+            gc.collect()
+            used.append(tracemalloc.get_traced_memory()[0] - before)
+            tracemalloc.stop()
+        assert c.sizes() == (0, 0, 0)
+        del c
+    return (used[0] - used[1]) / n
+
+
 def bytes_per_pending(n: int = 100_000) -> float:
     """Memory the core keeps per pending payment, everything counted: its compact entry,
     its order_id (the map's key, allocated by the decoder while tracing), its timer, the
