@@ -122,9 +122,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="records the join reads per consume() call")
     commit_interval: DurationMs = duration("100ms", gt=0, description="how often the join commits its transaction")
     changelog_format: int = Field(
-        3, ge=2, le=3, description="the changelog format the join writes: 3 (compact pending payments), or 2 while "
-                       "a release before it still runs or may be rolled back to (it reads only 2); this release "
-                       "reads both")
+        4, ge=2, le=4, description="the changelog format the join writes: 4 (3 and settled pairs), 3 (compact "
+                       "pending payments) while a release before 4 still runs or may be rolled back to (it reads "
+                       "2 and 3), or 2 while a release before 3 does (it reads only 2); this release reads all")
     core: Literal["native", "python"] | None = Field(
         None, description="the join's record path: native (Rust, slipguard_native; the default where it is built) "
                           "or python (the reference, and the fallback where it is not built)")

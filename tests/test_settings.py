@@ -57,7 +57,7 @@ def test_durations(text: str, ms: int) -> None:
          "SLIPGUARD_PROCESSING_GUARANTEE: Input should be 'exactly_once' or 'at_least_once'"),
         ("SLIPGUARD_BOOTSTRAP_SERVERS", "kafka", "SLIPGUARD_BOOTSTRAP_SERVERS: expected host:port"),
         ("SLIPGUARD_METRICS_PORT", "70000", "SLIPGUARD_METRICS_PORT"),
-        ("SLIPGUARD_CHANGELOG_FORMAT", "4", "SLIPGUARD_CHANGELOG_FORMAT: Input should be less than or equal to 3"),
+        ("SLIPGUARD_CHANGELOG_FORMAT", "5", "SLIPGUARD_CHANGELOG_FORMAT: Input should be less than or equal to 4"),
     ],
 )
 def test_bad_value_stops_with_one_clear_line(monkeypatch, capsys, env: str, value: str, expected: str) -> None:

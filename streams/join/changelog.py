@@ -14,9 +14,9 @@ Formats, each still read (tests/join/test_changelog_upgrade.py restores what eac
    COMPACT): written as it is and restored as it is, nothing parsed. Recovered payments
    and matched pairs that came from one carry its compact payment part where format 2
    had the payment's JSON (compact.payment() reads either).
-   Settled bundles (b"s:") were added to format 3 later: a changelog without them restores
-   as before (nothing settled). Format 2 writes none (a release before format 3 does not
-   know the key); a release of format 3 before them does not read them either.
+4. settled bundles (b"s:"), format 3 otherwise: a changelog without them restores as
+   before (nothing settled). Formats 2 and 3 leave them out (`written`): a release before
+   format 4 does not know the key.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def encode_value(store: Store, entry: Entry | Bundle | Settled, fmt: int = 3, oi
     `fmt` 2: what the release before format 3 reads (a pending payment as its JSON with the
     fields beside it, and never a packed payment part anywhere): for a rolling upgrade from
     it, and for as long as a rollback to it may come. Costs a rebuilt payment per entry.
-    (It reads no settled bundle: `written` leaves them out of format 2.)"""
+    Format 4 writes values as 3 does (`written` keeps its settled bundles, which 2 and 3
+    leave out)."""
     if store == Store.SETTLED:
         assert isinstance(entry, list)
         parts = []
@@ -183,9 +184,9 @@ def encode(change: Change, fmt: int = 3) -> tuple[bytes, bytes | None]:
 
 def written(records: list[tuple[int, bytes, bytes | None]], fmt: int) -> list[tuple[int, bytes, bytes | None]]:
     """Changelog records (partition, key, value) as a worker writing format `fmt` sends
-    them: format 2 leaves the settled bundles out (the release it is for cannot read them;
-    a restore from it forgets what they held, as that release did)."""
-    if fmt == 2:
+    them: formats 2 and 3 leave the settled bundles out (the releases they are for cannot
+    read them; a restore from them forgets what they held, as those releases did)."""
+    if fmt < 4:
         prefix = PREFIX[Store.SETTLED]
         return [r for r in records if not r[1].startswith(prefix)]
     return records

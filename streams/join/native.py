@@ -173,9 +173,10 @@ class NativePipeline:
 
     def changes(self) -> list[Record]:
         records: list[Record] = self.native.changes()
-        if self.s.changelog_format == 2:  # while a release before format 3 may still read it
+        fmt = self.s.changelog_format
+        if fmt == 2:  # while a release before format 3 may still read it
             return [(p, *changelog.encode(changelog.decode(k, v), 2)) for p, k, v in changelog.written(records, 2)]
-        return records
+        return changelog.written(records, fmt)  # (3: while a release before 4 may)
 
     def install(self, restored: Mapping[int, Any]) -> None:
         self.native.install(dict(restored))

@@ -192,17 +192,19 @@ def test_an_order_key_restored_beside_a_stale_settled_entry_wins() -> None:
     assert again.take().matched == 1
 
 
-def test_format_2_writes_no_settled_bundle() -> None:
-    """A release before format 3 does not know the key: a worker writing format 2 leaves
-    settled bundles out (a restore from it forgets them, as that release did)."""
+def test_formats_2_and_3_write_no_settled_bundle() -> None:
+    """A release before format 4 does not know the key: a worker writing format 2 or 3
+    (SLIPGUARD_CHANGELOG_FORMAT, for a rolling upgrade or a rollback) leaves settled
+    bundles out (a restore from it forgets them, as that release did)."""
     h = Harness()
     _matched(h)
     h.commit()
     h.advance(END, payments_at_end=True, orders_at_end=True)
     records = [(0, *changelog.encode(c, 2)) for c in h.commit()]
     assert [k for _, k, _ in records] == [b"m:000000000000", b"s:000000000001"]
-    assert [k for _, k, _ in changelog.written(records, 2)] == [b"m:000000000000"]
-    assert changelog.written(records, 3) == records
+    for fmt in (2, 3):
+        assert [k for _, k, _ in changelog.written(records, fmt)] == [b"m:000000000000"]
+    assert changelog.written(records, 4) == records
 
 
 def test_the_explain_view_names_a_settled_order() -> None:
