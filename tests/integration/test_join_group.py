@@ -20,13 +20,15 @@ from tests.integration.workers import (
     wait_until_done,
 )
 
-# The last release before changelog format 3 (packed pending payments): it reads only format 2.
 
 def native_built() -> bool:
     return NATIVE is not None
 
 
-BEFORE_FORMAT_3 = "c5563cba8cefdfa301a4a5d63de53c1b21038e20"
+# The last release before changelog format 4 (settled pairs' bundles): it reads formats 2
+# and 3 only. (c5563cba8cefdfa301a4a5d63de53c1b21038e20, the last before format 3, was
+# rolled to format 3 here until format 4 came.)
+BEFORE_FORMAT_4 = "832d1be2ac353f829862b5dbf58bbe385d762cc8"
 
 
 def test_three_workers_on_twelve_partitions_scale_out_and_recover_every_payment_once(base_settings, tmp_path) -> None:
@@ -191,17 +193,20 @@ def _restored_pending(log) -> int:
     return sum(int(n) for n in found)
 
 
-def test_a_rolling_upgrade_to_changelog_format_3_and_a_rollback_under_load_lose_and_double_nothing(base_settings,
+def test_a_rolling_upgrade_to_changelog_format_4_and_a_rollback_under_load_lose_and_double_nothing(base_settings,
                                                                                                  tmp_path) -> None:
-    """Workers of the release before format 3 (run from this repository's history) and of
-    this one in one group under live traffic, as docs/upgrades.md says: the new release
-    first writes format 2, and an old worker restores what it wrote (a pod rolled back);
-    then the old ones are replaced, and the last writes format 3 and restores what the
-    others left. Pending state crosses releases and formats at every step; every recovery once."""
-    old = release(BEFORE_FORMAT_3, tmp_path / "old")
+    """Workers of the release before format 4 (run from this repository's history, on its
+    Python core: the native module built here is this release's) and of this one in one
+    group under live traffic, as docs/upgrades.md says: the new release first writes
+    format 3, and an old worker restores what it wrote (a pod rolled back); then the old
+    ones are replaced, and the last writes format 4 and restores what the others left.
+    Pending state crosses releases and formats at every step; every recovery once."""
+    old = release(BEFORE_FORMAT_4, tmp_path / "old")
     s = _settings(base_settings, commit_interval="200ms")
     logs = {name: tmp_path / f"{name}.log" for name in ("old1", "old2", "new1", "new2", "new3")}
-    workers = {name: start(s, ["join"], logs[name], root=old, instance_id=None) for name in ("old1", "old2")}
+    workers = {name: start(s, ["join"], logs[name], root=old, instance_id=None, core="python",
+                     changelog_format=None)
+               for name in ("old1", "old2")}
 
     def add(name: str, fmt: int) -> None:
         workers[name] = start(s, ["join"], logs[name], instance_id=None, changelog_format=fmt)
@@ -214,7 +219,7 @@ def test_a_rolling_upgrade_to_changelog_format_3_and_a_rollback_under_load_lose_
         _wait_for(lambda: all(_owned(logs[n]) for n in ("old1", "old2")), "the old workers hold partitions", timeout=90)
         traffic = _LiveTraffic(s, 36_000, seed=44, seconds=30)
         wait_for_progress(s, traffic.total, 0.1)
-        add("new1", 2)  # the first roll: this release, writing format 2
+        add("new1", 3)  # the first roll: this release, writing format 3
         wait_for_progress(s, traffic.total, 0.25)
         before = _restored_pending(logs["old1"]) + _restored_pending(logs["old2"])
         leave("new1")  # rolled back: the old workers restore what it wrote
@@ -223,10 +228,10 @@ def test_a_rolling_upgrade_to_changelog_format_3_and_a_rollback_under_load_lose_
         assert _restored_pending(logs["old1"]) + _restored_pending(logs["old2"]) > before, \
             "the old release restored pending payments the new one wrote"
         leave("old1")
-        add("new2", 2)
+        add("new2", 3)
         leave("old2")
         wait_for_progress(s, traffic.total, 0.6)
-        add("new3", 3)  # the second roll: format 3, no old worker left
+        add("new3", 4)  # the second roll: format 4, no old worker left
         leave("new2")
         assert traffic.running(), "all of it under live traffic"
         traffic.join()
