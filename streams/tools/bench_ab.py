@@ -115,12 +115,21 @@ def build_native(tree: Path) -> Path:
     return tree
 
 
+def child_env(s: Settings, tree: Path) -> dict[str, str]:
+    """The environment of a tree's join: only the settings that differ from this release's
+    defaults, so that each tree runs on its own defaults otherwise, as it ships (an older
+    tree refuses a value added since, e.g. SLIPGUARD_CHANGELOG_FORMAT=4, or SLIPGUARD_CORE
+    before the setting existed). The core is drain_in's to choose."""
+    defaults = Settings.model_validate({}).to_env()  # (no environment read)
+    env = {k: v for k, v in s.to_env().items() if defaults.get(k) != v and k != "SLIPGUARD_CORE"}
+    return env | {"PYTHONPATH": str(tree)}
+
+
 def drain_in(tree: Path, s: Settings, total: int, core: str | None = None) -> dict[str, float]:
     """One drain of the workload's topics by `tree`'s join, in a fresh group."""
     group = s.derive(join_group=f"ab-{uuid.uuid4().hex[:8]}")
     create_topics(group)  # its changelog: a join older than 2026-11-26 does not create it
-    env = group.to_env() | {"PYTHONPATH": str(tree)}
-    env.pop("SLIPGUARD_CORE", None)  # (a tree older than the setting refuses it)
+    env = child_env(group, tree)
     if core is not None:
         env["SLIPGUARD_CORE"] = core
     run = subprocess.run([sys.executable, "-c", _DRAIN, str(total)], cwd=tree, env=env, capture_output=True,
