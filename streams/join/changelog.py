@@ -15,8 +15,8 @@ Formats, each still read (tests/join/test_changelog_upgrade.py restores what eac
    and matched pairs that came from one carry its compact payment part where format 2
    had the payment's JSON (compact.payment() reads either).
 4. settled bundles (b"s:"), format 3 otherwise: a changelog without them restores as
-   before (nothing settled). Formats 2 and 3 leave them out (`written`): a release before
-   format 4 does not know the key.
+   before (nothing settled). Formats 2 and 3 leave them out (`written`), all but their
+   tombstones: a release before format 4 does not know the key.
 """
 
 from __future__ import annotations
@@ -185,10 +185,13 @@ def encode(change: Change, fmt: int = 3) -> tuple[bytes, bytes | None]:
 def written(records: list[tuple[int, bytes, bytes | None]], fmt: int) -> list[tuple[int, bytes, bytes | None]]:
     """Changelog records (partition, key, value) as a worker writing format `fmt` sends
     them: formats 2 and 3 leave the settled bundles out (the releases they are for cannot
-    read them; a restore from them forgets what they held, as those releases did)."""
+    read them; a restore from them forgets what they held, as those releases did), but
+    not their tombstones: a worker rolled back to format 3 deletes the bundles a format 4
+    worker left once their pairs are forgotten, so that the release before can restore
+    the partition (a bundle it never wrote gets a tombstone too: harmless)."""
     if fmt < 4:
         prefix = PREFIX[Store.SETTLED]
-        return [r for r in records if not r[1].startswith(prefix)]
+        return [r for r in records if r[2] is None or not r[1].startswith(prefix)]
     return records
 
 

@@ -140,3 +140,63 @@ def test_format_2_carries_no_packed_payment_anywhere() -> None:
             packed_in_3 += packed if fmt == 3 else 0
     assert packed_in_3 == 3, "format 3 keeps the packed parts (the matched pair and two recovered)"
     assert after_restore(logs[2]) == after_restore(logs[3])
+
+
+# ---------------------------------------------------------------- format 4 and a rollback to 3
+
+
+def _commit(h: Harness, log: dict[bytes, bytes | None], fmt: int) -> list[bytes]:
+    """A commit written as a worker writing `fmt` sends it (changelog.written), into `log`."""
+    records = changelog.written([(0, *changelog.encode(c, fmt)) for c in h.commit()], fmt)
+    for _, k, v in records:
+        log[k] = v
+    return [k for _, k, _ in records]
+
+
+def _settled_keys(log: dict[bytes, bytes | None]) -> list[bytes]:
+    return [k for k, v in log.items() if k.startswith(b"s:") and v is not None]
+
+
+def test_a_worker_rolled_back_to_format_3_deletes_the_settled_bundles_a_format_4_worker_left() -> None:
+    """docs/upgrades.md's rollback: a roll to SLIPGUARD_CHANGELOG_FORMAT=3, LATE_HORIZON, then
+    the release before format 4, which stops at a restore that finds an s: key. The worker
+    writing format 3 leaves new settled bundles out but writes the tombstones of those in
+    the log once their pairs are forgotten, so that none is left."""
+    end = BASE + T + G
+    h, log = Harness(), {}
+    h.order(BASE, oid="a")
+    h.pay(BASE, oid="a", pid="pa")
+    _commit(h, log, 4)
+    h.advance(end, True, True)
+    assert b"s:000000000001" in _commit(h, log, 4)  # format 4: the settled bundle
+    w = Harness()  # the roll: the partition restored by a worker writing format 3
+    w.restore({k: v for k, v in log.items() if v is not None}, end)
+    assert "a" in w.join.settled
+    w.order(end, oid="b")  # a pair settled under format 3: its bundle is left out
+    w.pay(end, oid="b", pid="pb")
+    w.advance(end + T + G, True, True)
+    assert "b" in w.join.settled and not [k for k in _commit(w, log, 3) if k.startswith(b"s:")]
+    w.advance(end + 3_600_000, True, True)  # LATE_HORIZON past the first pair's window
+    assert list(w.join.settled) == ["b"]
+    assert _commit(w, log, 3) == [b"s:000000000001"] and log[b"s:000000000001"] is None
+    assert _settled_keys(log) == []
+    w.advance(end + T + G + 3_600_000, True, True)
+    assert not w.join.settled
+    assert _commit(w, log, 3) == [b"s:000000000002"]  # (b's bundle, never written: a tombstone alone)
+    assert _settled_keys(log) == []
+
+
+def test_format_2_carries_the_settled_bundles_tombstones_too() -> None:
+    """(The native pipeline rewrites each record it writes in format 2: a tombstone of an s:
+    key goes through as it is.)"""
+    h = Harness()
+    h.order(BASE, oid="a")
+    h.pay(BASE, oid="a", pid="pa")
+    h.commit()
+    h.advance(BASE + T + G, True, True)
+    h.commit()
+    h.advance(BASE + T + G + 3_600_000, True, True)
+    records = [(0, *changelog.encode(c, 2)) for c in h.commit()]
+    assert records == [(0, b"s:000000000001", None)]
+    assert changelog.written(records, 2) == records
+    assert [(p, *changelog.encode(changelog.decode(k, v), 2)) for p, k, v in records] == records
