@@ -281,17 +281,20 @@ impl Core {
         dirty.insert(oid.to_string(), persisted || was);
     }
 
-    /// A new key: whether the changelog may hold a value for it (a removed entry's).
-    fn settle(&mut self, store: Store, oid: &str) -> bool {
+    /// A new key: whether the changelog may hold a value for it (a removed entry's, or the
+    /// `replaced` one's).
+    fn settle(&mut self, store: Store, oid: &str, replaced: bool) -> bool {
         let dirty = &mut self.dirty[store as usize];
         let key = oid.to_string();
-        let in_log = dirty.get(&key).copied().unwrap_or(false);
+        let in_log = dirty.get(&key).copied().unwrap_or(false) || replaced;
         dirty.insert(key, in_log);
         in_log
     }
 
     fn put_pending(&mut self, oid: &str, mut f: Fresh) {
-        if self.settle(Store::Pending, oid) {
+        // (never over a live one: a payment for an order with one pending is a duplicate or
+        // a second payment, insert_fresh asserts it)
+        if self.settle(Store::Pending, oid, false) {
             f.flags |= pack::PERSISTED;
         }
         let t = f.t;
@@ -299,8 +302,11 @@ impl Core {
         self.deadlines.add(slot, t);
     }
 
+    /// (Over an order waiting under its key, matched by a copy of itself: the changelog may
+    /// hold the replaced one, so the new one counts as persisted too; state.put.)
     fn put_order(&mut self, oid: &str, mut o: Order) {
-        o.persisted = self.settle(Store::Orders, oid);
+        let replaced = self.orders.get(&oid.to_string()).is_some_and(|r| r.persisted);
+        o.persisted = self.settle(Store::Orders, oid, replaced);
         let expiry = o.expires_at(self.window());
         let (seq, id) = (self.next_seq(), o.id);
         self.orders.insert(oid.to_string(), o);
@@ -308,7 +314,8 @@ impl Core {
     }
 
     fn put_recovered(&mut self, oid: &str, mut r: Recovered) {
-        r.persisted = self.settle(Store::Recovered, oid);
+        let replaced = self.recovered.get(&oid.to_string()).is_some_and(|r| r.persisted);
+        r.persisted = self.settle(Store::Recovered, oid, replaced);
         let (at, seq, id) = (r.recovered_at, self.next_seq(), r.id);
         self.recovered.insert(oid.to_string(), r);
         self.recovered_expiry.add(at, seq, oid, id);

@@ -154,9 +154,15 @@ class JoinState:
     # ------------------------------------------------------------ changes the rules make
 
     def put(self, store: Store, oid: str, entry: Entry) -> None:
-        """A new entry under `oid` (a pending payment: a compact.Fresh)."""
+        """A new entry under `oid` (a pending payment: a compact.Fresh), replacing the one
+        there, if any (an order waiting under its key matched by a copy of itself: the
+        changelog may hold the replaced one, so the new one counts as persisted too)."""
         dirty = self._dirty[store]
-        in_log = dirty[oid] = dirty.get(oid, False)  # a removed entry's value, not tombstoned yet
+        in_log = dirty.get(oid, False)  # a removed entry's value, not tombstoned yet
+        if not in_log:
+            replaced = self._live[store].get(oid)
+            in_log = replaced is not None and _persisted(replaced)
+        dirty[oid] = in_log
         if isinstance(entry, compact.Fresh):
             if in_log:
                 entry.flags |= compact.PERSISTED
@@ -179,10 +185,8 @@ class JoinState:
         self.changed(Store.PENDING, oid)
 
     def _touch(self, store: Store, oid: str, entry: Entry) -> None:
-        persisted = (entry.persisted if isinstance(entry, (BufferedOrder, RecoveredPayment))
-                     else compact.flags_of(entry) & compact.PERSISTED)
         dirty = self._dirty[store]
-        dirty[oid] = bool(persisted) or dirty.get(oid, False)
+        dirty[oid] = _persisted(entry) or dirty.get(oid, False)
 
     def settle(self, oid: str, fp: int, window_end: int) -> None:
         """The matched pair under `oid` has left the orders (its window closed): keep its
@@ -366,6 +370,13 @@ class JoinState:
 
     def sizes(self) -> tuple[int, int, int]:
         return len(self.pending), len(self.orders), len(self.recovered)
+
+
+def _persisted(entry: Entry) -> bool:
+    """The changelog may hold a value for the entry's key."""
+    if isinstance(entry, (BufferedOrder, RecoveredPayment)):
+        return entry.persisted
+    return bool(compact.flags_of(entry) & compact.PERSISTED)
 
 
 def _settled_by_size(entries: Settled) -> list[Settled]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from streams.join import changelog
 from streams.join.state import Store, fingerprint
 from tests.join.harness import BASE, G, H, Harness, T
+from tests.join.twins import python_state
 
 END = BASE + T + G  # the window's end of a pair at BASE (order and payment)
 Log = dict[bytes, bytes | None]
@@ -214,3 +215,84 @@ def test_the_explain_view_names_a_settled_order() -> None:
     _commit(h, log)
     assert [x.kind for x in changelog.held(log, "a")] == ["settled"]
     assert changelog.held(log, "other") == []
+
+
+# ---------------------------------------------------------------- an entry put over one the changelog holds
+
+
+def _log_is_live(h: Harness, log: Log, now: int) -> Harness:
+    """A restore from the log holds what the live join holds (both cores: the Harness)."""
+    again = _restored(log, now)
+    assert python_state(again.join) == python_state(h.join), "the log restores another state"
+    return again
+
+
+def test_an_order_copy_matching_a_pending_payment_over_the_persisted_order_leaves_no_stale_key() -> None:
+    """An order, committed (o:a); its payment stamped just past its window, pending ('an order
+    from before the window does not match'); a copy of the order stamped inside the window
+    (the order service's retry, re-stamped) matches it. The pair replaces the persisted
+    unmatched order under its key: o:a must be deleted (it was not: a restore gave o:a, 'an
+    order's own key wins', over the settled pair, and a late copy of the payment was
+    recovered)."""
+    h, log = Harness(), {}
+    h.order(BASE, oid="a")
+    _commit(h, log)
+    h.pay(BASE + T + 1, oid="a", pid="pa")
+    h.order(BASE + T + 1, oid="a")
+    assert h.take().matched == 1
+    assert (Store.ORDERS, "a", None) in _commit(h, log)
+    _log_is_live(h, log, BASE + T + 1)
+    h.advance(BASE + 3 * T, True, True)
+    assert "a" in h.join.settled
+    _commit(h, log)
+    assert b"o:a" not in log or log[b"o:a"] is None
+    again = _log_is_live(h, log, BASE + 3 * T)
+    again.pay(BASE + T + 251, oid="a", pid="pa")  # a copy of the payment, landing late
+    again.advance(BASE + 10 * T, True, True)
+    out = again.take()
+    assert out.recoveries == [] and out.duplicates == 1
+
+
+def test_a_pending_payment_persisted_stays_one_key_through_a_second_payment_and_a_late_order() -> None:
+    """(Never put over: a payment for an order with one pending is a duplicate or a second
+    payment. The log still restores what is live at each commit.)"""
+    h, log = Harness(), {}
+    h.pay(BASE, oid="a", pid="pa")
+    _commit(h, log)
+    h.pay(BASE + 10, oid="a", pid="pa")
+    h.pay(BASE + 20, oid="a", pid="pa-b")
+    h.order(BASE + 2 * T, oid="a")  # past the deadline: late, the payment marked
+    out = h.take()
+    assert out.duplicates == 1 and [f.kind for f in out.anomalies] == ["duplicate_payment"] and len(out.late) == 1
+    _commit(h, log)
+    _log_is_live(h, log, BASE + 2 * T)
+    h.advance(BASE + 3 * T, True, True)
+    assert h.recovered_ids() == ["pa"]
+    _commit(h, log)
+    assert log[b"p:a"] is None
+    _log_is_live(h, log, BASE + 3 * T)
+
+
+def test_a_recovery_over_a_recovered_payment_the_log_holds_deletes_its_key_when_forgotten() -> None:
+    """A log holding a recovered payment (r:a) and a later payment pending for the same order
+    (p:a): an at_least_once commit that failed with the pending key delivered and the
+    recovered one's tombstone not. Restored, the later payment is recovered over the
+    restored one; forgotten the horizon later, its key must be deleted (it was not: the old
+    r:a stayed, and a restore brought it back)."""
+    first, log = Harness(), {}
+    first.pay(BASE, oid="a", pid="pa")
+    first.advance(BASE + 2 * T, True, True)
+    assert first.recovered_ids() == ["pa"]
+    _commit(first, log)
+    later = Harness()
+    later.pay(BASE + 2 * H, oid="a", pid="pa-2")
+    _commit(later, log)
+    assert sorted(k for k, v in log.items() if v is not None) == [b"p:a", b"r:a"]
+    h = _restored(log, BASE + 2 * H)
+    h.advance(BASE + 2 * H + 2 * T, True, True)
+    assert h.recovered_ids() == ["pa-2"]
+    h.advance(BASE + 3 * H + 2 * T, True, True)  # the horizon past its recovery
+    assert h.join.sizes() == (0, 0, 0)
+    _commit(h, log)
+    assert [k for k, v in log.items() if v is not None] == [], "a stale key left in the log"
+    _log_is_live(h, log, BASE + 3 * H + 2 * T)
