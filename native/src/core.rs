@@ -207,7 +207,7 @@ pub struct Core {
     pub pending: PendingMap,
     pub orders: OMap<String, Order>,
     pub recovered: OMap<String, Recovered>,
-    /// Matched pairs past their window (settled.rs), forgotten by the wall clock.
+    /// Matched pairs past their window (settled.rs), forgotten by the payments partition's progress.
     pub settled: Settled,
     dirty: [OMap<String, bool>; 3],
     bundles: BinaryHeap<Reverse<(i64, i64)>>,
@@ -218,7 +218,7 @@ pub struct Core {
     next_bundle: i64,
     deadlines: Deadlines,
     order_expiry: Expiry,
-    /// Unmatched orders past their window, by the wall clock (see expire).
+    /// Unmatched orders past their window, by the payments partition's progress (see expire).
     kept_orders: Expiry,
     recovered_expiry: Expiry,
     seq: u64,
@@ -537,9 +537,15 @@ impl Core {
             }
             return;
         }
-        if !self.settled.is_empty() && !self.orders.contains_key(&oid) {
-            if let Some((fp, _)) = self.settled.get(&oid) {
-                // its pair matched, its window closed: what it kept is a fingerprint
+        let deadline = ts + timeout;
+        if self.orders.get(&oid).is_some_and(|o| ts - timeout <= o.ts && o.ts <= deadline) {
+            self.match_order(&oid, ts, &p, raw, trace);
+            return;
+        }
+        if !self.settled.is_empty() {
+            // its pair matched, its window closed: what it kept is a fingerprint, for a payment
+            // stamped before its end + the horizon (core.on_payment)
+            if let Some((fp, _)) = self.settled_for(&oid, ts) {
                 if fp == fingerprint(&p.payment_id) {
                     self.counts.duplicates += 1;
                 } else {
@@ -549,12 +555,7 @@ impl Core {
                 return;
             }
         }
-        let deadline = ts + timeout;
         if let Some(o) = self.orders.get(&oid) {
-            if ts - timeout <= o.ts && o.ts <= deadline {
-                self.match_order(&oid, ts, &p, raw, trace);
-                return;
-            }
             if o.ts > deadline {
                 let o = self.delete_order(&oid).expect("there");
                 self.decisions.push(Decision::Late { order: o.raw.clone(), order_ts: o.ts, payment_id: p.payment_id.clone(),
@@ -566,6 +567,12 @@ impl Core {
         }
         let f = Fresh { t: ts, flags: 0, trace: trace.map(<[u8]>::to_vec), payment: p, raw: raw.to_vec() };
         self.put_pending(&oid, f);
+    }
+
+    /// The settled pair of the order_id that a record stamped `ts` belongs to: stamped
+    /// before its window's end + the horizon (core._settled_for).
+    fn settled_for(&self, oid: &str, ts: i64) -> Option<(u64, i64)> {
+        self.settled.get(oid).filter(|&(_, end)| ts < end + self.p.late_horizon_ms)
     }
 
     fn match_order(&mut self, oid: &str, ts: i64, p: &Payment, raw: &[u8], trace: Option<&[u8]>) {
@@ -637,7 +644,7 @@ impl Core {
             }
             return;
         }
-        if self.orders.contains_key(&oid) || (!self.settled.is_empty() && self.settled.get(&oid).is_some()) {
+        if self.orders.contains_key(&oid) || (!self.settled.is_empty() && self.settled_for(&oid, ts).is_some()) {
             self.counts.duplicates += 1;
             return;
         }
@@ -741,11 +748,12 @@ impl Core {
     }
 
     /// Matched pairs once the payments partition is past their window; unmatched orders
-    /// once it is and the wall clock is late_horizon past their window too (a payment may
-    /// land behind payments stamped later than its order's window: it must still match its
-    /// order, read before it); matched pairs then settle until the wall clock is
-    /// late_horizon past their window (a duplicate may land as late); recovered payments
-    /// late_horizon after their recovery.
+    /// once it is late_horizon past their window (a payment may land behind payments
+    /// stamped later than its order's window: it must still match its order, read before
+    /// it); matched pairs then settle until it is late_horizon past their window (a
+    /// duplicate may land as late): both by the partition's progress, so that a backlog
+    /// keeps them as steady traffic does (core._expire); recovered payments late_horizon
+    /// after their recovery, by the wall clock.
     fn expire(&mut self, payments_progress: i64, now: i64) {
         let window = self.window();
         let horizon = self.p.late_horizon_ms;
@@ -755,24 +763,26 @@ impl Core {
             if expiry > payments_progress {
                 let seq = self.next_seq();
                 self.order_expiry.add(expiry, seq, &oid, id);
-            } else if o.paid_id.is_none() && expiry + horizon > now {
+            } else if o.paid_id.is_none() && expiry + horizon > payments_progress {
                 let seq = self.next_seq();
                 self.kept_orders.add(expiry, seq, &oid, id);
             } else {
                 let paid = self.delete_order(&oid).and_then(|o| o.paid_id);
-                if let Some(pid) = paid.filter(|_| expiry + horizon > now) {
-                    // settled: a fingerprint of its payment, until the clock is the horizon past its window
+                if let Some(pid) = paid.filter(|_| expiry + horizon > payments_progress) {
+                    // settled: a fingerprint of its payment, until the payments' progress is the
+                    // horizon past its window (an order_id settled already goes to the end)
                     self.settled.set(&oid, fingerprint(&pid), expiry);
                     self.settled.fresh.insert(oid.clone(), ());
                 }
             }
         }
-        self.settled.forget(now - horizon);
-        while self.settled_bundles.peek().is_some_and(|Reverse((e, _))| *e <= now - horizon) {
+        let limit = payments_progress - horizon;
+        self.settled.forget(limit);
+        while self.settled_bundles.peek().is_some_and(|Reverse((e, _))| *e <= limit) {
             let Reverse((_, n)) = self.settled_bundles.pop().expect("peeked");
             self.expired_settled.push(n);
         }
-        while let Some((oid, id)) = self.kept_orders.pop_due(now - horizon) {
+        while let Some((oid, id)) = self.kept_orders.pop_due(limit) {
             // (matched by a late payment meanwhile: match_order scheduled it)
             if self.orders.get(&oid).is_some_and(|o| o.id == id && o.paid_id.is_none()) {
                 self.delete_order(&oid);
@@ -884,9 +894,6 @@ impl Core {
             }
             let oid = String::from_utf8(key.get(2..).unwrap_or_default().to_vec())
                 .map_err(|_| Unreadable("key not UTF-8".into()))?;
-            if !self.settled.is_empty() {
-                self.settled.remove(&oid); // (what an order's own key holds is current)
-            }
             match key.get(..2) {
                 Some(b"p:") if v.len() > 8 && v[8] & (pack::PERSISTED | pack::COMPACT) == pack::PERSISTED | pack::COMPACT => {
                     check_packed(v)?;
@@ -944,7 +951,8 @@ impl Core {
     }
 
     /// A bundle of settled pairs (state._install_settled): each order_id, fingerprint and
-    /// window end; a pair of the order installed before (its bundle written earlier) gives way.
+    /// window end; a pair of the order installed before (its bundle written earlier) gives
+    /// way, and one settled before goes to its later place (Settled::set).
     fn restore_settled(&mut self, number: i64, v: &[u8]) -> Result<(), Unreadable> {
         let mut at = 0;
         let mut last = 0;

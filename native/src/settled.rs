@@ -1,14 +1,14 @@
 //! Matched pairs past their window, "settled" (streams/join/state.py's settled): each its
 //! order_id, a 64-bit fingerprint of its payment_id and its window's end, kept until the
-//! wall clock is the late horizon past that end, so that a duplicate of its payment, or a
-//! second payment for its order, landing late is still recognised.
+//! payments partition's progress is the late horizon past that end, so that a duplicate of
+//! its payment, or a second payment for its order, landing late is still recognised.
 //!
 //! The Python core keeps a dict and a deque of the order_ids in the order they settled,
 //! forgotten from the front. Here the entries themselves are in that order, in a deque,
 //! with a hash table of their positions (absolute: `base` is the first's), so an entry is
 //! its order_id (boxed), its fingerprint and its end, 32 bytes, plus about 10 bytes of
-//! table. A removal from the middle (a restore giving the order to a later record) leaves
-//! the slot empty; an order_id set again goes to the end, as in a dict.
+//! table. A removal from the middle (a restore giving the order to a later pair, or an
+//! order_id settled again) leaves the slot empty; an order_id set again goes to the end.
 
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
@@ -71,15 +71,14 @@ impl Settled {
         Some((s.fp, s.end))
     }
 
-    /// Settle (or set again: an order_id present keeps its place). Ends before 0 are 0, as
-    /// the Python core keeps them.
+    /// Settle, or settle again: an order_id present leaves its place (emptied) for the end,
+    /// and `fresh` (state.settle: a restore lines them up so). Ends before 0 are 0, as the
+    /// Python core keeps them.
     pub fn set(&mut self, oid: &str, fp: u64, end: i64) {
         let end = end.max(0);
-        if let Some(pos) = self.find(oid) {
-            let s = &mut self.slots[(pos - self.base) as usize];
-            s.fp = fp;
-            s.end = end;
-            return;
+        if self.find(oid).is_some() {
+            self.remove(oid);
+            self.fresh.remove(&oid.to_string());
         }
         let pos = self.base + self.slots.len() as u64;
         let hash = self.hasher.hash_one(oid);

@@ -280,7 +280,8 @@ def restore_into(core: PartitionJoin, latest: dict[bytes, bytes | None], now_ms:
     """Rebuild a PartitionJoin from the last value of each changelog key of its partition.
 
     Bundles of matched and settled pairs go first, oldest first (by their shared number:
-    the later one for an order wins); entries under their own keys override them.
+    the later one for an order wins); entries under their own keys override matched pairs
+    (a settled pair stays beside them, as in the live join: state._install_settled).
     Pending payments in format 3 (persisted, as written) go in as they are, together (one
     pass to schedule their timeouts): a restore is mostly these.
     """

@@ -27,14 +27,16 @@ The rules are the contract's "Join semantics", in one place:
 * A matched pair whose user, amount or currency disagree is matched and reported.
 * With an HMAC key, a payment without a valid signature is reported, never recovered.
 * Unmatched orders are kept until the payments partition is past their window (+ grace)
-  and, by the worker's clock, late_horizon longer (a payment landing in its partition
-  behind payments stamped later still matches its order), matched pairs until the
-  payments partition is past their window (to recognise duplicates), then settled: their
-  order_id and a fingerprint of their payment_id only, until the worker's clock is
-  late_horizon past their window (a duplicate, or a second payment, landing behind
-  payments stamped later is still dropped, or reported); recovered payments for late_horizon
-  after the recovery was emitted, by the worker's clock (so a payment recovered hours
-  after its deadline, catching up a backlog, still recognises its late order).
+  and late_horizon longer (a payment landing in its partition behind payments stamped
+  later still matches its order), matched pairs until the payments partition is past
+  their window (to recognise duplicates), then settled: their order_id and a fingerprint
+  of their payment_id only, until the payments partition is late_horizon past their
+  window (a duplicate, or a second payment, landing behind payments stamped later is
+  still dropped, or reported, if stamped before that: an order_id used again later is a
+  new order's); the partition's progress, so that a backlog keeps them as steady
+  traffic does. Recovered payments for late_horizon after the recovery was emitted, by
+  the worker's clock (so a payment recovered hours after its deadline, catching up a
+  backlog, still recognises its late order).
 * Time is safe against bad clocks and forged records: a partition's progress never runs
   ahead of the wall clock (a record stamped in the future matches by its own timestamp
   but moves progress only up to `now`), and only records that pass validation, the
@@ -55,6 +57,7 @@ from streams.join import compact
 from streams.join.compact import LATE, Fresh
 from streams.join.progress import Confirmed
 from streams.join.state import (
+    SETTLED_END,
     BufferedOrder,
     Bundle,
     Change,
@@ -162,7 +165,7 @@ class PartitionJoin:
         seq = sequence()
         self._order_expiry: Expiry[BufferedOrder] = Expiry(seq)
         self._recovered_expiry: Expiry[RecoveredPayment] = Expiry(seq)
-        # Unmatched orders past their window, by the wall clock (see _expire).
+        # Unmatched orders past their window, by the payments partition's progress (see _expire).
         self._kept_orders: Expiry[BufferedOrder] = Expiry(seq)
         self.payments = Confirmed()  # each partition's progress by its records
         self.orders_read = Confirmed()
@@ -193,28 +196,30 @@ class PartitionJoin:
         if pending is not None or (buffered is not None and buffered.paid_id is not None) or oid in self.recovered:
             self._again(oid, p, pending, buffered, out, trace)
             return
-        if buffered is None and self.settled:
+        timeout = self.params.timeout_ms
+        deadline = ts + timeout
+        if buffered is not None and ts - timeout <= buffered.ts <= deadline:
+            self._match_order(oid, buffered, ts, p, raw, out, trace)
+            return
+        if self.settled:
             settled = self.settled.get(oid)
-            if settled is not None:  # its pair matched, its window closed: what it kept is a fingerprint
+            # Its pair matched, its window closed: what it kept is a fingerprint. It applies to a
+            # payment stamped before its end + the horizon (a duplicate or a second payment is
+            # stamped near the first; an order_id used again past that is a new order's).
+            if settled is not None and ts < (settled & SETTLED_END) + self.params.late_horizon_ms:
                 if settled >> 64 == fingerprint(p.payment_id):
                     out.duplicates += 1
                 else:  # (the first payment's record is not kept: the report carries the second)
                     out.anomalies.append(Flag("duplicate_payment", oid, (p,), None, _traces(trace)))
                 return
-        timeout = self.params.timeout_ms
-        deadline = ts + timeout
-        if buffered is not None:
-            if ts - timeout <= buffered.ts <= deadline:
-                self._match_order(oid, buffered, ts, p, raw, out, trace)
-                return
-            if buffered.ts > deadline:
-                # The order exists but past the window: the payment will be recovered, the order is late.
-                self.state.delete(ORDERS, oid)
-                out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
-                                     recovery_id_for(p.payment_id), buffered.ts - deadline,
-                                     _traces(buffered.trace, trace)))
-                self._add_pending(oid, Fresh(ts, LATE, trace, p, raw))
-                return
+        if buffered is not None and buffered.ts > deadline:
+            # The order exists but past the window: the payment will be recovered, the order is late.
+            self.state.delete(ORDERS, oid)
+            out.late.append(Late(Order.decode(buffered.raw), buffered.ts, p.payment_id,
+                                 recovery_id_for(p.payment_id), buffered.ts - deadline,
+                                 _traces(buffered.trace, trace)))
+            self._add_pending(oid, Fresh(ts, LATE, trace, p, raw))
+            return
         self._add_pending(oid, Fresh(ts, 0, trace, p, raw))
 
     def _skewed(self, ts: int, p: Payment) -> bool:
@@ -287,10 +292,16 @@ class PartitionJoin:
                 out.late.append(Late(o, ts, recovered.payment_id, recovery_id_for(recovered.payment_id),
                                      max(0, ts - recovered.deadline), _traces(trace, recovered.trace)))
             return
-        if oid in self.orders or (self.settled and oid in self.settled):
+        if oid in self.orders or (self.settled and self._settled_for(oid, ts)):
             out.duplicates += 1  # a repeated order event: the first one stands
             return
         self._add_order(oid, BufferedOrder(ts, raw, (o.user_id, o.amount, o.currency), trace=trace))
+
+    def _settled_for(self, oid: str, ts: int) -> bool:
+        """A settled pair of the order_id that a record stamped `ts` belongs to: stamped
+        before its window's end + the horizon (as on_payment's)."""
+        settled = self.settled.get(oid)
+        return settled is not None and ts < (settled & SETTLED_END) + self.params.late_horizon_ms
 
     def _match_payment(self, oid: str, pending: PendingPayment, t: int, ts: int, o: Order, out: Decisions,
                        trace: bytes | None) -> None:
@@ -333,26 +344,29 @@ class PartitionJoin:
 
     def _expire(self, payments_progress: int, now_ms: int) -> None:
         """Matched pairs once the payments partition is past their window; unmatched
-        orders once it is and the wall clock is late_horizon past their window too (a
-        payment may land behind payments stamped later than its order's window: one of
-        several producers held up; it must still match its order, read before it);
-        matched pairs then settle (a fingerprint of their payment) until the wall clock is
-        late_horizon past their window: a duplicate may land just as late;
-        recovered payments late_horizon after their recovery, by the wall clock."""
+        orders once it is late_horizon past their window (a payment may land behind
+        payments stamped later than its order's window: one of several producers held up;
+        it must still match its order, read before it); matched pairs then settle (a
+        fingerprint of their payment) until the payments partition is late_horizon past
+        their window: a duplicate may land just as late. Both by the partition's progress,
+        not the wall clock: caught up, it is the wall clock; in a backlog (after an outage)
+        it keeps the horizon's worth of its records' time, as in steady state, where the
+        wall clock would keep nothing. Recovered payments late_horizon after their
+        recovery, by the wall clock."""
         window = self.params.timeout_ms + self.params.grace_ms
         horizon = self.params.late_horizon_ms
         for oid, entry in self._order_expiry.due(payments_progress, self.orders):
             expiry = entry.expires_at(window)
             if expiry > payments_progress:
                 self._order_expiry.add(expiry, oid, entry)  # matched since: lives longer
-            elif entry.paid_id is None and expiry + horizon > now_ms:
-                self._kept_orders.add(expiry, oid, entry)  # forgotten once now - horizon passes it
+            elif entry.paid_id is None and expiry + horizon > payments_progress:
+                self._kept_orders.add(expiry, oid, entry)  # forgotten once progress - horizon passes it
             else:
                 self.state.delete(ORDERS, oid)
-                if entry.paid_id is not None and expiry + horizon > now_ms:
+                if entry.paid_id is not None and expiry + horizon > payments_progress:
                     self.state.settle(oid, fingerprint(entry.paid_id), expiry)
-        self.state.forget_settled(now_ms - horizon)
-        for oid, entry in self._kept_orders.due(now_ms - horizon, self.orders):
+        self.state.forget_settled(payments_progress - horizon)
+        for oid, entry in self._kept_orders.due(payments_progress - horizon, self.orders):
             if entry.paid_id is None:  # (matched by a late payment: _match_order scheduled it)
                 self.state.delete(ORDERS, oid)
         self.state.expire_bundles(payments_progress)
@@ -389,7 +403,7 @@ class PartitionJoin:
         if value is None:
             return
         window = self.params.timeout_ms + self.params.grace_ms
-        if change.store == Store.SETTLED:  # a bundle of settled pairs: forgotten by the wall clock
+        if change.store == Store.SETTLED:  # a bundle of settled pairs: forgotten by the payments' progress
             return
         if isinstance(value, list):  # a bundle of matched pairs
             for oid, matched in cast(Bundle, value):

@@ -12,10 +12,10 @@ They are written in bundles, one record per commit, and a bundle is deleted once
 its pairs have expired: two changelog records per commit instead of two per order.
 
 A matched pair whose window has closed is then "settled": only its order_id, a 64-bit
-fingerprint of its payment_id and its window's end are kept, for the late horizon past
-that end by the worker's clock, so that a duplicate of its payment delivered late (one of
-several producers held up behind the others) is still dropped, and a second payment is
-still an anomaly. Settled entries go to the changelog in bundles too (key b"s:" and a
+fingerprint of its payment_id and its window's end are kept, until the payments
+partition's progress is the late horizon past that end, so that a duplicate of its
+payment delivered late (one of several producers held up behind the others) is still
+dropped, and a second payment is still an anomaly. Settled entries go to the changelog in bundles too (key b"s:" and a
 number shared with the matched pairs' bundles, so that a restore replays both in the
 order they were written), a bundle deleted once all its entries are forgotten.
 """
@@ -94,7 +94,7 @@ Entry = PendingPayment | BufferedOrder | RecoveredPayment
 Bundle = list[tuple[str, BufferedOrder]]  # matched pairs: (order_id, the matched order with its payment)
 Settled = list[tuple[str, int, int]]  # settled pairs: (order_id, payment fingerprint, window end)
 
-_MASK = (1 << 64) - 1
+_MASK = SETTLED_END = (1 << 64) - 1  # a settled value's window end: value & SETTLED_END
 SETTLED_OVERHEAD = 18  # the fixed part of one encoded settled entry (changelog._SETTLED)
 
 
@@ -147,6 +147,9 @@ class JoinState:
         # order_ids in the order they were settled (forgotten from the front: see forget_settled).
         self.settled: dict[str, int] = {}
         self.settled_queue: deque[str] = deque()
+        # order_id -> how many of its places in the queue are stale (it settled again, and
+        # went to the end): skipped when they reach the front. Rare: usually empty.
+        self._stale_places: dict[str, int] = {}
         self._new_settled: dict[str, None] = {}  # settled since the last commit, in order
         self._settled_bundles: list[tuple[int, int]] = []  # heap of (last window end, number) in the log
         self._expired_settled: list[int] = []
@@ -190,20 +193,34 @@ class JoinState:
 
     def settle(self, oid: str, fp: int, window_end: int) -> None:
         """The matched pair under `oid` has left the orders (its window closed): keep its
-        payment's fingerprint (the order_id must not be in `orders`)."""
-        if oid not in self.settled:
-            self.settled_queue.append(oid)
-        self.settled[oid] = fp << 64 | (max(window_end, 0) & _MASK)
+        payment's fingerprint (the order_id must not be in `orders`). An order_id settled
+        already (a new pair of an order_id used again, its records stamped past the first
+        pair's end + the horizon, before that was forgotten) goes to the end of the queue
+        with its new end, as a restore lines it up: its old place is skipped."""
+        settled = self.settled
+        if oid in settled:
+            del settled[oid]
+            self._stale_places[oid] = self._stale_places.get(oid, 0) + 1
+            self._new_settled.pop(oid, None)
+        settled[oid] = fp << 64 | (max(window_end, 0) & _MASK)
+        self.settled_queue.append(oid)
         self._new_settled[oid] = None
 
     def forget_settled(self, limit: int) -> None:
-        """Settled pairs whose window ended at or before `limit` (the wall clock minus the
-        late horizon), from the front of the queue: one settled out of order (a pair matched
-        late) waits for those before it, never goes early; each goes by the time the wall
-        clock is the late horizon past the payments' progress when it was settled. Bundles
-        whose entries are all forgotten become tombstones."""
-        queue, settled = self.settled_queue, self.settled
+        """Settled pairs whose window ended at or before `limit` (the payments partition's
+        progress minus the late horizon), from the front of the queue: one settled out of
+        order (a pair matched late) waits for those before it, never goes early; each goes
+        by the time the progress is the late horizon past what it was when the pair
+        settled. Bundles whose entries are all forgotten become tombstones."""
+        queue, settled, stale = self.settled_queue, self.settled, self._stale_places
         while queue:
+            if stale and queue[0] in stale:  # a place its order_id left (settled again)
+                oid = queue.popleft()
+                if stale[oid] == 1:
+                    del stale[oid]
+                else:
+                    stale[oid] -= 1
+                continue
             value = settled.get(queue[0])
             if value is not None and value & _MASK > limit:
                 break
@@ -332,8 +349,6 @@ class JoinState:
             self._next_bundle = max(self._next_bundle, key + 1)
             return
         assert isinstance(key, str)
-        if self.settled:
-            self.settled.pop(key, None)  # (what an order's own key holds is current: see _install_settled)
         if store == Store.PENDING:
             assert isinstance(value, bytes)
             self.pending[key] = compact.with_flag(value, compact.PERSISTED)
@@ -344,14 +359,17 @@ class JoinState:
 
     def _install_settled(self, number: int, entries: Settled) -> None:
         """A bundle of settled pairs (bundles are installed in number order, matched and
-        settled together, so the later one for an order wins). A key of the order's own
-        (p:, o:, r:, installed after every bundle) overrides it: an order is never both
-        settled and held under its key."""
+        settled together, so the later one for an order wins, and goes where the live
+        join's queue has it: after those of the bundles before). A key of the order's own
+        (p:, o:, r:) leaves it be, as the live join does: a settled entry applies to
+        records stamped before its end + the horizon, an order's later records are its
+        key's (and one forgotten by the live join but still in a bundle is harmless)."""
         orders, settled = self.orders, self.settled
         for oid, fp, window_end in entries:
             pair = orders.get(oid)
             if pair is not None and pair.paid_id is not None:
                 del orders[oid]  # (its pair, written before it settled)
+            settled.pop(oid, None)  # (settled again: to its later place)
             settled[oid] = fp << 64 | (max(window_end, 0) & _MASK)
         heapq.heappush(self._settled_bundles, (max((e for _, _, e in entries), default=0), number))
         self._next_bundle = max(self._next_bundle, number + 1)
@@ -359,14 +377,11 @@ class JoinState:
     def install_pending(self, entries: dict[str, PendingPayment]) -> None:
         """Many packed pending payments as the changelog holds them (PERSISTED set): the
         last step of a restore, which also lines the settled pairs up to be forgotten in
-        the order the dict keeps them (the live core's: an order_id settled again after it
-        gave way goes to the end)."""
+        the order the dict keeps them (the live core's: an order_id settled again goes to
+        the end)."""
         self.pending.update(entries)
-        settled = self.settled
-        if settled:
-            for oid in entries:
-                settled.pop(oid, None)
-        self.settled_queue = deque(settled)
+        self.settled_queue = deque(self.settled)
+        self._stale_places.clear()
 
     def sizes(self) -> tuple[int, int, int]:
         return len(self.pending), len(self.orders), len(self.recovered)

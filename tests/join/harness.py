@@ -54,7 +54,9 @@ class Harness:
         decisions, counts = self.twin.take_decisions()
         self.twin_decisions += decisions
         self.twin_counts = [a + b for a, b in zip(self.twin_counts, counts, strict=True)]
-        assert self.twin.state() == python_state(self.join), "the native core's state differs"
+        state = self.twin.state()
+        assert state == python_state(self.join), "the native core's state differs"
+        assert list(state[3]) == list(self.join.settled), "settled pairs lined up otherwise (to be forgotten)"
         assert self.twin.sizes() == self.join.sizes()
         assert self.twin.oldest_pending_time() == self.join.oldest_pending_time()
         assert self.twin.timer_count() == len(self.join.deadlines), "the timers count what Python's count"

@@ -105,14 +105,15 @@ def test_progress_is_the_largest_time_two_consecutive_records_both_reach_never_a
 
 
 def test_payments_progress_needs_two_records_too_before_it_expires_an_order() -> None:
+    """(An unmatched order is kept LATE_HORIZON past its window, by the same progress.)"""
     h = Harness()
     h.order(BASE)
-    h.pay(BASE + 10 * T, oid="fast-clock")  # alone: expires nothing
+    h.pay(BASE + 2 * H, oid="fast-clock")  # alone: expires nothing
     h.advance(payments_at_end=False, orders_at_end=False)
     assert "ord-1" in h.join.orders
-    h.pay(BASE + T + G, oid="next")
+    h.pay(BASE + T + G + H, oid="next")
     h.advance(payments_at_end=False, orders_at_end=False)
-    assert "ord-1" not in h.join.orders, "two payments past its window: expired"
+    assert "ord-1" not in h.join.orders, "two payments past its window and the horizon: expired"
 
 
 @pytest.mark.parametrize(("now", "recovered"), [(D + G - 1, False), (D + G, True)])
@@ -280,9 +281,9 @@ def test_one_far_future_order_does_not_hold_up_the_expiry_of_those_behind_it() -
     h.order(BASE + 50 * 60_000, oid="far")  # first in, expires last
     for i in range(1_000):
         h.order(BASE + i, oid=f"o{i}")
-    h.pay(BASE + T + G + 2_000, oid="late-payment")
-    h.pay(BASE + T + G + 2_000, oid="late-payment-2")
-    # (an unmatched order is kept the late horizon longer, by the wall clock: test_payment_disorder)
+    # (an unmatched order is kept the late horizon longer, by the payments' progress: test_payment_disorder)
+    h.pay(BASE + T + G + H + 2_000, oid="late-payment")
+    h.pay(BASE + T + G + H + 2_000, oid="late-payment-2")
     h.advance(BASE + T + G + H + 2_000, payments_at_end=False, orders_at_end=False)
     assert set(h.join.orders) == {"far"}, "everything past its window expired, whatever was inserted first"
 
@@ -420,17 +421,20 @@ def test_a_failed_or_forged_payment_is_never_flagged_for_skew() -> None:
     assert [a.kind for a in h.take().anomalies] == ["bad_signature"]
 
 
-def test_unmatched_orders_expire_once_payments_are_past_their_window_and_the_clock_past_the_horizon() -> None:
+def test_unmatched_orders_expire_once_payments_are_past_their_window_and_the_horizon_past_it() -> None:
     """Payments past the window alone keep it (a payment may still land behind them:
-    test_payment_disorder); the wall clock the late horizon past it too forgets it."""
+    test_payment_disorder); the payments' progress the late horizon past it forgets it:
+    the wall clock once they are read to their end, not while they are behind (a backlog)."""
     h = Harness()
     h.order(BASE)
     h.advance(BASE + T + G - 1, payments_at_end=True, orders_at_end=True)
     assert h.join.sizes()[1] == 1
     h.advance(BASE + T + G, payments_at_end=True, orders_at_end=True)
-    h.advance(BASE + T + G + H - 1, payments_at_end=False, orders_at_end=True)
+    h.advance(BASE + T + G + H - 1, payments_at_end=True, orders_at_end=True)
     assert h.join.sizes()[1] == 1
     h.advance(BASE + T + G + H, payments_at_end=False, orders_at_end=True)
+    assert h.join.sizes()[1] == 1
+    h.advance(BASE + T + G + H, payments_at_end=True, orders_at_end=True)
     assert h.join.sizes()[1] == 0
 
 

@@ -85,12 +85,16 @@ def _partition(draw: st.DrawFn, records: list[tuple[str, str, int, str]], disord
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, dups: bool = False, copies: bool = False) -> Scenario:
+def scenarios(draw: st.DrawFn, dups: bool = False, copies: bool = False, backlog: bool = False) -> Scenario:
     """`dups`: some records are written twice, the copy right behind the first (a
     producer's retry). `copies`: some payments are produced again, 0.25-2.5 s later, the
-    same payment or a second distinct one for the order (see the module's docstring)."""
+    same payment or a second distinct one for the order (see the module's docstring).
+    `backlog`: the worker was down while the records were appended, and reads them (at the
+    same pace) with its wall clock 2 to 3 late horizons ahead of them: a partition is at
+    its end only once every record of it is read."""
     # The defaults, or the soak's settings (ORDER_TIMEOUT 5 s, GRACE 1 s, LATE_HORIZON 5 min).
-    timeout, grace, _ = params = draw(st.sampled_from([(T, G, H), (5_000, 1_000, 300_000)]))
+    timeout, grace, horizon = params = draw(st.sampled_from([(T, G, H), (5_000, 1_000, 300_000)]))
+    outage = draw(st.integers(2 * horizon, 3 * horizon)) if backlog else 0
     disorder = draw(st.sampled_from([grace, timeout // 2, timeout, 2 * timeout, 3 * timeout]))
     span = draw(st.sampled_from([2 * timeout, 4 * timeout, 6 * timeout]))
     pays: list[tuple[str, str, int, str]] = []
@@ -140,10 +144,10 @@ def scenarios(draw: st.DrawFn, dups: bool = False, copies: bool = False) -> Scen
             else:
                 steps.append(("read", orders[j]))
                 j, take_o = j + 1, take_o - 1
-        p_end = all(r.append > now for r in payments[i:])
-        o_end = all(r.append > now for r in orders[j:])
-        steps.append(("advance", now, p_end, o_end))
-    steps.append(("advance", max(now, last) + 2 * (timeout + grace), True, True))
+        p_end = all(r.append > now + outage for r in payments[i:])
+        o_end = all(r.append > now + outage for r in orders[j:])
+        steps.append(("advance", now + outage, p_end, o_end))
+    steps.append(("advance", max(now, last) + 2 * (timeout + grace) + outage, True, True))
     return Scenario(payments, orders, steps, disorder, params, kinds)
 
 
@@ -282,4 +286,14 @@ def test_duplicates_and_second_payments_from_held_up_producers_are_dropped_or_re
     """soak-88769's 6 false recoveries: a payment's duplicate, or a second payment for its
     order, produced 0.25-2.5 s later and landing behind payments past the pair's window
     (one producer held up), was taken for a new payment and recovered."""
+    _run(sc)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=CHECKS)
+@given(scenarios(dups=True, copies=True, backlog=True))
+def test_the_same_read_in_a_backlog_older_than_the_late_horizon(sc: Scenario) -> None:
+    """After an outage longer than LATE_HORIZON: matched pairs settle and unmatched orders
+    are kept by the payments partition's progress, not the wall clock (which is the horizon
+    past them all: nothing was kept, and duplicates, second payments and payments landing
+    behind their order's window were recovered)."""
     _run(sc)

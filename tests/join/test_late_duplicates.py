@@ -4,10 +4,12 @@ of several producers held up behind the others: soak-88769's false recoveries) i
 dropped, or reported, and never recovered (the contract's "Join semantics").
 
 A pair settles when the payments partition's progress passes its window (its order_id,
-a 64-bit fingerprint of its payment_id, its window's end) and is forgotten once the
-worker's clock is LATE_HORIZON past that end, as an unmatched order is (bd4240a). It
-survives restores: settled bundles in the changelog (b"s:"), numbered with the matched
-pairs' bundles. Every test runs both cores (the Harness's native twin, held to the
+a 64-bit fingerprint of its payment_id, its window's end) and is forgotten once that
+progress is LATE_HORIZON past that end, as an unmatched order is (bd4240a): the wall
+clock once the partition is read to its end, its records' time in a backlog. It applies
+to records stamped before its end + LATE_HORIZON (an order_id used again later is a new
+order's). It survives restores: settled bundles in the changelog (b"s:"), numbered with
+the matched pairs' bundles. Every test runs both cores (the Harness's native twin, held to the
 Python core call by call and commit by commit).
 
 Same conventions as test_core.py: T = 60 s timeout, G = 5 s grace, H = 1 h horizon.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from streams.join import changelog
 from streams.join.state import Store, fingerprint
-from tests.join.harness import BASE, G, H, Harness, T
+from tests.join.harness import BASE, FAR, G, H, Harness, T
 from tests.join.twins import python_state
 
 END = BASE + T + G  # the window's end of a pair at BASE (order and payment)
@@ -46,7 +48,8 @@ def _restored(log: Log, now: int) -> Harness:
     return h
 
 
-def test_a_pair_past_its_window_settles_and_is_forgotten_the_late_horizon_after_its_window_by_the_clock() -> None:
+def test_a_pair_past_its_window_settles_and_is_forgotten_the_late_horizon_after_its_window() -> None:
+    """(The payments partition read to its end: its progress is the clock.)"""
     h = Harness()
     _matched(h)
     h.advance(END - 1, payments_at_end=True, orders_at_end=True)
@@ -59,9 +62,10 @@ def test_a_pair_past_its_window_settles_and_is_forgotten_the_late_horizon_after_
     assert not h.join.settled and not h.join.state.settled_queue
 
 
-def test_payments_progress_alone_settles_and_the_clock_alone_forgets() -> None:
+def test_payments_progress_alone_settles_and_forgets_the_clock_alone_nothing() -> None:
     """Records stamped past the window settle the pair whatever the clock; the clock far
-    ahead with no record moves nothing but the forgetting."""
+    ahead with the partition not read to its end (a backlog) forgets nothing: records
+    stamped the horizon past the window do, or the partition read to its end."""
     h = Harness()
     _matched(h)
     for i in range(3):
@@ -69,8 +73,17 @@ def test_payments_progress_alone_settles_and_the_clock_alone_forgets() -> None:
         h.pay(END + i, oid=f"x{i}")
     h.advance(END + 10)  # (the wall clock at the records: payments confirm END + 1)
     assert "a" in h.join.settled
-    h.advance(END + H)
+    h.advance(END + 10 * H)
+    assert "a" in h.join.settled
+    h.pay(END + H, oid="y1")
+    h.pay(END + H, oid="y2")
+    h.advance(END + 10 * H)
     assert "a" not in h.join.settled
+    h = Harness()
+    _matched(h)
+    h.advance(END + 1, True, True)
+    h.advance(END + H, True, True)
+    assert not h.join.settled
 
 
 def test_a_pair_whose_window_is_already_the_horizon_behind_the_clock_does_not_settle() -> None:
@@ -173,9 +186,12 @@ def test_a_restore_keeps_the_later_of_a_pair_and_its_settled_entry() -> None:
     assert again.join.orders["a"].paid_id == "pa-new" and list(again.join.settled) == ["b", "c"]
 
 
-def test_an_order_key_restored_beside_a_stale_settled_entry_wins() -> None:
+def test_a_stale_settled_entry_restored_beside_an_order_key_is_harmless() -> None:
     """A settled entry forgotten, then the order again (waiting under its own key) while
-    the settled bundle is still in the log: the order waits, its payment matches it."""
+    the settled bundle is still in the log: restored, the entry is back (the live join
+    keeps an entry beside an order's key too, for records stamped before its end + the
+    horizon), and the order's records, stamped past that, are the order's: its payment
+    matches it."""
     h, log = Harness(), {}
     _matched(h, "a", "pa", BASE)
     _matched(h, "b", "pb", BASE + 60_000)
@@ -183,14 +199,15 @@ def test_an_order_key_restored_beside_a_stale_settled_entry_wins() -> None:
     h.advance(END, payments_at_end=True, orders_at_end=True)
     h.advance(END + 60_000, payments_at_end=True, orders_at_end=True)
     _commit(h, log)
-    h.advance(END + H, payments_at_end=False, orders_at_end=False)
+    h.advance(END + H, payments_at_end=True, orders_at_end=True)
     assert list(h.join.settled) == ["b"]
     h.order(END + H, oid="a")
     _commit(h, log)
     again = _restored(log, END + H)
-    assert "a" not in again.join.settled and again.join.orders["a"].paid_id is None
-    again.pay(END + H, oid="a", pid="pa-new")
-    assert again.take().matched == 1
+    assert list(again.join.settled) == ["a", "b"] and again.join.orders["a"].paid_id is None
+    for w in (h, again):
+        w.pay(END + H, oid="a", pid="pa-new")
+        assert w.take().matched == 1
 
 
 def test_formats_2_and_3_write_no_settled_bundle() -> None:
@@ -296,3 +313,166 @@ def test_a_recovery_over_a_recovered_payment_the_log_holds_deletes_its_key_when_
     _commit(h, log)
     assert [k for k, v in log.items() if v is not None] == [], "a stale key left in the log"
     _log_is_live(h, log, BASE + 3 * H + 2 * T)
+
+
+# ---------------------------------------------------------------- a backlog older than the horizon
+
+
+def test_a_late_copy_of_a_matched_payment_read_in_a_backlog_older_than_the_horizon_is_dropped() -> None:
+    """The soak's case (a copy stamped just after its payment, appended behind later-stamped
+    payments by a held-up producer), read in a backlog after the join was down longer than
+    LATE_HORIZON: the pair settles by the payments' progress (its records' time), not the
+    clock, so the copy is dropped (it was recovered: by the clock, the pair's window was
+    already the horizon behind). Then the progress moves the horizon on and it is forgotten."""
+    h = Harness()
+    now = BASE + 2 * H  # the join comes back 2 h after these records were appended
+    h.order(BASE, oid="a")
+    h.pay(BASE, oid="a", pid="pa")
+    for i in range(4):  # later payments (and their orders), past the pair's window
+        h.order(END + i * 1000, oid=f"x{i}")
+        h.pay(END + i * 1000, oid=f"x{i}", pid=f"px{i}")
+    h.advance(now, False, False)  # one batch of the backlog decided
+    assert "a" not in h.join.orders and "a" in h.join.settled
+    h.pay(BASE + 250, oid="a", pid="pa")  # the copy, 0.25 s later, read behind them
+    for i in range(4, 8):
+        h.order(END + i * 1000, oid=f"x{i}")
+        h.pay(END + i * 1000, oid=f"x{i}", pid=f"px{i}")
+    h.advance(now + 1_000, False, False)
+    out = h.take()
+    assert out.recoveries == [] and out.duplicates == 1
+    h.order(END + H, oid="y")
+    h.pay(END + H, oid="y")
+    h.pay(END + H, oid="z")
+    h.advance(now + 2_000, False, False)
+    assert "a" not in h.join.settled and "x0" in h.join.settled, "the horizon's worth of the records' time"
+    h.advance(now + 3_000, True, True)  # caught up: the clock
+    assert list(h.join.settled) == ["y"]  # (x3's end was 2 h behind it; y's is not)
+
+
+def test_the_same_copy_with_the_join_caught_up_is_dropped() -> None:
+    h = Harness()
+    h.order(BASE, oid="a")
+    h.pay(BASE, oid="a", pid="pa")
+    for i in range(4):
+        h.order(END + i * 1000, oid=f"x{i}")
+        h.pay(END + i * 1000, oid=f"x{i}", pid=f"px{i}")
+    h.advance(END + 4000, False, False)
+    h.pay(BASE + 250, oid="a", pid="pa")
+    h.advance(END + 10 * T, True, True)
+    assert h.take().recoveries == []
+
+
+def test_an_order_kept_past_its_window_in_a_backlog_older_than_the_horizon_still_meets_its_late_payment() -> None:
+    """bd4240a's case (a payment landing behind payments stamped past its order's window),
+    read in a backlog more than LATE_HORIZON old: the unmatched order is kept by the
+    payments' progress, so the payment matches it (it was recovered, its order read
+    before it: by the clock, the order's window was already the horizon behind)."""
+    h = Harness()
+    now = BASE + 2 * H
+    h.order(BASE, oid="a")
+    for i in range(4):
+        h.order(END + i * 1000, oid=f"x{i}")
+        h.pay(END + i * 1000, oid=f"x{i}", pid=f"px{i}")
+    h.advance(now, False, False)
+    assert "a" in h.join.orders
+    h.pay(BASE + 10, oid="a", pid="pa")
+    assert h.take().matched == 5
+    h.advance(now + 1_000, True, True)
+    out = h.take()
+    assert out.recoveries == [] and "a" not in h.join.orders
+
+
+def test_a_payment_stamped_past_a_kept_orders_window_does_not_match_it() -> None:
+    """An unmatched order kept past its window (for a payment stamped inside it, landing
+    late) is no match for a payment stamped past its window: 'matches the order whose
+    event time lies in [t - ORDER_TIMEOUT, t + ORDER_TIMEOUT]'. The payment is recovered."""
+    for at in (BASE + T + 1, END + H - 1):  # past its window; just before it goes
+        h = Harness()
+        h.order(BASE, oid="a")
+        h.advance(at, True, True)
+        assert "a" in h.join.orders  # kept
+        h.pay(at, oid="a", pid=f"pa-{at}")
+        assert h.take().matched == 0
+        h.advance(at + T + G, True, True)
+        assert h.recovered_ids() == [f"pa-{at}"]
+        assert h.take().late == []
+
+
+# ---------------------------------------------------------------- an order_id used again
+
+
+def test_a_payment_stamped_past_a_settled_entrys_end_and_horizon_is_a_new_one_even_if_the_entry_is_back() -> None:
+    """A settled pair forgotten while its bundle stays in the log (a bundle mate is not
+    forgotten yet): a restore installs it again. A payment for that order_id stamped past
+    its end + LATE_HORIZON is a new order's, with or without it (it was a duplicate_payment
+    anomaly after the restore, never recovered)."""
+    h, log = Harness(), {}
+    _matched(h, "a", "pa", BASE)
+    _matched(h, "b", "pb", BASE + 60_000)
+    _commit(h, log)
+    h.advance(END + 60_000, True, True)
+    _commit(h, log)  # s:1 = [a, b]
+    h.advance(END + H, True, True)  # a forgotten, b not
+    assert list(h.join.settled) == ["b"]
+    _commit(h, log)
+    assert log.get(b"s:000000000001") is not None
+    again = _restored(log, END + H)
+    assert list(again.join.settled) == ["a", "b"]  # (a stale one back: harmless)
+    for w in (h, again):
+        w.pay(END + H, oid="a", pid="pa-new")  # (its order never comes)
+        w.advance(END + H + T + G + 1, True, True)
+        out = w.take()
+        assert [r.payment.payment_id for r in out.recoveries] == ["pa-new"] and out.anomalies == []
+
+
+def test_an_order_id_used_again_while_its_settled_pair_is_not_forgotten_is_a_new_order() -> None:
+    """The payments' progress behind (a backlog): a pair's settled entry is still kept when
+    the order_id's next order and payment, stamped past its end + LATE_HORIZON, are read.
+    They match (the order was a duplicate, the payment an anomaly); the new pair settles in
+    the entry's place, at the end of the queue with its later end, so that it holds up
+    no pair settled before it (an order_id kept in its first place held the others)."""
+    h, log = Harness(), {}
+    _matched(h, "a", "pa", BASE)
+    _matched(h, "c", "pc", BASE + 1_000)
+    h.pay(END + 1_000, oid="x0")
+    h.pay(END + 1_001, oid="x1")
+    h.advance(FAR)
+    assert list(h.join.settled) == ["a", "c"]
+    h.order(END + H, oid="a")
+    h.pay(END + H, oid="a", pid="pa-2")
+    out = h.take()
+    assert (out.matched, out.duplicates, out.anomalies) == (1, 0, [])
+    h.pay(BASE + 500, oid="a", pid="pa")  # (a late copy of the first payment: the new pair's)
+    assert [f.kind for f in h.take().anomalies] == ["duplicate_payment"]
+    h.pay(END + H + T + G, oid="y0")
+    h.pay(END + H + T + G, oid="y1")
+    h.advance(FAR)  # the new pair's window passes; c's end is the horizon behind
+    assert list(h.join.settled) == ["a"] and h.join.settled["a"] & ((1 << 64) - 1) == END + H + T + G
+    _commit(h, log)
+    assert list(_restored(log, FAR).join.settled) == ["a"]
+
+
+def test_a_restore_lines_settled_pairs_up_as_the_live_join_does() -> None:
+    """An order_id settled again is in two bundles: the restore puts it where the later one
+    has it (it kept the first one's place, ahead of entries forgotten live, and its later
+    end held them back until that end + LATE_HORIZON)."""
+    h, log = Harness(), {}
+    _matched(h, "y", "py", BASE)
+    _matched(h, "x", "px", BASE + 30_000)
+    _matched(h, "z", "pz", BASE + 60_000)
+    _commit(h, log)
+    h.advance(END + 60_000, True, True)
+    _commit(h, log)  # s:1 = [y, x, z]
+    now = END + H + 30_000  # y and x forgotten, z not
+    h.advance(now, True, True)
+    assert list(h.join.settled) == ["z"]
+    h.order(now - 70_000, oid="y")  # y again: matched and past its window in this interval
+    h.pay(now - 70_000, oid="y", pid="py-2")
+    h.advance(now + 1, True, True)
+    assert list(h.join.settled) == ["z", "y"]
+    _commit(h, log)  # s:2 = [y]; s:1 still in the log (z)
+    assert log.get(b"s:000000000001") is not None
+    again = _restored(log, now + 1)
+    assert list(again.join.settled) == ["x", "z", "y"]  # (x, forgotten live, back: its end is behind)
+    again.advance(now + 1, True, True)  # (the worker's advance after the install)
+    assert list(again.join.settled) == list(h.join.settled) == ["z", "y"]

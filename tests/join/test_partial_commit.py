@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.join import changelog, checkpoint
-from tests.join.harness import BASE, Harness, T
+from tests.join.harness import BASE, H, Harness, T
 from tests.join.test_disorder_property import CHECKS, Rec, Scenario, scenarios
 
 Record = tuple[int, bytes, bytes | None]  # (changelog partition, key, value or tombstone)
@@ -193,6 +193,14 @@ def test_the_same_with_duplicates_and_second_payments_from_held_up_producers(sc:
     _run(sc, data)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=CHECKS)
+@given(scenarios(copies=True, backlog=True), st.data())
+def test_the_same_in_a_backlog_older_than_the_late_horizon(sc: Scenario, data: st.DataObject) -> None:
+    """The worker's clock 2 to 3 late horizons ahead of the records (test_disorder_property's
+    backlog): a payment read again after its pair has gone finds it settled, as caught up."""
+    _run(sc, data)
+
+
 # ---------------------------------------------------------------- the two cases, one by one
 
 
@@ -286,3 +294,29 @@ def test_a_payment_matched_and_expired_in_a_failed_commit_is_not_recovered_when_
     w.h.advance(BASE + 3 * T, True, True)
     w.take()
     assert w.recovered == set()
+
+
+def test_the_same_in_a_backlog_older_than_the_late_horizon_read_again() -> None:
+    """The worker catching up a backlog more than LATE_HORIZON old (it was down 2 h): the
+    pair settles by the payments' progress (its records' time, later payments unread behind
+    them), not the clock, which is the horizon past its window (it did not settle, and the
+    payment read again was recovered although its order was matched)."""
+    now = BASE + 2 * H
+    w = Worker(Harness())
+    w.h.order(BASE, oid="O")
+    w.commit()
+    w.h.pay(BASE, oid="O", pid="P")
+    w.h.pay(BASE + 2 * T, oid="x0", pid="px0")  # later payments confirm the pair's window past
+    w.h.pay(BASE + 2 * T, oid="x1", pid="px1")
+    w.h.advance(now, False, False)
+    records = w.records()
+    assert [k for _, k, _ in records if k[:2] in (b"o:", b"s:")] == [b"o:O", b"s:000000000000"]
+    for phase in phases(records, []):
+        _deliver(w.log, phase)  # ... and the offsets commit fails
+    w.restore(now)
+    w.h.pay(BASE, oid="O", pid="P")  # read again
+    w.h.pay(BASE + 2 * T, oid="x0", pid="px0")
+    w.h.pay(BASE + 2 * T, oid="x1", pid="px1")
+    w.h.advance(now + 1_000, True, True)
+    w.take()
+    assert w.recovered == {"px0", "px1"}, "a payment whose order was matched recovered"

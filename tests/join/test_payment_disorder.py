@@ -43,12 +43,13 @@ def test_a_payment_landing_behind_later_payments_still_matches_its_order_read_be
 
 
 def test_an_unmatched_order_is_forgotten_the_late_horizon_after_its_window() -> None:
+    """(By the payments' progress: the clock once they are read to their end.)"""
     h = Harness(TIMEOUT, GRACE, HORIZON)
     h.order(ORDER, oid="lonely")
     _others(h, PAID + 100, PAID + 6_100, "other")
-    h.advance(ORDER + TIMEOUT + GRACE + HORIZON - 1)
+    h.advance(ORDER + TIMEOUT + GRACE + HORIZON - 1, True, True)
     assert "lonely" in h.join.orders
-    h.advance(ORDER + TIMEOUT + GRACE + HORIZON)
+    h.advance(ORDER + TIMEOUT + GRACE + HORIZON, True, True)
     assert "lonely" not in h.join.orders
 
 

@@ -100,17 +100,18 @@ def test_an_order_published_again_after_its_first_expired_and_then_matched_leave
     h, log = Harness(), {}
     h.order(BASE, oid="x")
     _commit(h, log)
-    h.pay(BASE + T + G, oid="p1")  # two payments confirm progress past the order's window
-    h.pay(BASE + T + G + 1, oid="p2")
+    # two payments confirm progress past the order's window and the late horizon
+    h.pay(BASE + T + G + H, oid="p1")
+    h.pay(BASE + T + G + H + 1, oid="p2")
     h.advance(FAR, payments_at_end=False, orders_at_end=False)
     assert "x" not in h.join.orders
-    h.order(BASE + T + G + 2, oid="x")  # the order event, published again
-    h.pay(BASE + T + G + 3, oid="x")
+    h.order(BASE + T + G + H + 2, oid="x")  # the order event, published again
+    h.pay(BASE + T + G + H + 3, oid="x")
     assert h.take().matched == 1
     changes = _commit(h, log)
     assert (Store.ORDERS, "x", None) in changes and (Store.MATCHED, 0, ["x"]) in changes
     again = _restored(log)
-    again.pay(BASE + T + G + 4, oid="x", pid="pay-other")
+    again.pay(BASE + T + G + H + 4, oid="x", pid="pay-other")
     assert [(a.kind, a.order_id) for a in again.take().anomalies] == [("duplicate_payment", "x")]
 
 
