@@ -232,6 +232,12 @@ impl Core {
         self.inner.timer_count()
     }
 
+    /// (entries, deque capacity, table capacity) of the settled pairs (settled.rs's shrink).
+    fn settled_capacity(&self) -> (usize, usize, usize) {
+        let (slots, index) = self.inner.settled.capacity();
+        (self.inner.settled.len(), slots, index)
+    }
+
     /// What it remembers, in the terms of tests/join/test_property.py's _state: pending
     /// {oid: (t, flags without PERSISTED, packed part, trace)}, recovered {oid: (payment_id,
     /// deadline, late, trace)}, orders {oid: (ts, paid_id)}, settled {oid: (fingerprint, end)}.

@@ -31,6 +31,9 @@ struct Slot {
     end: i64,
 }
 
+/// Below this, neither the deque nor the table is shrunk.
+const MIN_CAPACITY: usize = 64;
+
 // An entry is 32 bytes: the boxed order_id's pointer and length, the fingerprint, the end.
 const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
@@ -116,9 +119,29 @@ impl Settled {
             self.slots.pop_front();
             self.base += 1;
         }
-        if self.slots.is_empty() {
-            self.slots.shrink_to(1024);
+        self.shrink();
+    }
+
+    /// Give memory back after a burst: the deque and the table each shrink to twice their
+    /// length once it falls below a quarter of their capacity (amortised: a shrink follows
+    /// at least as many removals as it moves entries), never below MIN_CAPACITY.
+    fn shrink(&mut self) {
+        let (len, cap) = (self.slots.len(), self.slots.capacity());
+        if cap > MIN_CAPACITY && len < cap / 4 {
+            self.slots.shrink_to((len * 2).max(MIN_CAPACITY));
         }
+        let (len, cap) = (self.index.len(), self.index.capacity());
+        if cap > MIN_CAPACITY && len < cap / 4 {
+            let (slots, base, hasher) = (&self.slots, self.base, &self.hasher);
+            self.index.shrink_to((len * 2).max(MIN_CAPACITY), |&pos| {
+                hasher.hash_one(slots[(pos - base) as usize].key.as_deref().expect("indexed"))
+            });
+        }
+    }
+
+    /// (deque capacity, table capacity), for the tests of shrink().
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.slots.capacity(), self.index.capacity())
     }
 
     /// (order_id, fingerprint, end) of each, in order.

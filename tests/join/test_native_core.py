@@ -286,3 +286,29 @@ def test_a_crafted_changelog_is_refused_with_an_error_or_restored_and_never_pani
         core.oldest_pending_time()
     core.on_order(BASE + 2, order(order_id="pend", created_at=at(BASE + 2)).encode(), None)
     core.take_decisions()
+
+
+def test_settled_pairs_give_their_memory_back_after_a_burst() -> None:
+    """A burst of pairs settled, then forgotten while later ones are kept: the deque and the
+    hash table of settled.rs shrink (they kept the burst's capacity, about 71 B a pair)."""
+    from streams.join import native
+    from streams.tools.bench import _pairs
+
+    burst, steady = 20_000, 100
+    pairs = _pairs(burst + steady, 6)
+    c = native.new_core(JoinParams(T, G, H))
+    for ts, o, pay in pairs[:burst]:
+        c.on_order(ts, o, None)
+        c.on_payment(ts + 1, pay, None)
+    last = pairs[burst - 1][0]
+    c.advance(last + T + G + 2, True, True)  # the burst settles
+    for ts, o, pay in pairs[burst:]:  # later pairs, settled while the burst is kept
+        c.on_order(ts + 10 * T, o, None)
+        c.on_payment(ts + 10 * T + 1, pay, None)
+    c.advance(last + 12 * T, True, True)
+    c.take_decisions()
+    c.take_changes()
+    assert c.settled_capacity()[0] == burst + steady
+    c.advance(last + T + G + 2 + H, True, True)  # the burst forgotten, the later ones kept
+    entries, deque_capacity, table_capacity = c.settled_capacity()
+    assert entries == steady and deque_capacity <= 4 * steady and table_capacity <= 4 * steady
