@@ -431,17 +431,12 @@ impl Core {
         for number in std::mem::take(&mut self.expired_settled) {
             out.push((format!("s:{number:012}").into_bytes(), None));
         }
-        if self.settled.fresh.is_empty() {
+        let entries: Vec<(&str, u64, i64)> = self.settled.fresh().collect();
+        if entries.is_empty() {
+            self.settled.clear_fresh();
             return;
         }
-        let fresh = std::mem::take(&mut self.settled.fresh);
-        let entries: Vec<(&String, u64, i64)> = fresh.iter()
-            .map(|(oid, _)| {
-                let (fp, end) = self.settled.get(oid).expect("settled since the last commit");
-                (oid, fp, end)
-            })
-            .collect();
-        let mut chunks: Vec<Vec<(&String, u64, i64)>> = Vec::new();
+        let mut chunks: Vec<Vec<(&str, u64, i64)>> = Vec::new();
         let mut current = Vec::new();
         let mut size = 0;
         for e in entries {
@@ -463,6 +458,7 @@ impl Core {
             self.settled_bundles.push(Reverse((last, number)));
             out.push((format!("s:{number:012}").into_bytes(), Some(entries::settled_value(&chunk))));
         }
+        self.settled.clear_fresh();
     }
 
     fn by_size(&self, oids: &[String]) -> Vec<Vec<String>> {
@@ -772,7 +768,6 @@ impl Core {
                     // settled: a fingerprint of its payment, until the payments' progress is the
                     // horizon past its window (an order_id settled already goes to the end)
                     self.settled.set(&oid, fingerprint(&pid), expiry);
-                    self.settled.fresh.insert(oid.clone(), ());
                 }
             }
         }
@@ -908,7 +903,7 @@ impl Core {
         for (oid, v) in packed {
             self.pending.insert_packed(&oid, &v);
         }
-        self.settled.fresh.clear();
+        self.settled.clear_fresh();
         self.deadlines.rebuild(&mut self.pending);
         self.compact_pending();
         Ok(())

@@ -248,7 +248,7 @@ pub fn bundle_value(pairs: &[(String, &Order)]) -> Vec<u8> {
 
 /// A bundle of settled pairs (changelog._SETTLED_ENTRY): for each, the length of its
 /// order_id, its payment's fingerprint and its window's end, then the order_id.
-pub fn settled_value(entries: &[(&String, u64, i64)]) -> Vec<u8> {
+pub fn settled_value(entries: &[(&str, u64, i64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.iter().map(|(oid, ..)| 18 + oid.len()).sum());
     for (oid, fp, end) in entries {
         out.extend_from_slice(&(oid.len() as u16).to_be_bytes());

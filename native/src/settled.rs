@@ -17,7 +17,6 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use sha2::{Digest, Sha256};
 
-use crate::omap::OMap;
 
 /// 64 bits of the payment_id's SHA-256 (state.fingerprint).
 pub fn fingerprint(payment_id: &str) -> u64 {
@@ -42,13 +41,15 @@ pub struct Settled {
     base: u64,
     index: HashTable<u64>,
     hasher: RandomState,
-    /// Order_ids settled since the last commit, in order (state.py's _new_settled).
-    pub fresh: OMap<String, ()>,
+    /// The position from which slots settled since the last commit (state.py's
+    /// _new_settled): a pair settles at the end, and one settled again moves there, so the
+    /// fresh ones are the live slots from here on, in order, without a table of their own.
+    fresh_from: u64,
 }
 
 impl Default for Settled {
     fn default() -> Self {
-        Self { slots: VecDeque::new(), base: 0, index: HashTable::new(), hasher: RandomState::new(), fresh: OMap::default() }
+        Self { slots: VecDeque::new(), base: 0, index: HashTable::new(), hasher: RandomState::new(), fresh_from: 0 }
     }
 }
 
@@ -81,7 +82,6 @@ impl Settled {
         let end = end.max(0);
         if self.find(oid).is_some() {
             self.remove(oid);
-            self.fresh.remove(&oid.to_string());
         }
         let pos = self.base + self.slots.len() as u64;
         let hash = self.hasher.hash_one(oid);
@@ -114,7 +114,6 @@ impl Settled {
                 if let Ok(entry) = self.index.find_entry(hash, |&pos| pos == base) {
                     entry.remove();
                 }
-                self.fresh.remove(&key.to_string());
             }
             self.slots.pop_front();
             self.base += 1;
@@ -142,6 +141,17 @@ impl Settled {
     /// (deque capacity, table capacity), for the tests of shrink().
     pub fn capacity(&self) -> (usize, usize) {
         (self.slots.capacity(), self.index.capacity())
+    }
+
+    /// (order_id, fingerprint, end) of each settled since the last clear_fresh, in order.
+    pub fn fresh(&self) -> impl Iterator<Item = (&str, u64, i64)> {
+        let start = (self.fresh_from.saturating_sub(self.base) as usize).min(self.slots.len());
+        self.slots.range(start..).filter_map(|s| s.key.as_deref().map(|k| (k, s.fp, s.end)))
+    }
+
+    /// Everything settled so far is written (a commit's changes taken, or a restore).
+    pub fn clear_fresh(&mut self) {
+        self.fresh_from = self.base + self.slots.len() as u64;
     }
 
     /// (order_id, fingerprint, end) of each, in order.
