@@ -628,6 +628,41 @@ def _recoveries(n: int, start: int, detected_ms: int | None = None) -> list[tupl
     return out
 
 
+class _AuditRows:
+    """The audit rows written so far, for the bench's 50 ms polls: counted as they come, the
+    rows past the highest id seen, on one connection. `SELECT count(*)` over the whole table
+    on a new connection each time (before 2026-12-07) was itself a load that grew with the
+    table: at 300,000 rows a parallel scan of three processes every poll, competing with the
+    writer and PostgreSQL for the machine's cores. Exact with the writer's one transaction
+    at a time: a batch's ids are drawn after the previous batch committed (check() counts
+    the whole table once at the end to make sure)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.seen, self.last_id = 0, 0
+
+    def count(self) -> int:
+        from streams.db import one
+
+        n, top = one(self.conn.execute("SELECT count(*), max(id) FROM recovery_audit WHERE id > %s",
+                                       (self.last_id,)))
+        if n:
+            self.seen, self.last_id = self.seen + int(n), int(top)
+        return self.seen
+
+    def check(self) -> None:
+        from streams.db import one
+
+        total = int(one(self.conn.execute("SELECT count(*) FROM recovery_audit"))[0])
+        if total != self.seen:
+            raise RuntimeError(f"bench-writer counted {self.seen:,} audit rows as they came, the table holds {total:,}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterFigures:
     import os
     import subprocess
@@ -652,10 +687,8 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
     proc = subprocess.Popen([sys.executable, "-m", "streams", "recover"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
-    def count() -> int:
-        with psycopg.connect(url) as conn:
-            return int(one(conn.execute("SELECT count(*) FROM recovery_audit"))[0])
-
+    counter = _AuditRows(url)
+    count = counter.count
     try:
         while count() == 0:
             time.sleep(0.05)
@@ -689,9 +722,11 @@ def writer_bench(s: Settings, rows: int, rate: float, seconds: float) -> WriterF
                 "FROM (SELECT extract(epoch FROM written_at - detected_at) AS d FROM recovery_audit "
                 "      WHERE substr(order_id, 4)::bigint >= %s) t",  # the steady phase's: wb-<rows + i>
                 (rows,)))
+        counter.check()
     finally:
         proc.terminate()
         proc.wait(60)
+        counter.close()
     return WriterFigures(rows=rows, rows_per_s=round(rows_per_s), ceiling_rows_per_s=round(ceiling_rows_per_s),
                          steady_rate_per_s=rate,
                          latency_p50_s=round(p50, 3), latency_p99_s=round(p99, 3))
