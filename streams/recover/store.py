@@ -12,9 +12,12 @@ COMMIT always waits for a synchronous standby, if the server has one (DURABLE).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, cast
 
+import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -26,6 +29,7 @@ from streams.recover.rules import rejection
 # batch's order (ord): of two recoveries for one order_id, the first is inserted and the
 # second is recorded as already present, as if they had been written one by one. The
 # arrays go in binary (%(name)b): dumping them as text costs the writer twice the CPU.
+# The outcomes come back counted: a row per outcome, not a row per record.
 INSERT_RECOVERED = """
 WITH incoming AS (
     SELECT * FROM unnest(%(ord)b::int[], %(order_id)b::text[], %(user_id)b::text[], %(amount)b::numeric[],
@@ -42,20 +46,22 @@ WITH incoming AS (
     FROM incoming WHERE accept ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING recovery_id
+), audited AS (
+    INSERT INTO recovery_audit (recovery_id, order_id, payment_id, outcome, reason, deadline, detected_at,
+                                source_topic, source_partition, source_offset)
+    SELECT recovery_id, order_id, payment_id,
+           CASE WHEN NOT accept THEN 'rejected'
+                WHEN recovery_id IN (SELECT recovery_id FROM inserted) THEN 'inserted'
+                ELSE 'already_present' END,
+           CASE WHEN NOT accept THEN reason
+                WHEN recovery_id IN (SELECT recovery_id FROM inserted) THEN NULL
+                ELSE 'an order with this order_id exists; left unchanged' END,
+           deadline, detected_at, topic, partition, "offset"
+    FROM incoming ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING outcome
 )
-INSERT INTO recovery_audit (recovery_id, order_id, payment_id, outcome, reason, deadline, detected_at,
-                            source_topic, source_partition, source_offset)
-SELECT recovery_id, order_id, payment_id,
-       CASE WHEN NOT accept THEN 'rejected'
-            WHEN recovery_id IN (SELECT recovery_id FROM inserted) THEN 'inserted'
-            ELSE 'already_present' END,
-       CASE WHEN NOT accept THEN reason
-            WHEN recovery_id IN (SELECT recovery_id FROM inserted) THEN NULL
-            ELSE 'an order with this order_id exists; left unchanged' END,
-       deadline, detected_at, topic, partition, "offset"
-FROM incoming ORDER BY ord
-ON CONFLICT DO NOTHING
-RETURNING outcome
+SELECT outcome, count(*) FROM audited GROUP BY outcome
 """
 
 INSERT_LATE = """
@@ -70,7 +76,7 @@ RECONCILE = """
 UPDATE orders o SET reconciled_at = l.received_at, reconciled_order = l.real_order
 FROM late_orders l
 WHERE o.recovery_id = l.recovery_id AND o.order_id = l.order_id AND o.reconciled_at IS NULL
-  AND l.recovery_id = ANY(%s::uuid[])
+  AND l.recovery_id = ANY(%b::uuid[])
 """
 
 
@@ -101,27 +107,44 @@ class Item:
     message: Recovery | LateOrder
 
 
-COLUMNS = ("ord", "order_id", "user_id", "amount", "currency", "created_at", "metadata", "payment_id", "recovery_id",
-           "accept", "reason", "deadline", "detected_at", "topic", "partition", "offset")
+def _metadata_json(metadata: dict[str, Any]) -> bytes | str:
+    """A payment's metadata as JSON for its jsonb column: msgspec's encoder, a tenth of
+    json.dumps' time; the same jsonb (the same keys, strings and numbers: only spellings
+    such as 1e16 for 1e+16 differ, which jsonb does not keep). What msgspec refuses (a
+    lone surrogate: json.dumps escapes it and PostgreSQL rejects the row, which goes to
+    the DLQ) is left to json.dumps, as before."""
+    try:
+        return _ENCODE_JSON(metadata)
+    except (UnicodeEncodeError, TypeError, OverflowError):
+        return json.dumps(metadata)
+
+
+_ENCODE_JSON = msgspec.json.Encoder().encode
 
 
 def _recovery_columns(items: list[Item], hmac_keys: tuple[bytes, ...] | None) -> dict[str, list]:
-    cols: dict[str, list] = {name: [] for name in COLUMNS}
-    for n, item in enumerate(items):
-        r = item.message
-        assert isinstance(r, Recovery)
-        p = r.payment
-        reason = rejection(r, hmac_keys)
-        for name, value in (
-            ("ord", n), ("order_id", r.order_id), ("user_id", p.user_id), ("amount", p.amount),
-            ("currency", p.currency), ("created_at", p.paid_at),
-            ("metadata", Jsonb(p.metadata) if p.metadata is not None else None), ("payment_id", p.payment_id),
-            ("recovery_id", r.recovery_id), ("accept", reason is None), ("reason", reason),
-            ("deadline", r.deadline), ("detected_at", r.detected_at), ("topic", item.topic),
-            ("partition", item.partition), ("offset", item.offset),
-        ):
-            cols[name].append(value)
-    return cols
+    """The batch's arrays, one per column of INSERT_RECOVERED, in the batch's order."""
+    recoveries = cast(list[Recovery], [item.message for item in items])  # (write_batch passes recoveries only)
+    payments = [r.payment for r in recoveries]
+    reasons = [rejection(r, hmac_keys) for r in recoveries]
+    return {
+        "ord": list(range(len(items))),
+        "order_id": [r.order_id for r in recoveries],
+        "user_id": [p.user_id for p in payments],
+        "amount": [p.amount for p in payments],
+        "currency": [p.currency for p in payments],
+        "created_at": [p.paid_at for p in payments],
+        "metadata": [None if p.metadata is None else Jsonb(p.metadata, _metadata_json) for p in payments],
+        "payment_id": [p.payment_id for p in payments],
+        "recovery_id": [r.recovery_id for r in recoveries],
+        "accept": [reason is None for reason in reasons],
+        "reason": reasons,
+        "deadline": [r.deadline for r in recoveries],
+        "detected_at": [r.detected_at for r in recoveries],
+        "topic": [item.topic for item in items],
+        "partition": [item.partition for item in items],
+        "offset": [item.offset for item in items],
+    }
 
 
 async def write_batch(conn: psycopg.AsyncConnection, items: list[Item],
@@ -155,8 +178,8 @@ async def _statements(conn: psycopg.AsyncConnection, recoveries: list[Item], lat
         await cur.execute(DURABLE)
         if recoveries:
             await cur.execute(INSERT_RECOVERED, _recovery_columns(recoveries, hmac_keys))
-            for (outcome,) in await cur.fetchall():
-                outcomes[outcome] += 1
+            for outcome, n in await cur.fetchall():
+                outcomes[outcome] += n
         if lates:
             await cur.execute(INSERT_LATE, {
                 "recovery_id": [m.recovery_id for m in lates], "order_id": [m.order_id for m in lates],

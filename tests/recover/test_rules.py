@@ -4,14 +4,18 @@ writer's own decode (Writer._decode) and the columns it builds for a batch
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas import LateOrder, Recovery, recovery_id_for
-from streams.recover.store import Item, _recovery_columns
+from streams.recover.rules import _canonical_uuid
+from streams.recover.store import Item, _metadata_json, _recovery_columns
 from streams.recover.writer import Record, Writer
 from streams.settings import Settings
 from tests.factories import T0, order, payment, payment_signed
@@ -114,3 +118,39 @@ def test_every_other_relation_is_still_checked_with_a_key() -> None:
     assert [r.split(";")[0] for r in reasons[1:]] == [  # type: ignore[union-attr]
         "payment signature missing or invalid", "payment signature missing or invalid",
         "payment status is failed", "recovery order_id ord-2 differs from the payment's ord-1"]
+
+
+def _canonical_by_parsing(text: str) -> bool:
+    """rules._canonical_uuid as it was: the text is what uuid.UUID makes of it."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+_HEXISH = st.text(alphabet="0123456789abcdefABCDEF-{}_ x:urn\u0660\u0969", min_size=30, max_size=40)
+
+
+@given(_HEXISH | st.text(max_size=40) | st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper())
+       | st.uuids().map(lambda u: "{" + str(u) + "}") | st.uuids().map(lambda u: u.hex)
+       | st.uuids().map(lambda u: str(u) + "\n") | st.uuids().map(lambda u: "urn:uuid:" + str(u)))
+def test_the_canonical_form_is_what_uuid_parsing_would_say(text: str) -> None:
+    assert _canonical_uuid(text) == _canonical_by_parsing(text)
+
+
+_META_VALUES = (st.text(max_size=30) | st.integers(-(2**53 - 1), 2**53 - 1)
+                | st.floats(allow_nan=False, allow_infinity=False, min_value=-(2**53 - 1), max_value=2**53 - 1)
+                | st.booleans() | st.none())
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=20), _META_VALUES, max_size=8)
+       | st.just({"bad": "lone \udc80 surrogate"}))
+def test_metadata_goes_to_jsonb_as_json_dumps_would_send_it(metadata: dict) -> None:
+    """store._metadata_json (msgspec) against json.dumps, what the writer sent before: the
+    same keys, strings and numbers (jsonb keeps the number, not its spelling); what msgspec
+    refuses is json.dumps' text itself."""
+    sent = _metadata_json(metadata)
+    as_numbers = {"parse_float": Decimal, "parse_int": Decimal}
+    assert json.loads(sent, **as_numbers) == json.loads(json.dumps(metadata), **as_numbers)
+    if any("\ud800" <= c <= "\udfff" for v in metadata.values() if isinstance(v, str) for c in v):
+        assert sent == json.dumps(metadata)
