@@ -641,6 +641,12 @@ class _AuditRows:
         import psycopg
 
         self.conn = psycopg.connect(url, autocommit=True)
+        # The new rows through the primary key, whatever the planner knows: before the table's
+        # first autoanalyze (a minute or so) it guesses a third of the table for `id > $1`
+        # and scans all of it, in parallel.
+        for setting in ("enable_seqscan", "enable_bitmapscan"):
+            self.conn.execute(f"SET {setting} = off")  # (our own constant names)
+        self.conn.execute("SET max_parallel_workers_per_gather = 0")
         self.seen, self.last_id = 0, 0
 
     def count(self) -> int:
