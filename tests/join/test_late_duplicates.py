@@ -20,26 +20,16 @@ from __future__ import annotations
 from streams.join import changelog
 from streams.join.state import Store, fingerprint
 from tests.join.harness import BASE, FAR, G, H, Harness, T
+from tests.join.test_state import Log, _commit
 from tests.join.twins import python_state
 
 END = BASE + T + G  # the window's end of a pair at BASE (order and payment)
-Log = dict[bytes, bytes | None]
 
 
 def _matched(h: Harness, oid: str = "a", pid: str = "pa", at: int = BASE) -> None:
     h.order(at, oid=oid)
     h.pay(at, oid=oid, pid=pid)
     assert h.take().matched == 1
-
-
-def _commit(h: Harness, log: Log) -> list[tuple[Store, object, object]]:
-    shown = []
-    for change in h.commit():
-        key, value = changelog.encode(change)
-        log[key] = value
-        v = change.value
-        shown.append((change.store, change.key, [e[0] for e in v] if isinstance(v, list) else v))
-    return shown
 
 
 def _restored(log: Log, now: int) -> Harness:
