@@ -31,11 +31,20 @@ class LagCollector:
         from prometheus_client import REGISTRY
 
         REGISTRY.register(self)
-        threading.Thread(target=self._loop, name="lag", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="lag", daemon=True)
+        self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0.0) -> bool:
+        """Stops refreshing; with `wait`, waits that long for a refresh under way to end.
+        Whether it ended (a refresh is bounded by its own timeouts, but librdkafka has
+        hung on a client's teardown with a broker unreachable)."""
         self._stop.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None and wait > 0:
+            thread.join(wait)
+            return not thread.is_alive()
+        return thread is None or not thread.is_alive()
 
     def refresh(self) -> None:
         from streams.ops.lag import group_lag
