@@ -44,7 +44,14 @@ then recovered 141 payments whose orders had been in the log for 20 s (the clust
 group-coordinator kill, exactly_once). So a stall longer than `stall_s(grace)` starts a
 new epoch too (`EndWatch.stalled`), after the batch consumed at its end: ends count
 again once seen, or confirmed with the leader, after it. No settling time: the leaders
-stayed up, and the producers were not held back.
+stayed up, and the producers were not held back. A confirmation asked within stall_s
+before the consume that ends a stall counts in it (`carry_ends`): the stall lay before
+the asking. Without that, a worker whose every step was slower than stall_s (a transaction
+commit on a loaded machine: exactly_once, GRACE 1 s, so stall_s 0.5 s) made every
+confirmation stale before it was used, and an idle partition's end never counted: its
+payments were never recovered by the clock (suspected in a CI run of 57698c3, where an
+exactly_once worker recovered nothing in the 65 s after a 6 s SIGSTOP; not reproduced
+here, with 8 busy loops beside it).
 
 **A queue that holds more** (a batch that came back full) makes every end seen so far
 stale in the same way (`EndWatch.queued`), after that batch. librdkafka prefetches far
@@ -66,11 +73,13 @@ that is not full says, that nothing fetched waits in the queue behind the end, t
 watermark librdkafka caches from each fetch response says per partition: every record
 fetched lies below the high watermark of the response that brought it, so when the end
 the join consumed last is at that cached value, nothing of the partition waits in the
-queue. So a confirmation (the leader's end, asked at a known time) counts in the next
-step's merge after a full batch too, where the cached high watermark is exactly the end
-the join has read to. Only that step (one consume between, as without it), only across
-that batch's `queued` (not a stall, an outage or a move), and no later than `stall_s`
-after it was asked. The cached value alone says nothing of freshness: librdkafka stops
+queue. So a confirmation (the leader's end, asked at a known time, last in a step)
+counts in the next step's merge after a full batch too, where the cached high watermark
+is exactly the end the join has read to. Only that step (one consume between, as without
+it), only across that batch's `queued` or a stall's `stalled` (not an outage or a move),
+and no later than `stall_s` after it was asked: an order appended promptly for a payment
+due now (its deadline + GRACE passed, GRACE ≥ 2 stall_s) was in the log before the
+leader was asked. The cached value alone says nothing of freshness: librdkafka stops
 fetching every partition while the queue they share is over queued.min.messages (and for
 fetch.queue.backoff.ms after), and a probe (2026-12-07) saw it at an order's offset for
 1.4 s after the order was committed. It is the high watermark, not the last stable
@@ -92,6 +101,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_END, TopicPartition
 
 SETTLE_S = 10.0
+STALL_SAID_S = 2.0  # a stall at least this long is logged at INFO (EndWatch.stalled)
 HELD_LOG_S = 30.0  # while no end counts for an away leader: one line this often, with the reason
 log = logging.getLogger("slipguard.join")
 # A leader that has not answered for this long while a request waits for it is away too
@@ -262,6 +272,9 @@ class EndWatch:
         # The last new epoch came from a full batch (queued), not from an outage, a move or a
         # stall: confirming its ends is routine and not logged (a backlog does it every second).
         self.routine = False
+        # What began the current epoch: "queued" or "stalled" (carry_ends may carry the
+        # confirmation asked just before into it), else "start", "away" or "moved".
+        self.cause = "start"
         self._listed_twice: set[int] = set()  # node ids seen with more than one handle (said once each)
         self.away_since: float | None = None  # monotonic: reports have said a leader is away since then
         self._held_logged = 0.0  # monotonic: the last "still away" line
@@ -338,7 +351,7 @@ class EndWatch:
                 if why:
                     log.info("%s", why)
             self.epoch += 1
-            self.routine = False
+            self.routine, self.cause = False, "away"
             self.trusted_from = math.inf
         elif self.trusted_from == math.inf:
             self.away_since = None
@@ -346,16 +359,20 @@ class EndWatch:
         elif moved:
             log.warning("%s: no end of partition counts (no recovery by the clock) for %.0fs", moved, self.settle_s)
             self.epoch += 1
-            self.routine = False
+            self.routine, self.cause = False, "moved"
             self.trusted_from = max(self.trusted_from, self.clock() + self.settle_s)
 
     def stalled(self, seconds: float) -> None:
         """The loop stood still for `seconds` (see the module docstring): every end seen
-        so far is stale, and counts only once confirmed."""
-        log.info("the join's loop stood still for %.1fs: ends of partition seen before count once confirmed again",
-                 seconds)
+        so far is stale, and counts only once confirmed. Said at INFO from STALL_SAID_S on
+        (a pause, a coordinator that did not answer); a step merely slower than stall_s (a
+        commit on a loaded machine) is routine, said at DEBUG, as are its confirmations."""
+        said = seconds >= STALL_SAID_S
+        log.log(logging.INFO if said else logging.DEBUG,
+                "the join's loop stood still for %.1fs: ends of partition seen before count once confirmed again",
+                seconds)
         self.epoch += 1
-        self.routine = False
+        self.routine, self.cause = not said, "stalled"
 
     def queued(self) -> None:
         """A batch came back full: the client's queue may hold records behind every end seen
@@ -363,7 +380,7 @@ class EndWatch:
         emptied the queue, or confirmed with the leader. Quiet: a backlog does this on every
         batch (and its confirmations are not logged: `routine`)."""
         self.epoch += 1
-        self.routine = True
+        self.routine, self.cause = True, "queued"
 
     def take_confirmed(self) -> Confirmation | None:
         """The ends confirmed since the last call (by the previous step): carry_ends may
@@ -409,27 +426,40 @@ def confirm_ends(path: Ends, topics: Sequence[str], watch: EndWatch,
     if confirmed:
         watch.confirmed = Confirmation(epoch, asked_at, confirmed)
         if not watch.routine:
-            log.info("after the broker was away: %d of %d ends of partition confirmed", len(confirmed), len(stale))
+            log.info("after %s: %d of %d ends of partition confirmed with the leaders",
+                     _CAUSES.get(watch.cause, "a start"), len(confirmed), len(stale))
     return len(confirmed)
 
 
+_CAUSES = {"away": "the broker was away", "moved": "a leader moved", "stalled": "the loop stood still",
+           "queued": "a full batch"}
+
+
 def carry_ends(path: Ends, topics: Sequence[str], watch: EndWatch, confirmed: Confirmation | None,
-               high: Callable[[str, int], int | None], limit_s: float) -> int:
-    """Right after a full batch's `queued` (see the module docstring): the ends the leaders
-    confirmed in the epoch it ended count in the new one where nothing fetched of their
-    partition waits in the queue, that is where librdkafka's cached high watermark (`high`:
-    read.cached_high) is the end the join has read to (PartitionEnd.confirm: still at an
-    end, fetched to it). Not when anything else began an epoch since (an outage, a move,
-    a stall), nor `limit_s` after the leader was asked, nor where the cached value is
-    missing, failed (< 0), or behind the leader's end (a fetch failed, or a high watermark
-    that went back: a new leader's). At most one cached read per confirmed end. Returns
-    how many were carried."""
-    if confirmed is None or confirmed.epoch != watch.epoch - 1 or not watch.routine \
+               high: Callable[[str, int], int | None], limit_s: float, *, full: bool) -> int:
+    """Right after a full batch's `queued` or a stall's `stalled` (see the module docstring):
+    the ends the leaders confirmed in the epoch it ended count in the new one, if the
+    leader was asked no more than `limit_s` (stall_s) ago: then an order appended promptly
+    for a payment due now was in the log before it was asked, and below the end it gave,
+    which the join had read to (PartitionEnd.confirm: still at an end, fetched to it). A
+    stall that lay before the asking (a commit slower than stall_s: the worker confirms
+    after its commit) does not discard it; one after it (a pause between the asking and
+    this consume) does, by the time. After a full batch (`full`) only where nothing fetched
+    of the partition waits in the queue, that is where librdkafka's cached high watermark
+    (`high`: read.cached_high) is the end the join has read to; not where the cached value
+    is missing, failed (< 0), or behind the leader's end (a fetch failed, or a high
+    watermark that went back: a new leader's). At most one cached read per confirmed end.
+    Not when anything else began an epoch since (an outage, a move). Returns how many were
+    carried."""
+    if confirmed is None or confirmed.epoch != watch.epoch - 1 or watch.cause not in ("queued", "stalled") \
             or watch.clock() - confirmed.asked_at > limit_s:
         return 0
     carried = 0
     for partition, side, end_offset in confirmed.ends:
-        cached = high(topics[side], partition)
-        if cached is not None and cached >= end_offset and path.confirm_end(partition, side, cached, watch.epoch):
+        end: int | None = end_offset
+        if full:
+            cached = high(topics[side], partition)
+            end = cached if cached is not None and cached >= end_offset else None
+        if end is not None and path.confirm_end(partition, side, end, watch.epoch):
             carried += 1
     return carried

@@ -195,26 +195,31 @@ class JoinWorker:
             self.ends_asked = 0.0  # confirmed with the leaders now, not a second later
         elif backlog:  # the queue holds more: records fetched after the ends seen may wait behind them
             self.ends.queued()
-            # ... but not where librdkafka's cached high watermark is the end read to: the
-            # previous step's confirmations count in this merge there (progress.carry_ends).
+        if stood > self.stall_s or backlog:
+            # ... but the previous step's confirmations count in this merge if the leaders
+            # were asked within stall_s (after a full batch, where librdkafka's cached high
+            # watermark is the end read to): progress.carry_ends. The leaders are asked last
+            # in a step, after its commit, so a step slower than stall_s (a transaction
+            # commit on a loaded machine) does not make every confirmation stale: else, with
+            # every step that slow, an idle partition's end never counted.
             carry_ends(self.pipeline, self.topic_of, self.ends, confirmed,
-                       lambda topic, partition: cached_high(self.consumer, topic, partition), self.stall_s)
-        # Confirmed after the merge, used by the next step's merge: a consume comes between,
-        # which brings (and so un-ends) what was appended while the leader was asked. Used
-        # at once (tried in 011dd60), a confirmation answered just before orders a held-up
-        # producer appended recovered 9 payments 241 ms after those orders were in the log
-        # (CI rehearsal, the transaction-coordinator test, a 5 s stall of the machine). A
-        # full batch in between makes it stale (queued()) except where the cached high
-        # watermark shows nothing of the partition fetched since waits in the queue
-        # (carry_ends, above): else, while every batch came back full, an idle partition's
-        # end never counted and its payments were never recovered by the clock.
-        monotonic = time.monotonic()
-        decisions = self.pipeline.merge(monotonic, self.ends.trusts, self._unread)
-        if self.ends.settled and monotonic - self.ends_asked >= 1.0:
-            self._confirm_ends()
+                       lambda topic, partition: cached_high(self.consumer, topic, partition), self.stall_s,
+                       full=backlog)
+        # Confirmed at the end of the step, used by the next step's merge: a consume comes
+        # between, which brings (and so un-ends) what was appended while the leader was
+        # asked. Used at once (tried in 011dd60), a confirmation answered just before orders
+        # a held-up producer appended recovered 9 payments 241 ms after those orders were in
+        # the log (CI rehearsal, the transaction-coordinator test, a 5 s stall of the
+        # machine). A full batch or a stall in between makes it stale (queued(), stalled())
+        # except as carry_ends allows (above): else, while every batch came back full, an
+        # idle partition's end never counted and its payments were never recovered by the
+        # clock.
+        decisions = self.pipeline.merge(time.monotonic(), self.ends.trusts, self._unread)
         self.pipeline.advance(decisions, self.now_ms())
         if self.checkpoint.due(self.settings.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
             self.commit()
+        if self.ends.settled and time.monotonic() - self.ends_asked >= 1.0:
+            self._confirm_ends()
 
     def _unread(self, partition: int, side: Side, fetched_to: int) -> bool:
         """merge's question after HOLD_MAX_SECONDS: records left to fetch (librdkafka issue 1854)?"""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -24,6 +25,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.integration)
+
+
+LOG_TAIL_LINES = 80
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's evidence: the last LOG_TAIL_LINES lines (librdkafka's debug lines left
+    out) of every *.log its processes wrote under its tmp_path, as sections of the report,
+    which CI prints. A failure seen only in CI (a worker that never recovered a payment, on
+    a loaded machine) otherwise left nothing to read: its tmp_path is gone with the run."""
+    report = yield
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and isinstance(tmp, Path):
+        for path in sorted(tmp.rglob("*.log")):
+            lines = [line for line in path.read_text(errors="replace").splitlines() if not line.startswith("%7|")]
+            report.sections.append((f"{path.relative_to(tmp)} (last {LOG_TAIL_LINES} lines)",
+                                    "\n".join(lines[-LOG_TAIL_LINES:])))
+    return report
 
 
 @pytest.fixture(scope="session")

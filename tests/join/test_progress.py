@@ -447,9 +447,13 @@ def test_confirmations_after_a_full_batch_are_not_logged_those_after_an_outage_o
         watch.queued()
         assert confirm() == 1
         assert "confirmed" not in caplog.text, "a full batch: routine"
-        watch.stalled(2.0)
+        watch.stalled(0.6)
         assert confirm() == 1
-        assert "1 of 1 ends of partition confirmed" in caplog.text, "after a stall: said"
+        assert caplog.text == "", "a step a little slower than stall_s: routine, nothing said"
+        watch.stalled(2.0)
+        assert "stood still for 2.0s" in caplog.text, "a stall of STALL_SAID_S: said"
+        assert confirm() == 1
+        assert "after the loop stood still: 1 of 1 ends of partition confirmed" in caplog.text, "after a stall: said"
         caplog.clear()
         watch.queued()
         watch.observe(_stats(leader=-1, brokers=False))
@@ -492,7 +496,7 @@ def test_a_confirmation_counts_after_the_next_full_batch_where_the_cached_high_w
         read.append((topic, partition))
         return cached[(topic, partition)]
 
-    assert carry_ends(_path(pairs), TOPICS, watch, confirmed, high, 1.0) == 1
+    assert carry_ends(_path(pairs), TOPICS, watch, confirmed, high, 1.0, full=True) == 1
     assert sorted(read) == sorted(cached), "one cached read per confirmed end"
     counts = {(TOPICS[side], p): pair.ends[side].update(False, watch.trusts)
               for p, pair in pairs.items() for side in Side if pair.ends[side].fetch_end}
@@ -501,13 +505,22 @@ def test_a_confirmation_counts_after_the_next_full_batch_where_the_cached_high_w
         "carried: the cached high watermark at the end read to; not: past it, failed, unknown, behind the leader's"
 
 
-@pytest.mark.parametrize("between", ["stall", "two full batches", "an outage", "too late", "none"])
+@pytest.mark.parametrize("between", ["a stall after the asking", "two full batches", "a stall and a full batch",
+                                     "an outage", "a leader moved", "too late", "none"])
 def test_a_confirmation_is_carried_over_one_full_batch_only_and_only_soon_after_it_was_asked(between: str) -> None:
     clock = _Clock()
     watch, pairs = _confirmed_after_a_full_batch(clock)
     confirmed = watch.take_confirmed()
-    if between == "stall":
+    if between == "a stall after the asking":  # the process paused between the asking and the consume
+        clock.now += 2.0
         watch.stalled(2.0)
+    elif between == "a stall and a full batch":
+        watch.stalled(0.6)
+        watch.queued()
+    elif between == "a leader moved":
+        watch.observe(_leaders(("orders", 0, 2), ("orders", 1, 1), ("payments", 0, 1), ("payments", 1, 1),
+                               brokers={1: "UP", 2: "UP"}))
+        assert watch.cause == "moved"
     elif between == "two full batches":
         watch.queued()
         watch.queued()
@@ -521,8 +534,32 @@ def test_a_confirmation_is_carried_over_one_full_batch_only_and_only_soon_after_
     else:
         confirmed = None
         watch.queued()
-    assert carry_ends(_path(pairs), TOPICS, watch, confirmed, lambda topic, partition: 5, 1.0) == 0
+    assert carry_ends(_path(pairs), TOPICS, watch, confirmed, lambda topic, partition: 5, 1.0, full=True) == 0
     assert not pairs[0].ends[Side.ORDER].update(False, watch.trusts)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_confirmation_asked_after_a_stall_counts_in_the_step_that_ends_it(full: bool) -> None:
+    """A step slower than stall_s (its commit: a transaction on a loaded machine) ends in a
+    stall at the next consume, which made the confirmation asked at the end of that step
+    stale before it was used; with every step that slow an idle partition's end never
+    counted (recover nothing by the clock). The leaders were asked after the stall's cause
+    and just before this consume (the clock has not moved since): it counts, every end
+    where the batch was not full, only where the cached high watermark is the end read to
+    where it was."""
+    clock = _Clock()
+    watch, pairs = _confirmed_after_a_full_batch(clock)
+    confirmed = watch.take_confirmed()
+    clock.now += 0.3  # within the limit (1.0 here)
+    watch.stalled(0.8)
+    cached = {("orders", 0): 5, ("orders", 1): 6, ("payments", 0): 7, ("payments", 1): 9, ("payments", 2): 8}
+    carried = carry_ends(_path(pairs), TOPICS, watch, confirmed, lambda topic, partition: cached[(topic, partition)],
+                         1.0, full=full)
+    assert carried == (3 if full else 5)
+    counts = {(TOPICS[side], p) for p, pair in pairs.items() for side in Side
+              if pair.ends[side].fetch_end and pair.ends[side].update(False, watch.trusts)}
+    assert counts == ({("orders", 0), ("payments", 0), ("payments", 1)} if full else
+                      {("orders", 0), ("orders", 1), ("payments", 0), ("payments", 1), ("payments", 2)})
 
 
 def _report_with_a_leftover_handle(leftover_first: bool) -> str:

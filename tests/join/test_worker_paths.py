@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.join import native
+from streams.join import worker as worker_module
 from streams.join.core import JoinParams, PartitionJoin
 from streams.join.merge import HOLD_MAX_SECONDS
 from streams.join.native import NATIVE, NativePipeline
@@ -88,9 +89,9 @@ class _Queue:
         return batch
 
 
-def _one_pair(core: str) -> tuple[Settings, Recorder, Pipeline | NativePipeline]:
+def _one_pair(core: str, **settings: object) -> tuple[Settings, Recorder, Pipeline | NativePipeline]:
     """Settings with batches of 4, a recorder of outputs, and a record path holding pair 0."""
-    s = load_settings(bootstrap_servers="127.0.0.1:1", batch_size=4)
+    s = load_settings(bootstrap_servers="127.0.0.1:1", batch_size=4, **settings)
     params = JoinParams(s.order_timeout, s.grace, s.late_horizon, s.hmac_keys)
     sink = Recorder()
     pipe: Pipeline | NativePipeline
@@ -293,3 +294,93 @@ def test_an_order_queued_behind_full_batches_keeps_its_payment_from_a_recovery_b
     assert sink.of(s.recovery_topic) == [] and sink.of(s.late_topic) == [], \
         "an order waiting in the queue behind full batches: its payment is not recovered by the clock"
     assert (s.orders_topic, 0) in stream.asked, "the cached watermark was read: the guard was exercised"
+
+
+class _Quiet:
+    """Both partitions read to their end at 1: o9's payment (unmatched) and o0's order; nothing
+    comes after, except o9's order (offset 1) if `order_at`: appended at the consume of that
+    step and delivered by the next one's. Each consume takes 10 ms on `mono` (the worker's
+    clock), and `gaps` more before the consume of a step (a stall)."""
+
+    def __init__(self, s: Settings, mono: list[float], order_at: int = -1,
+                 gaps: dict[int, float] | None = None) -> None:
+        self.s, self.mono, self.steps = s, mono, 0
+        self.order_at, self.gaps = order_at, gaps or {}
+        self.orders_end = 1  # the orders partition's end, as its leader says
+
+    def consume(self, num: int, timeout: float) -> list[Message]:
+        self.steps += 1
+        self.mono[0] += 0.01 + self.gaps.get(self.steps, 0.0)
+        s = self.s
+        if self.steps == 1:
+            unmatched = payment(payment_id="p9", order_id="o9", paid_at=at(BASE + 1)).encode()
+            return [_rec(s.payments_topic, 0, unmatched, b"o9", BASE + 1),
+                    _rec(s.orders_topic, 0, order(order_id="o0", created_at=at(BASE)).encode(), b"o0", BASE),
+                    _eof(s.payments_topic, 1), _eof(s.orders_topic, 1)]
+        if self.steps == self.order_at:
+            self.orders_end = 2
+        if self.steps == self.order_at + 1:
+            return [_rec(s.orders_topic, 1, order(order_id="o9", created_at=at(BASE + 500)).encode(), b"o9",
+                         BASE + 500), _eof(s.orders_topic, 2)]
+        return []
+
+
+def _slow_steps(monkeypatch: pytest.MonkeyPatch, core: str, stream_of: Callable[[Settings, list[float]], _Quiet],
+                commit_s: float, steps: int = 30) -> tuple[Settings, Recorder, _Quiet]:
+    """A quiet worker (GRACE 1 s: stall_s 0.5 s) on a monotonic clock of its own (`mono`, the
+    worker's and its EndWatch's), whose commit (every step: the interval has passed) takes
+    `commit_s`. The wall clock from a second before o9's deadline + GRACE on, 500 ms a step
+    and the time `mono` moved; the leaders answer with the stream's ends."""
+    s, sink, pipe = _one_pair(core, grace="1s")
+    clock, mono = [BASE], [1000.0]
+    stream = stream_of(s, mono)
+
+    def ask(stale: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, stream.orders_end if tp.topic == s.orders_topic else 1)
+                for tp in stale]
+
+    monkeypatch.setattr(worker_module, "time", SimpleNamespace(monotonic=lambda: mono[0]))
+    worker = _flood_worker(s, pipe, stream, clock, ask)  # type: ignore[arg-type]
+    worker.ends = EndWatch((s.payments_topic, s.orders_topic), clock=lambda: mono[0])
+    worker.consumed_at = mono[0]
+    worker._confirm_ends = lambda: confirm_ends(pipe, (s.payments_topic, s.orders_topic), worker.ends, ask)
+    worker.checkpoint = SimpleNamespace(poll=lambda: None, due=lambda _interval: True)
+
+    def commit() -> None:
+        mono[0] += commit_s
+
+    worker.commit = commit
+    due = BASE + 1 + s.order_timeout + s.grace
+    worker.now_ms = lambda: clock[0] + round((mono[0] - 1000.0) * 1000)  # the stalls pass on the wall clock too
+    for i in range(steps):
+        clock[0] = due - 1_000 + i * 500
+        JoinWorker.step(worker)  # type: ignore[arg-type]
+    return s, sink, stream
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_worker_whose_every_step_is_slower_than_stall_s_still_recovers_by_the_clock(
+        monkeypatch: pytest.MonkeyPatch, core: str) -> None:
+    """Every step 0.61 s (its commit 0.6 s, stall_s 0.5 s with GRACE 1 s): each consume ends
+    a stall, which made the confirmation asked in the step before stale before it was used;
+    the idle orders partition's end never counted and o9 was never recovered (suspected in
+    a CI run of 57698c3: an exactly_once worker recovered nothing for 65 s after a SIGSTOP).
+    The leaders are asked after the commit, just before the consume: it counts."""
+    s, sink, _ = _slow_steps(monkeypatch, core, lambda s, mono: _Quiet(s, mono), commit_s=0.6)
+    assert stall_s(s.grace) == 0.5
+    assert [r.key for r in sink.of(s.recovery_topic)] == [b"o9"], "recovered by the clock, every step slow"
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_pause_between_the_leaders_answer_and_the_consume_keeps_the_answer_from_counting(
+        monkeypatch: pytest.MonkeyPatch, core: str) -> None:
+    """The unsafe case of carrying a confirmation over a stall: after a slow step (a stall at
+    step 2: the ends seen are stale) the leaders answered (orders end 1, both partitions
+    read to it), then the process stood still 6 s (a SIGSTOP, a frozen machine) while o9's
+    order was appended, promptly, and o9's deadline + GRACE passed; the consume after the
+    pause (step 3) brings nothing yet (the fetcher stood still too). The answer is 6 s old:
+    it must not count, and o9 is matched when its order comes, never recovered."""
+    s, sink, stream = _slow_steps(monkeypatch, core,
+                                  lambda s, mono: _Quiet(s, mono, order_at=3, gaps={2: 0.6, 3: 6.0}), commit_s=0.0)
+    assert stream.steps == 30 and stream.orders_end == 2
+    assert sink.of(s.recovery_topic) == [] and sink.of(s.late_topic) == [], "o9's order was in the log: matched"
