@@ -594,10 +594,11 @@ def _results(verdict: Verdict, broken: list[str], facts: dict[str, object], stal
     print("\njoin state entries (pending + buffered + remembered) / partitions held, at the same points")
     print("\n".join(table([s for s in samples if s.state is not None], minutes, soak.marks,
                           lambda s: f"{s.state}/{s.partitions}", SAMPLE_S)))
-    print(f"\nmemory verdict (tests/cluster/memory.py): RSS at calm points (before a fault or at the end, nothing "
-          f"in the {CALM_S:.0f} s before: {', '.join(clock(p) for p in points) or 'none'}), from the first after a "
-          f"process's warm-up ({warm_up:.0f} s: ORDER_TIMEOUT + GRACE + LATE_HORIZON + 10 s) and one fault of each "
-          "kind, to the last:")
+    print(f"\nmemory verdict (tests/cluster/memory.py): calm points (before a fault or at the end, nothing in the "
+          f"{CALM_S:.0f} s before: {', '.join(clock(p) for p in points) or 'none'}); the baseline is RSS at the "
+          f"first after a process's warm-up ({warm_up:.0f} s: ORDER_TIMEOUT + GRACE + LATE_HORIZON + 10 s) and one "
+          "fault of each kind; the floor, its lowest RSS from the second-to-last calm point (the last, with two) to "
+          "its last sample, must not rise above the baseline by more than the limit:")
     print("\n".join("  " + (j if isinstance(j, str) else j.line()) for j in judged))
 
 

@@ -86,6 +86,52 @@ def test_memory_standing_between_calm_points_is_steady_and_rising_grows() -> Non
     assert "GROWS" in by["at_least_once/w1"].line()
 
 
+W1 = "exactly_once/w1"
+CALM = [180.0, 300.0, 420.0]  # (after FAULTS_RUN's slow broker at 02:00: the baseline is the first)
+
+
+def test_a_spike_at_the_last_calm_point_that_falls_back_is_steady() -> None:
+    """Soak 528620's exactly_once/w1: 192 MB at its first judged calm point, 376 MB at its
+    last (after a slow broker), 217 MB a minute later. 217 alone is still over the limit
+    (192 + 19): the floor's stretch starts at the calm point before the last."""
+    spike = _samples(W1, 11, {0: 60, 1: 90, 2: 150, 3: 192, 4: 200, 5: 195, 6: 250, 7: 376, 8: 217})
+    [j], _ = judge(spike, CALM, 70, FAULTS_RUN)
+    assert (j.rise_mb, j.grows) == (3, False)
+    assert (j.first.rss_mb, j.last.rss_mb, j.floor.rss_mb, j.floor.t, j.stretch) == (192, 376, 195, 299, (300, 479))
+    assert j.line() == ("exactly_once/w1 (pid 11): 192 MB at 03:00, floor 195 MB at 04:59 (the lowest from 05:00 to "
+                        "07:59; +3 MB, limit 19), state 1,000 -> 1,000 entries; last calm reading 376 MB at 07:00 "
+                        "(calm points 03:00, 05:00, 07:00), peak 376 MB: steady")
+    two = _samples(W1, 12, {0: 60, 1: 90, 2: 150, 3: 192, 5: 376, 6: 200})  # (read at two calm points only)
+    [j], _ = judge(two, CALM[:2], 70, FAULTS_RUN)
+    assert (j.grows, j.rise_mb, j.stretch) == (False, 8, (300, 359))
+
+
+@pytest.mark.parametrize("rss", [
+    {3: 192, 4: 202, 5: 212, 6: 222, 7: 232, 8: 242},  # (rising: the floor is where the stretch starts)
+    {3: 192, 4: 205, 5: 216, 6: 212, 7: 235, 8: 245},  # (a dip, to 212: still over 192 + 19)
+    {3: 192, 4: 205, 5: 215, 6: 225, 7: 400, 8: 240},  # (a spike at the last calm point)
+], ids=["rising", "a dip not below the limit", "a spike at the end"])
+def test_a_steady_leak_raises_the_floor_and_grows(rss: dict[int, float]) -> None:
+    leak = _samples(W1, 11, {0: 60, 1: 90, 2: 150} | rss)
+    [j], _ = judge(leak, CALM, 70, FAULTS_RUN)
+    assert j.grows and "GROWS" in j.line()
+    assert j.rise_mb == min(rss[m] for m in rss if m >= 5) - 192  # (the floor: from 04:59 on)
+    [j], _ = judge(leak, CALM[:2], 70, FAULTS_RUN)  # (two calm readings: the stretch from the last)
+    assert j.grows and j.rise_mb == min(rss[m] for m in rss if m >= 5) - 192
+
+
+def test_a_floor_within_the_limit_or_with_more_partitions_is_steady() -> None:
+    """The floor decides, whatever the last calm reading: 208 is within 192 + 19; and more
+    partitions held at the floor than at the baseline justify more memory."""
+    dip = _samples(W1, 11, {0: 60, 1: 90, 2: 150, 3: 192, 4: 205, 5: 215, 6: 208, 7: 235, 8: 245})
+    more = (_samples("exactly_once/w2", 12, {0: 60, 1: 90, 2: 150, 3: 192}, partitions=2)
+            + _samples("exactly_once/w2", 12, {5: 230, 7: 250}))
+    judged, _ = judge(dip + more, CALM, 70, FAULTS_RUN)
+    assert [(j.pid, j.grows) for j in judged] == [(11, False), (12, False)]
+    assert [j.floor.rss_mb for j in judged] == [208, 230]
+    assert "holds more partitions" in judged[1].line()
+
+
 def test_the_baseline_comes_after_one_fault_of_each_kind() -> None:
     """A burst's high-water mark, reached in the first slow-broker fault, is the baseline."""
     after_first_faults = _samples("exactly_once/w1", 11, {0: 60, 1: 90, 3: 120, 5: 175, 7: 178, 9: 180})
