@@ -101,6 +101,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_END, TopicPartition
 
 SETTLE_S = 10.0
+NO_EPOCH = -2  # stale_ends(NO_EPOCH): every end fetched to, whatever epoch it was seen in (confirm_ends(every=True))
 STALL_SAID_S = 2.0  # a stall at least this long is logged at INFO (EndWatch.stalled)
 HELD_LOG_S = 30.0  # while no end counts for an away leader: one line this often, with the reason
 log = logging.getLogger("slipguard.join")
@@ -275,6 +276,9 @@ class EndWatch:
         # What began the current epoch: "queued" or "stalled" (carry_ends may carry the
         # confirmation asked just before into it), else "start", "away" or "moved".
         self.cause = "start"
+        # An outage or a move was said (no end counts until ...): the next confirmation is
+        # said too, even if a routine epoch (a full batch, a short stall) came between.
+        self.owed: str | None = None
         self._listed_twice: set[int] = set()  # node ids seen with more than one handle (said once each)
         self.away_since: float | None = None  # monotonic: reports have said a leader is away since then
         self._held_logged = 0.0  # monotonic: the last "still away" line
@@ -351,7 +355,7 @@ class EndWatch:
                 if why:
                     log.info("%s", why)
             self.epoch += 1
-            self.routine, self.cause = False, "away"
+            self.routine, self.cause, self.owed = False, "away", "the broker was away"
             self.trusted_from = math.inf
         elif self.trusted_from == math.inf:
             self.away_since = None
@@ -359,7 +363,7 @@ class EndWatch:
         elif moved:
             log.warning("%s: no end of partition counts (no recovery by the clock) for %.0fs", moved, self.settle_s)
             self.epoch += 1
-            self.routine, self.cause = False, "moved"
+            self.routine, self.cause, self.owed = False, "moved", "a leader moved"
             self.trusted_from = max(self.trusted_from, self.clock() + self.settle_s)
 
     def stalled(self, seconds: float) -> None:
@@ -406,13 +410,16 @@ class Ends(Protocol):
 
 
 def confirm_ends(path: Ends, topics: Sequence[str], watch: EndWatch,
-                 ask: Callable[[list[TopicPartition]], list[TopicPartition] | None]) -> int:
+                 ask: Callable[[list[TopicPartition]], list[TopicPartition] | None], *, every: bool = False) -> int:
     """Ask the leaders (`ask`: ListOffsets, with read_committed the last stable offset)
-    for the end of each partition whose end was seen before the current epoch, and trust
-    it where nothing is unread; where something is, its records are on their way and
-    their own end will follow. Returns how many were confirmed."""
+    for the end of each partition whose end was seen before the current epoch (`every`:
+    of each partition fetched to its end, as after a stall, when the next consume is
+    likely to end one too: an end carried into this epoch, or seen in it, would be stale
+    then with nothing to carry), and trust it where nothing is unread; where something
+    is, its records are on their way and their own end will follow. Returns how many were
+    confirmed."""
     epoch = watch.epoch
-    stale = [TopicPartition(topics[side], p, OFFSET_END) for p, side in path.stale_ends(epoch)]
+    stale = [TopicPartition(topics[side], p, OFFSET_END) for p, side in path.stale_ends(NO_EPOCH if every else epoch)]
     if not stale:
         return 0
     asked_at = watch.clock()
@@ -425,9 +432,10 @@ def confirm_ends(path: Ends, topics: Sequence[str], watch: EndWatch,
                       and path.confirm_end(tp.partition, sides[tp.topic], tp.offset, epoch))
     if confirmed:
         watch.confirmed = Confirmation(epoch, asked_at, confirmed)
-        if not watch.routine:
+        if not watch.routine or watch.owed:
             log.info("after %s: %d of %d ends of partition confirmed with the leaders",
-                     _CAUSES.get(watch.cause, "a start"), len(confirmed), len(stale))
+                     watch.owed or _CAUSES.get(watch.cause, "a start"), len(confirmed), len(stale))
+            watch.owed = None
     return len(confirmed)
 
 

@@ -174,6 +174,12 @@ class JoinWorker:
     def step(self) -> None:
         """One batch: consume, decide, produce; commit when the interval has passed."""
         msgs = self.consumer.consume(self.settings.batch_size, timeout=0.05)
+        # The wall clock of this consume judges the batch (take, advance): the ends seen, or
+        # carried (carry_ends: asked within stall_s of it), say what was in the log then. A
+        # clock read after the merge let a slow merge, or a block before it (a restore's
+        # committed(), _wake_fetchers), pass a deadline + GRACE on ends older than GRACE: an
+        # order appended just after this consume was not fetched, and its payment recovered.
+        now = self.now_ms()
         self.loop_at = time.monotonic()
         stood, self.consumed_at = self.loop_at - self.consumed_at, self.loop_at
         confirmed = self.ends.take_confirmed()  # by the previous step: usable in this one only (carry_ends)
@@ -186,16 +192,18 @@ class JoinWorker:
         self.checkpoint.poll()
         if self.restorer.busy:
             self._install(self.restorer.step(RESTORE_SLICE if self.pipeline.partitions() else 1.0))
-        raise_for(self.pipeline.take(msgs, self.now_ms(), self.ends.epoch))
+        raise_for(self.pipeline.take(msgs, now, self.ends.epoch))
         # Caught up, commit every interval: outputs become visible quickly. Working through
         # a backlog (full batches), less often: each commit is a few broker round trips.
         backlog = len(msgs) >= self.settings.batch_size
-        if stood > self.stall_s:  # the ends seen until now (this batch's too) may hide what came meanwhile
+        stalled = stood > self.stall_s
+        if stalled:  # the ends seen until now (this batch's too) may hide what came meanwhile
             self.ends.stalled(stood)
-            self.ends_asked = 0.0  # confirmed with the leaders now, not a second later
+            metrics.JOIN_STALLS.inc()
+            self.ends_asked = 0.0  # confirmed with the leaders at the end of this step, not a second later
         elif backlog:  # the queue holds more: records fetched after the ends seen may wait behind them
             self.ends.queued()
-        if stood > self.stall_s or backlog:
+        if stalled or backlog:
             # ... but the previous step's confirmations count in this merge if the leaders
             # were asked within stall_s (after a full batch, where librdkafka's cached high
             # watermark is the end read to): progress.carry_ends. The leaders are asked last
@@ -215,11 +223,11 @@ class JoinWorker:
         # idle partition's end never counted and its payments were never recovered by the
         # clock.
         decisions = self.pipeline.merge(time.monotonic(), self.ends.trusts, self._unread)
-        self.pipeline.advance(decisions, self.now_ms())
+        self.pipeline.advance(decisions, now)
         if self.checkpoint.due(self.settings.commit_interval * (BACKLOG_COMMIT_FACTOR if backlog else 1)):
             self.commit()
         if self.ends.settled and time.monotonic() - self.ends_asked >= 1.0:
-            self._confirm_ends()
+            self._confirm_ends(every=stalled)
 
     def _unread(self, partition: int, side: Side, fetched_to: int) -> bool:
         """merge's question after HOLD_MAX_SECONDS: records left to fetch (librdkafka issue 1854)?"""
@@ -237,7 +245,7 @@ class JoinWorker:
                 self._rewind()
         self.pipeline.update_gauges(self.now_ms())
 
-    def _confirm_ends(self) -> None:
+    def _confirm_ends(self, *, every: bool = False) -> None:
         """After a broker outage, an end seen before it does not count; an idle partition
         is not signalled again, so its leader is asked (progress.confirm_ends). Once a
         second; without a stale end nothing is asked."""
@@ -251,7 +259,7 @@ class JoinWorker:
                 log.debug("could not read the partitions' ends: %s", exc)
                 return None
 
-        confirm_ends(self.pipeline, self.topic_of, self.ends, ask)
+        confirm_ends(self.pipeline, self.topic_of, self.ends, ask, every=every)
 
     def _rewind(self) -> None:
         """Forget uncommitted work: state from the changelog, positions from the committed offsets."""

@@ -32,6 +32,10 @@ JOIN_HOLD_RELEASED = Counter("slipguard_join_hold_released_total",
                              "Records fed ahead of the other partition of their pair because a hold limit was reached "
                              "(HOLD_MAX_SECONDS with nothing known to be left to fetch there, or HOLD_MAX_RECORDS): "
                              "they become pending state", ["limit"])
+JOIN_STALLS = Counter("slipguard_join_stalls_total",
+                      "Times the join's loop stood still longer than stall_s (GRACE/2, at most 1 s) between two "
+                      "consumes (a pause, a slow commit): each makes the ends of partition seen before count only "
+                      "once confirmed again; a steady rate says every step is that slow")
 JOIN_STAMPED_AHEAD = Counter("slipguard_join_records_stamped_ahead_total",
                              "Input records stamped more than GRACE ahead of this worker's clock (up to MAX_FUTURE; "
                              "further ahead they go to the DLQ): a producer with a fast clock", ["topic"])

@@ -692,3 +692,34 @@ def test_the_reason_given_for_a_leader_away_names_the_handles_of_its_node(caplog
         "orders [0]: the handles of broker 1: 127.0.0.1:33819/1 INIT for 8s (connects 0, disconnects 0, requests "
         "waiting 0, holds it); 127.0.0.1:33819/1 INIT for 1s (connects 1, disconnects 1, requests waiting 0); the "
         "partition: fetch_state active, next_offset 853, fetchq 0, records fetched since the last report not known")
+
+
+@pytest.mark.parametrize("between", ["a short stall", "a full batch"])
+def test_the_confirmation_that_ends_an_outage_is_said_even_after_a_routine_epoch_in_the_settle_time(
+        caplog: pytest.LogCaptureFixture, between: str) -> None:
+    """The warning "no end of partition counts ... until 10s after it is back" has its answer
+    in the log: the confirmation after it names the outage, even when a routine epoch (a
+    commit against the returning broker 0.8 s long; a full batch) came in between, which
+    made it unsaid (review of bb1653a; the full batch before it too)."""
+    clock = _Clock()
+    watch = EndWatch(TOPICS, settle_s=10, clock=clock)
+    watch.observe(_stats())
+    with caplog.at_level(logging.INFO, logger="slipguard.join"):
+        watch.observe(_stats(leader=-1, brokers=False))  # the leader away: no end counts
+        watch.observe(_stats())  # back: ends count 10 s from now, once seen or confirmed
+        clock.now += 3
+        if between == "a short stall":
+            watch.stalled(0.8)
+        else:
+            watch.queued()
+        clock.now += 8
+        assert watch.settled
+        pairs = _pairs(orders_0=(10, watch.epoch - 1))
+        caplog.clear()
+        assert confirm_ends(_path(pairs), TOPICS, watch, lambda stale: [_End("orders", 0, 10)]) == 1
+        assert "after the broker was away: 1 of 1 ends of partition confirmed" in caplog.text
+        caplog.clear()
+        watch.queued()
+        pairs = _pairs(orders_0=(10, watch.epoch - 1))
+        assert confirm_ends(_path(pairs), TOPICS, watch, lambda stale: [_End("orders", 0, 10)]) == 1
+        assert caplog.text == "", "said once"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Message, TopicPartition
@@ -149,7 +150,7 @@ def test_an_end_seen_in_a_full_batch_does_not_count_records_fetched_after_it_may
         restorer=SimpleNamespace(busy=False), ends_asked=0.0, confirmed=[],
         checkpoint=SimpleNamespace(poll=lambda: None, due=lambda _interval: False))
     worker._unread = lambda partition, side, fetched_to: False
-    worker._confirm_ends = lambda: worker.confirmed.append(worker.ends.epoch)  # the leader not asked here
+    worker._confirm_ends = lambda every=False: worker.confirmed.append(worker.ends.epoch)  # the leader not asked here
 
     def step(now_ms: int) -> None:
         clock[0] = now_ms
@@ -219,7 +220,8 @@ def _flood_worker(s: Settings, pipe: Pipeline | NativePipeline, stream: _Flood, 
         ends_asked=0.0,
         checkpoint=SimpleNamespace(poll=lambda: None, due=lambda _interval: False))
     worker._unread = lambda partition, side, fetched_to: False
-    worker._confirm_ends = lambda: confirm_ends(pipe, (s.payments_topic, s.orders_topic), worker.ends, ask)
+    worker._confirm_ends = lambda every=False: confirm_ends(pipe, (s.payments_topic, s.orders_topic), worker.ends, ask,
+                                                            every=every)
     return worker
 
 
@@ -296,66 +298,107 @@ def test_an_order_queued_behind_full_batches_keeps_its_payment_from_a_recovery_b
     assert (s.orders_topic, 0) in stream.asked, "the cached watermark was read: the guard was exercised"
 
 
-class _Quiet:
-    """Both partitions read to their end at 1: o9's payment (unmatched) and o0's order; nothing
-    comes after, except o9's order (offset 1) if `order_at`: appended at the consume of that
-    step and delivered by the next one's. Each consume takes 10 ms on `mono` (the worker's
-    clock), and `gaps` more before the consume of a step (a stall)."""
 
-    def __init__(self, s: Settings, mono: list[float], order_at: int = -1,
+class _Stream:
+    """Step 1: o9's payment (its order not yet produced) and o0's order, both partitions
+    read to their end at 1. At the consume of step `order_at` o9's order is appended (just
+    after that consume returned: the leader says 2 from then on) and the next consume
+    delivers it with the end at 2. `others[k]`: how many payments of other orders step k's
+    batch brings (not full). Each consume takes 10 ms of `mono` (the worker's clock), and
+    `gaps[k]` more before the consume of step k (a pause: the fetcher stood still too)."""
+
+    def __init__(self, s: Settings, mono: list[float], order_at: int = -1, others: dict[int, int] | None = None,
                  gaps: dict[int, float] | None = None) -> None:
-        self.s, self.mono, self.steps = s, mono, 0
-        self.order_at, self.gaps = order_at, gaps or {}
-        self.orders_end = 1  # the orders partition's end, as its leader says
+        self.s, self.mono, self.steps, self.order_at = s, mono, 0, order_at
+        self.others, self.gaps = others or {}, gaps or {}
+        self.orders_end, self.payments_end = 1, 1
 
     def consume(self, num: int, timeout: float) -> list[Message]:
         self.steps += 1
         self.mono[0] += 0.01 + self.gaps.get(self.steps, 0.0)
-        s = self.s
+        s, out = self.s, []
         if self.steps == 1:
             unmatched = payment(payment_id="p9", order_id="o9", paid_at=at(BASE + 1)).encode()
             return [_rec(s.payments_topic, 0, unmatched, b"o9", BASE + 1),
                     _rec(s.orders_topic, 0, order(order_id="o0", created_at=at(BASE)).encode(), b"o0", BASE),
                     _eof(s.payments_topic, 1), _eof(s.orders_topic, 1)]
-        if self.steps == self.order_at:
-            self.orders_end = 2
+        for _ in range(self.others.get(self.steps, 0)):
+            i = self.payments_end
+            self.payments_end += 1
+            out.append(_rec(s.payments_topic, i, payment(payment_id=f"q{i}", order_id=f"b{i}",
+                                                          paid_at=at(BASE + 2)).encode(), f"b{i}".encode(), BASE + 2))
+        if out:
+            out.append(_eof(s.payments_topic, self.payments_end))
         if self.steps == self.order_at + 1:
-            return [_rec(s.orders_topic, 1, order(order_id="o9", created_at=at(BASE + 500)).encode(), b"o9",
+            out += [_rec(s.orders_topic, 1, order(order_id="o9", created_at=at(BASE + 500)).encode(), b"o9",
                          BASE + 500), _eof(s.orders_topic, 2)]
-        return []
+        if self.steps == self.order_at:
+            self.orders_end = 2  # appended right after this consume returned
+        return out
 
 
-def _slow_steps(monkeypatch: pytest.MonkeyPatch, core: str, stream_of: Callable[[Settings, list[float]], _Quiet],
-                commit_s: float, steps: int = 30) -> tuple[Settings, Recorder, _Quiet]:
-    """A quiet worker (GRACE 1 s: stall_s 0.5 s) on a monotonic clock of its own (`mono`, the
-    worker's and its EndWatch's), whose commit (every step: the interval has passed) takes
-    `commit_s`. The wall clock from a second before o9's deadline + GRACE on, 500 ms a step
-    and the time `mono` moved; the leaders answer with the stream's ends."""
+class _SlowMerge:
+    """The record path, whose merge at step `at_step` of `stream` takes `seconds` of the
+    worker's clocks (a big batch after a stall on a loaded machine, a GC pass, a DLQ record
+    produced into a full local queue)."""
+
+    def __init__(self, pipe: Pipeline | NativePipeline, stream: _Stream, mono: list[float], at_step: int,
+                 seconds: float) -> None:
+        self._pipe, self._stream, self._mono, self._at, self._seconds = pipe, stream, mono, at_step, seconds
+
+    def merge(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._pipe.merge(*args, **kwargs)
+        if self._stream.steps == self._at:
+            self._mono[0] += self._seconds
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+
+def _timed_worker(monkeypatch: pytest.MonkeyPatch, core: str, stream: Callable[[Settings, list[float]], _Stream], *,
+                  wall_at_start: int, commit_s: float = 0.0, merge_at: int = -1, merge_s: float = 0.0,
+                  wake_at: int = -1, wake_s: float = 0.0, steps: int = 12) -> tuple[Settings, Recorder, _Stream]:
+    """A quiet worker, GRACE 1 s (stall_s 0.5 s), batches of 4, run `steps` steps with the
+    real confirm_ends (the leaders answer with the stream's ends). Its monotonic clock
+    `mono` (the worker's and its EndWatch's) and its wall clock move together, the wall
+    clock `wall_at_start` ms from o9's deadline at the start. Every commit (every step: the
+    interval has passed) takes `commit_s`; `_wake_fetchers` (after the consume, before the
+    merge) `wake_s` at step `wake_at`; the merge `merge_s` at step `merge_at`."""
     s, sink, pipe = _one_pair(core, grace="1s")
-    clock, mono = [BASE], [1000.0]
-    stream = stream_of(s, mono)
+    mono = [1000.0]
+    source = stream(s, mono)
 
     def ask(stale: list[TopicPartition]) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition, stream.orders_end if tp.topic == s.orders_topic else 1)
+        return [TopicPartition(tp.topic, tp.partition,
+                               source.orders_end if tp.topic == s.orders_topic else source.payments_end)
                 for tp in stale]
 
     monkeypatch.setattr(worker_module, "time", SimpleNamespace(monotonic=lambda: mono[0]))
-    worker = _flood_worker(s, pipe, stream, clock, ask)  # type: ignore[arg-type]
-    worker.ends = EndWatch((s.payments_topic, s.orders_topic), clock=lambda: mono[0])
-    worker.consumed_at = mono[0]
-    worker._confirm_ends = lambda: confirm_ends(pipe, (s.payments_topic, s.orders_topic), worker.ends, ask)
-    worker.checkpoint = SimpleNamespace(poll=lambda: None, due=lambda _interval: True)
+    ends = EndWatch((s.payments_topic, s.orders_topic), clock=lambda: mono[0])
+    deadline = BASE + 1 + s.order_timeout
+    worker = SimpleNamespace(
+        settings=s, consumer=source, pipeline=_SlowMerge(pipe, source, mono, merge_at, merge_s), ends=ends,
+        topic_of=(s.payments_topic, s.orders_topic), stall_s=stall_s(s.grace), consumed_at=mono[0], loop_at=0.0,
+        rewind_due=False, wake_fetchers=False, restorer=SimpleNamespace(busy=False), ends_asked=0.0,
+        checkpoint=SimpleNamespace(poll=lambda: None, due=lambda _interval: True),
+        now_ms=lambda: deadline + wall_at_start + round((mono[0] - 1000.0) * 1000))
+    worker._unread = lambda partition, side, fetched_to: False
+    worker._confirm_ends = lambda every=False: confirm_ends(pipe, (s.payments_topic, s.orders_topic), ends, ask,
+                                                            every=every)
 
     def commit() -> None:
         mono[0] += commit_s
 
-    worker.commit = commit
-    due = BASE + 1 + s.order_timeout + s.grace
-    worker.now_ms = lambda: clock[0] + round((mono[0] - 1000.0) * 1000)  # the stalls pass on the wall clock too
-    for i in range(steps):
-        clock[0] = due - 1_000 + i * 500
+    def wake() -> None:  # offsets_for_times through a slow leader: bounded at 3 s
+        worker.wake_fetchers = False
+        mono[0] += wake_s
+
+    worker.commit, worker._wake_fetchers = commit, wake
+    for _ in range(steps):
+        worker.wake_fetchers = source.steps + 1 == wake_at
         JoinWorker.step(worker)  # type: ignore[arg-type]
-    return s, sink, stream
+    return s, sink, source
 
 
 @pytest.mark.parametrize("core", CORES)
@@ -365,10 +408,14 @@ def test_a_worker_whose_every_step_is_slower_than_stall_s_still_recovers_by_the_
     a stall, which made the confirmation asked in the step before stale before it was used;
     the idle orders partition's end never counted and o9 was never recovered (suspected in
     a CI run of 57698c3: an exactly_once worker recovered nothing for 65 s after a SIGSTOP).
-    The leaders are asked after the commit, just before the consume: it counts."""
-    s, sink, _ = _slow_steps(monkeypatch, core, lambda s, mono: _Quiet(s, mono), commit_s=0.6)
+    The leaders are asked after the commit, just before the consume, about every end after
+    a stall (an end carried into the epoch would be stale at the next one, with nothing to
+    carry: review of bb1653a, an end counted every other step): it counts, and o9 is
+    recovered at the first step past its deadline + GRACE (the third, 1.22 s on)."""
+    s, sink, _ = _timed_worker(monkeypatch, core, _Stream, wall_at_start=0, commit_s=0.6, steps=3)
     assert stall_s(s.grace) == 0.5
-    assert [r.key for r in sink.of(s.recovery_topic)] == [b"o9"], "recovered by the clock, every step slow"
+    recovered = sink.of(s.recovery_topic)
+    assert [r.key for r in recovered] == [b"o9"], "recovered by the clock, every step slow"
 
 
 @pytest.mark.parametrize("core", CORES)
@@ -380,7 +427,30 @@ def test_a_pause_between_the_leaders_answer_and_the_consume_keeps_the_answer_fro
     order was appended, promptly, and o9's deadline + GRACE passed; the consume after the
     pause (step 3) brings nothing yet (the fetcher stood still too). The answer is 6 s old:
     it must not count, and o9 is matched when its order comes, never recovered."""
-    s, sink, stream = _slow_steps(monkeypatch, core,
-                                  lambda s, mono: _Quiet(s, mono, order_at=3, gaps={2: 0.6, 3: 6.0}), commit_s=0.0)
-    assert stream.steps == 30 and stream.orders_end == 2
+    s, sink, source = _timed_worker(monkeypatch, core, lambda s, mono: _Stream(s, mono, 3, gaps={2: 0.6, 3: 6.0}),
+                                    wall_at_start=-500)
+    assert source.steps == 12 and source.orders_end == 2
     assert sink.of(s.recovery_topic) == [] and sink.of(s.late_topic) == [], "o9's order was in the log: matched"
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("slow", ["merge", "wake"])
+def test_a_slow_merge_or_a_block_before_it_does_not_pass_a_deadline_on_the_ends_of_the_consume(
+        monkeypatch: pytest.MonkeyPatch, core: str, slow: str) -> None:
+    """Found by review of bb1653a. The consume of step 4 (or 5) returns 300 (500) ms before
+    o9's deadline and o9's order is appended right after it, promptly; then the step takes
+    long before its decisions: its merge 1.5 s (a big batch after a stall on a loaded
+    machine, a GC pass, a DLQ record into a full producer queue; with every step slow, its
+    ends carried over the stall), or a 3 s block before the merge (_wake_fetchers'
+    offsets_for_times through a slow leader; _install's committed() retries up to 60 s).
+    The decisions read the wall clock after it (deadline + GRACE passed) and recovered o9
+    on ends that said nothing of the order (the block: on the code before bb1653a too).
+    They read the clock of the consume now: o9 is matched by the next one."""
+    if slow == "merge":
+        stream, wall, timing = (lambda s, mono: _Stream(s, mono, 4, others={4: 2})), -300 - 1840, \
+            {"commit_s": 0.6, "merge_at": 4, "merge_s": 1.5}
+    else:
+        stream, wall, timing = (lambda s, mono: _Stream(s, mono, 5)), -500 - 50, {"wake_at": 5, "wake_s": 3.0}
+    s, sink, source = _timed_worker(monkeypatch, core, stream, wall_at_start=wall, **timing)  # type: ignore[arg-type]
+    assert source.orders_end == 2 and source.steps == 12
+    assert b"o9" not in [r.key for r in sink.of(s.recovery_topic)], "o9's order was appended before its deadline"
