@@ -207,7 +207,7 @@ pub struct Core {
     pub pending: PendingMap,
     pub orders: OMap<String, Order>,
     pub recovered: OMap<String, Recovered>,
-    /// Matched pairs past their window (settled.rs), forgotten by the payments partition's progress.
+    /// Matched pairs past their window (settled.rs), forgotten by the payments partition's records.
     pub settled: Settled,
     dirty: [OMap<String, bool>; 3],
     bundles: BinaryHeap<Reverse<(i64, i64)>>,
@@ -679,7 +679,7 @@ impl Core {
         }
         self.deadlines.tidy(&mut self.pending);
         self.compact_pending();
-        self.expire(payments_progress, now);
+        self.expire(payments_progress, self.payments.at(now, false), now);
     }
 
     /// Compact the pending slots when most are free, the timers' slots moved with them.
@@ -749,8 +749,12 @@ impl Core {
     /// it); matched pairs then settle until it is late_horizon past their window (a
     /// duplicate may land as late): both by the partition's progress, so that a backlog
     /// keeps them as steady traffic does (core._expire); recovered payments late_horizon
-    /// after their recovery, by the wall clock.
-    fn expire(&mut self, payments_progress: i64, now: i64) {
+    /// after their recovery, by the wall clock. Settled pairs go by `records_progress`
+    /// alone, what the partition's records confirm, not the wall clock it takes once read
+    /// to its end (a backlog read to its end would take a pair matched in that interval
+    /// past the horizon at once, and a payment read again after its offsets commit failed
+    /// would be recovered: core._expire).
+    fn expire(&mut self, payments_progress: i64, records_progress: i64, now: i64) {
         let window = self.window();
         let horizon = self.p.late_horizon_ms;
         while let Some((oid, id)) = self.order_expiry.pop_due(payments_progress) {
@@ -764,19 +768,20 @@ impl Core {
                 self.kept_orders.add(expiry, seq, &oid, id);
             } else {
                 let paid = self.delete_order(&oid).and_then(|o| o.paid_id);
-                if let Some(pid) = paid.filter(|_| expiry + horizon > payments_progress) {
-                    // settled: a fingerprint of its payment, until the payments' progress is the
+                if let Some(pid) = paid.filter(|_| expiry + horizon > records_progress) {
+                    // settled: a fingerprint of its payment, until the payments' records are the
                     // horizon past its window (an order_id settled already goes to the end)
                     self.settled.set(&oid, fingerprint(&pid), expiry);
                 }
             }
         }
-        let limit = payments_progress - horizon;
-        self.settled.forget(limit);
-        while self.settled_bundles.peek().is_some_and(|Reverse((e, _))| *e <= limit) {
+        let forget = records_progress - horizon;
+        self.settled.forget(forget);
+        while self.settled_bundles.peek().is_some_and(|Reverse((e, _))| *e <= forget) {
             let Reverse((_, n)) = self.settled_bundles.pop().expect("peeked");
             self.expired_settled.push(n);
         }
+        let limit = payments_progress - horizon;
         while let Some((oid, id)) = self.kept_orders.pop_due(limit) {
             // (matched by a late payment meanwhile: match_order scheduled it)
             if self.orders.get(&oid).is_some_and(|o| o.id == id && o.paid_id.is_none()) {

@@ -1,7 +1,9 @@
 //! Matched pairs past their window, "settled" (streams/join/state.py's settled): each its
 //! order_id, a 64-bit fingerprint of its payment_id and its window's end, kept until the
-//! payments partition's progress is the late horizon past that end, so that a duplicate of
-//! its payment, or a second payment for its order, landing late is still recognised.
+//! payments partition's records are the late horizon past that end (what they confirm, not
+//! the wall clock its progress is once read to its end: core.rs's expire), so that a
+//! duplicate of its payment, or a second payment for its order, landing late is still
+//! recognised.
 //!
 //! The Python core keeps a dict and a deque of the order_ids in the order they settled,
 //! forgotten from the front. Here the entries themselves are in that order, in a deque,

@@ -30,11 +30,12 @@ The rules are the contract's "Join semantics", in one place:
   and late_horizon longer (a payment landing in its partition behind payments stamped
   later still matches its order), matched pairs until the payments partition is past
   their window (to recognise duplicates), then settled: their order_id and a fingerprint
-  of their payment_id only, until the payments partition is late_horizon past their
-  window (a duplicate, or a second payment, landing behind payments stamped later is
-  still dropped, or reported, if stamped before that: an order_id used again later is a
-  new order's); the partition's progress, so that a backlog keeps them as steady
-  traffic does. Recovered payments for late_horizon after the recovery was emitted, by
+  of their payment_id only, until the payments partition's records are late_horizon past
+  their window (a duplicate, or a second payment, landing behind payments stamped later
+  is still dropped, or reported, if stamped before that: an order_id used again later is
+  a new order's); the partition's progress, so that a backlog keeps them as steady
+  traffic does, and for settled pairs what its records confirm alone, not the clock it
+  takes once read to its end (see _expire). Recovered payments for late_horizon after the recovery was emitted, by
   the worker's clock (so a payment recovered hours after its deadline, catching up a
   backlog, still recognises its late order).
 * Time is safe against bad clocks and forged records: a partition's progress never runs
@@ -333,7 +334,7 @@ class PartitionJoin:
             for oid, e, deadline in self.deadlines.due(due, self.pending):
                 self._recover(oid, e, deadline, now_ms, out)
         self.deadlines.tidy(self.pending)
-        self._expire(payments_progress, now_ms)
+        self._expire(payments_progress, self.payments.at(now_ms, False), now_ms)
 
     def _recover(self, oid: str, e: PendingPayment, deadline: int, now_ms: int, out: Decisions) -> None:
         self.state.delete(PENDING, oid)
@@ -342,17 +343,31 @@ class PartitionJoin:
                                                   bool(compact.flags_of(e) & LATE), recovered_at=now_ms, trace=trace))
         out.recoveries.append(Recover(compact.payment_in(e, oid), deadline, _traces(trace)))
 
-    def _expire(self, payments_progress: int, now_ms: int) -> None:
+    def _expire(self, payments_progress: int, records_progress: int, now_ms: int) -> None:
         """Matched pairs once the payments partition is past their window; unmatched
         orders once it is late_horizon past their window (a payment may land behind
         payments stamped later than its order's window: one of several producers held up;
         it must still match its order, read before it); matched pairs then settle (a
-        fingerprint of their payment) until the payments partition is late_horizon past
-        their window: a duplicate may land just as late. Both by the partition's progress,
-        not the wall clock: caught up, it is the wall clock; in a backlog (after an outage)
-        it keeps the horizon's worth of its records' time, as in steady state, where the
+        fingerprint of their payment) until its records are late_horizon past their
+        window: a duplicate may land just as late. By the partition's progress, not the
+        wall clock: caught up, it is the wall clock; in a backlog (after an outage) it
+        keeps the horizon's worth of its records' time, as in steady state, where the
         wall clock would keep nothing. Recovered payments late_horizon after their
-        recovery, by the wall clock."""
+        recovery, by the wall clock.
+
+        Settled pairs go by `records_progress` alone, what the partition's records confirm
+        (progress.Confirmed.time, never past the clock), not the wall clock it takes once
+        read to its end: reading a backlog more than a horizon old to its end jumps the
+        progress from its records' time to the clock, and a pair matched in that interval
+        is then past its window and past the horizon at once. It still settles, and stays
+        a horizon of its records' time, so that when the interval's offsets commit fails
+        (at_least_once) its payment read again finds it (a duplicate, dropped) although
+        its order's tombstone landed. A pair still leaves the live state when the clock
+        passes its window. The cost: an idle payments partition keeps its settled pairs
+        until its records move on (two records past them by the horizon), a horizon's
+        worth of its records' time at most (a pair needs a payment); an order_id and 16
+        bytes each. Unmatched orders, which hold their whole record and keep coming on
+        an idle payments partition, stay by the partition's progress."""
         window = self.params.timeout_ms + self.params.grace_ms
         horizon = self.params.late_horizon_ms
         for oid, entry in self._order_expiry.due(payments_progress, self.orders):
@@ -363,9 +378,9 @@ class PartitionJoin:
                 self._kept_orders.add(expiry, oid, entry)  # forgotten once progress - horizon passes it
             else:
                 self.state.delete(ORDERS, oid)
-                if entry.paid_id is not None and expiry + horizon > payments_progress:
+                if entry.paid_id is not None and expiry + horizon > records_progress:
                     self.state.settle(oid, fingerprint(entry.paid_id), expiry)
-        self.state.forget_settled(payments_progress - horizon)
+        self.state.forget_settled(records_progress - horizon)
         for oid, entry in self._kept_orders.due(payments_progress - horizon, self.orders):
             if entry.paid_id is None:  # (matched by a late payment: _match_order scheduled it)
                 self.state.delete(ORDERS, oid)

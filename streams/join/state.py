@@ -13,11 +13,13 @@ its pairs have expired: two changelog records per commit instead of two per orde
 
 A matched pair whose window has closed is then "settled": only its order_id, a 64-bit
 fingerprint of its payment_id and its window's end are kept, until the payments
-partition's progress is the late horizon past that end, so that a duplicate of its
-payment delivered late (one of several producers held up behind the others) is still
-dropped, and a second payment is still an anomaly. Settled entries go to the changelog in bundles too (key b"s:" and a
-number shared with the matched pairs' bundles, so that a restore replays both in the
-order they were written), a bundle deleted once all its entries are forgotten.
+partition's records are the late horizon past that end (what they confirm, not the wall
+clock the partition's progress is once read to its end: core._expire), so that a
+duplicate of its payment delivered late (one of several producers held up behind the
+others) is still dropped, and a second payment is still an anomaly. Settled entries go
+to the changelog in bundles too (key b"s:" and a number shared with the matched pairs'
+bundles, so that a restore replays both in the order they were written), a bundle
+deleted once all its entries are forgotten.
 """
 
 from __future__ import annotations
@@ -207,11 +209,11 @@ class JoinState:
         self._new_settled[oid] = None
 
     def forget_settled(self, limit: int) -> None:
-        """Settled pairs whose window ended at or before `limit` (the payments partition's
-        progress minus the late horizon), from the front of the queue: one settled out of
-        order (a pair matched late) waits for those before it, never goes early; each goes
-        by the time the progress is the late horizon past what it was when the pair
-        settled. Bundles whose entries are all forgotten become tombstones."""
+        """Settled pairs whose window ended at or before `limit` (what the payments
+        partition's records confirm, minus the late horizon: core._expire), from the front
+        of the queue: one settled out of order (a pair matched late) waits for those before
+        it, never goes early; each goes by the time the records are the late horizon past
+        what they were when the pair settled. Bundles whose entries are all forgotten become tombstones."""
         queue, settled, stale = self.settled_queue, self.settled, self._stale_places
         while queue:
             if stale and queue[0] in stale:  # a place its order_id left (settled again)

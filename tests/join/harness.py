@@ -81,6 +81,12 @@ class Harness:
         self._check()
         return p
 
+    def payments_to(self, ts: int) -> None:
+        """Two failed payments stamped `ts`, which leave nothing behind: the payments'
+        records confirm `ts` (progress.Confirmed), what settled pairs are forgotten by."""
+        for i in range(2):
+            self.pay(ts, oid=f"tick-{ts}-{i}", status="failed")
+
     def order(self, ts: int, oid: str = "ord-1", trace: bytes | None = None, **over) -> Order:
         o = order(order_id=oid, created_at=at(ts), **over)
         raw = o.encode()

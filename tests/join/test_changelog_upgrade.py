@@ -176,10 +176,12 @@ def test_a_worker_rolled_back_to_format_3_deletes_the_settled_bundles_a_format_4
     w.pay(end, oid="b", pid="pb")
     w.advance(end + T + G, True, True)
     assert "b" in w.join.settled and not [k for k in _commit(w, log, 3) if k.startswith(b"s:")]
+    w.payments_to(end + 3_600_000)  # (settled pairs go by the payments' records)
     w.advance(end + 3_600_000, True, True)  # LATE_HORIZON past the first pair's window
     assert list(w.join.settled) == ["b"]
     assert _commit(w, log, 3) == [b"s:000000000001"] and log[b"s:000000000001"] is None
     assert _settled_keys(log) == []
+    w.payments_to(end + T + G + 3_600_000)
     w.advance(end + T + G + 3_600_000, True, True)
     assert not w.join.settled
     assert _commit(w, log, 3) == [b"s:000000000002"]  # (b's bundle, never written: a tombstone alone)
@@ -195,6 +197,7 @@ def test_format_2_carries_the_settled_bundles_tombstones_too() -> None:
     h.commit()
     h.advance(BASE + T + G, True, True)
     h.commit()
+    h.payments_to(BASE + T + G + 3_600_000)  # (settled pairs go by the payments' records)
     h.advance(BASE + T + G + 3_600_000, True, True)
     records = [(0, *changelog.encode(c, 2)) for c in h.commit()]
     assert records == [(0, b"s:000000000001", None)]

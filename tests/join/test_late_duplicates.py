@@ -4,9 +4,14 @@ of several producers held up behind the others: soak-88769's false recoveries) i
 dropped, or reported, and never recovered (the contract's "Join semantics").
 
 A pair settles when the payments partition's progress passes its window (its order_id,
-a 64-bit fingerprint of its payment_id, its window's end) and is forgotten once that
-progress is LATE_HORIZON past that end, as an unmatched order is (bd4240a): the wall
-clock once the partition is read to its end, its records' time in a backlog. It applies
+a 64-bit fingerprint of its payment_id, its window's end): the wall clock once the
+partition is read to its end, its records' time in a backlog. It is forgotten once the
+partition's records are LATE_HORIZON past that end (what two of them confirm, never past
+the clock; not the clock the partition's progress is once read to its end: reading a
+backlog to its end would take a pair matched in that interval past the horizon at once,
+test_partial_commit.py). An idle payments partition keeps its settled pairs until its
+records move on. (`Harness.payments_to`: two failed payments, which keep nothing, move
+the records on.) It applies
 to records stamped before its end + LATE_HORIZON (an order_id used again later is a new
 order's). It survives restores: settled bundles in the changelog (b"s:"), numbered with
 the matched pairs' bundles. Every test runs both cores (the Harness's native twin, held to the
@@ -46,16 +51,20 @@ def test_a_pair_past_its_window_settles_and_is_forgotten_the_late_horizon_after_
     assert h.join.sizes() == (0, 1, 0) and not h.join.settled
     h.advance(END, payments_at_end=True, orders_at_end=True)
     assert h.join.sizes() == (0, 0, 0) and h.join.settled == {"a": fingerprint("pa") << 64 | END}
-    h.advance(END + H - 1, payments_at_end=True, orders_at_end=True)
+    h.advance(END + H, payments_at_end=True, orders_at_end=True)
+    assert "a" in h.join.settled, "the clock alone forgets nothing"
+    h.payments_to(END + H - 1)
+    h.advance(END + H, payments_at_end=True, orders_at_end=True)
     assert "a" in h.join.settled
+    h.payments_to(END + H)
     h.advance(END + H, payments_at_end=True, orders_at_end=True)
     assert not h.join.settled and not h.join.state.settled_queue
 
 
 def test_payments_progress_alone_settles_and_forgets_the_clock_alone_nothing() -> None:
     """Records stamped past the window settle the pair whatever the clock; the clock far
-    ahead with the partition not read to its end (a backlog) forgets nothing: records
-    stamped the horizon past the window do, or the partition read to its end."""
+    ahead forgets nothing, the partition read to its end or not (a backlog): records
+    stamped the horizon past the window do."""
     h = Harness()
     _matched(h)
     for i in range(3):
@@ -72,17 +81,22 @@ def test_payments_progress_alone_settles_and_forgets_the_clock_alone_nothing() -
     h = Harness()
     _matched(h)
     h.advance(END + 1, True, True)
-    h.advance(END + H, True, True)
+    h.advance(END + 10 * H, True, True)
+    assert "a" in h.join.settled
+    h.payments_to(END + H)
+    h.advance(END + 10 * H, True, True)
     assert not h.join.settled
 
 
-def test_a_pair_whose_window_is_already_the_horizon_behind_the_clock_does_not_settle() -> None:
-    """A backlog read hours late: its pairs go at once, as they did before."""
+def test_a_pair_whose_window_is_already_the_horizon_behind_the_clock_settles_all_the_same() -> None:
+    """A backlog read to its end hours late: its pairs leave the live state at once, and
+    settle (they went at once, and a payment read again after the interval's offsets
+    commit failed was recovered: test_partial_commit.py)."""
     h = Harness()
     _matched(h)
     h.advance(END + H, payments_at_end=True, orders_at_end=True)
-    assert h.join.sizes() == (0, 0, 0) and not h.join.settled
-    assert h.commit() == []
+    assert h.join.sizes() == (0, 0, 0) and h.join.settled == {"a": fingerprint("pa") << 64 | END}
+    assert [(c.store, c.value) for c in h.commit()] == [(Store.SETTLED, [("a", fingerprint("pa"), END)])]
 
 
 def test_a_late_duplicate_is_dropped_a_late_second_payment_is_an_anomaly_a_late_order_again_is_a_duplicate() -> None:
@@ -127,8 +141,10 @@ def test_a_pair_matched_late_settles_at_the_next_advance_and_waits_behind_those_
     assert h.take().matched == 1
     h.advance(END + 5_001, payments_at_end=True, orders_at_end=True)
     assert list(h.join.settled) == ["b", "kept"]
+    h.payments_to(END + H + 1)
     h.advance(END + H + 1, payments_at_end=True, orders_at_end=True)  # kept's own time has come, b's not
     assert list(h.join.settled) == ["b", "kept"]
+    h.payments_to(END + H + 5_000)
     h.advance(END + H + 5_000, payments_at_end=True, orders_at_end=True)
     assert not h.join.settled
 
@@ -146,8 +162,10 @@ def test_settled_pairs_survive_a_restore_and_their_bundle_goes_when_all_are_forg
     again.pay(BASE + 300, oid="b", pid="pb-2")
     out = again.take()
     assert out.duplicates == 1 and [f.kind for f in out.anomalies] == ["duplicate_payment"]
+    again.payments_to(END + H)
     again.advance(END + H, payments_at_end=True, orders_at_end=True)
     assert list(again.join.settled) == ["b"] and _commit(again, log) == []
+    again.payments_to(END + H + 1_000)
     again.advance(END + H + 1_000, payments_at_end=True, orders_at_end=True)
     assert not again.join.settled and _commit(again, log) == [(Store.SETTLED, 1, None)]
     assert not _restored(log, END + H + 1_000).join.settled
@@ -167,6 +185,7 @@ def test_a_restore_keeps_the_later_of_a_pair_and_its_settled_entry() -> None:
     again = _restored(log, END + 30_000)
     assert list(again.join.orders) == ["c"] and list(again.join.settled) == ["a", "b"]
     # a forgotten, then a new pair for it while its settled bundle (b's too) is still in the log
+    h.payments_to(END + H)
     h.advance(END + H, payments_at_end=True, orders_at_end=True)
     assert list(h.join.settled) == ["b", "c"]
     _matched(h, "a", "pa-new", END + H)
@@ -189,6 +208,7 @@ def test_a_stale_settled_entry_restored_beside_an_order_key_is_harmless() -> Non
     h.advance(END, payments_at_end=True, orders_at_end=True)
     h.advance(END + 60_000, payments_at_end=True, orders_at_end=True)
     _commit(h, log)
+    h.payments_to(END + H)
     h.advance(END + H, payments_at_end=True, orders_at_end=True)
     assert list(h.join.settled) == ["b"]
     h.order(END + H, oid="a")
@@ -335,8 +355,11 @@ def test_a_late_copy_of_a_matched_payment_read_in_a_backlog_older_than_the_horiz
     h.pay(END + H, oid="z")
     h.advance(now + 2_000, False, False)
     assert "a" not in h.join.settled and "x0" in h.join.settled, "the horizon's worth of the records' time"
-    h.advance(now + 3_000, True, True)  # caught up: the clock
-    assert list(h.join.settled) == ["y"]  # (x3's end was 2 h behind it; y's is not)
+    h.advance(now + 3_000, True, True)  # caught up: the clock, which forgets nothing
+    assert "x0" in h.join.settled and "y" in h.join.settled
+    h.payments_to(now + 3_000)  # the records do
+    h.advance(now + 3_000, True, True)
+    assert list(h.join.settled) == ["y"]  # (x7's end was 2 h behind them; y's is not)
 
 
 def test_the_same_copy_with_the_join_caught_up_is_dropped() -> None:
@@ -402,6 +425,7 @@ def test_a_payment_stamped_past_a_settled_entrys_end_and_horizon_is_a_new_one_ev
     _commit(h, log)
     h.advance(END + 60_000, True, True)
     _commit(h, log)  # s:1 = [a, b]
+    h.payments_to(END + H)
     h.advance(END + H, True, True)  # a forgotten, b not
     assert list(h.join.settled) == ["b"]
     _commit(h, log)
@@ -454,6 +478,7 @@ def test_a_restore_lines_settled_pairs_up_as_the_live_join_does() -> None:
     h.advance(END + 60_000, True, True)
     _commit(h, log)  # s:1 = [y, x, z]
     now = END + H + 30_000  # y and x forgotten, z not
+    h.payments_to(now)
     h.advance(now, True, True)
     assert list(h.join.settled) == ["z"]
     h.order(now - 70_000, oid="y")  # y again: matched and past its window in this interval
@@ -464,5 +489,6 @@ def test_a_restore_lines_settled_pairs_up_as_the_live_join_does() -> None:
     assert log.get(b"s:000000000001") is not None
     again = _restored(log, now + 1)
     assert list(again.join.settled) == ["x", "z", "y"]  # (x, forgotten live, back: its end is behind)
-    again.advance(now + 1, True, True)  # (the worker's advance after the install)
+    again.payments_to(now + 1)  # (the records read again after the install)
+    again.advance(now + 1, True, True)
     assert list(again.join.settled) == list(h.join.settled) == ["z", "y"]

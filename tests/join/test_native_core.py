@@ -309,6 +309,9 @@ def test_settled_pairs_give_their_memory_back_after_a_burst() -> None:
     c.take_decisions()
     c.take_changes()
     assert c.settled_capacity()[0] == burst + steady
+    for i in range(2):  # the payments' records the horizon past the burst (settled pairs go by them)
+        tick = Payment.decode(pairs[-1][2]).model_copy(update={"status": "failed", "payment_id": f"tick{i}"})
+        c.on_payment(last + T + G + 2 + H, tick.encode(), None)
     c.advance(last + T + G + 2 + H, True, True)  # the burst forgotten, the later ones kept
     entries, deque_capacity, table_capacity = c.settled_capacity()
     assert entries == steady and deque_capacity <= 4 * steady and table_capacity <= 4 * steady

@@ -71,6 +71,7 @@ def test_an_order_id_pending_again_in_the_bucket_of_its_old_timer_is_timed_out_w
     h.pay(BASE + 1, oid="w")
     h.pay(BASE + 4, oid="y")
     h.order(BASE + 2, oid="x")
+    h.payments_to(BASE + 2 * T + G)  # (settled pairs are forgotten by the payments' records)
     h.advance(BASE + 2 * T + G, payments_at_end=True, orders_at_end=False)  # x's pair expires; no order progress
     assert "x" not in h.join.orders and h.recovered_ids() == []
     h.pay(BASE + 3, oid="x", pid="pay-x-again")
@@ -95,6 +96,7 @@ def test_an_old_timer_still_finds_its_order_id_after_the_slots_were_compacted() 
     h.pay(BASE + 1, oid="w")
     h.pay(BASE + 4, oid="y")
     h.order(BASE + 2, oid="x")
+    h.payments_to(BASE + 2 * T + G)  # (settled pairs are forgotten by the payments' records)
     h.advance(BASE + 2 * T + G, payments_at_end=True, orders_at_end=False)  # x's pair expires; no order progress
     h.advance(D - 1 + G, payments_at_end=True, orders_at_end=True)  # every bucket before x's
     assert sorted(h.recovered_ids()) == sorted(f"pay-e{i}" for i in range(40))
