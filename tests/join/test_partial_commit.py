@@ -29,12 +29,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from streams.join import changelog, checkpoint
-from tests.join.harness import BASE, H, Harness, T
-from tests.join.test_disorder_property import CHECKS, Rec, Scenario, scenarios
+from tests.join.harness import BASE, G, H, Harness, T
+from tests.join.test_disorder_property import CHECKS, Rec, Scenario, _partition, _steady, scenarios
 
 Record = tuple[int, bytes, bytes | None]  # (changelog partition, key, value or tombstone)
 Log = dict[bytes, bytes | None]
@@ -126,10 +126,7 @@ def _run(sc: Scenario, data: st.DataObject) -> None:
     committed = -1  # the last step whose records are committed (the worker reads on from there)
     failed_at: set[int] = set()
     clock = BASE - timeout
-    # The known gap (test_a_pair_matched_and_gone_in_one_jump_past_the_horizon_is_recovered_when_read_again):
-    # the payments partition read to its end more than a horizon after its records, in an
-    # interval whose commit then fails. No failure is drawn for such an interval.
-    jumped = False
+    jumped = False  # the payments' progress jumped to the clock in this interval (read to end past its records)
     i = 0
     while i < len(sc.steps):
         s = sc.steps[i]
@@ -141,14 +138,15 @@ def _run(sc: Scenario, data: st.DataObject) -> None:
             p_end = all(r.append > clock for r in sc.payments[n_p:])
             o_end = all(r.append > clock for r in sc.orders[n_o:])
             read_to = max((r.ts for r in sc.payments[:n_p]), default=clock)
-            jumped = jumped or (p_end and clock - read_to > horizon // 2)  # (a backlog is 2-3 horizons)
+            # (a backlog is 2-3 horizons: its pairs leave the live state past the horizon at once)
+            jumped = jumped or (p_end and clock - read_to > horizon // 2)
         else:
             p_end = o_end = False
         for w in (exact, partial):
             _feed(w, s, clock, p_end, o_end)
         if data.draw(st.integers(0, 2), label="commit") == 0 or i == len(sc.steps) - 1:
             fail = (i not in failed_at and len(failed_at) < MAX_FAILURES and i < len(sc.steps) - 1
-                    and not jumped and data.draw(st.booleans(), label="fails"))
+                    and data.draw(st.booleans(), label="fails"))
             if not fail:
                 _deliver(exact.log, exact.stale + exact.records())  # (exactly_once: all at once)
                 exact.stale = []
@@ -157,6 +155,8 @@ def _run(sc: Scenario, data: st.DataObject) -> None:
                 jumped = False
             else:
                 failed_at.add(i)
+                if jumped:
+                    event("a commit failed in an interval where the payments' progress jumped to the clock")
                 exact.records()  # (none of it lands)
                 records = partial.records()
                 # The phases before the failing one land whole (else it would not have been
@@ -210,6 +210,103 @@ def test_the_same_in_a_backlog_older_than_the_late_horizon(sc: Scenario, data: s
     """The worker's clock 2 to 3 late horizons ahead of the records (test_disorder_property's
     backlog): a payment read again after its pair has gone finds it settled, as caught up."""
     _run(sc, data)
+
+
+@st.composite
+def backlogs_read_to_their_end(draw: st.DrawFn) -> Scenario:
+    """A backlog read by a worker whose clock is 0 to 3 late horizons past its records: the
+    payments partition's progress jumps from its records' time to the clock in the interval
+    that reads its last payment, and its pairs leave the live state at once, settled or not.
+    Orders and payments read in chunks at random (an order read and committed before its
+    payment is read in the interval that jumps: the known gap's case), each chunk followed
+    by an advance; some payments produced again (test_disorder_property's copies), some
+    held up (landing behind later ones)."""
+    timeout, grace, horizon = params = draw(st.sampled_from([(T, G, H), (5_000, 1_000, 300_000)]))
+    span = draw(st.sampled_from([2 * timeout, 6 * timeout]))
+    pays: list[tuple[str, str, int, str]] = []
+    ords: list[tuple[str, str, int, str]] = []
+    kinds: dict[str, str] = {}
+    for n in range(draw(st.integers(1, 8))):
+        oid, t = f"o{n}", BASE + draw(st.integers(0, span))
+        kind = kinds[oid] = draw(st.sampled_from(["inside"] * 4 + ["missing", "late"]))
+        pays.append(("pay", oid, t, f"p{n}"))
+        if draw(st.integers(0, 3)) == 0:  # the same payment again, or a second one
+            pays.append(("pay", oid, t + draw(st.integers(250, 2_500)), f"p{n}" + draw(st.sampled_from(["", "b"]))))
+        if kind != "missing":
+            ords.append(("order", oid, t + (draw(st.integers(-timeout, timeout)) if kind == "inside"
+                                            else timeout + draw(st.integers(1, 2 * timeout))), ""))
+    pays.sort(key=lambda r: r[2])
+    ords.sort(key=lambda r: r[2])
+    payments = draw(_partition(pays, timeout, 0)) if draw(st.booleans()) else _steady(pays, 0)
+    orders = _steady(ords, len(pays))
+    lag = draw(st.sampled_from([0, horizon // 2, horizon, 2 * horizon, 3 * horizon])) + draw(st.integers(0, span))
+    now = max(r.append for r in payments + orders) + lag
+    steps: list[tuple] = []
+    i = j = 0
+    while i < len(payments) or j < len(orders):
+        take_p, take_o = draw(st.integers(0, len(payments) - i)), draw(st.integers(0, len(orders) - j))
+        if not take_p and not take_o:  # (one record at least: the smallest example is one a chunk)
+            take_p, take_o = (1, 0) if i < len(payments) else (0, 1)
+        while take_p or take_o:
+            if take_o == 0 or (take_p and draw(st.booleans())):
+                steps.append(("read", payments[i]))
+                i, take_p = i + 1, take_p - 1
+            else:
+                steps.append(("read", orders[j]))
+                j, take_o = j + 1, take_o - 1
+        now += draw(st.integers(0, timeout // 2))
+        steps.append(("advance", now, i == len(payments), j == len(orders)))
+    steps.append(("advance", now + 2 * (timeout + grace), True, True))
+    return Scenario(payments, orders, steps, 0, params, kinds)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=CHECKS)
+@given(backlogs_read_to_their_end(), st.data())
+def test_the_same_where_the_payments_progress_jumps_to_the_clock_in_the_interval_whose_commit_fails(
+        sc: Scenario, data: st.DataObject) -> None:
+    """The known gap's family: a pair matched in an interval that reads the payments to
+    their end more than a horizon after their records is past its window and past the
+    horizon at once; it settles all the same (settled pairs go by the payments' records,
+    not the clock), so that a payment read again after that interval's commit failed finds
+    it. (Drawn here on purpose; the properties above draw it rarely, in a backlog.)"""
+    _run(sc, data)
+
+
+def test_settled_pairs_of_a_backlog_read_to_its_end_are_kept_while_the_payments_are_idle_then_forgotten() -> None:
+    """Memory stays bounded: the pairs a backlog's end settles at once are kept while the
+    payments partition is idle (its records are where they were, whatever the clock: a
+    horizon's worth of them at most), and forgotten once its records are the horizon past
+    their window's end: in the live join, in the changelog (their bundle's tombstone), and
+    in a restore from it. Both cores (the Harness)."""
+    now = BASE + 3 * H
+    w = Worker(Harness())
+    for n in range(5):
+        w.h.order(BASE + n * T, oid=f"o{n}")
+        w.h.pay(BASE + n * T, oid=f"o{n}", pid=f"p{n}")
+    w.h.advance(now, True, True)  # read to its end, 3 h late: every pair past the horizon by the clock
+    w.take()
+    assert w.h.join.sizes() == (0, 0, 0) and sorted(w.h.join.settled) == [f"o{n}" for n in range(5)]
+    w.commit()
+    assert [k for k, v in w.log.items() if v is not None] == [b"s:000000000000"]
+    last_end = BASE + 4 * T + T + G
+    w.h.advance(now + 10 * H, True, True)  # idle: the clock alone forgets nothing
+    w.h.pay(last_end + H - 1, oid="x", status="failed")  # one record confirms nothing
+    w.h.advance(now + 10 * H, True, True)
+    assert len(w.h.join.settled) == 5
+    w.h.pay(last_end + H - 1, oid="y", status="failed")  # two do: all but the last pair forgotten
+    w.h.advance(now + 10 * H, True, True)
+    assert list(w.h.join.settled) == ["o4"]
+    w.commit()
+    assert w.log[b"s:000000000000"] is not None, "a bundle goes when all its entries are forgotten"
+    w.h.payments_to(last_end + H)
+    w.h.advance(now + 10 * H, True, True)
+    assert not w.h.join.settled and not w.h.join.state.settled_queue
+    w.commit()
+    assert [k for k, v in w.log.items() if v is not None] == [], "the settled bundle deleted"
+    w.restore(now + 10 * H)
+    assert not w.h.join.settled and w.h.join.sizes() == (0, 0, 0)
+    w.take()
+    assert w.recovered == set()
 
 
 # ---------------------------------------------------------------- the two cases, one by one
