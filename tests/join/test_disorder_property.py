@@ -137,18 +137,26 @@ def scenarios(draw: st.DrawFn, dups: bool = False, copies: bool = False, backlog
         lagging = now <= last + timeout and draw(st.integers(0, 3)) == 0  # then it catches up
         take_p = draw(st.integers(0, can_p)) if lagging else can_p
         take_o = draw(st.integers(0, can_o)) if lagging else can_o
-        while take_p or take_o:
-            if take_o == 0 or (take_p and draw(st.booleans())):
-                steps.append(("read", payments[i]))
-                i, take_p = i + 1, take_p - 1
-            else:
-                steps.append(("read", orders[j]))
-                j, take_o = j + 1, take_o - 1
+        i, j = _interleave(draw, steps, payments, orders, i, j, take_p, take_o)
         p_end = all(r.append > now + outage for r in payments[i:])
         o_end = all(r.append > now + outage for r in orders[j:])
         steps.append(("advance", now + outage, p_end, o_end))
     steps.append(("advance", max(now, last) + 2 * (timeout + grace) + outage, True, True))
     return Scenario(payments, orders, steps, disorder, params, kinds)
+
+
+def _interleave(draw: st.DrawFn, steps: list[tuple], payments: list[Rec], orders: list[Rec], i: int, j: int,
+                take_p: int, take_o: int) -> tuple[int, int]:
+    """Read `take_p` payments from `i` and `take_o` orders from `j` into `steps`, in a drawn
+    interleaving (each partition in its own order): the next (i, j)."""
+    while take_p or take_o:
+        if take_o == 0 or (take_p and draw(st.booleans())):
+            steps.append(("read", payments[i]))
+            i, take_p = i + 1, take_p - 1
+        else:
+            steps.append(("read", orders[j]))
+            j, take_o = j + 1, take_o - 1
+    return i, j
 
 
 def _steady(records: list[tuple[str, str, int, str]], first_seq: int) -> list[Rec]:

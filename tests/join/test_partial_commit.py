@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from streams.join import changelog, checkpoint
 from tests.join.harness import BASE, G, H, Harness, T
-from tests.join.test_disorder_property import CHECKS, Rec, Scenario, _partition, _steady, scenarios
+from tests.join.test_disorder_property import CHECKS, Rec, Scenario, _interleave, _partition, _steady, scenarios
 
 Record = tuple[int, bytes, bytes | None]  # (changelog partition, key, value or tombstone)
 Log = dict[bytes, bytes | None]
@@ -247,13 +247,7 @@ def backlogs_read_to_their_end(draw: st.DrawFn) -> Scenario:
         take_p, take_o = draw(st.integers(0, len(payments) - i)), draw(st.integers(0, len(orders) - j))
         if not take_p and not take_o:  # (one record at least: the smallest example is one a chunk)
             take_p, take_o = (1, 0) if i < len(payments) else (0, 1)
-        while take_p or take_o:
-            if take_o == 0 or (take_p and draw(st.booleans())):
-                steps.append(("read", payments[i]))
-                i, take_p = i + 1, take_p - 1
-            else:
-                steps.append(("read", orders[j]))
-                j, take_o = j + 1, take_o - 1
+        i, j = _interleave(draw, steps, payments, orders, i, j, take_p, take_o)
         now += draw(st.integers(0, timeout // 2))
         steps.append(("advance", now, i == len(payments), j == len(orders)))
     steps.append(("advance", now + 2 * (timeout + grace), True, True))
