@@ -111,11 +111,18 @@ log = logging.getLogger("slipguard.join")
 UNANSWERED_S = 3.0
 
 
+STALL_MIN_S = 0.2  # the shortest stall_s: an idle loop's step alone is consume()'s 50 ms timeout
+
+
 def stall_s(grace_ms: int) -> float:
     """How long the loop may stand still before the ends it saw are stale: an order
     appended promptly is fetched well within this, and a payment is recovered only once
-    the clock is GRACE past its deadline, so a shorter stall cannot hide its order."""
-    return min(1.0, grace_ms / 2000)
+    the clock is GRACE past its deadline, so a shorter stall cannot hide its order. Never
+    below STALL_MIN_S: with GRACE under 0.4 s (the settings allow 0) every step, even an
+    idle one, was a stall, no end counted and an idle partition's payments were never
+    recovered by the clock (found by review, 2026-12-07). Such a GRACE leaves no margin for
+    a fetch's own latency anyway: an order appended at its deadline may be recovered."""
+    return max(STALL_MIN_S, min(1.0, grace_ms / 2000))
 
 
 def parse_stats(stats_json: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ JOIN_HOLD_RELEASED = Counter("slipguard_join_hold_released_total",
                              "(HOLD_MAX_SECONDS with nothing known to be left to fetch there, or HOLD_MAX_RECORDS): "
                              "they become pending state", ["limit"])
 JOIN_STALLS = Counter("slipguard_join_stalls_total",
-                      "Times the join's loop stood still longer than stall_s (GRACE/2, at most 1 s) between two "
+                      "Times the join's loop stood still longer than stall_s (GRACE/2, 0.2-1 s) between two "
                       "consumes (a pause, a slow commit): each makes the ends of partition seen before count only "
                       "once confirmed again; a steady rate says every step is that slow")
 JOIN_STAMPED_AHEAD = Counter("slipguard_join_records_stamped_ahead_total",

@@ -105,8 +105,10 @@ def test_after_a_full_batch_an_end_seen_before_counts_only_once_seen_again_or_co
     assert caplog.records == [], "a backlog does this on every batch: nothing logged"
 
 
-@pytest.mark.parametrize(("grace_ms", "stall"), [(1_000, 0.5), (5_000, 1.0), (200, 0.1), (60_000, 1.0)])
+@pytest.mark.parametrize(("grace_ms", "stall"), [(1_000, 0.5), (5_000, 1.0), (600, 0.3), (200, 0.2), (0, 0.2),
+                                               (60_000, 1.0)])
 def test_a_stall_counts_from_half_the_grace_and_at_most_a_second(grace_ms: int, stall: float) -> None:
+    """Half the GRACE, at most a second, at least STALL_MIN_S (0.2 s: an idle step is 50 ms)."""
     assert stall_s(grace_ms) == stall
 
 

@@ -358,14 +358,15 @@ class _SlowMerge:
 
 def _timed_worker(monkeypatch: pytest.MonkeyPatch, core: str, stream: Callable[[Settings, list[float]], _Stream], *,
                   wall_at_start: int, commit_s: float = 0.0, merge_at: int = -1, merge_s: float = 0.0,
-                  wake_at: int = -1, wake_s: float = 0.0, steps: int = 12) -> tuple[Settings, Recorder, _Stream]:
+                  wake_at: int = -1, wake_s: float = 0.0, steps: int = 12,
+                  grace: str = "1s") -> tuple[Settings, Recorder, _Stream]:
     """A quiet worker, GRACE 1 s (stall_s 0.5 s), batches of 4, run `steps` steps with the
     real confirm_ends (the leaders answer with the stream's ends). Its monotonic clock
     `mono` (the worker's and its EndWatch's) and its wall clock move together, the wall
     clock `wall_at_start` ms from o9's deadline at the start. Every commit (every step: the
     interval has passed) takes `commit_s`; `_wake_fetchers` (after the consume, before the
     merge) `wake_s` at step `wake_at`; the merge `merge_s` at step `merge_at`."""
-    s, sink, pipe = _one_pair(core, grace="1s")
+    s, sink, pipe = _one_pair(core, grace=grace)
     mono = [1000.0]
     source = stream(s, mono)
 
@@ -454,3 +455,15 @@ def test_a_slow_merge_or_a_block_before_it_does_not_pass_a_deadline_on_the_ends_
     s, sink, source = _timed_worker(monkeypatch, core, stream, wall_at_start=wall, **timing)  # type: ignore[arg-type]
     assert source.orders_end == 2 and source.steps == 12
     assert b"o9" not in [r.key for r in sink.of(s.recovery_topic)], "o9's order was appended before its deadline"
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("grace", ["0s", "100ms"])
+def test_an_idle_partition_recovers_by_the_clock_with_a_grace_of_almost_nothing(
+        monkeypatch: pytest.MonkeyPatch, core: str, grace: str) -> None:
+    """The settings allow GRACE 0. stall_s was GRACE/2: an idle loop's step (consume()'s 50
+    ms) was a stall every time, no end counted and o9 was never recovered by the clock
+    (review, 2026-12-07). stall_s is at least STALL_MIN_S."""
+    s, sink, _ = _timed_worker(monkeypatch, core, _Stream, wall_at_start=0, commit_s=0.05, steps=4, grace=grace)
+    assert stall_s(s.grace) == 0.2
+    assert [r.key for r in sink.of(s.recovery_topic)] == [b"o9"], "recovered by the clock"
