@@ -45,6 +45,7 @@ log = logging.getLogger("slipguard.join")
 BACKLOG_COMMIT_FACTOR = 20
 RESTORE_SLICE = 0.2  # seconds of restore per loop step while other pairs are being processed
 READY_COMMIT_S = 2.0  # a commit waiting longer than this: not ready
+UNSTARTED_S = 5.0  # a partition not fetching this long after its restore is assigned again (_start_unstarted)
 
 
 def tune_gc() -> None:
@@ -68,6 +69,10 @@ class JoinWorker:
         self.consumed_at = time.monotonic()  # when consume() last returned (a stall: progress.EndWatch.stalled)
         self.stall_s = stall_s(settings.grace)
         self.rewind_due = False  # a hand-over's commit failed with partitions kept: read them again (step)
+        # Assigned partitions whose seek after their restore was refused (_STATE: not fetching
+        # yet): (topic, partition) -> (the offset to start from, when first refused). See
+        # _start_unstarted.
+        self.unstarted: dict[tuple[str, int], tuple[int, float]] = {}
         metrics.JOIN_ORDER_TIMEOUT.labels(settings.join_group).set(settings.order_timeout / 1000)
         self.membership = Membership(settings, self._on_stats, lambda: self.stopping, self._alive)
         self.checkpoint = Checkpoint(settings, lambda: self.membership.consumer, lambda: self.stopping)
@@ -174,6 +179,8 @@ class JoinWorker:
     def step(self) -> None:
         """One batch: consume, decide, produce; commit when the interval has passed."""
         msgs = self.consumer.consume(self.settings.batch_size, timeout=0.05)
+        if self.unstarted:
+            self._start_unstarted(msgs)
         # The wall clock of this consume judges the batch (take, advance): the ends seen, or
         # carried (carry_ends: asked within stall_s of it), say what was in the log then. A
         # clock read after the merge let a slow merge, or a block before it (a restore's
@@ -312,19 +319,19 @@ class JoinWorker:
         for p in restored:
             self.checkpoint.delete(p, self.restorer.handled.pop(p, []))
         self.consumer.resume(assigned)
-        unstarted = []
+        now = time.monotonic()
         for tp in committed:
             target = TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+            self.unstarted.pop((tp.topic, tp.partition), None)
             try:
                 self.consumer.seek(target)
             except KafkaException as exc:
                 err = exc.args[0]
-                if err.code() == KafkaError._STATE and self._assigned(target):
-                    unstarted.append(target)  # its fetch never started: librdkafka issue 2190 (_restart_fetch)
+                if err.code() == KafkaError._STATE and self._assigned(target):  # not fetching yet: _start_unstarted
+                    self.unstarted[(tp.topic, tp.partition)] = (target.offset, now)
+                    log.debug("%s [%d] is not fetching yet (%s): positioned once it is", tp.topic, tp.partition, err)
                 else:  # revoked meanwhile: its next owner starts from the committed offset
                     log.warning("cannot position %s [%d]: %s", tp.topic, tp.partition, err)
-        if unstarted:
-            self._restart_fetch(unstarted)
         self.pipeline.install(restored)
         self.wake_fetchers = True
         self.pipeline.update_gauges(self.now_ms())
@@ -332,27 +339,68 @@ class JoinWorker:
     def _assigned(self, tp: TopicPartition) -> bool:
         return any(a.topic == tp.topic and a.partition == tp.partition for a in self.consumer.assignment())
 
-    def _restart_fetch(self, targets: list[TopicPartition]) -> None:
-        """Partitions assigned whose fetch never started: a seek says _STATE ("Erroneous
-        state": the partition is not fetching). An assign and the pause right after it (the
-        assign callback pauses what it restores) can make librdkafka drop the assign's
-        fetch start as outdated (librdkafka issue 2190, open; #5591 the same family): such a
-        partition is never fetched, no error said. A CI rehearsal of d1dc58c lost an orders
-        partition so (test_broker_frozen...: "cannot position ... orders [1]: Failed to seek
-        to offset -2: Local: Erroneous state" at the first assignment and again at a rewind,
-        and nothing of it was read). They are assigned again, from the offset the seek was
-        for, with no pause after: a new fetch start."""
+    def _start_unstarted(self, msgs: list[Any]) -> None:
+        """Partitions whose seek after their restore was refused with _STATE: librdkafka had
+        not started their fetch. Most are only waiting for their start offset (the
+        assignment's committed-offset lookup, in flight or retried) and start on their own:
+        each step, right after its consume, they are sought again (not one that brought a
+        record or an end in this batch: it is fetching, and a seek would read it again).
+        One still refused UNSTARTED_S after its restore never started: an assign and the
+        pause right after it (the assign callback pauses what it restores) can make
+        librdkafka drop the assign's fetch start as outdated (librdkafka issue 2190, open;
+        #5591 the same family), and an orphaned offset lookup leaves it so too. Nothing is
+        said and the partition is never read: a CI rehearsal of d1dc58c lost an orders
+        partition so (its worker never committed all its input; "cannot position ...
+        orders [1]: ... Erroneous state" at the first assignment and again at a rewind 30 s
+        later). Under KIP-848 it is assigned again (incremental_unassign and assign, at the
+        offset the seek was for), here, right after a consume that served any rebalance
+        callback, so that the calls do not answer a revocation the worker has not seen
+        (review of c94c2f6: they would), and probed again. Under the classic protocol's
+        eager assignor a partition cannot be assigned alone: said, and left to the next
+        rebalance."""
+        fetched = {(m.topic(), m.partition()) for m in msgs} if msgs else set()
+        now, late = time.monotonic(), []
+        for key, (offset, since) in list(self.unstarted.items()):
+            target = TopicPartition(key[0], key[1], offset)
+            if key in fetched or not self._assigned(target):
+                del self.unstarted[key]
+                continue
+            try:
+                self.consumer.seek(target)
+                del self.unstarted[key]
+                log.info("%s [%d] is fetching now, %.1fs after its restore", key[0], key[1], now - since)
+                continue
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._STATE:
+                    del self.unstarted[key]
+                    log.warning("cannot position %s [%d]: %s", key[0], key[1], exc.args[0])
+                    continue
+            if now - since >= UNSTARTED_S:
+                late.append(target)
+        if late:
+            self._restart_fetch(late, now)
+
+    def _restart_fetch(self, targets: list[TopicPartition], now: float) -> None:
+        """See _start_unstarted."""
         names = ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in targets)
-        log.warning("the fetch of %s did not start (librdkafka issue 2190): assigning it again", names)
-        metrics.JOIN_FETCH_RESTARTS.inc(len(targets))
-        if self.membership.protocol == "consumer":
+        if self.membership.protocol != "consumer":
+            for tp in targets:
+                del self.unstarted[(tp.topic, tp.partition)]
+            log.error("the fetch of %s has not started %.0fs after its restore (librdkafka issue 2190): the classic "
+                      "protocol's eager assignor cannot assign it alone; it is read after the next rebalance "
+                      "(restart this worker to have it now)", names, UNSTARTED_S)
+            return
+        log.warning("the fetch of %s has not started %.0fs after its restore (librdkafka issue 2190): assigning it "
+                    "again", names, UNSTARTED_S)
+        try:
             self.consumer.incremental_unassign(targets)
             self.consumer.incremental_assign(targets)
+        except KafkaException as exc:  # (the assignment changed under it: probed again next step)
+            log.warning("could not assign %s again: %s", names, exc.args[0])
             return
-        # The classic protocol's range assignor is eager: assign() takes the whole assignment.
-        mine = {(tp.topic, tp.partition) for tp in targets}
-        others = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) not in mine]
-        self.consumer.assign([*targets, *(self.consumer.position(others) if others else [])])
+        metrics.JOIN_FETCH_RESTARTS.inc(len(targets))
+        for tp in targets:
+            self.unstarted[(tp.topic, tp.partition)] = (tp.offset, now)  # probed again: it must start
 
     def _wake_fetchers(self) -> None:
         """After partitions were resumed: a broker thread left with nothing to fetch while a
