@@ -283,6 +283,8 @@ class JoinWorker:
         """Take the partitions at once, paused: pairs not held yet are restored beside the
         loop while the pairs already held go on (KIP-848 moves only some)."""
         metrics.REBALANCES.labels(self.settings.join_group, "assign").inc()
+        for tp in partitions:  # assigned anew: judged from its own restore, not an earlier one's
+            self.unstarted.pop((tp.topic, tp.partition), None)
         self.assigned = True
         self.membership.accepted()
         try:
@@ -354,15 +356,20 @@ class JoinWorker:
         orders [1]: ... Erroneous state" at the first assignment and again at a rewind 30 s
         later). Under KIP-848 it is assigned again (incremental_unassign and assign, at the
         offset the seek was for), here, right after a consume that served any rebalance
-        callback, so that the calls do not answer a revocation the worker has not seen
-        (review of c94c2f6: they would), and probed again. Under the classic protocol's
-        eager assignor a partition cannot be assigned alone: said, and left to the next
-        rebalance."""
-        fetched = {(m.topic(), m.partition()) for m in msgs} if msgs else set()
+        callback: the calls answer a revocation the worker has not seen only if one came
+        after the consume's last look at its queue (review of c94c2f6: inside the restore
+        they would, whenever one was queued; narrower here, not closed: review of
+        031b135), and probed again. Under the classic protocol's eager assignor a
+        partition cannot be assigned alone: said at ERROR, counted, and left to the next
+        rebalance. Only a record or an end shows a partition fetching: a consumer error
+        naming it (an offset lookup that failed) leaves it unstarted."""
+        fetched = {(m.topic(), m.partition()) for m in msgs
+                   if m.error() is None or m.error().code() == KafkaError._PARTITION_EOF} if msgs else set()
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         now, late = time.monotonic(), []
         for key, (offset, since) in list(self.unstarted.items()):
             target = TopicPartition(key[0], key[1], offset)
-            if key in fetched or not self._assigned(target):
+            if key in fetched or key not in assigned:
                 del self.unstarted[key]
                 continue
             try:
@@ -371,7 +378,7 @@ class JoinWorker:
                 log.info("%s [%d] is fetching now, %.1fs after its restore", key[0], key[1], now - since)
                 continue
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._STATE:
+                if exc.args[0].code() not in (KafkaError._STATE, KafkaError._PREV_IN_PROGRESS):
                     del self.unstarted[key]
                     log.warning("cannot position %s [%d]: %s", key[0], key[1], exc.args[0])
                     continue
@@ -384,6 +391,7 @@ class JoinWorker:
         """See _start_unstarted."""
         names = ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in targets)
         if self.membership.protocol != "consumer":
+            metrics.JOIN_FETCH_RESTARTS.inc(len(targets))
             for tp in targets:
                 del self.unstarted[(tp.topic, tp.partition)]
             log.error("the fetch of %s has not started %.0fs after its restore (librdkafka issue 2190): the classic "
@@ -435,6 +443,8 @@ class JoinWorker:
         self.rewind_due = bool(self.pipeline.partitions())  # any kept had their uncommitted work dropped too
 
     def _drop(self, parts: set[int]) -> None:
+        for key in [key for key in self.unstarted if key[1] in parts]:
+            del self.unstarted[key]
         self.checkpoint.release(parts)
         self.restorer.cancel(parts)
         self.pipeline.drop(parts)

@@ -481,6 +481,7 @@ class _Assigning:
         self.orders = s.orders_topic
         self.unstarted, self.revoked = unstarted, revoked
         self.calls: list[tuple[str, list[tuple[str, int, int]]]] = []
+        self.sought: list[tuple[str, int]] = []  # every seek asked, refused or not
 
     def assignment(self) -> list[TopicPartition]:
         return [tp for tp in self.tps if (tp.topic, tp.partition) not in self.revoked]
@@ -493,6 +494,7 @@ class _Assigning:
         pass
 
     def seek(self, tp: TopicPartition) -> None:
+        self.sought.append((tp.topic, tp.partition))
         if (tp.topic, tp.partition) in self.unstarted | self.revoked:
             raise KafkaException(KafkaError(KafkaError._STATE, f"Failed to seek to offset {tp.offset}"))
         self.calls.append(("seek", [(tp.topic, tp.partition, tp.offset)]))
@@ -565,11 +567,20 @@ def test_a_partition_whose_fetch_never_started_is_sought_each_step_and_assigned_
                                                                   ("incremental_assign", again)]
         assert worker.unstarted == {(orders, 1): (OFFSET_BEGINNING, mono[0])}, "probed again"
         assert "has not started 5s after its restore (librdkafka issue 2190): assigning it again" in caplog.text
-        seeks = len([c for c in consumer.calls if c[0] == "seek"])
-        JoinWorker._start_unstarted(worker, [_rec(orders, 0, b"{}", b"o", BASE), _eof(payments, 3),
-                                             Message(topic=orders, partition=1, offset=0, value=b"{}")])  # type: ignore[arg-type]
-        assert worker.unstarted == {} and len([c for c in consumer.calls if c[0] == "seek"]) == seeks, \
-            "a record of it came: fetching, and not sought (it would be read again)"
+        failed = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "offset lookup failed")
+        JoinWorker._start_unstarted(worker, [Message(topic=orders, partition=1, error=failed)])  # type: ignore[arg-type]
+        assert list(worker.unstarted) == [(orders, 1)], "an error naming it does not show it fetching"
+        for came in (Message(topic=orders, partition=1, offset=0, value=b"{}"),
+                     Message(topic=orders, partition=1, offset=0, error=KafkaError(KafkaError._PARTITION_EOF))):
+            worker.unstarted[(orders, 1)] = (OFFSET_BEGINNING, mono[0])
+            consumer.sought.clear()
+            JoinWorker._start_unstarted(worker, [_rec(orders, 0, b"{}", b"o", BASE), came])  # type: ignore[arg-type]
+            assert worker.unstarted == {} and consumer.sought == [], \
+                "a record or an end of it came: fetching, and not sought (it would be read again)"
+        worker.unstarted[(orders, 1)] = (OFFSET_BEGINNING, mono[0])
+        worker.checkpoint.release = worker.restorer.cancel = worker.pipeline.drop = lambda parts: None
+        JoinWorker._drop(worker, {1})  # type: ignore[arg-type]
+        assert worker.unstarted == {}, "revoked: forgotten (assigned again, it is judged from its new restore)"
     else:
         assert [c for c in consumer.calls if c[0] != "seek"] == [], "an eager assign() would restart every partition"
         assert worker.unstarted == {} and "read after the next rebalance" in caplog.text
