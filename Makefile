@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv tools up down status cluster-up cluster-down topics demo test test-cluster test-unit soak fuzz bench schemas docs docs-serve image pin-image clean
+.PHONY: venv tools up down status cluster-up cluster-down topics demo test test-cluster test-unit check soak fuzz bench schemas docs docs-serve image pin-image clean
 
 $(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -102,6 +102,12 @@ soak: venv
 	bash deploy/local/stack.sh cluster-up
 	$(BIN)/python -m tests.cluster.soak --minutes $(MINUTES) --rate $(RATE) $(if $(SEED),--seed $(SEED))
 	bash deploy/local/stack.sh cluster-down
+
+# The static checks of tests/test_static_checks.py (ruff, mypy) alone, in seconds: run them
+# before a commit; in `make test` they come late, after most of half an hour.
+check: venv
+	$(BIN)/ruff check streams schemas tests
+	$(BIN)/mypy
 
 # Pure logic only; no broker or database needed.
 test-unit: venv tools

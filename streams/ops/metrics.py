@@ -37,8 +37,8 @@ JOIN_STALLS = Counter("slipguard_join_stalls_total",
                       "consumes (a pause, a slow commit): each makes the ends of partition seen before count only "
                       "once confirmed again; a steady rate says every step is that slow")
 JOIN_FETCH_RESTARTS = Counter("slipguard_join_fetch_restarts_total",
-                              "Partitions whose fetch had not started 5 s after their restore, assigned again (KIP-848; "
-                              "classic: an ERROR line, read after the next rebalance) "
+                              "Partitions whose fetch had not started 5 s after their restore, assigned again "
+                              "(KIP-848; classic: an ERROR line, read after the next rebalance) "
                               "(librdkafka issue 2190: an assign and a pause in quick succession; an offset lookup "
                               "that never answered); each would otherwise never be read")
 JOIN_STAMPED_AHEAD = Counter("slipguard_join_records_stamped_ahead_total",
