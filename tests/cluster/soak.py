@@ -384,7 +384,10 @@ def stale_lag(run: Run, t0: float, over: float = 10.0) -> list[dict[str, float]]
 
 
 def members(eos: int, alos: int, writers: int) -> list[Member]:
-    out = [Member(f"exactly_once/w{i}", join=True, eos=True, proxy_set=1 if i == 1 else None)
+    """w1 of the exactly_once group is resident (schedule.Member) when the group has another
+    worker to leave and come back."""
+    out = [Member(f"exactly_once/w{i}", join=True, eos=True, proxy_set=1 if i == 1 else None,
+                  resident=i == 1 and eos > 1)
            for i in range(1, eos + 1)]
     out += [Member(f"at_least_once/w{i}", join=True, proxy_set=2 if i == 1 else None) for i in range(1, alos + 1)]
     return out + [Member(f"writer{i}", join=False) for i in range(1, writers + 1)]
@@ -553,6 +556,7 @@ def _header(args: argparse.Namespace, seed: int, cluster: Cluster, cast: list[Me
     print(f"cluster: {cluster.bootstrap} (Toxiproxy {cluster.toxiproxy.url}); stack.sh: {STACK}; PostgreSQL port "
           f"{os.environ['SLIPGUARD_PG_PORT']}; metrics ports {METRICS_PORTS.start}-{METRICS_PORTS.stop - 1}")
     print("processes: " + ", ".join(f"{m.name}" + (f" (proxy set {m.proxy_set})" if m.proxy_set else "")
+                                    + (" (resident: never leaves, judged for memory)" if m.resident else "")
                                     for m in cast) + ", exporter")
     print("PostgreSQL failover: off (" + PG_FAILOVER_MISSING + ")")
     print(f"schedule ({len(slots)} faults; minutes after the traffic starts):")

@@ -47,6 +47,24 @@ def test_every_fault_comes_before_any_repeats_and_the_postgresql_failover_only_w
     assert "pg_failover" in {s.fault for s in plan(5, 30 * 60, CAST, faults=tuple(FAULTS))}
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_the_resident_worker_never_leaves_and_no_fault_restarts_it(seed: int) -> None:
+    resident = [m.name for m in CAST if m.resident]
+    assert resident == ["exactly_once/w1"]
+    slots = plan(seed, 30 * 60, CAST)
+    assert {s.member for s in slots} <= {m.name for m in CAST} - set(resident)
+    assert not [s for s in slots if s.fault == "group_coordinator_kill" and s.target in resident]
+    assert not any(m.resident for m in members(1, 1, 2)), "a group of one worker keeps its members' changes"
+
+
+def test_without_a_resident_the_same_schedules_take_exactly_once_w1_away() -> None:
+    """(What the test above guards against: the seeds it uses would take it away.)"""
+    cast = [Member(m.name, m.join, m.eos, m.proxy_set) for m in CAST]
+    away = [seed for seed in range(20) if any(s.member == "exactly_once/w1" or (
+        s.fault == "group_coordinator_kill" and s.target == "exactly_once/w1") for s in plan(seed, 30 * 60, cast))]
+    assert len(away) > 10
+
+
 def test_the_schedule_is_the_seeds() -> None:
     assert plan(7, 600, CAST) == plan(7, 600, CAST)
     assert any(plan(7, 1800, CAST) != plan(s, 1800, CAST) for s in (8, 9))
