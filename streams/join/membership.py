@@ -38,7 +38,6 @@ log = logging.getLogger("slipguard.join")
 
 HELD_RETRY_S = 2.0  # a refused instance id: ask again after this long
 HELD_MARGIN_S = 5.0  # still refused 2 x the session timeout + this: another live worker has the id
-FETCH_QUEUE_BACKOFF_MS = 10  # a partition that finds the fetch queue full asks again this soon (Membership.conf)
 
 
 def group_protocol_conf(protocol: str, instance_id: str | None = None) -> dict[str, object]:
@@ -105,14 +104,10 @@ class Membership:
 
     def conf(self) -> dict[str, Any]:
         conf = {"enable.partition.eof": True, "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 1_048_576,
-                # The partitions' fetch queues all forward to one queue, and each partition
-                # compares that queue's length with queued.min.messages: in a backlog, a
-                # partition that finds it full backs off fetch.queue.backoff.ms (1 s by
-                # default), and an unlucky one can go unfetched for seconds while its pair's
-                # other partition is fetched (librdkafka issue 1854): the spread bench with
-                # 1 s released 18,000-198,000 records into pending state in 2 of 2 runs; with
-                # 10 ms, none in 2, at the same events/s and CPU.
-                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+                # (fetch.queue.backoff.ms: config.consumer's 10 ms. The partitions' fetch
+                # queues all forward to one queue, and each partition compares that queue's
+                # length with queued.min.messages: with librdkafka's 1 s, an unlucky one can
+                # go unfetched for seconds while its pair's other partition is fetched.)
                 # Readiness follows the broker connections (the worker's stats callback).
                 "statistics.interval.ms": 1_000, "stats_cb": self.stats,
                 **group_protocol_conf(self.protocol, self.s.instance_id)}

@@ -85,7 +85,9 @@ class Restorer:
         self.topic = settings.changelog_topic
         # Large fetches: a restore reads whole partitions as fast as it can. A short fetch
         # wait: the end of a partition is known only from an empty fetch, which the broker
-        # otherwise holds for fetch.wait.max.ms (500 ms), and the pair waits for it.
+        # otherwise holds for fetch.wait.max.ms (500 ms), and the pair waits for it. (The
+        # short fetch.queue.backoff.ms of config.consumer matters most here: with
+        # librdkafka's 1 s a restore emptied its queue, then waited.)
         self.consumer = Consumer(config.consumer(settings, f"{settings.join_group}-restore",
                                                  **{"enable.partition.eof": True, "fetch.max.bytes": 104_857_600,
                                                     "fetch.wait.max.ms": 10,
