@@ -867,7 +867,7 @@ impl Core {
     /// Rebuild from the last value of each changelog key of the partition, in the order
     /// they were read (changelog.restore_into): bundles first (by number), then the keys of
     /// their own, packed pending payments installed together at the end.
-    pub fn restore(&mut self, latest: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> Result<(), Unreadable> {
+    pub fn restore(&mut self, latest: &[(&[u8], Option<&[u8]>)], now: i64) -> Result<(), Unreadable> {
         // matched and settled bundles, in number order (shared): the later one for an order wins
         let mut bundles: Vec<(&[u8], bool, i64, &[u8])> = Vec::new();
         for (key, value) in latest {
@@ -886,27 +886,31 @@ impl Core {
                 self.restore_bundle(n, v)?;
             }
         }
-        let mut packed: Vec<(String, Vec<u8>)> = Vec::new();
-        for (key, value) in latest {
+        // (borrowed from the values read: each is copied once, into its slot)
+        let mut packed: Vec<(&str, &[u8])> = Vec::new();
+        for &(key, value) in latest {
             let Some(v) = value else { continue };
             if key.starts_with(b"m:") || key.starts_with(b"s:") {
                 continue;
             }
-            let oid = String::from_utf8(key.get(2..).unwrap_or_default().to_vec())
+            let oid = std::str::from_utf8(key.get(2..).unwrap_or_default())
                 .map_err(|_| Unreadable("key not UTF-8".into()))?;
             match key.get(..2) {
                 Some(b"p:") if v.len() > 8 && v[8] & (pack::PERSISTED | pack::COMPACT) == pack::PERSISTED | pack::COMPACT => {
                     check_packed(v)?;
-                    packed.push((oid, v.clone()));
+                    packed.push((oid, v));
                 }
-                Some(b"p:") => self.restore_pending_old(&oid, v, now)?,
-                Some(b"o:") => self.restore_order(&oid, v)?,
-                Some(b"r:") => self.restore_recovered(&oid, v, now)?,
+                Some(b"p:") => self.restore_pending_old(oid, v, now)?,
+                Some(b"o:") => self.restore_order(oid, v)?,
+                Some(b"r:") => self.restore_recovered(oid, v, now)?,
                 _ => return Err(Unreadable(format!("unknown changelog key prefix {:?}", key.get(..2)))),
             }
         }
+        // The table sized once: grown entry by entry, each growth hashed every key again
+        // (31 % of a restore of 1 M pending payments, perf, 2026-12-07).
+        self.pending.reserve(packed.len());
         for (oid, v) in packed {
-            self.pending.insert_packed(&oid, &v);
+            self.pending.insert_packed(oid, v);
         }
         self.settled.clear_fresh();
         self.deadlines.rebuild(&mut self.pending);

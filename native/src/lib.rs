@@ -216,8 +216,24 @@ impl Core {
 
     /// Rebuild from the changelog's last value per key, in the order read.
     #[pyo3(signature = (latest, now_ms=0))]
-    fn restore(&mut self, latest: Vec<(Vec<u8>, Option<Vec<u8>>)>, now_ms: i64) -> PyResult<()> {
-        self.inner.restore(&latest, now_ms).map_err(|core::Unreadable(why)| PyValueError::new_err(why))
+    /// `latest`: a dict of bytes keys to bytes values or None (as the restore reads them),
+    /// or a sequence of such pairs. The bytes are read where they are, not copied out first.
+    fn restore(&mut self, latest: &Bound<'_, PyAny>, now_ms: i64) -> PyResult<()> {
+        let mut held: Vec<(Bound<'_, PyBytes>, Option<Bound<'_, PyBytes>>)> = Vec::new();
+        if let Ok(d) = latest.cast::<PyDict>() {
+            held.reserve(d.len());
+            for (k, v) in d.iter() {
+                held.push((k.cast_into::<PyBytes>()?, bytes_or_none(v)?));
+            }
+        } else {
+            for item in latest.try_iter()? {
+                let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+                held.push((k.cast_into::<PyBytes>()?, bytes_or_none(v)?));
+            }
+        }
+        let borrowed: Vec<(&[u8], Option<&[u8]>)> =
+            held.iter().map(|(k, v)| (k.as_bytes(), v.as_ref().map(|v| v.as_bytes()))).collect();
+        self.inner.restore(&borrowed, now_ms).map_err(|core::Unreadable(why)| PyValueError::new_err(why))
     }
 
     fn sizes(&self) -> (usize, usize, usize) {
@@ -267,6 +283,11 @@ pub(crate) fn state_of<'py>(py: Python<'py>, core: &mut core::Core) -> PyResult<
         settled.set_item(oid, (fp, end))?;
     }
     PyTuple::new(py, [pending.into_any(), orders.into_any(), recovered.into_any(), settled.into_any()])
+}
+
+/// A changelog value as read: bytes, or None (a tombstone).
+fn bytes_or_none<'py>(v: Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    if v.is_none() { Ok(None) } else { Ok(Some(v.cast_into::<PyBytes>()?)) }
 }
 
 #[pymodule]

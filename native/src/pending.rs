@@ -136,6 +136,13 @@ impl PendingMap {
         self.index.len()
     }
 
+    /// Room for `n` more entries, the index sized at once.
+    pub fn reserve(&mut self, n: usize) {
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.reserve(n, |&j| hasher.hash_one(slots[j as usize].key().expect("indexed")));
+        self.slots.reserve(n);
+    }
+
     fn find(&self, key: &str) -> Option<usize> {
         let (slots, key) = (&self.slots, key.as_bytes());
         self.index.find(self.hasher.hash_one(key), |&i| slots[i as usize].key() == Some(key)).map(|&i| i as usize)
