@@ -306,8 +306,9 @@ pg_stop_only() { pg_down; }
 # leaves it without losing a committed row, by a clean switchover; the old primary, which
 # may lack the last commits (and may hold some the standby never had), is never started
 # again. Its data directory is copied anew from the promoted node (pg_basebackup, into a
-# directory beside it, swapped in once whole) and started on PG_PORT as the promoted node's
-# standby, made synchronous. The promoted node is then stopped cleanly (pg_ctl -m fast): its
+# directory beside it, swapped in once whole; --no-sync as for the standby: the faults kill
+# processes, not the machine) and started on PG_PORT as the promoted node's standby, made
+# synchronous. The promoted node is then stopped cleanly (pg_ctl -m fast): its
 # WAL sender sends all WAL, the shutdown checkpoint included, and exits only once the
 # standby has flushed it (walsender.c); a commit acknowledged earlier was on the standby
 # already (synchronous). Checked, not trusted: the promoted node must say "shut down" and
@@ -487,6 +488,8 @@ pg_failover_reset() {
   pg_standby_down
   rm -rf "$(pg_standby_dir)" "$data.failback" "$data.old"
   pg_up
+  pg_running "$data" && [ "$(sed -n 4p "$data/postmaster.pid")" = "$PG_PORT" ] \
+    || die "the PostgreSQL answering on 127.0.0.1:$PG_PORT is not this stack's ($data): stop it, or set SLIPGUARD_PG_PORT"
   if pg_recovering "$data" "$PG_PORT"; then  # (a copy left by a failback cut short: its upstream is gone)
     as_pg "$(pg_bin)/pg_ctl" -D "$data" -w -t 60 promote >/dev/null || die "pg_ctl promote failed; see $data/server.log"
     pg_wait_sql "$data" "$PG_PORT" "SELECT pg_is_in_recovery()" f "the stack's PostgreSQL promoted"
