@@ -83,11 +83,14 @@ test-cluster: up tools
 # 2 minutes drawn from the fault tests' list (SEED: the schedule's and the traffic's; drawn
 # and printed when empty); then the fault tests' invariants and each process's memory over
 # time. Not in `make test` (half an hour); a run's figures are in docs/operating/cluster.md.
-# Only PostgreSQL of the single-node stack is started; the cluster is stopped after a run
-# that passes (kept up to look at otherwise).
+# Only PostgreSQL of the single-node stack is started (the soak adds a standby for the
+# PostgreSQL failover, and removes it at the end); the cluster is stopped after a run that
+# passes (kept up to look at otherwise).
 MINUTES ?= 30
 RATE    ?= 5000
 SEED    ?=
+# More of tests/cluster/soak.py's options, e.g. SOAK_ARGS='--every 60 --faults pg_failover,leader_kill'
+SOAK_ARGS ?=
 # The soak's own ports (tests/cluster/soak.py PORTS says why; test_soak.py holds the two
 # equal): below Linux's ephemeral range (32768-60999), clear of stack.sh's defaults.
 soak: export SLIPGUARD_CLUSTER_PORT ?= 31092
@@ -97,10 +100,11 @@ soak: export SLIPGUARD_CLUSTER_INTERNAL_PORT ?= 31172
 soak: export SLIPGUARD_CLUSTER_CONTROLLER_PORT ?= 31182
 soak: export SLIPGUARD_TOXIPROXY_PORT ?= 31191
 soak: export SLIPGUARD_PG_PORT ?= 31432
+soak: export SLIPGUARD_PG_STANDBY_PORT ?= 31433
 soak: venv
 	bash deploy/local/stack.sh pg-up
 	bash deploy/local/stack.sh cluster-up
-	$(BIN)/python -m tests.cluster.soak --minutes $(MINUTES) --rate $(RATE) $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m tests.cluster.soak --minutes $(MINUTES) --rate $(RATE) $(if $(SEED),--seed $(SEED)) $(SOAK_ARGS)
 	bash deploy/local/stack.sh cluster-down
 
 # The static checks of tests/test_static_checks.py (ruff, mypy) alone, in seconds: run them

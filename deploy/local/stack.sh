@@ -4,7 +4,7 @@
 # cluster behind Toxiproxy for the fault tests (tests/cluster).
 #
 #   deploy/local/stack.sh up | down | status | kafka-restart clean|hard|fresh | kafka-freeze | kafka-thaw |
-#                         pg-standby-up | pg-primary-kill | pg-promote | pg-failover-reset | ...
+#                         pg-standby-up | pg-primary-kill | pg-promote | pg-failback | pg-failover-reset | ...
 #   deploy/local/stack.sh cluster-up | cluster-down | cluster-status
 #   deploy/local/stack.sh cluster-broker kill|stop|start|restart|freeze|thaw N   (N = 1, 2, 3)
 #
@@ -297,7 +297,25 @@ pg_stop_only() { pg_down; }
 # process it started at once (SIGKILL: a machine lost), `pg-promote` makes the
 # standby the primary (pg_ctl promote), and `pg-failover-reset` puts the stack back as
 # `up` left it: the standby gone, the primary running (after crash recovery, if it was
-# killed), no synchronous standby required, no slot holding WAL.
+# killed; promoted, if it was left a standby by a failback cut short), no synchronous standby
+# required, no slot holding WAL. The reset keeps what the stack's own data directory holds:
+# rows committed on the promoted standby alone are lost with it.
+#
+# `pg-failback` (after `pg-primary-kill` and `pg-promote`: the standby's data directory the
+# primary on PG_STANDBY_PORT, the stack's own dead) puts the stack back as `pg-standby-up`
+# leaves it without losing a committed row, by a clean switchover; the old primary, which
+# may lack the last commits (and may hold some the standby never had), is never started
+# again. Its data directory is copied anew from the promoted node (pg_basebackup, into a
+# directory beside it, swapped in once whole; --no-sync as for the standby: the faults kill
+# processes, not the machine) and started on PG_PORT as the promoted node's standby, made
+# synchronous. The promoted node is then stopped cleanly (pg_ctl -m fast): its
+# WAL sender sends all WAL, the shutdown checkpoint included, and exits only once the
+# standby has flushed it (walsender.c); a commit acknowledged earlier was on the standby
+# already (synchronous). Checked, not trusted: the promoted node must say "shut down" and
+# the copy must have replayed past its last checkpoint, or the copy is not promoted. Then the
+# copy is promoted (a new timeline), and a fresh standby made as `pg-standby-up` does.
+# Clients naming both ports (target_session_attrs=read-write) find no writable primary for
+# a few seconds. A failback cut short is taken up again where it stopped.
 PG_STANDBY_PORT=${SLIPGUARD_PG_STANDBY_PORT:-$((PG_PORT + 1))}
 PG_REPLICATOR=slipguard_replicator
 PG_SLOT=slipguard_standby  # the slot's name, and the standby's application_name
@@ -326,6 +344,11 @@ pg_wait_sql() {  # data directory, port, sql, expected output, what
   die "$5 not within 60 s; see $1/server.log"
 }
 
+# A copy made by pg_basebackup, before it starts: the lock files of the sockets its source
+# kept in its data directory are copied too, and one naming the port the copy will listen
+# on, with a process id in use again, would refuse the start.
+pg_copied() { rm -f "$1"/.s.PGSQL.*.lock; }
+
 pg_standby_up() {
   local bin data standby conninfo
   bin=$(pg_bin) || die "PostgreSQL binaries not found: apt-get install postgresql, or set SLIPGUARD_PG_BIN"
@@ -353,6 +376,7 @@ pg_standby_up() {
   say "copying the primary into $standby (pg_basebackup, slot $PG_SLOT)"
   as_pg "$bin/pg_basebackup" -d "$conninfo" -D "$standby" -R -C -S "$PG_SLOT" -X stream -c fast --no-sync \
     >"$STACK/pg-basebackup.log" 2>&1 || die "pg_basebackup failed; see $STACK/pg-basebackup.log"
+  pg_copied "$standby"
   pg_start "$standby" "$PG_STANDBY_PORT" "the PostgreSQL standby"
   pg_wait_sql "$data" "$PG_PORT" "SELECT state FROM pg_stat_replication WHERE application_name = '$PG_SLOT'" \
     streaming "the standby streaming from the primary"
@@ -384,6 +408,71 @@ pg_promote() {
   say "standby promoted: the primary is now 127.0.0.1:$PG_STANDBY_PORT"
 }
 
+pg_recovering() { [ "$(pg_sql "$1" "$2" "SELECT pg_is_in_recovery()" 2>/dev/null)" = t ]; }
+
+pg_control() {  # data directory, field of pg_controldata
+  local bin; bin=$(pg_bin) || return 1
+  as_pg "$bin/pg_controldata" -D "$1" 2>/dev/null | sed -n "s/^$2: *//p"
+}
+
+pg_failback() {
+  local bin data standby copy conninfo state checkpoint
+  bin=$(pg_bin) || die "PostgreSQL binaries not found: apt-get install postgresql, or set SLIPGUARD_PG_BIN"
+  data=$(pg_data_dir); standby=$(pg_standby_dir); copy=$(pg_data_dir).failback
+  if pg_running "$data" && ! pg_recovering "$data" "$PG_PORT"; then
+    pg_running "$standby" && ! pg_recovering "$standby" "$PG_STANDBY_PORT" \
+      && die "both $data (127.0.0.1:$PG_PORT) and $standby (127.0.0.1:$PG_STANDBY_PORT) take writes: no failback; deploy/local/stack.sh pg-failover-reset"
+    say "the primary runs on 127.0.0.1:$PG_PORT already: no failback"
+    pg_standby_up
+    return
+  fi
+  if pg_running "$standby"; then
+    pg_recovering "$standby" "$PG_STANDBY_PORT" \
+      && die "the standby on 127.0.0.1:$PG_STANDBY_PORT is not promoted (deploy/local/stack.sh pg-promote): no failback"
+    if ! pg_running "$data"; then
+      conninfo=$(pg_replication_conninfo | sed "s/ port=$PG_PORT / port=$PG_STANDBY_PORT /")
+      [[ "$conninfo" == *" port=$PG_STANDBY_PORT "* ]] || die "the replication conninfo names no port $PG_PORT"
+      # (A slot of an earlier attempt, cut short, would refuse -C.)
+      pg_sql "$standby" "$PG_STANDBY_PORT" "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                                           WHERE slot_name = '$PG_SLOT' AND NOT active" >/dev/null
+      rm -rf "$copy"; mkdir -p "$copy"; chmod 700 "$copy"
+      [ "$(id -u)" = 0 ] && chown postgres: "$copy"
+      say "copying the promoted node (127.0.0.1:$PG_STANDBY_PORT) into $copy (pg_basebackup, slot $PG_SLOT)"
+      as_pg "$bin/pg_basebackup" -d "$conninfo" -D "$copy" -R -C -S "$PG_SLOT" -X stream -c fast --no-sync \
+        >"$STACK/pg-basebackup.log" 2>&1 || die "pg_basebackup from the promoted node failed; see $STACK/pg-basebackup.log"
+      pg_copied "$copy"
+      install -m 600 "$TLS_DIR/postgres.key" "$copy/server.key"; install -m 644 "$TLS_DIR/postgres.pem" "$copy/server.crt"
+      [ "$(id -u)" = 0 ] && chown postgres: "$copy/server.key" "$copy/server.crt"
+      # The old primary's directory goes only once the copy is whole.
+      rm -rf "$data.old"; mv "$data" "$data.old"; mv "$copy" "$data"; rm -rf "$data.old"
+      pg_start "$data" "$PG_PORT" "the copy, a standby of 127.0.0.1:$PG_STANDBY_PORT"
+    fi
+    pg_wait_sql "$standby" "$PG_STANDBY_PORT" \
+      "SELECT state FROM pg_stat_replication WHERE application_name = '$PG_SLOT'" streaming \
+      "the copy streaming from the promoted node"
+    pg_synchronous "$standby" "$PG_STANDBY_PORT" "$PG_SLOT"
+    pg_wait_sql "$standby" "$PG_STANDBY_PORT" \
+      "SELECT sync_state FROM pg_stat_replication WHERE application_name = '$PG_SLOT'" sync "the copy synchronous"
+    say "stopping the promoted node cleanly (its WAL sent to the copy first)"
+    as_pg "$bin/pg_ctl" -D "$standby" -m fast -w -t 60 stop >/dev/null \
+      || die "the promoted node did not stop within 60 s; see $standby/server.log"
+  fi
+  pg_running "$data" || die "no failover to undo: neither a promoted standby on 127.0.0.1:$PG_STANDBY_PORT nor a copy of it on $PG_PORT runs"
+  state=$(pg_control "$standby" "Database cluster state")
+  [ "$state" = "shut down" ] \
+    || die "the promoted node ($standby) is not cleanly shut down (\"$state\"): its last commits may be missing from $data; not promoting it (pg-failover-reset starts afresh)"
+  checkpoint=$(pg_control "$standby" "Latest checkpoint location")
+  pg_wait_sql "$data" "$PG_PORT" "SELECT pg_last_wal_replay_lsn() > '$checkpoint'::pg_lsn" t \
+    "the copy replaying the promoted node's WAL past its shutdown checkpoint ($checkpoint)"
+  as_pg "$bin/pg_ctl" -D "$data" -w -t 60 promote >/dev/null || die "pg_ctl promote failed; see $data/server.log"
+  pg_wait_sql "$data" "$PG_PORT" "SELECT pg_is_in_recovery()" f "the copy promoted"
+  pg_synchronous "$data" "$PG_PORT" ""
+  pg_sql "$data" "$PG_PORT" "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active" \
+    >/dev/null
+  say "failed back: the primary on 127.0.0.1:$PG_PORT again (replayed past $checkpoint); a fresh standby next"
+  pg_standby_up
+}
+
 pg_standby_down() {
   local bin standby
   standby=$(pg_standby_dir); bin=$(pg_bin) || return 0
@@ -397,8 +486,14 @@ pg_failover_reset() {
   local data
   data=$(pg_data_dir)
   pg_standby_down
-  rm -rf "$(pg_standby_dir)"
+  rm -rf "$(pg_standby_dir)" "$data.failback" "$data.old"
   pg_up
+  pg_running "$data" && [ "$(sed -n 4p "$data/postmaster.pid")" = "$PG_PORT" ] \
+    || die "the PostgreSQL answering on 127.0.0.1:$PG_PORT is not this stack's ($data): stop it, or set SLIPGUARD_PG_PORT"
+  if pg_recovering "$data" "$PG_PORT"; then  # (a copy left by a failback cut short: its upstream is gone)
+    as_pg "$(pg_bin)/pg_ctl" -D "$data" -w -t 60 promote >/dev/null || die "pg_ctl promote failed; see $data/server.log"
+    pg_wait_sql "$data" "$PG_PORT" "SELECT pg_is_in_recovery()" f "the stack's PostgreSQL promoted"
+  fi
   pg_synchronous "$data" "$PG_PORT" ""
   pg_wait_sql "$data" "$PG_PORT" "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$PG_SLOT' AND active" 0 \
     "the standby's slot released"
@@ -620,6 +715,7 @@ case "${1:-}" in
   pg-standby-up) pg_standby_up ;;
   pg-primary-kill) pg_primary_kill ;;
   pg-promote) pg_promote ;;
+  pg-failback) pg_failback ;;
   pg-failover-reset) pg_failover_reset ;;
   kafka-tool) shift; kafka_fetch; kafka_java "$@" ;;
   kafka3-fetch) kafka3_fetch ;;
@@ -627,5 +723,5 @@ case "${1:-}" in
   cluster-down) cluster_down ;;
   cluster-status) cluster_status ;;
   cluster-broker) cluster_broker "${2:-}" "${3:-}" ;;
-  *) echo "usage: $0 up|down|status|pg-up|pg-down|pg-standby-up|pg-primary-kill|pg-promote|pg-failover-reset|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS|kafka3-fetch|cluster-up|cluster-down|cluster-status|cluster-broker kill|stop|start|restart|freeze|thaw N" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|pg-up|pg-down|pg-standby-up|pg-primary-kill|pg-promote|pg-failback|pg-failover-reset|kafka-up|kafka-down|kafka-freeze|kafka-thaw|kafka-restart [clean|hard|fresh]|kafka-tool CLASS ARGS|kafka3-fetch|cluster-up|cluster-down|cluster-status|cluster-broker kill|stop|start|restart|freeze|thaw N" >&2; exit 2 ;;
 esac

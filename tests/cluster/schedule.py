@@ -74,7 +74,7 @@ def eligible(fault: str, running: list[Member]) -> list[Member]:
 
 
 def plan(seed: int, seconds: float, members: list[Member], *, every: float = 120.0,
-         faults: tuple[str, ...] = tuple(f for f in FAULTS if f != "pg_failover"),
+         faults: tuple[str, ...] = tuple(FAULTS),
          kill_share: float = 1 / 3) -> list[Slot]:
     """Slot k's fault at (k + 1/2) * every, while that is before `seconds`. Faults are dealt
     from a shuffled deck of `faults` (every kind before any repeats); the membership

@@ -17,10 +17,16 @@ the end, the lag series continuous. A payment recovered although its order was p
 is due when the contract makes it so (late by disorder, or in flight:
 tests/cluster/recoveries.py), and false otherwise; the count of each kind is printed.
 
+The PostgreSQL failover is among the faults: the soak starts a synchronous standby of the
+stack's PostgreSQL (stack.sh pg-standby-up) and gives every process both (a multi-host URL,
+target_session_attrs=read-write); each failover (the primary killed -9, the standby
+promoted) is undone by a clean switchover back (stack.sh pg-failback), and at the end the
+stack is put back as `pg-up` left it (pg-failover-reset). `--no-pg-failover` leaves it out.
+
 Needs the cluster (deploy/local/stack.sh cluster-up) and PostgreSQL (stack.sh pg-up), on
 the soak's own ports (PORTS; `make soak` starts both there), or with the same
-SLIPGUARD_CLUSTER_*, SLIPGUARD_TOXIPROXY_PORT and SLIPGUARD_PG_PORT as they were started
-with: the faults start and stop nodes through stack.sh.
+SLIPGUARD_CLUSTER_*, SLIPGUARD_TOXIPROXY_PORT, SLIPGUARD_PG_PORT and SLIPGUARD_PG_STANDBY_PORT
+as they were started with: the faults start and stop nodes through stack.sh.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -46,8 +53,9 @@ from tests.cluster.cluster import DESCRIPTION, NODES, ROOT, STACK, Cluster
 from tests.cluster.harness import GUARANTEES, Run, Verdict
 from tests.cluster.invariants import Outages
 from tests.cluster.memory import CALM_S, Judged, Sample, Sampler, calm, judge, table
-from tests.cluster.schedule import MEMBERSHIP_AFTER_S, Member, Slot, clock, plan
+from tests.cluster.schedule import FAULTS, MEMBERSHIP_AFTER_S, Member, Slot, clock, plan
 from tests.integration.conftest import answering
+from tests.integration.pg_failover import Failover, rows_at
 
 #: Events per order of the load generator's default shares: a payment each (2 % repeated,
 #: 0.2 % a second one), an order for 96 % (2 % failed, 2 % missing).
@@ -63,11 +71,13 @@ SAMPLE_S = 5.0
 #: about to bind (a 30-minute run's node 3 could not bind 49154 in a rolling restart), and
 #: clear of stack.sh's defaults (Kafka 9092-9094, PostgreSQL 25432 and its standby 25433,
 #: the cluster 29092-29191), so that a soak does not meet another worktree's stack on them.
+#: PostgreSQL's standby (the failover's) on the primary's port + 1, as stack.sh's default.
 #: The cluster's bases mirror the defaults' layout (31092-31191: stack.sh, "Ports"). The
 #: Makefile's soak target sets the same (test_soak checks); a variable already set wins.
 PORTS = {"SLIPGUARD_CLUSTER_PORT": 31092, "SLIPGUARD_CLUSTER_SET_PORT": 31112,
          "SLIPGUARD_CLUSTER_LISTENER_PORT": 31142, "SLIPGUARD_CLUSTER_INTERNAL_PORT": 31172,
-         "SLIPGUARD_CLUSTER_CONTROLLER_PORT": 31182, "SLIPGUARD_TOXIPROXY_PORT": 31191, "SLIPGUARD_PG_PORT": 31432}
+         "SLIPGUARD_CLUSTER_CONTROLLER_PORT": 31182, "SLIPGUARD_TOXIPROXY_PORT": 31191, "SLIPGUARD_PG_PORT": 31432,
+         "SLIPGUARD_PG_STANDBY_PORT": 31433}
 #: each process's metrics port (/metrics, /readyz), in turn: a new one each start
 METRICS_PORTS = range(31300, 31400)
 
@@ -96,8 +106,9 @@ class PortBlock:
 class Soak:
     """The run's processes as members that leave and come back, and the faults."""
 
-    def __init__(self, run: Run, members: list[Member], t0: float) -> None:
+    def __init__(self, run: Run, members: list[Member], t0: float, failover: Failover | None = None) -> None:
         self.run, self.cluster, self.t0 = run, run.cluster, t0
+        self.failover = failover  # PostgreSQL's primary and its standby (None: no pg_failover)
         self.members = {m.name: m for m in members}
         self.lock = threading.Lock()  # between stopping a process and the sampler noticing deaths
         self.incarnation = dict.fromkeys(self.members, 1)
@@ -316,12 +327,47 @@ class Soak:
         return {"proxy_set": proxy_set, "cut_s": round(back_at - cut_at, 1), "rejoined_s": rejoined_s}
 
     def _pg_failover(self, _target: None) -> dict[str, object]:
-        raise NotImplementedError(PG_FAILOVER_MISSING)
+        """The primary killed -9, the standby promoted 1 s later (as test_faults' PostgreSQL
+        test), until the writers write on it; then undone: the stack's primary copied anew
+        from the promoted node and switched back to cleanly (stack.sh pg-failback), until the
+        writers write there again. Each running writer's outage is from the kill until the
+        writers write on the promoted node: it must say not ready in it (its writes fail),
+        and ready after. (The switchover back is not one: a writer that wrote nothing in
+        its second or two without a primary never notices it.)"""
+        f = self.failover
+        assert f is not None, "no standby: the soak was started with --no-pg-failover"
+        url = self.run.settings["exactly_once"].database_url.get_secret_value()  # both nodes, the run's schema
+        writers = [n for n, (proc, _log) in self.run.procs.items() if n.startswith("writer") and proc.poll() is None]
+        before = rows_at(url)
+        killed = time.monotonic()
+        f.kill_primary()
+        time.sleep(1)  # (a real failover takes longer to decide)
+        f.promote()
+        promoted = time.monotonic()
+        at_promotion = self._rows(url)
+        self._until(lambda: rows_at(url) > at_promotion, "the writers write on the promoted standby", 120)
+        resumed = time.monotonic()
+        for name in writers:
+            self.outages.setdefault(name, []).append((killed, resumed))
+        at_failback = self._rows(url)
+        failback_s = f.stack("pg-failback")
+        back = time.monotonic()
+        after_failback = self._rows(url)
+        self._until(lambda: rows_at(url) > after_failback, "the writers write on the primary again", 120)
+        again = time.monotonic()
+        return {"writers": writers, "rows_before": before, "rows_at_promotion": at_promotion,
+                "rows_at_failback": at_failback, "rows_after_failback": after_failback,
+                "kill_to_writes_s": round(resumed - killed, 1), "promotion_to_writes_s": round(resumed - promoted, 1),
+                "failback_s": round(failback_s, 1), "failback_to_writes_s": round(again - back, 1)}
 
-
-PG_FAILOVER_MISSING = ("the PostgreSQL failover needs stack.sh pg-standby-up, pg-primary-kill and pg-promote "
-                       "(branch pgfailover, not merged yet), and a way to put the stack back mid-run: "
-                       "it is left out of the schedule")
+    def _rows(self, url: str) -> int:
+        """Rows recovered at the node taking writes now (it may take a moment to answer)."""
+        deadline = time.monotonic() + 60
+        while (rows := rows_at(url)) < 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("not within 60 s: PostgreSQL's primary answers")
+            time.sleep(0.2)
+        return rows
 
 
 # ------------------------------------------------------------------ traffic
@@ -406,13 +452,30 @@ def _cluster() -> Cluster:
     return cluster
 
 
-def _base(cluster: Cluster) -> Settings:
+def _base(cluster: Cluster, pg_failover: bool) -> tuple[Settings, Failover | None]:
+    """The settings every process derives from; with `pg_failover`, a synchronous standby of
+    the stack's PostgreSQL started (whatever a run cut short left: pg-failover-reset first),
+    and the database URL naming both."""
     s = load_settings().derive(bootstrap_servers=cluster.bootstrap)
     if "SLIPGUARD_DATABASE_URL" not in os.environ and "SLIPGUARD_PG_PORT" in os.environ:
         s = s.derive(database_url=f"postgresql://slipguard:slipguard@127.0.0.1:{os.environ['SLIPGUARD_PG_PORT']}"
                                   "/slipguard")
+    f = None
+    if pg_failover:
+        url, port = s.database_url.get_secret_value(), int(os.environ["SLIPGUARD_PG_PORT"])
+        parts = urlsplit(url)
+        if (parts.hostname, parts.port) != ("127.0.0.1", port):
+            raise SystemExit(f"soak: the PostgreSQL failover is of the stack's PostgreSQL (127.0.0.1:{port}), not "
+                             f"{parts.hostname}:{parts.port} (SLIPGUARD_DATABASE_URL): unset it, or --no-pg-failover")
+        f = Failover(url, int(os.environ["SLIPGUARD_PG_STANDBY_PORT"]))
+        try:
+            f.stack("pg-failover-reset")
+            f.stack("pg-standby-up")
+        except AssertionError as exc:
+            raise SystemExit(f"soak: PostgreSQL's standby could not be started: {exc}") from None
+        s = s.derive(database_url=f.both(url))
     try:
-        return answering(s, "start the cluster (deploy/local/stack.sh cluster-up) and PostgreSQL (stack.sh pg-up)")
+        return answering(s, "start the cluster (deploy/local/stack.sh cluster-up) and PostgreSQL (stack.sh pg-up)"), f
     except pytest.fail.Exception as exc:
         raise SystemExit(f"soak: {exc.msg}") from None
 
@@ -431,26 +494,42 @@ def _parser() -> argparse.ArgumentParser:
                         "can be judged within the run. Longer than any stall a fault causes: a late order read "
                         "after it is rightly not reported late, and the checker would count it lost (with 1m, a "
                         "slow group coordinator held a worker for 60 s and 8 late orders went unreported)")
-    p.add_argument("--pg-failover", action="store_true",
-                   help="add the PostgreSQL failover to the faults (not available yet: see the message)")
+    p.add_argument("--faults", default=",".join(FAULTS),
+                   help="the faults dealt, comma-separated (default: all of tests/cluster/schedule.py's FAULTS)")
+    p.add_argument("--no-pg-failover", action="store_true",
+                   help="leave the PostgreSQL failover out of the faults (no standby is started)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    faults = tuple(f for f in args.faults.split(",") if f and not (args.no_pg_failover and f == "pg_failover"))
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown or not faults:
+        print(f"soak: --faults: {unknown or 'none'}: not faults of {', '.join(FAULTS)}", file=sys.stderr)
+        return 2
     for name, port in PORTS.items():  # (stack.sh, which the faults call, reads them too)
         os.environ.setdefault(name, str(port))
-    if args.pg_failover:
-        print(f"soak: --pg-failover: {PG_FAILOVER_MISSING}", file=sys.stderr)
-        return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     cluster = _cluster()
-    base = _base(cluster)
+    base, failover = _base(cluster, "pg_failover" in faults)
+    try:
+        return _soak(args, seed, faults, cluster, base, failover)
+    finally:
+        if failover is not None:  # (the standby gone, the primary on its own port: a next run starts clean)
+            try:
+                failover.stack("pg-failover-reset")
+            except AssertionError as exc:
+                print(f"soak: PostgreSQL could not be put back (stack.sh pg-failover-reset): {exc}")
+
+
+def _soak(args: argparse.Namespace, seed: int, faults: tuple[str, ...], cluster: Cluster, base: Settings,
+          failover: Failover | None) -> int:
     seconds = args.minutes * 60
     cast = members(args.eos_workers, args.alos_workers, args.writers)
-    slots = plan(seed, seconds, cast, every=args.every)
+    slots = plan(seed, seconds, cast, every=args.every, faults=faults)
     per_second = args.rate / len(GUARANTEES) / EVENTS_PER_ORDER
-    _header(args, seed, cluster, cast, slots, per_second)
+    _header(args, seed, cluster, cast, slots, per_second, failover)
 
     logs = ROOT / ".stack" / "soak" / f"{seed}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     logs.mkdir(parents=True)
@@ -460,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     run.free_port = PortBlock(METRICS_PORTS)
     for g in GUARANTEES:
         run.settings[g] = run.settings[g].derive(late_horizon=args.late_horizon)
-    soak = Soak(run, cast, time.monotonic())
+    soak = Soak(run, cast, time.monotonic(), failover)
     halt = threading.Event()
     sampler: Sampler | None = None
     try:
@@ -550,7 +629,7 @@ def _close(run: Run, soak: Soak, *, clean: bool) -> list[str]:
 
 
 def _header(args: argparse.Namespace, seed: int, cluster: Cluster, cast: list[Member], slots: list[Slot],
-            per_second: float) -> None:
+            per_second: float, failover: Failover | None) -> None:
     print(f"soak: seed {seed} ({args.minutes:g} min, {args.rate:.0f} events/s = {per_second:.0f} orders/s for each "
           f"of {len(GUARANTEES)} groups, a fault every {args.every:.0f} s; late horizon {args.late_horizon})")
     print(f"cluster: {cluster.bootstrap} (Toxiproxy {cluster.toxiproxy.url}); stack.sh: {STACK}; PostgreSQL port "
@@ -558,7 +637,12 @@ def _header(args: argparse.Namespace, seed: int, cluster: Cluster, cast: list[Me
     print("processes: " + ", ".join(f"{m.name}" + (f" (proxy set {m.proxy_set})" if m.proxy_set else "")
                                     + (" (resident: never leaves, judged for memory)" if m.resident else "")
                                     for m in cast) + ", exporter")
-    print("PostgreSQL failover: off (" + PG_FAILOVER_MISSING + ")")
+    if failover is not None:
+        print(f"PostgreSQL failover: on (a synchronous standby on port {failover.standby_port}, every process given "
+              "both; each failover undone by stack.sh pg-failback: the primary copied anew from the promoted standby, "
+              "switched back to cleanly, a fresh standby)")
+    else:
+        print("PostgreSQL failover: off (" + ("--no-pg-failover" if args.no_pg_failover else "not in --faults") + ")")
     print(f"schedule ({len(slots)} faults; minutes after the traffic starts):")
     for slot in slots:
         print("  " + slot.describe())

@@ -15,7 +15,7 @@ import pytest
 from tests.cluster.cluster import ROOT, STACK
 from tests.cluster.memory import Sample, Sampler, calm, gauges, judge, table
 from tests.cluster.schedule import FAULTS, UNAIMED, Member, eligible, plan
-from tests.cluster.soak import METRICS_PORTS, PORTS, PortBlock, members
+from tests.cluster.soak import METRICS_PORTS, PORTS, PortBlock, main, members
 
 CAST = members(2, 1, 2)
 
@@ -39,12 +39,22 @@ def test_each_slot_aims_its_fault_at_a_process_running_then_and_members_leave_an
             away = None
 
 
-def test_every_fault_comes_before_any_repeats_and_the_postgresql_failover_only_when_asked() -> None:
-    kinds = [f for f in FAULTS if f != "pg_failover"]
-    slots = plan(5, 30 * 60, CAST)
-    assert sorted(s.fault for s in slots[:len(kinds)]) == sorted(kinds)
-    assert "pg_failover" not in {s.fault for s in slots}
-    assert "pg_failover" in {s.fault for s in plan(5, 30 * 60, CAST, faults=tuple(FAULTS))}
+@pytest.mark.parametrize("seed", [1, 5, 977])
+def test_every_fault_comes_before_any_repeats_the_postgresql_failover_among_them(seed: int) -> None:
+    slots = plan(seed, 30 * 60, CAST)
+    assert sorted(s.fault for s in slots[:len(FAULTS)]) == sorted(FAULTS)
+    assert sorted(s.fault for s in slots[len(FAULTS):2 * len(FAULTS)]) == sorted(FAULTS)
+    assert [s.fault for s in slots].count("pg_failover") in (2, 3)  # (each undone before the next: pg-failback)
+    without = tuple(f for f in FAULTS if f != "pg_failover")  # (--no-pg-failover)
+    assert "pg_failover" not in {s.fault for s in plan(seed, 30 * 60, CAST, faults=without)}
+
+
+def test_the_soak_refuses_faults_it_does_not_know_before_touching_the_stack(capsys) -> None:
+    before = dict(os.environ)
+    assert main(["--faults", "pg_failover,no_such_fault"]) == 2
+    assert "no_such_fault" in capsys.readouterr().err
+    assert main(["--faults", "pg_failover", "--no-pg-failover"]) == 2
+    assert dict(os.environ) == before, "the soak's ports are set only for a run"
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -220,7 +230,8 @@ def _stack_defaults() -> dict[str, int]:
 
 def _bound(env: dict[str, int]) -> set[int]:
     """Every port a stack on `env` binds: stack.sh's cluster_ports() and PostgreSQL's."""
-    out = {env["SLIPGUARD_TOXIPROXY_PORT"], env["SLIPGUARD_PG_PORT"], env["SLIPGUARD_PG_PORT"] + 1}
+    out = {env["SLIPGUARD_TOXIPROXY_PORT"], env["SLIPGUARD_PG_PORT"],
+           env.get("SLIPGUARD_PG_STANDBY_PORT", env["SLIPGUARD_PG_PORT"] + 1)}
     for i in range(3):
         out |= {env["SLIPGUARD_CLUSTER_INTERNAL_PORT"] + i, env["SLIPGUARD_CLUSTER_CONTROLLER_PORT"] + i,
                 env["SLIPGUARD_CLUSTER_PORT"] + i}

@@ -1,16 +1,19 @@
 """The writer's commits against a primary with a synchronous standby, then a failover
-(tests/integration/pg_failover.py). The failover under live traffic, with the join, the
-writer and the lag exporter as processes, is a fault test of the cluster's
-(tests/cluster/test_faults.py)."""
+(tests/integration/pg_failover.py), and the way back (stack.sh pg-failback). The failover
+under live traffic, with the join, the writer and the lag exporter as processes, is a fault
+test of the cluster's (tests/cluster/test_faults.py), and of the soak's (tests/cluster/soak.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+import uuid
 
 import psycopg
 
 from streams.recover.writer import Record, Writer
-from tests.integration.pg_failover import failover
+from tests.integration.pg_failover import STANDBY, failover
 from tests.integration.test_recover import _recovery, writer_settings
 
 
@@ -73,3 +76,77 @@ def test_a_commit_the_synchronous_standby_did_not_confirm_is_not_acknowledged(ba
     assert before_the_kill == {"cancelled": [], "terminated": []}, \
         "acknowledged while the synchronous standby had not confirmed the commit"
     assert acked == {"cancelled": [0, 1, 2, 3, 4], "terminated": [5, 6, 7, 8, 9]}
+
+
+def test_a_failback_loses_no_committed_row_and_a_second_failover_and_failback_work_too(base_settings) -> None:
+    """After a failover (the primary killed -9, the standby promoted), stack.sh pg-failback
+    puts the stack back as pg-standby-up left it: the primary on its own port, a
+    synchronous standby. A client inserts a row per transaction through the multi-host URL
+    all along, and keeps the ids whose COMMIT returned. Every row the promoted node held
+    just before the failback, and every row acknowledged, must be on the primary afterwards,
+    and new rows go there; twice."""
+    primary = base_settings.database_url.get_secret_value()
+    tag = f"fb{uuid.uuid4().hex[:8]}"
+    with failover(primary) as f:
+        with psycopg.connect(primary, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {tag}")
+            conn.execute(f"CREATE TABLE {tag}.rows (id bigint PRIMARY KEY)")
+        both = f.both(primary)
+        acked: list[int] = []
+        stop = threading.Event()
+
+        def write() -> None:
+            conn: psycopg.Connection | None = None
+            i = 0
+            while not stop.is_set():
+                try:
+                    if conn is None:
+                        conn = psycopg.connect(both, autocommit=True, connect_timeout=2)
+                    i += 1
+                    conn.execute(f"INSERT INTO {tag}.rows VALUES (%s)", (i,))
+                    acked.append(i)
+                except psycopg.Error:
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    stop.wait(0.05)
+            if conn is not None:
+                conn.close()
+
+        def more(than: int, where: str) -> None:
+            deadline = time.monotonic() + 30
+            while len(acked) <= than + 20:
+                assert thread.is_alive() and time.monotonic() < deadline, f"no rows written {where}"
+                time.sleep(0.05)
+
+        def ids(url: str) -> set[int]:
+            with psycopg.connect(url) as conn:
+                return {r[0] for r in conn.execute(f"SELECT id FROM {tag}.rows")}
+
+        thread = threading.Thread(target=write, name="inserts", daemon=True)
+        thread.start()
+        try:
+            for n in (1, 2):
+                more(len(acked), f"before failover {n}")
+                f.kill_primary()
+                time.sleep(0.5)
+                f.promote()
+                more(len(acked), f"on the promoted standby (failover {n})")
+                done = list(acked)  # (before the rows are read: the client goes on inserting)
+                held = ids(f.on_standby(primary))  # (the promoted node, just before the failback)
+                assert set(done) <= held, f"failover {n}: acknowledged rows missing from the promoted standby"
+                f.stack("pg-failback")
+                more(len(acked), f"after failback {n}")
+                done = list(acked)
+                with psycopg.connect(primary, autocommit=True) as conn:  # (its own port alone)
+                    assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+                    assert conn.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
+                                        (STANDBY,)).fetchall() == [("sync",)], "a synchronous standby again"
+                on_primary = ids(primary)
+                lost = sorted(held - on_primary)
+                assert not lost, f"failback {n} lost {len(lost)} rows, e.g. {lost[:5]}"
+                assert set(done) <= on_primary, f"failback {n}: acknowledged rows missing from the primary"
+                assert done[-1] in on_primary, "new rows go to the primary"
+        finally:
+            stop.set()
+            thread.join(10)
