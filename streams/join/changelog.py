@@ -317,6 +317,14 @@ def drop_handled(latest: dict[bytes, bytes | None], timeout_ms: int) -> list[byt
     left in the log, it would be pending again at a restore once the recovery or the
     pair's bundle is gone, with nothing left to tell.
 
+    A pending payment among the new values that landed is known before its record is
+    read again: the advances read again before it judge it too, and may recover it where
+    the contract says of a payment read (the orders' progress past its deadline + GRACE,
+    no order of it read; its order, appended after, late), where a clean rewind reading it
+    again with its order before the next advance matches them. Both are the contract's:
+    a race between the order's append and the worker's advance, not a false recovery
+    (tests/join/test_partial_commit.py, Ahead).
+
     Only the same payment is taken out: a pair lingering in a bundle after it expired
     (bundles go when all their pairs have) does not hide a later payment for its order."""
     pending = [key for key, value in latest.items() if key[:2] == b"p:" and value is not None]

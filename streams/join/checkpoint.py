@@ -33,7 +33,8 @@ def phases(changes: list[Record], stale: list[Record]) -> tuple[list[Record], li
     (librdkafka keeps the order of what it delivers, not its gaps: a record that times
     out can be followed by one that lands; enable.gapless.guarantee, off here, would not
     cover timeouts either). So a failed commit leaves some of its new values and none of
-    its tombstones (harmless: its records, read again, find what they made), or all of
+    its tombstones (harmless: its records, read again, find what they made; a pending
+    payment among them is known before it is read again, changelog.drop_handled), or all of
     its new values and some of its tombstones: a pending payment beside its own
     recovery or pair, which a restore resolves (changelog.drop_handled). A stale key's
     tombstone may land alone: its payment was handled."""
