@@ -349,6 +349,20 @@ pg_wait_sql() {  # data directory, port, sql, expected output, what
 # on, with a process id in use again, would refuse the start.
 pg_copied() { rm -f "$1"/.s.PGSQL.*.lock; }
 
+# A fresh directory made a streaming copy of the node conninfo names, following it
+# through the replication slot (-R -C -S), ready to start. (--no-sync: a test's copy, made
+# in seconds rather than waiting for the disk; the faults kill processes, not the machine;
+# the copy takes time with the size of the stack's database, which the tests' schemas grow.)
+pg_copy_into() {  # directory, conninfo, what is copied
+  local bin; bin=$(pg_bin) || die "PostgreSQL binaries not found"
+  rm -rf "$1"; mkdir -p "$1"; chmod 700 "$1"
+  [ "$(id -u)" = 0 ] && chown postgres: "$1"
+  say "copying $3 into $1 (pg_basebackup, slot $PG_SLOT)"
+  as_pg "$bin/pg_basebackup" -d "$2" -D "$1" -R -C -S "$PG_SLOT" -X stream -c fast --no-sync \
+    >"$STACK/pg-basebackup.log" 2>&1 || die "pg_basebackup of $3 failed; see $STACK/pg-basebackup.log"
+  pg_copied "$1"
+}
+
 pg_standby_up() {
   local bin data standby conninfo
   bin=$(pg_bin) || die "PostgreSQL binaries not found: apt-get install postgresql, or set SLIPGUARD_PG_BIN"
@@ -369,14 +383,7 @@ pg_standby_up() {
   pg_synchronous "$data" "$PG_PORT" ""
   pg_sql "$data" "$PG_PORT" "SELECT pg_drop_replication_slot('$PG_SLOT') FROM pg_replication_slots
                              WHERE slot_name = '$PG_SLOT' AND NOT active" >/dev/null
-  rm -rf "$standby"; mkdir -p "$standby"; chmod 700 "$standby"
-  [ "$(id -u)" = 0 ] && chown postgres: "$standby"
-  # (--no-sync: a test's standby, copied in seconds rather than waiting for the disk; the
-  # copy takes time with the size of the stack's database, which the tests' schemas grow.)
-  say "copying the primary into $standby (pg_basebackup, slot $PG_SLOT)"
-  as_pg "$bin/pg_basebackup" -d "$conninfo" -D "$standby" -R -C -S "$PG_SLOT" -X stream -c fast --no-sync \
-    >"$STACK/pg-basebackup.log" 2>&1 || die "pg_basebackup failed; see $STACK/pg-basebackup.log"
-  pg_copied "$standby"
+  pg_copy_into "$standby" "$conninfo" "the primary"
   pg_start "$standby" "$PG_STANDBY_PORT" "the PostgreSQL standby"
   pg_wait_sql "$data" "$PG_PORT" "SELECT state FROM pg_stat_replication WHERE application_name = '$PG_SLOT'" \
     streaming "the standby streaming from the primary"
@@ -435,12 +442,7 @@ pg_failback() {
       # (A slot of an earlier attempt, cut short, would refuse -C.)
       pg_sql "$standby" "$PG_STANDBY_PORT" "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
                                            WHERE slot_name = '$PG_SLOT' AND NOT active" >/dev/null
-      rm -rf "$copy"; mkdir -p "$copy"; chmod 700 "$copy"
-      [ "$(id -u)" = 0 ] && chown postgres: "$copy"
-      say "copying the promoted node (127.0.0.1:$PG_STANDBY_PORT) into $copy (pg_basebackup, slot $PG_SLOT)"
-      as_pg "$bin/pg_basebackup" -d "$conninfo" -D "$copy" -R -C -S "$PG_SLOT" -X stream -c fast --no-sync \
-        >"$STACK/pg-basebackup.log" 2>&1 || die "pg_basebackup from the promoted node failed; see $STACK/pg-basebackup.log"
-      pg_copied "$copy"
+      pg_copy_into "$copy" "$conninfo" "the promoted node (127.0.0.1:$PG_STANDBY_PORT)"
       install -m 600 "$TLS_DIR/postgres.key" "$copy/server.key"; install -m 644 "$TLS_DIR/postgres.pem" "$copy/server.crt"
       [ "$(id -u)" = 0 ] && chown postgres: "$copy/server.key" "$copy/server.crt"
       # The old primary's directory goes only once the copy is whole.

@@ -339,11 +339,7 @@ class Soak:
         url = self.run.settings["exactly_once"].database_url.get_secret_value()  # both nodes, the run's schema
         writers = [n for n, (proc, _log) in self.run.procs.items() if n.startswith("writer") and proc.poll() is None]
         before = rows_at(url)
-        killed = time.monotonic()
-        f.kill_primary()
-        time.sleep(1)  # (a real failover takes longer to decide)
-        f.promote()
-        promoted = time.monotonic()
+        killed, promoted = f.fail_over()
         at_promotion = self._rows(url)
         self._until(lambda: rows_at(url) > at_promotion, "the writers write on the promoted standby", 120)
         resumed = time.monotonic()

@@ -46,6 +46,15 @@ class Failover:
     def promote(self) -> None:
         self.stack("pg-promote")
 
+    def fail_over(self) -> tuple[float, float]:
+        """The primary killed -9, the standby promoted 1 s later (a real failover takes
+        longer to decide): when each happened (time.monotonic())."""
+        killed = time.monotonic()
+        self.kill_primary()
+        time.sleep(1)
+        self.promote()
+        return killed, time.monotonic()
+
     def both(self, url: str) -> str:
         """`url` (on the primary) naming the primary, then the standby, asking for the one
         that takes writes."""
